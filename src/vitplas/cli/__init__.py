@@ -1,0 +1,11 @@
+"""The `vitplas` command: a thin face over the library. Each submodule adds its commands."""
+
+from vitplas.cli import analysis, catalog, experiments, training  # noqa: F401  (registers)
+from vitplas.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

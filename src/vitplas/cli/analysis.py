@@ -1,0 +1,1 @@
+"""Commands of the analysis area (registered on vitplas.cli.app.app)."""

@@ -1,0 +1,1 @@
+"""Commands of the catalog area (registered on vitplas.cli.app.app)."""

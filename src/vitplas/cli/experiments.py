@@ -1,0 +1,1 @@
+"""Commands of the experiments area (registered on vitplas.cli.app.app)."""

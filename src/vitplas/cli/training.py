@@ -1,0 +1,1 @@
+"""Commands of the training area (registered on vitplas.cli.app.app)."""

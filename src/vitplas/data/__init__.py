@@ -1,0 +1,1 @@
+"""vitplas.data."""

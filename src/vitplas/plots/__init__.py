@@ -1,0 +1,1 @@
+"""Figures. Every figure reads tidy tables (pandas DataFrames) only, never run folders or models."""

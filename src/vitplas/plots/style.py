@@ -1,0 +1,82 @@
+"""The one place for plot style: colours per component, fonts, sizes, saving as PNG + PDF."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+
+import matplotlib.pyplot as plt
+
+COMPONENT_COLORS = {
+    "mha": "#1b9e77",
+    "fc1": "#d95f02",
+    "fc2": "#7570b3",
+    "ln2": "#e7298a",
+    "ln1": "#66a61e",
+    "ls1": "#e6ab02",
+    "ls2": "#a6761d",
+    "all": "#444444",
+    "emb": "#999999",
+    "norm": "#bbbbbb",
+    "head": "#777777",
+}
+COMPONENT_LABELS = {
+    "mha": "MHA",
+    "fc1": "FC1",
+    "fc2": "FC2",
+    "ln2": "LN2",
+    "ln1": "LN1",
+    "ls1": "LS1",
+    "ls2": "LS2",
+    "all": "Full",
+    "emb": "Embedding",
+    "norm": "Final norm",
+    "head": "Head",
+}
+RC = {
+    "figure.dpi": 120,
+    "savefig.dpi": 150,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+}
+
+
+def color(component: str) -> str:
+    return COMPONENT_COLORS.get(component, "#333333")
+
+
+def label(component: str) -> str:
+    return COMPONENT_LABELS.get(component, component)
+
+
+@contextmanager
+def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)) -> Iterator:
+    """A styled (fig, axes) pair; closed on exit so long sweeps do not leak figures."""
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+        try:
+            yield fig, axes if nrows * ncols > 1 else axes[0, 0]
+        finally:
+            plt.close(fig)
+
+
+def save(fig, stem: str | Path) -> list[Path]:
+    """Save `fig` as stem.png and stem.pdf; returns both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path)
+    return paths
