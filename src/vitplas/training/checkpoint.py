@@ -1,0 +1,148 @@
+"""Atomic, verifiable train-state checkpoints in zero-padded step folders.
+
+    checkpoints/step_00000500/state.pt    torch.save of a dict of tensors and plain values
+    checkpoints/step_00000500/meta.json   {"step": 500, "sha256": ..., "bytes": ...}
+    checkpoints/best.safetensors          weights of the trained parameters at the best val
+
+A step folder is written under a temporary name and renamed when complete, so a kill leaves
+either the whole folder or none. Loading verifies the checksum and uses weights_only=True; a
+corrupt newest checkpoint falls back to the previous one with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitplas.runs import atomic_write_bytes, atomic_write_json
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+BEST_FILE = "best.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was expected."""
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:08d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete step folders under `root`, oldest first (names sort by step)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / META_FILE).is_file())
+
+
+def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write `state` as checkpoint `step` atomically; keep the newest `keep` checkpoints."""
+    root = Path(root)
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(tmp / STATE_FILE, data)
+    meta = {"step": step, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    atomic_write_json(tmp / META_FILE, meta)
+    if final.exists():  # a rerun of the same step (e.g. after a crash before pruning)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one step folder; a wrong checksum or unreadable file is a CheckpointError."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        data = (path / STATE_FILE).read_bytes()
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its checksum does not match")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged pickle
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {err}") from err
+
+
+def load_latest(
+    root: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest loadable checkpoint under `root` and its folder, or None when there is none.
+
+    A corrupt checkpoint is skipped with a warning; when every one is corrupt, CheckpointError.
+    """
+    candidates = list_checkpoints(root)
+    for path in reversed(candidates):
+        try:
+            return load_checkpoint(path, map_location), path
+        except CheckpointError as err:
+            warnings.warn(f"{err}; falling back to the previous checkpoint", stacklevel=2)
+    if candidates:
+        raise CheckpointError(
+            f"every checkpoint under {root} is corrupt; delete that folder to restart the run"
+        )
+    return None
+
+
+def save_weights(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Atomically write a flat dict of tensors as safetensors."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    return atomic_write_bytes(path, data)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of torch (CPU and CUDA), numpy and python RNGs as weights_only-safe values."""
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

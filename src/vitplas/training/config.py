@@ -1,0 +1,161 @@
+"""FinetuneConfig: every knob of one component-wise finetuning run.
+
+The dataclass defaults ARE the paper's protocol (PAPER.md section 3): SGD with momentum 0.9,
+no weight decay, batch 512, 2,000 linear warmup steps then cosine to 0, gradient-norm clip 1,
+ViT-B/16 pretrained on ImageNet-21k at 224 px. A preset YAML states only what differs.
+
+YAML presets may name a parent with `base: other.yaml` (a path relative to the preset); the
+parent's keys are merged first. Strings like `1e-3` (YAML 1.1 reads them as strings) are
+accepted for float fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FinetuneConfig:
+    """One finetuning run. `train` names what is trained (`all` = full finetuning)."""
+
+    # what
+    model: str = "vit-b16-in21k"
+    random_init: bool = False  # True only for baselines/tests: the model says "RANDOM INIT"
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    download: bool = False
+    train: list[str] = field(default_factory=lambda: ["mha"])
+    train_head: bool = True  # the paper always trains a new head ...
+    train_norm: bool = True  # ... and the final LayerNorm
+    # inputs
+    img_size: int = 224
+    normalization: Literal["paper", "model"] = "paper"  # paper: ImageNet mean/std (choice)
+    augment: Literal["cpu", "device"] = "cpu"  # where RandomResizedCrop + flip run
+    # optimisation
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    batch_size: int = 512  # global batch (all processes, all accumulation steps)
+    micro_batch_size: int | None = None  # per process; None = no accumulation
+    steps: int = 10_000
+    warmup_steps: int = 2_000
+    grad_clip: float | None = 1.0
+    # evaluation, logging, checkpoints
+    eval_every: int = 500
+    ckpt_every: int | None = None  # None = at every evaluation
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_batch_size: int | None = None  # None = micro batch (or batch) size
+    max_eval_samples: int | None = None  # cap val/test size (smoke runs); None = all
+    tensorboard: bool = True
+    # reproducibility and hardware
+    seed: int = 0
+    num_workers: int = 4
+    device: str = "auto"  # auto = cuda if available, else cpu
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto = bf16 on cuda, none on cpu
+    compile: bool = False
+    deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)
+
+    def validate(self) -> None:
+        """Cross-field checks; a failure says what to change."""
+        positive = ("batch_size", "steps", "eval_every", "log_every", "img_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.train:
+            raise ConfigError("train is empty; name components (e.g. train=[mha]) or train=[all]")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ConfigError(
+                f"warmup_steps={self.warmup_steps} must be in [0, steps={self.steps})"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be positive or null, got {self.grad_clip}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas must hold two numbers, got {self.betas}")
+        if self.micro_batch_size is not None and (
+            self.micro_batch_size <= 0 or self.batch_size % self.micro_batch_size
+        ):
+            raise ConfigError(
+                f"micro_batch_size={self.micro_batch_size} must divide the per-process "
+                f"batch (batch_size={self.batch_size} / number of processes)"
+            )
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.ckpt_every is not None and self.ckpt_every <= 0:
+            raise ConfigError(f"ckpt_every must be positive or null, got {self.ckpt_every}")
+        from vitplas.models.components import ALL_COMPONENTS, parse_components
+
+        try:
+            self.train = parse_components(self.train, allowed=("all", *ALL_COMPONENTS))
+        except ValueError as err:
+            raise ConfigError(f"train: {err}") from err
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.ckpt_every or self.eval_every
+
+    def run_name(self) -> str:
+        """A short readable name: dataset-train-lr-seed."""
+        return f"{self.dataset}-{'+'.join(self.train)}-lr{self.lr:g}-s{self.seed}"
+
+
+_FLOAT_FIELDS = {
+    f.name
+    for f in dataclasses.fields(FinetuneConfig)
+    if "float" in str(f.type) and "list" not in str(f.type)
+}
+
+
+def read_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset YAML as a dict, with its `base:` chain merged in (parents first)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config '{path}' includes itself through base:")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = read_preset(path.parent / str(base), (*_seen, path))
+    merged.update(data)
+    return merged
+
+
+def _floats(data: dict[str, Any]) -> dict[str, Any]:
+    for key in _FLOAT_FIELDS & set(data):
+        if isinstance(data[key], str):
+            # a non-number is left for the strict loader to reject with its message
+            with contextlib.suppress(ValueError):
+                data[key] = float(data[key])
+    return data
+
+
+def load_finetune_config(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> FinetuneConfig:
+    """Defaults < preset YAML (with `base:`) < `key=value` overrides, strictly."""
+    data: dict[str, Any] = read_preset(path) if path is not None else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    return config_from_dict(FinetuneConfig, _floats(data))
+
+
+def is_finetune_preset(path: str | Path) -> bool:
+    """Whether a YAML file is a finetuning preset: its first line is the command that runs it,
+    `# vitplas finetune ...` (sweep specs are headed by their own commands)."""
+    first = Path(path).read_text().lstrip().splitlines()[:1]
+    return bool(first) and first[0].startswith("#") and "vitplas finetune" in first[0]

@@ -1,0 +1,150 @@
+"""Evaluation: accuracy and loss of a model on a dataset, and of a finished run's best
+checkpoint on its own test split and on any dataset with the same classes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vitplas.training.distributed import DistInfo, all_reduce_sum
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast on CUDA ('auto' or 'bf16'); nothing on CPU or with 'none'."""
+    if device.type == "cuda" and amp in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and amp == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: str = "auto",
+    dist: DistInfo | None = None,
+) -> dict[str, float]:
+    """{"loss": mean cross-entropy, "acc": accuracy in %, "n": images} over the loader
+    (summed over processes when `dist` is given)."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = torch.as_tensor(labels).to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+        totals[1] += (logits.argmax(dim=1) == labels).sum()
+        totals[2] += labels.numel()
+    model.train(was_training)
+    if dist is not None:
+        all_reduce_sum(totals, dist)
+    loss, correct, n = totals.tolist()
+    if n == 0:
+        raise ValueError("evaluation set is empty")
+    return {"loss": loss / n, "acc": 100.0 * correct / n, "n": int(n)}
+
+
+def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Any]:
+    """(model with the run's best-validation weights, its FinetuneConfig)."""
+    from vitplas.config import ConfigError
+    from vitplas.training.checkpoint import BEST_FILE, load_weights
+    from vitplas.training.config import load_finetune_config
+    from vitplas.training.sources import load_model_for
+
+    run_dir = Path(run_dir)
+    best = run_dir / "checkpoints" / BEST_FILE
+    if not best.is_file():
+        raise FileNotFoundError(
+            f"{best} does not exist: is {run_dir} a finished finetuning run (with DONE)?"
+        )
+    try:
+        cfg = load_finetune_config(run_dir / "config.yaml")
+    except ConfigError as err:
+        raise ConfigError(f"{run_dir}/config.yaml cannot be read: {err}") from err
+    from vitplas.data import dataset_info
+
+    model, _ = load_model_for(cfg, dataset_info(cfg.dataset).num_classes)
+    weights = load_weights(best)
+    missing = set(weights) - set(dict(model.named_parameters()))
+    if missing:
+        raise KeyError(f"{best} holds parameters the model lacks: {sorted(missing)[:5]}")
+    model.load_state_dict(weights, strict=False)
+    return model.to(device), cfg
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    datasets: Sequence[str] = (),
+    *,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 256,
+    num_workers: int = 4,
+):
+    """Tidy table (pandas) of the best checkpoint on its own dataset and on `datasets`.
+
+    Columns: run, model, train, lr, seed, trained_on, dataset, split, n, acc, loss. A dataset
+    with a different number of classes is an error. Also written as <run>/evaluation.csv/.parquet.
+    """
+    import pandas as pd
+
+    from vitplas.data import build_transform, dataset_info, get_dataset
+    from vitplas.runs import write_table
+    from vitplas.training.distributed import resolve_device
+    from vitplas.training.sources import normalization
+    from vitplas.training.stream import eval_loader
+
+    dev = resolve_device(device)
+    model, cfg = load_best_model(run_dir, str(dev))
+    manifest = Path(run_dir) / "manifest.json"
+    model_mean = model_std = None
+    if manifest.exists():
+        import json
+
+        info = json.loads(manifest.read_text())
+        model_mean, model_std = info.get("model_mean"), info.get("model_std")
+    mean, std = normalization(cfg, model_mean or (0.5,) * 3, model_std or (0.5,) * 3)
+    transform = build_transform(mean, std, cfg.img_size, train=False)
+    own = dataset_info(cfg.dataset).num_classes
+    rows = []
+    for name in [cfg.dataset, *[d for d in datasets if d != cfg.dataset]]:
+        classes = dataset_info(name).num_classes
+        if classes != own:
+            raise ValueError(
+                f"dataset '{name}' has {classes} classes; the run was trained on "
+                f"'{cfg.dataset}' with {own}: choose datasets with the same classes"
+            )
+        data = get_dataset(name, split, transform=transform, root=cfg.data_root)
+        loader = eval_loader(data, batch_size, num_workers=num_workers)
+        scores = evaluate_model(model, loader, dev, amp=cfg.amp)
+        rows.append(
+            {
+                "run": str(run_dir),
+                "model": cfg.model,
+                "train": "+".join(cfg.train),
+                "lr": cfg.lr,
+                "seed": cfg.seed,
+                "trained_on": cfg.dataset,
+                "dataset": name,
+                "split": split,
+                "n": scores["n"],
+                "acc": scores["acc"],
+                "loss": scores["loss"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    write_table(table, Path(run_dir) / "evaluation")
+    return table

@@ -1,0 +1,393 @@
+"""Component-wise finetuning: train only the components named in `train` (+ head, final norm).
+
+    run_finetune(cfg, run_dir) -> result dict    (idempotent: a finished run is skipped,
+                                                  a killed run resumes from its checkpoint)
+
+A finished run folder holds config.yaml, manifest.json, metrics.jsonl, result.json,
+checkpoints/ (train state, best.safetensors) and DONE. Run under torchrun for DDP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vitplas.config import ConfigError, config_to_dict
+from vitplas.models.components import count_parameters, set_trainable
+from vitplas.runs import RunDir, atomic_write_json
+from vitplas.training import checkpoint as ckpt
+from vitplas.training.config import FinetuneConfig
+from vitplas.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    resolve_device,
+)
+from vitplas.training.evaluate import autocast, evaluate_model
+from vitplas.training.logger import TrainLogger, truncate_metrics
+from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at, set_lr
+from vitplas.training.sources import Sources, load_sources
+from vitplas.training.stream import device_augment, eval_loader, mix_seed, train_loader
+
+__all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "run_finetune"]
+
+# Keys that may change between a run and its resumption (hardware and display only).
+RUNTIME_KEYS = {"num_workers", "device", "compile", "tensorboard", "eval_batch_size", "log_every"}
+
+Callback = Callable[["Finetuner", int], None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def run_finetune(
+    cfg: FinetuneConfig,
+    run_dir: str | Path,
+    *,
+    sources: Sources | None = None,
+    callbacks: Sequence[Callback] = (),
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Finetune as `cfg` says into `run_dir`; return the result (also result.json)."""
+    run = RunDir(run_dir)
+    if run.is_done() and (run / "result.json").exists():
+        import json
+
+        return json.loads((run / "result.json").read_text())
+    trainer = Finetuner(cfg, run, sources=sources, callbacks=callbacks, show=show_progress)
+    try:
+        trainer.setup()
+        trainer.train()
+        return trainer.finish()
+    finally:
+        trainer.cleanup()
+
+
+def check_same_config(run: RunDir, cfg: FinetuneConfig) -> None:
+    """A run folder is resumed only with the config it started with (runtime keys aside)."""
+    path = run / "config.yaml"
+    if not path.exists():
+        return
+    import yaml
+
+    old = yaml.safe_load(path.read_text()) or {}
+    new = config_to_dict(cfg)
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in RUNTIME_KEYS and old.get(k) != new.get(k)
+    )
+    if diff:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ConfigError(
+            f"{run.path} holds a run with a different config ({details}); "
+            "use a new run folder or the original config"
+        )
+
+
+class Finetuner:
+    """setup() -> train() -> finish(); cleanup() always. One instance per process."""
+
+    def __init__(self, cfg, run: RunDir, *, sources=None, callbacks=(), show=False):
+        self.cfg, self.run, self.sources = cfg, run, sources
+        self.callbacks, self.show = list(callbacks), show
+        self.dist = DistInfo()
+        self.logger: TrainLogger | None = None
+
+    # ---- setup -------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.dist = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        if cfg.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} not divisible by {self.dist.world_size}"
+            )
+        self.local_batch = cfg.batch_size // self.dist.world_size
+        self.micro = cfg.micro_batch_size or self.local_batch
+        if self.local_batch % self.micro:
+            raise ConfigError(f"micro_batch_size {self.micro} must divide {self.local_batch}")
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if self.sources is None:
+            self.sources = load_sources(cfg)
+        check_same_config(self.run, cfg)
+        model = self.sources.model.to(self.device)
+        self.groups_names = set_trainable(
+            model, cfg.train, head=cfg.train_head, norm=cfg.train_norm
+        )
+        params = dict(model.named_parameters())
+        self.groups = {c: [params[n] for n in names] for c, names in self.groups_names.items()}
+        self.trained = [p for p in model.parameters() if p.requires_grad]
+        self.trained_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.model = model
+        self.net = self._wrap(model)
+        self.optimizer = build_optimizer(
+            self.trained,
+            cfg.optimizer,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            betas=cfg.betas,
+        )
+        self.state = {"step": 0, "elapsed_s": 0.0, "train_s": 0.0, "best": None}
+        self.frozen_digest = _frozen_digest(model)
+        self._resume()
+        if self.dist.is_main:
+            self.run.write_config(cfg)
+            counts = count_parameters(model)
+            self.run.write_manifest(
+                {
+                    **self.sources.description,
+                    "seed": cfg.seed,
+                    "world_size": self.dist.world_size,
+                    "trained_parameters": {c: len(n) for c, n in self.groups_names.items()},
+                    "trainable_params": sum(p.numel() for p in self.trained),
+                    "parameter_counts": counts,
+                    "resumed_from_step": self.state["step"],
+                }
+            )
+            self.logger = TrainLogger(
+                self.run,
+                start_step=self.state["step"],
+                steps=cfg.steps,
+                tensorboard=cfg.tensorboard,
+                show=self.show,
+            )
+        barrier(self.dist)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        net = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            net = torch.compile(net)
+        return net
+
+    def _resume(self) -> None:
+        found = ckpt.load_latest(self.run / "checkpoints", map_location=self.device)
+        if found is None:
+            if self.dist.is_main:
+                truncate_metrics(self.run, 0)  # a run killed before its first checkpoint
+            return
+        state, path = found
+        if state["frozen_digest"] != self.frozen_digest:
+            raise ckpt.CheckpointError(
+                f"{path}: the frozen weights differ from those this run started from "
+                "(was the model or its weights file changed?); use a new run folder"
+            )
+        self.model.load_state_dict(state["trained"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        self.state = {k: state[k] for k in ("step", "elapsed_s", "train_s", "best")}
+        if self.dist.is_main:
+            truncate_metrics(self.run, self.state["step"])
+
+    # ---- train -------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, start = self.cfg, self.state["step"]
+        loader = train_loader(
+            self.sources.train,
+            cfg.batch_size,
+            seed=cfg.seed,
+            start_step=start,
+            steps=cfg.steps,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.net.train()
+        clock = time.perf_counter()
+        for step, (images, labels) in enumerate(loader, start=start):
+            tick = time.perf_counter()
+            record = self.train_step(step, images, labels)
+            done = step + 1
+            self.state["step"] = done
+            self.state["train_s"] += time.perf_counter() - tick
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                record["step_time_s"] = time.perf_counter() - tick
+                record["images_per_s"] = cfg.batch_size / record["step_time_s"]
+                self._log({"kind": "train", "step": done, **record})
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                self.validate(done)
+            now = time.perf_counter()
+            self.state["elapsed_s"] += now - clock
+            clock = now
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                self.save(done)
+            if self.logger is not None:
+                self.logger.advance(done, f"loss {record['loss']:.4f}" if "loss" in record else "")
+            for callback in self.callbacks:
+                callback(self, done)
+
+    def train_step(self, step: int, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        """One update (accumulating over micro-batches); {loss, lr, grad norms} on log steps."""
+        cfg = self.cfg
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if cfg.augment == "device":
+            # crops drawn from (seed, step, rank) alone: identical after a resume
+            gen = torch.Generator(self.device).manual_seed(mix_seed(cfg.seed, step, self.dist.rank))
+            images = device_augment(images, cfg.img_size, self.sources.mean, self.sources.std, gen)
+        lr = lr_at(step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+        set_lr(self.optimizer, lr)
+        # per-sample losses summed, times K / B: DDP's mean over K processes then gives the
+        # mean over the global batch, whatever the accumulation
+        scale = self.dist.world_size / cfg.batch_size
+        chunks = list(zip(images.split(self.micro), labels.split(self.micro), strict=True))
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        for i, (x, y) in enumerate(chunks):
+            sync = i == len(chunks) - 1 or not self.dist.enabled
+            with _no_sync(self.net, sync), autocast(self.device, cfg.amp):
+                logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                (loss * scale).backward()
+            loss_sum += loss.detach().double()
+        loss_sum = all_reduce_sum(loss_sum, self.dist) / cfg.batch_size
+        if not torch.isfinite(loss_sum):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(
+                f"loss is {loss_sum.item()} at step {step + 1}; the run stopped and kept its "
+                f"last good checkpoint (step {self._last_checkpoint()}); lower lr or check inputs"
+            )
+        total, per_component = grad_norms(self.groups)
+        if cfg.grad_clip is not None:
+            clip_gradients(self.trained, total, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % cfg.log_every and step + 1 != cfg.steps:
+            return {}
+        record = {"loss": loss_sum.item(), "lr": lr, "grad_norm": total.item()}
+        record.update({f"grad_norm/{c}": v.item() for c, v in per_component.items()})
+        return record
+
+    def _last_checkpoint(self) -> int | None:
+        found = ckpt.list_checkpoints(self.run / "checkpoints")
+        return int(found[-1].name.split("_")[1]) if found else None
+
+    def _log(self, record: dict) -> None:
+        if self.logger is not None:
+            self.logger.log(record)
+
+    # ---- evaluate / save -----------------------------------------------------------------
+    def evaluate(self, split: str) -> dict[str, float]:
+        data = getattr(self.sources, split)
+        cfg = self.cfg
+        loader = eval_loader(
+            data,
+            cfg.eval_batch_size or self.micro,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            max_samples=cfg.max_eval_samples,
+            num_workers=cfg.num_workers,
+        )
+        return evaluate_model(self.model, loader, self.device, amp=cfg.amp, dist=self.dist)
+
+    def validate(self, step: int) -> None:
+        scores = self.evaluate("val")
+        self._log(
+            {"kind": "val", "step": step, "val_loss": scores["loss"], "val_acc": scores["acc"]}
+        )
+        best = self.state["best"]
+        if best is None or scores["acc"] > best["val_acc"]:
+            weights = {
+                n: p.detach().cpu().clone()
+                for n, p in zip(self.trained_names, self.trained, strict=True)
+            }
+            self.state["best"] = {
+                "val_acc": scores["acc"],
+                "val_loss": scores["loss"],
+                "step": step,
+                "weights": weights,
+            }
+
+    def save(self, step: int) -> None:
+        if self.dist.is_main:
+            state = {
+                **self.state,
+                "trained": {
+                    n: p.detach() for n, p in zip(self.trained_names, self.trained, strict=True)
+                },
+                "optimizer": self.optimizer.state_dict(),
+                "rng": ckpt.rng_state(),
+                "frozen_digest": self.frozen_digest,
+                "samples_seen": step * self.cfg.batch_size,
+            }
+            ckpt.save_checkpoint(
+                self.run / "checkpoints", step, state, keep=self.cfg.keep_checkpoints
+            )
+        barrier(self.dist)
+
+    # ---- finish / cleanup ----------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Best-validation weights -> test split -> result.json, DONE."""
+        cfg, best = self.cfg, self.state["best"]
+        self.model.load_state_dict(best["weights"], strict=False)
+        test = self.evaluate("test")
+        result = {
+            "best_val_acc": best["val_acc"],
+            "best_val_loss": best["val_loss"],
+            "test_acc": test["acc"],
+            "test_loss": test["loss"],
+            "test_n": test["n"],
+            "best_step": best["step"],
+            "steps": cfg.steps,
+            "wall_time_s": self.state["elapsed_s"],
+            "images_per_s": cfg.steps * cfg.batch_size / max(self.state["train_s"], 1e-9),
+            "trainable_params": sum(p.numel() for p in self.trained),
+            "train": list(cfg.train),
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "dataset": cfg.dataset,
+            "model": cfg.model,
+            "optimizer": cfg.optimizer,
+            "batch_size": cfg.batch_size,
+        }
+        if self.dist.is_main:
+            ckpt.save_weights(self.run / "checkpoints" / ckpt.BEST_FILE, best["weights"])
+            self._log(
+                {
+                    "kind": "test",
+                    "step": cfg.steps,
+                    "test_loss": test["loss"],
+                    "test_acc": test["acc"],
+                }
+            )
+            atomic_write_json(self.run / "result.json", result)
+            self.run.mark_done()
+        barrier(self.dist)
+        return result
+
+    def cleanup(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+
+
+def _no_sync(net: torch.nn.Module, sync: bool):
+    import contextlib
+
+    if sync or not hasattr(net, "no_sync"):
+        return contextlib.nullcontext()
+    return net.no_sync()
+
+
+def _frozen_digest(model: torch.nn.Module) -> str:
+    """sha256 over the frozen parameters: a resumed run must start from the same weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,109 @@
+"""What a run trains on: the model (with a new head) and the train/val/test datasets.
+
+`load_sources(cfg)` builds them from the registries (vitplas.models, vitplas.data). Tests and
+callers with their own model or tensors build a `Sources` directly and pass it in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitplas.training.config import IMAGENET_MEAN, IMAGENET_STD, FinetuneConfig
+
+
+@dataclass
+class Sources:
+    """A model whose head has `num_classes` outputs, its datasets, and where they came from.
+
+    Images of `train` are float (3, H, W) normalised tensors, or uint8 (3, H, W) tensors when
+    the config asks for augmentation on the device.
+    """
+
+    model: nn.Module
+    train: Dataset | None
+    val: Dataset | None
+    test: Dataset | None
+    num_classes: int
+    mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation used for the inputs
+    std: tuple[float, ...] = IMAGENET_STD
+    description: dict[str, Any] = field(default_factory=dict)  # model/dataset provenance
+
+
+def normalization(cfg: FinetuneConfig, model_mean, model_std) -> tuple[tuple, tuple]:
+    """paper: ImageNet mean/std (the original protocol); model: the checkpoint's own."""
+    if cfg.normalization == "paper":
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(model_mean), tuple(model_std)
+
+
+def load_model_for(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The configured model with a new `num_classes` head, initialised from cfg.seed."""
+    from vitplas.models import load_model
+
+    torch.manual_seed(cfg.seed)  # the new head's initialisation follows the run's seed
+    loaded = load_model(
+        cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
+    )
+    info = {
+        "model_spec": loaded.spec,
+        "model_description": loaded.description,
+        "model_checksum": loaded.checksum,
+        "model_random_init": loaded.random_init,
+        "model_mean": list(loaded.mean),
+        "model_std": list(loaded.std),
+    }
+    return loaded.model, info
+
+
+def uint8_transform(size: int):
+    """Train transform for augmentation on the device: PIL/array -> uint8 (3, size, size)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RGB(),
+            v2.Resize((size, size), antialias=True),
+            v2.ToDtype(torch.uint8, scale=True),
+        ]
+    )
+
+
+def load_sources(
+    cfg: FinetuneConfig, splits: tuple[str, ...] = ("train", "val", "test")
+) -> Sources:
+    """Model and datasets of `cfg` from the registries; unrequested splits are None."""
+    from vitplas.data import build_transform, dataset_info, get_dataset
+
+    info = dataset_info(cfg.dataset)
+    model, description = load_model_for(cfg, info.num_classes)
+    mean, std = normalization(cfg, description["model_mean"], description["model_std"])
+    data: dict[str, Dataset | None] = {}
+    for split in ("train", "val", "test"):
+        if split not in splits:
+            data[split] = None
+            continue
+        train = split == "train"
+        if train and cfg.augment == "device":
+            transform = uint8_transform(cfg.img_size)
+        else:
+            transform = build_transform(mean, std, cfg.img_size, train=train)
+        data[split] = get_dataset(
+            cfg.dataset, split, transform=transform, root=cfg.data_root, download=cfg.download
+        )
+    description.update({"dataset": cfg.dataset, "dataset_source": str(info.source)})
+    return Sources(
+        model=model,
+        train=data["train"],
+        val=data["val"],
+        test=data["test"],
+        num_classes=info.num_classes,
+        mean=mean,
+        std=std,
+        description=description,
+    )
