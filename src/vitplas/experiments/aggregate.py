@@ -1,0 +1,146 @@
+"""One tidy table of a sweep's runs, and the paper's summaries of it, written to <root>/tables.
+
+Tables (CSV + Parquet):
+    runs        one row per finished run: run_id, model, dataset, optimizer, grid values
+                (train as a label, e.g. 'mha'), best_val_acc, test_acc, steps, wall_time_s, ...
+    best        per (study keys): best lr by seed-mean, mean and std at that lr, n seeds
+    gap         per (study keys): max - min over lrs of the seed-mean
+    gain        best joined with the linear-probe baseline: relative gain
+    components  per train set: mean over datasets of best accuracy (and of gain)
+    tests       reference (MHA) vs each train set across datasets: paired t-test, Wilcoxon
+    curves      training/validation curves (step, loss, grad_norm, val_loss, val_acc) per run
+plus the analysis tables (plasticity, bounds, probes) found in the study's analysis runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vitplas.experiments import stats
+from vitplas.experiments.spec import Run, SweepSpec, train_label
+from vitplas.experiments.store import RunState, result_rows, scan
+from vitplas.runs import RunDir, write_table
+
+REFERENCE = "mha"  # the component the paper compares every other one with
+CURVE_KEYS = ("loss", "grad_norm", "val_loss", "val_acc")
+
+
+def run_table(states: list[RunState]) -> pd.DataFrame:
+    """The tidy table of finished runs (train sets as labels, e.g. 'mha' or 'mha+fc1')."""
+    rows = result_rows(states)
+    for row in rows:
+        if "train" in row:
+            row["train"] = train_label(row["train"])
+    return pd.DataFrame(rows)
+
+
+def study_keys(table: pd.DataFrame, spec: SweepSpec) -> list[str]:
+    """Columns that define one cell of the study: model/optimizer + grid axes but lr, seed."""
+    keys = [k for k in ("model", "optimizer") if k in table]
+    keys += [a for a in spec.axes if a not in ("lr", "seed") and a not in keys and a in table]
+    return keys
+
+
+def curve_table(states: list[RunState]) -> pd.DataFrame:
+    """Long table of curves: run_id, grid values, step, metric, value (from metrics.jsonl)."""
+    rows = []
+    for item in states:
+        if item.state != "done":
+            continue
+        params = {k: train_label(v) if k == "train" else v for k, v in item.run.params.items()}
+        for record in RunDir(item.folder).read_metrics():
+            if "step" not in record:
+                continue
+            for key in CURVE_KEYS:
+                if isinstance(record.get(key), int | float):
+                    rows.append(
+                        {"run_id": item.run.run_id, **params, "step": record["step"],
+                         "metric": key, "value": float(record[key])}
+                    )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def probe_baseline(probes: pd.DataFrame, layer: int, component: str) -> pd.DataFrame:
+    """Linear-probe accuracy used as baseline, per (model, dataset): columns + probe_acc.
+
+    `probes` is the probe area's tidy table (model, dataset, layer, component, test_acc);
+    layer -1 means the last layer of each model.
+    """
+    if probes.empty:
+        return pd.DataFrame(columns=["dataset", "probe_acc"])
+    part = probes[probes["component"] == component].copy()
+    if layer < 0:
+        last = part.groupby("model")["layer"].transform("max")
+        part = part[part["layer"] == last + 1 + layer]
+    else:
+        part = part[part["layer"] == layer]
+    keys = [k for k in ("model", "dataset") if k in part]
+    return part[[*keys, "test_acc"]].rename(columns={"test_acc": "probe_acc"})
+
+
+def summarize(
+    table: pd.DataFrame, spec: SweepSpec, probes: pd.DataFrame | None = None
+) -> dict[str, pd.DataFrame]:
+    """The paper's summaries of the run table (see the module docstring)."""
+    metric = "test_acc"
+    keys = study_keys(table, spec)
+    out = {"runs": table}
+    if table.empty:
+        return out
+    out["best"] = stats.best_lr(table, keys, metric=metric, select_by=spec.select_by)
+    out["gap"] = stats.lr_gap(table, keys, metric=metric)
+    groups = [k for k in keys if k not in ("dataset", "train")]
+    component_cols = [*groups, "train"]
+    comp = out["best"].groupby(component_cols, sort=False)["mean"].agg(["mean", "count"])
+    comp = comp.rename(columns={"mean": "mean_acc", "count": "n_datasets"}).reset_index()
+    gap_mean = out["gap"].groupby(component_cols, sort=False)["gap"].mean().rename("mean_gap")
+    comp = comp.merge(gap_mean.reset_index(), on=component_cols)
+    if probes is not None and not probes.empty:
+        base = probe_baseline(
+            probes, spec.analysis.baseline.layer, spec.analysis.baseline.component
+        )
+        on = [k for k in ("model", "dataset") if k in base and k in out["best"]]
+        out["gain"] = stats.relative_gain(out["best"], base, on=on)
+        gains = out["gain"].groupby(component_cols, sort=False)["gain"].mean().rename("mean_gain")
+        comp = comp.merge(gains.reset_index(), on=component_cols, how="left")
+    out["components"] = comp
+    if "train" in keys and "dataset" in keys:
+        out["tests"] = stats.paired_tests(out["best"], reference=REFERENCE, groups=groups)
+    return out
+
+
+def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
+    """Concatenate the tidy tables of the study's analysis runs: <root>/analysis/<kind>/*/."""
+    tables: dict[str, pd.DataFrame] = {}
+    for kind_dir in sorted((root / "analysis").glob("*")):
+        frames = []
+        for folder in sorted(p for p in kind_dir.iterdir() if (p / "DONE").exists()):
+            for path in sorted(folder.glob("*.parquet")):
+                frames.append(pd.read_parquet(path))
+        if frames:
+            tables[kind_dir.name] = pd.concat(frames, ignore_index=True)
+    return tables
+
+
+def aggregate(
+    spec: SweepSpec, runs: list[Run], root: str | Path | None = None
+) -> dict[str, pd.DataFrame]:
+    """Scan the store, summarise, write every table to <root>/tables; returns the tables."""
+    root = Path(root) if root is not None else spec.root_path
+    states = scan(spec, runs, root)
+    extra = analysis_tables(root)
+    tables: dict[str, Any] = summarize(run_table(states), spec, extra.get("probes"))
+    tables["curves"] = curve_table(states)
+    tables.update(extra)
+    for name, frame in tables.items():
+        write_table(frame, root / "tables" / name)
+    return tables
+
+
+def read_tables(root: str | Path) -> dict[str, pd.DataFrame]:
+    """The tables written by `aggregate` (Parquet), by name."""
+    folder = Path(root) / "tables"
+    return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}

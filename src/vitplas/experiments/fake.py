@@ -1,0 +1,62 @@
+"""A cheap stand-in runner with run_finetune's contract, for tests and demos of the machinery.
+
+`fake_finetune(cfg, run_dir)` takes the finetune config as a plain dict (spec runner.config:
+null), writes metrics.jsonl, result.json and DONE like a real run, and is deterministic in its
+config values. Knobs read from cfg: `sleep_s` (seconds per run), `fail` (raise), `base_acc`.
+It never trains anything: its numbers only exercise launching, aggregation and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vitplas.runs import RunDir, atomic_write_json
+
+# A made-up, fixed preference so that fake studies have structure to find (not a result).
+_FAKE_OFFSET = {"mha": 0.02, "fc1": 0.015, "fc2": 0.01, "ln2": 0.0, "ln1": -0.005, "all": 0.025}
+
+
+def _noise(cfg: dict[str, Any], salt: str) -> float:
+    """A deterministic number in [-0.5, 0.5) from the config values."""
+    text = json.dumps(cfg, sort_keys=True, default=str) + salt
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32 - 0.5
+
+
+def fake_finetune(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Pretend to finetune: write curves and a result; raise when cfg['fail'] is true."""
+    run = RunDir(run_dir)
+    with open(run.path / "executions.log", "a") as handle:  # lets tests count real executions
+        handle.write(f"{os.getpid()}\n")
+    if cfg.get("fail"):
+        raise RuntimeError(f"fake run asked to fail (dataset={cfg.get('dataset')})")
+    time.sleep(float(cfg.get("sleep_s", 0.0)))
+    train = cfg.get("train", ["all"])
+    train = train[0] if isinstance(train, list) and len(train) == 1 else str(train)
+    lr = float(cfg.get("lr", 0.01))
+    steps = int(cfg.get("steps", 10))
+    acc = float(cfg.get("base_acc", 0.8)) + _FAKE_OFFSET.get(train, 0.0)
+    acc += -0.02 * abs(math.log10(lr) + 2) + 0.01 * _noise(cfg, "test")
+    every = max(1, steps // 5)
+    (run.path / "metrics.jsonl").unlink(missing_ok=True)
+    for step in range(every, steps + 1, every):
+        decay = math.exp(-3 * step / steps)
+        run.append_metrics({"step": step, "loss": 2.3 * decay + 0.1, "grad_norm": 1 + decay})
+        run.append_metrics({"step": step, "val_loss": 2.0 * decay + 0.2, "val_acc": acc - decay})
+    result = {
+        "best_val_acc": round(acc + 0.01 * _noise(cfg, "val"), 6),
+        "test_acc": round(acc, 6),
+        "best_step": steps,
+        "steps": steps,
+        "wall_time_s": float(cfg.get("sleep_s", 0.0)),
+        "images_per_s": 1000.0,
+        "fake": True,
+    }
+    atomic_write_json(run.path / "result.json", result)
+    run.mark_done()
+    return result

@@ -1,0 +1,251 @@
+"""Sweep specs: one YAML per study, read by the launcher and by the aggregator alike.
+
+A spec names a `base` finetune config, `grid` axes whose product is the set of runs, optional
+per-dataset preset files and per-dataset axes, where the runs go, how they are executed and
+which analysis jobs (plasticity, bounds, probes) belong to the study. Experiment constants
+(datasets, seeds, lrs, train sets) live in the YAML only.
+
+Paths: `presets` are relative to the spec file's folder; `root` to the working directory (like
+every `runs/` folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vitplas.config import ConfigError, config_from_dict, read_yaml
+
+HASH_LEN = 8
+
+
+@dataclass
+class SlurmSettings:
+    """SLURM job-array settings (submitit's SlurmExecutor)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = 240
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float | None = None
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job
+
+
+@dataclass
+class ExecutorSettings:
+    kind: Literal["local", "slurm"] = "local"
+    max_parallel: int = 1  # local: processes at once; slurm: array parallelism
+    timeout_min: int = 7 * 24 * 60  # local jobs: submitit's wall-clock limit per run
+    threads_per_run: int | None = None  # torch threads in each local run (None: torch default)
+    folder: str | None = None  # submitit logs + pickles; default <root>/submitit
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+
+    def validate(self) -> None:
+        if self.max_parallel < 1:
+            raise ConfigError(f"executor.max_parallel is {self.max_parallel}; use 1 or more")
+
+
+@dataclass
+class RunnerSettings:
+    """What one run calls, by import path: function(cfg, run_dir) -> dict."""
+
+    function: str = "vitplas.training.finetune:run_finetune"
+    config: str | None = "vitplas.training.finetune:FinetuneConfig"  # None: cfg is a dict
+
+
+@dataclass
+class ProbeBaseline:
+    """Which linear-probe row is the baseline of the relative gain (PAPER.md section 4)."""
+
+    layer: int = -1  # -1: the last block
+    component: str = "block"
+
+
+@dataclass
+class AnalysisSettings:
+    """Jobs besides the finetuning runs; each entry is a config mapping of the analysis area."""
+
+    plasticity: list[dict[str, Any]] = field(default_factory=list)
+    bounds: list[dict[str, Any]] = field(default_factory=list)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    baseline: ProbeBaseline = field(default_factory=ProbeBaseline)
+
+
+@dataclass
+class SweepSpec:
+    name: str = ""
+    study: Literal["paper", "custom"] = "custom"
+    description: str = ""
+    root: str = ""  # default runs/sweeps/<name>
+    presets: dict[str, str] = field(default_factory=dict)  # dataset -> finetune preset YAML
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=dict)
+    grid_by_dataset: dict[str, dict[str, list]] = field(default_factory=dict)  # axis overrides
+    base_by: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # see expand()
+    select_by: Literal["test_acc", "best_val_acc"] = "test_acc"  # the paper picks the lr by test
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    source: str = ""  # the YAML file it was read from (set by load_spec)
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("a sweep spec needs a `name` (it names the study's run folder)")
+        if "dataset" not in self.grid and "dataset" not in self.base:
+            raise ConfigError("a sweep spec needs `dataset` in `grid` or in `base`")
+        for axis, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid axis '{axis}' must be a non-empty list, got {values!r}")
+        for value in [*self.grid.get("lr", []), self.base.get("lr", 0.0)]:
+            if isinstance(value, str):
+                raise ConfigError(
+                    f"lr {value!r} is text; write it as a number (YAML reads 1e-3 as text: "
+                    "write 1.0e-3 or 0.001)"
+                )
+        datasets = self.grid.get("dataset", [self.base.get("dataset")])
+        for dataset, axes in self.grid_by_dataset.items():
+            if dataset not in datasets:
+                raise ConfigError(
+                    f"grid_by_dataset names '{dataset}', which is not a dataset of the grid "
+                    f"({', '.join(map(str, datasets))})"
+                )
+            unknown = sorted(set(axes) - set(self.grid))
+            if unknown:
+                raise ConfigError(
+                    f"grid_by_dataset.{dataset} overrides unknown axis {unknown}; "
+                    f"grid axes: {', '.join(self.grid)}"
+                )
+
+        for axis, by_value in self.base_by.items():
+            if axis not in self.grid:
+                raise ConfigError(
+                    f"base_by names '{axis}', which is not a grid axis ({', '.join(self.grid)})"
+                )
+            stray = [v for v in by_value if v not in self.grid[axis]]
+            if stray:
+                raise ConfigError(f"base_by.{axis} names {stray}, not values of grid.{axis}")
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root or f"runs/sweeps/{self.name}")
+
+    @property
+    def axes(self) -> list[str]:
+        """The grid axes, in spec order: the columns that tell runs apart."""
+        return list(self.grid)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep: its id, the values of the grid axes, and its finetune config."""
+
+    run_id: str
+    params: dict[str, Any]
+    config: dict[str, Any]
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Read a sweep spec strictly (unknown key = ConfigError naming the known ones)."""
+    from vitplas.config import parse_override, set_dotted
+
+    data = read_yaml(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    data["source"] = str(path)
+    return config_from_dict(SweepSpec, data)
+
+
+def train_label(train: Any) -> str:
+    """`[mha, fc1]` -> 'mha+fc1'; 'all' stays 'all'. The name of a train set in tables."""
+    if isinstance(train, list | tuple):
+        return "+".join(str(t) for t in train)
+    return str(train)
+
+
+def _slug_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "+".join(_slug_value(v) for v in value)
+    text = str(value)
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in text)
+
+
+def run_id(params: dict[str, Any], config: dict[str, Any]) -> str:
+    """Readable slug of the axis values + a short hash of the whole resolved config.
+
+    The id depends on values only (never on positions in the grid), so reordering a spec's
+    axes or values keeps every id; changing any config value makes a new id.
+    """
+    slug = "_".join(f"{_slug_value(params[k])}" for k in sorted(params))
+    canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LEN]
+    return f"{slug}_{digest}"
+
+
+def _read_preset(spec: SweepSpec, dataset: Any) -> dict[str, Any]:
+    """The finetune preset of a dataset as a dict (its `base:` chain merged), or {}."""
+    if not spec.presets:
+        return {}
+    if dataset not in spec.presets:
+        raise ConfigError(
+            f"dataset '{dataset}' has no entry in `presets` of {spec.source or 'the spec'}; "
+            f"entries: {', '.join(spec.presets)}"
+        )
+    where = Path(spec.source).parent if spec.source else Path(".")
+    path = where / spec.presets[dataset]
+    if not path.is_file():
+        raise ConfigError(
+            f"the finetune preset '{path}' for dataset '{dataset}' does not exist; write it "
+            f"or change `presets` in {spec.source or 'the spec'}"
+        )
+    try:
+        from vitplas.training.config import read_preset
+    except ImportError:  # training area not installed yet: a plain YAML mapping
+        return read_yaml(path)
+    return read_preset(path)
+
+
+def expand(spec: SweepSpec, with_presets: bool = True) -> list[Run]:
+    """All runs of a spec: preset(dataset) <- base <- base_by[axis][value] <- grid values.
+
+    One Run per grid point; `grid_by_dataset[d]` replaces grid axes for dataset d, and
+    `base_by[axis][value]` adds config keys to the runs where that axis takes that value
+    (e.g. a smaller micro batch for a larger model).
+
+    `with_presets=False` skips reading the per-dataset preset files (counting runs only).
+    """
+    runs: list[Run] = []
+    seen: dict[str, dict] = {}
+    datasets = spec.grid.get("dataset", [spec.base.get("dataset")])
+    for dataset in datasets:
+        axes = {**spec.grid, **spec.grid_by_dataset.get(dataset, {})}
+        if "dataset" in axes:
+            axes["dataset"] = [dataset]
+        preset = _read_preset(spec, dataset) if with_presets else {}
+        names = list(axes)
+        for values in itertools.product(*(axes[n] for n in names)):
+            params = dict(zip(names, values, strict=True))
+            config = {**preset, **spec.base}
+            for axis, by_value in spec.base_by.items():
+                config.update(by_value.get(params[axis], {}))
+            config.update(params)
+            rid = run_id(params, config)
+            if rid in seen:
+                raise ConfigError(f"two grid points give the same run {rid}: {params}")
+            seen[rid] = params
+            runs.append(Run(rid, params, config))
+    return runs
+
+
+def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)

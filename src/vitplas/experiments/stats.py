@@ -1,0 +1,105 @@
+"""The paper's summaries of a sweep (PAPER.md section 4), as pure functions over DataFrames.
+
+Input: the tidy run table, one row per run, with a `lr` and a `seed` column, a metric column
+(e.g. `test_acc`) and key columns (e.g. model, dataset, train). Conventions carried over from
+the paper's protocol: the std over seeds is the population std (ddof=0); the best lr is the
+one with the highest seed-mean, the smallest lr winning a tie; the paired t-test is two-sided
+and the Wilcoxon signed-rank test one-sided (reference > other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def seed_stats(table: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
+    """Per (keys, lr): mean, std (ddof=0) and n of `metric` over seeds."""
+    grouped = table.groupby([*keys, "lr"], sort=True, dropna=False)[metric]
+    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v.to_numpy(), ddof=0)), n="count")
+    return out.reset_index()
+
+
+def best_lr(
+    table: pd.DataFrame, keys: Sequence[str], metric: str = "test_acc", select_by: str | None = None
+) -> pd.DataFrame:
+    """Per keys: the lr with the best seed-mean of `select_by` (default: `metric`), and the
+    seed-mean, std and n of `metric` at that lr. Columns: *keys, best_lr, mean, std, n."""
+    select_by = select_by or metric
+    picked = seed_stats(table, keys, select_by)
+    # highest mean first, then smallest lr: a tie goes to the smallest lr
+    picked = picked.sort_values([*keys, "mean", "lr"], ascending=[True] * len(keys) + [False, True])
+    picked = picked.groupby(list(keys), sort=True, dropna=False).head(1)[[*keys, "lr"]]
+    values = seed_stats(table, keys, metric).merge(picked, on=[*keys, "lr"])
+    values = values.rename(columns={"lr": "best_lr"})
+    return values[[*keys, "best_lr", "mean", "std", "n"]].reset_index(drop=True)
+
+
+def lr_gap(table: pd.DataFrame, keys: Sequence[str], metric: str = "test_acc") -> pd.DataFrame:
+    """LR sensitivity per keys: max - min over lrs of the seed-mean. Columns: *keys, gap, n_lrs."""
+    means = seed_stats(table, keys, metric)
+    grouped = means.groupby(list(keys), sort=True, dropna=False)["mean"]
+    out = grouped.agg(gap=lambda v: float(v.max() - v.min()), n_lrs="count")
+    return out.reset_index()
+
+
+def relative_gain(
+    best: pd.DataFrame, probe: pd.DataFrame, on: Sequence[str], value: str = "mean"
+) -> pd.DataFrame:
+    """(finetune - probe) / probe, joined on `on` (e.g. ['dataset']).
+
+    `probe` has the columns of `on` plus `probe_acc`; the result adds probe_acc and gain.
+    """
+    merged = best.merge(probe[[*on, "probe_acc"]], on=list(on), how="inner")
+    merged["gain"] = (merged[value] - merged["probe_acc"]) / merged["probe_acc"]
+    return merged
+
+
+def paired_tests(
+    best: pd.DataFrame,
+    *,
+    component: str = "train",
+    pair_on: str = "dataset",
+    reference: str = "mha",
+    value: str = "mean",
+    groups: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Reference component vs each other one, paired over `pair_on` (datasets).
+
+    Columns: *groups, reference, other, n, mean_diff, t_stat, t_p (two-sided paired t-test),
+    w_stat, w_p (one-sided Wilcoxon signed-rank, alternative: reference > other).
+    """
+    rows = []
+    grouped = best.groupby(list(groups), sort=True) if groups else [((), best)]
+    for key, part in grouped:
+        wide = part.pivot_table(index=pair_on, columns=component, values=value, aggfunc="first")
+        if reference not in wide:
+            continue
+        for other in [c for c in wide.columns if c != reference]:
+            pair = wide[[reference, other]].dropna()
+            row = dict(zip(groups, key if isinstance(key, tuple) else (key,), strict=True))
+            row.update(_test_pair(pair[reference].to_numpy(), pair[other].to_numpy()))
+            rows.append({**row, "reference": reference, "other": other})
+    columns = [*groups, "reference", "other", "n", "mean_diff", "t_stat", "t_p", "w_stat", "w_p"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _test_pair(ref: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Both tests on paired samples; NaN where a test is undefined (n < 2, all equal)."""
+    n = len(ref)
+    out = {"n": n, "mean_diff": float(np.mean(ref - other)) if n else float("nan")}
+    nan = float("nan")
+    out.update(t_stat=nan, t_p=nan, w_stat=nan, w_p=nan)
+    if n < 2:
+        return out
+    diff = ref - other
+    if np.ptp(diff) > 0:
+        t = stats.ttest_rel(ref, other)
+        out.update(t_stat=float(t.statistic), t_p=float(t.pvalue))
+    if np.any(diff != 0):
+        w = stats.wilcoxon(ref, other, alternative="greater")
+        out.update(w_stat=float(w.statistic), w_p=float(w.pvalue))
+    return out

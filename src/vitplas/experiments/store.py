@@ -1,0 +1,177 @@
+"""The store of a sweep: one folder per run under <root>/runs/, read through files, not names.
+
+Each run folder holds
+    sweep.json    run id, grid values and the finetune config (written before launch)
+    status.json   queued | running | failed | done, with pid/host/job id and times
+    error.txt     the traceback of the last failure
+    result.json + DONE   written by the runner when it finishes
+A run is found by the run id stored in sweep.json, never by parsing a folder name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitplas.experiments.spec import Run, SweepSpec
+from vitplas.runs import DONE_MARKER, atomic_write_json, now_iso
+
+STATES = ("done", "running", "failed", "missing")
+
+
+def run_dir(root: str | Path, run_id: str) -> Path:
+    return Path(root) / "runs" / run_id
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_status(folder: Path, state: str | None, **extra: Any) -> None:
+    """Record the run's state (atomic; None keeps it); keeps earlier fields such as the job id."""
+    status = read_json(folder / "status.json") or {}
+    status.update(extra, updated_at=now_iso())
+    if state is not None:
+        status["state"] = state
+    atomic_write_json(folder / "status.json", status)
+
+
+def prepare(root: str | Path, run: Run, spec_name: str) -> Path:
+    """Create the run folder and its sweep.json (the record that ties the folder to the run)."""
+    folder = run_dir(root, run.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": run.run_id, "sweep": spec_name, "params": run.params, "config": run.config}
+    if read_json(folder / "sweep.json") != record:
+        atomic_write_json(folder / "sweep.json", record)
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_slurm_jobs() -> set[str] | None:
+    """Job ids SLURM still knows (running or pending), or None without squeue."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+
+
+def _slurm_alive(job_id: str, live: set[str] | None) -> bool:
+    if live is None:
+        return True  # cannot tell: trust the status file
+    if job_id in live:
+        return True
+    array = job_id.split("_")[0]
+    return any(j.startswith(array + "_[") for j in live)  # pending array tasks: 12_[3-9]
+
+
+@dataclass
+class RunState:
+    run: Run
+    folder: Path
+    state: str  # one of STATES
+    detail: str = ""  # job id / host, or the last traceback line of a failure
+
+
+def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, str]:
+    """(state, detail) of one run folder, from its files."""
+    if (folder / DONE_MARKER).exists() and (folder / "result.json").exists():
+        return "done", ""
+    status = read_json(folder / "status.json") or {}
+    state = status.get("state")
+    if state == "failed":
+        lines = (
+            (folder / "error.txt").read_text().strip().splitlines()
+            if (folder / "error.txt").exists()
+            else ["(no traceback recorded)"]
+        )
+        return "failed", lines[-1] if lines else ""
+    if state in ("queued", "running"):
+        job = str(status.get("job_id", ""))
+        if status.get("executor") == "slurm" and job:
+            if _slurm_alive(job, slurm_live):
+                return "running", f"slurm job {job}"
+            return "missing", f"slurm job {job} is gone"
+        pid, host = status.get("pid"), status.get("host")
+        if host == socket.gethostname() and pid and _pid_alive(int(pid)):
+            return "running", f"pid {pid}"
+        controller = status.get("controller_pid")
+        if state == "queued" and not pid and controller and _pid_alive(int(controller)):
+            return "running", "queued"
+        if host and host != socket.gethostname():
+            return "running", f"on {host}"
+        return "missing", "interrupted"
+    return "missing", ""
+
+
+def scan(spec: SweepSpec, runs: list[Run], root: str | Path | None = None) -> list[RunState]:
+    """The state of every run of the spec (one squeue call at most)."""
+    root = Path(root) if root is not None else spec.root_path
+    needs_squeue = any(
+        (read_json(run_dir(root, r.run_id) / "status.json") or {}).get("executor") == "slurm"
+        for r in runs
+    )
+    live = live_slurm_jobs() if needs_squeue else None
+    out = []
+    for run in runs:
+        folder = run_dir(root, run.run_id)
+        state, detail = run_state(folder, live) if folder.exists() else ("missing", "")
+        out.append(RunState(run, folder, state, detail))
+    return out
+
+
+def counts(states: list[RunState]) -> dict[str, int]:
+    """{'done': n, 'running': n, 'failed': n, 'missing': n, 'total': n}."""
+    out = {s: 0 for s in STATES}
+    for item in states:
+        out[item.state] += 1
+    out["total"] = len(states)
+    return out
+
+
+def traceback_of(folder: Path) -> str:
+    path = folder / "error.txt"
+    return path.read_text() if path.exists() else "(no traceback recorded)"
+
+
+def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
+    """One row per finished run: run id, grid values, key config values, result.json."""
+    rows = []
+    for item in states:
+        if item.state != "done":
+            continue
+        result = read_json(item.folder / "result.json") or {}
+        record = read_json(item.folder / "sweep.json") or {}
+        config = record.get("config", item.run.config)
+        row: dict[str, Any] = {"run_id": item.run.run_id}
+        for key in ("model", "dataset", "optimizer"):
+            if key in config:
+                row[key] = config[key]
+        row.update(item.run.params)
+        for key, value in result.items():
+            if isinstance(value, int | float | str | bool) or value is None:
+                row.setdefault(key, value)
+        rows.append(row)
+    return rows
