@@ -1,1 +1,44 @@
-"""vitplas.data."""
+"""Datasets: one registry, one wrapper, the paper's splits, transforms from the model's config.
+
+get_dataset("cifar10", "val", transform=build_transform(mean, std, 224, train=False))
+dataset_info("cifar10-c/snow/5").num_classes  # 10
+list_datasets()                               # every family, parametrised ones included
+"""
+
+from vitplas.data.build import get_dataset, make_loader
+from vitplas.data.photos import PhotoStream
+from vitplas.data.records import ArrayImages, FileImages, ImageDataset
+from vitplas.data.registry import (
+    DataError,
+    DatasetInfo,
+    Param,
+    dataset_info,
+    is_available,
+    list_datasets,
+    parse_name,
+    resolve_root,
+)
+from vitplas.data.splits import SPLIT_SEED, split_indices
+from vitplas.data.transforms import build_transform, eval_resize, transform_for
+
+__all__ = [
+    "SPLIT_SEED",
+    "ArrayImages",
+    "DataError",
+    "DatasetInfo",
+    "FileImages",
+    "ImageDataset",
+    "Param",
+    "PhotoStream",
+    "build_transform",
+    "dataset_info",
+    "eval_resize",
+    "get_dataset",
+    "is_available",
+    "list_datasets",
+    "make_loader",
+    "parse_name",
+    "resolve_root",
+    "split_indices",
+    "transform_for",
+]

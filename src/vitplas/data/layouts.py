@@ -1,0 +1,166 @@
+"""Readers of the real datasets' on-disk layouts. Each missing file is a DataError naming it.
+
+Layouts (under the data root):
+    cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}     pickled dicts
+    cifar-100-python/{train,test,meta}                               pickled dicts
+    CIFAR-10-C/<corruption>.npy (5 x 10,000, 32, 32, 3) uint8 + labels.npy (50,000,)
+    flowers-102/{jpg/image_00001.jpg, imagelabels.mat, setid.mat}
+    oxford-iiit-pet/{images/<name>.jpg, annotations/{trainval,test}.txt}
+    <folder>/<class>/<image>                                        ImageFolder
+    <dir>/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]          idx files
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from vitplas.data.records import ArrayImages, FileImages
+from vitplas.data.registry import DataError, Source
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+SEVERITIES = 5
+
+
+def _require(src: Source, path: Path) -> Path:
+    if not path.exists():
+        raise src.missing(path)
+    return path
+
+
+def _unpickle(src: Source, path: Path) -> dict:
+    with open(_require(src, path), "rb") as handle:
+        return pickle.load(handle, encoding="bytes")  # the batches were pickled by Python 2
+
+
+def read_cifar_batches(
+    src: Source, files: list[str], label_key: bytes, meta_file: str, meta_key: bytes
+) -> ArrayImages:
+    """Concatenate pickled CIFAR batches: b'data' (N, 3072) uint8 rows, channel-major."""
+    folder = src.path
+    images, labels = [], []
+    for name in files:
+        batch = _unpickle(src, folder / name)
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, 32, 32, 3)
+        labels.extend(batch[label_key])
+    meta = _unpickle(src, folder / meta_file)
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[meta_key]]
+    return ArrayImages(np.concatenate(images), np.asarray(labels), classes)
+
+
+def read_corruption(src: Source, corruption: str, severity: int, classes: list[str]) -> ArrayImages:
+    """Rows (s-1)*m : s*m of <corruption>.npy and labels.npy, m = N / 5 (10,000 published)."""
+    folder = src.path
+    images = np.load(_require(src, folder / f"{corruption}.npy"), mmap_mode="r")
+    labels = np.load(_require(src, folder / "labels.npy"), mmap_mode="r")
+    n = len(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(
+            f"{folder / corruption}.npy: expected uint8 (N, H, W, 3), got "
+            f"{images.dtype} {images.shape}"
+        )
+    if n % SEVERITIES or len(labels) != n:
+        raise DataError(
+            f"{folder}: {corruption}.npy has {n} images and labels.npy {len(labels)}; "
+            f"both must hold {SEVERITIES} equal blocks (one per severity)"
+        )
+    m = n // SEVERITIES
+    rows = slice((severity - 1) * m, severity * m)
+    return ArrayImages(np.array(images[rows]), np.array(labels[rows]), classes)
+
+
+def read_flowers(src: Source, part: str) -> FileImages:
+    """Flowers102's official part ('train', 'val', 'test'); labels 1..102 become 0..101."""
+    from scipy.io import loadmat
+
+    folder = src.path
+    key = {"train": "trnid", "val": "valid", "test": "tstid"}[part]
+    ids = np.atleast_1d(loadmat(_require(src, folder / "setid.mat"), squeeze_me=True)[key])
+    labels = np.atleast_1d(
+        loadmat(_require(src, folder / "imagelabels.mat"), squeeze_me=True)["labels"]
+    )
+    paths = [folder / "jpg" / f"image_{int(i):05d}.jpg" for i in ids]
+    if paths:
+        _require(src, paths[0])
+    classes = [str(c) for c in range(1, 103)]
+    return FileImages(paths, labels[np.asarray(ids, dtype=np.int64) - 1] - 1, classes)
+
+
+def read_pet(src: Source, part: str) -> FileImages:
+    """Oxford-IIIT Pet: annotations/{trainval,test}.txt lines '<image> <class 1..37> ...'."""
+    folder = src.path
+    listing = _require(
+        src, folder / "annotations" / f"{'test' if part == 'test' else 'trainval'}.txt"
+    )
+    paths, labels, names = [], [], {}
+    for line in listing.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        image, class_id = line.split()[:2]
+        paths.append(folder / "images" / f"{image}.jpg")
+        labels.append(int(class_id) - 1)
+        names[int(class_id) - 1] = image.rsplit("_", 1)[0]
+    if paths:
+        _require(src, paths[0])
+    classes = [names.get(c, str(c + 1)) for c in range(37)]
+    return FileImages(paths, np.asarray(labels), classes)
+
+
+def scan_image_folder(src: Source, folder: Path, classes: list[str] | None = None) -> FileImages:
+    """ImageFolder: one sub-folder per class (sorted names = labels 0..C-1), images inside.
+
+    `classes` fixes the label order (a test folder labelled like its train folder).
+    """
+    if not folder.is_dir():
+        raise src.missing(folder, "folder")
+    found = class_folders(folder)
+    classes = found if classes is None else classes
+    if extra := sorted(set(found) - set(classes)):
+        raise DataError(
+            f"{folder}: class folders {extra[:5]} are not among the {len(classes)} "
+            "classes of the train folder"
+        )
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((folder / name).rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(path)
+                labels.append(label)
+    if not paths:
+        raise DataError(
+            f"dataset '{src.info.name}': no image in {folder} "
+            f"(expected {folder}/<class>/<image>.jpg); layout: {src.info.layout}"
+        )
+    return FileImages(paths, np.asarray(labels), classes)
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (MNIST format), gzipped or not, as a uint8 array of its stored shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not a uint8 idx file (magic {data[:4].hex()})")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise DataError(f"{path}: header says {shape} but holds {array.size} values (truncated?)")
+    return array.reshape(shape)
+
+
+def find_idx(folder: Path, stem: str) -> Path | None:
+    """`stem` or `stem.gz` in `folder`, whichever exists."""
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
