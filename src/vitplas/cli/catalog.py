@@ -1,1 +1,35 @@
 """Commands of the catalog area (registered on vitplas.cli.app.app)."""
+
+import json
+
+import typer
+
+from vitplas.cli.app import app
+
+
+@app.command("models")
+def models_command(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """List the model presets and whether their weights are on this machine (no network)."""
+    from vitplas.models.presence import preset_catalog, searched_places
+
+    rows = preset_catalog()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="vitplas model presets (a timm ViT name, HF id or ARCH@FILE works too)",
+        caption=f"weights looked for in: {searched_places()}. Missing weights: go online once, "
+        "or put a timm-layout safetensors at <weights folder>/<preset>.safetensors",
+    )
+    for column in ("preset", "arch", "source", "description", "weights here"):
+        table.add_column(column, overflow="fold")
+    marks = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "n/a"}
+    for row in rows:
+        weights = f"{marks[row['weights_present']]}: {row['weights_where']}"
+        table.add_row(row["name"], row["arch"], row["source"], row["description"], weights)
+    Console(width=max(Console().width, 140)).print(table)

@@ -1,0 +1,141 @@
+"""load_model: one entry point from a spec string to a timm VisionTransformer and its facts.
+
+Spec kinds, tried in this order:
+    preset            'vit-b16-in21k', 'vit-l16-in21k', 'vit-h14-in21k', 'dinov2-s14', 'tiny-random'
+    ARCH@FILE         a local weights file (.safetensors, .pth/.pt/.bin) for timm arch ARCH,
+                      e.g. 'vit_base_patch16_224@runs/x/model.safetensors' (a bare file has
+                      no architecture, so it must be named this way)
+    folder            a local Hugging Face ViT folder (config.json + weights)
+    timm name         'vit_base_patch16_224.orig_in21k' (timm downloads / reads its cache)
+    Hugging Face id   'google/vit-base-patch16-224-in21k' (converted to timm's layout)
+A model whose weights cannot be had is an error (never a silent random init); pass
+random_init=True to build the architecture with random weights on purpose.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from vitplas.models import checkpoints, hf, sources, timm_models
+from vitplas.models.errors import ModelError
+from vitplas.models.registry import (
+    NORMALIZATIONS,
+    PAPER_MEAN_STD,
+    Triple,
+    get_preset,
+    is_preset,
+    preset_names,
+)
+from vitplas.models.sources import RANDOM_INIT, Built, build_preset
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use: `model` is a timm VisionTransformer in eval mode on CPU.
+
+    mean/std are the model's own normalisation; `normalization("paper")` gives the paper's
+    (ImageNet statistics, PAPER.md section 3 choice). input_size is (3, H, W) in pixels.
+    checksum is the sha256 of the weights file (None for random weights).
+    """
+
+    model: nn.Module
+    spec: str
+    description: str
+    mean: Triple
+    std: Triple
+    input_size: tuple[int, int, int]
+    random_init: bool
+    checksum: str | None
+    num_classes: int
+    arch: str = ""
+
+    def normalization(self, choice: str = "model") -> tuple[Triple, Triple]:
+        """(mean, std) for `choice`: 'model' (the checkpoint's own) or 'paper' (ImageNet)."""
+        if choice == "model":
+            return self.mean, self.std
+        if choice == "paper":
+            return PAPER_MEAN_STD
+        raise ModelError(f"normalization '{choice}' is unknown; known: {', '.join(NORMALIZATIONS)}")
+
+
+def load_model(
+    spec: str,
+    *,
+    num_classes: int | None = None,
+    random_init: bool = False,
+    img_size: int | None = None,
+) -> LoadedModel:
+    """Build the model named by `spec` (see the module docstring for the spec kinds).
+
+    num_classes: None keeps the checkpoint's head (0 = no head for the in21k backbones);
+    N gives a new head of N outputs (trunc-normal std 0.02, zero bias), unless the head
+    already has N outputs. img_size: input side in pixels; the position embedding is
+    resampled to the new patch grid. random_init: random weights, never a download.
+    """
+    spec = spec.strip()
+    built = _dispatch(spec, random_init=random_init, img_size=img_size)
+    return _finish(spec, built, num_classes=num_classes, img_size=img_size)
+
+
+def _dispatch(spec: str, *, random_init: bool, img_size: int | None) -> Built:
+    if is_preset(spec):
+        return build_preset(get_preset(spec), random_init=random_init, img_size=img_size)
+    if "@" in spec:
+        arch, _, path = spec.partition("@")
+        return sources.from_file(arch, Path(path).expanduser(), random_init=random_init)
+    path = Path(spec).expanduser()
+    if path.exists() or spec.lower().endswith(checkpoints.WEIGHT_SUFFIXES):
+        return sources.from_path(path, random_init=random_init)
+    if timm_models.is_timm_vit(spec):
+        return sources.from_timm(spec, random_init=random_init, img_size=img_size)
+    if hf.is_hf_id(spec):
+        return sources.from_hf(spec, random_init=random_init)
+    raise _unknown(spec)
+
+
+def _unknown(spec: str) -> ModelError:
+    close = difflib.get_close_matches(spec, preset_names(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    if "/" not in spec:
+        try:  # a mistyped timm name or a non-ViT: let the timm check say what is wrong
+            timm_models.check_timm_vit(spec)
+        except ModelError as err:
+            hint += f"; as a timm name: {err}"
+    return ModelError(
+        f"model '{spec}' is unknown{hint}. A model spec is a preset ({', '.join(preset_names())}),"
+        " a timm ViT name with tag (vit_base_patch16_224.orig_in21k), a Hugging Face ViT id "
+        "(google/vit-base-patch16-224-in21k), a local Hugging Face folder, or ARCH@FILE for a "
+        "local weights file (vit_base_patch16_224@path/to/weights.safetensors)"
+    )
+
+
+def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int | None):
+    model = built.model
+    if img_size is not None and tuple(model.patch_embed.img_size) != (img_size, img_size):
+        model.set_input_size(img_size=(img_size, img_size))  # resamples pos_embed
+    if num_classes is not None and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
+        if num_classes > 0:  # timm's / HF's ViT head init, so every spec kind starts alike
+            nn.init.trunc_normal_(model.head.weight, std=0.02)
+            nn.init.zeros_(model.head.bias)
+    model = model.cpu().eval()
+    description = built.description
+    if built.random_init and RANDOM_INIT not in description:
+        description = f"{RANDOM_INIT} {description}"
+    height, width = model.patch_embed.img_size
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        description=description,
+        mean=tuple(float(v) for v in built.mean),
+        std=tuple(float(v) for v in built.std),
+        input_size=(int(model.patch_embed.proj.in_channels), int(height), int(width)),
+        random_init=built.random_init,
+        checksum=built.checksum,
+        num_classes=int(model.num_classes),
+        arch=built.arch,
+    )

