@@ -1,0 +1,111 @@
+"""Checkpoints and resume: killed + rerun == uninterrupted (bit for bit on CPU); a corrupt
+newest checkpoint falls back to the previous one; RNG states round-trip."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from test_train_support import params, toy_config, toy_sources, without_timing
+
+from vitplas.runs import RunDir
+from vitplas.training import checkpoint as ckpt
+from vitplas.training.finetune import run_finetune
+
+CFG = ("steps=10", "ckpt_every=3", "eval_every=2", "keep_checkpoints=2", "train=[mha,fc1]")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(at: int):
+    def hook(trainer, step):
+        if step == at:
+            raise Interrupted(f"killed after step {step}")
+
+    return hook
+
+
+def _finished(tmp_path, name, *callbacks):
+    sources = toy_sources()
+    result = run_finetune(toy_config(*CFG), tmp_path / name, sources=sources, callbacks=callbacks)
+    return sources, result
+
+
+def _assert_same_run(a_dir, a_sources, a_result, b_dir, b_sources, b_result):
+    pa, pb = params(a_sources.model), params(b_sources.model)
+    assert all(torch.equal(pa[n], pb[n]) for n in pa)
+    drop = {"wall_time_s", "images_per_s"}
+    assert {k: v for k, v in a_result.items() if k not in drop} == {
+        k: v for k, v in b_result.items() if k not in drop
+    }
+    assert without_timing(RunDir(a_dir).read_metrics()) == without_timing(
+        RunDir(b_dir).read_metrics()
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plain")
+    sources, result = _finished(root, "run")
+    return root / "run", sources, result
+
+
+@pytest.mark.parametrize("kill_at", [5, 7])
+def test_interrupted_then_rerun_equals_uninterrupted(tmp_path, uninterrupted, kill_at):
+    with pytest.raises(Interrupted):
+        _finished(tmp_path, "run", _interrupt_at(kill_at))
+    # the killed run left metrics past its last checkpoint (step 3 or 6): they must go
+    assert max(r["step"] for r in RunDir(tmp_path / "run").read_metrics()) == kill_at
+    sources, result = _finished(tmp_path, "run")
+    _assert_same_run(*uninterrupted, tmp_path / "run", sources, result)
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_warning(tmp_path, uninterrupted):
+    with pytest.raises(Interrupted):
+        _finished(tmp_path, "run", _interrupt_at(8))
+    found = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in found] == ["step_00000003", "step_00000006"]
+    state = found[-1] / ckpt.STATE_FILE
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    state.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"step_00000006 is corrupt.*falling back"):
+        sources, result = _finished(tmp_path, "run")
+    _assert_same_run(*uninterrupted, tmp_path / "run", sources, result)
+
+
+def test_every_checkpoint_corrupt_is_an_error(tmp_path):
+    ckpt.save_checkpoint(tmp_path, 1, {"x": torch.ones(2)})
+    (tmp_path / "step_00000001" / ckpt.STATE_FILE).write_bytes(b"garbage")
+    with (
+        pytest.warns(UserWarning, match="is corrupt"),
+        pytest.raises(ckpt.CheckpointError, match="delete that folder"),
+    ):
+        ckpt.load_latest(tmp_path)
+
+
+def test_checkpoints_sort_prune_and_ignore_partial_folders(tmp_path):
+    for step in (5, 10, 100, 1000):
+        ckpt.save_checkpoint(tmp_path, step, {"step": step}, keep=3)
+    (tmp_path / ".tmp-step_00002000").mkdir()  # a save killed half way
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    assert names == ["step_00000010", "step_00000100", "step_00001000"]
+    state, path = ckpt.load_latest(tmp_path)
+    assert state["step"] == 1000 and path.name == "step_00001000"
+    meta = json.loads((path / ckpt.META_FILE).read_text())
+    assert meta["step"] == 1000 and len(meta["sha256"]) == 64
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    ckpt.save_checkpoint(tmp_path, 1, {"rng": ckpt.rng_state()})
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.set_rng_state(ckpt.load_latest(tmp_path)[0]["rng"])
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1]) and first[2] == second[2]
