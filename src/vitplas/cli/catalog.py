@@ -33,3 +33,38 @@ def models_command(
         weights = f"{marks[row['weights_present']]}: {row['weights_where']}"
         table.add_row(row["name"], row["arch"], row["source"], row["description"], weights)
     Console(width=max(Console().width, 140)).print(table)
+
+
+@app.command("datasets")
+def datasets_command(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    root: str | None = typer.Option(
+        None, "--root", help="Data root (default: $VITPLAS_DATA, then <VITPLAS_HOME>/data)."
+    ),
+) -> None:
+    """List every dataset: classes, splits, source, and whether its files are here (no network)."""
+    from vitplas.data.catalog import data_root_text, dataset_catalog, describe_choices
+
+    rows = dataset_catalog(root)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="vitplas datasets (splits: val = 20% of the official train, fixed split seed)",
+        caption=f"data root: {data_root_text(root)}. Missing files: see `vitplas datasets "
+        "--json` (layout, how_to_get), or pass download=True where a download exists",
+    )
+    for column in ("dataset", "classes", "splits", "source", "here", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        name = row["name"]
+        if row["choices"]:
+            name += f"\n[dim]{describe_choices(row['choices'])}[/dim]"
+        here = f"{'[green]yes[/green]' if row['present'] else '[red]no[/red]'}: {row['where']}"
+        classes = "unlabelled" if not row["labelled"] else str(row["num_classes"] or "folders")
+        splits = f"{'/'.join(row['splits'])} ({row['split_rule']})"
+        table.add_row(name, classes, splits, row["source"], here, row["description"])
+    Console(width=max(Console().width, 160)).print(table)
