@@ -258,3 +258,34 @@ def test_missing_files_name_path_layout_and_fix(tmp_path):
         get_dataset("flowers102", "train", root=tmp_path)
     with pytest.raises(DataError, match=r"imagenet/val is missing.*image-net.org"):
         get_dataset("imagenet", "val", root=tmp_path)
+
+
+def test_download_fetches_into_the_layout_then_reads_it(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def fake_cifar10(root, download):  # stands in for torchvision's downloader
+        calls.append((root, download))
+        write_cifar10(tmp_path)
+
+    monkeypatch.setattr(tvd, "CIFAR10", fake_cifar10)
+    assert len(get_dataset("cifar10", "test", root=tmp_path, download=True)) == 6
+    assert calls == [(str(tmp_path), True)]
+    get_dataset("cifar10", "train", root=tmp_path, download=True)
+    assert len(calls) == 1  # files present: never fetched again
+
+
+def test_download_failure_is_a_data_error(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torchvision.datasets.utils as tvu
+
+    def offline(url, download_root, **kwargs):
+        raise URLError(f"unreachable: {url}")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match=r"download failed \(URLError.*groundtruth/clipart.zip"):
+        get_dataset("domainnet/clipart", "train", root=tmp_path, download=True)
+    with pytest.raises(DataError, match=r"download failed.*CIFAR-10-C.tar.*Offline\? Put"):
+        get_dataset("cifar10-c/snow/5", "train", root=tmp_path, download=True)

@@ -69,7 +69,7 @@ def _fashion(src: Source, part: str) -> ArrayImages:
     if folder is None and src.download:
         import torchvision.datasets as tvd
 
-        tvd.FashionMNIST(str(src.root), download=True)
+        src.fetch(lambda: tvd.FashionMNIST(str(src.root), download=True))
         folder = _fashion_dir(src)
     if folder is None:
         raise src.missing(fashion_dirs(src)[0], f"{src.info.layout}; for instance")

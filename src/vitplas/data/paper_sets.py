@@ -10,7 +10,7 @@ from vitplas.data.layouts import (
     scan_image_folder,
 )
 from vitplas.data.records import ArrayImages, FileImages
-from vitplas.data.registry import DataError, Param, Source, register
+from vitplas.data.registry import Param, Source, register
 
 # The 15 corruptions of Hendrycks & Dietterich plus the 4 extra ones, shared by the three
 # -C datasets (same file / folder names in CIFAR-10-C, CIFAR-100-C and ImageNet-C).
@@ -34,35 +34,25 @@ _IMAGENET_C_TARS = {  # which zenodo tar holds each ImageNet-C corruption
     "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
     "extra": ("speckle_noise", "gaussian_blur", "spatter", "saturate"),
 }
+_TORCHVISION_HOW = "pass download=True to get_dataset: torchvision fetches it into the root"
 _CIFAR_C_URL = {
     "cifar10-c": "https://zenodo.org/record/2535967/files/CIFAR-10-C.tar",
     "cifar100-c": "https://zenodo.org/record/3555552/files/CIFAR-100-C.tar",
 }
 
 
-def _fetch(src: Source, fetch) -> None:
-    """Run a download, turning a network failure into a DataError that says what to do."""
-    try:
-        fetch()
-    except Exception as err:  # urllib / torchvision raise many kinds
-        raise DataError(
-            f"dataset '{src.info.name}': download failed ({type(err).__name__}: {err}). "
-            f"Offline? Put the files under {src.root} as {src.info.layout}"
-        ) from err
-
-
 def _torchvision(src: Source, cls_name: str, **kwargs) -> None:
-    if src.download:
+    if src.download and not src.path.exists():  # present files are read, never re-fetched
         import torchvision.datasets as tvd
 
-        _fetch(src, lambda: getattr(tvd, cls_name)(str(src.root), download=True, **kwargs))
+        src.fetch(lambda: getattr(tvd, cls_name)(str(src.root), download=True, **kwargs))
 
 
 _CIFAR_COMMON = dict(
     splits=("train", "val", "test"),
     split_rule="val-from-train",
     source="torchvision download",
-    how_to_get="pass download=True (CLI: --download) to fetch it with torchvision",
+    how_to_get=_TORCHVISION_HOW,
     image_size="32x32",
 )
 
@@ -99,7 +89,7 @@ def _cifar_c(src: Source, part: str) -> ArrayImages:
         from torchvision.datasets.utils import download_and_extract_archive
 
         url = _CIFAR_C_URL[src.info.family]
-        _fetch(src, lambda: download_and_extract_archive(url, str(src.root)))
+        src.fetch(lambda: download_and_extract_archive(url, str(src.root)))
     classes = [str(c) for c in range(src.info.num_classes or 0)]
     values = src.info.values
     return read_corruption(src, values["corruption"], int(values["severity"]), classes)
@@ -142,7 +132,7 @@ for _family, _classes, _folder in (
     location="flowers-102",
     layout="flowers-102/{jpg/image_00001.jpg.., imagelabels.mat, setid.mat}",
     source="torchvision download",
-    how_to_get="pass download=True (CLI: --download) to fetch it with torchvision",
+    how_to_get=_TORCHVISION_HOW,
     description="Oxford Flowers102: official 1,020 train / 1,020 val / 6,149 test, 102 classes",
 )
 def _flowers(src: Source, part: str) -> FileImages:
@@ -158,7 +148,7 @@ def _flowers(src: Source, part: str) -> FileImages:
     location="oxford-iiit-pet",
     layout="oxford-iiit-pet/{images/<name>.jpg, annotations/trainval.txt, annotations/test.txt}",
     source="torchvision download",
-    how_to_get="pass download=True (CLI: --download) to fetch it with torchvision",
+    how_to_get=_TORCHVISION_HOW,
     description="Oxford-IIIT Pet: 3,680 trainval (80/20 train/val) + 3,669 test, 37 breeds",
 )
 def _pet(src: Source, part: str) -> FileImages:
@@ -185,7 +175,7 @@ def _domainnet(src: Source, part: str) -> FileImages:
     if src.download and not src.path.exists():
         from torchvision.datasets.utils import download_and_extract_archive
 
-        _fetch(src, lambda: download_and_extract_archive(url, str(src.root / "domainnet")))
+        src.fetch(lambda: download_and_extract_archive(url, str(src.root / "domainnet")))
     if not src.path.is_dir():
         raise src.missing(src.path, "folder", hint=f" (this domain: {url})")
     return scan_image_folder(src, src.path)
@@ -231,5 +221,5 @@ def _imagenet_c(src: Source, part: str) -> FileImages:
         tar = next(t for t, names in _IMAGENET_C_TARS.items() if corruption in names)
         record = "2536630" if tar == "extra" else "2235448"
         url = f"https://zenodo.org/record/{record}/files/{tar}.tar"
-        _fetch(src, lambda: download_and_extract_archive(url, str(src.root / "imagenet-c")))
+        src.fetch(lambda: download_and_extract_archive(url, str(src.root / "imagenet-c")))
     return scan_image_folder(src, src.path)

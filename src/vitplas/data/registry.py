@@ -90,6 +90,16 @@ class Source:
             return self.root / self.info.location.format(**self.info.values)
         return self.root / self.info.location.split("{", 1)[0]
 
+    def fetch(self, download: Callable[[], object]) -> None:
+        """Run `download`; a failure (offline, server gone) is a DataError saying what to do."""
+        try:
+            download()
+        except Exception as err:  # urllib, http and torchvision raise many kinds
+            raise DataError(
+                f"dataset '{self.info.name}': download failed ({type(err).__name__}: {err}). "
+                f"Offline? Put the files under {self.root} as {self.info.layout}"
+            ) from err
+
     def missing(self, path: Path, what: str | None = None, hint: str = "") -> DataError:
         """The error for a file or folder absent from the expected layout."""
         return DataError(
