@@ -1,0 +1,325 @@
+"""Linear probes on the outputs of any (layer, component) of a frozen model.
+
+Features: the tokens a component outputs in the model's real forward pass (a forward hook on
+the component's module, found through the component map), mean-pooled over all tokens (or the
+CLS token). Classifier: StandardScaler + multinomial logistic regression with sklearn's
+objective, C * sum(cross-entropy) + ||W||^2 / 2, fitted full batch with L-BFGS in torch on the
+features' device; scikit-learn is the reference (and a backend). The baseline for relative
+gains is the last block's output (component "block").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vitplas.config import ConfigError
+from vitplas.models.components import component_map
+
+Point = tuple[int, str]  # (layer, component); component "block" = the block's output
+
+
+@dataclass
+class ProbeConfig:
+    """A linear-probe study of one model on one dataset."""
+
+    model: str = "vit-b16-in21k"
+    random_init: bool = False
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    img_size: int = 224
+    normalization: Literal["paper", "model"] = "paper"
+    layers: list[int] | None = None  # None = every block
+    components: list[str] = field(default_factory=lambda: ["all"])  # all = every one + block
+    pool: Literal["mean", "cls"] = "mean"
+    C: float = 1.0  # inverse L2 strength, as scikit-learn's
+    backend: Literal["torch", "sklearn"] = "torch"
+    max_iter: int = 1000
+    max_train: int | None = None  # a fixed random subset (seed) of the train split
+    max_test: int | None = None
+    batch_size: int = 128
+    num_workers: int = 4
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "none"] = "auto"
+    seed: int = 0
+    max_feature_gb: float = 4.0  # features held at once; more points = more passes
+
+    def validate(self) -> None:
+        if self.C <= 0 or self.batch_size <= 0 or self.max_iter <= 0:
+            raise ConfigError("C, batch_size and max_iter must be positive")
+
+
+class _Stop(Exception):
+    """Raised by the deepest hook: later blocks are not needed."""
+
+
+def probe_points(model: nn.Module, layers=None, components: Sequence[str] = ("all",)) -> list:
+    """(layer, component) pairs; `all` = every block component plus the block output."""
+    cmap = component_map(model)
+    names = list(components)
+    if "all" in names:
+        names = [*cmap.block_components, "block"]
+    for name in names:
+        if name != "block" and name not in cmap.block_components:
+            raise ConfigError(
+                f"component '{name}' cannot be probed; choose from "
+                f"{', '.join((*cmap.block_components, 'block'))}"
+            )
+    layers = list(range(cmap.depth)) if layers is None else list(layers)
+    bad = [i for i in layers if not -cmap.depth <= i < cmap.depth]
+    if bad:
+        raise ConfigError(f"layers {bad} out of range for a model with {cmap.depth} blocks")
+    return [(i % cmap.depth, n) for i in layers for n in names]
+
+
+def _pool(tokens: torch.Tensor, pool: str) -> torch.Tensor:
+    tokens = tokens[0] if isinstance(tokens, tuple) else tokens  # (B, N, D)
+    return tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)  # (B, D)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader: DataLoader,
+    points: Sequence[Point],
+    *,
+    pool: str = "mean",
+    device: torch.device | str = "cpu",
+    amp: str = "none",
+) -> tuple[dict[Point, torch.Tensor], torch.Tensor]:
+    """({point: (N, width) float32 features on `device`}, labels (N,)) in one pass."""
+    from vitplas.training.evaluate import autocast
+
+    device = torch.device(device)
+    cmap = component_map(model)
+    model.eval().to(device)
+    last = max(layer for layer, _ in points)
+    batch_feats: dict[Point, torch.Tensor] = {}
+    chunks: dict[Point, list[torch.Tensor]] = {p: [] for p in points}
+    handles = []
+    for point in points:
+        layer, name = point
+        module = cmap.block(layer) if name == "block" else cmap.module(layer, name)
+
+        def hook(_m, _inp, out, point=point):
+            batch_feats[point] = _pool(out, pool).float()
+
+        handles.append(module.register_forward_hook(hook))
+
+    def stop(_m, _inp, _out):
+        raise _Stop
+
+    handles.append(cmap.block(last).register_forward_hook(stop))
+    labels = []
+    try:
+        for images, targets in loader:
+            with autocast(device, amp), _suppress_stop():
+                model(images.to(device, non_blocking=True))
+            for point in points:
+                chunks[point].append(batch_feats[point])
+            labels.append(torch.as_tensor(targets))
+    finally:
+        for handle in handles:
+            handle.remove()
+    feats = {p: torch.cat(c) for p, c in chunks.items()}
+    return feats, torch.cat(labels).to(device)
+
+
+class _suppress_stop:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is _Stop
+
+
+def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """StandardScaler: train mean/std (population), a zero std becomes 1."""
+    mean = train.mean(dim=0, keepdim=True)
+    std = train.std(dim=0, unbiased=False, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (train - mean) / std, (test - mean) / std
+
+
+def fit_logistic_torch(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, *, C: float = 1.0, max_iter: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (K, D), b (K,)) minimising C * sum CE + ||W||^2 / 2 (bias unpenalised), by L-BFGS.
+
+    The objective is divided by C * n (same minimiser) so that the tolerances do not depend
+    on the sample count.
+    """
+    n, dim = x.shape
+    weight = torch.zeros(num_classes, dim, device=x.device, dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, device=x.device, dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + weight.square().sum() / (2 * C * n)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def fit_and_score(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    *,
+    backend: str = "torch",
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> float:
+    """Test accuracy (%) of a standardised logistic regression fitted on the train features."""
+    if backend == "sklearn":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+        clf.fit(train_x.cpu().double().numpy(), train_y.cpu().numpy())
+        return 100.0 * float(clf.score(test_x.cpu().double().numpy(), test_y.cpu().numpy()))
+    xtr, xte = standardize(train_x, test_x)
+    weight, bias = fit_logistic_torch(xtr, train_y, num_classes, C=C, max_iter=max_iter)
+    pred = (xte @ weight.T + bias).argmax(dim=1)
+    return 100.0 * (pred == test_y).double().mean().item()
+
+
+def point_groups(points: Sequence[Point], widths: dict[Point, int], n: int, budget: float):
+    """Split points into groups whose features (n x width float32) fit in `budget` bytes."""
+    groups, current, used = [], [], 0.0
+    for point in points:
+        size = n * widths[point] * 4
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0.0
+        current.append(point)
+        used += size
+    return [*groups, current] if current else groups
+
+
+def probe_model(
+    model: nn.Module,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    num_classes: int,
+    points: Sequence[Point],
+    cfg: ProbeConfig,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """One row per point: layer, component, acc, baseline_acc, rel_to_baseline.
+
+    The baseline (last block's output) is always probed, added when not in `points`.
+    """
+    depth = component_map(model).depth
+    points = list(points)
+    if (depth - 1, "block") not in points:
+        points.append((depth - 1, "block"))
+    widths = _widths(model, points, train_loader, device)
+    n = len(train_loader.dataset) + len(test_loader.dataset)
+    rows = []
+    for group in point_groups(points, widths, n, cfg.max_feature_gb * 1e9):
+        tr, ytr = extract_features(
+            model, train_loader, group, pool=cfg.pool, device=device, amp=cfg.amp
+        )
+        te, yte = extract_features(
+            model, test_loader, group, pool=cfg.pool, device=device, amp=cfg.amp
+        )
+        for point in group:
+            acc = fit_and_score(
+                tr[point],
+                ytr,
+                te[point],
+                yte,
+                num_classes,
+                backend=cfg.backend,
+                C=cfg.C,
+                max_iter=cfg.max_iter,
+            )
+            rows.append(
+                {"layer": point[0], "component": point[1], "acc": acc, "width": widths[point]}
+            )
+        del tr, te
+    (base,) = [r["acc"] for r in rows if (r["layer"], r["component"]) == (depth - 1, "block")]
+    for row in rows:
+        row["baseline_acc"] = base
+        row["rel_to_baseline"] = (row["acc"] - row["baseline_acc"]) / row["baseline_acc"]
+    return rows
+
+
+def _widths(model, points, loader, device) -> dict[Point, int]:
+    """Feature width of each point, from one image."""
+    images, labels = next(iter(loader))
+    one = DataLoader(list(zip(images[:1], torch.as_tensor(labels)[:1], strict=True)), batch_size=1)
+    feats, _ = extract_features(model, one, points, device=device)
+    return {p: f.shape[1] for p, f in feats.items()}
+
+
+def run_probe(cfg: ProbeConfig, run_dir) -> Any:
+    """Probe cfg.model on cfg.dataset; write probe.csv/.parquet, config and manifest in run_dir.
+
+    Returns the tidy table (pandas): model, dataset, pool, layer, component, width, n_train,
+    n_test, acc, baseline_acc, rel_to_baseline.
+    """
+    import pandas as pd
+
+    from vitplas.data import build_transform, dataset_info, get_dataset
+    from vitplas.runs import RunDir, write_table
+    from vitplas.training.config import IMAGENET_MEAN, IMAGENET_STD
+    from vitplas.training.distributed import resolve_device
+    from vitplas.training.sources import load_model_for
+    from vitplas.training.stream import eval_loader
+
+    run = RunDir(run_dir)
+    info = dataset_info(cfg.dataset)
+    torch.manual_seed(cfg.seed)
+    model, description = load_model_for(_as_finetune(cfg), info.num_classes)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD)
+    if cfg.normalization == "model":
+        mean, std = description["model_mean"], description["model_std"]
+    transform = build_transform(mean, std, cfg.img_size, train=False)
+    loaders = []
+    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
+        data = get_dataset(cfg.dataset, split, transform=transform, root=cfg.data_root)
+        loaders.append(
+            eval_loader(data, cfg.batch_size, max_samples=cap, num_workers=cfg.num_workers)
+        )
+    device = resolve_device(cfg.device)
+    points = probe_points(model, cfg.layers, cfg.components)
+    rows = probe_model(model, loaders[0], loaders[1], info.num_classes, points, cfg, device)
+    table = pd.DataFrame(rows)
+    meta = {"model": cfg.model, "dataset": cfg.dataset, "pool": cfg.pool, "backend": cfg.backend}
+    meta |= {"n_train": len(loaders[0].dataset), "n_test": len(loaders[1].dataset)}
+    table = table.assign(**meta)[[*meta, *table.columns]]
+    run.write_config(cfg)
+    run.write_manifest(description)
+    write_table(table, run / "probe")
+    run.mark_done()
+    return table
+
+
+def _as_finetune(cfg: ProbeConfig):
+    from vitplas.training.config import FinetuneConfig
+
+    return FinetuneConfig(
+        model=cfg.model, random_init=cfg.random_init, img_size=cfg.img_size, seed=cfg.seed
+    )
