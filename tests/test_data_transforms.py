@@ -79,3 +79,21 @@ def test_loader_batches_and_seeded_order():
     in_order = make_loader(data, 100, shuffle=False, seed=0, drop_last=True)
     assert len(in_order) == 3  # 359 test digits, last partial batch dropped
     assert next(iter(in_order))[1].tolist() == data.labels[:100].tolist()
+
+
+def test_grey_and_photo_batches_feed_a_tiny_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_ratio=3.0,
+        num_classes=10,
+    ).eval()  # fmt: skip
+    transform = build_transform((0.5,) * 3, (0.5,) * 3, 32, train=True)
+    for name in ("mnist-5k", "photos/8"):
+        data = get_dataset(name, "val", transform=transform)
+        images, labels = next(iter(make_loader(data, 8, shuffle=True, seed=0)))
+        with torch.no_grad():
+            logits = model(images)
+        assert images.shape == (8, 3, 32, 32) and logits.shape == (8, 10)
+        assert torch.isfinite(logits).all()
+        assert (labels == -1).all() if name.startswith("photos") else (labels >= 0).all()
