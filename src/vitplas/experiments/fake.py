@@ -46,11 +46,13 @@ def fake_finetune(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     (run.path / "metrics.jsonl").unlink(missing_ok=True)
     for step in range(every, steps + 1, every):
         decay = math.exp(-3 * step / steps)
-        run.append_metrics({"step": step, "loss": 2.3 * decay + 0.1, "grad_norm": 1 + decay})
-        run.append_metrics({"step": step, "val_loss": 2.0 * decay + 0.2, "val_acc": acc - decay})
-    result = {
-        "best_val_acc": round(acc + 0.01 * _noise(cfg, "val"), 6),
-        "test_acc": round(acc, 6),
+        train = {"loss": 2.3 * decay + 0.1, "grad_norm": 1 + decay}
+        run.append_metrics({"kind": "train", "step": step, **train})
+        val = {"val_loss": 2.0 * decay + 0.2, "val_acc": 100 * (acc - decay)}
+        run.append_metrics({"kind": "val", "step": step, **val})
+    result = {  # percent, like run_finetune
+        "best_val_acc": round(100 * (acc + 0.01 * _noise(cfg, "val")), 6),
+        "test_acc": round(100 * acc, 6),
         "best_step": steps,
         "steps": steps,
         "wall_time_s": float(cfg.get("sleep_s", 0.0)),

@@ -1,0 +1,231 @@
+"""The report of a sweep: figures (PNG + PDF) and a Markdown + HTML page with the tables.
+
+Reads only the tidy tables of <root>/tables (written by aggregate). For the paper's studies
+(`study: paper`) our numbers stand beside the published ones (PAPER.md section 5). The report
+is a pure function of the tables: when they have not changed, nothing is redrawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from vitplas.experiments.aggregate import read_tables
+from vitplas.experiments.published import published_accuracy, published_plasticity
+from vitplas.experiments.spec import SweepSpec
+from vitplas.plots import report as figs
+from vitplas.plots.report import component_order
+from vitplas.runs import atomic_write_text
+
+DIGEST_FILE = "tables.sha256"
+
+
+def tables_digest(root: Path) -> str:
+    """sha256 over the CSV text of every table (what the report is a function of)."""
+    digest = hashlib.sha256()
+    for path in sorted((root / "tables").glob("*.csv")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fmt(value: float, std: float | None = None) -> str:
+    if pd.isna(value):
+        return "-"
+    return f"{value:.2f}" if std is None or pd.isna(std) else f"{value:.2f} ± {std:.2f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table (cells as given; floats with 4 significant)."""
+    cells = frame.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(row) + " |" for row in cells.astype(str).to_numpy().tolist()]
+    return "\n".join([head, rule, *body])
+
+
+def accuracy_table(best: pd.DataFrame, published: pd.DataFrame | None) -> pd.DataFrame:
+    """Dataset x train set: 'ours ± std' (%) at the best lr, with '(paper x)' when published."""
+    order = component_order(best["train"])
+    paper = {}
+    if published is not None:
+        paper = {(r.dataset, r.train): r.test_acc for r in published.itertuples()}
+    rows = []
+    for dataset, part in best.groupby("dataset", sort=False):
+        row = {"dataset": dataset}
+        for train in order:
+            sel = part[part["train"] == train]
+            cell = _fmt(sel["mean"].iloc[0], sel["std"].iloc[0]) if len(sel) else "-"
+            if (dataset, train) in paper:
+                cell += f" (paper {paper[(dataset, train)]:.2f})"
+            row[figs.style.label(train)] = cell
+        rows.append(row)
+    means = best.groupby("train")["mean"].mean()
+    average = {"dataset": "average"}
+    for train in order:
+        average[figs.style.label(train)] = _fmt(means[train])
+        if ("average", train) in paper:
+            average[figs.style.label(train)] += f" (paper {paper[('average', train)]:.2f})"
+    return pd.DataFrame([*rows, average])
+
+
+def _published_for(spec: SweepSpec, best: pd.DataFrame) -> pd.DataFrame | None:
+    if spec.study != "paper" or "model" not in best:
+        return None
+    pub = published_accuracy()
+    pub = pub[pub["model"].isin(best["model"].unique())]
+    return pub if len(pub) else None
+
+
+def _section(title: str, body: str) -> list[str]:
+    return [f"## {title}", "", body, ""]
+
+
+def plasticity_summary(plasticity: pd.DataFrame, study: str) -> pd.DataFrame:
+    """Median over (targets, layers) of the per-layer mean plasticity, per component."""
+    med = plasticity.groupby("component")["mean"].median()
+    order = component_order(med.index)
+    out = pd.DataFrame({"component": order, "median plasticity": [med[c] for c in order]})
+    if study == "paper":
+        pub = published_plasticity().set_index("component")["median"]
+        out["paper (approx.)"] = [pub.get(c, float("nan")) for c in order]
+    return out
+
+
+def render_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, list[Path]]:
+    """Every figure the tables allow; returns {name: [png, pdf]}."""
+    made: dict[str, list[Path]] = {}
+    if "components" in tables:
+        made["accuracy_by_component"] = figs.accuracy_by_component(
+            tables["components"], out / "accuracy_by_component"
+        )
+        if "mean_gain" in tables["components"]:
+            made["gain_by_component"] = figs.gain_by_component(
+                tables["components"], out / "gain_by_component"
+            )
+    if "runs" in tables and len(tables["runs"]):
+        made["accuracy_over_lrs"] = figs.accuracy_over_lrs(
+            tables["runs"], out / "accuracy_over_lrs"
+        )
+    curves = tables.get("curves")
+    if curves is not None and len(curves) and "best" in tables:
+        for metric in ("grad_norm", "val_loss"):
+            if (curves["metric"] == metric).any():
+                made[f"curves_{metric}"] = figs.curves(
+                    curves, tables["best"], metric, out / f"curves_{metric}"
+                )
+    made.update(analysis_figures(tables, out))
+    return made
+
+
+def analysis_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, list[Path]]:
+    """Plasticity and bounds figures, drawn by the analysis area's own plot module."""
+    if "plasticity" not in tables and "bounds" not in tables:
+        return {}
+    from vitplas.plots import plasticity as plots  # the analysis area's figures
+
+    made: dict[str, list[Path]] = {}
+    if "plasticity" in tables:
+        made["plasticity_by_rank"] = plots.plasticity_by_rank(
+            tables["plasticity"], out / "plasticity_by_rank"
+        )
+        made["plasticity_vs_depth"] = plots.plasticity_vs_depth(
+            tables["plasticity"], out / "plasticity_vs_depth"
+        )
+    if "bounds" in tables:
+        made["bounds_per_layer"] = plots.bounds_per_layer(
+            tables["bounds"], out / "bounds_per_layer"
+        )
+    return made
+
+
+def build_markdown(
+    spec: SweepSpec, tables: dict[str, pd.DataFrame], figures: dict[str, list[Path]], out: Path
+) -> str:
+    """The report page: what ran, the paper's tables, the figures."""
+    runs = tables.get("runs", pd.DataFrame())
+    lines = [f"# {spec.name}", "", spec.description or "", ""]
+    lines += [f"Study: `{spec.study}`; spec: `{spec.source}`; finished runs: {len(runs)}.", ""]
+    if len(runs) and "wall_time_s" in runs:
+        lines += [
+            f"Total training wall time {runs['wall_time_s'].sum() / 60:.1f} min; "
+            f"median throughput {runs['images_per_s'].median():.1f} images/s.",
+            "",
+        ]
+    if "best" in tables:
+        best = tables["best"]
+        for key, part in _by_model(best):
+            acc = accuracy_table(part, _published_for(spec, part))
+            title = "Test accuracy (%) at the best lr (seed mean ± std)" + key
+            lines += _section(title, markdown_table(acc))
+    if "components" in tables:
+        comp = tables["components"].copy()
+        if "mean_gain" in comp:
+            comp["mean_gain"] = comp["mean_gain"] * 100  # a ratio, shown in %
+        comp["train"] = [figs.style.label(t) for t in comp["train"]]
+        lines += _section(
+            "Per train set, averaged over datasets (accuracy and gap in points, gain in %)",
+            markdown_table(comp),
+        )
+    if "tests" in tables and len(tables["tests"]):
+        lines += _section(
+            "MHA vs each train set across datasets (paired t-test two-sided; Wilcoxon one-sided)",
+            markdown_table(tables["tests"]),
+        )
+    if "plasticity" in tables:
+        lines += _section(
+            "Plasticity per component",
+            markdown_table(plasticity_summary(tables["plasticity"], spec.study)),
+        )
+    lines += ["## Figures", ""]
+    for name, paths in figures.items():
+        png = paths[0].relative_to(out)
+        lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({png})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _by_model(best: pd.DataFrame):
+    groups = [k for k in ("model", "optimizer") if k in best]
+    if not groups:
+        yield "", best
+        return
+    for key, part in best.groupby(groups, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        yield " — " + ", ".join(map(str, key)), part
+
+
+def to_html(markdown_text: str, title: str) -> str:
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+    )
+    style += "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def write_report(spec: SweepSpec, root: str | Path | None = None, force: bool = False) -> Path:
+    """Figures + report.md + report.html under <root>/report; returns report.md's path.
+
+    Skips all work when the tables are unchanged since the last report (unless `force`).
+    """
+    root = Path(root) if root is not None else spec.root_path
+    out = root / "report"
+    digest = tables_digest(root)
+    marker = out / DIGEST_FILE
+    if not force and marker.exists() and marker.read_text().strip() == digest:
+        return out / "report.md"
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")  # PDFs without a creation date: reproducible
+    tables = read_tables(root)
+    figures = render_figures(tables, out / "figures")
+    text = build_markdown(spec, tables, figures, out)
+    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.html", to_html(text, spec.name))
+    atomic_write_text(marker, digest + "\n")
+    return out / "report.md"

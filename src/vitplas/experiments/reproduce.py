@@ -1,0 +1,114 @@
+"""`vitplas reproduce SPEC`: analysis jobs (plasticity, bounds, probes) + sweep + aggregate +
+report, resumable (every stage skips what is done), with one progress view.
+
+Analysis jobs run in this process, one folder each under <root>/analysis/<kind>/<job id>/,
+through the same RunJob wrapper as the sweep (status, traceback, DONE). Each entry of the
+spec's `analysis.<kind>` list is the config of that kind's runner; an entry may name another
+runner with `function:` / `config:` import paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitplas.experiments.spec import SweepSpec, expand, run_id
+
+# kind -> (runner function, config class): the analysis and training areas' entry points
+ANALYSIS_RUNNERS = {
+    "plasticity": (
+        "vitplas.analysis.plasticity:run_plasticity",
+        "vitplas.analysis.plasticity:PlasticityConfig",
+    ),
+    "bounds": ("vitplas.analysis.bounds:run_bounds", "vitplas.analysis.bounds:BoundsConfig"),
+    "probes": ("vitplas.training.probe:run_probe", "vitplas.training.probe:ProbeConfig"),
+}
+
+Stage = Callable[[str, int, int], None]  # (stage name, done, total)
+
+
+@dataclass
+class AnalysisJob:
+    kind: str
+    job_id: str
+    function: str
+    config_class: str | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def analysis_jobs(spec: SweepSpec) -> list[AnalysisJob]:
+    """The spec's analysis entries as jobs with ids derived from their values."""
+    jobs = []
+    for kind in ANALYSIS_RUNNERS:
+        for entry in getattr(spec.analysis, kind):
+            config = dict(entry)
+            function = config.pop("function", ANALYSIS_RUNNERS[kind][0])
+            config_class = config.pop("config", ANALYSIS_RUNNERS[kind][1])
+            params = {k: config[k] for k in ("model", "target", "dataset") if k in config}
+            jobs.append(AnalysisJob(kind, run_id(params, config), function, config_class, config))
+    return jobs
+
+
+def run_analysis(spec: SweepSpec, root: Path, on_stage: Stage | None = None) -> list[str]:
+    """Run the analysis jobs that are not done; returns the ids of the ones that failed."""
+    from vitplas.experiments.launch import RunJob
+    from vitplas.experiments.store import run_state
+
+    jobs, failed = analysis_jobs(spec), []
+    for i, job in enumerate(jobs):
+        folder = root / "analysis" / job.kind / job.job_id
+        if on_stage:
+            on_stage("analysis", i, len(jobs))
+        if folder.exists() and run_state(folder)[0] == "done":
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            RunJob()(job.function, job.config_class, str(folder), job.config, "inline")
+        except Exception:
+            failed.append(f"{job.kind}/{job.job_id}")
+    if on_stage:
+        on_stage("analysis", len(jobs), len(jobs))
+    return failed
+
+
+def reproduce(
+    spec: SweepSpec,
+    *,
+    executor: str | None = None,
+    max_parallel: int | None = None,
+    root: str | Path | None = None,
+    on_stage: Stage | None = None,
+) -> dict[str, Any]:
+    """All stages in order; each one resumes. Returns what happened per stage."""
+    from vitplas.experiments.aggregate import aggregate
+    from vitplas.experiments.launch import run_sweep
+    from vitplas.experiments.report import write_report
+
+    root = Path(root) if root is not None else spec.root_path
+    summary: dict[str, Any] = {"analysis_failed": run_analysis(spec, root, on_stage)}
+    runs = expand(spec)
+
+    def sweep_progress(counts: dict[str, int]) -> None:
+        if on_stage:
+            on_stage("sweep", counts["done"] + counts["failed"], counts["total"])
+
+    outcome = run_sweep(
+        spec, runs, executor=executor, max_parallel=max_parallel, root=root,  # type: ignore[arg-type]
+        progress=sweep_progress,
+    )  # fmt: skip
+    summary["sweep"] = outcome.counts
+    summary["launched"] = len(outcome.launched)
+    summary["failed_runs"] = [(s.run.run_id, s.detail) for s in outcome.failed]
+    if on_stage:
+        on_stage("aggregate", 0, 1)
+    tables = aggregate(spec, runs, root)
+    summary["tables"] = sorted(tables)
+    if on_stage:
+        on_stage("aggregate", 1, 1)
+        on_stage("report", 0, 1)
+    summary["report"] = str(write_report(spec, root))
+    if on_stage:
+        on_stage("report", 1, 1)
+    return summary
