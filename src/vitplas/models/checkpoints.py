@@ -35,14 +35,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(
             f"weights file {path} has suffix '{suffix}'; known: {', '.join(WEIGHT_SUFFIXES)}"
         )
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         if suffix in SAFETENSORS_SUFFIXES:
-            from safetensors.torch import load_file
-
             obj: object = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+    except (
+        SafetensorError,
+        OSError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as err:
         raise ModelError(
             f"cannot read weights file {path} ({type(err).__name__}: {err}); the file is "
             "corrupt, truncated or not a state dict: download or save it again"
