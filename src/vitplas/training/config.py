@@ -76,9 +76,10 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.train:
             raise ConfigError("train is empty; name components (e.g. train=[mha]) or train=[all]")
-        if not 0 <= self.warmup_steps < self.steps:
+        if not 0 <= self.warmup_steps <= self.steps:
             raise ConfigError(
-                f"warmup_steps={self.warmup_steps} must be in [0, steps={self.steps})"
+                f"warmup_steps={self.warmup_steps} must be in [0, steps={self.steps}]; "
+                "set warmup_steps=... too when shortening a run"
             )
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
