@@ -314,3 +314,11 @@ def test_cli_models_json_and_table(tmp_path, test_preset):
     assert "DINOv2 ViT-S/14" in table.output and "yes:" in table.output
     assert table.output.count("no:") == 3  # the three in21k presets: nothing cached here
     assert "n/a: random init" in table.output
+
+
+def test_corrupt_timm_cache_file_is_a_model_error():
+    snapshot = put_in_hub_cache("timm/test_vit.r160_in1k", {"model.safetensors": b"garbage!"})
+    with pytest.raises(ModelError, match="SafetensorError") as info:
+        load_model("test_vit.r160_in1k")
+    assert "timm/test_vit.r160_in1k" in str(info.value)
+    assert (snapshot / "model.safetensors").exists()

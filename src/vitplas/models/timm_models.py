@@ -84,6 +84,7 @@ def create(name: str, *, pretrained: bool, on_meta: bool = False, **kwargs: Any)
     A failure to get pretrained weights is a ModelError saying where we looked and what to do.
     """
     import timm
+    from safetensors import SafetensorError
     from timm.models.vision_transformer import VisionTransformer
 
     check_timm_vit(name)
@@ -93,7 +94,7 @@ def create(name: str, *, pretrained: bool, on_meta: bool = False, **kwargs: Any)
                 model = timm.create_model(name, pretrained=False, **kwargs)
         else:
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as err:  # not found / corrupt
         if not pretrained:
             raise ModelError(f"cannot build timm '{name}' with {kwargs}: {err}") from err
         raise missing_weights_error(name, err) from err
