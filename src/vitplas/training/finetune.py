@@ -29,6 +29,7 @@ from vitplas.training.distributed import (
     init_distributed,
     resolve_device,
 )
+from vitplas.training.distributed import cleanup as dist_cleanup
 from vitplas.training.evaluate import autocast, evaluate_model
 from vitplas.training.logger import TrainLogger, truncate_metrics
 from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at, set_lr
@@ -102,6 +103,7 @@ class Finetuner:
     # ---- setup -------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        self._owns_group = not torch.distributed.is_initialized()
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         if cfg.batch_size % self.dist.world_size:
@@ -371,6 +373,8 @@ class Finetuner:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
+        if getattr(self, "_owns_group", False):
+            dist_cleanup(self.dist)  # a group this run created (torchrun) ends with it
 
 
 def _no_sync(net: torch.nn.Module, sync: bool):
