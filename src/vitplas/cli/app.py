@@ -9,3 +9,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Plasticity of vision transformer components, and component-wise finetuning."""
