@@ -147,3 +147,19 @@ def test_killed_sweep_resumes_only_missing_runs(tmp_path):
     for item in outcome.states:
         if item.run.run_id in done_before:
             assert len((item.folder / "executions.log").read_text().splitlines()) == 1
+
+
+def test_paper_specs_read_their_finetune_presets_and_name_known_datasets():
+    from vitplas.data import dataset_info
+
+    for name in ("main.yaml", "adam.yaml", "model_size.yaml"):
+        spec = load_spec(REPO / "configs/paper" / name)
+        runs = expand(spec)
+        for run in runs:
+            assert dataset_info(run.config["dataset"]).num_classes  # a registered dataset
+            assert run.config["batch_size"] == 512  # from the preset (PAPER.md section 3)
+        steps = {r.config["dataset"]: r.config["steps"] for r in runs}
+        assert all(v == 20_000 for k, v in steps.items() if k.startswith("domainnet"))
+    for path in sweep_specs():
+        for run in expand(load_spec(path)):
+            assert dataset_info(run.config["dataset"]).num_classes

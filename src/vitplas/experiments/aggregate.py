@@ -66,7 +66,7 @@ def curve_table(states: list[RunState]) -> pd.DataFrame:
 def probe_baseline(probes: pd.DataFrame, layer: int, component: str) -> pd.DataFrame:
     """Linear-probe accuracy used as baseline, per (model, dataset): columns + probe_acc.
 
-    `probes` is the probe area's tidy table (model, dataset, layer, component, test_acc);
+    `probes` is the probe area's tidy table (model, dataset, layer, component, acc);
     layer -1 means the last layer of each model. Accuracies come out in percent, like the runs'.
     """
     if probes.empty:
@@ -78,7 +78,8 @@ def probe_baseline(probes: pd.DataFrame, layer: int, component: str) -> pd.DataF
     else:
         part = part[part["layer"] == layer]
     keys = [k for k in ("model", "dataset") if k in part]
-    out = part[[*keys, "test_acc"]].rename(columns={"test_acc": "probe_acc"})
+    acc = "acc" if "acc" in part else "test_acc"  # training.probe writes `acc`
+    out = part[[*keys, acc]].rename(columns={acc: "probe_acc"})
     if len(out) and out["probe_acc"].max() <= 1.0:  # a probe table in fractions: to percent
         out["probe_acc"] = out["probe_acc"] * 100
     return out
