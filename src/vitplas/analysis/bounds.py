@@ -1,0 +1,227 @@
+"""Theoretical upper bounds on each component's plasticity (PAPER.md section 2), and the token
+radius r they use. Each bound, with the assumption under which it holds:
+
+LayerNorm  LN(x_t) = gamma * (x_t - mean) / s_t + beta,  s_t = sqrt(var(x_t) + eps).
+    Write g(u) = u / sqrt(|u|^2 / D + eps) for a centred token u. Lifting u to
+    (u / sqrt(D), sqrt(eps)) turns g(u) / sqrt(D) into the first D coordinates of a unit vector,
+    and |a/|a| - b/|b|| <= |a - b| / min(|a|, |b|) (project onto the unit ball), so
+        |LN(x_t) - LN(y_t)| <= max|gamma| |x_t - y_t| / min(s_xt, s_yt).
+    Summed over tokens: ratio <= max|gamma| / s_min, where s_min is the smallest s_t over the
+    tokens of x and y. ASSUMPTION: every token's s_t >= 1; then the bound is max|gamma| (the
+    default). The original uses the signed max of gamma (`ln_bound="signed"`), which is smaller
+    than the true constant whenever the gain of largest magnitude is negative.
+Linear (FC1, FC2, LayerScale)  f(x) - f(y) = W (x - y): ratio <= ||W||_2, no assumption (the bias
+    cancels). FC2 reads zero-padded tokens, i.e. only W[:, :D], so ||W[:, :D]||_2 <= ||W||_2 is
+    the tight bound of the probe (`bound_padded`); the paper's bound is the full ||W||_2.
+    LayerScale is diagonal: ||diag(gamma)||_2 = max|gamma|.
+MHA  with A_h = W_Q^h W_K^h^T / sqrt(d_h), the paper's
+        sum_h ||W_O^h||_2 ||W_V^h||_2 sqrt(3n + (12n + 3) r^4 ||A_h||_2^2).
+    For one head g(X) = softmax(X A X^T) X, the Jacobian in direction E is dP X + P E.
+    |(P E)_i|^2 <= sum_j p_ij |e_j|^2 gives ||P E||_F <= sqrt(n) ||E||_F. Row i of dP X is a
+    covariance under p_i between the score change ds_ij = e_i^T A x_j + x_i^T A e_j and x_j, so
+    |(dP X)_i|^2 <= r^2 E_p[ds^2] <= 2 r^4 ||A||^2 (|e_i|^2 + sum_j p_ij |e_j|^2), and
+    ||dP X||_F <= sqrt(2 (n + 1)) r^2 ||A|| ||E||_F. Hence ||J|| <= sqrt(2n + 4(n + 1) r^4 ||A||^2),
+    which is below the paper's constant; the mean value theorem on the segment from X to Y
+    finishes. ASSUMPTIONS: every token of x and y has norm <= r (the ball is convex, so the
+    segment stays in it), and the query bias is zero (a key bias is constant along a row of
+    scores and cancels in softmax; value and output biases cancel in f(x) - f(y); a query bias
+    adds b_q^T W_k e_j / sqrt(d_h) to the score change, which the formula ignores). The paper's r
+    is the MEAN over images of the RMS token norm, so real tokens often exceed it: the run
+    reports the fraction of pairs above each bound instead of assuming it holds.
+    Heads: rows [h d_h, (h+1) d_h) of the q, k and v blocks of the fused qkv weight, and the
+    matching columns of the output projection (`mha_slicing="rows"`). The original slices the
+    q, k, v weights by input columns (`"columns"`), kept for comparison only.
+Radius r: mean over images of sqrt(mean over tokens of ||token||^2) of the embedding output
+    (or, for `inputs="hidden"`, of each block's input).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from vitplas.analysis.plasticity import embed_images, padded_weight
+from vitplas.models.components import ComponentMap
+
+LN_BOUNDS = ("abs", "signed")
+MHA_SLICINGS = ("rows", "columns")
+
+
+def spectral_norm(weight: torch.Tensor) -> float:
+    """||W||_2, the largest singular value, computed in float64."""
+    return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
+
+
+def layernorm_bound(module: nn.Module, kind: str = "abs") -> float:
+    """max|gamma| (sound when token std >= 1, see module doc) or the original's signed max."""
+    if kind not in LN_BOUNDS:
+        raise ValueError(f"ln_bound '{kind}' is unknown; choose one of {', '.join(LN_BOUNDS)}")
+    gamma = getattr(module, "weight", None)
+    if gamma is None:
+        return 1.0
+    gamma = gamma.detach().double()
+    return float(gamma.abs().max() if kind == "abs" else gamma.max())
+
+
+def head_weights(
+    qkv: nn.Linear, proj: nn.Linear, num_heads: int, slicing: str = "rows"
+) -> list[tuple[torch.Tensor, ...]]:
+    """Per head (Q_h, K_h, V_h, O_h), float64, with A_h = Q_h^T K_h / sqrt(d_h).
+
+    rows: Q_h, K_h, V_h are the (d_h, D) row blocks of the fused weight; O_h = proj[:, head].
+    columns (the original): the (A, d_h) input-column blocks, transposed to (d_h, A).
+    """
+    if slicing not in MHA_SLICINGS:
+        raise ValueError(f"mha_slicing '{slicing}' is unknown; choose one of {MHA_SLICINGS}")
+    weight = qkv.weight.detach().double()  # (3A, D): rows ordered (q|k|v, head, head_dim)
+    width = weight.shape[0] // 3
+    dh = width // num_heads
+    q, k, v = weight[:width], weight[width : 2 * width], weight[2 * width :]
+    out = proj.weight.detach().double()  # (D, A)
+    heads = []
+    for h in range(num_heads):
+        cut = slice(h * dh, (h + 1) * dh)
+        if slicing == "rows":
+            heads.append((q[cut], k[cut], v[cut], out[:, cut]))
+        else:
+            heads.append((q[:, cut].T, k[:, cut].T, v[:, cut].T, out[:, cut]))
+    return heads
+
+
+def qk_norm(q: torch.Tensor, k: torch.Tensor) -> float:
+    """||Q^T K||_2 for Q, K of shape (d_h, X), through two thin QRs (d_h x d_h SVD, not X x X)."""
+    _, rq = torch.linalg.qr(q.T)  # Q^T = U_q R_q
+    _, rk = torch.linalg.qr(k.T)
+    return spectral_norm(rq @ rk.T)
+
+
+def mha_bound(
+    qkv: nn.Linear,
+    proj: nn.Linear,
+    num_heads: int,
+    n_tokens: int,
+    radius: float,
+    slicing: str = "rows",
+) -> float:
+    """The paper's MHA bound, summed over heads (see the module docstring for its assumptions)."""
+    if n_tokens < 1 or not radius > 0:
+        raise ValueError(f"need n_tokens >= 1 and radius > 0, got {n_tokens} and {radius}")
+    total = 0.0
+    for q, k, v, o in head_weights(qkv, proj, num_heads, slicing):
+        a_norm = qk_norm(q, k) / math.sqrt(q.shape[0])
+        inner = 3 * n_tokens + (12 * n_tokens + 3) * radius**4 * a_norm**2
+        total += spectral_norm(o) * spectral_norm(v) * math.sqrt(inner)
+    return total
+
+
+def component_bound(
+    cmap: ComponentMap,
+    layer: int,
+    name: str,
+    *,
+    width: int,
+    n_tokens: int,
+    radius: float,
+    ln_bound: str = "abs",
+    mha_slicing: str = "rows",
+) -> tuple[float, float, str]:
+    """(bound, tight bound of the probe or NaN, definition) of one component of one block."""
+    module = cmap.module(layer, name)
+    if name == "mha":
+        qkv, proj, heads = cmap.attention_parts(layer)
+        value = mha_bound(qkv, proj, heads, n_tokens, radius, mha_slicing)
+        return value, math.nan, f"MHA formula, n={n_tokens}, r={radius:.4g}, {mha_slicing}"
+    if name in ("ln1", "ln2"):
+        label = "max|gamma|" if ln_bound == "abs" else "max gamma (signed)"
+        return layernorm_bound(module, ln_bound), math.nan, label
+    if name in ("fc1", "fc2"):
+        full = spectral_norm(module.weight)
+        tight = spectral_norm(padded_weight(module, width)) if name == "fc2" else math.nan
+        return full, tight, "||W||_2"
+    if name in ("ls1", "ls2"):
+        return float(module.gamma.detach().double().abs().max()), math.nan, "max|gamma|"
+    raise ValueError(f"no bound is defined for component '{name}'")
+
+
+def layer_bounds(
+    cmap: ComponentMap,
+    components: Sequence[str],
+    *,
+    n_tokens: int,
+    radius: float | Sequence[float],
+    width: int,
+    ln_bound: str = "abs",
+    mha_slicing: str = "rows",
+) -> pd.DataFrame:
+    """Tidy bounds: layer, component, bound, bound_padded, radius, definition.
+
+    radius: one value, or one per layer (inputs="hidden")."""
+    radii = [float(radius)] * cmap.depth if isinstance(radius, int | float) else list(radius)
+    if len(radii) != cmap.depth:
+        raise ValueError(f"need {cmap.depth} radii (one per layer), got {len(radii)}")
+    rows = []
+    for layer in range(cmap.depth):
+        for name in components:
+            value, tight, definition = component_bound(
+                cmap,
+                layer,
+                name,
+                width=width,
+                n_tokens=n_tokens,
+                radius=radii[layer],
+                ln_bound=ln_bound,
+                mha_slicing=mha_slicing,
+            )
+            rows.append((layer, name, value, tight, radii[layer], definition))
+    columns = ["layer", "component", "bound", "bound_padded", "radius", "definition"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def bounds_matrix(frame: pd.DataFrame, depth: int, components: Sequence[str]) -> torch.Tensor:
+    """(depth, C) tensor of `bound` from a layer_bounds table (NaN where none)."""
+    out = torch.full((depth, len(components)), math.nan, dtype=torch.float64)
+    col = {c: i for i, c in enumerate(components)}
+    for layer, name, value in frame[["layer", "component", "bound"]].itertuples(index=False):
+        if name in col:
+            out[int(layer), col[name]] = float(value)
+    return out
+
+
+def token_radius(
+    cmap: ComponentMap,
+    batches: Iterable[torch.Tensor],
+    *,
+    max_images: int,
+    per_layer: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, int]:
+    """(r, n_tokens): r is the mean over images of the RMS token norm of the embedding output
+    (a 0-dim tensor), or with per_layer=True of each block's input (a (L,) tensor)."""
+    total, seen, n_tokens = None, 0, 0
+    with torch.inference_mode():
+        for images in batches:
+            images = images[: max_images - seen].to(device, non_blocking=True)
+            h = embed_images(cmap, images)  # (B, N, D)
+            n_tokens = h.shape[1]
+            rms = [_rms(h)]
+            for layer in range(cmap.depth - 1 if per_layer else 0):
+                h = cmap.block(layer)(h)
+                rms.append(_rms(h))
+            batch = torch.stack(rms, dim=1).sum(0)  # (L or 1,) float64
+            total = batch if total is None else total + batch
+            seen += images.shape[0]
+            if seen >= max_images:
+                break
+    if not seen:
+        raise ValueError("no images to measure the token radius on")
+    r = (total / seen).cpu()
+    return (r if per_layer else r[0]), n_tokens
+
+
+def _rms(h: torch.Tensor) -> torch.Tensor:
+    """(B,) sqrt(mean over tokens of ||token||^2), float64."""
+    return h.double().square().sum(-1).mean(-1).sqrt()

@@ -1,0 +1,132 @@
+"""`vitplas bounds` and `vitplas radius`: theoretical bounds per layer, in their own run folder.
+
+Given the folder of a plasticity run (`plasticity`), the measured means are divided by the
+bounds too. The fraction of pairs above a bound needs the per-pair ratios, so it comes from
+the plasticity run itself (its bound_ratio table), not from here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from vitplas.analysis.bounds import layer_bounds
+from vitplas.analysis.plasticity import resolve_components
+from vitplas.analysis.setup import (
+    dataset_radius,
+    model_checksum,
+    open_stream,
+    resolve_device,
+    setup_model,
+    stream_label,
+)
+from vitplas.config import ConfigError
+from vitplas.runs import RunDir, atomic_write_json, write_table
+
+
+@dataclass
+class BoundsConfig:
+    """`vitplas bounds` settings. The radius is given, or measured on dataset/split."""
+
+    model: str = "dinov2-s14"
+    random_init: bool = False
+    img_size: int | None = None
+    normalization: Literal["model", "paper"] = "model"
+    dataset: str = "fashion-mnist"
+    split: str = "test"
+    data_root: str | None = None
+    radius: float | None = None
+    radius_images: int = 256
+    batch_size: int = 32
+    inputs: Literal["embedding", "hidden"] = "embedding"
+    components: list[str] | None = None
+    ln_bound: Literal["abs", "signed"] = "abs"
+    mha_slicing: Literal["rows", "columns"] = "rows"
+    plasticity: str | None = None  # a plasticity run folder to divide by the bounds
+    seed: int = 0
+    device: str = "auto"
+    figures: bool = True
+
+    def validate(self) -> None:
+        if self.radius is not None and not self.radius > 0:
+            raise ConfigError(f"radius must be > 0, got {self.radius}")
+        if self.radius_images < 1 or self.batch_size < 1:
+            raise ConfigError("radius_images and batch_size must be >= 1")
+        if self.plasticity is not None and not (Path(self.plasticity) / "plasticity.csv").is_file():
+            raise ConfigError(f"'{self.plasticity}' holds no plasticity.csv (a plasticity run)")
+
+
+def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:
+    measured = pd.read_csv(Path(run) / "plasticity.csv")
+    frame = measured.merge(bounds.drop(columns=["model"]), on=["layer", "component"])
+    frame["ratio"] = frame["mean"] / frame["bound"]
+    return frame
+
+
+def run_bounds(cfg: BoundsConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Bounds per (layer, component) for `cfg`; tables and figure under `run_dir`."""
+    from vitplas.plots import plasticity as plots
+
+    t0 = time.perf_counter()
+    run = RunDir(run_dir)
+    run.write_config(cfg)
+    setup = setup_model(
+        cfg.model,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        device=resolve_device(cfg.device),
+    )
+    components = resolve_components(setup.cmap, cfg.components)
+    if cfg.radius is not None:
+        radius, source = cfg.radius, "given"
+    else:
+        data = open_stream(
+            cfg.dataset, cfg.split, setup.transform(cfg.normalization), cfg.data_root, False
+        )
+        r = dataset_radius(
+            setup,
+            data,
+            images=cfg.radius_images,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            per_layer=cfg.inputs == "hidden",
+        )
+        radius = r.tolist() if r.ndim else float(r)
+        source = (
+            f"measured on {stream_label(cfg.dataset)} [{cfg.split}], {cfg.radius_images} images"
+        )
+    bounds = layer_bounds(
+        setup.cmap,
+        components,
+        n_tokens=setup.n_tokens,
+        radius=radius,
+        width=setup.width,
+        ln_bound=cfg.ln_bound,
+        mha_slicing=cfg.mha_slicing,
+    )
+    bounds.insert(0, "model", cfg.model)
+    files = list(write_table(bounds, run / "bounds"))
+    if cfg.plasticity is not None:
+        files += write_table(_ratio_table(bounds, cfg.plasticity), run / "bound_ratio")
+    if cfg.figures:
+        files += plots.bounds_per_layer(bounds, run / "figures" / "bounds")
+    checksum, checksum_of = model_checksum(setup)
+    result = {
+        "model": cfg.model,
+        "model_description": setup.loaded.description,
+        "radius": radius,
+        "radius_source": source,
+        "n_tokens": setup.n_tokens,
+        "ln_bound": cfg.ln_bound,
+        "mha_slicing": cfg.mha_slicing,
+        "files": [str(Path(p).relative_to(run.path)) for p in files],
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
+    run.write_manifest({**result, "model_checksum": checksum, "model_checksum_of": checksum_of})
+    atomic_write_json(run / "result.json", result)
+    run.mark_done()
+    return {**result, "bounds": bounds, "run_dir": str(run.path)}

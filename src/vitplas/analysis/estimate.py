@@ -1,0 +1,129 @@
+"""The estimation loop: image-pair batches in, streaming statistics per (layer, component) out.
+
+Everything stays on the device: the ratios of a batch go straight into RatioStats; only the
+final summary (and, for the sequential stop, a (L + 1, C) check every few batches) reaches the
+host. Row L of the statistics is the per-pair mean over layers ("pooled"), whose CI is honest
+although the layers of one pair are correlated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from vitplas.analysis.plasticity import pair_ratios, resolve_components
+from vitplas.analysis.ratio_stats import RatioStats
+from vitplas.models.components import ComponentMap
+
+DTYPES = ("float32", "tf32", "bfloat16", "float16")
+POOLED = "all"  # the layer label of the pooled rows
+
+
+@contextlib.contextmanager
+def precision(device: torch.device, dtype: str) -> Iterator[None]:
+    """float32 as is; tf32 = float32 with TF32 matmuls (CUDA); bfloat16/float16 = autocast."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype '{dtype}' is unknown; choose one of {', '.join(DTYPES)}")
+    if dtype in ("bfloat16", "float16"):
+        with torch.autocast(device.type, dtype=getattr(torch, dtype)):
+            yield
+        return
+    if dtype == "tf32" and device.type == "cuda":
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        return
+    yield
+
+
+@dataclass
+class Estimate:
+    """Statistics of one run: summary tensors of shape (L + 1, C); row L is pooled over layers."""
+
+    components: list[str]
+    depth: int
+    summary: dict[str, torch.Tensor]
+    pairs: int
+    batches: int
+    stopped_early: bool
+    seconds: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else math.nan
+
+    def frame(self, pooled: bool = False) -> pd.DataFrame:
+        """Tidy rows (layer, component, mean, std, n, ci95, max, exceed_frac): the per-layer
+        rows, or with pooled=True one row per component with layer = 'all'."""
+        layers = [POOLED] if pooled else list(range(self.depth))
+        offset = self.depth if pooled else 0
+        rows = []
+        for i, layer in enumerate(layers):
+            for c, name in enumerate(self.components):
+                stats = {k: float(v[offset + i, c]) for k, v in self.summary.items()}
+                stats["n"] = int(stats["n"])
+                rows.append({"layer": layer, "component": name, **stats})
+        columns = ["layer", "component", "mean", "std", "n", "ci95", "max", "exceed_frac"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+def _with_pooled(ratios: torch.Tensor) -> torch.Tensor:
+    """(B, L, C) -> (B, L + 1, C): row L is the mean over layers of each pair."""
+    return torch.cat([ratios, ratios.nanmean(dim=1, keepdim=True)], dim=1)
+
+
+def estimate(
+    cmap: ComponentMap,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    components: Sequence[str] | None = None,
+    inputs: str = "embedding",
+    device: torch.device | str = "cpu",
+    dtype: str = "float32",
+    bounds: torch.Tensor | None = None,
+    until_ci: float | None = None,
+    check_every: int = 4,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Estimate:
+    """Stream `batches` of (x, y) images through pair_ratios into on-device statistics.
+
+    The model must already be on `device`. bounds: (L, C) per-layer bounds whose exceedances
+    are counted. until_ci: stop once every (layer, component) CI half-width is below this
+    fraction of its mean (checked every `check_every` batches), else at the end of `batches`.
+    on_batch(batches_done, pairs_done) is called after each batch (progress display).
+    """
+    device = torch.device(device)
+    names = resolve_components(cmap, components)
+    shape = (cmap.depth + 1, len(names))
+    if bounds is not None:
+        pad = torch.full((1, len(names)), math.nan, dtype=torch.float64)
+        bounds = torch.cat([bounds.to(torch.float64).cpu(), pad])
+    stats = RatioStats(shape, device=device, bounds=bounds)
+    done = pairs = 0
+    stopped = False
+    start = time.perf_counter()
+    with precision(device, dtype):
+        for x, y in batches:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            stats.update(_with_pooled(pair_ratios(cmap, x, y, names, inputs)))
+            done, pairs = done + 1, pairs + x.shape[0]
+            if on_batch is not None:
+                on_batch(done, pairs)
+            if until_ci is not None and done % check_every == 0 and stats.settled(until_ci):
+                stopped = True
+                break
+    if pairs == 0:
+        raise ValueError("no pairs were given to the estimator")
+    summary = stats.to_host()  # the one copy to the host (synchronises the device)
+    seconds = time.perf_counter() - start
+    return Estimate(names, cmap.depth, summary, pairs, done, stopped, seconds)

@@ -1,0 +1,208 @@
+"""One plasticity run: config -> run folder with the tidy tables, figures, config and manifest.
+
+Files: config.yaml, manifest.json, plasticity.{csv,parquet} (per layer), plasticity_pooled
+(per component, pooled over layers, with ranks), bounds and bound_ratio (when bounds are on),
+summary.txt, result.json, figures/*.{png,pdf}, DONE.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+
+from vitplas.analysis import tables
+from vitplas.analysis.bounds import bounds_matrix, layer_bounds
+from vitplas.analysis.estimate import Estimate, estimate
+from vitplas.analysis.pairs import pair_batches
+from vitplas.analysis.plasticity import resolve_components
+from vitplas.analysis.setup import (
+    ModelSetup,
+    dataset_radius,
+    model_checksum,
+    open_stream,
+    resolve_device,
+    setup_model,
+    stream_label,
+)
+from vitplas.config import ConfigError
+from vitplas.runs import RunDir, atomic_write_json, atomic_write_text
+
+# The embedded default (DESIGN.md): DINOv2 ViT-S/14, photos vs Fashion-MNIST test, ~2 min on a
+# 2-core CPU. 1,024 pairs put every adjacent pair of pooled CIs apart (see the README figures).
+DEFAULT_PAIRS = 1024
+
+
+@dataclass
+class PlasticityConfig:
+    """`vitplas plasticity` settings; defaults are the embedded offline default."""
+
+    model: str = "dinov2-s14"
+    random_init: bool = False
+    img_size: int | None = None
+    normalization: Literal["model", "paper"] = "model"
+    reference: str = "photos"
+    reference_split: str = "val"
+    target: str = "fashion-mnist"
+    target_split: str = "test"
+    data_root: str | None = None
+    download: bool = False
+    inputs: Literal["embedding", "hidden"] = "embedding"
+    components: list[str] = field(default_factory=list)  # empty: every block component
+    pairs: int = DEFAULT_PAIRS
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["float32", "tf32", "bfloat16", "float16"] = "float32"
+    until_ci: float | None = None  # stop when every CI half-width < until_ci * mean
+    check_every: int = 4  # batches between two sequential-stop checks
+    num_workers: int = 0
+    bounds: bool = True
+    radius: float | None = None  # token radius r; None: measured on the target stream
+    radius_images: int = 256
+    ln_bound: Literal["abs", "signed"] = "abs"
+    mha_slicing: Literal["rows", "columns"] = "rows"
+    figures: bool = True
+
+    def validate(self) -> None:
+        if self.pairs < 1:
+            raise ConfigError(f"pairs must be >= 1, got {self.pairs}")
+        if self.batch_size < 1 or self.check_every < 1 or self.radius_images < 1:
+            raise ConfigError("batch_size, check_every and radius_images must be >= 1")
+        if self.until_ci is not None and not 0 < self.until_ci < 1:
+            raise ConfigError(f"until_ci is a fraction of the mean in (0, 1), got {self.until_ci}")
+        if self.radius is not None and not self.radius > 0:
+            raise ConfigError(f"radius must be > 0, got {self.radius}")
+
+
+def _radius(cfg: PlasticityConfig, setup: ModelSetup, target) -> tuple[Any, str]:
+    """r (a number, or one per layer for hidden inputs) and where it came from."""
+    if cfg.radius is not None:
+        return cfg.radius, "given"
+    r = dataset_radius(
+        setup,
+        target,
+        images=cfg.radius_images,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        per_layer=cfg.inputs == "hidden",
+        num_workers=cfg.num_workers,
+    )
+    value = r.tolist() if r.ndim else float(r)
+    return value, f"measured on {cfg.target} [{cfg.target_split}], {cfg.radius_images} images"
+
+
+def _bounds(cfg, setup, components, target) -> tuple[pd.DataFrame | None, Any, str]:
+    if not cfg.bounds:
+        return None, None, "off"
+    radius, source = _radius(cfg, setup, target)
+    frame = layer_bounds(
+        setup.cmap,
+        components,
+        n_tokens=setup.n_tokens,
+        radius=radius,
+        width=setup.width,
+        ln_bound=cfg.ln_bound,
+        mha_slicing=cfg.mha_slicing,
+    )
+    return frame, radius, source
+
+
+def _estimate(cfg, setup, components, reference, target, bounds, progress) -> Estimate:
+    batches = pair_batches(
+        reference,
+        target,
+        pairs=cfg.pairs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        names=(cfg.reference, cfg.target),
+    )
+    matrix = None if bounds is None else bounds_matrix(bounds, setup.cmap.depth, components)
+    return estimate(
+        setup.cmap,
+        batches,
+        components=components,
+        inputs=cfg.inputs,
+        device=setup.device,
+        dtype=cfg.dtype,
+        bounds=matrix,
+        until_ci=cfg.until_ci,
+        check_every=cfg.check_every,
+        on_batch=progress,
+    )
+
+
+def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) -> dict[str, Any]:
+    """Run the estimator (and the bounds) for `cfg`; write everything under `run_dir`."""
+    t0 = time.perf_counter()
+    run = RunDir(run_dir)
+    run.write_config(cfg)
+    torch.manual_seed(cfg.seed)
+    setup = setup_model(
+        cfg.model,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        device=resolve_device(cfg.device),
+    )
+    components = resolve_components(setup.cmap, cfg.components)
+    transform = setup.transform(cfg.normalization)
+    reference = open_stream(
+        cfg.reference, cfg.reference_split, transform, cfg.data_root, cfg.download
+    )
+    target = open_stream(cfg.target, cfg.target_split, transform, cfg.data_root, cfg.download)
+    t_setup = time.perf_counter()
+    bounds, radius, radius_source = _bounds(cfg, setup, components, target)
+    t_bounds = time.perf_counter()
+    est = _estimate(cfg, setup, components, reference, target, bounds, progress)
+    labels = {
+        "model": cfg.model,
+        "reference": cfg.reference,
+        "target": cfg.target,
+        "inputs": cfg.inputs,
+    }
+    written = tables.write_all(run, est, labels, bounds, figures=cfg.figures)
+    timings = {
+        "setup_s": t_setup - t0,
+        "bounds_s": t_bounds - t_setup,
+        "estimate_s": est.seconds,
+        "total_s": time.perf_counter() - t0,
+        "pairs_per_s": est.pairs_per_s,
+    }
+    checksum, checksum_of = model_checksum(setup)
+    result = {
+        **labels,
+        "model_description": setup.loaded.description,
+        "reference_label": f"{stream_label(cfg.reference)} [{cfg.reference_split}]",
+        "target_label": f"{stream_label(cfg.target)} [{cfg.target_split}]",
+        "pairs": est.pairs,
+        "batches": est.batches,
+        "stopped_early": est.stopped_early,
+        "radius": radius,
+        "radius_source": radius_source,
+        "n_tokens": setup.n_tokens,
+        "ranking": written["ranking"],
+        "settled": written["settled"],
+        "timings": timings,
+        "files": written["files"],
+    }
+    run.write_manifest(
+        {
+            **result,
+            "seed": cfg.seed,
+            "device_used": str(setup.device),
+            "dtype": cfg.dtype,
+            "model_checksum": checksum,
+            "model_checksum_of": checksum_of,
+            "reference_size": len(reference),
+            "target_size": len(target),
+        }
+    )
+    atomic_write_json(run / "result.json", result)
+    atomic_write_text(run / "summary.txt", tables.summary_text(result, written["pooled"]))
+    run.mark_done()
+    return {**result, "pooled": written["pooled"], "run_dir": str(run.path)}

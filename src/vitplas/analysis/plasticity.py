@@ -1,0 +1,184 @@
+"""The plasticity estimator (PAPER.md section 1): per pair, block and component,
+
+    ratio = ||f(x) - f(y)||_F / ||x - y||_F      over the whole (N tokens, D) matrix.
+
+Inputs of block l's components: the embedding output (`inputs="embedding"`, the paper's
+protocol) or the hidden state entering block l (`inputs="hidden"`). MHA is applied without
+LN1 in front; FC2 reads the D-dim tokens zero-padded to its input width.
+
+Why it is cheap. x and y go through each non-linear module (norms, attention) together as one
+(2B, N, D) batch. The linear components (FC1, FC2, LayerScale) satisfy f(x) - f(y) = W (x - y)
+exactly (the bias cancels), so they cost one matmul on the difference instead of two forward
+calls; FC2 on zero-padded tokens is x @ W[:, :D].T, so the weight is sliced, never the input
+padded. A LayerNorm's difference is gamma * (x_hat - y_hat) (the bias cancels again), and
+||gamma * v||_F^2 = sum_j gamma_j^2 sum_t v_tj^2: the per-feature sums S_j are shared by all
+the norms that read the same input (every layer, in embedding mode). Nothing leaves the device;
+RatioStats keeps shifted sums in float64 there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitplas.models.components import ComponentMap, parse_components
+
+INPUT_MODES = ("embedding", "hidden")
+
+
+def resolve_components(cmap: ComponentMap, names: Sequence[str] | str | None = None) -> list[str]:
+    """Validate component names against this model's blocks; None/empty = all of them."""
+    if not names:
+        return list(cmap.block_components)
+    return parse_components(names, allowed=cmap.block_components)
+
+
+def patch_size(cmap: ComponentMap) -> tuple[int, int]:
+    """(height, width) of a patch: the kernel of the embedding's 4-D (conv) weight."""
+    for _, param in cmap.named_parameters("emb"):
+        if param.ndim == 4:
+            return int(param.shape[-2]), int(param.shape[-1])
+    raise ValueError("this model's embedding has no patch convolution; cannot tell its patch size")
+
+
+def embed_images(cmap: ComponentMap, images: torch.Tensor) -> torch.Tensor:
+    """Embedding output (B, N, D) of images (B, C, H, W); a size the model cannot take is a
+    ValueError that says so (timm would crop a ragged border silently, or assert)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+    (height, width), (ph, pw) = images.shape[-2:], patch_size(cmap)
+    if height % ph or width % pw:
+        raise ValueError(
+            f"image size {height}x{width} is not a multiple of this model's {ph}x{pw} patches; "
+            f"use e.g. {max(ph, height // ph * ph)}x{max(pw, width // pw * pw)}"
+        )
+    try:
+        return cmap.embed(images)
+    except (AssertionError, RuntimeError) as err:
+        raise ValueError(
+            f"images of shape {tuple(images.shape)} do not fit this model ({err}); resize them "
+            "to the model's input size (the CLI does, from the model's config) or load the "
+            "model with img_size=..."
+        ) from err
+
+
+@dataclass
+class _Inputs:
+    """One input (x, y) of a block's components; caches what several components share."""
+
+    xy: torch.Tensor  # (2B, N, D): x then y
+    diff: torch.Tensor = field(init=False)  # (B, N, D) float32: x - y
+    norm: torch.Tensor = field(init=False)  # (B,) ||x - y||_F
+    _sq: torch.Tensor | None = None  # (B, D): sum over tokens of (x - y)^2
+    _ln: dict = field(default_factory=dict)  # eps -> (B, D) sums of (x_hat - y_hat)^2
+
+    def __post_init__(self) -> None:
+        # differences in float32 at least: bf16 outputs would lose them to cancellation
+        x, y = self.xy.to(torch.promote_types(self.xy.dtype, torch.float32)).chunk(2)
+        self.diff = x - y
+        self.norm = torch.linalg.vector_norm(self.diff.flatten(1), dim=1)
+
+    def diff_sq(self) -> torch.Tensor:
+        if self._sq is None:
+            self._sq = self.diff.square().sum(1)
+        return self._sq
+
+    def normalized_sq(self, eps: float, width: int) -> torch.Tensor:
+        if eps not in self._ln:
+            hat = F.layer_norm(self.xy.to(self.diff.dtype), (width,), None, None, eps)
+            hx, hy = hat.chunk(2)
+            self._ln[eps] = (hx - hy).square().sum(1)
+        return self._ln[eps]
+
+
+def _frob(diff: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm per pair of a (B, N, *) difference, in float32 at least."""
+    wide = torch.promote_types(diff.dtype, torch.float32)
+    return torch.linalg.vector_norm(diff.flatten(1), dim=1, dtype=wide)
+
+
+def _is_layerscale(module: nn.Module) -> bool:
+    gamma = getattr(module, "gamma", None)
+    return isinstance(gamma, torch.Tensor) and gamma.ndim == 1 and not list(module.children())
+
+
+def padded_weight(linear: nn.Linear, width: int) -> torch.Tensor:
+    """The columns of `linear`'s weight that meet D-dim tokens zero-padded to its input width."""
+    if linear.in_features < width:
+        raise ValueError(
+            f"cannot zero-pad {width}-dim tokens to {linear.in_features} inputs (narrower)"
+        )
+    return linear.weight[:, :width]
+
+
+def component_numerator(module: nn.Module, name: str, inp: _Inputs) -> torch.Tensor:
+    """||f(x) - f(y)||_F per pair (B,) for component `name` implemented by `module`."""
+    width = inp.xy.shape[-1]
+    if name == "fc2":  # zero-padded input: only the first `width` columns of W are read
+        return _frob(F.linear(inp.diff.to(inp.xy.dtype), padded_weight(module, width)))
+    if isinstance(module, nn.Linear):  # f(x) - f(y) = W (x - y)
+        return _frob(F.linear(inp.diff.to(inp.xy.dtype), module.weight))
+    if _is_layerscale(module):  # f(x) - f(y) = gamma * (x - y)
+        return (inp.diff_sq() @ module.gamma.to(inp.diff.dtype).square()).sqrt()
+    if isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
+        sq = inp.normalized_sq(module.eps, width)  # (B, D)
+        if module.weight is None:
+            return sq.sum(1).sqrt()
+        return (sq @ module.weight.to(sq.dtype).square()).sqrt()
+    out = module(inp.xy)  # any other module: call it on x and y at once
+    fx, fy = out.to(inp.diff.dtype).chunk(2)
+    return _frob(fx - fy)
+
+
+def block_ratios(
+    cmap: ComponentMap, layer: int, components: Sequence[str], inp: _Inputs
+) -> torch.Tensor:
+    """(B, C) ratios of block `layer`'s components on the shared input `inp`."""
+    cols = [component_numerator(cmap.module(layer, c), c, inp) for c in components]
+    return torch.stack(cols, dim=1) / inp.norm[:, None]
+
+
+def pair_ratios(
+    cmap: ComponentMap,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    components: Sequence[str] | None = None,
+    inputs: str = "embedding",
+) -> torch.Tensor:
+    """Ratios of every (pair, layer, component): a (B, L, C) tensor on x's device.
+
+    x, y: (B, 3, H, W) image batches, pair i = (x[i], y[i]). A pair with x == y at a block's
+    input has no defined ratio there: NaN, left out by RatioStats.
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"x and y batches differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
+    with torch.inference_mode():
+        h = embed_images(cmap, torch.cat([x, y]))  # (2B, N, D)
+        return token_ratios(cmap, h, components, inputs)
+
+
+def token_ratios(
+    cmap: ComponentMap,
+    h: torch.Tensor,
+    components: Sequence[str] | None = None,
+    inputs: str = "embedding",
+) -> torch.Tensor:
+    """Like pair_ratios, from token matrices h (2B, N, D): x = h[:B], y = h[B:]."""
+    if inputs not in INPUT_MODES:
+        raise ValueError(f"inputs '{inputs}' is unknown; choose one of {', '.join(INPUT_MODES)}")
+    if h.ndim != 3 or h.shape[0] % 2:
+        raise ValueError(f"h must be (2B, N, D) with x then y, got {tuple(h.shape)}")
+    names = resolve_components(cmap, components)
+    with torch.inference_mode():
+        shared = _Inputs(h) if inputs == "embedding" else None
+        per_layer = []
+        for layer in range(cmap.depth):
+            inp = shared if shared is not None else _Inputs(h)
+            per_layer.append(block_ratios(cmap, layer, names, inp))
+            if inputs == "hidden" and layer + 1 < cmap.depth:
+                h = cmap.block(layer)(h)  # the real input of the next block
+        return torch.stack(per_layer, dim=1)  # (B, L, C)

@@ -1,0 +1,87 @@
+"""Streaming statistics of ratios, kept on the ratios' device in float64.
+
+Memory is fixed by the shape of one observation (layers x components), never by the number of
+pairs. Sums are shifted by the first batch's mean so that the variance does not suffer from
+cancellation; counts of ratios above a bound are kept when bounds are given.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile: ci95 = Z95 * std / sqrt(n)
+
+
+class RatioStats:
+    """Mean, std, n, 95% CI, max and bound exceedances of ratios of a fixed shape."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        device: torch.device | str = "cpu",
+        bounds: torch.Tensor | None = None,
+    ):
+        zeros = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.shape = tuple(shape)
+        self.count = zeros.clone()
+        self.shift: torch.Tensor | None = None
+        self.sum = zeros.clone()
+        self.sumsq = zeros.clone()
+        self.max = torch.full(shape, -math.inf, dtype=torch.float64, device=device)
+        self.exceed = zeros.clone()
+        self.bounds = None
+        if bounds is not None:
+            if tuple(bounds.shape) != self.shape:
+                raise ValueError(f"bounds shape {tuple(bounds.shape)} != ratios {self.shape}")
+            # NaN bound (unknown) counts nothing: r > NaN is False
+            self.bounds = bounds.to(device=device, dtype=torch.float64)
+
+    def update(self, ratios: torch.Tensor) -> None:
+        """Add a batch (B, *shape) of ratios; NaN / inf entries are left out."""
+        if tuple(ratios.shape[1:]) != self.shape:
+            raise ValueError(f"ratios of shape {tuple(ratios.shape)} do not fit {self.shape}")
+        r = ratios.detach().to(torch.float64)
+        valid = torch.isfinite(r)
+        if self.shift is None:
+            n = valid.sum(0).clamp(min=1)
+            self.shift = torch.where(valid, r, 0.0).sum(0) / n
+        z = torch.where(valid, r - self.shift, 0.0)
+        self.count += valid.sum(0)
+        self.sum += z.sum(0)
+        self.sumsq += z.square().sum(0)
+        self.max = torch.maximum(self.max, torch.where(valid, r, -math.inf).amax(0))
+        if self.bounds is not None:
+            self.exceed += (valid & (r > self.bounds)).sum(0)
+
+    def mean(self) -> torch.Tensor:
+        shift = self.shift if self.shift is not None else torch.zeros_like(self.sum)
+        return shift + self.sum / self.count.clamp(min=1)
+
+    def std(self) -> torch.Tensor:
+        """Sample standard deviation (n - 1 in the denominator); NaN below 2 observations."""
+        n = self.count
+        var = (self.sumsq - self.sum.square() / n.clamp(min=1)) / (n - 1).clamp(min=1)
+        return torch.where(n > 1, var.clamp(min=0).sqrt(), math.nan)
+
+    def ci95(self) -> torch.Tensor:
+        """Half-width of the normal 95% confidence interval of the mean."""
+        return Z95 * self.std() / self.count.clamp(min=1).sqrt()
+
+    def settled(self, rel: float) -> bool:
+        """True when every entry's CI half-width is below `rel` x |mean| (one small copy)."""
+        ok = (self.ci95() < rel * self.mean().abs()) & (self.count > 1)
+        return bool(ok.all().item())
+
+    def to_host(self) -> dict[str, torch.Tensor]:
+        """The summary, copied to the host once: mean, std, n, ci95, max, exceed_frac."""
+        out = {
+            "mean": self.mean(),
+            "std": self.std(),
+            "n": self.count,
+            "ci95": self.ci95(),
+            "max": self.max,
+            "exceed_frac": self.exceed / self.count.clamp(min=1),
+        }
+        return {k: v.cpu() for k, v in out.items()}

@@ -1,0 +1,107 @@
+"""What the analysis commands share: device choice, model and datasets with their transform,
+honest stream labels, and a model checksum."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from vitplas.analysis.bounds import token_radius
+from vitplas.analysis.pairs import stream_seed
+from vitplas.analysis.plasticity import embed_images
+from vitplas.data import build_transform, dataset_info, get_dataset, make_loader
+from vitplas.models import LoadedModel, load_model
+from vitplas.models.components import ComponentMap, component_map
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' = cuda when there is one, else cpu; 'cuda' without CUDA is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' asked for, but this machine has no CUDA device")
+    return device
+
+
+@dataclass
+class ModelSetup:
+    """A loaded model on its device, its component map and token shape (n_tokens, width)."""
+
+    loaded: LoadedModel
+    cmap: ComponentMap
+    device: torch.device
+    n_tokens: int
+    width: int
+
+    def transform(self, normalization: str = "model"):
+        mean, std = self.loaded.normalization(normalization)
+        return build_transform(mean, std, self.loaded.input_size, train=False)
+
+
+def setup_model(
+    spec: str, *, random_init: bool, img_size: int | None, device: torch.device
+) -> ModelSetup:
+    """Load `spec`, check its input size against its patches, move it to `device`."""
+    loaded = load_model(spec, random_init=random_init, img_size=img_size)
+    model = loaded.model.to(device).eval()
+    cmap = component_map(model)
+    with torch.inference_mode():
+        probe = torch.zeros(1, *loaded.input_size, device=device)
+        n_tokens, width = embed_images(cmap, probe).shape[1:]  # refuses a ragged image size
+    return ModelSetup(loaded, cmap, device, int(n_tokens), int(width))
+
+
+def open_stream(name: str, split: str, transform, root: str | None, download: bool) -> Dataset:
+    return get_dataset(name, split, transform=transform, root=root, download=download)
+
+
+def dataset_radius(
+    setup: ModelSetup,
+    data: Dataset,
+    *,
+    images: int,
+    batch_size: int,
+    seed: int = 0,
+    per_layer: bool = False,
+    num_workers: int = 0,
+) -> torch.Tensor:
+    """Token radius r on the first `images` images of `data` in the seed's target order
+    (the images the first pairs use): a number, or one per layer with per_layer=True."""
+    loader = make_loader(
+        data,
+        min(batch_size, len(data)),
+        shuffle=True,
+        seed=stream_seed(seed, "target", 0),
+        num_workers=num_workers,
+    )
+    batches = (x for x, _ in loader)
+    r, _ = token_radius(
+        setup.cmap, batches, max_images=images, per_layer=per_layer, device=setup.device
+    )
+    return r
+
+
+def stream_label(name: str) -> str:
+    """'name: description' from the dataset registry (says when a stream is a stand-in)."""
+    try:
+        description = dataset_info(name).description
+    except Exception:  # a name the registry resolves only at load time
+        return name
+    return f"{name}: {description.split(';')[0]}"
+
+
+def model_checksum(setup: ModelSetup) -> tuple[str, str]:
+    """(sha256, what it hashes): the weights file when there is one, else the tensors."""
+    if setup.loaded.checksum:
+        return setup.loaded.checksum, "weights file"
+    digest = hashlib.sha256()
+    for name, tensor in sorted(setup.loaded.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest(), "state dict tensors"

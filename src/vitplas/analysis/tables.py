@@ -1,0 +1,112 @@
+"""Tidy tables of a plasticity run, the component ranking, and the text summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from vitplas.analysis.estimate import Estimate
+from vitplas.models.components import THEORETICAL_RANK
+from vitplas.runs import RunDir, write_table
+
+LABELS = ("model", "reference", "target", "inputs")
+PLASTICITY_COLUMNS = [*LABELS, "layer", "component", "mean", "std", "n", "ci95"]
+
+
+def plasticity_table(est: Estimate, labels: dict[str, str]) -> pd.DataFrame:
+    """Per (layer, component): the tidy table the issue and the plots read."""
+    frame = est.frame()
+    for key in reversed(LABELS):
+        frame.insert(0, key, labels[key])
+    return frame[PLASTICITY_COLUMNS]
+
+
+def pooled_table(est: Estimate, labels: dict[str, str]) -> pd.DataFrame:
+    """Per component, pooled over layers (per-pair mean over layers), ranked by mean."""
+    frame = est.frame(pooled=True).drop(columns=["layer", "max", "exceed_frac"])
+    frame = frame.sort_values("mean", ascending=False).reset_index(drop=True)
+    frame["rank"] = range(1, len(frame) + 1)
+    frame["theory_rank"] = [THEORETICAL_RANK.get(c) for c in frame["component"]]
+    for key in reversed(LABELS):
+        frame.insert(0, key, labels[key])
+    return frame
+
+
+def ranking_settled(pooled: pd.DataFrame) -> bool:
+    """True when the 95% CIs of every two neighbours in the ranking do not overlap."""
+    lo = (pooled["mean"] - pooled["ci95"]).to_numpy()
+    hi = (pooled["mean"] + pooled["ci95"]).to_numpy()
+    return bool(all(lo[i] > hi[i + 1] for i in range(len(pooled) - 1)))
+
+
+def bound_ratio_table(est: Estimate, labels: dict[str, str], bounds: pd.DataFrame) -> pd.DataFrame:
+    """Measured / bound per (layer, component), with the fraction of pairs above the bound."""
+    frame = est.frame().merge(bounds, on=["layer", "component"], how="left")
+    frame["ratio"] = frame["mean"] / frame["bound"]
+    frame["max_ratio"] = frame["max"] / frame["bound"]
+    for key in reversed(LABELS):
+        frame.insert(0, key, labels[key])
+    keep = ["layer", "component", "mean", "bound", "ratio", "max", "max_ratio", "exceed_frac"]
+    return frame[[*LABELS, *keep, "bound_padded", "radius", "definition"]]
+
+
+def write_all(
+    run: RunDir,
+    est: Estimate,
+    labels: dict[str, str],
+    bounds: pd.DataFrame | None,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Write every table (CSV + Parquet) and figure of a run; return what the summary needs."""
+    from vitplas.plots import plasticity as plots
+
+    per_layer = plasticity_table(est, labels)
+    pooled = pooled_table(est, labels)
+    files = [
+        *write_table(per_layer, run / "plasticity"),
+        *write_table(pooled, run / "plasticity_pooled"),
+    ]
+    if bounds is not None:
+        bound_frame = bounds.copy()
+        for key in reversed(LABELS[:1]):
+            bound_frame.insert(0, key, labels[key])
+        ratio = bound_ratio_table(est, labels, bounds)
+        files += [
+            *write_table(bound_frame, run / "bounds"),
+            *write_table(ratio, run / "bound_ratio"),
+        ]
+    if figures:
+        files += plots.plasticity_box(per_layer, run / "figures" / "plasticity_box")
+        files += plots.plasticity_depth(per_layer, run / "figures" / "plasticity_depth")
+        if bounds is not None:
+            files += plots.bounds_per_layer(bound_frame, run / "figures" / "bounds")
+            files += plots.bound_ratio(ratio, run / "figures" / "bound_ratio")
+    return {
+        "files": [str(p.relative_to(run.path)) for p in files],
+        "pooled": pooled,
+        "ranking": list(pooled["component"]),
+        "settled": ranking_settled(pooled),
+    }
+
+
+def summary_text(result: dict[str, Any], pooled: pd.DataFrame) -> str:
+    """The terminal summary as plain text: what was measured, then the ranking with CIs."""
+    lines = [
+        f"model:     {result['model']} ({result['model_description']})",
+        f"reference: {result['reference_label']}",
+        f"target:    {result['target_label']}",
+        f"pairs:     {result['pairs']} ({result['inputs']} inputs)"
+        + (", stopped early: CIs narrow enough" if result["stopped_early"] else ""),
+        "",
+        f"{'rank':>4}  {'component':<9} {'mean':>9} {'95% CI':>9}  {'theory':>6}",
+    ]
+    for row in pooled.itertuples(index=False):
+        theory = "-" if pd.isna(row.theory_rank) else str(int(row.theory_rank))
+        lines.append(
+            f"{row.rank:>4}  {row.component:<9} {row.mean:>9.4g} {'±':>2}{row.ci95:>7.2g}  "
+            f"{theory:>6}"
+        )
+    verdict = "yes" if result["settled"] else "no (neighbouring CIs overlap: add --pairs)"
+    lines += ["", f"ranking settled by the 95% CIs: {verdict}"]
+    return "\n".join(lines) + "\n"
