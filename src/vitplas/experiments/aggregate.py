@@ -9,7 +9,7 @@ Tables (CSV + Parquet):
     components  per train set: mean over datasets of best accuracy (and of gain)
     tests       reference (MHA) vs each train set across datasets: paired t-test, Wilcoxon
     curves      training/validation curves (step, loss, grad_norm, val_loss, val_acc) per run
-plus the analysis tables (plasticity, bounds, probes) found in the study's analysis runs.
+plus the analysis tables (plasticity, bounds, probe, ...) found in the study's analysis runs.
 """
 
 from __future__ import annotations
@@ -117,16 +117,19 @@ def summarize(
 
 
 def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
-    """Concatenate the tidy tables of the study's analysis runs: <root>/analysis/<kind>/*/."""
-    tables: dict[str, pd.DataFrame] = {}
-    for kind_dir in sorted((root / "analysis").glob("*")):
-        frames = []
-        for folder in sorted(p for p in kind_dir.iterdir() if (p / "DONE").exists()):
-            for path in sorted(folder.glob("*.parquet")):
-                frames.append(pd.read_parquet(path))
-        if frames:
-            tables[kind_dir.name] = pd.concat(frames, ignore_index=True)
-    return tables
+    """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/),
+    concatenated by table name (plasticity, bounds, probe, ...); duplicate rows dropped (bounds
+    written by both a plasticity and a bounds job)."""
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for folder in sorted((root / "analysis").glob("*/*")):
+        if not (folder / "DONE").exists():
+            continue
+        for path in sorted(folder.glob("*.parquet")):
+            frames.setdefault(path.stem, []).append(pd.read_parquet(path))
+    return {
+        name: pd.concat(parts, ignore_index=True).drop_duplicates(ignore_index=True)
+        for name, parts in frames.items()
+    }
 
 
 def aggregate(
@@ -136,7 +139,7 @@ def aggregate(
     root = Path(root) if root is not None else spec.root_path
     states = scan(spec, runs, root)
     extra = analysis_tables(root)
-    tables: dict[str, Any] = summarize(run_table(states), spec, extra.get("probes"))
+    tables: dict[str, Any] = summarize(run_table(states), spec, extra.get("probe"))
     tables["curves"] = curve_table(states)
     tables.update(extra)
     for name, frame in tables.items():

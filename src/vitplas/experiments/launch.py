@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -80,8 +80,9 @@ class RunJob(submitit.helpers.Checkpointable):
             fn = import_path(function)
             cfg = config_from_dict(import_path(config_class), config) if config_class else config
             result = fn(cfg, path)
+            record = dict(result) if isinstance(result, Mapping) else {}  # probes: a table
             if not (path / "result.json").exists():  # a runner that only returns its result
-                atomic_write_json(path / "result.json", dict(result or {}))
+                atomic_write_json(path / "result.json", record)
             if not (path / DONE_MARKER).exists():
                 atomic_write_text(path / DONE_MARKER, now_iso() + "\n")
         except Exception:
@@ -90,7 +91,7 @@ class RunJob(submitit.helpers.Checkpointable):
             raise
         (path / "error.txt").unlink(missing_ok=True)
         write_status(path, "done", ended_at=now_iso())
-        return dict(result or {})
+        return record
 
 
 @dataclass

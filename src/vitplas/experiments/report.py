@@ -128,16 +128,15 @@ def analysis_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, li
 
     made: dict[str, list[Path]] = {}
     if "plasticity" in tables:
-        made["plasticity_by_rank"] = plots.plasticity_by_rank(
-            tables["plasticity"], out / "plasticity_by_rank"
-        )
-        made["plasticity_vs_depth"] = plots.plasticity_vs_depth(
-            tables["plasticity"], out / "plasticity_vs_depth"
-        )
+        frame = tables["plasticity"]
+        made["plasticity_by_rank"] = plots.plasticity_box(frame, out / "plasticity_by_rank")
+        made["plasticity_vs_depth"] = plots.plasticity_depth(frame, out / "plasticity_vs_depth")
     if "bounds" in tables:
         made["bounds_per_layer"] = plots.bounds_per_layer(
             tables["bounds"], out / "bounds_per_layer"
         )
+    if "bound_ratio" in tables:
+        made["bound_ratio"] = plots.bound_ratio(tables["bound_ratio"], out / "bound_ratio")
     return made
 
 

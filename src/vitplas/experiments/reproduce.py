@@ -18,11 +18,11 @@ from vitplas.experiments.spec import SweepSpec, expand, run_id
 
 # kind -> (runner function, config class): the analysis and training areas' entry points
 ANALYSIS_RUNNERS = {
-    "plasticity": (
-        "vitplas.analysis.plasticity:run_plasticity",
-        "vitplas.analysis.plasticity:PlasticityConfig",
+    "plasticity": ("vitplas.analysis.job:run_plasticity", "vitplas.analysis.job:PlasticityConfig"),
+    "bounds": (
+        "vitplas.analysis.bounds_job:run_bounds",
+        "vitplas.analysis.bounds_job:BoundsConfig",
     ),
-    "bounds": ("vitplas.analysis.bounds:run_bounds", "vitplas.analysis.bounds:BoundsConfig"),
     "probes": ("vitplas.training.probe:run_probe", "vitplas.training.probe:ProbeConfig"),
 }
 
