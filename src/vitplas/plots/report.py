@@ -71,6 +71,9 @@ def accuracy_over_lrs(runs: pd.DataFrame, stem: str | Path, metric: str = "test_
                 ax.plot(line.index, line.to_numpy(), marker="o", color=style.color(train),
                         label=style.label(train))  # fmt: skip
             ax.set_xscale("log")
+            lrs = sorted(part["lr"].unique())  # ticks at the swept lrs, not at decades
+            ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+            ax.minorticks_off()
             ax.set_title(str(dataset))
             ax.set_xlabel("learning rate")
             ax.set_ylabel("test accuracy (%)")
