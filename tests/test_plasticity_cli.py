@@ -1,0 +1,172 @@
+"""`vitplas plasticity`, `bounds` and `radius` end to end: tiny-random model, offline streams
+(photos, digits), tiny pair counts; run folder contents; bad input; the embedded default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from vitplas.cli import app
+
+TINY = ["--model", "tiny-random", "--random-init", "--target", "digits", "--device", "cpu"]
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    result = run("plasticity", *TINY, "--pairs", "24", "--batch-size", "8", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "ranking settled by the 95% CIs" in result.output
+    assert "offline stand-in for ImageNet val" in result.output  # the photos stream, labelled
+    return out
+
+
+def test_run_folder_holds_tables_figures_config_manifest(tiny_run):
+    table = pd.read_csv(tiny_run / "plasticity.csv")
+    assert list(table.columns) == [
+        "model",
+        "reference",
+        "target",
+        "inputs",
+        "layer",
+        "component",
+        "mean",
+        "std",
+        "n",
+        "ci95",
+    ]
+    assert len(table) == 2 * 5 and (table["n"] == 24).all()
+    assert ((table["ci95"] - 1.959964 * table["std"] / 24**0.5).abs() < 1e-6).all()
+    pd.testing.assert_frame_equal(table, pd.read_parquet(tiny_run / "plasticity.parquet"))
+    for stem in ("plasticity_box", "plasticity_depth", "bounds", "bound_ratio"):
+        for suffix in (".png", ".pdf"):
+            assert (tiny_run / "figures" / f"{stem}{suffix}").stat().st_size > 1000
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["pairs"] == 24 and config["target"] == "digits"
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert manifest["model_checksum_of"] == "state dict tensors"
+    assert len(manifest["model_checksum"]) == 64 and manifest["pairs"] == 24
+    assert {"versions", "git_commit", "device", "timings"} <= set(manifest)
+    assert "RANDOM INIT" in manifest["model_description"]
+    assert (tiny_run / "DONE").exists()
+
+
+def test_bound_ratio_table_divides_and_counts(tiny_run):
+    ratio = pd.read_csv(tiny_run / "bound_ratio.csv")
+    assert ((ratio["ratio"] - ratio["mean"] / ratio["bound"]).abs() < 1e-9).all()
+    linear = ratio[ratio["component"].isin(["fc1", "fc2"])]
+    assert (linear["exceed_frac"] == 0).all() and (linear["max_ratio"] <= 1 + 1e-6).all()
+    assert ratio["exceed_frac"].between(0, 1).all()
+
+
+def test_same_seed_same_table_other_seed_other_numbers(tiny_run, tmp_path):
+    args = ["plasticity", *TINY, "--pairs", "24", "--batch-size", "8", "--no-bounds"]
+    assert run(*args, "--out", str(tmp_path / "a")).exit_code == 0
+    assert run(*args, "--seed", "1", "--out", str(tmp_path / "b")).exit_code == 0
+    base = pd.read_csv(tiny_run / "plasticity.csv")
+    same = pd.read_csv(tmp_path / "a" / "plasticity.csv")
+    other = pd.read_csv(tmp_path / "b" / "plasticity.csv")
+    pd.testing.assert_frame_equal(base, same)
+    assert (base["mean"] - other["mean"]).abs().max() > 1e-6
+    assert not (tmp_path / "a" / "bounds.csv").exists()
+
+
+def test_hidden_inputs_and_component_subset(tmp_path):
+    result = run(
+        "plasticity",
+        *TINY,
+        "--pairs",
+        "8",
+        "--batch-size",
+        "8",
+        "--inputs",
+        "hidden",
+        "--components",
+        "mha,fc2",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "plasticity.csv")
+    assert set(table["component"]) == {"mha", "fc2"} and (table["inputs"] == "hidden").all()
+    bounds = pd.read_csv(tmp_path / "bounds.csv")
+    assert bounds["radius"].nunique() == 2  # one measured radius per block input
+
+
+def test_bounds_and_radius_commands(tiny_run, tmp_path):
+    result = run(
+        "bounds",
+        "--model",
+        "tiny-random",
+        "--random-init",
+        "--radius",
+        "2.0",
+        "--plasticity",
+        str(tiny_run),
+        "--ln-bound",
+        "signed",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    bounds = pd.read_csv(tmp_path / "bounds.csv")
+    assert (bounds.loc[bounds["component"] == "mha", "radius"] == 2.0).all()
+    assert (bounds.loc[bounds["component"] == "ln1", "definition"] == "max gamma (signed)").all()
+    ratio = pd.read_csv(tmp_path / "bound_ratio.csv")
+    assert len(ratio) == 10 and (ratio["ratio"] > 0).all()
+    assert (tmp_path / "figures" / "bounds.pdf").exists()
+    radius = run("radius", "--model", "tiny-random", "--random-init", "--dataset", "digits")
+    assert radius.exit_code == 0 and radius.output.startswith("r = ")
+    assert float(radius.output.split()[2]) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--components", "mha,attn"], "component 'attn' is unknown"),
+        (["--target", "cifar11"], "dataset 'cifar11' is unknown"),
+        (["--pairs", "0"], "pairs must be >= 1, got 0"),
+        (["--reference", "photos/4", "--batch-size", "8"], "has 4 images, fewer than one batch"),
+        (["--img-size", "36"], "not a multiple of this model's 8x8 patches"),
+        (["--inputs", "residual"], "'inputs' is 'residual'"),
+        (["--dtype", "float8"], "'dtype' is 'float8'"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, message, tmp_path):
+    result = runner.invoke(
+        app, ["plasticity", *TINY, "--pairs", "8", *args, "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+@pytest.mark.slow
+def test_embedded_default_runs_offline(tmp_path):
+    """`vitplas plasticity` with its defaults, fewer pairs; needs the offline assets."""
+    from vitplas.data import is_available
+    from vitplas.models import get_preset, weights_status
+
+    status = weights_status(get_preset("dinov2-s14"))
+    if not status.present:
+        pytest.skip(
+            f"DINOv2 ViT-S/14 weights are not here ({status.where}); scripts/offline-assets"
+        )
+    present, where = is_available("fashion-mnist")
+    if not present:
+        pytest.skip(f"Fashion-MNIST is not here (looked in {where}); scripts/offline-assets")
+    result = run("plasticity", "--pairs", "64", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "plasticity.csv")
+    assert len(table) == 12 * 7 and (table["n"] == 64).all()  # ViT-S/14: 12 blocks, LayerScale
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["model_checksum_of"] == "weights file"
