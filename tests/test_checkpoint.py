@@ -109,3 +109,56 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     second = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], second[0])
     assert np.array_equal(first[1], second[1]) and first[2] == second[2]
+
+
+KILL_ARGS = [
+    "model=tiny-random",
+    "dataset=digits",
+    "img_size=32",
+    "steps=30",
+    "warmup_steps=5",
+    "batch_size=16",
+    "eval_every=5",
+    "max_eval_samples=64",
+    "num_workers=0",
+    "device=cpu",
+    "tensorboard=false",
+]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_equals_uninterrupted(tmp_path):
+    """A real kill: the CLI in a subprocess, SIGKILLed after its second checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vitplas.training.config import load_finetune_config
+
+    killed = tmp_path / "killed"
+    cli = [sys.executable, "-c", "from vitplas.cli import main; main()"]
+    proc = subprocess.Popen([*cli, "finetune", *KILL_ARGS, "--out", str(killed), "--no-progress"])
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step_00000010").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "DONE").exists()
+    cfg = load_finetune_config(None, KILL_ARGS)
+    resumed = run_finetune(cfg, killed)
+    plain = run_finetune(cfg, tmp_path / "plain")
+    drop = {"wall_time_s", "images_per_s"}
+    assert {k: v for k, v in resumed.items() if k not in drop} == {
+        k: v for k, v in plain.items() if k not in drop
+    }
+    assert without_timing(RunDir(killed).read_metrics()) == without_timing(
+        RunDir(tmp_path / "plain").read_metrics()
+    )
+    best = [
+        ckpt.load_weights(d / "checkpoints" / ckpt.BEST_FILE) for d in (killed, tmp_path / "plain")
+    ]
+    assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])

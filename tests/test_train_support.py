@@ -61,6 +61,7 @@ def toy_config(*overrides: str) -> FinetuneConfig:
         "lr=0.05",
         "tensorboard=false",
         "device=cpu",
+        "img_size=32",
     ]
     return load_finetune_config(None, [*base, *overrides])
 

@@ -33,7 +33,7 @@ def default_finetune_dir(cfg, root: str | Path = "runs") -> Path:
     """runs/finetune/<dataset-train-lr-seed>-<hash of the config>: the same command finds the
     same folder again, so rerunning it resumes (or skips) instead of starting over."""
     from vitplas.config import config_to_dict
-    from vitplas.training.finetune import RUNTIME_KEYS
+    from vitplas.training.config import RUNTIME_KEYS
 
     data = {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_KEYS}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]

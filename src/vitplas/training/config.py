@@ -160,3 +160,29 @@ def is_finetune_preset(path: str | Path) -> bool:
     `# vitplas finetune ...` (sweep specs are headed by their own commands)."""
     first = Path(path).read_text().lstrip().splitlines()[:1]
     return bool(first) and first[0].startswith("#") and "vitplas finetune" in first[0]
+
+
+# Keys that may change between a run and its resumption (hardware and display only).
+RUNTIME_KEYS = {"num_workers", "device", "compile", "tensorboard", "eval_batch_size", "log_every"}
+
+
+def check_same_config(run: Any, cfg: FinetuneConfig) -> None:
+    """A run folder is resumed only with the config it started with (runtime keys aside)."""
+    path = run / "config.yaml"
+    if not path.exists():
+        return
+    import yaml
+
+    from vitplas.config import config_to_dict
+
+    old = yaml.safe_load(path.read_text()) or {}
+    new = config_to_dict(cfg)
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in RUNTIME_KEYS and old.get(k) != new.get(k)
+    )
+    if diff:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ConfigError(
+            f"{run.path} holds a run with a different config ({details}); "
+            "use a new run folder or the original config"
+        )

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vitplas.config import ConfigError, config_to_dict
+from vitplas.config import ConfigError
 from vitplas.models.components import count_parameters, set_trainable
 from vitplas.runs import RunDir, atomic_write_json
 from vitplas.training import checkpoint as ckpt
-from vitplas.training.config import FinetuneConfig
+from vitplas.training.config import FinetuneConfig, check_same_config
 from vitplas.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -38,8 +38,6 @@ from vitplas.training.stream import device_augment, eval_loader, mix_seed, train
 
 __all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "run_finetune"]
 
-# Keys that may change between a run and its resumption (hardware and display only).
-RUNTIME_KEYS = {"num_workers", "device", "compile", "tensorboard", "eval_batch_size", "log_every"}
 
 Callback = Callable[["Finetuner", int], None]
 
@@ -71,26 +69,6 @@ def run_finetune(
         trainer.cleanup()
 
 
-def check_same_config(run: RunDir, cfg: FinetuneConfig) -> None:
-    """A run folder is resumed only with the config it started with (runtime keys aside)."""
-    path = run / "config.yaml"
-    if not path.exists():
-        return
-    import yaml
-
-    old = yaml.safe_load(path.read_text()) or {}
-    new = config_to_dict(cfg)
-    diff = sorted(
-        k for k in set(old) | set(new) if k not in RUNTIME_KEYS and old.get(k) != new.get(k)
-    )
-    if diff:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-        raise ConfigError(
-            f"{run.path} holds a run with a different config ({details}); "
-            "use a new run folder or the original config"
-        )
-
-
 class Finetuner:
     """setup() -> train() -> finish(); cleanup() always. One instance per process."""
 
@@ -102,6 +80,7 @@ class Finetuner:
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self) -> None:
+        """Processes, devices, model (frozen except `train`), optimizer; resume if possible."""
         cfg = self.cfg
         self._owns_group = not torch.distributed.is_initialized()
         self.dist = init_distributed(cfg.device)
@@ -116,10 +95,19 @@ class Finetuner:
             raise ConfigError(f"micro_batch_size {self.micro} must divide {self.local_batch}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
+        check_same_config(self.run, cfg)  # before loading anything heavy
         if self.sources is None:
             self.sources = load_sources(cfg)
-        check_same_config(self.run, cfg)
-        model = self.sources.model.to(self.device)
+        self._setup_model(self.sources.model.to(self.device))
+        self.state = {"step": 0, "elapsed_s": 0.0, "train_s": 0.0, "best": None}
+        self.frozen_digest = ckpt.frozen_digest(self.model)
+        self._resume()
+        if self.dist.is_main:
+            self._write_run_files()
+        barrier(self.dist)
+
+    def _setup_model(self, model: torch.nn.Module) -> None:
+        cfg = self.cfg
         self.groups_names = set_trainable(
             model, cfg.train, head=cfg.train_head, norm=cfg.train_norm
         )
@@ -137,31 +125,28 @@ class Finetuner:
             weight_decay=cfg.weight_decay,
             betas=cfg.betas,
         )
-        self.state = {"step": 0, "elapsed_s": 0.0, "train_s": 0.0, "best": None}
-        self.frozen_digest = _frozen_digest(model)
-        self._resume()
-        if self.dist.is_main:
-            self.run.write_config(cfg)
-            counts = count_parameters(model)
-            self.run.write_manifest(
-                {
-                    **self.sources.description,
-                    "seed": cfg.seed,
-                    "world_size": self.dist.world_size,
-                    "trained_parameters": {c: len(n) for c, n in self.groups_names.items()},
-                    "trainable_params": sum(p.numel() for p in self.trained),
-                    "parameter_counts": counts,
-                    "resumed_from_step": self.state["step"],
-                }
-            )
-            self.logger = TrainLogger(
-                self.run,
-                start_step=self.state["step"],
-                steps=cfg.steps,
-                tensorboard=cfg.tensorboard,
-                show=self.show,
-            )
-        barrier(self.dist)
+
+    def _write_run_files(self) -> None:
+        cfg = self.cfg
+        self.run.write_config(cfg)
+        self.run.write_manifest(
+            {
+                **self.sources.description,
+                "seed": cfg.seed,
+                "world_size": self.dist.world_size,
+                "trained_parameters": {c: len(n) for c, n in self.groups_names.items()},
+                "trainable_params": sum(p.numel() for p in self.trained),
+                "parameter_counts": count_parameters(self.model),
+                "resumed_from_step": self.state["step"],
+            }
+        )
+        self.logger = TrainLogger(
+            self.run,
+            start_step=self.state["step"],
+            steps=cfg.steps,
+            tensorboard=cfg.tensorboard,
+            show=self.show,
+        )
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         net = model
@@ -211,7 +196,14 @@ class Finetuner:
         clock = time.perf_counter()
         for step, (images, labels) in enumerate(loader, start=start):
             tick = time.perf_counter()
-            record = self.train_step(step, images, labels)
+            try:
+                record = self.train_step(step, images, labels)
+            except torch.cuda.OutOfMemoryError as err:
+                raise RuntimeError(
+                    f"out of GPU memory with micro-batches of {self.micro} images; set "
+                    f"micro_batch_size={max(1, self.micro // 2)} (gradient accumulation keeps "
+                    f"the batch of {cfg.batch_size})"
+                ) from err
             done = step + 1
             self.state["step"] = done
             self.state["train_s"] += time.perf_counter() - tick
@@ -383,15 +375,3 @@ def _no_sync(net: torch.nn.Module, sync: bool):
     if sync or not hasattr(net, "no_sync"):
         return contextlib.nullcontext()
     return net.no_sync()
-
-
-def _frozen_digest(model: torch.nn.Module) -> str:
-    """sha256 over the frozen parameters: a resumed run must start from the same weights."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            digest.update(name.encode())
-            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
