@@ -101,3 +101,21 @@ def test_points_and_groups():
     widths = {(0, "a"): 10, (0, "b"): 10, (0, "c"): 30}
     # 100 samples x 10 floats x 4 bytes = 4,000 bytes per point of width 10
     assert point_groups(list(widths), widths, 100, 8_000) == [[(0, "a"), (0, "b")], [(0, "c")]]
+
+
+def test_cli_probe_writes_a_tidy_table(tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    args = ["probe", "--model", "tiny-random", "--dataset", "digits", "img_size=32"]
+    args += ["layers=[0]", "components=[mha]", "max_train=200", "max_test=100"]
+    args += ["num_workers=0", "device=cpu", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "probe.parquet")
+    assert list(zip(table["layer"], table["component"], strict=True)) == [(0, "mha"), (1, "block")]
+    assert set(table["n_train"]) == {200} and set(table["n_test"]) == {100}
+    assert table["acc"].between(0, 100).all() and (tmp_path / "DONE").exists()
+    assert table["rel_to_baseline"].iloc[-1] == 0.0
