@@ -41,6 +41,8 @@ class FinetuneConfig:
     img_size: int = 224
     normalization: Literal["paper", "model"] = "paper"  # paper: ImageNet mean/std (choice)
     augment: Literal["cpu", "device"] = "cpu"  # where RandomResizedCrop + flip run
+    load_size: int | None = None  # augment=device: uint8 size the loader yields (None = img_size;
+    # e.g. 32 for CIFAR: the CPU only decodes, the GPU crops and resizes to img_size)
     # optimisation
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01

@@ -90,7 +90,7 @@ def load_sources(
             continue
         train = split == "train"
         if train and cfg.augment == "device":
-            transform = uint8_transform(cfg.img_size)
+            transform = uint8_transform(cfg.load_size or cfg.img_size)
         else:
             transform = build_transform(mean, std, cfg.img_size, train=train)
         data[split] = get_dataset(
