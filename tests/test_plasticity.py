@@ -232,3 +232,20 @@ def test_bad_inputs_are_clear_errors():
         pair_batches(ref, tgt, pairs=10, batch_size=8, seed=0)
     with pytest.raises(ValueError, match="dtype 'float8' is unknown"):
         estimate(cmap, pair_batches(*_streams(), pairs=8, batch_size=8, seed=0), dtype="float8")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_bf16_runs():
+    cmap_cpu = component_map(tiny_vit())
+    cmap_gpu = component_map(tiny_vit().cuda())
+    ref, tgt = _streams()
+    cpu = estimate(cmap_cpu, pair_batches(ref, tgt, pairs=16, batch_size=8, seed=0))
+    gpu = estimate(cmap_gpu, pair_batches(ref, tgt, pairs=16, batch_size=8, seed=0), device="cuda")
+    torch.testing.assert_close(gpu.summary["mean"], cpu.summary["mean"], rtol=1e-4, atol=0)
+    half = estimate(
+        cmap_gpu,
+        pair_batches(ref, tgt, pairs=16, batch_size=8, seed=0),
+        device="cuda",
+        dtype="bfloat16",
+    )
+    assert torch.isfinite(half.summary["mean"]).all()

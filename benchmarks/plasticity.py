@@ -1,0 +1,74 @@
+"""CPU speed of the plasticity estimator against a plain timm forward pass on the same images.
+
+ViT-B/16 at 224 px, random weights, `inputs="embedding"`. Both sides see the same 2B images
+per step (B pairs); timings alternate (forward, estimator, forward, ...) so that the load of a
+shared machine weighs on both alike, and the best of the repeats is kept. The last line is a
+JSON object holding `ratio_vs_forward` (estimator images/s over forward images/s).
+
+    .venv/bin/python benchmarks/plasticity.py [--pairs-per-batch 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import timm
+import torch
+
+from vitplas.analysis.plasticity import pair_ratios
+from vitplas.models.components import component_map
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_base_patch16_224")
+    parser.add_argument("--pairs-per-batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = timm.create_model(args.model, pretrained=False).eval()
+    cmap = component_map(model)
+    size = model.patch_embed.img_size
+    b = args.pairs_per_batch
+    x, y = torch.randn(b, 3, *size), torch.randn(b, 3, *size)
+    images = torch.cat([x, y])  # (2B, 3, H, W): the same images on both sides
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(images)
+
+    def estimator() -> None:
+        pair_ratios(cmap, x, y, inputs="embedding")
+
+    forward(), estimator()  # warm-up (allocator, kernels)
+    times = {"forward": [], "estimator": []}
+    for _ in range(args.repeats):
+        for name, fn in (("forward", forward), ("estimator", estimator)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    n_images = images.shape[0]
+    rate = {k: n_images / min(v) for k, v in times.items()}
+    result = {
+        "benchmark": "plasticity_cpu",
+        "model": args.model,
+        "random_weights": True,
+        "inputs": "embedding",
+        "pairs_per_batch": b,
+        "images_per_step": n_images,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "forward_images_per_s": rate["forward"],
+        "estimator_images_per_s": rate["estimator"],
+        "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
+        "ratio_vs_forward": rate["estimator"] / rate["forward"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
