@@ -70,7 +70,7 @@ def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-TIMING_KEYS = {"step_time_s", "images_per_s", "wall_time_s"}
+TIMING_KEYS = {"step_time_s", "images_per_s", "wall_time_s", "data_wait_s"}
 
 
 def without_timing(records: list[dict]) -> list[dict]:

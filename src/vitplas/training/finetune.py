@@ -193,9 +193,10 @@ class Finetuner:
             pin_memory=self.device.type == "cuda",
         )
         self.net.train()
-        clock = time.perf_counter()
+        clock = waited = time.perf_counter()
         for step, (images, labels) in enumerate(loader, start=start):
             tick = time.perf_counter()
+            data_s, waited = tick - waited, tick
             try:
                 record = self.train_step(step, images, labels)
             except torch.cuda.OutOfMemoryError as err:
@@ -210,6 +211,7 @@ class Finetuner:
             if done % cfg.log_every == 0 or done == cfg.steps:
                 record["step_time_s"] = time.perf_counter() - tick
                 record["images_per_s"] = cfg.batch_size / record["step_time_s"]
+                record["data_wait_s"] = data_s  # > 0 for long: the input pipeline is too slow
                 self._log({"kind": "train", "step": done, **record})
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 self.validate(done)
@@ -222,6 +224,7 @@ class Finetuner:
                 self.logger.advance(done, f"loss {record['loss']:.4f}" if "loss" in record else "")
             for callback in self.callbacks:
                 callback(self, done)
+            waited = time.perf_counter()
 
     def train_step(self, step: int, images: torch.Tensor, labels: torch.Tensor) -> dict:
         """One update (accumulating over micro-batches); {loss, lr, grad norms} on log steps."""

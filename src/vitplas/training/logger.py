@@ -18,7 +18,7 @@ def truncate_metrics(run: RunDir, step: int) -> None:
         return
     import json
 
-    kept = [r for r in run.read_metrics() if r.get("step", 0) <= step]
+    kept = [r for r in run.read_metrics() if r.get("step", 0) <= step and r["kind"] != "test"]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
