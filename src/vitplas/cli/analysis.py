@@ -132,6 +132,7 @@ def _progress(total: int):
 
 
 def _print_ranking(result: dict[str, Any]) -> None:
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
@@ -140,7 +141,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
     for column in ("rank", "component", "mean", "95% CI", "std", "n", "theory rank"):
         table.add_column(column, justify="right" if column != "component" else "left")
     for row in result["pooled"].itertuples(index=False):
-        theory = "-" if row.theory_rank != row.theory_rank else str(int(row.theory_rank))
+        theory = "-" if pd.isna(row.theory_rank) else str(int(row.theory_rank))
         table.add_row(
             str(row.rank),
             row.component,
