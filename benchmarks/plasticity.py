@@ -54,7 +54,8 @@ def main() -> None:
     n_images = images.shape[0]
     rate = {k: n_images / min(v) for k, v in times.items()}
     result = {
-        "benchmark": "plasticity_cpu",
+        "bench": "plasticity",
+        "device": "cpu",
         "model": args.model,
         "random_weights": True,
         "inputs": "embedding",

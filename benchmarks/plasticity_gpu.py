@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("plasticity_gpu: no CUDA device on this machine; nothing measured", file=sys.stderr)
-        print(json.dumps({"benchmark": "plasticity_gpu", "skipped": "no CUDA device"}))
+        print(json.dumps({"bench": "plasticity_gpu", "device": "cpu", "skipped": "no CUDA device"}))
         return
     steps = [
         lambda: end_to_end(args, "bfloat16"),
@@ -116,7 +116,7 @@ def main() -> None:
         figures.append(step())
         print(json.dumps(figures[-1]), flush=True)
     device = torch.cuda.get_device_name(0)
-    print(json.dumps({"benchmark": "plasticity_gpu", "device": device, "figures": figures}))
+    print(json.dumps({"bench": "plasticity_gpu", "device": device, "figures": figures}))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def main() -> None:
     small = measure(args.pairs, args)
     large = measure(10 * args.pairs, args)
     result = {
-        "benchmark": "plasticity_memory",
+        "bench": "plasticity_memory",
+        "device": "cpu",
         "model": args.model,
         "batch_size": args.batch_size,
         "runs": [small, large],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -123,9 +124,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="workers of the loader measured against training (0: skip)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print(json.dumps({"benchmark": "train_gpu", "skipped": "no CUDA device"}))
+        print(json.dumps({"bench": "train_gpu", "device": "cpu", "skipped": "no CUDA device"}))
         sys.exit(0)
     torch.backends.cuda.matmul.allow_tf32 = True
     device_name = torch.cuda.get_device_name(0)
@@ -161,7 +168,7 @@ def main() -> None:
     achieved = rate * flops / 1e12
     peak = peak_tflops(device_name, args.peak_tflops)
     result = {
-        "benchmark": "train_gpu",
+        "bench": "train_gpu",
         "device": device_name,
         "model": args.model,
         "img_size": args.img_size,
@@ -178,6 +185,14 @@ def main() -> None:
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
         "augment_images_per_s": round(augment_rate(images, args.img_size), 1),
     }
+    if args.loader_workers:  # the real input pipeline (loader + device crops) vs this rate
+        from loader import measure  # benchmarks/loader.py, beside this script
+
+        pipe = measure(
+            "device", batch=args.batch, batches=8, workers=args.loader_workers, device="cuda"
+        )
+        result["loader_images_per_s"] = pipe["images_per_s"]
+        result["loader_vs_train"] = round(pipe["images_per_s"] / rate, 2)
     print(
         f"{device_name}: {rate:.0f} images/s, {achieved:.0f} TFLOP/s, MFU "
         f"{result['mfu'] if peak else 'unknown (pass --peak-tflops)'}, "

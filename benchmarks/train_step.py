@@ -117,7 +117,8 @@ def main() -> None:
     for key, value in results.items():
         print(f"{key:8s} {value:9.2f} {value / results['plain']:8.2f}")
     summary = {
-        "benchmark": "train_step_cpu",
+        "bench": "train_step",
+        "device": "cpu",
         "model": args.model,
         "img_size": args.img_size,
         "batch": args.batch,

@@ -82,5 +82,5 @@ def test_uint8_loader_transform_keeps_bytes_and_makes_rgb():
     grey = Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28), mode="L")
     out = uint8_transform(28)(grey)
     assert out.dtype == torch.uint8 and out.shape == (3, 28, 28)
-    assert torch.equal(out[0], torch.from_numpy(np.asarray(grey))) and torch.equal(out[0], out[2])
+    assert torch.equal(out[0], torch.from_numpy(np.array(grey))) and torch.equal(out[0], out[2])
     assert uint8_transform(16)(grey).shape == (3, 16, 16)
