@@ -163,3 +163,27 @@ def test_paper_specs_read_their_finetune_presets_and_name_known_datasets():
     for path in sweep_specs():
         for run in expand(load_spec(path)):
             assert dataset_info(run.config["dataset"]).num_classes
+
+
+def test_analysis_entries_of_every_spec_build_strictly_before_anything_runs():
+    from vitplas.experiments.reproduce import check_analysis
+
+    kinds = {}
+    for path in sweep_specs():
+        kinds[path.name] = [job.kind for job in check_analysis(load_spec(path))]
+    # the paper's study: plasticity (with bounds) and the probe baseline for each of 11 datasets
+    assert kinds["main.yaml"].count("plasticity") == kinds["main.yaml"].count("probes") == 11
+    assert kinds["mini.yaml"] == ["plasticity", "plasticity", "probes", "probes"]
+
+
+def test_for_each_dataset_expands_over_the_grid_and_bad_keys_name_the_entry(tmp_path):
+    from vitplas.experiments.reproduce import analysis_jobs, check_analysis
+
+    entry = {"for_each_dataset": True, "model": "tiny-random", "reference": "photos"}
+    spec = load_spec(write_spec(tmp_path, analysis={"plasticity": [entry]}))
+    jobs = analysis_jobs(spec)
+    assert [job.config["target"] for job in jobs] == ["a", "b"]
+    assert all("for_each_dataset" not in job.config for job in jobs)
+    bad = {"plasticity": [{"model": "tiny-random", "target": "digits", "pairs_": 3}]}
+    with pytest.raises(ConfigError, match=r"analysis\.plasticity entry .*pairs_"):
+        check_analysis(load_spec(write_spec(tmp_path, analysis=bad)))

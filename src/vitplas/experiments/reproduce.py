@@ -4,7 +4,8 @@ report, resumable (every stage skips what is done), with one progress view.
 Analysis jobs run in this process, one folder each under <root>/analysis/<kind>/<job id>/,
 through the same RunJob wrapper as the sweep (status, traceback, DONE). Each entry of the
 spec's `analysis.<kind>` list is the config of that kind's runner; an entry may name another
-runner with `function:` / `config:` import paths.
+runner with `function:` / `config:` import paths, and `for_each_dataset: true` makes it one job
+per dataset of the grid.
 """
 
 from __future__ import annotations
@@ -38,16 +39,51 @@ class AnalysisJob:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+# `for_each_dataset: true` in an analysis entry: one job per dataset of the sweep's grid, the
+# dataset going into this key of the runner's config
+FOR_EACH_DATASET = "for_each_dataset"
+DATASET_KEY = {"plasticity": "target", "bounds": "dataset", "probes": "dataset"}
+
+
+def _entries(spec: SweepSpec, kind: str) -> list[dict[str, Any]]:
+    """The spec's `analysis.<kind>` entries, `for_each_dataset` ones expanded over the grid."""
+    datasets = spec.grid.get("dataset", [spec.base.get("dataset")])
+    out = []
+    for entry in getattr(spec.analysis, kind):
+        config = dict(entry)
+        if config.pop(FOR_EACH_DATASET, False):
+            out += [{**config, DATASET_KEY[kind]: dataset} for dataset in datasets]
+        else:
+            out.append(config)
+    return out
+
+
 def analysis_jobs(spec: SweepSpec) -> list[AnalysisJob]:
     """The spec's analysis entries as jobs with ids derived from their values."""
     jobs = []
     for kind in ANALYSIS_RUNNERS:
-        for entry in getattr(spec.analysis, kind):
-            config = dict(entry)
+        for config in _entries(spec, kind):
             function = config.pop("function", ANALYSIS_RUNNERS[kind][0])
             config_class = config.pop("config", ANALYSIS_RUNNERS[kind][1])
             params = {k: config[k] for k in ("model", "target", "dataset") if k in config}
             jobs.append(AnalysisJob(kind, run_id(params, config), function, config_class, config))
+    return jobs
+
+
+def check_analysis(spec: SweepSpec) -> list[AnalysisJob]:
+    """The spec's analysis jobs, each config built strictly (unknown key, bad value: a
+    ConfigError naming the entry) before anything runs."""
+    from vitplas.config import ConfigError, config_from_dict
+    from vitplas.experiments.launch import import_path
+
+    jobs = analysis_jobs(spec)
+    for job in jobs:
+        if job.config_class is None:
+            continue
+        try:
+            config_from_dict(import_path(job.config_class), job.config)
+        except ValueError as err:  # ConfigError included
+            raise ConfigError(f"analysis.{job.kind} entry {job.job_id}: {err}") from err
     return jobs
 
 
@@ -56,7 +92,7 @@ def run_analysis(spec: SweepSpec, root: Path, on_stage: Stage | None = None) -> 
     from vitplas.experiments.launch import RunJob
     from vitplas.experiments.store import run_state
 
-    jobs, failed = analysis_jobs(spec), []
+    jobs, failed = check_analysis(spec), []
     for i, job in enumerate(jobs):
         folder = root / "analysis" / job.kind / job.job_id
         if on_stage:
