@@ -11,7 +11,7 @@ import math
 
 import torch
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile: ci95 = Z95 * std / sqrt(n)
+Z95 = 1.96  # PAPER.md section 1: ci95 = 1.96 std / sqrt(n) (the 95% normal quantile, rounded)
 
 
 class RatioStats:

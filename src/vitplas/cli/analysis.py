@@ -115,18 +115,17 @@ def plasticity_command(
 
 
 def _progress(total: int):
-    """A rich progress bar on stderr; yields the on_batch(batches, pairs) callback."""
+    """Progress of the pairs on stderr; yields the on_batch(batches, pairs) callback."""
     import contextlib
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from vitplas.cli.progress import progress_view
 
     @contextlib.contextmanager
     def bar():
-        columns = ("pairs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("pairs", total=total)
-            yield lambda _batches, pairs: progress.update(task, completed=pairs)
+        with progress_view(Console(stderr=True), transient=True) as update:
+            yield lambda _batches, pairs: update("pairs", pairs, total)
 
     return bar()
 

@@ -62,10 +62,16 @@ def sweep(
             console.print(f"{run.run_id}  [{states[run.run_id]}]", markup=False, highlight=False)
         console.print(f"{len(runs)} runs", highlight=False)
         return
-    with console.status("sweep") as status:
+    from vitplas.cli.progress import progress_view
+
+    with progress_view(console) as update:
+
+        def progress(c: dict[str, int]) -> None:
+            update("runs", c["done"] + c["failed"], c["total"])
+
         outcome = run_sweep(
             spec, runs, executor=executor, max_parallel=max_parallel, retry_failed=retry_failed,  # type: ignore[arg-type]
-            wait=wait, root=root, progress=lambda c: status.update(_counts_line(c)),
+            wait=wait, root=root, progress=progress,
         )  # fmt: skip
     console.print(f"launched {len(outcome.launched)}; {_counts_line(outcome.counts)}")
     _print_failed(outcome.states, verbose=True)
@@ -135,20 +141,11 @@ def reproduce(
     root: Path = RootOpt,
 ) -> None:
     """Plasticity + bounds + probes + sweep + aggregate + report, resumable, one progress view."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+    from vitplas.cli.progress import progress_view
     from vitplas.experiments.reproduce import reproduce as run_reproduce
 
     spec = _load(spec_path, overrides)
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        tasks: dict[str, int] = {}
-
-        def on_stage(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=total)
-            progress.update(tasks[name], completed=done, total=total)
-
+    with progress_view(console) as on_stage:
         summary = run_reproduce(
             spec, executor=executor, max_parallel=max_parallel, root=root, on_stage=on_stage
         )
