@@ -49,6 +49,7 @@ RC = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
+    "boxplot.medianprops.color": "black",  # visible on every component's fill colour
 }
 
 
