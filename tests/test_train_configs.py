@@ -100,6 +100,10 @@ def test_cli_finetune_then_skip_then_evaluate(tmp_path):
     table = pd.read_csv(out / "evaluation.csv")
     assert list(table["dataset"]) == ["digits", "mnist-5k"]
     assert table.loc[0, "acc"] == pytest.approx(result["test_acc"], abs=1e-9)
+    before = (out / "evaluation.csv").read_bytes()
+    other = runner.invoke(app, ["evaluate", str(out), "-d", "mnist-5k", "-d", "cifar100"])
+    assert other.exit_code != 0 and "'cifar100' has 100 classes" in other.output
+    assert (out / "evaluation.csv").read_bytes() == before  # checked before any work
 
 
 def test_cli_errors_are_clear(tmp_path):

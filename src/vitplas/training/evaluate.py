@@ -4,6 +4,7 @@ checkpoint on its own test split and on any dataset with the same classes."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def evaluate_run(
     """
     import pandas as pd
 
-    from vitplas.data import build_transform, dataset_info, get_dataset
+    from vitplas.data import build_transform, get_dataset
     from vitplas.runs import write_table
     from vitplas.training.distributed import resolve_device
     from vitplas.training.sources import normalization
@@ -109,24 +110,12 @@ def evaluate_run(
 
     dev = resolve_device(device)
     model, cfg = load_best_model(run_dir, str(dev))
-    manifest = Path(run_dir) / "manifest.json"
-    model_mean = model_std = None
-    if manifest.exists():
-        import json
-
-        info = json.loads(manifest.read_text())
-        model_mean, model_std = info.get("model_mean"), info.get("model_std")
-    mean, std = normalization(cfg, model_mean or (0.5,) * 3, model_std or (0.5,) * 3)
+    names = [cfg.dataset, *[d for d in datasets if d != cfg.dataset]]
+    _check_classes(cfg.dataset, names)  # before any work: a bad name loses nothing
+    mean, std = normalization(cfg, *_model_stats(Path(run_dir), cfg))
     transform = build_transform(mean, std, cfg.img_size, train=False)
-    own = dataset_info(cfg.dataset).num_classes
     rows = []
-    for name in [cfg.dataset, *[d for d in datasets if d != cfg.dataset]]:
-        classes = dataset_info(name).num_classes
-        if classes != own:
-            raise ValueError(
-                f"dataset '{name}' has {classes} classes; the run was trained on "
-                f"'{cfg.dataset}' with {own}: choose datasets with the same classes"
-            )
+    for name in names:
         data = get_dataset(name, split, transform=transform, root=cfg.data_root)
         loader = eval_loader(data, batch_size, num_workers=num_workers)
         scores = evaluate_model(model, loader, dev, amp=cfg.amp)
@@ -148,3 +137,31 @@ def evaluate_run(
     table = pd.DataFrame(rows)
     write_table(table, Path(run_dir) / "evaluation")
     return table
+
+
+def _check_classes(own_dataset: str, names: Sequence[str]) -> None:
+    """Every dataset evaluated must have the class count of the one the run was trained on."""
+    from vitplas.data import dataset_info
+
+    own = dataset_info(own_dataset).num_classes
+    for name in names:
+        classes = dataset_info(name).num_classes
+        if classes != own:
+            raise ValueError(
+                f"dataset '{name}' has {classes} classes; the run was trained on "
+                f"'{own_dataset}' with {own}: choose datasets with the same classes"
+            )
+
+
+def _model_stats(run_dir: Path, cfg) -> tuple[Any, Any]:
+    """The checkpoint's own mean/std, recorded in the run's manifest (needed only when the run
+    normalised with them: `normalization: model`)."""
+    manifest = run_dir / "manifest.json"
+    info = json.loads(manifest.read_text()) if manifest.exists() else {}
+    mean, std = info.get("model_mean"), info.get("model_std")
+    if cfg.normalization == "model" and (mean is None or std is None):
+        raise ValueError(
+            f"{manifest} records no model_mean/model_std, which this run (normalization: "
+            "model) was trained with; restore the run's manifest.json"
+        )
+    return mean, std
