@@ -170,3 +170,13 @@ def test_embedded_default_runs_offline(tmp_path):
     assert len(table) == 12 * 7 and (table["n"] == 64).all()  # ViT-S/14: 12 blocks, LayerScale
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["model_checksum_of"] == "weights file"
+
+
+def test_finished_run_folder_is_never_overwritten_by_other_settings(tiny_run):
+    before = {p.name: p.read_bytes() for p in tiny_run.glob("*.csv")}
+    other = runner.invoke(
+        app, ["plasticity", *TINY, "--pairs", "16", "--batch-size", "8", "--out", str(tiny_run)]
+    )
+    assert other.exit_code == 2
+    assert "holds a run with a different config (pairs: 24 -> 16)" in other.output
+    assert {p.name: p.read_bytes() for p in tiny_run.glob("*.csv")} == before

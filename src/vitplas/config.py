@@ -168,3 +168,24 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def dump_config(cfg: Any) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def check_same_config(
+    folder: Path, cfg: Any, runtime_keys: frozenset[str] | set[str] = frozenset()
+):
+    """A ConfigError when `folder`/config.yaml holds other settings than `cfg` (keys in
+    `runtime_keys`, hardware and display only, aside): a run folder never mixes two configs."""
+    path = Path(folder) / "config.yaml"
+    if not path.exists():
+        return
+    old = yaml.safe_load(path.read_text()) or {}
+    new = config_to_dict(cfg)
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in runtime_keys and old.get(k) != new.get(k)
+    )
+    if diff:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ConfigError(
+            f"{folder} holds a run with a different config ({details}); "
+            "use a new run folder or the original config"
+        )

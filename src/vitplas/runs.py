@@ -127,6 +127,10 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# config keys of an analysis run that change no number (hardware and display only)
+ANALYSIS_RUNTIME_KEYS = frozenset({"device", "num_workers"})
+
+
 class RunDir:
     """One run folder. All writes are atomic; `mark_done` is the last one."""
 
@@ -141,6 +145,15 @@ class RunDir:
         from vitplas.config import dump_config
 
         return atomic_write_text(self.path / "config.yaml", dump_config(cfg))
+
+    def start(self, cfg: Any, runtime_keys: frozenset[str] = ANALYSIS_RUNTIME_KEYS) -> Path:
+        """Write `cfg` as this run's config. A finished run with other settings is a
+        ConfigError: its results are never overwritten by another experiment's."""
+        from vitplas.config import check_same_config
+
+        if self.is_done():
+            check_same_config(self.path, cfg, runtime_keys)
+        return self.write_config(cfg)
 
     def write_manifest(self, extra: Mapping[str, Any]) -> Path:
         """Environment facts plus `extra` (seed, model checksum, timings, ...)."""

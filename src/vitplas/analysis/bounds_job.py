@@ -73,7 +73,7 @@ def run_bounds(cfg: BoundsConfig, run_dir: str | Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     run = RunDir(run_dir)
-    run.write_config(cfg)
+    run.start(cfg)
     setup = setup_model(
         cfg.model,
         random_init=cfg.random_init,

@@ -141,7 +141,7 @@ def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) ->
     """Run the estimator (and the bounds) for `cfg`; write everything under `run_dir`."""
     t0 = time.perf_counter()
     run = RunDir(run_dir)
-    run.write_config(cfg)
+    run.start(cfg)
     torch.manual_seed(cfg.seed)
     setup = setup_model(
         cfg.model,

@@ -170,21 +170,6 @@ RUNTIME_KEYS = {"num_workers", "device", "compile", "tensorboard", "eval_batch_s
 
 def check_same_config(run: Any, cfg: FinetuneConfig) -> None:
     """A run folder is resumed only with the config it started with (runtime keys aside)."""
-    path = run / "config.yaml"
-    if not path.exists():
-        return
-    import yaml
+    from vitplas.config import check_same_config as check
 
-    from vitplas.config import config_to_dict
-
-    old = yaml.safe_load(path.read_text()) or {}
-    new = config_to_dict(cfg)
-    diff = sorted(
-        k for k in set(old) | set(new) if k not in RUNTIME_KEYS and old.get(k) != new.get(k)
-    )
-    if diff:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-        raise ConfigError(
-            f"{run.path} holds a run with a different config ({details}); "
-            "use a new run folder or the original config"
-        )
+    check(run.path, cfg, RUNTIME_KEYS)

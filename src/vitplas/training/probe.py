@@ -310,7 +310,7 @@ def run_probe(cfg: ProbeConfig, run_dir) -> Any:
     meta = {"model": cfg.model, "dataset": cfg.dataset, "pool": cfg.pool, "backend": cfg.backend}
     meta |= {"n_train": len(loaders[0].dataset), "n_test": len(loaders[1].dataset)}
     table = table.assign(**meta)[[*meta, *table.columns]]
-    run.write_config(cfg)
+    run.start(cfg)
     run.write_manifest(description)
     write_table(table, run / "probe")
     run.mark_done()
