@@ -158,3 +158,21 @@ def test_bad_bound_arguments():
         layernorm_bound(cmap.module(0, "ln1"), "max")
     with pytest.raises(ValueError, match="need 2 radii"):
         layer_bounds(cmap, ["mha"], n_tokens=17, radius=[1.0], width=48)
+
+
+def test_no_mha_bound_for_attention_the_formula_does_not_model(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vitplas.plots.plasticity import bounds_per_layer
+
+    kwargs = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=0)
+    cmap = component_map(VisionTransformer(qk_norm=True, **kwargs))
+    frame = layer_bounds(cmap, ["mha", "fc1"], n_tokens=17, radius=1.0, width=48)
+    mha = frame[frame["component"] == "mha"]
+    assert mha["bound"].isna().all()
+    assert (mha["definition"] == "undefined: attention with q_norm, k_norm").all()
+    assert frame.loc[frame["component"] == "fc1", "bound"].gt(0).all()
+    assert all(p.exists() for p in bounds_per_layer(frame.assign(model="m"), tmp_path / "b"))
+    plain = layer_bounds(component_map(VisionTransformer(**kwargs)), ["mha"], n_tokens=17,
+                         radius=1.0, width=48)  # fmt: skip
+    assert plain["bound"].gt(0).all()

@@ -81,3 +81,17 @@ def test_round_trip_through_yaml(tmp_path):
     path.write_text(dump_config(cfg))
     again = load_config(Job, path)
     assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_same_config_check_ignores_runtime_keys_and_new_keys_at_default(tmp_path):
+    import yaml
+
+    from vitplas.config import check_same_config
+
+    stored = config_to_dict(Job(steps=5))
+    del stored["seed"]  # a key added to the dataclass after this run started
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    check_same_config(tmp_path, Job(steps=5))  # seed=None is the default: same config
+    check_same_config(tmp_path, Job(steps=5, model="other"), runtime_keys={"model"})
+    with pytest.raises(ConfigError, match=r"different config \(seed: None -> 3, steps: 5 -> 6\)"):
+        check_same_config(tmp_path, Job(steps=6, seed=3))

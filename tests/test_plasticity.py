@@ -249,3 +249,21 @@ def test_cuda_matches_cpu_and_bf16_runs():
         dtype="bfloat16",
     )
     assert torch.isfinite(half.summary["mean"]).all()
+
+
+def test_float32_on_cuda_switches_tf32_off_and_restores_the_flags():
+    from vitplas.analysis.estimate import precision
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    old = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True  # PyTorch's default for cuDNN convolutions
+        with precision(torch.device("cuda"), "float32"):  # flags only: no device needed
+            assert [f.allow_tf32 for f in flags] == [False, False]
+        with precision(torch.device("cuda"), "tf32"):
+            assert [f.allow_tf32 for f in flags] == [True, True]
+        assert [f.allow_tf32 for f in flags] == [True, True]
+    finally:
+        for f, value in zip(flags, old, strict=True):
+            f.allow_tf32 = value

@@ -180,3 +180,13 @@ def test_finished_run_folder_is_never_overwritten_by_other_settings(tiny_run):
     assert other.exit_code == 2
     assert "holds a run with a different config (pairs: 24 -> 16)" in other.output
     assert {p.name: p.read_bytes() for p in tiny_run.glob("*.csv")} == before
+
+
+def test_bounds_refuse_a_plasticity_run_of_other_settings(tiny_run, tmp_path):
+    args = ["bounds", "--model", "tiny-random", "--random-init", "--radius", "2.0"]
+    result = runner.invoke(
+        app, [*args, "--inputs", "hidden", "--plasticity", str(tiny_run), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "measured another setting (inputs: 'embedding' there, 'hidden' here)" in result.output
+    assert not (tmp_path / "bounds.csv").exists()

@@ -187,3 +187,15 @@ def test_for_each_dataset_expands_over_the_grid_and_bad_keys_name_the_entry(tmp_
     bad = {"plasticity": [{"model": "tiny-random", "target": "digits", "pairs_": 3}]}
     with pytest.raises(ConfigError, match=r"analysis\.plasticity entry .*pairs_"):
         check_analysis(load_spec(write_spec(tmp_path, analysis=bad)))
+
+
+def test_a_killed_unreaped_run_process_is_not_running():
+    from vitplas.experiments.store import _pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while _pid_alive(child.pid) and time.time() < deadline:
+        time.sleep(0.05)  # it exits at once and stays a zombie: this test does not reap it
+    assert not _pid_alive(child.pid)
+    assert _pid_alive(os.getpid())
+    child.wait()

@@ -84,3 +84,17 @@ def test_uint8_loader_transform_keeps_bytes_and_makes_rgb():
     assert out.dtype == torch.uint8 and out.shape == (3, 28, 28)
     assert torch.equal(out[0], torch.from_numpy(np.array(grey))) and torch.equal(out[0], out[2])
     assert uint8_transform(16)(grey).shape == (3, 16, 16)
+
+
+def test_uint8_loader_transform_keeps_the_aspect_ratio_of_wide_images():
+    import numpy as np
+    from PIL import Image
+
+    from vitplas.training.sources import uint8_transform
+
+    wide = np.zeros((20, 40), dtype=np.uint8)
+    wide[:, 10:30] = 255  # a white centre square of the 20 x 40 image
+    out = uint8_transform(10)(Image.fromarray(wide, mode="L"))
+    assert out.shape == (3, 10, 10)
+    assert out[:, :, 1:-1].min() == 255  # the centre square (edges antialiased) ...
+    assert out[:, :, 0].min() > 128  # ... not the whole image squashed (black at its sides)

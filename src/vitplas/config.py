@@ -174,14 +174,18 @@ def check_same_config(
     folder: Path, cfg: Any, runtime_keys: frozenset[str] | set[str] = frozenset()
 ):
     """A ConfigError when `folder`/config.yaml holds other settings than `cfg` (keys in
-    `runtime_keys`, hardware and display only, aside): a run folder never mixes two configs."""
+    `runtime_keys`, hardware and display only, aside): a run folder never mixes two configs.
+    A key the stored config lacks (added to vitplas since) counts as its default value."""
     path = Path(folder) / "config.yaml"
     if not path.exists():
         return
     old = yaml.safe_load(path.read_text()) or {}
     new = config_to_dict(cfg)
+    default = config_to_dict(type(cfg)())  # a key added since the run started: its default
     diff = sorted(
-        k for k in set(old) | set(new) if k not in runtime_keys and old.get(k) != new.get(k)
+        k
+        for k in set(old) | set(new)
+        if k not in runtime_keys and old.get(k, default.get(k)) != new.get(k)
     )
     if diff:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)

@@ -102,6 +102,22 @@ def qk_norm(q: torch.Tensor, k: torch.Tensor) -> float:
     return spectral_norm(rq @ rk.T)
 
 
+def attention_extras(attn: nn.Module) -> list[str]:
+    """What this attention adds to softmax(q k^T / sqrt(d_h)) v and a projection, the only
+    attention the MHA formula models: q/k norms, an output norm, a gate, another scale."""
+    extras = [
+        name
+        for name in ("q_norm", "k_norm", "norm")
+        if not isinstance(getattr(attn, name, None), nn.Identity | None)
+    ]
+    if getattr(attn, "gate", None) is not None:
+        extras.append("gate")
+    head_dim, scale = getattr(attn, "head_dim", None), getattr(attn, "scale", None)
+    if head_dim and scale is not None and not math.isclose(scale, head_dim**-0.5):
+        extras.append(f"scale {scale:.4g}")
+    return extras
+
+
 def mha_bound(
     qkv: nn.Linear,
     proj: nn.Linear,
@@ -135,6 +151,9 @@ def component_bound(
     """(bound, tight bound of the probe or NaN, definition) of one component of one block."""
     module = cmap.module(layer, name)
     if name == "mha":
+        extras = attention_extras(module)
+        if extras:  # no bound (NaN): the formula does not cover this attention
+            return math.nan, math.nan, f"undefined: attention with {', '.join(extras)}"
         qkv, proj, heads = cmap.attention_parts(layer)
         value = mha_bound(qkv, proj, heads, n_tokens, radius, mha_slicing)
         return value, math.nan, f"MHA formula, n={n_tokens}, r={radius:.4g}, {mha_slicing}"

@@ -56,8 +56,27 @@ class BoundsConfig:
             raise ConfigError(f"radius must be > 0, got {self.radius}")
         if self.radius_images < 1 or self.batch_size < 1:
             raise ConfigError("radius_images and batch_size must be >= 1")
-        if self.plasticity is not None and not (Path(self.plasticity) / "plasticity.csv").is_file():
-            raise ConfigError(f"'{self.plasticity}' holds no plasticity.csv (a plasticity run)")
+        if self.plasticity is not None:
+            _check_plasticity_run(Path(self.plasticity), self)
+
+
+# what a plasticity run must share with the bounds it is divided by
+SAME_AS_PLASTICITY = ("model", "random_init", "img_size", "normalization", "inputs")
+
+
+def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
+    """`folder` is a finished plasticity run of the same model, input size and inputs mode."""
+    import yaml
+
+    if not (folder / "plasticity.csv").is_file() or not (folder / "config.yaml").is_file():
+        raise ConfigError(f"'{folder}' holds no plasticity.csv and config.yaml (a plasticity run)")
+    measured = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    other = [k for k in SAME_AS_PLASTICITY if measured.get(k) != getattr(cfg, k)]
+    if other:
+        details = ", ".join(
+            f"{k}: {measured.get(k)!r} there, {getattr(cfg, k)!r} here" for k in other
+        )
+        raise ConfigError(f"the plasticity run '{folder}' measured another setting ({details})")
 
 
 def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:

@@ -27,22 +27,24 @@ POOLED = "all"  # the layer label of the pooled rows
 
 @contextlib.contextmanager
 def precision(device: torch.device, dtype: str) -> Iterator[None]:
-    """float32 as is; tf32 = float32 with TF32 matmuls (CUDA); bfloat16/float16 = autocast."""
+    """float32 = true float32 (on CUDA, TF32 is switched off for matmuls and convolutions,
+    the patch embedding included: PyTorch allows it for cuDNN by default); tf32 = float32 with
+    TF32 matmuls and convolutions (CUDA); bfloat16/float16 = autocast."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype '{dtype}' is unknown; choose one of {', '.join(DTYPES)}")
     if dtype in ("bfloat16", "float16"):
         with torch.autocast(device.type, dtype=getattr(torch, dtype)):
             yield
         return
-    if dtype == "tf32" and device.type == "cuda":
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    if device.type != "cuda":
+        yield
         return
-    yield
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @dataclass

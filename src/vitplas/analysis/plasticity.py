@@ -58,6 +58,8 @@ def embed_images(cmap: ComponentMap, images: torch.Tensor) -> torch.Tensor:
         )
     try:
         return cmap.embed(images)
+    except torch.OutOfMemoryError:
+        raise  # not a size problem: smaller batches help, other sizes do not
     except (AssertionError, RuntimeError) as err:
         raise ValueError(
             f"images of shape {tuple(images.shape)} do not fit this model ({err}); resize them "

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vitplas.analysis.bounds import token_radius
+from vitplas.analysis.estimate import precision
 from vitplas.analysis.pairs import stream_seed
 from vitplas.analysis.plasticity import embed_images
 from vitplas.data import build_transform, dataset_info, get_dataset, make_loader
@@ -70,7 +71,8 @@ def dataset_radius(
     num_workers: int = 0,
 ) -> torch.Tensor:
     """Token radius r on the first `images` images of `data` in the seed's target order
-    (the images the first pairs use): a number, or one per layer with per_layer=True."""
+    (the images the first pairs use), in float32: a number, or one per layer with
+    per_layer=True."""
     loader = make_loader(
         data,
         min(batch_size, len(data)),
@@ -79,9 +81,10 @@ def dataset_radius(
         num_workers=num_workers,
     )
     batches = (x for x, _ in loader)
-    r, _ = token_radius(
-        setup.cmap, batches, max_images=images, per_layer=per_layer, device=setup.device
-    )
+    with precision(setup.device, "float32"):  # r enters the bounds: no TF32 rounding
+        r, _ = token_radius(
+            setup.cmap, batches, max_images=images, per_layer=per_layer, device=setup.device
+        )
     return r
 
 

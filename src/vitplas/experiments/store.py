@@ -56,13 +56,19 @@ def prepare(root: str | Path, run: Run, spec_name: str) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while process `pid` runs; a zombie (killed, not yet reaped: PID 1 of a container
+    may never reap it) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state letter follows the parenthesised command name
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def live_slurm_jobs() -> set[str] | None:

@@ -56,6 +56,9 @@ class FinetuneConfig:
     grad_clip: float | None = 1.0
     # evaluation, logging, checkpoints
     eval_every: int = 500
+    # validate after the last step too when `steps` is not a multiple of `eval_every` (the
+    # original validates at multiples only; a run shorter than one period always validates)
+    eval_at_end: bool = False
     ckpt_every: int | None = None  # None = at every evaluation
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -66,7 +69,7 @@ class FinetuneConfig:
     seed: int = 0
     num_workers: int = 4
     device: str = "auto"  # auto = cuda if available, else cpu
-    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto = bf16 on cuda, none on cpu
+    amp: Literal["auto", "bf16", "none"] = "auto"  # auto = bf16 on cuda, none on cpu
     compile: bool = False
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)
 
@@ -106,6 +109,12 @@ class FinetuneConfig:
             self.train = parse_components(self.train, allowed=("all", *ALL_COMPONENTS))
         except ValueError as err:
             raise ConfigError(f"train: {err}") from err
+
+    @property
+    def validates_at_end(self) -> bool:
+        """Validate after the last step though it is no multiple of eval_every: when asked,
+        or when the run is shorter than one period (a best checkpoint must exist)."""
+        return self.eval_at_end or self.steps < self.eval_every
 
     @property
     def checkpoint_every(self) -> int:

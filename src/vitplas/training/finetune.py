@@ -213,7 +213,7 @@ class Finetuner:
                 record["images_per_s"] = cfg.batch_size / record["step_time_s"]
                 record["data_wait_s"] = data_s  # > 0 for long: the input pipeline is too slow
                 self._log({"kind": "train", "step": done, **record})
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if done % cfg.eval_every == 0 or (done == cfg.steps and cfg.validates_at_end):
                 self.validate(done)
             now = time.perf_counter()
             self.state["elapsed_s"] += now - clock

@@ -46,7 +46,9 @@ class ProbeConfig:
     batch_size: int = 128
     num_workers: int = 4
     device: str = "auto"
-    amp: Literal["auto", "bf16", "none"] = "auto"
+    # features in float32 by default: the probe is the baseline of every relative gain
+    # (auto/bf16: bf16 autocast on CUDA, faster, features rounded to 8 mantissa bits)
+    amp: Literal["auto", "bf16", "none"] = "none"
     seed: int = 0
     max_feature_gb: float = 4.0  # features held at once; more points = more passes
 

@@ -61,14 +61,18 @@ def load_model_for(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, di
 
 
 def uint8_transform(size: int):
-    """Train transform for augmentation on the device: PIL/array -> uint8 (3, size, size)."""
+    """Train transform for augmentation on the device: PIL/array -> uint8 (3, size, size).
+
+    The shorter side is resized to `size` and the centre square kept, so that a non-square
+    image keeps its aspect ratio (the device's RandomResizedCrop then draws its own)."""
     from torchvision.transforms import v2
 
     return v2.Compose(
         [
             v2.ToImage(),
             v2.RGB(),
-            v2.Resize((size, size), antialias=True),
+            v2.Resize(size, antialias=True),
+            v2.CenterCrop(size),
             v2.ToDtype(torch.uint8, scale=True),
         ]
     )
