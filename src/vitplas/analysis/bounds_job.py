@@ -86,6 +86,25 @@ def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:
     return frame
 
 
+def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
+    """r (a number, or one per layer for hidden inputs) and where it came from."""
+    if cfg.radius is not None:
+        return cfg.radius, "given"
+    data = open_stream(
+        cfg.dataset, cfg.split, setup.transform(cfg.normalization), cfg.data_root, False
+    )
+    r = dataset_radius(
+        setup,
+        data,
+        images=cfg.radius_images,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        per_layer=cfg.inputs == "hidden",
+    )
+    label = f"{stream_label(cfg.dataset)} [{cfg.split}]"
+    return (r.tolist() if r.ndim else float(r)), f"measured on {label}, {cfg.radius_images} images"
+
+
 def run_bounds(cfg: BoundsConfig, run_dir: str | Path) -> dict[str, Any]:
     """Bounds per (layer, component) for `cfg`; tables and figure under `run_dir`."""
     from vitplas.plots import plasticity as plots
@@ -100,24 +119,7 @@ def run_bounds(cfg: BoundsConfig, run_dir: str | Path) -> dict[str, Any]:
         device=resolve_device(cfg.device),
     )
     components = resolve_components(setup.cmap, cfg.components)
-    if cfg.radius is not None:
-        radius, source = cfg.radius, "given"
-    else:
-        data = open_stream(
-            cfg.dataset, cfg.split, setup.transform(cfg.normalization), cfg.data_root, False
-        )
-        r = dataset_radius(
-            setup,
-            data,
-            images=cfg.radius_images,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            per_layer=cfg.inputs == "hidden",
-        )
-        radius = r.tolist() if r.ndim else float(r)
-        source = (
-            f"measured on {stream_label(cfg.dataset)} [{cfg.split}], {cfg.radius_images} images"
-        )
+    radius, source = _radius(cfg, setup)
     bounds = layer_bounds(
         setup.cmap,
         components,

@@ -137,6 +137,20 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress) -> Es
     )
 
 
+def _write_manifest(run: RunDir, cfg: PlasticityConfig, setup: ModelSetup, result: dict) -> None:
+    checksum, checksum_of = model_checksum(setup)
+    run.write_manifest(
+        {
+            **result,
+            "seed": cfg.seed,
+            "device_used": str(setup.device),
+            "dtype": cfg.dtype,
+            "model_checksum": checksum,
+            "model_checksum_of": checksum_of,
+        }
+    )
+
+
 def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) -> dict[str, Any]:
     """Run the estimator (and the bounds) for `cfg`; write everything under `run_dir`."""
     t0 = time.perf_counter()
@@ -173,7 +187,6 @@ def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) ->
         "total_s": time.perf_counter() - t0,
         "pairs_per_s": est.pairs_per_s,
     }
-    checksum, checksum_of = model_checksum(setup)
     result = {
         **labels,
         "model_description": setup.loaded.description,
@@ -190,18 +203,8 @@ def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) ->
         "timings": timings,
         "files": written["files"],
     }
-    run.write_manifest(
-        {
-            **result,
-            "seed": cfg.seed,
-            "device_used": str(setup.device),
-            "dtype": cfg.dtype,
-            "model_checksum": checksum,
-            "model_checksum_of": checksum_of,
-            "reference_size": len(reference),
-            "target_size": len(target),
-        }
-    )
+    sizes = {"reference_size": len(reference), "target_size": len(target)}
+    _write_manifest(run, cfg, setup, {**result, **sizes})
     atomic_write_json(run / "result.json", result)
     atomic_write_text(run / "summary.txt", tables.summary_text(result, written["pooled"]))
     run.mark_done()
