@@ -17,12 +17,11 @@ import pandas as pd
 from vitplas.analysis.bounds import layer_bounds
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
-    dataset_radius,
+    measured_radius,
     model_checksum,
     open_stream,
     resolve_device,
     setup_model,
-    stream_label,
 )
 from vitplas.config import ConfigError
 from vitplas.runs import RunDir, atomic_write_json, write_table
@@ -93,16 +92,16 @@ def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
     data = open_stream(
         cfg.dataset, cfg.split, setup.transform(cfg.normalization), cfg.data_root, False
     )
-    r = dataset_radius(
+    return measured_radius(
         setup,
         data,
+        cfg.dataset,
+        cfg.split,
         images=cfg.radius_images,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         per_layer=cfg.inputs == "hidden",
     )
-    label = f"{stream_label(cfg.dataset)} [{cfg.split}]"
-    return (r.tolist() if r.ndim else float(r)), f"measured on {label}, {cfg.radius_images} images"
 
 
 def run_bounds(cfg: BoundsConfig, run_dir: str | Path) -> dict[str, Any]:

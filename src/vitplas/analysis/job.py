@@ -22,7 +22,7 @@ from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
-    dataset_radius,
+    measured_radius,
     model_checksum,
     open_stream,
     resolve_device,
@@ -83,17 +83,17 @@ def _radius(cfg: PlasticityConfig, setup: ModelSetup, target) -> tuple[Any, str]
     """r (a number, or one per layer for hidden inputs) and where it came from."""
     if cfg.radius is not None:
         return cfg.radius, "given"
-    r = dataset_radius(
+    return measured_radius(
         setup,
         target,
+        cfg.target,
+        cfg.target_split,
         images=cfg.radius_images,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         per_layer=cfg.inputs == "hidden",
         num_workers=cfg.num_workers,
     )
-    value = r.tolist() if r.ndim else float(r)
-    return value, f"measured on {cfg.target} [{cfg.target_split}], {cfg.radius_images} images"
 
 
 def _bounds(cfg, setup, components, target) -> tuple[pd.DataFrame | None, Any, str]:

@@ -60,6 +60,15 @@ def open_stream(name: str, split: str, transform, root: str | None, download: bo
     return get_dataset(name, split, transform=transform, root=root, download=download)
 
 
+def measured_radius(
+    setup: ModelSetup, data: Dataset, name: str, split: str, *, images: int, **kwargs
+) -> tuple[float | list[float], str]:
+    """(r as a number, or a list with per_layer=True; where it was measured) on `images`
+    images of dataset `name` [`split`]; kwargs go to dataset_radius."""
+    r = dataset_radius(setup, data, images=images, **kwargs)
+    return (r.tolist() if r.ndim else float(r)), f"measured on {name} [{split}], {images} images"
+
+
 def dataset_radius(
     setup: ModelSetup,
     data: Dataset,
