@@ -175,10 +175,3 @@ def is_finetune_preset(path: str | Path) -> bool:
 
 # Keys that may change between a run and its resumption (hardware and display only).
 RUNTIME_KEYS = {"num_workers", "device", "compile", "tensorboard", "eval_batch_size", "log_every"}
-
-
-def check_same_config(run: Any, cfg: FinetuneConfig) -> None:
-    """A run folder is resumed only with the config it started with (runtime keys aside)."""
-    from vitplas.config import check_same_config as check
-
-    check(run.path, cfg, RUNTIME_KEYS)

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vitplas.config import ConfigError
+from vitplas.config import ConfigError, check_same_config
 from vitplas.models.components import count_parameters, set_trainable
 from vitplas.runs import RunDir, atomic_write_json
 from vitplas.training import checkpoint as ckpt
-from vitplas.training.config import FinetuneConfig, check_same_config
+from vitplas.training.config import RUNTIME_KEYS, FinetuneConfig
 from vitplas.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -95,7 +95,7 @@ class Finetuner:
             raise ConfigError(f"micro_batch_size {self.micro} must divide {self.local_batch}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        check_same_config(self.run, cfg)  # before loading anything heavy
+        check_same_config(self.run.path, cfg, RUNTIME_KEYS)  # before loading anything heavy
         if self.sources is None:
             self.sources = load_sources(cfg)
         self._setup_model(self.sources.model.to(self.device))
