@@ -215,7 +215,7 @@ def test_timm_name_random_cached_and_missing(tmp_path):
 def test_timm_bad_tag_and_non_vit_error():
     with pytest.raises(ModelError, match=r"no weights tagged 'nope'; known tags: \['r160_in1k'\]"):
         load_model("test_vit.nope", random_init=True)
-    with pytest.raises(ModelError, match="'resnet18' is not a VisionTransformer"):
+    with pytest.raises(ModelError, match=r"'resnet18' \(timm module resnet\) is not a supported"):
         load_model("resnet18")
     with pytest.raises(ModelError, match="close timm names: vit_base_patch16_224"):
         load_model("vit_base_patch61_224")

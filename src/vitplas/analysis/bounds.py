@@ -137,6 +137,16 @@ def mha_bound(
     return total
 
 
+def bound_unavailable_reason(cmap: ComponentMap, layer: int, name: str) -> str | None:
+    """Why no formula above covers component `name` of block `layer` (None: one does): what the
+    family registry says (rope, relative position bias) or a norm that is not a LayerNorm."""
+    if (why := cmap.bound_issue(layer, name)) is not None:
+        return why
+    if name in ("ln1", "ln2") and not isinstance(cmap.module(layer, name), nn.LayerNorm):
+        return f"{type(cmap.module(layer, name)).__name__} (only LayerNorm has a bound here)"
+    return None
+
+
 def component_bound(
     cmap: ComponentMap,
     layer: int,
@@ -149,6 +159,8 @@ def component_bound(
     mha_slicing: str = "rows",
 ) -> tuple[float, float, str]:
     """(bound, tight bound of the probe or NaN, definition) of one component of one block."""
+    if (why := bound_unavailable_reason(cmap, layer, name)) is not None:
+        return math.nan, math.nan, f"undefined: {why}"
     module = cmap.module(layer, name)
     if name == "mha":
         extras = attention_extras(module)
@@ -231,7 +243,7 @@ def token_radius(
             n_tokens = h.shape[1]
             rms = [_rms(h)]
             for layer in range(cmap.depth - 1 if per_layer else 0):
-                h = cmap.block(layer)(h)
+                h = cmap.forward_block(layer, h)
                 rms.append(_rms(h))
             batch = torch.stack(rms, dim=1).sum(0)  # (L or 1,) float64
             total = batch if total is None else total + batch

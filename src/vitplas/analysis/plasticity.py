@@ -38,11 +38,8 @@ def resolve_components(cmap: ComponentMap, names: Sequence[str] | str | None = N
 
 
 def patch_size(cmap: ComponentMap) -> tuple[int, int]:
-    """(height, width) of a patch: the kernel of the embedding's 4-D (conv) weight."""
-    for _, param in cmap.named_parameters("emb"):
-        if param.ndim == 4:
-            return int(param.shape[-2]), int(param.shape[-1])
-    raise ValueError("this model's embedding has no patch convolution; cannot tell its patch size")
+    """(height, width) in pixels of one patch token (from the family registry)."""
+    return cmap.patch_size()
 
 
 def embed_images(cmap: ComponentMap, images: torch.Tensor) -> torch.Tensor:
@@ -182,5 +179,5 @@ def token_ratios(
             inp = shared if shared is not None else _Inputs(h)
             per_layer.append(block_ratios(cmap, layer, names, inp))
             if inputs == "hidden" and layer + 1 < cmap.depth:
-                h = cmap.block(layer)(h)  # the real input of the next block
+                h = cmap.forward_block(layer, h)  # the real input of the next block
         return torch.stack(per_layer, dim=1)  # (B, L, C)

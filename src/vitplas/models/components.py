@@ -1,62 +1,38 @@
-"""The one map from canonical component names to module paths, per model family.
+"""The one map from canonical component names to a model's modules and parameters.
 
-Canonical names:
+Canonical names (their meaning per family: vitplas.models.families):
     per block: ln1 (norm before attention), mha (attention), ln2 (norm before MLP),
-               fc1 (first MLP linear), fc2 (second MLP linear), ls1/ls2 (LayerScale, if any)
-    global:    emb (patch embedding, cls/register tokens, position embedding),
-               norm (final norm), head (classifier)
-No other module of vitplas names a module path: they all ask this map.
+               fc1 (MLP input projection), fc2 (MLP output projection), ls1/ls2 (LayerScale)
+    global:    emb (patch embedding, cls/distillation/register tokens, position embedding,
+               norm_pre), norm (final norm), pool (attention-pool head), head (classifier)
+The registry (vitplas.models.families) says where each lives; no other module of vitplas names
+a module path. The components of a supported model partition its parameters: building a map
+checks that every parameter belongs to exactly one component.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-BLOCK_COMPONENTS = ("ln1", "mha", "ln2", "fc1", "fc2", "ls1", "ls2")
-GLOBAL_COMPONENTS = ("emb", "norm", "head")
+from vitplas.models import families_ops as ops
+from vitplas.models.families import (
+    BLOCK_COMPONENTS,
+    GLOBAL_COMPONENTS,
+    BlockSpec,
+    Family,
+    find_block,
+    find_family,
+)
+
 ALL_COMPONENTS = (*GLOBAL_COMPONENTS[:1], *BLOCK_COMPONENTS, *GLOBAL_COMPONENTS[1:])
 # The paper's theoretical ranking (PAPER.md section 2): rank 1 is the least smooth.
 THEORETICAL_RANK = {"mha": 1, "fc1": 2, "fc2": 3, "ln2": 4, "ln1": 5}
 # The paper's finetuning configurations (PAPER.md section 3); "all" is full finetuning.
 PAPER_TRAIN_SETS = ("all", "ln1", "mha", "ln2", "fc1", "fc2")
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """Where a model family keeps each component. Paths are relative to a block or the model."""
-
-    name: str
-    blocks: str
-    block_paths: dict[str, str]
-    global_paths: dict[str, tuple[str, ...]]
-    attn_qkv: str  # fused q/k/v linear inside a block, rows ordered (q|k|v, head, head_dim)
-    attn_proj: str  # attention output projection inside a block
-
-
-TIMM_VIT = FamilySpec(
-    name="timm-vit",
-    blocks="blocks",
-    block_paths={
-        "ln1": "norm1",
-        "mha": "attn",
-        "ln2": "norm2",
-        "fc1": "mlp.fc1",
-        "fc2": "mlp.fc2",
-        "ls1": "ls1",
-        "ls2": "ls2",
-    },
-    global_paths={
-        "emb": ("patch_embed", "cls_token", "reg_token", "pos_embed"),
-        "norm": ("norm", "fc_norm"),
-        "head": ("head",),
-    },
-    attn_qkv="attn.qkv",
-    attn_proj="attn.proj",
-)
 
 
 class UnknownComponentError(ValueError):
@@ -82,7 +58,7 @@ def parse_components(names: Iterable[str] | str, allowed: Sequence[str] = ALL_CO
     return out
 
 
-def _get(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
+def _get(root: nn.Module, path: str) -> Any:
     obj = root
     for part in path.split("."):
         obj = getattr(obj, part, None)
@@ -92,27 +68,38 @@ def _get(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
 
 
 def _is_present(obj: object) -> bool:
-    """A component exists when it is a parameter or a module that is not an Identity."""
-    return obj is not None and not isinstance(obj, nn.Identity)
+    """A part exists when it is a parameter or a module with parameters, not an Identity."""
+    if isinstance(obj, nn.Parameter):
+        return True
+    return isinstance(obj, nn.Module) and not isinstance(obj, nn.Identity)
 
 
-@dataclass
+def _present(root: nn.Module, paths: Sequence[str]) -> list[str]:
+    return [p for p in paths if _is_present(_get(root, p))]
+
+
 class ComponentMap:
-    """Components of one model. `block_components` lists those every block has."""
+    """Components of one model. `block_components` lists those its blocks have."""
 
-    model: nn.Module
-    family: FamilySpec
-    block_components: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        first = self.blocks[0]
-        self.block_components = tuple(
-            name for name, path in self.family.block_paths.items() if _is_present(_get(first, path))
-        )
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.family: Family = find_family(model)
+        blocks = self.blocks
+        if blocks is None or len(blocks) == 0:
+            raise TypeError(f"this {self.family.name} model has no blocks to measure")
+        self.specs: list[BlockSpec] = [find_block(self.family, b) for b in blocks]
+        self.paths = [
+            {n: _present(b, s.parts.get(n, ())) for n in BLOCK_COMPONENTS}
+            for b, s in zip(blocks, self.specs, strict=True)
+        ]
+        self.block_components = tuple(n for n in BLOCK_COMPONENTS if self.paths[0][n])
+        self.owner = self._partition()
+        self.components = tuple(n for n in ALL_COMPONENTS if n in set(self.owner.values()))
+        self._context: dict[tuple, list[dict[str, Any]]] = {}
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        return _get(self.model, self.family.blocks)
+    def blocks(self) -> nn.Module:
+        return _get(self.model, self.family.blocks_path)
 
     @property
     def depth(self) -> int:
@@ -121,87 +108,142 @@ class ComponentMap:
     def block(self, layer: int) -> nn.Module:
         return self.blocks[layer]
 
+    def _prefixes(self) -> list[tuple[str, str]]:
+        """(parameter-name prefix, component) for every part of the model."""
+        out = [
+            (path, name)
+            for name, paths in self.family.parts.items()
+            for path in _present(self.model, paths)
+        ]
+        root = self.family.blocks_path
+        for layer, paths in enumerate(self.paths):
+            out += [(f"{root}.{layer}.{p}", n) for n, ps in paths.items() for p in ps]
+        return out
+
+    def _partition(self) -> dict[str, str]:
+        """{parameter name: component}; a parameter in none or in two is a TypeError."""
+        prefixes = self._prefixes()
+        owner: dict[str, str] = {}
+        orphans = []
+        for full_name, _ in self.model.named_parameters():
+            hits = {c for p, c in prefixes if full_name == p or full_name.startswith(p + ".")}
+            if len(hits) > 1:
+                raise TypeError(f"parameter {full_name} is in components {sorted(hits)}")
+            if not hits:
+                orphans.append(full_name)
+            else:
+                owner[full_name] = hits.pop()
+        if orphans:
+            raise TypeError(
+                f"parameters {', '.join(orphans[:5])} belong to no component of family "
+                f"'{self.family.name}'; add their paths to its entry in vitplas.models.families"
+            )
+        return owner
+
     def module(self, layer: int, name: str) -> nn.Module:
-        """The module of component `name` in block `layer`."""
+        """What the estimator calls for component `name` of block `layer`: the module itself,
+        or a small wrapper (attention with its rope / relative position bias bound, gamma
+        LayerScale, SwiGLU's fc1_g and fc1_x stacked into one linear)."""
         if name not in self.block_components:
             raise UnknownComponentError(
                 f"component '{name}' is not in the blocks of this {self.family.name} model; "
                 f"it has: {', '.join(self.block_components)}"
             )
-        return _get(self.block(layer), self.family.block_paths[name])
+        block, paths = self.block(layer), self.paths[layer][name]
+        parts = [_get(block, p) for p in paths]
+        if name == "fc1" and len(parts) == 2:
+            return ops.stacked_linear(*parts)
+        if isinstance(parts[0], nn.Parameter):
+            return ops.GammaScale(parts[0])
+        if name == "mha" and self.family.context != "none":
+            return ops.BoundCall(parts[0], lambda x: self.block_kwargs(layer, x.shape[1]))
+        return parts[0]
 
     def attention_parts(self, layer: int) -> tuple[nn.Linear, nn.Linear, int]:
-        """(fused qkv linear, output projection, number of heads) of block `layer`."""
-        block = self.block(layer)
-        attn = self.module(layer, "mha")
-        return _get(block, self.family.attn_qkv), _get(block, self.family.attn_proj), attn.num_heads
+        """(fused qkv linear, output projection, number of heads) of block `layer`; separate
+        q/k/v projections are stacked into one (a copy)."""
+        attn = _get(self.block(layer), self.paths[layer]["mha"][0])
+        qkv = getattr(attn, "qkv", None)
+        if qkv is None:
+            qkv = ops.sliced_qkv(attn.q_proj, attn.k_proj, attn.v_proj)
+        return qkv, attn.proj, attn.num_heads
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Embedding output (B, N, D): patches + cls/register tokens + position embedding."""
-        m = self.model
-        x = m.patch_embed(images)  # (B, N_patches, D)
-        x = m._pos_embed(x)  # (B, N, D) with cls/register tokens
-        x = m.patch_drop(x)
-        return m.norm_pre(x)
+        """Embedding output (B, N, D): what the first block reads."""
+        return ops.EMBEDDERS[self.family.embed](self.model, images)
+
+    def patch_size(self) -> tuple[int, int]:
+        """(height, width) in pixels of one patch token."""
+        embed = getattr(self.model, "patch_embed", None) or getattr(self.model, "embeds", None)
+        return ops.patch_size(embed)
+
+    def block_kwargs(self, layer: int, n_tokens: int) -> dict[str, Any]:
+        """Extra arguments block `layer` takes for a sequence of n_tokens (rope, shared bias)."""
+        device = next(self.model.parameters()).device
+        key = (n_tokens, str(device))
+        if key not in self._context:
+            self._context = {
+                key: ops.CONTEXTS[self.family.context](self.model, n_tokens, self.depth)
+            }
+        return self._context[key][layer]
+
+    def forward_block(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Block `layer` on tokens h (B, N, D), with the arguments the model passes it."""
+        return self.block(layer)(h, **self.block_kwargs(layer, h.shape[1]))
+
+    def bound_issue(self, layer: int, name: str) -> str | None:
+        """Why this family's structure puts component `name` outside its bound's formula."""
+        if name != "mha":
+            return None
+        if self.family.mha_bound:
+            return self.family.mha_bound
+        if self.family.context == "rope" and getattr(self.model, "rope", None) is not None:
+            return "rotary position embedding (rope) inside attention"
+        return None
 
     def named_parameters(self, name: str) -> Iterator[tuple[str, nn.Parameter]]:
         """(full parameter name, parameter) of component `name` across the whole model."""
-        if name in GLOBAL_COMPONENTS:
-            prefixes = [
-                p for p in self.family.global_paths[name] if _is_present(_get(self.model, p))
-            ]
-        elif name in self.block_components:
-            path = self.family.block_paths[name]
-            prefixes = [f"{self.family.blocks}.{i}.{path}" for i in range(self.depth)]
-        else:
+        if name not in self.components:
             raise UnknownComponentError(
-                f"component '{name}' is not in this model; known here: "
-                f"{', '.join((*GLOBAL_COMPONENTS, *self.block_components))}"
+                f"component '{name}' is not in this {self.family.name} model; it has: "
+                f"{', '.join(self.components)}"
             )
         for full_name, param in self.model.named_parameters():
-            if any(full_name == p or full_name.startswith(p + ".") for p in prefixes):
+            if self.owner[full_name] == name:
                 yield full_name, param
 
 
 def component_map(model: nn.Module) -> ComponentMap:
-    """The component map of `model`; an unsupported architecture is a clear error."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    if isinstance(model, VisionTransformer):
-        cmap = ComponentMap(model, TIMM_VIT)
-        if "fc1" not in cmap.block_components or _get(cmap.block(0), "attn.qkv") is None:
-            raise TypeError(
-                "this timm ViT variant has no fused attn.qkv or mlp.fc1 (e.g. SwiGLU); "
-                "extend vitplas.models.components with a FamilySpec for it"
-            )
-        return cmap
-    raise TypeError(
-        f"{type(model).__name__} is not a supported model family; supported: timm "
-        "VisionTransformer (add a FamilySpec in vitplas.models.components for others)"
-    )
+    """The component map of `model`; an unsupported architecture is a one-line TypeError."""
+    return ComponentMap(model)
 
 
 def resolve_train_set(cmap: ComponentMap, train: Iterable[str] | str) -> list[str]:
-    """Expand `all` to every component; validate names against this model."""
+    """Expand `all` to every component of this model; validate names against it."""
     names = parse_components(train, allowed=("all", *ALL_COMPONENTS))
     if "all" in names:
-        return [*GLOBAL_COMPONENTS[:1], *cmap.block_components, *GLOBAL_COMPONENTS[1:]]
+        return list(cmap.components)
+    missing = [n for n in names if n not in cmap.components]
+    if missing:
+        raise UnknownComponentError(
+            f"component(s) {', '.join(missing)} not in this {cmap.family.name} model; "
+            f"it has: {', '.join(cmap.components)}"
+        )
     return names
 
 
 def set_trainable(
     model: nn.Module, train: Iterable[str] | str, *, head: bool = True, norm: bool = True
 ) -> dict[str, list[str]]:
-    """Freeze everything, then unfreeze `train` (+ head and final norm when asked).
+    """Freeze everything, then unfreeze `train` (+ head and final norm when asked and present).
 
     Returns {component: [parameter names]} of what is trained.
     """
     cmap = component_map(model)
     names = resolve_train_set(cmap, train)
-    if head and "head" not in names:
-        names.append("head")
-    if norm and "norm" not in names:
-        names.append("norm")
+    for extra, wanted in (("head", head), ("norm", norm)):
+        if wanted and extra not in names and extra in cmap.components:
+            names.append(extra)
     for param in model.parameters():
         param.requires_grad_(False)
     trained: dict[str, list[str]] = {}
@@ -216,8 +258,8 @@ def set_trainable(
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Number of parameters per component (block components summed over blocks), plus total."""
     cmap = component_map(model)
-    counts = {}
-    for name in (*GLOBAL_COMPONENTS[:1], *cmap.block_components, *GLOBAL_COMPONENTS[1:]):
-        counts[name] = sum(p.numel() for _, p in cmap.named_parameters(name))
+    counts = {
+        name: sum(p.numel() for _, p in cmap.named_parameters(name)) for name in cmap.components
+    }
     counts["total"] = sum(p.numel() for p in model.parameters())
     return counts

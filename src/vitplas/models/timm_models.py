@@ -11,7 +11,16 @@ from torch import nn
 
 from vitplas.models.errors import ModelError
 
-VIT_MODULES = ("vision_transformer",)  # timm modules whose models are VisionTransformer
+# timm modules whose models vitplas.models.families covers (some of their blocks may be refused)
+VIT_MODULES = (
+    "vision_transformer",
+    "vision_transformer_hybrid",
+    "vision_transformer_relpos",
+    "deit",
+    "eva",
+    "beit",
+    "naflexvit",
+)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's files in a hub repo
 
 
@@ -29,22 +38,34 @@ def is_timm_vit(name: str) -> bool:
 
 
 def check_timm_vit(name: str) -> None:
-    """Raise unless `name` is a timm VisionTransformer architecture with a known tag (if any)."""
+    """Raise unless `name` is a timm architecture of a supported family with a known tag."""
     import timm
+
+    from vitplas.models.families import supported_names
 
     arch, tag = split_name(name)
     if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(module=VIT_MODULES[0]), n=5)
+        close = difflib.get_close_matches(arch, timm.list_models(module=list(VIT_MODULES)), n=5)
         hint = f"; close timm names: {', '.join(close)}" if close else ""
         raise ModelError(f"'{arch}' is not a timm architecture{hint}")
     if not timm.models.is_model_in_modules(arch, VIT_MODULES):
+        module = _timm_module(arch)
         raise ModelError(
-            f"timm model '{arch}' is not a VisionTransformer (vitplas supports timm's "
-            "vision_transformer models); see timm.list_models(module='vision_transformer')"
+            f"timm model '{arch}' (timm module {module}) is not a supported family; "
+            f"supported families: {supported_names()} (see `vitplas models --families`)"
         )
     if tag is not None and not pretrained_cfg(name):
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
         raise ModelError(f"timm '{arch}' has no weights tagged '{tag}'; known tags: {tags}")
+
+
+def _timm_module(arch: str) -> str:
+    import timm
+
+    for module in timm.list_modules():
+        if timm.models.is_model_in_modules(arch, [module]):
+            return module
+    return "unknown"
 
 
 def pretrained_cfg(name: str) -> dict[str, Any]:
@@ -78,14 +99,16 @@ def cached_weights(name: str) -> Path | None:
 
 
 def create(name: str, *, pretrained: bool, on_meta: bool = False, **kwargs: Any) -> nn.Module:
-    """timm.create_model(name, ...), checked to be a VisionTransformer.
+    """timm.create_model(name, ...), checked to be of a supported family (its component map
+    builds; a refused block type is a one-line ModelError).
 
     on_meta builds on the meta device (no memory, no init) for weights loaded with assign.
     A failure to get pretrained weights is a ModelError saying where we looked and what to do.
     """
     import timm
     from safetensors import SafetensorError
-    from timm.models.vision_transformer import VisionTransformer
+
+    from vitplas.models.components import component_map
 
     check_timm_vit(name)
     try:
@@ -98,8 +121,10 @@ def create(name: str, *, pretrained: bool, on_meta: bool = False, **kwargs: Any)
         if not pretrained:
             raise ModelError(f"cannot build timm '{name}' with {kwargs}: {err}") from err
         raise missing_weights_error(name, err) from err
-    if not isinstance(model, VisionTransformer):
-        raise ModelError(f"timm '{name}' built a {type(model).__name__}, not a VisionTransformer")
+    try:
+        component_map(model)
+    except TypeError as err:
+        raise ModelError(f"timm '{name}': {err}") from err
     return model
 
 

@@ -1,0 +1,245 @@
+"""The registry of vision transformer families: data, one small entry per model class and block
+type (in the spirit of timm's model registry). vitplas.models.components reads it; nothing else
+names a module path.
+
+Canonical components (every parameter of a supported model is in exactly one):
+    emb   patch embedding (a hybrid's conv stem included), class / distillation / register
+          tokens, absolute position embedding, and `norm_pre` (CLIP, xp, AIMv2): the norm that
+          timm applies to the embedding before the first block is part of the embedding output,
+          so it is part of `emb`.
+    ln1, mha, ln2, fc1, fc2, ls1, ls2   per block (ls1/ls2: LayerScale modules or EVA/BEiT's
+          gamma_1/gamma_2 parameters). `mha` holds the whole attention: q/k/v (fused or not, with
+          q/v biases held separately), q/k norms, the output projection, the relative
+          position bias (per block, or shared by all blocks and held by the model) and learned
+          rotary frequencies (mixed rope, held by the model).
+          `fc1` is the MLP's input projection: for SwiGLU both `fc1_g` and `fc1_x`, for a packed
+          GLU its one linear of width 2H. `fc2` is the output projection, with the MLP's inner
+          norm (EVA-02, `scale_mlp_norm`) if any.
+    norm  the final norm and `fc_norm`;  pool  an attention-pool head (SigLIP's `attn_pool`);
+    head  the classifier(s), DeiT's `head_dist` included.
+
+Each entry says where the parts live (`parts`: component -> attribute paths, the first present
+one is the module the estimator calls), how the embedding output is computed (`embed`), which
+extra arguments the blocks take (`context`: rotary embeddings, a shared relative position bias)
+and which bounds are unavailable and why. Adding a family is one entry here plus one row in
+tests/test_families.py (README: "How to add a model family").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BLOCK_COMPONENTS = ("ln1", "mha", "ln2", "fc1", "fc2", "ls1", "ls2")
+GLOBAL_COMPONENTS = ("emb", "norm", "pool", "head")
+INPUT_MODES = ("embedding", "hidden")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Where one block type keeps its components (paths relative to the block)."""
+
+    type: str  # "<timm module>.<class>" of the block
+    parts: dict[str, tuple[str, ...]]
+    post_norm: bool = False  # norms after attention / MLP (ResPost): ln1/ln2 read their output
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model class: its blocks, its model-level parameters, how to embed and run blocks."""
+
+    name: str
+    model_types: tuple[str, ...]  # "<timm module>.<class>" of the model
+    blocks: tuple[BlockSpec, ...]
+    parts: dict[str, tuple[str, ...]]  # model-level parameters -> component
+    embed: str  # embedding kind, see families_ops.EMBEDDERS
+    context: str = "none"  # block-argument kind, see families_ops.CONTEXTS
+    mha_bound: str = ""  # why the MHA bound never applies to this family ("" = it may)
+    examples: tuple[str, ...] = ()
+    notes: str = ""
+    blocks_path: str = "blocks"
+    input_modes: tuple[str, ...] = field(default=INPUT_MODES)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A model or block type recognised but not supported, and why."""
+
+    type: str
+    family: str
+    why: str
+
+
+_MLP = {"fc1": ("mlp.fc1", "mlp.fc1_g", "mlp.fc1_x"), "fc2": ("mlp.fc2", "mlp.norm")}
+_PRE = {"ln1": ("norm1",), "mha": ("attn",), "ln2": ("norm2",), **_MLP}
+_LS = {"ls1": ("ls1",), "ls2": ("ls2",)}
+_GAMMA = {"ls1": ("gamma_1",), "ls2": ("gamma_2",)}
+_HEAD = {"norm": ("norm", "fc_norm"), "pool": ("attn_pool",), "head": ("head",)}
+_VIT_EMB = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
+
+VIT_BLOCKS = (
+    BlockSpec("vision_transformer.Block", {**_PRE, **_LS}),
+    BlockSpec("vision_transformer.ResPostBlock", {**_PRE, **_LS}, post_norm=True),
+)
+EVA_BLOCKS = (
+    BlockSpec("eva.EvaBlock", {**_PRE, **_GAMMA}),
+    BlockSpec("eva.EvaBlockPostNorm", {**_PRE}, post_norm=True),
+)
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="vit",
+        model_types=("vision_transformer.VisionTransformer",),
+        blocks=VIT_BLOCKS,
+        parts={"emb": _VIT_EMB, **_HEAD},
+        embed="vit",
+        examples=(
+            "vit_base_patch16_224",
+            "deit3_small_patch16_224",
+            "vit_base_patch16_clip_224",
+            "vit_base_patch16_siglip_224",
+            "vit_small_patch14_reg4_dinov2",
+            "flexivit_small",
+            "vit_base_patch16_224.mae",
+            "vit_base_r50_s16_224 (hybrid)",
+            "aimv2_large_patch14_224",
+        ),
+        notes="timm vision_transformer(_hybrid): plain, DeiT, DeiT-III, CLIP, SigLIP(2), "
+        "registers, GAP, FlexiViT, MAE, hybrid conv stems, AIMv2 (RmsNorm, SwiGLU)",
+    ),
+    Family(
+        name="deit-distilled",
+        model_types=("deit.VisionTransformerDistilled",),
+        blocks=VIT_BLOCKS,
+        parts={"emb": (*_VIT_EMB, "dist_token"), **_HEAD, "head": ("head", "head_dist")},
+        embed="vit",
+        examples=("deit_small_distilled_patch16_224",),
+        notes="DeiT with a distillation token (emb) and a second head (head)",
+    ),
+    Family(
+        name="vit-relpos",
+        model_types=("vision_transformer_relpos.VisionTransformerRelPos",),
+        blocks=(
+            BlockSpec("vision_transformer_relpos.RelPosBlock", {**_PRE, **_LS}),
+            BlockSpec("vision_transformer_relpos.ResPostRelPosBlock", _PRE, post_norm=True),
+        ),
+        parts={"emb": ("patch_embed", "cls_token"), "mha": ("shared_rel_pos",), **_HEAD},
+        embed="relpos",
+        context="relpos",
+        mha_bound="relative position bias inside attention",
+        examples=("vit_relpos_small_patch16_224", "vit_srelpos_small_patch16_224"),
+        notes="relative position bias (per block or shared: both under mha)",
+    ),
+    Family(
+        name="eva",
+        model_types=("eva.Eva",),
+        blocks=EVA_BLOCKS,
+        parts={"emb": _VIT_EMB, "mha": ("rope",), **_HEAD},
+        embed="eva",
+        context="rope",
+        examples=(
+            "eva02_small_patch14_224",
+            "vit_small_patch16_dinov3",
+            "vit_pe_core_small_patch16_384",
+            "vit_base_patch16_rope_224",
+            "vit_medium_patch16_rope_reg1_gap_256",
+        ),
+        notes="EVA-02, DINOv3, PE-core, rope ViTs: rope, q/v biases, SwiGLU or packed GLU, "
+        "gamma_1/gamma_2",
+    ),
+    Family(
+        name="beit",
+        model_types=("beit.Beit",),
+        blocks=(BlockSpec("beit.Block", {**_PRE, **_GAMMA}),),
+        parts={
+            "emb": ("patch_embed", "cls_token", "pos_embed"),
+            "mha": ("rel_pos_bias",),
+            **_HEAD,
+        },
+        embed="beit",
+        context="beit",
+        mha_bound="relative position bias inside attention",
+        examples=("beit_base_patch16_224", "beitv2_base_patch16_224"),
+        notes="BEiT, BEiTv2: relative position bias, q/v biases, gamma_1/gamma_2",
+    ),
+    Family(
+        name="naflexvit",
+        model_types=("naflexvit.NaFlexVit",),
+        blocks=(*VIT_BLOCKS, *EVA_BLOCKS),
+        parts={"emb": ("embeds", "norm_pre"), "mha": ("rope",), **_HEAD},
+        embed="naflex",
+        context="rope",
+        examples=("naflexvit_base_patch16_gap",),
+        notes="NaFlexViT on fixed-size images (no patch coordinates)",
+    ),
+)
+
+REFUSED: tuple[Refused, ...] = (
+    Refused(
+        "vision_transformer.ParallelScalingBlock",
+        "vit (parallel-scaling, xp)",
+        "attention and MLP share one fused input projection (in_proj), so neither mha nor "
+        "fc1 can be trained or measured alone",
+    ),
+    Refused(
+        "vision_transformer.DiffParallelScalingBlock",
+        "vit (differential parallel-scaling)",
+        "attention and MLP share one fused input projection (in_proj)",
+    ),
+    Refused(
+        "vision_transformer.ParallelThingsBlock",
+        "vit (parallel things)",
+        "each block has several parallel attention and MLP branches, no single ln1/mha/fc1",
+    ),
+    Refused(
+        "vision_transformer_sam.VisionTransformerSAM",
+        "sam",
+        "SAM's windowed blocks read (B, H, W, D) token grids, not (B, N, D) token sequences",
+    ),
+)
+
+
+def type_key(obj: object) -> str:
+    """'<timm module>.<class>' of an object, e.g. 'eva.EvaBlock'."""
+    cls = type(obj)
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__qualname__}"
+
+
+def supported_names() -> str:
+    return ", ".join(f.name for f in FAMILIES)
+
+
+def find_family(model: object) -> Family:
+    """The registry entry of `model`'s class; an unsupported model is a one-line TypeError."""
+    key = type_key(model)
+    for family in FAMILIES:
+        if key in family.model_types:
+            return family
+    for refused in REFUSED:
+        if key == refused.type:
+            raise TypeError(
+                f"{refused.family} ({key}) is not supported: {refused.why}; "
+                f"supported families: {supported_names()}"
+            )
+    raise TypeError(
+        f"{key} is not a supported model family; supported families: {supported_names()} "
+        "(add one in vitplas.models.families)"
+    )
+
+
+def find_block(family: Family, block: object) -> BlockSpec:
+    """The block entry of `block` in `family`; a refused or unknown type is a one-line error."""
+    key = type_key(block)
+    for spec in family.blocks:
+        if spec.type == key:
+            return spec
+    for refused in REFUSED:
+        if key == refused.type:
+            raise TypeError(
+                f"{refused.family} block {key} is not supported: {refused.why}; "
+                f"supported families: {supported_names()}"
+            )
+    known = ", ".join(s.type for s in family.blocks)
+    raise TypeError(
+        f"block type {key} is not in family '{family.name}' (it has {known}); "
+        "add a BlockSpec in vitplas.models.families"
+    )
