@@ -126,3 +126,20 @@ def test_embed_is_patches_plus_cls_plus_position_and_feeds_the_blocks():
 def test_component_map_rejects_non_vit():
     with pytest.raises(TypeError, match="not a supported model family"):
         component_map(torch.nn.Linear(2, 2))
+
+
+def test_attention_pool_is_the_pool_component_trained_by_all_only():
+    model = tiny_vit(global_pool="map", class_token=False, norm_layer=None)
+    cmap = component_map(model)
+    pool = [n for n, _ in cmap.named_parameters("pool")]
+    assert pool and all(n.startswith("attn_pool.") for n in pool)
+    set_trainable(model, ["mha"])
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n in pool)
+    trained = set_trainable(model, ["all"])
+    assert "pool" in trained and all(p.requires_grad for p in model.parameters())
+
+
+def test_norm_pre_and_registers_are_emb():
+    model = tiny_vit(pre_norm=True, reg_tokens=2)
+    names = {n for n, _ in component_map(model).named_parameters("emb")}
+    assert {"norm_pre.weight", "norm_pre.bias", "reg_token", "cls_token", "pos_embed"} <= names

@@ -237,3 +237,30 @@ def test_mha_with_rope_is_measured_as_the_model_computes_it():
     x, y = h.chunk(2)
     expected = (fx - fy).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
     assert torch.allclose(ratio, expected, rtol=1e-4)
+
+
+def test_models_families_cli_lists_every_family_and_refusal():
+    import json
+
+    from typer.testing import CliRunner
+
+    from vitplas.cli.app import app
+
+    result = CliRunner().invoke(app, ["models", "--families", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["family"]: row for row in json.loads(result.output)}
+    assert [n for n, r in rows.items() if r["supported"] == "yes"] == [f.name for f in FAMILIES]
+    assert rows["eva"]["layerscale"] == "gamma_1/2"
+    assert rows["beit"]["bounds"] == "all; mha NaN: relative position bias"
+    assert rows["sam"]["supported"] == "no"
+    table = CliRunner().invoke(app, ["models", "--families"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "naflexvit" in table.output
+
+
+def test_timm_loader_refuses_in_one_line():
+    from vitplas.models import ModelError, load_model
+
+    with pytest.raises(ModelError) as info:
+        load_model("vit_base_patch16_xp_224", random_init=True, img_size=32)
+    assert "\n" not in str(info.value)
+    assert "ParallelScalingBlock is not supported" in str(info.value)

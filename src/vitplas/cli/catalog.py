@@ -10,8 +10,14 @@ from vitplas.cli.app import app
 @app.command("models")
 def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    families: bool = typer.Option(
+        False, "--families", help="List the supported model families and what each supports."
+    ),
 ) -> None:
     """List the model presets and whether their weights are on this machine (no network)."""
+    if families:
+        _print_families(as_json)
+        return
     from vitplas.models.presence import preset_catalog, searched_places
 
     rows = preset_catalog()
@@ -33,6 +39,30 @@ def models_command(
         weights = f"{marks[row['weights_present']]}: {row['weights_where']}"
         table.add_row(row["name"], row["arch"], row["source"], row["description"], weights)
     Console(width=max(Console().width, 140)).print(table)
+
+
+def _print_families(as_json: bool) -> None:
+    from vitplas.models.families import family_rows
+
+    rows = family_rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="vitplas model families (any timm model of these classes works)",
+        caption="components in brackets: where the model has them. bounds: NaN with the "
+        "reason where the formula does not hold (also non-LayerNorm norms, q/k norms). "
+        "--json: timm classes and examples. README: 'How to add a model family'",
+    )
+    columns = ("family", "supported", "components", "layerscale", "bounds", "input modes")
+    for column in (*columns, "covers / why not"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(row.get(c, "") for c in columns), row["notes"])
+    Console(width=max(Console().width, 160)).print(table)
 
 
 @app.command("datasets")

@@ -13,8 +13,12 @@ Canonical components (every parameter of a supported model is in exactly one):
           position bias (per block, or shared by all blocks and held by the model) and learned
           rotary frequencies (mixed rope, held by the model).
           `fc1` is the MLP's input projection: for SwiGLU both `fc1_g` and `fc1_x`, for a packed
-          GLU its one linear of width 2H. `fc2` is the output projection, with the MLP's inner
-          norm (EVA-02, `scale_mlp_norm`) if any.
+          GLU its one linear of width 2H; either way f(x) - f(y) = W (x - y) with W the stacked
+          (2H, D) weight, and its bound is ||W||_2. `fc2` is the output projection, with the
+          MLP's inner norm (EVA-02, `scale_mlp_norm`) if any. FC2's probe is the paper's for
+          every MLP kind: D-dim tokens zero-padded to fc2's input width, which is the hidden
+          width H after gating for SwiGLU / packed GLU too, i.e. W_fc2[:, :D]; the inner norm
+          is trained with fc2 but is not part of the probe.
     norm  the final norm and `fc_norm`;  pool  an attention-pool head (SigLIP's `attn_pool`);
     head  the classifier(s), DeiT's `head_dist` included.
 
@@ -243,3 +247,35 @@ def find_block(family: Family, block: object) -> BlockSpec:
         f"block type {key} is not in family '{family.name}' (it has {known}); "
         "add a BlockSpec in vitplas.models.families"
     )
+
+
+def _layerscale(family: Family) -> str:
+    kinds = sorted({p for b in family.blocks for p in b.parts.get("ls1", ())})
+    return {"ls1": "ls1/ls2", "gamma_1": "gamma_1/2"}.get("+".join(kinds), "ls1/ls2, gamma_1/2")
+
+
+def family_rows() -> list[dict[str, str]]:
+    """What each family supports (for `vitplas models --families`), refused types last.
+
+    bounds: LayerNorm's, ||W||_2 for fc1/fc2, max|gamma| for ls1/ls2 and the MHA formula;
+    NaN with the reason where a norm is not a LayerNorm or the attention is outside the
+    formula (rope, relative position bias, q/k norms, ...)."""
+    rows = []
+    for f in FAMILIES:
+        no_mha = f.mha_bound or ("rope" if f.context == "rope" else "")
+        rows.append(
+            {
+                "family": f.name,
+                "supported": "yes",
+                "timm classes": ", ".join((*f.model_types, *(b.type for b in f.blocks))),
+                "components": "emb ln1 mha ln2 fc1 fc2 (ls1 ls2) norm (pool) head",
+                "layerscale": _layerscale(f),
+                "bounds": "all" + (f"; mha NaN: {no_mha.split(' inside')[0]}" if no_mha else ""),
+                "input modes": ", ".join(f.input_modes),
+                "examples": ", ".join(f.examples),
+                "notes": f.notes,
+            }
+        )
+    for r in REFUSED:
+        rows.append({"family": r.family, "supported": "no", "timm classes": r.type, "notes": r.why})
+    return rows

@@ -33,6 +33,15 @@ class BoundCall(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x, **self.kwargs(x))
 
+    def __getattr__(self, name: str) -> Any:
+        """Attributes it lacks are the wrapped module's (num_heads, q_norm, scale...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":
+                raise
+            return getattr(self.inner, name)
+
     def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
         return self.inner.register_forward_hook(hook, *args, **kwargs)
 
