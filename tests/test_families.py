@@ -44,6 +44,8 @@ MODELS = {
     "test_vit3": ("vit", {}),
     "test_vit4": ("vit", {}),
     "aimv2_large_patch14_224": ("vit", {}),
+    "vit_base_patch16_xp_224": ("vit", {}),
+    "vit_large_patch14_xp_224": ("vit", {"qk_norm": False, "qkv_bias": True}),
     "vit_tiny_r_s16_p8_224": ("vit", {}),
     "vit_small_r26_s32_224": ("vit", {"embed_dim": 768, "num_heads": 12}),  # no stem proj
     "deit_tiny_distilled_patch16_224": ("deit-distilled", {}),
@@ -110,7 +112,8 @@ def test_partition_and_family(built):
     assert cmap.family.name == family
     owned = [n for c in cmap.components for n, _ in cmap.named_parameters(c)]
     assert sorted(owned) == sorted(n for n, _ in model.named_parameters())  # each exactly once
-    assert {"emb", "ln1", "mha", "ln2", "fc1", "fc2"} <= set(cmap.components)
+    assert {"emb", "ln1", "mha", "fc2"} <= set(cmap.components)
+    assert {"ln1", "mha", "fc1", "fc2"} <= set(cmap.block_components)
 
 
 def test_embed_and_blocks_reproduce_forward_features(built):
@@ -170,7 +173,7 @@ def _step(model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tenso
 def test_one_step_finetune_trains_exactly_the_component(built):
     _, _, model, images = built
     cmap = component_map(model)
-    for train in ("all", *cmap.components):
+    for train in ("all", *cmap.trainable):
         set_trainable(model, [train], head=False, norm=False)
         expected = {
             n for c in resolve_train_set(cmap, [train]) for n, _ in cmap.named_parameters(c)
@@ -193,7 +196,7 @@ def test_a_component_the_family_lacks_is_refused_with_what_it_has():
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("vit_base_patch16_xp_224", "ParallelScalingBlock is not supported: attention and MLP"),
+        ("vit_small_patch16_18x2_224", "ParallelThingsBlock is not supported: each block has"),
         ("samvit_base_patch16", "sam .*windowed blocks"),
     ],
 )
@@ -261,6 +264,25 @@ def test_timm_loader_refuses_in_one_line():
     from vitplas.models import ModelError, load_model
 
     with pytest.raises(ModelError) as info:
-        load_model("vit_base_patch16_xp_224", random_init=True, img_size=32)
+        load_model("vit_small_patch16_18x2_224", random_init=True, img_size=32)
     assert "\n" not in str(info.value)
-    assert "ParallelScalingBlock is not supported" in str(info.value)
+    assert "ParallelThingsBlock is not supported" in str(info.value)
+
+
+def test_parallel_block_measures_mha_and_fc1_apart_and_trains_them_only_together():
+    model, images = build("vit_large_patch14_xp_224", {"qk_norm": False, "qkv_bias": True})
+    cmap, block = component_map(model), model.blocks[0]
+    assert cmap.block_components == ("ln1", "mha", "fc1", "fc2", "in_proj")  # no LayerScale
+    assert "mha" not in cmap.trainable and "fc1" not in cmap.components
+    with torch.no_grad():
+        x = cmap.embed(images)
+        y = block.in_norm(x)
+        mlp = block.mlp_out_proj(block.mlp_act(cmap.module(0, "fc1")(y)))
+        by_parts = x + block.ls(cmap.module(0, "mha")(y) + mlp)
+        assert torch.allclose(by_parts, block(x), atol=1e-5)
+    with pytest.raises(UnknownComponentError, match=r"'mha' of this .* cannot be trained alone"):
+        set_trainable(model, ["mha"])
+    frame = layer_bounds(cmap, cmap.block_components, n_tokens=5, radius=1.0, width=64)
+    bound = frame.set_index(["layer", "component"]).bound
+    assert bound[(0, "mha")] > 0 and bound[(0, "fc1")] > 0  # no q/k norm: the formula holds
+    assert math.isnan(bound[(0, "in_proj")]) and math.isnan(bound[(0, "ln1")])  # RmsNorm

@@ -21,14 +21,17 @@ from torch import nn
 from vitplas.models import families_ops as ops
 from vitplas.models.families import (
     BLOCK_COMPONENTS,
+    EXTRA_BLOCK_COMPONENTS,
     GLOBAL_COMPONENTS,
     BlockSpec,
     Family,
     find_block,
     find_family,
+    supported_names,
 )
 
-ALL_COMPONENTS = (*GLOBAL_COMPONENTS[:1], *BLOCK_COMPONENTS, *GLOBAL_COMPONENTS[1:])
+_BLOCK_NAMES = (*BLOCK_COMPONENTS, *EXTRA_BLOCK_COMPONENTS)
+ALL_COMPONENTS = (*GLOBAL_COMPONENTS[:1], *_BLOCK_NAMES, *GLOBAL_COMPONENTS[1:])
 # The paper's theoretical ranking (PAPER.md section 2): rank 1 is the least smooth.
 THEORETICAL_RANK = {"mha": 1, "fc1": 2, "fc2": 3, "ln2": 4, "ln1": 5}
 # The paper's finetuning configurations (PAPER.md section 3); "all" is full finetuning.
@@ -87,14 +90,19 @@ class ComponentMap:
         blocks = self.blocks
         if blocks is None or len(blocks) == 0:
             raise TypeError(f"this {self.family.name} model has no blocks to measure")
-        self.specs: list[BlockSpec] = [find_block(self.family, b) for b in blocks]
+        self.specs: list[BlockSpec] = [_checked_block(self.family, b) for b in blocks]
         self.paths = [
-            {n: _present(b, s.parts.get(n, ())) for n in BLOCK_COMPONENTS}
+            {n: _present(b, s.parts.get(n, ())) for n in _BLOCK_NAMES}
             for b, s in zip(blocks, self.specs, strict=True)
         ]
-        self.block_components = tuple(n for n in BLOCK_COMPONENTS if self.paths[0][n])
+        first = self.specs[0]
+        self.block_components = tuple(
+            n for n in _BLOCK_NAMES if self.paths[0][n] or n in first.probes
+        )
         self.owner = self._partition()
         self.components = tuple(n for n in ALL_COMPONENTS if n in set(self.owner.values()))
+        # what train=[name] accepts; the rest is trained only by train=[all] (see not_trainable)
+        self.trainable = tuple(n for n in self.components if n not in first.not_trainable)
         self._context: dict[tuple, list[dict[str, Any]]] = {}
 
     @property
@@ -150,6 +158,8 @@ class ComponentMap:
                 f"it has: {', '.join(self.block_components)}"
             )
         block, paths = self.block(layer), self.paths[layer][name]
+        if name in self.specs[layer].probes:
+            return ops.PROBES[self.specs[layer].probes[name]](block)
         parts = [_get(block, p) for p in paths]
         if name == "fc1" and len(parts) == 2:
             return ops.stacked_linear(*parts)
@@ -162,6 +172,8 @@ class ComponentMap:
     def attention_parts(self, layer: int) -> tuple[nn.Linear, nn.Linear, int]:
         """(fused qkv linear, output projection, number of heads) of block `layer`; separate
         q/k/v projections are stacked into one (a copy)."""
+        if "mha" in self.specs[layer].probes:
+            return self.module(layer, "mha").attention_parts()
         attn = _get(self.block(layer), self.paths[layer]["mha"][0])
         qkv = getattr(attn, "qkv", None)
         if qkv is None:
@@ -193,6 +205,8 @@ class ComponentMap:
 
     def bound_issue(self, layer: int, name: str) -> str | None:
         """Why this family's structure puts component `name` outside its bound's formula."""
+        if name not in BLOCK_COMPONENTS:
+            return f"no bound formula for {name} (a fused projection of attention and MLP)"
         if name != "mha":
             return None
         if self.family.mha_bound:
@@ -213,6 +227,17 @@ class ComponentMap:
                 yield full_name, param
 
 
+def _checked_block(family: Family, block: nn.Module) -> BlockSpec:
+    spec = find_block(family, block)
+    for path, why in spec.refuse_if:
+        if _is_present(_get(block, path)):
+            raise TypeError(
+                f"{spec.type} with {path} is not supported: {why}; "
+                f"supported families: {supported_names()}"
+            )
+    return spec
+
+
 def component_map(model: nn.Module) -> ComponentMap:
     """The component map of `model`; an unsupported architecture is a one-line TypeError."""
     return ComponentMap(model)
@@ -223,12 +248,19 @@ def resolve_train_set(cmap: ComponentMap, train: Iterable[str] | str) -> list[st
     names = parse_components(train, allowed=("all", *ALL_COMPONENTS))
     if "all" in names:
         return list(cmap.components)
-    missing = [n for n in names if n not in cmap.components]
+    missing = [n for n in names if n not in cmap.components and n not in cmap.block_components]
     if missing:
         raise UnknownComponentError(
             f"component(s) {', '.join(missing)} not in this {cmap.family.name} model; "
             f"it has: {', '.join(cmap.components)}"
         )
+    for name in names:
+        if name not in cmap.trainable:
+            why = cmap.specs[0].not_trainable[name]
+            raise UnknownComponentError(
+                f"component '{name}' of this {cmap.specs[0].type} model cannot be trained "
+                f"alone: {why}; trainable: {', '.join(cmap.trainable)}"
+            )
     return names
 
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 BLOCK_COMPONENTS = ("ln1", "mha", "ln2", "fc1", "fc2", "ls1", "ls2")
+# per-block components a family adds: a parallel block's fused q/k/v + fc1 projection
+EXTRA_BLOCK_COMPONENTS = ("in_proj",)
 GLOBAL_COMPONENTS = ("emb", "norm", "pool", "head")
 INPUT_MODES = ("embedding", "hidden")
 
@@ -45,6 +47,9 @@ class BlockSpec:
     type: str  # "<timm module>.<class>" of the block
     parts: dict[str, tuple[str, ...]]
     post_norm: bool = False  # norms after attention / MLP (ResPost): ln1/ln2 read their output
+    probes: dict[str, str] = field(default_factory=dict)  # component -> families_ops.PROBES kind
+    not_trainable: dict[str, str] = field(default_factory=dict)  # component -> why not alone
+    refuse_if: tuple[tuple[str, str], ...] = ()  # (attribute present, why it is refused)
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,25 @@ _GAMMA = {"ls1": ("gamma_1",), "ls2": ("gamma_2",)}
 _HEAD = {"norm": ("norm", "fc_norm"), "pool": ("attn_pool",), "head": ("head",)}
 _VIT_EMB = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
 
+_IN_PROJ = "its weights are rows of the fused in_proj it shares with {}: train in_proj or all"
+PARALLEL_BLOCK = BlockSpec(
+    "vision_transformer.ParallelScalingBlock",
+    {
+        "ln1": ("in_norm",),  # the one norm, read by attention and MLP alike
+        "in_proj": ("in_proj", "mlp_bias"),
+        "mha": ("q_norm", "k_norm", "attn_out_proj"),
+        "fc2": ("mlp_out_proj",),
+        "ls1": ("ls",),  # one LayerScale on attention + MLP
+    },
+    probes={"mha": "parallel_mha", "fc1": "parallel_fc1"},
+    not_trainable={"mha": _IN_PROJ.format("fc1"), "fc1": _IN_PROJ.format("mha")},
+    refuse_if=(("out_proj", "attention and MLP share one fused output projection (out_proj)"),),
+)
+
 VIT_BLOCKS = (
     BlockSpec("vision_transformer.Block", {**_PRE, **_LS}),
     BlockSpec("vision_transformer.ResPostBlock", {**_PRE, **_LS}, post_norm=True),
+    PARALLEL_BLOCK,
 )
 EVA_BLOCKS = (
     BlockSpec("eva.EvaBlock", {**_PRE, **_GAMMA}),
@@ -106,9 +127,11 @@ FAMILIES: tuple[Family, ...] = (
             "vit_base_patch16_224.mae",
             "vit_base_r50_s16_224 (hybrid)",
             "aimv2_large_patch14_224",
+            "vit_base_patch16_xp_224 (parallel)",
         ),
         notes="timm vision_transformer(_hybrid): plain, DeiT, DeiT-III, CLIP, SigLIP(2), "
-        "registers, GAP, FlexiViT, MAE, hybrid conv stems, AIMv2 (RmsNorm, SwiGLU)",
+        "registers, GAP, FlexiViT, MAE, hybrid conv stems, AIMv2 (RmsNorm, SwiGLU); parallel-"
+        "scaling (xp): mha and fc1 measured, trained only together (in_proj), no ln2",
     ),
     Family(
         name="deit-distilled",
@@ -178,12 +201,6 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 REFUSED: tuple[Refused, ...] = (
-    Refused(
-        "vision_transformer.ParallelScalingBlock",
-        "vit (parallel-scaling, xp)",
-        "attention and MLP share one fused input projection (in_proj), so neither mha nor "
-        "fc1 can be trained or measured alone",
-    ),
     Refused(
         "vision_transformer.DiffParallelScalingBlock",
         "vit (differential parallel-scaling)",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -71,6 +72,60 @@ def sliced_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> nn.Linear:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     linear.weight = nn.Parameter(weight, requires_grad=False)
     return linear
+
+
+def rows_linear(linear: nn.Linear, rows: slice, bias: torch.Tensor | None = None) -> nn.Linear:
+    """Rows `rows` of `linear` as a new nn.Linear (copies, no gradient); bias: its own or given."""
+    weight = linear.weight.detach()[rows]
+    if bias is None and linear.bias is not None:
+        bias = linear.bias.detach()[rows]
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    out.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        out.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return out
+
+
+class ParallelAttention(nn.Module):
+    """The attention of a parallel-scaling block alone: q/k/v from the last 3D rows of its
+    fused in_proj, q/k norms, softmax attention, attn_out_proj. Other attributes (num_heads,
+    q_norm, scale...) are the block's."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def attention_parts(self) -> tuple[nn.Linear, nn.Linear, int]:
+        hidden = self.block.in_split[0]
+        qkv = rows_linear(self.block.in_proj, slice(hidden, None))
+        return qkv, self.block.attn_out_proj, self.block.num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blk, (b, n, _) = self.block, x.shape
+        qkv, proj, heads = self.attention_parts()
+        q, k, v = qkv(x).view(b, n, 3, heads, blk.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(blk.q_norm(q), blk.k_norm(k), v, scale=blk.scale)
+        return proj(out.transpose(1, 2).reshape(b, n, heads * blk.head_dim))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "block":
+                raise
+            return getattr(self.block, name)
+
+
+def parallel_fc1(block: nn.Module) -> nn.Linear:
+    """A parallel-scaling block's MLP input projection: the first H rows of in_proj."""
+    hidden = block.in_split[0]
+    return rows_linear(block.in_proj, slice(0, hidden), block.mlp_bias)
+
+
+PROBES: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "parallel_mha": ParallelAttention,
+    "parallel_fc1": parallel_fc1,
+}
 
 
 def patch_size(embed: nn.Module) -> tuple[int, int]:
