@@ -286,3 +286,35 @@ def test_parallel_block_measures_mha_and_fc1_apart_and_trains_them_only_together
     bound = frame.set_index(["layer", "component"]).bound
     assert bound[(0, "mha")] > 0 and bound[(0, "fc1")] > 0  # no q/k norm: the formula holds
     assert math.isnan(bound[(0, "in_proj")]) and math.isnan(bound[(0, "ln1")])  # RmsNorm
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("eva02_base_patch14_224", {}),  # SwiGLU fc1
+        ("vit_small_patch16_dinov3", {}),  # gamma_1 / gamma_2, rope
+        ("vit_large_patch14_xp_224", {"qkv_bias": False}),  # parallel: mha, fc1 from in_proj
+    ],
+)
+def test_probe_hooks_see_each_component_output_in_the_models_own_forward(name, extra):
+    from vitplas.training.probe import extract_features, probe_points
+
+    model, images = build(name, extra)
+    cmap = component_map(model)
+    points = probe_points(model, layers=[0], components=["all"])
+    loader = [(images, torch.arange(4))]
+    feats, labels = extract_features(model, loader, points, pool="mean")
+    assert labels.tolist() == [0, 1, 2, 3]
+    with torch.no_grad():  # block 0 reads the embedding output h
+        h = cmap.embed(images)
+        y = cmap.module(0, "ln1")(h)
+        expected = {"mha": cmap.module(0, "mha")(y)}
+        if "ls1" in cmap.block_components:
+            expected["ls1"] = cmap.module(0, "ls1")(expected["mha"])
+        if "ln2" in cmap.block_components:  # pre-norm: the MLP reads ln2(h + ls1(mha))
+            y = cmap.module(0, "ln2")(h + expected.get("ls1", expected["mha"]))
+        expected["fc1"] = cmap.module(0, "fc1")(y)
+    assert set(expected) <= {c for _, c in points}
+    assert ("ls1" in expected) == (name == "vit_small_patch16_dinov3")
+    for comp, out in expected.items():
+        assert torch.allclose(feats[(0, comp)], out.mean(dim=1), atol=1e-4), comp

@@ -22,6 +22,7 @@ from vitplas.models import families_ops as ops
 from vitplas.models.families import (
     BLOCK_COMPONENTS,
     EXTRA_BLOCK_COMPONENTS,
+    GAMMA_SOURCES,
     GLOBAL_COMPONENTS,
     BlockSpec,
     Family,
@@ -163,8 +164,8 @@ class ComponentMap:
         parts = [_get(block, p) for p in paths]
         if name == "fc1" and len(parts) == 2:
             return ops.stacked_linear(*parts)
-        if isinstance(parts[0], nn.Parameter):
-            return ops.GammaScale(parts[0])
+        if isinstance(parts[0], nn.Parameter):  # gamma_1 scales the attention, gamma_2 the MLP
+            return ops.GammaScale(parts[0], _get(block, GAMMA_SOURCES[name]))
         if name == "mha" and self.family.context != "none":
             return ops.BoundCall(parts[0], lambda x: self.block_kwargs(layer, x.shape[1]))
         return parts[0]

@@ -82,6 +82,7 @@ _MLP = {"fc1": ("mlp.fc1", "mlp.fc1_g", "mlp.fc1_x"), "fc2": ("mlp.fc2", "mlp.no
 _PRE = {"ln1": ("norm1",), "mha": ("attn",), "ln2": ("norm2",), **_MLP}
 _LS = {"ls1": ("ls1",), "ls2": ("ls2",)}
 _GAMMA = {"ls1": ("gamma_1",), "ls2": ("gamma_2",)}
+GAMMA_SOURCES = {"ls1": "attn", "ls2": "mlp"}  # the module whose output gamma_1/gamma_2 scale
 _HEAD = {"norm": ("norm", "fc_norm"), "pool": ("attn_pool",), "head": ("head",)}
 _VIT_EMB = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
 

@@ -6,8 +6,10 @@ modules the plasticity estimator calls on a (2B, N, D) token batch.
   embeddings, a shared relative position bias), computed as the model computes them.
 - BoundCall(module, kwargs): calls module(x, **kwargs(x)), so MHA with rope or a relative position
   bias is measured as the model computes it through the estimator's generic path.
-- GammaScale(gamma): EVA/BEiT's gamma_1/gamma_2 as a LayerScale-like module (x * gamma).
-- stacked_linear(a, b): SwiGLU's fc1_g and fc1_x as one bias-free nn.Linear [W_g; W_x]:
+- GammaScale(gamma, source): EVA/BEiT's gamma_1/gamma_2 as a LayerScale-like module.
+- Forward hooks registered on any of these fire during the model's own forward pass (on the
+  module the model really calls), with this component's output: probes read them.
+- stacked_linear(a, b): SwiGLU's fc1_g and fc1_x as one nn.Linear [W_g; W_x] (a copy):
   f(x) - f(y) = [W_g; W_x](x - y), so FC1's plasticity and bound read both projections.
 """
 
@@ -47,23 +49,56 @@ class BoundCall(nn.Module):
         return self.inner.register_forward_hook(hook, *args, **kwargs)
 
 
-class GammaScale(nn.Module):
-    """x * gamma for a (D,) gamma parameter held by a block (not a module of its own)."""
+def _hook_via(owner: nn.Module, source: nn.Module, view: Callable, hook, *args, **kwargs):
+    """Register `hook` so that it fires when the model runs `source`, seeing `owner` and the
+    output view(inputs, output) that `owner` stands for (the relay never alters the output)."""
 
-    def __init__(self, gamma: nn.Parameter) -> None:
+    def relay(_module, inputs, output):
+        hook(owner, inputs, view(inputs, output))
+
+    return source.register_forward_hook(relay, *args, **kwargs)
+
+
+class GammaScale(nn.Module):
+    """x * gamma for a (D,) gamma parameter held by a block (not a module of its own). Forward
+    hooks fire on `source` (the attention or MLP it scales) with gamma * its output."""
+
+    def __init__(self, gamma: nn.Parameter, source: nn.Module) -> None:
         super().__init__()
         self.gamma = gamma
+        self._source = [source]  # a list: not a child module (no children = a LayerScale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
 
+    def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
+        view = lambda _inputs, out: out * self.gamma  # noqa: E731
+        return _hook_via(self, self._source[0], view, hook, *args, **kwargs)
+
+
+class ViewLinear(nn.Linear):
+    """A linear map copied out of a model (no gradient) whose forward hooks fire when the model
+    runs `source`, with view(inputs, output) as this map's output."""
+
+    def __init__(self, weight: torch.Tensor, bias, source: nn.Module, view: Callable) -> None:
+        super().__init__(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        self._hook = [source, view]  # a list: not a child module
+
+    def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
+        return _hook_via(self, *self._hook, hook, *args, **kwargs)
+
 
 def stacked_linear(first: nn.Linear, second: nn.Linear) -> nn.Linear:
-    """A bias-free nn.Linear whose weight is [W_first; W_second] (a copy, no gradient)."""
+    """[W_first; W_second] (and biases) as one linear (SwiGLU's fc1_g and fc1_x); its hooks see
+    both outputs concatenated, from the model's own call of `second`."""
     weight = torch.cat([first.weight.detach(), second.weight.detach()])  # (2H, D)
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=False)
-    return linear
+    biases = [lin.bias.detach() if lin.bias is not None else None for lin in (first, second)]
+    bias = None if biases[0] is None or biases[1] is None else torch.cat(biases)
+    view = lambda inputs, out: torch.cat([first(inputs[0]), out], dim=-1)  # noqa: E731
+    return ViewLinear(weight, bias, second, view)
 
 
 def sliced_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> nn.Linear:
@@ -100,6 +135,10 @@ class ParallelAttention(nn.Module):
         qkv = rows_linear(self.block.in_proj, slice(hidden, None))
         return qkv, self.block.attn_out_proj, self.block.num_heads
 
+    def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
+        view = lambda _inputs, out: out  # noqa: E731  the output projection's output
+        return _hook_via(self, self.block.attn_out_proj, view, hook, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blk, (b, n, _) = self.block, x.shape
         qkv, proj, heads = self.attention_parts()
@@ -117,9 +156,19 @@ class ParallelAttention(nn.Module):
 
 
 def parallel_fc1(block: nn.Module) -> nn.Linear:
-    """A parallel-scaling block's MLP input projection: the first H rows of in_proj."""
-    hidden = block.in_split[0]
-    return rows_linear(block.in_proj, slice(0, hidden), block.mlp_bias)
+    """A parallel-scaling block's MLP input projection: the first H rows of in_proj (bias: those
+    rows of in_proj's, or mlp_bias)."""
+    hidden, proj = block.in_split[0], block.in_proj
+    if block.mlp_bias is not None:
+        bias = block.mlp_bias
+    else:
+        bias = None if proj.bias is None else proj.bias[:hidden]
+
+    def view(_inputs, out: torch.Tensor) -> torch.Tensor:
+        mlp = out[..., :hidden]
+        return mlp + block.mlp_bias if block.mlp_bias is not None else mlp
+
+    return ViewLinear(proj.weight.detach()[:hidden], bias, proj, view)
 
 
 PROBES: dict[str, Callable[[nn.Module], nn.Module]] = {
