@@ -36,6 +36,8 @@ MODELS = {
     "vit_base_patch32_clip_quickgelu_224": ("vit", {}),
     "vit_base_patch16_siglip_224": ("vit", {}),
     "vit_base_patch16_siglip_gap_224": ("vit", {}),
+    "vit_base_patch16_siglip_224.v2_webli": ("vit", {}),  # SigLIP2
+    "vit_base_patch16_224.mae": ("vit", {}),
     "flexivit_small": ("vit", {}),
     "vit_base_mci_224": ("vit", {"embed_dim": 768, "num_heads": 12}),  # no stem proj
     "vit_base_r50_s16_224": ("vit", {}),
