@@ -104,7 +104,6 @@ class ComponentMap:
         self.components = tuple(n for n in ALL_COMPONENTS if n in set(self.owner.values()))
         # what train=[name] accepts; the rest is trained only by train=[all] (see not_trainable)
         self.trainable = tuple(n for n in self.components if n not in first.not_trainable)
-        self._context: dict[tuple, list[dict[str, Any]]] = {}
 
     @property
     def blocks(self) -> nn.Module:
@@ -191,14 +190,9 @@ class ComponentMap:
         return ops.patch_size(embed)
 
     def block_kwargs(self, layer: int, n_tokens: int) -> dict[str, Any]:
-        """Extra arguments block `layer` takes for a sequence of n_tokens (rope, shared bias)."""
-        device = next(self.model.parameters()).device
-        key = (n_tokens, str(device))
-        if key not in self._context:
-            self._context = {
-                key: ops.CONTEXTS[self.family.context](self.model, n_tokens, self.depth)
-            }
-        return self._context[key][layer]
+        """Extra arguments block `layer` takes for a sequence of n_tokens (rope, shared bias),
+        computed afresh from the current parameters (no cache that training could outdate)."""
+        return ops.CONTEXTS[self.family.context](self.model, n_tokens, self.depth)[layer]
 
     def forward_block(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """Block `layer` on tokens h (B, N, D), with the arguments the model passes it."""
