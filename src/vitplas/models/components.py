@@ -72,7 +72,7 @@ def _get(root: nn.Module, path: str) -> Any:
 
 
 def _is_present(obj: object) -> bool:
-    """A part exists when it is a parameter or a module with parameters, not an Identity."""
+    """A part exists when it is a parameter or a module that is not an Identity."""
     if isinstance(obj, nn.Parameter):
         return True
     return isinstance(obj, nn.Module) and not isinstance(obj, nn.Identity)
