@@ -101,24 +101,18 @@ def stacked_linear(first: nn.Linear, second: nn.Linear) -> nn.Linear:
     return ViewLinear(weight, bias, second, view)
 
 
+def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """An nn.Linear holding copies of `weight` (out, in) and `bias`, with no gradient."""
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    out.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+    if bias is not None:
+        out.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+    return out
+
+
 def sliced_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> nn.Linear:
     """Separate q/k/v projections as one fused (3A, D) linear, rows ordered (q|k|v)."""
-    weight = torch.cat([q.weight.detach(), k.weight.detach(), v.weight.detach()])
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=False)
-    return linear
-
-
-def rows_linear(linear: nn.Linear, rows: slice, bias: torch.Tensor | None = None) -> nn.Linear:
-    """Rows `rows` of `linear` as a new nn.Linear (copies, no gradient); bias: its own or given."""
-    weight = linear.weight.detach()[rows]
-    if bias is None and linear.bias is not None:
-        bias = linear.bias.detach()[rows]
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    out.weight = nn.Parameter(weight, requires_grad=False)
-    if bias is not None:
-        out.bias = nn.Parameter(bias.detach(), requires_grad=False)
-    return out
+    return frozen_linear(torch.cat([q.weight, k.weight, v.weight]))
 
 
 class ParallelAttention(nn.Module):
@@ -131,9 +125,13 @@ class ParallelAttention(nn.Module):
         self.block = block
 
     def attention_parts(self) -> tuple[nn.Linear, nn.Linear, int]:
-        hidden = self.block.in_split[0]
-        qkv = rows_linear(self.block.in_proj, slice(hidden, None))
-        return qkv, self.block.attn_out_proj, self.block.num_heads
+        hidden, proj = self.block.in_split[0], self.block.in_proj
+        bias = None if proj.bias is None else proj.bias[hidden:]
+        return (
+            frozen_linear(proj.weight[hidden:], bias),
+            self.block.attn_out_proj,
+            self.block.num_heads,
+        )
 
     def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
         view = lambda _inputs, out: out  # noqa: E731  the output projection's output
