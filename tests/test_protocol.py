@@ -167,3 +167,56 @@ def test_paper_head_is_torch_linear_default_init():
     assert {"model_interpolation", "model_crop_pct"} <= set(info)
     with pytest.raises(ValueError, match="not a Linear"):
         reset_head(nn.Sequential())
+
+
+def test_analysis_commands_take_the_protocol(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from vitplas.analysis.setup import open_stream, resolve_device, setup_model
+    from vitplas.cli import app
+
+    runner = CliRunner()
+    tiny = ["--model", "tiny-random", "--random-init", "--device", "cpu", "--protocol", "paper"]
+    out = tmp_path / "plasticity"
+    args = ["plasticity", *tiny, "--target", "digits", "--pairs", "8", "--batch-size", "8"]
+    result = runner.invoke(app, [*args, "--no-bounds", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["protocol"] == "paper"
+    bounds = ["bounds", *tiny, "--dataset", "digits", "--radius-images", "8"]
+    result = runner.invoke(app, [*bounds, "--plasticity", str(out), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["radius", *tiny[:3], "--dataset", "digits", "--images", "8"])
+    assert result.exit_code == 0 and result.output.startswith("r = ")
+    result = runner.invoke(app, [*args, "--protocol", "timm", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "protocol" in result.output
+    # paper: the original's test carving of a one-pool dataset and its eval transform
+    setup = setup_model(
+        "tiny-random", random_init=True, img_size=None, device=resolve_device("cpu")
+    )
+    stream = open_stream("digits", "test", setup.transform("paper"), None, False, "paper")
+    assert np.array_equal(stream.indices, paper_test_split(1797)[1])
+    steps = setup.transform("paper").transforms
+    resize = next(t for t in steps if isinstance(t, T.Resize))
+    assert resize.size == 32 and resize.interpolation == T.InterpolationMode.BILINEAR
+
+
+def test_paper_sweep_lists_924_runs_of_the_seven_train_sets():
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+    from vitplas.experiments.reproduce import check_analysis
+    from vitplas.experiments.spec import load_spec
+    from vitplas.models.components import PAPER_TRAIN_SETS
+
+    spec_path = Path(__file__).parents[1] / "configs" / "paper" / "main.yaml"
+    result = CliRunner().invoke(app, ["sweep", str(spec_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "924 runs"
+    spec = load_spec(spec_path)
+    assert tuple(spec.grid["train"]) == PAPER_TRAIN_SETS
+    assert PAPER_TRAIN_SETS == ("all", "emb", "ln1", "mha", "ln2", "fc1", "fc2")
+    jobs = check_analysis(spec)  # every analysis entry is a valid config
+    assert {job.config.get("protocol") for job in jobs} == {"paper"}

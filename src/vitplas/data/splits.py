@@ -57,6 +57,17 @@ class SplitPlan:
 FIXED = SplitPlan()
 
 
+def plan_for(protocol: str, val: str = "auto", seed: int = 0) -> SplitPlan:
+    """The split plan of a protocol: paper = the original's test carving and, with val
+    'auto', its seeded val split; model = ours (fixed). `val` fixed/seeded overrides."""
+    if protocol not in ("paper", "model"):
+        raise ValueError(f"protocol '{protocol}' is unknown; known: paper, model")
+    if val == "auto":
+        val = "seeded" if protocol == "paper" else "fixed"
+    test = "paper" if protocol == "paper" else "fixed"
+    return SplitPlan(test=test, val=val, seed=seed)  # type: ignore[arg-type]
+
+
 def paper_test_split(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) of range(n) by the original's rule, each sorted int64 (module docstring).
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
-from vitplas.data.splits import SplitPlan
+from vitplas.data.splits import SplitPlan, plan_for
 
 
 @dataclass
@@ -138,11 +138,7 @@ class FinetuneConfig:
 
     def split_plan(self) -> SplitPlan:
         """How test and val are carved (data.splits): the original's under protocol paper."""
-        val = {"auto": "seeded" if self.protocol == "paper" else "fixed"}.get(
-            self.val_split, self.val_split
-        )
-        test = "paper" if self.protocol == "paper" else "fixed"
-        return SplitPlan(test=test, val=val, seed=self.seed)  # type: ignore[arg-type]
+        return plan_for(self.protocol, self.val_split, self.seed)
 
     @property
     def validates_at_end(self) -> bool:
