@@ -76,7 +76,14 @@ def test_cli_probe_paper_protocol(tmp_path):
     from vitplas.cli import app
 
     args = ["probe", "--model", "tiny-random", "--dataset", "digits", "img_size=32"]
-    args += ["layers=[0]", "components=[mha]", "max_train=200", "max_test=100", "protocol=paper"]
+    args += [
+        "layers=[0]",
+        "components=[mha]",
+        "max_train=200",
+        "max_test=100",
+        "--protocol",
+        "paper",
+    ]
     args += ["batch_size=64", "num_workers=0", "device=cpu", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
