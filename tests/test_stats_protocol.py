@@ -30,7 +30,7 @@ def test_best_lr_carries_the_t_interval():
             "lr": [0.01] * 3 + [0.03] * 3,
             "seed": [0, 42, 3407] * 2,
             "test_acc": [90.0, 91.0, 93.0, 80.0, 80.0, 80.0],
-        }  # fmt: skip
+        }
     )
     best = stats.best_lr(table, ["dataset"])
     assert list(best.columns) == ["dataset", "best_lr", "mean", "std", "n", "ci95"]
