@@ -220,3 +220,29 @@ def test_paper_sweep_lists_924_runs_of_the_seven_train_sets():
     assert PAPER_TRAIN_SETS == ("all", "emb", "ln1", "mha", "ln2", "fc1", "fc2")
     jobs = check_analysis(spec)  # every analysis entry is a valid config
     assert {job.config.get("protocol") for job in jobs} == {"paper"}
+
+
+def test_cifar10c_paper_split_through_the_registry(tmp_path):
+    """A synthetic CIFAR-10-C of 5 x 10,000 images: severity 5's test split is the rule's."""
+    from vitplas.data import get_dataset
+
+    n = 10_000
+    base = tmp_path / "CIFAR-10-C"
+    base.mkdir()
+    images = np.zeros((5 * n, 2, 2, 3), dtype=np.uint8)
+    rows = np.tile(np.arange(n), 5)
+    images[:, 0, 0, 0] = rows // 256  # the row within its severity, in two bytes
+    images[:, 0, 0, 1] = rows % 256
+    images[:, 0, 0, 2] = np.repeat(np.arange(1, 6), n)  # the severity
+    np.save(base / "snow.npy", images)
+    np.save(base / "labels.npy", (rows % 10).astype(np.uint8))
+    plan = SplitPlan(test="paper", val="seeded", seed=0)
+    test = get_dataset("cifar10-c/snow/5", "test", root=tmp_path, plan=plan)
+    order = np.random.RandomState(42).permutation(n)
+    assert np.array_equal(test.indices, np.sort(order[8000:]))
+    pixels = np.asarray(test[0][0]).astype(np.int64)
+    assert pixels[0, 0, 2] == 5 and pixels[0, 0, 0] * 256 + pixels[0, 0, 1] == order[8000:].min()
+    train = get_dataset("cifar10-c/snow/5", "train", root=tmp_path, plan=plan)
+    val = get_dataset("cifar10-c/snow/5", "val", root=tmp_path, plan=plan)
+    assert (len(train), len(val), len(test)) == (6400, 1600, 2000)
+    assert np.array_equal(np.union1d(train.indices, val.indices), np.sort(order[:8000]))
