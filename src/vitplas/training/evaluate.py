@@ -117,9 +117,9 @@ def evaluate_run(
     _check_classes(cfg.dataset, names)  # before any work: a bad name loses nothing
     prep = preprocessing_for(cfg.protocol, _model_stats(Path(run_dir), cfg))
     transform = build_transform(size=cfg.img_size, train=False, **prep)
+    plan = cfg.split_plan()  # the test carving the run's protocol uses
     rows = []
     for name in names:
-        plan = cfg.split_plan()
         data = get_dataset(name, split, transform=transform, root=cfg.data_root, plan=plan)
         loader = eval_loader(data, batch_size, num_workers=num_workers)
         scores = evaluate_model(model, loader, dev, amp=cfg.amp)
