@@ -246,3 +246,21 @@ def test_cifar10c_paper_split_through_the_registry(tmp_path):
     val = get_dataset("cifar10-c/snow/5", "val", root=tmp_path, plan=plan)
     assert (len(train), len(val), len(test)) == (6400, 1600, 2000)
     assert np.array_equal(np.union1d(train.indices, val.indices), np.sort(order[:8000]))
+
+
+def test_paper_run_trains_and_evaluates_on_the_original_splits(tmp_path):
+    from vitplas.training.config import load_finetune_config
+    from vitplas.training.evaluate import evaluate_run
+    from vitplas.training.finetune import run_finetune
+
+    overrides = ["protocol=paper", "steps=4", "warmup_steps=2", "eval_every=2", "batch_size=16"]
+    overrides += ["tensorboard=false", "num_workers=0", "device=cpu", "max_eval_samples=64"]
+    from pathlib import Path
+
+    preset = Path(__file__).parents[1] / "configs" / "finetune" / "smoke-digits.yaml"
+    cfg = load_finetune_config(preset, overrides)
+    assert (cfg.amp, cfg.val_split) == ("none", "seeded")
+    result = run_finetune(cfg, tmp_path / "run")
+    assert result["test_n"] == 64
+    table = evaluate_run(tmp_path / "run", device="cpu", num_workers=0)
+    assert table["n"].tolist() == [len(paper_test_split(1797)[1])]  # the original's test split
