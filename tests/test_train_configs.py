@@ -52,7 +52,7 @@ def test_paper_presets_hold_the_paper_protocol():
         assert (cfg.model, cfg.img_size, cfg.batch_size) == ("vit-b16-in21k", 224, 512)
         assert (cfg.optimizer, cfg.momentum, cfg.weight_decay) == ("sgd", 0.9, 0.0)
         assert (cfg.warmup_steps, cfg.grad_clip) == (2000, 1.0)
-        assert cfg.train_head and cfg.train_norm and cfg.normalization == "paper"
+        assert cfg.train_head and cfg.train_norm and cfg.protocol == "paper"
 
 
 def test_base_chain_and_overrides(tmp_path):

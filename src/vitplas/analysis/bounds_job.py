@@ -34,7 +34,7 @@ class BoundsConfig:
     model: str = "dinov2-s14"
     random_init: bool = False
     img_size: int | None = None
-    normalization: Literal["model", "paper"] = "model"
+    protocol: Literal["model", "paper"] = "model"  # preprocessing and splits (data.transforms)
     dataset: str = "fashion-mnist"
     split: str = "test"
     data_root: str | None = None
@@ -60,7 +60,7 @@ class BoundsConfig:
 
 
 # what a plasticity run must share with the bounds it is divided by
-SAME_AS_PLASTICITY = ("model", "random_init", "img_size", "normalization", "inputs")
+SAME_AS_PLASTICITY = ("model", "random_init", "img_size", "protocol", "inputs")
 
 
 def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
@@ -89,9 +89,8 @@ def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
     """r (a number, or one per layer for hidden inputs) and where it came from."""
     if cfg.radius is not None:
         return cfg.radius, "given"
-    data = open_stream(
-        cfg.dataset, cfg.split, setup.transform(cfg.normalization), cfg.data_root, False
-    )
+    transform = setup.transform(cfg.protocol)
+    data = open_stream(cfg.dataset, cfg.split, transform, cfg.data_root, False, cfg.protocol)
     return measured_radius(
         setup,
         data,

@@ -44,7 +44,9 @@ class PlasticityConfig:
     model: str = "dinov2-s14"
     random_init: bool = False
     img_size: int | None = None
-    normalization: Literal["model", "paper"] = "model"
+    # preprocessing and splits: model = the checkpoint's own (the default, any model); paper =
+    # the original release's (ImageNet mean/std, bilinear Resize + CenterCrop, its test split)
+    protocol: Literal["model", "paper"] = "model"
     reference: str = "photos"
     reference_split: str = "val"
     target: str = "fashion-mnist"
@@ -164,11 +166,10 @@ def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) ->
         device=resolve_device(cfg.device),
     )
     components = resolve_components(setup.cmap, cfg.components)
-    transform = setup.transform(cfg.normalization)
-    reference = open_stream(
-        cfg.reference, cfg.reference_split, transform, cfg.data_root, cfg.download
-    )
-    target = open_stream(cfg.target, cfg.target_split, transform, cfg.data_root, cfg.download)
+    transform = setup.transform(cfg.protocol)
+    streams = (transform, cfg.data_root, cfg.download, cfg.protocol)
+    reference = open_stream(cfg.reference, cfg.reference_split, *streams)
+    target = open_stream(cfg.target, cfg.target_split, *streams)
     t_setup = time.perf_counter()
     bounds, radius, radius_source = _bounds(cfg, setup, components, target)
     t_bounds = time.perf_counter()

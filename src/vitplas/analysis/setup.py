@@ -13,7 +13,8 @@ from vitplas.analysis.bounds import token_radius
 from vitplas.analysis.estimate import precision
 from vitplas.analysis.pairs import stream_seed
 from vitplas.analysis.plasticity import embed_images
-from vitplas.data import build_transform, dataset_info, get_dataset, make_loader
+from vitplas.data import dataset_info, get_dataset, make_loader, transform_for
+from vitplas.data.splits import plan_for
 from vitplas.models import LoadedModel, load_model
 from vitplas.models.components import ComponentMap, component_map
 
@@ -38,9 +39,10 @@ class ModelSetup:
     n_tokens: int
     width: int
 
-    def transform(self, normalization: str = "model"):
-        mean, std = self.loaded.normalization(normalization)
-        return build_transform(mean, std, self.loaded.input_size, train=False)
+    def transform(self, protocol: str = "model"):
+        """Eval transform of `protocol` (data.transforms): paper = the original's, model = the
+        checkpoint's own mean/std, interpolation and crop fraction."""
+        return transform_for(self.loaded, train=False, protocol=protocol)
 
 
 def setup_model(
@@ -56,8 +58,12 @@ def setup_model(
     return ModelSetup(loaded, cmap, device, int(n_tokens), int(width))
 
 
-def open_stream(name: str, split: str, transform, root: str | None, download: bool) -> Dataset:
-    return get_dataset(name, split, transform=transform, root=root, download=download)
+def open_stream(
+    name: str, split: str, transform, root: str | None, download: bool, protocol: str = "model"
+) -> Dataset:
+    """Dataset `name`/`split`, carved as `protocol` says (paper: the original's test split)."""
+    plan = plan_for(protocol)
+    return get_dataset(name, split, transform=transform, root=root, download=download, plan=plan)
 
 
 def measured_radius(

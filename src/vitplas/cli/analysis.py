@@ -23,6 +23,9 @@ SEED = typer.Option(None, "--seed", help="Seed of the pairs' order.")
 RADIUS = typer.Option(None, "--radius", help="Token radius r (default: measured).")
 LN_BOUND = typer.Option(None, "--ln-bound", help="abs (max|gamma|) or signed (original).")
 SLICING = typer.Option(None, "--mha-slicing", help="rows (per-head rows) or columns (original).")
+PROTOCOL = typer.Option(
+    None, "--protocol", help="model (the checkpoint's preprocessing) or paper (the original's)."
+)
 OUT = typer.Option(None, "--out", help="Run folder (default: runs/<kind>/<time>-<model>).")
 CONFIG = typer.Option(None, "--config", help="YAML file with config keys.")
 
@@ -72,6 +75,7 @@ def plasticity_command(
     radius: float = RADIUS,
     ln_bound: str = LN_BOUND,
     mha_slicing: str = SLICING,
+    protocol: str = PROTOCOL,
     out: Path = OUT,
     config: Path = CONFIG,
 ) -> None:
@@ -103,6 +107,7 @@ def plasticity_command(
         "radius": radius,
         "ln_bound": ln_bound,
         "mha_slicing": mha_slicing,
+        "protocol": protocol,
     }
     try:
         cfg = _config(PlasticityConfig, config, options)
@@ -177,6 +182,7 @@ def bounds_command(
     plasticity: str = typer.Option(None, "--plasticity", help="A plasticity run to divide."),
     device: str = DEVICE,
     seed: int = SEED,
+    protocol: str = PROTOCOL,
     out: Path = OUT,
     config: Path = CONFIG,
 ) -> None:
@@ -198,6 +204,7 @@ def bounds_command(
         "plasticity": plasticity,
         "device": device,
         "seed": seed,
+        "protocol": protocol,
     }
     try:
         cfg = _config(BoundsConfig, config, options)
@@ -226,6 +233,7 @@ def radius_command(
     inputs: str = typer.Option("embedding", "--inputs", help="embedding, or hidden (per layer)."),
     device: str = typer.Option("auto", "--device"),
     seed: int = typer.Option(0, "--seed"),
+    protocol: str = typer.Option("model", "--protocol", help="model or paper preprocessing."),
 ) -> None:
     """Token radius r: mean over images of the RMS token norm of the embedding output."""
     from vitplas.analysis.setup import dataset_radius, open_stream, resolve_device, setup_model
@@ -239,7 +247,7 @@ def radius_command(
             img_size=img_size,
             device=resolve_device(device),
         )
-        data = open_stream(dataset, split, setup.transform(), None, False)
+        data = open_stream(dataset, split, setup.transform(protocol), None, False, protocol)
         r = dataset_radius(
             setup,
             data,

@@ -132,6 +132,7 @@ def probe(
     ),
     model: str | None = typer.Option(None, help="model spec (preset, timm name, file)"),
     dataset: str | None = typer.Option(None, help="dataset name"),
+    protocol: str | None = typer.Option(None, help="model (default) or paper (the original's)"),
     out: Path | None = typer.Option(None, "--out", help="run folder (default runs/probe/...)"),
 ) -> None:
     """Linear probes on (layer, component) outputs of a frozen model: a tidy accuracy table.
@@ -145,6 +146,7 @@ def probe(
 
     config, overrides = _split_args(args or [])
     overrides += [f"model={model}"] * bool(model) + [f"dataset={dataset}"] * bool(dataset)
+    overrides += [f"protocol={protocol}"] * bool(protocol)
     try:
         cfg = load_config(ProbeConfig, config, overrides)
         run_dir = out or default_run_dir("probe", f"{cfg.model}-{cfg.dataset}")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitplas.data.records import ImageDataset
 from vitplas.data.registry import DataError, Source, dataset_info, entry_reader, resolve_root
-from vitplas.data.splits import SPLIT_SEED, part_for, select
+from vitplas.data.splits import FIXED, SPLIT_SEED, SplitPlan, part_for, select
 
 
 def get_dataset(
@@ -24,11 +24,13 @@ def get_dataset(
     root: str | Path | None = None,
     download: bool = False,
     split_seed: int = SPLIT_SEED,
+    plan: SplitPlan = FIXED,
 ) -> ImageDataset:
     """Dataset `name` (see list_datasets) restricted to `split`: items (image, label: int).
 
     Splits are the paper's: 'train' / 'val' / 'test', val carved from the official train split
-    with `split_seed` (fixed; never the training seed). Files are read under
+    with `split_seed` (fixed; never the training seed), or as `plan` asks (splits.SplitPlan:
+    the original's carvings for the paper protocol). Files are read under
     resolve_root(root); `download=True` fetches what has a download when it is missing.
     """
     info = dataset_info(name)
@@ -44,7 +46,7 @@ def get_dataset(
     source = Source(info, resolve_root(root), download)
     records = entry_reader(info)(source, part_for(info.split_rule, split))
     _check_labels(info.name, records.labels, info.num_classes, len(records.classes))
-    indices = select(info.split_rule, split, len(records), split_seed)
+    indices = select(info.split_rule, split, len(records), split_seed, plan)
     return ImageDataset(records, indices, transform, info.name, split, info.num_classes, info=info)
 
 

@@ -1,8 +1,15 @@
-"""Image transforms that follow a model's config: input size, mean and std (PAPER.md section 3).
+"""Image transforms: input size, mean/std, interpolation and crop fraction (PAPER.md section 3).
 
 train: RandomResizedCrop(size) + horizontal flip; eval: Resize(size / crop_pct) + CenterCrop(size).
 Both start by converting to RGB (grey sources get 3 equal channels) and end with
 ToTensor + Normalize: a float32 tensor (3, H, W).
+
+A protocol names where mean/std, interpolation and crop fraction come from:
+    paper  the original release (PAPER.md section 7): ImageNet mean/std, bilinear, eval
+           Resize(size) (short side) + CenterCrop(size) (crop_pct 1), torchvision's
+           RandomResizedCrop defaults (scale 0.08-1, ratio 3/4-4/3) for training
+    model  the checkpoint's pretrained config: its mean/std, interpolation and crop_pct
+           (bicubic and 0.875 where it states none), for users' own models
 """
 
 from __future__ import annotations
@@ -14,6 +21,12 @@ from PIL import Image
 from torchvision import transforms as T
 
 DEFAULT_CROP_PCT = 0.875  # 224 -> resize 256 -> crop 224, the usual eval protocol
+DEFAULT_INTERPOLATION = "bicubic"
+PROTOCOLS = ("paper", "model")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the paper protocol's normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAPER_CROP_PCT = 1.0  # Resize(224) + CenterCrop(224): the short side is the crop
+PAPER_INTERPOLATION = "bilinear"  # torchvision's default, used by the original everywhere
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -82,6 +95,49 @@ def build_transform(
     return T.Compose([ToRGB(), *geometry, *normalise])
 
 
-def transform_for(loaded: Any, train: bool, **kwargs: Any) -> T.Compose:
-    """build_transform from anything with .mean, .std and .input_size (3, H, W): a LoadedModel."""
-    return build_transform(loaded.mean, loaded.std, loaded.input_size, train, **kwargs)
+def preprocessing(
+    protocol: str,
+    model_mean: Sequence[float],
+    model_std: Sequence[float],
+    pretrained_cfg: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """build_transform's keywords for `protocol` (module docstring): mean, std, crop_pct,
+    interpolation. `pretrained_cfg` is the checkpoint's (timm's model.pretrained_cfg)."""
+    if protocol == "paper":
+        return {
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "crop_pct": PAPER_CROP_PCT,
+            "interpolation": PAPER_INTERPOLATION,
+        }
+    if protocol != "model":
+        raise ValueError(f"protocol '{protocol}' is unknown; known: {', '.join(PROTOCOLS)}")
+    cfg = pretrained_cfg or {}
+    interpolation = cfg.get("interpolation") or DEFAULT_INTERPOLATION
+    return {
+        "mean": tuple(float(m) for m in model_mean),
+        "std": tuple(float(s) for s in model_std),
+        "crop_pct": float(cfg.get("crop_pct") or DEFAULT_CROP_PCT),
+        "interpolation": interpolation if interpolation in _INTERPOLATION else "bicubic",
+    }
+
+
+def protocol_transform(
+    protocol: str,
+    train: bool,
+    size: int | Sequence[int],
+    model_mean: Sequence[float],
+    model_std: Sequence[float],
+    pretrained_cfg: dict[str, Any] | None = None,
+) -> T.Compose:
+    """build_transform with the preprocessing of `protocol` (PIL -> float32 (3, H, W))."""
+    return build_transform(
+        size=size, train=train, **preprocessing(protocol, model_mean, model_std, pretrained_cfg)
+    )
+
+
+def transform_for(loaded: Any, train: bool, protocol: str = "model") -> T.Compose:
+    """protocol_transform from anything with .mean, .std, .input_size (3, H, W) and .model
+    (whose .pretrained_cfg, when present, gives interpolation and crop_pct): a LoadedModel."""
+    cfg = getattr(getattr(loaded, "model", None), "pretrained_cfg", None)
+    return protocol_transform(protocol, train, loaded.input_size, loaded.mean, loaded.std, cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vitplas.experiments import stats
 from vitplas.experiments.aggregate import read_tables
 from vitplas.experiments.published import published_accuracy, published_plasticity
 from vitplas.experiments.spec import SweepSpec
@@ -155,6 +156,7 @@ def build_markdown(
         ]
     if "best" in tables:
         best = tables["best"]
+        lines += [selection_rule(spec), ""]
         for key, part in _by_model(best):
             acc = accuracy_table(part, _published_for(spec, part))
             title = "Test accuracy (%) at the best lr (seed mean ± std)" + key
@@ -183,6 +185,22 @@ def build_markdown(
         png = paths[0].relative_to(out)
         lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({png})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+SELECT_BY = {
+    "test_acc": "the test accuracy, as the paper (optimistic: the test set picks the lr)",
+    "best_val_acc": "the best validation accuracy (the test set stays unseen)",
+}
+
+
+def selection_rule(spec: SweepSpec) -> str:
+    """The sentence that says how the best lr was picked (the spec's `select_by`)."""
+    what = SELECT_BY.get(spec.select_by, f"`{spec.select_by}`")
+    return (
+        f"Best lr per cell: the highest seed-mean of `{spec.select_by}` ({what}); a tie goes "
+        "to the smallest lr. Std over seeds is the population std; the tables' `ci95` is a "
+        f"95% CI half-width with Student's t quantile below {stats.T_UNTIL} seeds."
+    )
 
 
 def _by_model(best: pd.DataFrame):

@@ -3,8 +3,14 @@
 Input: the tidy run table, one row per run, with a `lr` and a `seed` column, a metric column
 (e.g. `test_acc`) and key columns (e.g. model, dataset, train). Conventions carried over from
 the paper's protocol: the std over seeds is the population std (ddof=0); the best lr is the
-one with the highest seed-mean, the smallest lr winning a tie; the paired t-test is two-sided
-and the Wilcoxon signed-rank test one-sided (reference > other).
+one with the highest seed-mean of the selection metric (`select_by`), the smallest lr winning a
+tie; the paired t-test is two-sided and the Wilcoxon signed-rank test one-sided (reference >
+other).
+
+The 95% confidence interval of a seed-mean (`ci95`, a half-width) is q * s / sqrt(n) with s the
+sample std (ddof=1). Over a few seeds the normal quantile 1.96 is too narrow, so q is Student's
+t quantile with n - 1 degrees of freedom whenever n < T_UNTIL (4.30 at n = 3, 3.18 at n = 4),
+and 1.96 from n = T_UNTIL on (where the two differ by under 4%); n = 1 has no interval (NaN).
 """
 
 from __future__ import annotations
@@ -15,11 +21,36 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+T_UNTIL = 30  # below this many seeds the CI uses Student's t quantile, from it on 1.96
+Z95 = 1.96
+
+
+def ci95_quantile(n: int) -> float:
+    """The two-sided 95% quantile for a mean of n values: t(0.975, n - 1) below T_UNTIL,
+    1.96 from it on; NaN for n < 2."""
+    if n < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, n - 1)) if n < T_UNTIL else Z95
+
+
+def ci95_halfwidth(values: np.ndarray) -> float:
+    """Half-width of the 95% CI of the mean of `values`: quantile x sample std / sqrt(n)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    return ci95_quantile(n) * float(np.std(values, ddof=1)) / float(np.sqrt(n))
+
 
 def seed_stats(table: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
-    """Per (keys, lr): mean, std (ddof=0) and n of `metric` over seeds."""
+    """Per (keys, lr): mean, std (ddof=0), n and ci95 (module docstring) of `metric` over
+    seeds."""
     grouped = table.groupby([*keys, "lr"], sort=True, dropna=False)[metric]
-    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v.to_numpy(), ddof=0)), n="count")
+    out = grouped.agg(
+        mean="mean",
+        std=lambda v: float(np.std(v.to_numpy(), ddof=0)),
+        n="count",
+        ci95=lambda v: ci95_halfwidth(v.to_numpy()),
+    )
     return out.reset_index()
 
 
@@ -27,7 +58,8 @@ def best_lr(
     table: pd.DataFrame, keys: Sequence[str], metric: str = "test_acc", select_by: str | None = None
 ) -> pd.DataFrame:
     """Per keys: the lr with the best seed-mean of `select_by` (default: `metric`), and the
-    seed-mean, std and n of `metric` at that lr. Columns: *keys, best_lr, mean, std, n."""
+    seed-mean, std, n and ci95 of `metric` at that lr. Columns: *keys, best_lr, mean, std, n,
+    ci95."""
     select_by = select_by or metric
     picked = seed_stats(table, keys, select_by)
     # highest mean first, then smallest lr: a tie goes to the smallest lr
@@ -35,7 +67,7 @@ def best_lr(
     picked = picked.groupby(list(keys), sort=True, dropna=False).head(1)[[*keys, "lr"]]
     values = seed_stats(table, keys, metric).merge(picked, on=[*keys, "lr"])
     values = values.rename(columns={"lr": "best_lr"})
-    return values[[*keys, "best_lr", "mean", "std", "n"]].reset_index(drop=True)
+    return values[[*keys, "best_lr", "mean", "std", "n", "ci95"]].reset_index(drop=True)
 
 
 def lr_gap(table: pd.DataFrame, keys: Sequence[str], metric: str = "test_acc") -> pd.DataFrame:

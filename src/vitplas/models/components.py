@@ -36,7 +36,7 @@ ALL_COMPONENTS = (*GLOBAL_COMPONENTS[:1], *_BLOCK_NAMES, *GLOBAL_COMPONENTS[1:])
 # The paper's theoretical ranking (PAPER.md section 2): rank 1 is the least smooth.
 THEORETICAL_RANK = {"mha": 1, "fc1": 2, "fc2": 3, "ln2": 4, "ln1": 5}
 # The paper's finetuning configurations (PAPER.md section 3); "all" is full finetuning.
-PAPER_TRAIN_SETS = ("all", "ln1", "mha", "ln2", "fc1", "fc2")
+PAPER_TRAIN_SETS = ("all", "emb", "ln1", "mha", "ln2", "fc1", "fc2")
 
 
 class UnknownComponentError(ValueError):

@@ -1,8 +1,24 @@
 """FinetuneConfig: every knob of one component-wise finetuning run.
 
-The dataclass defaults ARE the paper's protocol (PAPER.md section 3): SGD with momentum 0.9,
+The dataclass defaults are the paper's recipe (PAPER.md section 3): SGD with momentum 0.9,
 no weight decay, batch 512, 2,000 linear warmup steps then cosine to 0, gradient-norm clip 1,
-ViT-B/16 pretrained on ImageNet-21k at 224 px. A preset YAML states only what differs.
+ViT-B/16 pretrained on ImageNet-21k at 224 px. A preset YAML states only what differs; the
+paper's presets (configs/paper/) also state `protocol: paper`.
+
+`protocol` bundles the recipe details where the original release and a model-following
+default differ (PAPER.md section 7; README "Where the paper's protocol is questionable").
+The plain default is `model`, right for any checkpoint; `paper` reproduces the original:
+
+    item             paper (the original)                    model
+    preprocessing    ImageNet mean/std, bilinear, Resize +   the checkpoint's mean/std,
+                     CenterCrop at crop 1                    interpolation and crop_pct
+    warmup           lr * k / W (update 0 uses lr 0)         lr * (k + 1) / W
+    new head         torch.nn.Linear's default init          timm's (trunc normal 0.02, bias 0)
+    amp: auto        float32                                 bf16 autocast on CUDA
+    CIFAR-10-C,      NumPy global seed 42 permutation,       our fixed generator (splits.py)
+    DomainNet test   first 80% train
+    val_split: auto  seeded (random_split with the run's     fixed (never moves with the seed)
+                     seed: moves with the seed)
 
 YAML presets may name a parent with `base: other.yaml` (a path relative to the preset); the
 parent's keys are merged first. Strings like `1e-3` (YAML 1.1 reads them as strings) are
@@ -19,9 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from vitplas.data.splits import SplitPlan, plan_for
 
 
 @dataclass
@@ -39,7 +53,8 @@ class FinetuneConfig:
     train_norm: bool = True  # ... and the final LayerNorm
     # inputs
     img_size: int = 224
-    normalization: Literal["paper", "model"] = "paper"  # paper: ImageNet mean/std (choice)
+    protocol: Literal["paper", "model"] = "model"  # the model's preprocessing, or the original's
+    val_split: Literal["auto", "fixed", "seeded"] = "auto"  # auto: seeded (paper), fixed (model)
     augment: Literal["cpu", "device"] = "cpu"  # where RandomResizedCrop + flip run
     load_size: int | None = None  # augment=device: uint8 size the loader yields (None = img_size;
     # e.g. 32 for CIFAR: the CPU only decodes, the GPU crops and resizes to img_size)
@@ -69,7 +84,9 @@ class FinetuneConfig:
     seed: int = 0
     num_workers: int = 4
     device: str = "auto"  # auto = cuda if available, else cpu
-    amp: Literal["auto", "bf16", "none"] = "auto"  # auto = bf16 on cuda, none on cpu
+    # auto: float32 under protocol paper (the original); bf16 autocast on cuda under model.
+    # validate() resolves auto, so the run folder's config states what ran
+    amp: Literal["auto", "bf16", "none"] = "auto"
     compile: bool = False
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)
 
@@ -103,12 +120,25 @@ class FinetuneConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.ckpt_every is not None and self.ckpt_every <= 0:
             raise ConfigError(f"ckpt_every must be positive or null, got {self.ckpt_every}")
+        if self.amp == "auto" and self.protocol == "paper":
+            self.amp = "none"
+        if self.val_split == "auto":
+            self.val_split = "seeded" if self.protocol == "paper" else "fixed"
         from vitplas.models.components import ALL_COMPONENTS, parse_components
 
         try:
             self.train = parse_components(self.train, allowed=("all", *ALL_COMPONENTS))
         except ValueError as err:
             raise ConfigError(f"train: {err}") from err
+
+    @property
+    def warmup(self) -> str:
+        """lr_at's warmup rule: the original's from lr 0 (paper), or one step ahead (model)."""
+        return "paper" if self.protocol == "paper" else "ahead"
+
+    def split_plan(self) -> SplitPlan:
+        """How test and val are carved (data.splits): the original's under protocol paper."""
+        return plan_for(self.protocol, self.val_split, self.seed)
 
     @property
     def validates_at_end(self) -> bool:

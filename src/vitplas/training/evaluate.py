@@ -32,11 +32,14 @@ def evaluate_model(
     loader: DataLoader,
     device: torch.device,
     *,
-    amp: str = "auto",
+    amp: str = "none",
     dist: DistInfo | None = None,
 ) -> dict[str, float]:
     """{"loss": mean cross-entropy, "acc": accuracy in %, "n": images} over the loader
-    (summed over processes when `dist` is given)."""
+    (summed over processes when `dist` is given), in float32 unless `amp` asks for bf16.
+
+    Accuracy is per image (correct / images); the original averages per-batch accuracies,
+    which over-weights a last partial batch (README: protocol choices)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
@@ -105,18 +108,19 @@ def evaluate_run(
     from vitplas.data import build_transform, get_dataset
     from vitplas.runs import write_table
     from vitplas.training.distributed import resolve_device
-    from vitplas.training.sources import normalization
+    from vitplas.training.sources import preprocessing_for
     from vitplas.training.stream import eval_loader
 
     dev = resolve_device(device)
     model, cfg = load_best_model(run_dir, str(dev))
     names = [cfg.dataset, *[d for d in datasets if d != cfg.dataset]]
     _check_classes(cfg.dataset, names)  # before any work: a bad name loses nothing
-    mean, std = normalization(cfg, *_model_stats(Path(run_dir), cfg))
-    transform = build_transform(mean, std, cfg.img_size, train=False)
+    prep = preprocessing_for(cfg.protocol, _model_stats(Path(run_dir), cfg))
+    transform = build_transform(size=cfg.img_size, train=False, **prep)
+    plan = cfg.split_plan()  # the test carving the run's protocol uses
     rows = []
     for name in names:
-        data = get_dataset(name, split, transform=transform, root=cfg.data_root)
+        data = get_dataset(name, split, transform=transform, root=cfg.data_root, plan=plan)
         loader = eval_loader(data, batch_size, num_workers=num_workers)
         scores = evaluate_model(model, loader, dev, amp=cfg.amp)
         rows.append(
@@ -153,15 +157,19 @@ def _check_classes(own_dataset: str, names: Sequence[str]) -> None:
             )
 
 
-def _model_stats(run_dir: Path, cfg) -> tuple[Any, Any]:
-    """The checkpoint's own mean/std, recorded in the run's manifest (needed only when the run
-    normalised with them: `normalization: model`)."""
+def _model_stats(run_dir: Path, cfg) -> dict[str, Any]:
+    """The checkpoint's own preprocessing (model_mean, model_std, model_interpolation,
+    model_crop_pct), recorded in the run's manifest (needed only under `protocol: model`)."""
     manifest = run_dir / "manifest.json"
     info = json.loads(manifest.read_text()) if manifest.exists() else {}
-    mean, std = info.get("model_mean"), info.get("model_std")
-    if cfg.normalization == "model" and (mean is None or std is None):
+    if cfg.protocol == "model" and (
+        info.get("model_mean") is None or info.get("model_std") is None
+    ):
         raise ValueError(
-            f"{manifest} records no model_mean/model_std, which this run (normalization: "
-            "model) was trained with; restore the run's manifest.json"
+            f"{manifest} records no model_mean/model_std, which this run (protocol: model) was "
+            "trained with; restore the run's manifest.json"
         )
-    return mean, std
+    return {key: info.get(key) for key in ("model_mean", "model_std", *_GEOMETRY)}
+
+
+_GEOMETRY = ("model_interpolation", "model_crop_pct")

@@ -235,7 +235,13 @@ class Finetuner:
             # crops drawn from (seed, step, rank) alone: identical after a resume
             gen = torch.Generator(self.device).manual_seed(mix_seed(cfg.seed, step, self.dist.rank))
             images = device_augment(images, cfg.img_size, self.sources.mean, self.sources.std, gen)
-        lr = lr_at(step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+        lr = lr_at(
+            step,
+            base_lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=cfg.steps,
+            warmup=cfg.warmup,
+        )
         set_lr(self.optimizer, lr)
         # per-sample losses summed, times K / B: DDP's mean over K processes then gives the
         # mean over the global batch, whatever the accumulation

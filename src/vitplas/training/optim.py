@@ -39,15 +39,24 @@ def build_optimizer(
     raise ValueError(f"optimizer '{name}' is unknown; choose sgd or adamw")
 
 
-def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int) -> float:
+WARMUPS = ("paper", "ahead")
+
+
+def lr_at(
+    step: int, *, base_lr: float, warmup_steps: int, total_steps: int, warmup: str = "ahead"
+) -> float:
     """Learning rate for update `step` (0-based).
 
-    Warmup: base_lr * (step + 1) / warmup_steps for step < warmup_steps (reaching base_lr on
-    the last warmup step). Then cosine from base_lr (at step = warmup_steps) towards 0 (at
-    step = total_steps): base_lr * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2.
+    Warmup, for step < warmup_steps: `paper` (the original) base_lr * step / warmup_steps, so
+    the first update uses lr 0; `ahead` base_lr * (step + 1) / warmup_steps, one step ahead,
+    reaching base_lr on the last warmup step. Then cosine from base_lr (at step =
+    warmup_steps) towards 0 (at step = total_steps):
+    base_lr * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2.
     """
+    if warmup not in WARMUPS:
+        raise ValueError(f"warmup '{warmup}' is unknown; choose {' or '.join(WARMUPS)}")
     if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+        return base_lr * (step + (warmup == "ahead")) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 

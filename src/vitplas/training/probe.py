@@ -6,6 +6,13 @@ CLS token). Classifier: StandardScaler + multinomial logistic regression with sk
 objective, C * sum(cross-entropy) + ||W||^2 / 2, fitted full batch with L-BFGS in torch on the
 features' device; scikit-learn is the reference (and a backend). The baseline for relative
 gains is the last block's output (component "block").
+
+`protocol: paper` is the original release's probe (PAPER.md section 7): each pooled feature
+vector L2-normalised, max_iter 5000, train features of the 80% train split (the seeded
+random_split with the probe's seed) drawn WITH the training augmentation, shuffled, the last
+partial batch dropped; test features of its test split. `protocol: model` (the default) uses
+the checkpoint's preprocessing, eval transforms for both splits, no normalisation of the
+vectors, every train image.
 """
 
 from __future__ import annotations
@@ -34,13 +41,13 @@ class ProbeConfig:
     dataset: str = "cifar10"
     data_root: str | None = None
     img_size: int = 224
-    normalization: Literal["paper", "model"] = "paper"
+    protocol: Literal["paper", "model"] = "model"  # module docstring
     layers: list[int] | None = None  # None = every block
     components: list[str] = field(default_factory=lambda: ["all"])  # all = every one + block
     pool: Literal["mean", "cls"] = "mean"
     C: float = 1.0  # inverse L2 strength, as scikit-learn's
     backend: Literal["torch", "sklearn"] = "torch"
-    max_iter: int = 1000
+    max_iter: int | None = None  # None: 5000 under protocol paper (the original's), else 1000
     max_train: int | None = None  # a fixed random subset (seed) of the train split
     max_test: int | None = None
     batch_size: int = 128
@@ -53,8 +60,15 @@ class ProbeConfig:
     max_feature_gb: float = 4.0  # features held at once; more points = more passes
 
     def validate(self) -> None:
+        if self.max_iter is None:
+            self.max_iter = 5000 if self.protocol == "paper" else 1000
         if self.C <= 0 or self.batch_size <= 0 or self.max_iter <= 0:
             raise ConfigError("C, batch_size and max_iter must be positive")
+
+    @property
+    def l2(self) -> bool:
+        """Whether each pooled feature vector is scaled to unit L2 norm (the original's)."""
+        return self.protocol == "paper"
 
 
 class _Stop(Exception):
@@ -80,9 +94,10 @@ def probe_points(model: nn.Module, layers=None, components: Sequence[str] = ("al
     return [(i % cmap.depth, n) for i in layers for n in names]
 
 
-def _pool(tokens: torch.Tensor, pool: str) -> torch.Tensor:
+def _pool(tokens: torch.Tensor, pool: str, l2: bool = False) -> torch.Tensor:
     tokens = tokens[0] if isinstance(tokens, tuple) else tokens  # (B, N, D)
-    return tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)  # (B, D)
+    pooled = tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)  # (B, D)
+    return F.normalize(pooled.float(), dim=1) if l2 else pooled  # unit L2 norm per image
 
 
 @torch.no_grad()
@@ -94,8 +109,10 @@ def extract_features(
     pool: str = "mean",
     device: torch.device | str = "cpu",
     amp: str = "none",
+    l2: bool = False,
 ) -> tuple[dict[Point, torch.Tensor], torch.Tensor]:
-    """({point: (N, width) float32 features on `device`}, labels (N,)) in one pass."""
+    """({point: (N, width) float32 features on `device`}, labels (N,)) in one pass; `l2`
+    scales each pooled vector to unit norm."""
     from vitplas.training.evaluate import autocast
 
     device = torch.device(device)
@@ -110,7 +127,7 @@ def extract_features(
         module = cmap.block(layer) if name == "block" else cmap.module(layer, name)
 
         def hook(_m, _inp, out, point=point):
-            batch_feats[point] = _pool(out, pool).float()
+            batch_feats[point] = _pool(out, pool, l2).float()
 
         handles.append(module.register_forward_hook(hook))
 
@@ -238,14 +255,12 @@ def probe_model(
         points.append((depth - 1, "block"))
     widths = _widths(model, points, train_loader, device)
     n = len(train_loader.dataset) + len(test_loader.dataset)
+    max_iter = cfg.max_iter or (5000 if cfg.protocol == "paper" else 1000)
     rows = []
     for group in point_groups(points, widths, n, cfg.max_feature_gb * 1e9):
-        tr, ytr = extract_features(
-            model, train_loader, group, pool=cfg.pool, device=device, amp=cfg.amp
-        )
-        te, yte = extract_features(
-            model, test_loader, group, pool=cfg.pool, device=device, amp=cfg.amp
-        )
+        kwargs = {"pool": cfg.pool, "device": device, "amp": cfg.amp, "l2": cfg.l2}
+        tr, ytr = extract_features(model, train_loader, group, **kwargs)
+        te, yte = extract_features(model, test_loader, group, **kwargs)
         for point in group:
             acc = fit_and_score(
                 tr[point],
@@ -255,7 +270,7 @@ def probe_model(
                 num_classes,
                 backend=cfg.backend,
                 C=cfg.C,
-                max_iter=cfg.max_iter,
+                max_iter=max_iter,
             )
             rows.append(
                 {"layer": point[0], "component": point[1], "acc": acc, "width": widths[point]}
@@ -284,33 +299,22 @@ def run_probe(cfg: ProbeConfig, run_dir) -> Any:
     """
     import pandas as pd
 
-    from vitplas.data import build_transform, dataset_info, get_dataset
+    from vitplas.data import dataset_info
     from vitplas.runs import RunDir, write_table
-    from vitplas.training.config import IMAGENET_MEAN, IMAGENET_STD
     from vitplas.training.distributed import resolve_device
     from vitplas.training.sources import load_model_for
-    from vitplas.training.stream import eval_loader
 
     run = RunDir(run_dir)
     info = dataset_info(cfg.dataset)
     torch.manual_seed(cfg.seed)
     model, description = load_model_for(_as_finetune(cfg), info.num_classes)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD)
-    if cfg.normalization == "model":
-        mean, std = description["model_mean"], description["model_std"]
-    transform = build_transform(mean, std, cfg.img_size, train=False)
-    loaders = []
-    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
-        data = get_dataset(cfg.dataset, split, transform=transform, root=cfg.data_root)
-        loaders.append(
-            eval_loader(data, cfg.batch_size, max_samples=cap, num_workers=cfg.num_workers)
-        )
+    loaders = probe_loaders(cfg, description)
     device = resolve_device(cfg.device)
     points = probe_points(model, cfg.layers, cfg.components)
     rows = probe_model(model, loaders[0], loaders[1], info.num_classes, points, cfg, device)
     table = pd.DataFrame(rows)
     meta = {"model": cfg.model, "dataset": cfg.dataset, "pool": cfg.pool, "backend": cfg.backend}
-    meta |= {"n_train": len(loaders[0].dataset), "n_test": len(loaders[1].dataset)}
+    meta |= {"n_train": _n_images(loaders[0]), "n_test": _n_images(loaders[1])}
     table = table.assign(**meta)[[*meta, *table.columns]]
     run.start(cfg)
     run.write_manifest(description)
@@ -319,9 +323,61 @@ def run_probe(cfg: ProbeConfig, run_dir) -> Any:
     return table
 
 
+def _n_images(loader: DataLoader) -> int:
+    """Images a pass over `loader` yields (a dropped last batch does not count)."""
+    if loader.drop_last:
+        return len(loader) * int(loader.batch_size or 1)
+    return len(loader.dataset)  # type: ignore[arg-type]
+
+
+def probe_loaders(cfg: ProbeConfig, description: dict[str, Any]) -> list[DataLoader]:
+    """[train, test] loaders of the probe: see the module docstring for the two protocols.
+
+    Under paper the train images are augmented, shuffled (from cfg.seed) and the last partial
+    batch dropped, as the original's; `max_train` then caps a fixed random subset first.
+    """
+    from torch.utils.data import Subset
+
+    from vitplas.data import build_transform, get_dataset, make_loader
+    from vitplas.training.sources import preprocessing_for
+    from vitplas.training.stream import eval_loader
+
+    prep = preprocessing_for(cfg.protocol, description)
+    plan = _as_finetune(cfg).split_plan()
+    paper = cfg.protocol == "paper"
+    loaders = []
+    for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
+        augment = paper and split == "train"
+        transform = build_transform(size=cfg.img_size, train=augment, **prep)
+        data = get_dataset(cfg.dataset, split, transform=transform, root=cfg.data_root, plan=plan)
+        if not augment:
+            loaders.append(
+                eval_loader(data, cfg.batch_size, max_samples=cap, num_workers=cfg.num_workers)
+            )
+            continue
+        if cap is not None and cap < len(data):
+            gen = torch.Generator().manual_seed(0)  # the same subset eval_loader would take
+            data = Subset(data, sorted(torch.randperm(len(data), generator=gen)[:cap].tolist()))
+        loaders.append(
+            make_loader(
+                data,
+                cfg.batch_size,
+                shuffle=True,
+                seed=cfg.seed,
+                num_workers=cfg.num_workers,
+                drop_last=True,
+            )
+        )
+    return loaders
+
+
 def _as_finetune(cfg: ProbeConfig):
     from vitplas.training.config import FinetuneConfig
 
     return FinetuneConfig(
-        model=cfg.model, random_init=cfg.random_init, img_size=cfg.img_size, seed=cfg.seed
+        model=cfg.model,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        seed=cfg.seed,
+        protocol=cfg.protocol,
     )

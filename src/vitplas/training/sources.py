@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitplas.training.config import IMAGENET_MEAN, IMAGENET_STD, FinetuneConfig
+from vitplas.data.transforms import IMAGENET_MEAN, IMAGENET_STD, preprocessing
+from vitplas.training.config import FinetuneConfig
 
 
 @dataclass
@@ -34,21 +35,42 @@ class Sources:
     description: dict[str, Any] = field(default_factory=dict)  # model/dataset provenance
 
 
-def normalization(cfg: FinetuneConfig, model_mean, model_std) -> tuple[tuple, tuple]:
-    """paper: ImageNet mean/std (the original protocol); model: the checkpoint's own."""
-    if cfg.normalization == "paper":
-        return IMAGENET_MEAN, IMAGENET_STD
-    return tuple(model_mean), tuple(model_std)
+def preprocessing_for(protocol: str, description: dict[str, Any]) -> dict[str, Any]:
+    """build_transform's mean, std, crop_pct and interpolation for `protocol`, from a model
+    description (load_model_for's, also the run's manifest): paper = the original's; model =
+    the checkpoint's own (data.transforms)."""
+    geometry = {
+        "interpolation": description.get("model_interpolation"),
+        "crop_pct": description.get("model_crop_pct"),
+    }
+    return preprocessing(protocol, description["model_mean"], description["model_std"], geometry)
+
+
+def reset_head(model: nn.Module) -> None:
+    """Give the classification head torch.nn.Linear's default initialisation (the original's:
+    weights and bias uniform in +-1/sqrt(fan_in)), drawn from the global torch RNG."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        raise ValueError(
+            f"the model's head is {type(head).__name__}, not a Linear: protocol paper needs a "
+            "new linear head (pass num_classes)"
+        )
+    head.reset_parameters()
 
 
 def load_model_for(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The configured model with a new `num_classes` head, initialised from cfg.seed."""
+    """The configured model with a new `num_classes` head, initialised from cfg.seed: as
+    torch.nn.Linear does under protocol paper (the original), timm's trunc normal under model."""
     from vitplas.models import load_model
 
     torch.manual_seed(cfg.seed)  # the new head's initialisation follows the run's seed
     loaded = load_model(
         cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
     )
+    if cfg.protocol == "paper":
+        torch.manual_seed(cfg.seed)  # the same head whatever loading drew
+        reset_head(loaded.model)
+    pretrained = getattr(loaded.model, "pretrained_cfg", None) or {}
     info = {
         "model_spec": loaded.spec,
         "model_description": loaded.description,
@@ -56,6 +78,8 @@ def load_model_for(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, di
         "model_random_init": loaded.random_init,
         "model_mean": list(loaded.mean),
         "model_std": list(loaded.std),
+        "model_interpolation": pretrained.get("interpolation"),
+        "model_crop_pct": pretrained.get("crop_pct"),
     }
     return loaded.model, info
 
@@ -86,7 +110,8 @@ def load_sources(
 
     info = dataset_info(cfg.dataset)
     model, description = load_model_for(cfg, info.num_classes)
-    mean, std = normalization(cfg, description["model_mean"], description["model_std"])
+    prep = preprocessing_for(cfg.protocol, description)
+    plan = cfg.split_plan()
     data: dict[str, Dataset | None] = {}
     for split in ("train", "val", "test"):
         if split not in splits:
@@ -96,9 +121,14 @@ def load_sources(
         if train and cfg.augment == "device":
             transform = uint8_transform(cfg.load_size or cfg.img_size)
         else:
-            transform = build_transform(mean, std, cfg.img_size, train=train)
+            transform = build_transform(size=cfg.img_size, train=train, **prep)
         data[split] = get_dataset(
-            cfg.dataset, split, transform=transform, root=cfg.data_root, download=cfg.download
+            cfg.dataset,
+            split,
+            transform=transform,
+            root=cfg.data_root,
+            download=cfg.download,
+            plan=plan,
         )
     description.update({"dataset": cfg.dataset, "dataset_source": str(info.source)})
     return Sources(
@@ -107,7 +137,7 @@ def load_sources(
         val=data["val"],
         test=data["test"],
         num_classes=info.num_classes,
-        mean=mean,
-        std=std,
+        mean=prep["mean"],
+        std=prep["std"],
         description=description,
     )
