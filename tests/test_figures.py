@@ -81,7 +81,7 @@ def test_bound_ratio_per_target_with_reference_line():
     fig = pp.bound_ratio_figure(frame)
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len(panels) == 2
-    assert all(any(np.allclose(l.get_ydata(), 1.0) for l in ax.get_lines()) for ax in panels)
+    assert all(any(np.allclose(line.get_ydata(), 1.0) for line in ax.get_lines()) for ax in panels)
 
 
 def test_box_plot_one_point_per_layer_per_target_panel():
@@ -108,7 +108,8 @@ def test_gain_bars_start_at_zero_and_negative_bars_go_down():
 
 
 def test_accuracy_bars_from_zero_with_seed_error_bars():
-    best = pd.DataFrame({"dataset": ["a", "b"] * 3, "train": ["mha"] * 2 + ["fc1"] * 2 + ["ln1"] * 2,
+    trains = ["mha"] * 2 + ["fc1"] * 2 + ["ln1"] * 2
+    best = pd.DataFrame({"dataset": ["a", "b"] * 3, "train": trains,
                          "std": [0.3, 0.4, 0.0, 0.0, 1.0, 1.0], "best_lr": 0.01})  # fmt: skip
     fig = rp.accuracy_figure(_components([0, 0, 0]), best)
     ax = fig.axes[0]
@@ -131,7 +132,8 @@ def _curves() -> tuple[pd.DataFrame, pd.DataFrame]:
                                  "step": step, "metric": f"grad_norm/{comp}",
                                  "value": lr * step * (2 if comp == "fc1" else 1)})  # fmt: skip
     best = pd.DataFrame({"dataset": ["cifar10"] * 2, "train": ["mha", "all"],
-                         "best_lr": [0.03, 0.01], "mean": [90.0, 91.0], "std": [0.0, 0.0]})  # fmt: skip
+                         "best_lr": [0.03, 0.01], "mean": [90.0, 91.0],
+                         "std": [0.0, 0.0]})  # fmt: skip
     return pd.DataFrame(rows), best
 
 
@@ -147,8 +149,8 @@ def test_gradient_norm_per_component_at_best_lr():
 
 
 def test_lr_figure_legend_outside_and_titled():
-    runs = pd.DataFrame({"dataset": "cifar10", "train": ["mha", "fc1"] * 2, "lr": [0.01, 0.01, 0.03, 0.03],
-                         "seed": 0, "test_acc": [90.0, 89.0, 91.0, 88.0]})  # fmt: skip
+    runs = pd.DataFrame({"dataset": "cifar10", "train": ["mha", "fc1"] * 2,
+                         "lr": [0.01, 0.01, 0.03, 0.03], "seed": 0, "test_acc": [90.0, 89.0, 91.0, 88.0]})  # fmt: skip
     fig = rp.lrs_figure(runs, context="vit-b16 · study paper")
     assert "vit-b16" in fig._suptitle.get_text()
     assert _outside(fig, fig.legends[0])

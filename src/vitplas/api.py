@@ -56,7 +56,7 @@ def load_model(spec: str, **options: Any) -> LoadedModel:
 
 
 def component_map(model: ModelLike) -> ComponentMap:
-    """The component map of `model`: `.depth`, `.components`, `.module(layer, name)`."""
+    """The component map of `model`: `.depth`, `.block_components`, `.module(layer, name)`."""
     return _component_map(_as_loaded(model, None).model)
 
 
@@ -123,7 +123,7 @@ def plasticity(
     model_options (random_init, img_size, normalization) apply to spec strings.
     """
     normalization = model_options.pop("normalization", "model")
-    setup = _setup(model, device, **model_options)
+    setup = _setup(model, device, seed, **model_options)
     names = resolve_components(setup.cmap, components)
     transform = setup.transform(normalization)
     x_data = _dataset(reference, reference_split, transform)
@@ -163,18 +163,20 @@ def bounds(
     mha_slicing: str = "rows",
     images: int = 256,
     split: str = "test",
+    seed: int = 0,
     device: str = "auto",
     **model_options: Any,
 ) -> pd.DataFrame:
     """Per-layer theoretical bounds (layer, component, bound, bound_padded, radius,
     definition). The token count and width come from the model; the token radius r is
     `radius` when given, else measured on `images` images of `data`."""
-    setup = _setup(model, device, **model_options)
+    setup = _setup(model, device, seed, **model_options)
     names = resolve_components(setup.cmap, components)
     if radius is None:
         if data is None:
             raise ValueError("bounds need a token radius: pass radius=... or data=...")
-        radius = _radius_of(setup, _dataset(data, split, setup.transform()), images=images)
+        data = _dataset(data, split, setup.transform())
+        radius = _radius_of(setup, data, images=images, seed=seed)
     return _layer_bounds(setup, names, radius, ln_bound=ln_bound, mha_slicing=mha_slicing)
 
 
@@ -191,7 +193,7 @@ def radius(
 ) -> float | list[float]:
     """Token radius r: mean over images of the RMS token norm of the embedding output (a
     float), or with per_layer=True of each block's input (a list of depth floats)."""
-    setup = _setup(model, device, **model_options)
+    setup = _setup(model, device, seed, **model_options)
     data = _dataset(data, split, setup.transform())
     return _radius_of(setup, data, images=images, seed=seed, per_layer=per_layer)
 
@@ -253,7 +255,9 @@ def _as_loaded(model: ModelLike, img_size: int | None, **options: Any) -> Loaded
     )
 
 
-def _setup(model: ModelLike, device: str, img_size: int | None = None, **options) -> ModelSetup:
+def _setup(model: ModelLike, device: str, seed: int, img_size=None, **options) -> ModelSetup:
+    if isinstance(model, str):
+        torch.manual_seed(seed)  # as the CLI's entry point: the same random-init weights
     return setup_loaded(_as_loaded(model, img_size, **options), resolve_device(device))
 
 

@@ -48,8 +48,9 @@ def _bars(table, value, ylabel, what, scale, best=None, context=""):
         color=[style.color(n) for n in order], edgecolor="#333333", linewidth=0.5,
     )  # fmt: skip
     ax.axhline(0.0, color="black", lw=0.8)
-    top = np.nanmax(np.abs(means) + (0 if err is None else err))
-    low, high = min(0.0, float(np.nanmin(means - (0 if err is None else err)))), max(0.0, top)
+    spread = 0 if err is None else err
+    low = min(0.0, float(np.nanmin(means - spread)))
+    high = max(0.0, float(np.nanmax(means + spread)))
     pad = 0.05 * max(high - low, 1e-6)
     ax.set_ylim(low - (pad if low < 0 else 0), high + pad)  # bars from 0, 0 on the axis
     ax.set_ylabel(ylabel)
