@@ -150,7 +150,8 @@ def test_gradient_norm_per_component_at_best_lr():
 
 def test_lr_figure_legend_outside_and_titled():
     runs = pd.DataFrame({"dataset": "cifar10", "train": ["mha", "fc1"] * 2,
-                         "lr": [0.01, 0.01, 0.03, 0.03], "seed": 0, "test_acc": [90.0, 89.0, 91.0, 88.0]})  # fmt: skip
+                         "lr": [0.01, 0.01, 0.03, 0.03], "seed": 0,
+                         "test_acc": [90.0, 89.0, 91.0, 88.0]})  # fmt: skip
     fig = rp.lrs_figure(runs, context="vit-b16 · study paper")
     assert "vit-b16" in fig._suptitle.get_text()
     assert _outside(fig, fig.legends[0])
