@@ -206,6 +206,10 @@ def finetune(run_dir: str | Path, config: Any = None, **overrides: Any) -> dict[
     from vitplas.training.config import FinetuneConfig
     from vitplas.training.finetune import run_finetune
 
+    if isinstance(config, str | Path):  # a preset YAML, with its `base:` chain
+        from vitplas.training.config import load_finetune_config
+
+        config = load_finetune_config(config)
     return run_finetune(_config(FinetuneConfig, config, overrides), run_dir)
 
 
@@ -224,6 +228,8 @@ def _config(cls: type, config: Any, overrides: dict[str, Any]):
 
     if config is None:
         data: dict[str, Any] = {}
+    elif isinstance(config, dict):
+        data = dict(config)
     elif is_dataclass(config):
         data = config_to_dict(config)
     else:
