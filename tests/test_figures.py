@@ -84,11 +84,14 @@ def test_bound_ratio_per_target_with_reference_line():
     assert all(any(np.allclose(line.get_ydata(), 1.0) for line in ax.get_lines()) for ax in panels)
 
 
-def test_box_plot_one_point_per_layer_per_target_panel():
-    fig = pp.box_figure(_plasticity(depth=4))
-    panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == TARGETS
-    assert "one point per layer" in panels[0].get_ylabel()
+def test_box_plot_says_what_it_pools():
+    frame = _plasticity(depth=4)
+    ax = pp.box_figure(frame).axes[0]
+    assert "one point per layer and target" in ax.get_ylabel()
+    assert len(ax.artists) + len(ax.patches) == 3  # one box per component
+    single = pp.box_figure(frame[frame["target"] == "pet"]).axes[0]
+    assert single.get_ylabel().endswith("one point per layer)")
+    assert "imagenet vs pet" in single.get_title()
 
 
 def _components(gains) -> pd.DataFrame:

@@ -103,23 +103,24 @@ def _lines(frame: pd.DataFrame, value: str, what: str, ylabel: str, band: str | 
 
 
 def box_figure(frame: pd.DataFrame):
-    """Per series, a box of the per-layer means of each component (one point per layer)."""
-    groups = series(frame)
-    fig, axes = _panels(len(groups), (1.0 * frame["component"].nunique() + 2.0, 3.8), sharey=True)
-    for ax, (name, part) in zip(axes.flat, groups, strict=False):
-        order = component_order(part["component"])
-        data = [part.loc[part["component"] == c, "mean"].to_numpy() for c in order]
-        boxes = ax.boxplot(data, patch_artist=True, widths=0.6)
-        ax.set_xticks(range(1, len(order) + 1), [label(c) for c in order])
-        for patch, comp in zip(boxes["boxes"], order, strict=True):
-            patch.set_facecolor(color(comp))
-            patch.set_alpha(0.6)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("component, by theoretical rank")
-    if _wide_range(frame["mean"].to_numpy(dtype=float)):
-        axes.flat[0].set_yscale("log")
-    axes[0, 0].set_ylabel("plasticity (mean over pairs;\none point per layer)")
-    fig.suptitle(title(frame, "Plasticity by component"), fontsize=10)
+    """A box per component of the per-layer means, pooled over whatever else varies in
+    `frame` (targets, models), as the paper's figure pools them; the y label says so."""
+    order = component_order(frame["component"])
+    data = [frame.loc[frame["component"] == c, "mean"].to_numpy() for c in order]
+    fig, axes = new_figure(size=(1.1 * len(order) + 2.5, 4.0))
+    ax = axes[0, 0]
+    boxes = ax.boxplot(data, patch_artist=True, widths=0.6)
+    ax.set_xticks(range(1, len(order) + 1), [label(c) for c in order])
+    for patch, comp in zip(boxes["boxes"], order, strict=True):
+        patch.set_facecolor(color(comp))
+        patch.set_alpha(0.6)
+    if _wide_range(np.concatenate(data)):
+        ax.set_yscale("log")
+    pooled = [k for k in SERIES if k in frame.columns and frame[k].nunique() > 1]
+    per = " and ".join(["layer", *pooled])
+    ax.set_ylabel(f"plasticity (mean over pairs;\none point per {per})")
+    ax.set_xlabel("component, by theoretical rank")
+    ax.set_title(title(frame, "Plasticity by component"), fontsize=9)
     return fig
 
 
