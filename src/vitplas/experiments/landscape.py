@@ -52,8 +52,9 @@ class LandscapeConfig:
     steps: int = 20
     lr: float = 0.01
     momentum: float = 0.9
+    grad_clip: float | None = 1.0  # total gradient norm, as the finetuning protocol clips
     batch_size: int = 16
-    grid: int = 11
+    grid: int = 20
     span: float = 0.5
     eval_images: int = 16
     pairs: int = 16
@@ -142,6 +143,8 @@ def trajectory(setup: _Setup, cfg: LandscapeConfig, name: str, steps: list) -> t
         loss = F.cross_entropy(setup.model(x.to(setup.device)), y.to(setup.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([*params, *head], cfg.grad_clip)
         opt.step()
         points.append(parameters_to_vector(params).detach().clone())
     for p in setup.model.parameters():

@@ -34,6 +34,8 @@ def landscape_figure(grid: pd.DataFrame, path: pd.DataFrame, title: str = ""):
             fig.colorbar(filled, ax=ax, label=what)
             ax.plot(steps["a"], steps["b"], "w.-", ms=4, lw=1, label="SGD steps")
             ax.plot(steps["a"].iloc[-1:], steps["b"].iloc[-1:], "r*", ms=9, label="last step")
+            ax.set_xlim(a[0], a[-1])  # the grid; a path that leaves it is cut at its edge
+            ax.set_ylim(b[0], b[-1])
             ax.set_title(f"{label(name)}: {what}", fontsize=9)
             ax.set_xlabel("PCA direction 1")
             ax.set_ylabel("PCA direction 2")
