@@ -26,8 +26,10 @@ def test_pca_plane_of_a_straight_path_with_a_kink():
 
 
 def test_run_writes_grid_trajectory_and_figure(tmp_path):
-    cfg = LandscapeConfig(**TINY, components=["ln1", "fc1"])
+    cfg = LandscapeConfig(**TINY, components=["ln1", "fc1"], threads=1)
+    torch.set_num_threads(2)
     out = run_landscape(cfg, tmp_path / "run")
+    assert torch.get_num_threads() == 2  # the run's thread setting is undone
     grid = pd.read_csv(tmp_path / "run" / "landscape.csv")
     assert len(grid) == 2 * 3 * 3 and set(grid["component"]) == {"ln1", "fc1"}
     assert sorted(grid["a"].unique()) == [-0.5, 0.0, 0.5]
