@@ -19,8 +19,9 @@ def landscape_command(
     """Loss on the plane of the top two PCA directions of a short SGD trajectory of each
     component of one block, beside that component's rate of change (plasticity).
 
-    Keys: model, dataset, reference, layer, components, steps, lr, grid, span, blocks,
-    img_size, eval_images, pairs, seed, device. Example:
+    Keys (vitplas.experiments.landscape.LandscapeConfig): model, random_init, img_size,
+    blocks, dataset, reference, layer, components, steps, lr, momentum, grad_clip,
+    batch_size, grid, span, eval_images, pairs, seed, device, threads, normalization. Example:
     vitplas landscape --model tiny-random random_init=true img_size=32 dataset=digits grid=5 steps=4
     """
     from vitplas.config import config_from_dict, parse_override
