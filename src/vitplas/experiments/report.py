@@ -100,7 +100,8 @@ def figure_context(spec: SweepSpec, tables: dict[str, pd.DataFrame]) -> str:
     models = ", ".join(map(str, dict.fromkeys(runs["model"]))) if "model" in runs else ""
     data = list(dict.fromkeys(runs["dataset"])) if "dataset" in runs else []
     shown = ", ".join(map(str, data[:4])) + (f" +{len(data) - 4}" if len(data) > 4 else "")
-    parts = [models, f"{len(data)} datasets ({shown})" if data else ""]
+    count = f"{len(data)} dataset{'s' if len(data) > 1 else ''}"
+    parts = [models, f"{count} ({shown})" if data else ""]
     parts.append(f"study {spec.study}, lr chosen by {spec.select_by}")
     return " · ".join(p for p in parts if p)
 
