@@ -49,15 +49,21 @@ def browser_probe(page: Path, tmp: Path) -> dict:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_html_figures_load_and_links_resolve(tmp_path):
+    from test_figures import _bounds, _plasticity
     from test_report import _tables
 
+    from vitplas.runs import write_table
+
     spec, _ = _tables(tmp_path)
+    write_table(_plasticity(), tmp_path / "tables" / "plasticity")  # the analysis figures too
+    write_table(_bounds(), tmp_path / "tables" / "bounds")
     write_report(spec, tmp_path)
     page = tmp_path / "report" / "report.html"
     seen = browser_probe(page, tmp_path)
     names = {Path(i["src"]).stem for i in seen["images"]}
     assert {"accuracy_by_component", "gain_by_component", "accuracy_over_lrs",
-            "curves_grad_norm", "curves_val_loss"} <= names  # fmt: skip
+            "curves_grad_norm", "curves_val_loss", "plasticity_by_rank",
+            "plasticity_vs_depth", "bounds_per_layer"} <= names  # fmt: skip
     for image in seen["images"]:
         assert image["complete"] and image["width"] > 100, f"figure did not load: {image}"
     for href in seen["links"]:
