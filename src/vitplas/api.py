@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitplas.analysis import tables
 from vitplas.analysis.bounds import bounds_matrix, layer_bounds
 from vitplas.analysis.estimate import Estimate, estimate
+from vitplas.analysis.job import PlasticityConfig
 from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
@@ -46,6 +47,7 @@ from vitplas.models.components import component_map as _component_map
 ModelLike = str | LoadedModel | nn.Module
 DataLike = str | DataLoader | torch.Tensor | Dataset
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CLI = PlasticityConfig()  # the CLI's defaults are the API's: one place for each
 
 
 def load_model(spec: str, **options: Any) -> LoadedModel:
@@ -96,22 +98,22 @@ class PlasticityResult:
 
 
 def plasticity(
-    model: ModelLike = "dinov2-s14",
-    reference: DataLike = "photos",
-    target: DataLike = "fashion-mnist",
+    model: ModelLike = _CLI.model,
+    reference: DataLike = _CLI.reference,
+    target: DataLike = _CLI.target,
     *,
-    pairs: int = 512,
-    batch_size: int = 32,
+    pairs: int = _CLI.pairs,
+    batch_size: int = _CLI.batch_size,
     components: Sequence[str] | None = None,
-    inputs: str = "embedding",
-    seed: int = 0,
-    device: str = "auto",
-    dtype: str = "float32",
+    inputs: str = _CLI.inputs,
+    seed: int = _CLI.seed,
+    device: str = _CLI.device,
+    dtype: str = _CLI.dtype,
     bounds: bool = False,
     radius: float | None = None,
     until_ci: float | None = None,
-    reference_split: str = "val",
-    target_split: str = "test",
+    reference_split: str = _CLI.reference_split,
+    target_split: str = _CLI.target_split,
     **model_options: Any,
 ) -> PlasticityResult:
     """Plasticity of every component in every layer, as `vitplas plasticity` measures it.
@@ -119,7 +121,7 @@ def plasticity(
     Pair i = (i-th reference image, i-th target image); `pairs` pairs in batches of
     `batch_size`. Named datasets are shuffled by `seed` exactly as the CLI does, so the same
     arguments give the CLI's numbers. bounds=True also computes the per-layer bounds (radius
-    measured on the target unless given) and counts the pairs above them.
+    measured on the target unless given) and counts the pairs above them (the CLI has them on).
     model_options (random_init, img_size, normalization) apply to spec strings.
     """
     normalization = model_options.pop("normalization", "model")
@@ -328,7 +330,7 @@ def _zip_loaders(xs: Iterator, ys: Iterator, pairs: int) -> Iterator:
             return
 
 
-def _radius_of(setup: ModelSetup, data, *, images: int = 256, seed: int = 0, per_layer=False):
+def _radius_of(setup: ModelSetup, data, *, images=_CLI.radius_images, seed=0, per_layer=False):
     if isinstance(data, DataLoader):
         from vitplas.analysis.bounds import token_radius
 
