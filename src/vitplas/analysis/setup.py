@@ -49,7 +49,11 @@ def setup_model(
     spec: str, *, random_init: bool, img_size: int | None, device: torch.device
 ) -> ModelSetup:
     """Load `spec`, check its input size against its patches, move it to `device`."""
-    loaded = load_model(spec, random_init=random_init, img_size=img_size)
+    return setup_loaded(load_model(spec, random_init=random_init, img_size=img_size), device)
+
+
+def setup_loaded(loaded: LoadedModel, device: torch.device) -> ModelSetup:
+    """A loaded model on `device` in eval mode, with its map and token shape (N, D)."""
     model = loaded.model.to(device).eval()
     cmap = component_map(model)
     with torch.inference_mode():

@@ -54,7 +54,8 @@ def curve_table(states: list[RunState]) -> pd.DataFrame:
         for record in RunDir(item.folder).read_metrics():
             if "step" not in record:
                 continue
-            for key in CURVE_KEYS:
+            keys = [*CURVE_KEYS, *(k for k in record if k.startswith("grad_norm/"))]
+            for key in keys:
                 if isinstance(record.get(key), int | float):
                     rows.append(
                         {"run_id": item.run.run_id, **params, "step": record["step"],

@@ -95,28 +95,47 @@ def plasticity_summary(plasticity: pd.DataFrame, study: str) -> pd.DataFrame:
     return out
 
 
-def render_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, list[Path]]:
-    """Every figure the tables allow; returns {name: [png, pdf]}."""
+def figure_context(spec: SweepSpec, tables: dict[str, pd.DataFrame]) -> str:
+    """What every figure's title names: model(s), datasets, study protocol and lr rule."""
+    runs = tables.get("runs", pd.DataFrame())
+    models = ", ".join(map(str, dict.fromkeys(runs["model"]))) if "model" in runs else ""
+    data = list(dict.fromkeys(runs["dataset"])) if "dataset" in runs else []
+    shown = ", ".join(map(str, data[:4])) + (f" +{len(data) - 4}" if len(data) > 4 else "")
+    count = f"{len(data)} dataset{'s' if len(data) > 1 else ''}"
+    parts = [models, f"{count} ({shown})" if data else ""]
+    parts.append(f"study {spec.study}, lr chosen by {spec.select_by}")
+    return " · ".join(p for p in parts if p)
+
+
+def render_figures(
+    tables: dict[str, pd.DataFrame], out: Path, context: str = ""
+) -> dict[str, list[Path]]:
+    """Every figure the tables allow; returns {name: [png, pdf]}. `context` ends each title."""
     made: dict[str, list[Path]] = {}
+    best = tables.get("best")
     if "components" in tables:
         made["accuracy_by_component"] = figs.accuracy_by_component(
-            tables["components"], out / "accuracy_by_component"
+            tables["components"], out / "accuracy_by_component", best=best, context=context
         )
         if "mean_gain" in tables["components"]:
             made["gain_by_component"] = figs.gain_by_component(
-                tables["components"], out / "gain_by_component"
+                tables["components"], out / "gain_by_component", context=context
             )
     if "runs" in tables and len(tables["runs"]):
         made["accuracy_over_lrs"] = figs.accuracy_over_lrs(
-            tables["runs"], out / "accuracy_over_lrs"
+            tables["runs"], out / "accuracy_over_lrs", context=context
         )
     curves = tables.get("curves")
-    if curves is not None and len(curves) and "best" in tables:
+    if curves is not None and len(curves) and best is not None:
         for metric in ("grad_norm", "val_loss"):
             if (curves["metric"] == metric).any():
                 made[f"curves_{metric}"] = figs.curves(
-                    curves, tables["best"], metric, out / f"curves_{metric}"
+                    curves, best, metric, out / f"curves_{metric}", context=context
                 )
+        if curves["metric"].str.startswith("grad_norm/").any():
+            made["grad_norm_per_component"] = figs.component_grads(
+                curves, best, out / "grad_norm_per_component", context=context
+            )
     made.update(analysis_figures(tables, out))
     return made
 
@@ -240,7 +259,7 @@ def write_report(spec: SweepSpec, root: str | Path | None = None, force: bool = 
         return out / "report.md"
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")  # PDFs without a creation date: reproducible
     tables = read_tables(root)
-    figures = render_figures(tables, out / "figures")
+    figures = render_figures(tables, out / "figures", figure_context(spec, tables))
     text = build_markdown(spec, tables, figures, out)
     atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.html", to_html(text, spec.name))

@@ -4,7 +4,10 @@
     gain_by_component(components)       mean relative gain over the linear probe (bars)
     accuracy_over_lrs(runs)             seed-mean accuracy vs lr, one line per train set
     curves(curves, best, metric)        mean curve over seeds at each train set's best lr
-Each function takes DataFrames and a file stem, writes PNG + PDF, and returns the paths.
+    component_grads(curves, best)       gradient norm per component (grad_norm/<c> curves)
+Each writer takes DataFrames and a file stem, writes PNG + PDF, and returns the paths; its
+builder (`*_figure`) returns the open Figure. `context` (model, data, protocol) goes in the
+title. Bars start at 0; legends sit outside the data.
 """
 
 from __future__ import annotations
@@ -27,30 +30,55 @@ def component_order(names: Iterable[str]) -> list[str]:
     return ranked + sorted(n for n in names if n not in THEORETICAL_RANK)
 
 
-def _bars(table: pd.DataFrame, value: str, ylabel: str, stem: Path, scale: float) -> list[Path]:
+def seed_error(best: pd.DataFrame, order: list[str]) -> np.ndarray:
+    """Per train set, the seed std of its mean over datasets: sqrt(sum_d std_d^2) / D (seeds
+    independent across datasets); 0 where a dataset has one seed."""
+    std = best.assign(var=best["std"].fillna(0.0) ** 2).groupby("train")
+    return np.sqrt(std["var"].sum() / std.size() ** 2).reindex(order).fillna(0.0).to_numpy()
+
+
+def _bars(table, value, ylabel, what, scale, best=None, context=""):
     order = component_order(table["train"])
-    means = table.groupby("train")[value].mean().reindex(order) * scale
-    with style.figure(size=(5.0, 3.6)) as (fig, ax):
-        ax.bar(
-            [style.label(n) for n in order], means.to_numpy(),
-            color=[style.color(n) for n in order], edgecolor="#333333", linewidth=0.5,
-        )  # fmt: skip
-        low, high = float(np.nanmin(means)), float(np.nanmax(means))
-        pad = max((high - low) * 0.5, abs(high) * 0.005, 1e-6)
-        ax.set_ylim(low - pad, high + pad)  # from the data: no hard-coded limits
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel("trained component (by theoretical plasticity rank)")
-        return style.save(fig, stem)
+    means = (table.groupby("train")[value].mean().reindex(order) * scale).to_numpy()
+    err = None if best is None else seed_error(best, order) * scale
+    fig, axes = style.new_figure(size=(5.4, 3.8))
+    ax = axes[0, 0]
+    ax.bar(
+        [style.label(n) for n in order], means, yerr=err, capsize=4,
+        color=[style.color(n) for n in order], edgecolor="#333333", linewidth=0.5,
+    )  # fmt: skip
+    ax.axhline(0.0, color="black", lw=0.8)
+    spread = 0 if err is None else err
+    low = min(0.0, float(np.nanmin(means - spread)))
+    high = max(0.0, float(np.nanmax(means + spread)))
+    pad = 0.05 * max(high - low, 1e-6)
+    ax.set_ylim(low - (pad if low < 0 else 0), high + pad)  # bars from 0, 0 on the axis
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("trained component (by theoretical plasticity rank)")
+    note = "; error bars: seed std of the mean over datasets" if err is not None else ""
+    ax.set_title(what + (f"\n{context}" if context else "") + note, fontsize=9)
+    return fig
 
 
-def accuracy_by_component(components: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Bars of `mean_acc` (mean over datasets of the best-lr seed-mean) per train set."""
-    return _bars(components, "mean_acc", "test accuracy (%)", Path(stem), 1.0)
+def accuracy_figure(components: pd.DataFrame, best: pd.DataFrame | None = None, context=""):
+    """Bars of `mean_acc` (mean over datasets of the best-lr seed-mean) per train set, from 0,
+    with seed error bars from `best` (columns train, std) when given."""
+    what = "Test accuracy at the best lr, mean over datasets"
+    return _bars(components, "mean_acc", "test accuracy (%)", what, 1.0, best, context)
 
 
-def gain_by_component(components: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Bars of `mean_gain` ((finetune - probe) / probe, mean over datasets) per train set."""
-    return _bars(components, "mean_gain", "relative gain over linear probe (%)", Path(stem), 100.0)
+def gain_figure(components: pd.DataFrame, context: str = ""):
+    """Bars of `mean_gain` ((finetune - probe) / probe, mean over datasets), 0 on the axis."""
+    what = "Relative gain over the linear probe"
+    return _bars(components, "mean_gain", "gain over probe (%)", what, 100.0, None, context)
+
+
+def accuracy_by_component(components, stem, best=None, context: str = "") -> list[Path]:
+    return style.write(accuracy_figure(components, best, context), Path(stem))
+
+
+def gain_by_component(components: pd.DataFrame, stem, context: str = "") -> list[Path]:
+    return style.write(gain_figure(components, context), Path(stem))
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -58,52 +86,95 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def accuracy_over_lrs(runs: pd.DataFrame, stem: str | Path, metric: str = "test_acc") -> list[Path]:
+def _panels(n: int, context: str, what: str):
+    nrows, ncols = _grid(max(n, 1))
+    fig, axes = style.new_figure(nrows, ncols, size=(4.0 * ncols, 3.2 * nrows))
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    fig.suptitle(what + (f"\n{context}" if context else ""), fontsize=10)
+    return fig, axes
+
+
+def lrs_figure(runs: pd.DataFrame, metric: str = "test_acc", context: str = ""):
     """Per dataset, seed-mean `metric` (%) vs lr (log axis), one line per train set."""
     datasets = list(dict.fromkeys(runs["dataset"]))
-    nrows, ncols = _grid(len(datasets))
-    with style.figure(nrows, ncols, size=(4.0 * ncols, 3.2 * nrows)) as (fig, axes):
-        flat = np.atleast_1d(axes).ravel()
-        for ax, dataset in zip(flat, datasets, strict=False):
-            part = runs[runs["dataset"] == dataset]
-            for train in component_order(part["train"]):
-                line = part[part["train"] == train].groupby("lr")[metric].mean().sort_index()
-                ax.plot(line.index, line.to_numpy(), marker="o", color=style.color(train),
-                        label=style.label(train))  # fmt: skip
-            ax.set_xscale("log")
-            lrs = sorted(part["lr"].unique())  # ticks at the swept lrs, not at decades
-            ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
-            ax.minorticks_off()
-            ax.set_title(str(dataset))
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("test accuracy (%)")
-        for ax in flat[len(datasets) :]:
-            ax.set_visible(False)
-        flat[0].legend(fontsize=8)
-        return style.save(fig, stem)
+    fig, axes = _panels(len(datasets), context, "Test accuracy against learning rate (seed mean)")
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        part = runs[runs["dataset"] == dataset]
+        for train in component_order(part["train"]):
+            line = part[part["train"] == train].groupby("lr")[metric].mean().sort_index()
+            ax.plot(line.index, line.to_numpy(), marker="o", color=style.color(train),
+                    label=style.label(train))  # fmt: skip
+        ax.set_xscale("log")
+        lrs = sorted(part["lr"].unique())  # ticks at the swept lrs, not at decades
+        ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+        ax.minorticks_off()
+        ax.set_title(str(dataset), fontsize=9)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("test accuracy (%)")
+    style.legend_outside(fig, axes)
+    return fig
 
 
-def curves(curves: pd.DataFrame, best: pd.DataFrame, metric: str, stem: str | Path) -> list[Path]:
+def accuracy_over_lrs(runs, stem, metric: str = "test_acc", context: str = "") -> list[Path]:
+    return style.write(lrs_figure(runs, metric, context), Path(stem))
+
+
+def _best_rows(curves: pd.DataFrame, best: pd.DataFrame, dataset: str, train: str):
+    """(best lr, the curve rows of `dataset`/`train` at that lr)."""
+    rows = best[(best["dataset"] == dataset) & (best["train"] == train)]
+    lr = float(rows["best_lr"].iloc[0])
+    sel = curves[(curves["dataset"] == dataset) & (curves["train"] == train)]
+    return lr, sel[np.isclose(sel["lr"].astype(float), lr)]
+
+
+def curves_figure(curves: pd.DataFrame, best: pd.DataFrame, metric: str, context: str = ""):
     """Per dataset, the seed-mean curve of `metric` (e.g. grad_norm, val_loss) over steps for
     each train set at its best lr (from the `best` table)."""
     part = curves[curves["metric"] == metric]
     datasets = list(dict.fromkeys(part["dataset"]))
-    nrows, ncols = _grid(max(len(datasets), 1))
-    with style.figure(nrows, ncols, size=(4.0 * ncols, 3.2 * nrows)) as (fig, axes):
-        flat = np.atleast_1d(axes).ravel()
-        for ax, dataset in zip(flat, datasets, strict=False):
-            rows = best[best["dataset"] == dataset]
-            for train in component_order(rows["train"]):
-                lr = rows.loc[rows["train"] == train, "best_lr"].iloc[0]
-                sel = part[(part["dataset"] == dataset) & (part["train"] == train)]
-                sel = sel[np.isclose(sel["lr"].astype(float), float(lr))]
-                line = sel.groupby("step")["value"].mean().sort_index()
-                ax.plot(line.index, line.to_numpy(), color=style.color(train),
-                        label=f"{style.label(train)} (lr {lr:g})")  # fmt: skip
-            ax.set_title(str(dataset))
-            ax.set_xlabel("step")
-            ax.set_ylabel(metric.replace("_", " "))
-            ax.legend(fontsize=7)
-        for ax in flat[len(datasets) :]:
-            ax.set_visible(False)
-        return style.save(fig, stem)
+    what = f"{metric.replace('_', ' ')} during training (seed mean at the best lr)"
+    fig, axes = _panels(len(datasets), context, what)
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        for train in component_order(best.loc[best["dataset"] == dataset, "train"]):
+            lr, sel = _best_rows(part, best, dataset, train)
+            line = sel.groupby("step")["value"].mean().sort_index()
+            ax.plot(line.index, line.to_numpy(), color=style.color(train),
+                    label=f"{style.label(train)} (lr {lr:g})")  # fmt: skip
+        ax.set_title(str(dataset), fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # lrs differ per panel
+    return fig
+
+
+def curves(curves, best, metric: str, stem, context: str = "") -> list[Path]:
+    return style.write(curves_figure(curves, best, metric, context), Path(stem))
+
+
+def component_grads_figure(curves: pd.DataFrame, best: pd.DataFrame, context: str = ""):
+    """Per train set, the gradient norm of each component (metrics `grad_norm/<component>`)
+    over steps: mean over seeds at each dataset's best lr, then over datasets."""
+    part = curves[curves["metric"].str.startswith("grad_norm/")]
+    trains = component_order(part["train"])
+    what = "Gradient norm per component (mean over seeds at the best lr, then datasets)"
+    fig, axes = _panels(len(trains), context, what)
+    for ax, train in zip(axes.flat, trains, strict=False):
+        lines = []
+        for dataset in dict.fromkeys(part.loc[part["train"] == train, "dataset"]):
+            if ((best["dataset"] == dataset) & (best["train"] == train)).any():
+                lines.append(_best_rows(part, best, dataset, train)[1])
+        rows = pd.concat(lines) if lines else part.iloc[:0]
+        for metric, sel in rows.groupby("metric", sort=False):
+            comp = metric.split("/", 1)[1]
+            line = sel.groupby("step")["value"].mean().sort_index()
+            ax.plot(line.index, line.to_numpy(), color=style.color(comp), label=style.label(comp))
+        ax.set_title(f"trained: {style.label(train)}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("gradient norm")
+    style.legend_outside(fig, axes)
+    return fig
+
+
+def component_grads(curves, best, stem, context: str = "") -> list[Path]:
+    return style.write(component_grads_figure(curves, best, context), Path(stem))

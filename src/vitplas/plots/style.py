@@ -72,6 +72,41 @@ def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0
             plt.close(fig)
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0), **kw):
+    """A styled (fig, axes (nrows, ncols) array) left open: builders return it, `write` saves
+    and closes it, a notebook shows it."""
+    with plt.rc_context(RC):
+        return plt.subplots(nrows, ncols, figsize=size, squeeze=False, **kw)
+
+
+def write(fig, stem: str | Path) -> list[Path]:
+    """Save an open figure as stem.png + stem.pdf, then close it; returns both paths."""
+    try:
+        with plt.rc_context(RC):
+            return save(fig, stem)
+    finally:
+        plt.close(fig)
+
+
+def integer_ticks(ax) -> None:
+    """Whole-number ticks on x (layers, block indices)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def legend_outside(fig, axes) -> None:
+    """One legend for the figure, right of the last axes, never over the data."""
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat[1:]:
+        for h, t in zip(*ax.get_legend_handles_labels(), strict=True):
+            if t not in labels:
+                handles.append(h)
+                labels.append(t)
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+
+
 def save(fig, stem: str | Path) -> list[Path]:
     """Save `fig` as stem.png and stem.pdf; returns both paths."""
     stem = Path(stem)
@@ -79,5 +114,5 @@ def save(fig, stem: str | Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.tight_layout()
     for path in paths:
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")  # keeps a legend placed outside the axes
     return paths

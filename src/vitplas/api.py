@@ -1,0 +1,349 @@
+"""The Python API: the functions behind the CLI, for notebooks and scripts.
+
+    import vitplas
+    res = vitplas.plasticity("tiny-random", "photos", "digits", pairs=64, random_init=True)
+    res.table      # per (layer, component): mean, std, n, ci95
+    res.pooled     # per component, pooled over layers, ranked
+    res.ranking    # ['mha', 'fc1', ...]
+    res.plot()     # a matplotlib Figure (plasticity against depth)
+
+A model is a spec string (preset, timm name, HF id, ARCH@FILE, local file), a LoadedModel
+(from `vitplas.load_model`) or any timm-style ViT `nn.Module`. Data are dataset names (as in
+`vitplas data list`), DataLoaders yielding images (B, 3, H, W) or (images, labels), or image
+tensors (N, 3, H, W) already normalised. Every function calls the same internals as the CLI:
+analysis.estimate, analysis.bounds, training.finetune and training.probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vitplas.analysis import tables
+from vitplas.analysis.bounds import bounds_matrix, layer_bounds
+from vitplas.analysis.estimate import Estimate, estimate
+from vitplas.analysis.job import PlasticityConfig
+from vitplas.analysis.pairs import pair_batches
+from vitplas.analysis.plasticity import resolve_components
+from vitplas.analysis.setup import (
+    ModelSetup,
+    dataset_radius,
+    open_stream,
+    resolve_device,
+    setup_loaded,
+)
+from vitplas.models import LoadedModel
+from vitplas.models import load_model as _load_model
+from vitplas.models.components import ComponentMap
+from vitplas.models.components import component_map as _component_map
+
+ModelLike = str | LoadedModel | nn.Module
+DataLike = str | DataLoader | torch.Tensor | Dataset
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CLI = PlasticityConfig()  # the CLI's defaults are the API's: one place for each
+
+
+def load_model(spec: str, **options: Any) -> LoadedModel:
+    """The model named by `spec` (preset, timm name, HF id, ARCH@FILE or a local file), as a
+    LoadedModel: `.model` (timm ViT, eval mode, CPU), `.mean`/`.std`, `.input_size` (3, H, W).
+    options: num_classes, random_init, img_size (see vitplas.models.load_model)."""
+    return _load_model(spec, **options)
+
+
+def component_map(model: ModelLike) -> ComponentMap:
+    """The component map of `model`: `.depth`, `.block_components`, `.module(layer, name)`."""
+    return _component_map(_as_loaded(model, None).model)
+
+
+@dataclass
+class PlasticityResult:
+    """One plasticity measurement.
+
+    table: per (layer, component) rows with model, reference, target, inputs, mean, std, n,
+    ci95. pooled: one row per component (per-pair mean over layers), ranked by mean.
+    bounds: per-layer bounds (with bounds=True), else None."""
+
+    table: pd.DataFrame
+    pooled: pd.DataFrame
+    estimate: Estimate
+    bounds: pd.DataFrame | None = None
+    radius: float | list[float] | None = None
+
+    @property
+    def ranking(self) -> list[str]:
+        """Components from most to least plastic (pooled means)."""
+        return list(self.pooled["component"])
+
+    @property
+    def settled(self) -> bool:
+        """True when no two neighbours in the ranking have overlapping 95% CIs."""
+        return tables.ranking_settled(self.pooled)
+
+    def plot(self, kind: str = "depth"):
+        """A matplotlib Figure: 'depth' (plasticity per layer, CI bands) or 'box' (per
+        component, one point per layer). Save it with fig.savefig(path)."""
+        from vitplas.plots import plasticity as plots
+
+        builders = {"depth": plots.depth_figure, "box": plots.box_figure}
+        if kind not in builders:
+            raise ValueError(f"plot kind '{kind}' is unknown; choose {' or '.join(builders)}")
+        return builders[kind](self.table)
+
+
+def plasticity(
+    model: ModelLike = _CLI.model,
+    reference: DataLike = _CLI.reference,
+    target: DataLike = _CLI.target,
+    *,
+    pairs: int = _CLI.pairs,
+    batch_size: int = _CLI.batch_size,
+    components: Sequence[str] | None = None,
+    inputs: str = _CLI.inputs,
+    seed: int = _CLI.seed,
+    device: str = _CLI.device,
+    dtype: str = _CLI.dtype,
+    bounds: bool = False,
+    radius: float | None = None,
+    until_ci: float | None = None,
+    reference_split: str = _CLI.reference_split,
+    target_split: str = _CLI.target_split,
+    **model_options: Any,
+) -> PlasticityResult:
+    """Plasticity of every component in every layer, as `vitplas plasticity` measures it.
+
+    Pair i = (i-th reference image, i-th target image); `pairs` pairs in batches of
+    `batch_size`. Named datasets are shuffled by `seed` exactly as the CLI does, so the same
+    arguments give the CLI's numbers. bounds=True also computes the per-layer bounds (radius
+    measured on the target unless given) and counts the pairs above them (the CLI has them on).
+    model_options (random_init, img_size, normalization) apply to spec strings.
+    """
+    normalization = model_options.pop("normalization", "model")
+    setup = _setup(model, device, seed, **model_options)
+    names = resolve_components(setup.cmap, components)
+    transform = setup.transform(normalization)
+    x_data = _dataset(reference, reference_split, transform)
+    y_data = _dataset(target, target_split, transform)
+    bound_frame, r = None, None
+    if bounds:
+        r = radius if radius is not None else _radius_of(setup, y_data, seed=seed)
+        bound_frame = _layer_bounds(setup, names, r)
+    matrix = None if bound_frame is None else bounds_matrix(bound_frame, setup.cmap.depth, names)
+    est = estimate(
+        setup.cmap,
+        _pairs(x_data, y_data, pairs, batch_size, seed, (_name(reference), _name(target))),
+        components=names,
+        inputs=inputs,
+        device=setup.device,
+        dtype=dtype,
+        bounds=matrix,
+        until_ci=until_ci,
+    )
+    labels = {
+        "model": _name(model),
+        "reference": _name(reference),
+        "target": _name(target),
+        "inputs": inputs,
+    }
+    table = tables.plasticity_table(est, labels)
+    return PlasticityResult(table, tables.pooled_table(est, labels), est, bound_frame, r)
+
+
+def bounds(
+    model: ModelLike = "dinov2-s14",
+    data: DataLike | None = "fashion-mnist",
+    *,
+    radius: float | Sequence[float] | None = None,
+    components: Sequence[str] | None = None,
+    ln_bound: str = "abs",
+    mha_slicing: str = "rows",
+    images: int = 256,
+    split: str = "test",
+    seed: int = 0,
+    device: str = "auto",
+    **model_options: Any,
+) -> pd.DataFrame:
+    """Per-layer theoretical bounds (layer, component, bound, bound_padded, radius,
+    definition). The token count and width come from the model; the token radius r is
+    `radius` when given, else measured on `images` images of `data`."""
+    setup = _setup(model, device, seed, **model_options)
+    names = resolve_components(setup.cmap, components)
+    if radius is None:
+        if data is None:
+            raise ValueError("bounds need a token radius: pass radius=... or data=...")
+        data = _dataset(data, split, setup.transform())
+        radius = _radius_of(setup, data, images=images, seed=seed)
+    return _layer_bounds(setup, names, radius, ln_bound=ln_bound, mha_slicing=mha_slicing)
+
+
+def radius(
+    model: ModelLike = "dinov2-s14",
+    data: DataLike = "fashion-mnist",
+    *,
+    images: int = 256,
+    split: str = "test",
+    per_layer: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    **model_options: Any,
+) -> float | list[float]:
+    """Token radius r: mean over images of the RMS token norm of the embedding output (a
+    float), or with per_layer=True of each block's input (a list of depth floats)."""
+    setup = _setup(model, device, seed, **model_options)
+    data = _dataset(data, split, setup.transform())
+    return _radius_of(setup, data, images=images, seed=seed, per_layer=per_layer)
+
+
+def finetune(run_dir: str | Path, config: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Finetune as `vitplas finetune` does; returns the result dict (also result.json).
+
+    config: a FinetuneConfig, a preset YAML path, or None (the defaults); overrides are config
+    keys, e.g. finetune("runs/x", model="tiny-random", random_init=True, train=["mha"])."""
+    from vitplas.training.config import FinetuneConfig
+    from vitplas.training.finetune import run_finetune
+
+    if isinstance(config, str | Path):  # a preset YAML, with its `base:` chain
+        from vitplas.training.config import load_finetune_config
+
+        config = load_finetune_config(config)
+    return run_finetune(_config(FinetuneConfig, config, overrides), run_dir)
+
+
+def probe(run_dir: str | Path, config: Any = None, **overrides: Any) -> pd.DataFrame:
+    """Linear probes as `vitplas probe` does; returns the tidy table (also probe.csv)."""
+    from vitplas.training.probe import ProbeConfig, run_probe
+
+    return run_probe(_config(ProbeConfig, config, overrides), run_dir)
+
+
+def _config(cls: type, config: Any, overrides: dict[str, Any]):
+    """cls from a config object / YAML path / None, then `overrides`, strictly checked."""
+    from dataclasses import is_dataclass
+
+    from vitplas.config import config_from_dict, config_to_dict, read_yaml
+
+    if config is None:
+        data: dict[str, Any] = {}
+    elif isinstance(config, dict):
+        data = dict(config)
+    elif is_dataclass(config):
+        data = config_to_dict(config)
+    else:
+        data = read_yaml(Path(config))
+    return config_from_dict(cls, {**data, **overrides})
+
+
+def _as_loaded(model: ModelLike, img_size: int | None, **options: Any) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, str):
+        return _load_model(model, img_size=img_size, **options)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a spec string, LoadedModel or nn.Module, got {model!r}")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is None:
+        raise ValueError("model has no patch_embed.img_size: pass a timm VisionTransformer")
+    return LoadedModel(
+        model=model,
+        spec=type(model).__name__,
+        description=f"in-memory {type(model).__name__}",
+        mean=tuple(cfg.get("mean", IMAGENET[0])),
+        std=tuple(cfg.get("std", IMAGENET[1])),
+        input_size=(3, *size),
+        random_init=False,
+        checksum=None,
+        num_classes=getattr(model, "num_classes", 0),
+    )
+
+
+def _setup(model: ModelLike, device: str, seed: int, img_size=None, **options) -> ModelSetup:
+    if isinstance(model, str):
+        torch.manual_seed(seed)  # as the CLI's entry point: the same random-init weights
+    return setup_loaded(_as_loaded(model, img_size, **options), resolve_device(device))
+
+
+def _name(obj: Any) -> str:
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, LoadedModel):
+        return obj.spec
+    return type(obj).__name__
+
+
+class _Images(Dataset):
+    """An (N, 3, H, W) tensor as a dataset of (image, 0)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        if images.ndim != 4:
+            raise ValueError(f"image tensors must be (N, 3, H, W), got shape {tuple(images.shape)}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0
+
+
+def _dataset(data: DataLike, split: str, transform) -> Dataset | DataLoader:
+    if isinstance(data, str):
+        return open_stream(data, split, transform, None, False)
+    if isinstance(data, torch.Tensor):
+        return _Images(data)
+    if isinstance(data, Dataset | DataLoader):
+        return data
+    raise TypeError(f"data must be a dataset name, DataLoader or tensor, got {type(data).__name__}")
+
+
+def _images(loader: Iterable) -> Iterator[torch.Tensor]:
+    for batch in loader:
+        yield batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def _pairs(x_data, y_data, pairs: int, batch_size: int, seed: int, names) -> Iterator:
+    """Pair batches: the CLI's shuffled streams for datasets; loaders in their own order."""
+    if not isinstance(x_data, DataLoader) and not isinstance(y_data, DataLoader):
+        return pair_batches(
+            x_data, y_data, pairs=pairs, batch_size=batch_size, seed=seed, names=names
+        )
+    xs, ys = (
+        _images(d if isinstance(d, DataLoader) else DataLoader(d, batch_size))
+        for d in (x_data, y_data)
+    )
+    return _zip_loaders(xs, ys, pairs)
+
+
+def _zip_loaders(xs: Iterator, ys: Iterator, pairs: int) -> Iterator:
+    left = pairs
+    for x, y in zip(xs, ys, strict=False):
+        take = min(left, x.shape[0], y.shape[0])
+        yield x[:take], y[:take]
+        left -= take
+        if left <= 0:
+            return
+
+
+def _radius_of(setup: ModelSetup, data, *, images=_CLI.radius_images, seed=0, per_layer=False):
+    if isinstance(data, DataLoader):
+        from vitplas.analysis.bounds import token_radius
+
+        r, _ = token_radius(
+            setup.cmap, _images(data), max_images=images, per_layer=per_layer, device=setup.device
+        )
+    else:
+        size = min(images, len(data))
+        r = dataset_radius(setup, data, images=size, batch_size=32, seed=seed, per_layer=per_layer)
+    return r.tolist() if r.ndim else float(r)
+
+
+def _layer_bounds(setup: ModelSetup, names, radius, **options) -> pd.DataFrame:
+    return layer_bounds(
+        setup.cmap, names, n_tokens=setup.n_tokens, radius=radius, width=setup.width, **options
+    )

@@ -1,0 +1,239 @@
+"""The loss landscape of one component beside its rate of change (the original's illustration).
+
+For each component c of block `layer`: train c (and the new head) for `steps` SGD steps,
+recording c's parameters theta_0..theta_T; the top two PCA directions d1, d2 of that trajectory
+(scikit-learn) span a plane through theta_T. On a grid x grid lattice of (a, b) in
+[-span, span]^2 the parameters are set to theta_T + a d1 + b d2 and two surfaces are measured:
+
+    loss(a, b)  cross-entropy of the model on a fixed batch of `eval_images` training images
+    rate(a, b)  c's plasticity at that point: mean over `pairs` fixed (reference, target)
+                pairs of ||c(x) - c(y)||_F / ||x - y||_F on the embedding output (PAPER.md 1)
+
+Only c's parameters move on the grid: the embedding output is computed once. `blocks` keeps
+the first `blocks` blocks of the backbone (then the final norm and head), which makes the loss
+cheap enough for a CPU; None keeps them all (the paper preset).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from vitplas.analysis.plasticity import embed_images, token_ratios
+from vitplas.analysis.setup import open_stream, resolve_device
+from vitplas.config import ConfigError
+from vitplas.data import build_transform, dataset_info, make_loader
+from vitplas.models import load_model
+from vitplas.models.components import ComponentMap, component_map
+from vitplas.runs import RunDir, atomic_write_json, write_table
+
+
+@dataclass
+class LandscapeConfig:
+    """`vitplas landscape` settings; defaults are the offline default (see PRESETS['paper'])."""
+
+    model: str = "dinov2-s14"
+    random_init: bool = False
+    img_size: int | None = 42
+    blocks: int | None = 1  # keep the first N blocks (None: all; the paper)
+    dataset: str = "fashion-mnist"  # SGD steps and the loss batch: its train split
+    reference: str = "photos"  # rate of change: pairs (reference [val], dataset [test])
+    layer: int = 0
+    components: list[str] = field(default_factory=lambda: ["ln1", "fc1", "mha"])
+    steps: int = 20
+    lr: float = 0.01
+    momentum: float = 0.9
+    grad_clip: float | None = 1.0  # total gradient norm, as the finetuning protocol clips
+    batch_size: int = 16
+    grid: int = 20
+    span: float = 0.5
+    eval_images: int = 16
+    pairs: int = 16
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = 1  # torch CPU threads for the run: its tensors are small, and more
+    # threads mostly wait for each other (5x the CPU time on a shared 2-core CPU); None: torch's
+    normalization: Literal["model", "paper"] = "model"
+
+    def validate(self) -> None:
+        if self.steps < 2 or self.grid < 2:
+            raise ConfigError(f"steps and grid must be >= 2, got {self.steps}, {self.grid}")
+        if self.span <= 0 or self.lr <= 0:
+            raise ConfigError("span and lr must be > 0")
+        if self.blocks is not None and not 0 <= self.layer < self.blocks:
+            raise ConfigError(f"layer {self.layer} is not among the first {self.blocks} blocks")
+
+
+# The original's setup: ViT-B/16 in21k, block 0, LN1/FC1/MHA, 20 x 20 grid over +-0.5, 20 steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        model="vit-b16-in21k",
+        img_size=224,
+        blocks=None,
+        dataset="cifar10",
+        reference="imagenet",
+        grid=20,
+        span=0.5,
+        steps=20,
+        batch_size=64,
+        eval_images=256,
+        pairs=256,
+        normalization="paper",
+        threads=None,
+    ),
+    "offline": {},
+}
+
+
+@dataclass
+class _Setup:
+    model: nn.Module
+    cmap: ComponentMap
+    device: torch.device
+    description: str
+
+
+def _setup(cfg: LandscapeConfig, num_classes: int) -> tuple[_Setup, Any]:
+    """The model with a new head of `num_classes`, truncated to cfg.blocks, and its record."""
+    loaded = load_model(
+        cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
+    )
+    model = loaded.model
+    if cfg.blocks is not None:
+        model.blocks = model.blocks[: cfg.blocks]  # shallow: the loss only needs these
+    device = resolve_device(cfg.device)
+    model = model.to(device).eval()  # eval: no dropout, the same function at every point
+    return _Setup(model, component_map(model), device, loaded.description), loaded
+
+
+def _batches(cfg: LandscapeConfig, transform) -> tuple[list, tuple, torch.Tensor]:
+    """(SGD batches, loss batch (x, labels), pair tokens (2P, N, D) input) from the datasets."""
+    train = open_stream(cfg.dataset, "train", transform, None, False)
+    loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+    it = iter(loader)
+    steps = [next(it) for _ in range(cfg.steps)]
+    fixed = make_loader(train, cfg.eval_images, shuffle=True, seed=cfg.seed + 1)
+    loss_batch = next(iter(fixed))
+    ref = open_stream(cfg.reference, "val", transform, None, False)
+    tgt = open_stream(cfg.dataset, "test", transform, None, False)
+    xs = next(iter(make_loader(ref, cfg.pairs, shuffle=True, seed=cfg.seed)))[0]
+    ys = next(iter(make_loader(tgt, cfg.pairs, shuffle=True, seed=cfg.seed)))[0]
+    n = min(len(xs), len(ys))
+    return steps, loss_batch, torch.cat([xs[:n], ys[:n]])
+
+
+def trajectory(setup: _Setup, cfg: LandscapeConfig, name: str, steps: list) -> torch.Tensor:
+    """(T + 1, P) parameters of component `name` in block cfg.layer along `steps` SGD steps
+    that train it and the head (the rest frozen); the model keeps the final point."""
+    params = list(setup.cmap.module(cfg.layer, name).parameters())
+    head = list(setup.model.head.parameters())
+    for p in setup.model.parameters():
+        p.requires_grad_(False)
+    for p in [*params, *head]:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD([*params, *head], lr=cfg.lr, momentum=cfg.momentum)
+    points = [parameters_to_vector(params).detach().clone()]
+    for x, y in steps:
+        loss = F.cross_entropy(setup.model(x.to(setup.device)), y.to(setup.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([*params, *head], cfg.grad_clip)
+        opt.step()
+        points.append(parameters_to_vector(params).detach().clone())
+    for p in setup.model.parameters():
+        p.requires_grad_(False)
+    return torch.stack(points)
+
+
+def pca_plane(points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(2, P) unit directions (top two principal components of the (T + 1, P) trajectory) and
+    the (T + 1, 2) coordinates of each point relative to the last one."""
+    from sklearn.decomposition import PCA
+
+    data = points.double().cpu().numpy()
+    directions = PCA(n_components=2).fit(data).components_  # rows: unit vectors
+    return directions, (data - data[-1]) @ directions.T
+
+
+def surfaces(setup, cfg, name, center, directions, loss_batch, h) -> pd.DataFrame:
+    """Rows (i, j, a, b, loss, rate) over the grid around `center` (P,) in the plane."""
+    params = list(setup.cmap.module(cfg.layer, name).parameters())
+    axis = np.linspace(-cfg.span, cfg.span, cfg.grid)
+    d = torch.as_tensor(directions, dtype=center.dtype, device=center.device)
+    x, y = (t.to(setup.device) for t in loss_batch)
+    rows = []
+    with torch.inference_mode():
+        for i, a in enumerate(axis):
+            for j, b in enumerate(axis):
+                vector_to_parameters(center + float(a) * d[0] + float(b) * d[1], params)
+                loss = float(F.cross_entropy(setup.model(x), y))
+                ratio = token_ratios(setup.cmap, h, [name])[:, cfg.layer, 0]  # (P,)
+                rows.append((i, j, float(a), float(b), loss, float(ratio.nanmean())))
+        vector_to_parameters(center, params)
+    return pd.DataFrame(rows, columns=["i", "j", "a", "b", "loss", "rate"])
+
+
+def run_landscape(cfg: LandscapeConfig, run_dir: str | Path, progress=None) -> dict[str, Any]:
+    """Every component's trajectory, plane and surfaces; tables and figures under `run_dir`.
+
+    progress(component, done, total) is called after each component."""
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, run_dir, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: LandscapeConfig, run_dir: str | Path, progress) -> dict[str, Any]:
+    from vitplas.plots.landscape import landscape_figure
+    from vitplas.plots.style import write
+
+    t0 = time.perf_counter()
+    run = RunDir(run_dir)
+    run.start(cfg)
+    torch.manual_seed(cfg.seed)
+    setup, loaded = _setup(cfg, dataset_info(cfg.dataset).num_classes)
+    mean, std = loaded.normalization(cfg.normalization)
+    steps, loss_batch, images = _batches(cfg, build_transform(mean, std, loaded.input_size, False))
+    with torch.inference_mode():
+        h = embed_images(setup.cmap, images.to(setup.device))  # (2P, N, D): c moves, h does not
+    start = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    grids, paths = [], []
+    for k, name in enumerate(cfg.components):
+        setup.model.load_state_dict(start)  # every component from the same pretrained point
+        points = trajectory(setup, cfg, name, steps)
+        directions, coords = pca_plane(points)
+        grid = surfaces(setup, cfg, name, points[-1], directions, loss_batch, h)
+        grids.append(grid.assign(component=name))
+        paths.append(pd.DataFrame({"component": name, "step": range(len(coords)),
+                                   "a": coords[:, 0], "b": coords[:, 1]}))  # fmt: skip
+        if progress is not None:
+            progress(name, k + 1, len(cfg.components))
+    grid = pd.concat(grids, ignore_index=True).assign(model=cfg.model, layer=cfg.layer)
+    path = pd.concat(paths, ignore_index=True)
+    files = [*write_table(grid, run / "landscape"), *write_table(path, run / "trajectory")]
+    title = f"{cfg.model} · block {cfg.layer} · {cfg.dataset} (rate: {cfg.reference} vs test)"
+    files += write(landscape_figure(grid, path, title), run / "figures" / "landscape")
+    result = {
+        "model": cfg.model,
+        "model_description": setup.description,
+        "components": cfg.components,
+        "files": [str(Path(p).relative_to(run.path)) for p in files],
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
+    run.write_manifest(result)
+    atomic_write_json(run / "result.json", result)
+    run.mark_done()
+    return {**result, "grid": grid, "trajectory": path, "run_dir": str(run.path)}
