@@ -1,0 +1,429 @@
+"""What a study costs before it runs: FLOPs, time on a declared device, and disk.
+
+FLOPs are counted, not derived from a formula: torch.utils.flop_counter.FlopCounterMode
+watches one real training step of each run's model (forward, loss, backward, optimizer step)
+built on the meta device, so nothing is allocated and ViT-H at batch 512 costs no memory. The
+counter sees matrix products and convolutions (2 FLOPs per multiply-add); element-wise work
+(LayerNorm, GELU, softmax, the optimizer's update) is not counted, a few percent of a ViT.
+Runs that share a shape (model, input size, batch, classes, what is trained, optimizer) are
+counted once: the paper's 924 runs have a handful of shapes.
+
+Per finetuning run: training = steps x FLOPs of one step; validation = forward FLOPs per
+image x val images x number of validations; test = one pass over the test split. Analysis
+jobs: plasticity = its pairs through the real estimator (counted the same way) plus the
+radius images; probes = one forward pass over the train and test images they read; bounds =
+the radius images (spectral norms are negligible).
+
+Time = FLOPs / (peak x MFU) + a fixed start-up per job (process start, imports, model and data
+loading), on a declared device: by default an H100's dense bf16 peak at 40% utilisation.
+`measure_cpu_tflops` measures this machine's matmul rate for a CPU estimate.
+
+Disk kept by a finished run: best.safetensors (the trained parameters, float32) and its records
+(config, manifest, metrics, result, TensorBoard). While a run is in flight its resumable train
+states (trained parameters + optimizer slots, `keep_checkpoints` of them) come on top; finished
+runs prune them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitplas.experiments.spec import Run, SweepSpec, expand, train_label
+
+H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
+DEFAULT_MFU = 0.4
+DEFAULT_STARTUP_S = 60.0  # per job on a cluster: python + torch imports, model, data loaders
+SLURM_MARGIN = 1.5  # a job's time limit = estimate x margin + SLURM_SLACK_MIN
+SLURM_SLACK_MIN = 15
+FLOAT_BYTES = 4  # weights and optimizer slots are float32 (autocast keeps float32 masters)
+RECORD_LINE_BYTES = 600  # one metrics.jsonl line with per-component gradient norms (measured)
+RUN_FILES_BYTES = 16_000  # config.yaml + manifest.json + result.json + status
+ANALYSIS_BYTES = 2_000_000  # tables (CSV + Parquet) and figures of one analysis job
+OPTIMIZER_SLOTS = {"sgd": 1, "adamw": 2}  # momentum; Adam's two moments
+
+# Images in the part of each dataset that its split rule cuts (data/splits.py). Families with
+# parameters are keyed by the full name where the size depends on it.
+PART_SIZES: dict[str, dict[str, int]] = {
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar100": {"train": 50_000, "test": 10_000},
+    "cifar10-c": {"all": 10_000},
+    "cifar100-c": {"all": 10_000},
+    "flowers102": {"train": 1_020, "val": 1_020, "test": 6_149},
+    "pet": {"train": 3_680, "test": 3_669},
+    "domainnet/clipart": {"all": 48_129},  # the cleaned DomainNet
+    "domainnet/infograph": {"all": 51_605},
+    "domainnet/painting": {"all": 72_266},
+    "domainnet/quickdraw": {"all": 172_500},
+    "domainnet/real": {"all": 172_947},
+    "domainnet/sketch": {"all": 69_128},
+    "imagenet": {"val": 50_000, "test": 50_000},
+    "imagenet-c": {"val": 50_000, "test": 50_000},
+    "fashion-mnist": {"train": 60_000, "test": 10_000},
+    "mnist-5k": {"all": 5_000},
+    "digits": {"all": 1_797},
+}
+ASSUMED_SPLIT = 10_000  # a split of unknown size (a folder: dataset) is assumed this large
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where the estimate's time is spent: peak TFLOP/s, utilisation, start-up per job."""
+
+    name: str = "H100 dense bf16 (declared)"
+    peak_tflops: float = H100_BF16_TFLOPS
+    mfu: float = DEFAULT_MFU
+    startup_s: float = DEFAULT_STARTUP_S
+
+    def __post_init__(self) -> None:
+        if not self.peak_tflops > 0 or not 0 < self.mfu <= 1 or self.startup_s < 0:
+            raise ValueError(
+                f"device peak {self.peak_tflops} TFLOP/s, mfu {self.mfu}, startup "
+                f"{self.startup_s} s: use a peak > 0, 0 < mfu <= 1 and a startup >= 0"
+            )
+
+    def seconds(self, flops: float, jobs: int = 1) -> float:
+        return flops / (self.peak_tflops * 1e12 * self.mfu) + jobs * self.startup_s
+
+
+def measure_cpu_tflops(n: int = 512, seconds: float = 1.0) -> float:
+    """This CPU's float32 matmul rate in TFLOP/s (n x n products for about `seconds`)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        done += 1
+    return done * 2 * n**3 / (time.perf_counter() - start) / 1e12
+
+
+# ---- models on the meta device --------------------------------------------------------------
+def meta_model(spec: str, img_size: int | None, num_classes: int) -> nn.Module:
+    """The architecture of a model spec on the meta device (no weights read, no memory)."""
+    from vitplas.models import timm_models
+    from vitplas.models.registry import get_preset, is_preset
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if is_preset(spec):
+        preset = get_preset(spec)
+        if preset.source == "random":
+            from timm.models.vision_transformer import VisionTransformer
+
+            with torch.device("meta"):
+                return VisionTransformer(**{**preset.arch_kwargs, **kwargs})
+        return timm_models.create(preset.arch, pretrained=False, on_meta=True, **kwargs)
+    arch = spec.split("@", 1)[0] if "@" in spec else timm_models.split_name(spec)[0]
+    if timm_models.is_timm_vit(arch):
+        return timm_models.create(arch, pretrained=False, on_meta=True, **kwargs)
+    from vitplas.models.build import load_model  # HF ids, folders: their config, random weights
+
+    return load_model(spec, random_init=True, img_size=img_size, num_classes=num_classes).model.to(
+        "meta"
+    )
+
+
+def _input_side(model: nn.Module) -> int:
+    return int(model.patch_embed.img_size[0])
+
+
+def count_flops(fn) -> int:
+    """FLOPs (2 per multiply-add) of the matrix products and convolutions `fn()` runs."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def train_step_flops(model: nn.Module, cfg: Any) -> tuple[int, int]:
+    """(FLOPs, trained parameters) of one optimizer step on a batch of cfg.batch_size images
+    (all micro-batches: accumulation does not change the count): forward, loss, backward,
+    optimizer step, with what cfg.train names trained."""
+    from vitplas.models.components import set_trainable
+    from vitplas.training.optim import build_optimizer
+
+    set_trainable(model, cfg.train, head=cfg.train_head, norm=cfg.train_norm)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trained, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
+    side = _input_side(model)
+    images = torch.empty(cfg.batch_size, 3, side, side, device="meta")
+    labels = torch.zeros(cfg.batch_size, dtype=torch.long, device="meta")
+
+    def step() -> None:
+        F.cross_entropy(model(images).float(), labels, reduction="sum").backward()
+        optimizer.step()
+
+    flops = count_flops(step)
+    model.zero_grad(set_to_none=True)
+    return flops, sum(p.numel() for p in trained)
+
+
+def forward_flops(model: nn.Module) -> int:
+    """FLOPs of one image through the model (evaluation, features)."""
+    side = _input_side(model)
+    images = torch.empty(1, 3, side, side, device="meta")
+    with torch.no_grad():
+        return count_flops(lambda: model(images))
+
+
+def pair_flops(model: nn.Module, inputs: str = "embedding") -> int:
+    """FLOPs of one image pair through the plasticity estimator."""
+    from vitplas.analysis.plasticity import pair_ratios
+    from vitplas.models.components import component_map
+
+    side = _input_side(model)
+    x = torch.empty(1, 3, side, side, device="meta")
+    return count_flops(lambda: pair_ratios(component_map(model), x, x, inputs=inputs))
+
+
+# ---- dataset sizes ---------------------------------------------------------------------------
+def split_sizes(dataset: str) -> tuple[dict[str, int], bool]:
+    """{train, val, test: images} of a dataset as its split rule cuts it, and whether the
+    sizes are known (False: ASSUMED_SPLIT each)."""
+    from vitplas.data.registry import dataset_info
+    from vitplas.data.splits import HELD_FRACTION
+
+    info = dataset_info(dataset)
+    parts = PART_SIZES.get(info.name.rstrip("/")) or PART_SIZES.get(info.family)
+    if info.family == "domainnet":
+        parts = PART_SIZES.get(f"domainnet/{info.values.get('domain')}")
+    if info.family == "photos":
+        length = int(info.values.get("length", ASSUMED_SPLIT))
+        parts = {"val": length, "test": length}
+    if parts is None:
+        return {s: ASSUMED_SPLIT for s in ("train", "val", "test")}, False
+    rule = info.split_rule
+    if rule in ("official", "stream"):
+        return {s: parts.get(s, 0) for s in ("train", "val", "test")}, True
+    if rule == "val-from-train":
+        rest, test = parts["train"], parts["test"]
+    else:  # from-all: test = 20% of everything, val = 20% of the rest
+        test = round(parts["all"] * HELD_FRACTION)
+        rest = parts["all"] - test
+    val = round(rest * HELD_FRACTION)
+    return {"train": rest - val, "val": val, "test": test}, True
+
+
+# ---- the estimate ----------------------------------------------------------------------------
+@dataclass
+class JobCost:
+    """One job of a study: a finetuning run or an analysis job."""
+
+    job_id: str
+    kind: str  # finetune | plasticity | bounds | probes
+    shape: str  # what its FLOPs were counted on (runs that share it share the count)
+    flops: dict[str, float]  # train / val / test / analysis
+    disk_bytes: int
+    peak_disk_bytes: int
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_flops(self) -> float:
+        return float(sum(self.flops.values()))
+
+
+class _Counter:
+    """Counts each distinct (model, shape) once; one meta model per (spec, img, classes)."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple, nn.Module] = {}
+        self.cache: dict[tuple, Any] = {}
+
+    def model(self, spec: str, img_size: int | None, classes: int) -> nn.Module:
+        key = (spec, img_size, classes)
+        if key not in self.models:
+            self.models[key] = meta_model(spec, img_size, classes)
+        return self.models[key]
+
+    def get(self, key: tuple, compute):
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+def _classes(dataset: str) -> int:
+    from vitplas.data.registry import dataset_info
+
+    return dataset_info(dataset).num_classes or 10
+
+
+def _capped(n: int, cap: int | None) -> int:
+    return n if cap is None else min(n, cap)
+
+
+def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
+    """The cost of one finetuning run of a sweep."""
+    from vitplas.config import config_from_dict
+    from vitplas.training.config import FinetuneConfig
+
+    cfg = config_from_dict(FinetuneConfig, dict(run.config))
+    classes = _classes(cfg.dataset)
+    model = counter.model(cfg.model, cfg.img_size, classes)
+    trained = tuple(cfg.train)
+    shape = (cfg.model, cfg.img_size, cfg.batch_size, classes, trained, cfg.optimizer)
+    shape += (cfg.train_head, cfg.train_norm)
+    step, n_trained = counter.get(("train", *shape), lambda: train_step_flops(model, cfg))
+    fwd = counter.get(("fwd", cfg.model, cfg.img_size, classes), lambda: forward_flops(model))
+    sizes, known = split_sizes(cfg.dataset)
+    validations = cfg.steps // cfg.eval_every
+    validations += int(cfg.validates_at_end and cfg.steps % cfg.eval_every != 0)
+    flops = {
+        "train": float(step) * cfg.steps,
+        "val": float(fwd) * _capped(sizes["val"], cfg.max_eval_samples) * validations,
+        "test": float(fwd) * _capped(sizes["test"], cfg.max_eval_samples),
+    }
+    best = n_trained * FLOAT_BYTES
+    lines = cfg.steps // cfg.log_every + validations + 1
+    records = RUN_FILES_BYTES + lines * RECORD_LINE_BYTES * (2 if cfg.tensorboard else 1)
+    slots = OPTIMIZER_SLOTS.get(cfg.optimizer, 2)
+    states = cfg.keep_checkpoints * best * (1 + slots)
+    label = f"{cfg.model}@{cfg.img_size} b{cfg.batch_size} {train_label(list(trained))}"
+    cost = JobCost(run.run_id, "finetune", label, flops, best + records, best + records + states)
+    if not known:
+        cost.notes.append(f"{cfg.dataset}: split sizes unknown, {ASSUMED_SPLIT} images assumed")
+    cost.seconds = device.seconds(cost.total_flops)
+    return cost
+
+
+def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
+    """The cost of one analysis job (reproduce.AnalysisJob) of a study."""
+    cfg = job.config
+    spec = cfg.get("model", "dinov2-s14")
+    img = cfg.get("img_size")
+    model = counter.model(spec, img, 0)
+    fwd = counter.get(("fwd", spec, img, 0), lambda: forward_flops(model))
+    flops: dict[str, float] = {}
+    if job.kind == "plasticity":
+        inputs = cfg.get("inputs", "embedding")
+        pair = counter.get(("pair", spec, img, inputs), lambda: pair_flops(model, inputs))
+        flops["analysis"] = float(pair) * cfg.get("pairs", 512)
+        if cfg.get("bounds", True) and cfg.get("radius") is None:
+            flops["analysis"] += float(fwd) * cfg.get("radius_images", 256)
+    elif job.kind == "probes":
+        sizes, _ = split_sizes(cfg.get("dataset", "cifar10"))
+        images = _capped(sizes["train"], cfg.get("max_train"))
+        images += _capped(sizes["test"], cfg.get("max_test"))
+        flops["analysis"] = float(fwd) * images
+    else:  # bounds: the radius images (spectral norms are negligible)
+        flops["analysis"] = float(fwd) * (0 if cfg.get("radius") else cfg.get("radius_images", 256))
+    side = _input_side(model)
+    cost = JobCost(job.job_id, job.kind, f"{spec}@{side}", flops, ANALYSIS_BYTES, ANALYSIS_BYTES)
+    cost.seconds = device.seconds(cost.total_flops)
+    return cost
+
+
+@dataclass
+class StudyCost:
+    """Every job's cost and the totals of a study on one device."""
+
+    name: str
+    device: Device
+    jobs: list[JobCost]
+
+    @property
+    def runs(self) -> list[JobCost]:
+        return [j for j in self.jobs if j.kind == "finetune"]
+
+    def totals(self, jobs: Iterable[JobCost] | None = None) -> dict[str, float]:
+        jobs = list(self.jobs if jobs is None else jobs)
+        out: dict[str, float] = {"jobs": len(jobs)}
+        for key in ("train", "val", "test", "analysis"):
+            out[f"{key}_flops"] = sum(j.flops.get(key, 0.0) for j in jobs)
+        out["flops"] = sum(j.total_flops for j in jobs)
+        out["seconds"] = sum(j.seconds for j in jobs)
+        out["disk_bytes"] = sum(j.disk_bytes for j in jobs)
+        out["peak_disk_bytes"] = max((j.peak_disk_bytes for j in jobs), default=0)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.name,
+            "device": asdict(self.device),
+            "totals": self.totals(),
+            "runs_totals": self.totals(self.runs),
+            "jobs": [{**asdict(j), "total_flops": j.total_flops} for j in self.jobs],
+        }
+
+
+def study_cost(
+    spec: SweepSpec, device: Device | None = None, runs: list[Run] | None = None
+) -> StudyCost:
+    """The cost of every finetuning run and analysis job of a spec on `device`."""
+    from vitplas.experiments.reproduce import analysis_jobs
+
+    device = device or Device()
+    counter = _Counter()
+    runs = expand(spec) if runs is None else runs
+    jobs = [run_cost(run, counter, device) for run in runs]
+    jobs += [analysis_cost(job, counter, device) for job in analysis_jobs(spec)]
+    return StudyCost(spec.name, device, jobs)
+
+
+def slurm_minutes(cost: JobCost) -> int:
+    """A SLURM time limit for one job: its estimate x SLURM_MARGIN + SLURM_SLACK_MIN."""
+    return math.ceil(cost.seconds * SLURM_MARGIN / 60) + SLURM_SLACK_MIN
+
+
+# ---- the readable form -----------------------------------------------------------------------
+def human(value: float, unit: str) -> str:
+    """1.2e15, 'FLOP' -> '1.20 PFLOP'; bytes -> '3.4 GB'; seconds -> '2.5 h'."""
+    if unit == "s":
+        for size, name in ((86400, "d"), (3600, "h"), (60, "min")):
+            if value >= size:
+                return f"{value / size:.1f} {name}"
+        return f"{value:.0f} s"
+    for power, prefix in ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if value >= 10**power:
+            return f"{value / 10**power:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def format_table(cost: StudyCost) -> str:
+    """Jobs grouped by shape (count, FLOPs and time per job and in all, disk kept), totals."""
+    groups: dict[tuple[str, str], list[JobCost]] = {}
+    for job in cost.jobs:
+        groups.setdefault((job.kind, job.shape), []).append(job)
+    header = ("kind", "shape", "jobs", "FLOP/job", "time/job", "FLOP", "time", "disk")
+    rows = [header]
+    for (kind, shape), jobs in groups.items():
+        tot = cost.totals(jobs)
+        n = len(jobs)
+        rows.append(
+            (kind, shape, str(n), human(tot["flops"] / n, "FLOP"), human(tot["seconds"] / n, "s"))
+            + (human(tot["flops"], "FLOP"), human(tot["seconds"], "s"))
+            + (human(tot["disk_bytes"], "B"),)
+        )
+    tot = cost.totals()
+    rows.append(
+        ("total", "", str(len(cost.jobs)), "", "", human(tot["flops"], "FLOP"))
+        + (human(tot["seconds"], "s"), human(tot["disk_bytes"], "B"))
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(-1, lines[1])
+    dev = cost.device
+    runs = cost.totals(cost.runs)
+    lines.append(
+        f"{len(cost.runs)} runs: train {human(runs['train_flops'], 'FLOP')}, validation "
+        f"{human(runs['val_flops'], 'FLOP')}, test {human(runs['test_flops'], 'FLOP')}; "
+        f"analyses {human(tot['analysis_flops'], 'FLOP')}"
+    )
+    lines.append(
+        f"device: {dev.name}, {dev.peak_tflops:g} TFLOP/s peak x MFU {dev.mfu:g} + "
+        f"{dev.startup_s:g} s start-up per job; disk while runs are in flight: up to "
+        f"{human(tot['peak_disk_bytes'], 'B')} per run (resumable train states, pruned when "
+        "a run finishes)"
+    )
+    notes = sorted({n for j in cost.jobs for n in j.notes})
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
