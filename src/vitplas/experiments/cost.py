@@ -387,6 +387,14 @@ def human(value: float, unit: str) -> str:
     return f"{value:.0f} {unit}"
 
 
+def _sums(totals: dict[str, float]) -> tuple[str, str, str]:
+    return (
+        human(totals["flops"], "FLOP"),
+        human(totals["seconds"], "s"),
+        human(totals["disk_bytes"], "B"),
+    )
+
+
 def format_table(cost: StudyCost) -> str:
     """Jobs grouped by shape (count, FLOPs and time per job and in all, disk kept), totals."""
     groups: dict[tuple[str, str], list[JobCost]] = {}
@@ -395,18 +403,11 @@ def format_table(cost: StudyCost) -> str:
     header = ("kind", "shape", "jobs", "FLOP/job", "time/job", "FLOP", "time", "disk")
     rows = [header]
     for (kind, shape), jobs in groups.items():
-        tot = cost.totals(jobs)
-        n = len(jobs)
-        rows.append(
-            (kind, shape, str(n), human(tot["flops"] / n, "FLOP"), human(tot["seconds"] / n, "s"))
-            + (human(tot["flops"], "FLOP"), human(tot["seconds"], "s"))
-            + (human(tot["disk_bytes"], "B"),)
-        )
+        tot, n = cost.totals(jobs), len(jobs)
+        per_job = (human(tot["flops"] / n, "FLOP"), human(tot["seconds"] / n, "s"))
+        rows.append((kind, shape, str(n), *per_job, *_sums(tot)))
     tot = cost.totals()
-    rows.append(
-        ("total", "", str(len(cost.jobs)), "", "", human(tot["flops"], "FLOP"))
-        + (human(tot["seconds"], "s"), human(tot["disk_bytes"], "B"))
-    )
+    rows.append(("total", "", str(len(cost.jobs)), "", "", *_sums(tot)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -427,3 +428,50 @@ def format_table(cost: StudyCost) -> str:
     notes = sorted({n for j in cost.jobs for n in j.notes})
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+CPU_MFU = 0.5  # a ViT step on a CPU reaches about half the matmul benchmark's rate
+CPU_STARTUP_S = 10.0  # per job on a CPU: process start, imports, model and data loading
+
+
+def declared_device(
+    peak_tflops: str | float | None = None, mfu: float | None = None, startup_s: float | None = None
+) -> Device:
+    """The device of an estimate from the CLI's options: a peak in TFLOP/s (default an H100's
+    dense bf16) or 'cpu' (this machine's matmul rate, measured now, with CPU defaults)."""
+    if isinstance(peak_tflops, str) and peak_tflops.strip().lower() == "cpu":
+        measured = measure_cpu_tflops()
+        return Device(
+            f"this CPU ({torch.get_num_threads()} threads, matmul measured)",
+            measured,
+            CPU_MFU if mfu is None else mfu,
+            CPU_STARTUP_S if startup_s is None else startup_s,
+        )
+    try:
+        peak = H100_BF16_TFLOPS if peak_tflops is None else float(peak_tflops)
+    except ValueError as err:
+        raise ValueError(
+            f"--device-peak-tflops '{peak_tflops}' is neither a number nor 'cpu'; give the "
+            "device's dense peak in TFLOP/s (an H100's bf16: 989) or 'cpu' to measure this CPU"
+        ) from err
+    name = "H100 dense bf16 (declared)" if peak_tflops is None else "declared device"
+    return Device(
+        name,
+        peak,
+        DEFAULT_MFU if mfu is None else mfu,
+        DEFAULT_STARTUP_S if startup_s is None else startup_s,
+    )
+
+
+def slurm_time_limits(
+    spec: SweepSpec, runs: list[Run], device: Device | None = None
+) -> dict[str, int]:
+    """run id -> a SLURM time limit in minutes: the run's estimate on `device` (default: the
+    declared H100) x SLURM_MARGIN + SLURM_SLACK_MIN, rounded up to 30 minutes so that runs of
+    similar length share a job array."""
+    counter, device = _Counter(), device or Device()
+    limits = {}
+    for run in runs:
+        minutes = slurm_minutes(run_cost(run, counter, device))
+        limits[run.run_id] = 30 * math.ceil(minutes / 30)
+    return limits

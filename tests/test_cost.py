@@ -1,0 +1,125 @@
+"""A study's cost before it runs: FLOP counts against a hand count, split sizes, the dry run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vitplas.cli import app
+from vitplas.experiments import cost
+from vitplas.experiments.spec import expand, load_spec
+from vitplas.training.config import FinetuneConfig
+
+# tiny-random: 32 px images, 8 px patches, width D = 48, 2 blocks, 3 heads, MLP 144 (ratio 3)
+P, D, H, DEPTH, CLASSES = 16, 48, 144, 2, 10
+N = P + 1  # tokens: 16 patches + the class token
+PATCH_IN = 3 * 8 * 8  # one patch, flattened: the patch embedding's input width
+
+# multiply-adds per image, matrix products only
+EMBED = P * PATCH_IN * D  # the patch embedding convolution
+QKV = N * D * 3 * D
+SCORES = N * N * D  # q k^T over all heads (3 heads x N x N x 16)
+VALUES = N * N * D  # softmax(.) v
+PROJ = N * D * D
+FC1 = N * D * H
+FC2 = N * H * D
+BLOCK = QKV + SCORES + VALUES + PROJ + FC1 + FC2
+HEAD = D * CLASSES  # the class token through the head
+FORWARD = EMBED + DEPTH * BLOCK + HEAD
+
+
+def _tiny(train: list[str], batch: int = 4) -> FinetuneConfig:
+    return FinetuneConfig(model="tiny-random", img_size=32, batch_size=batch, train=train)
+
+
+def test_forward_flops_of_a_tiny_vit_match_the_hand_count():
+    model = cost.meta_model("tiny-random", 32, CLASSES)
+    assert cost.forward_flops(model) == 2 * FORWARD  # 2 FLOPs per multiply-add
+
+
+def test_train_step_flops_of_full_finetuning_match_the_hand_count():
+    # backward: every product of the blocks and the head gives a gradient for its input and
+    # one for its weight (attention's two products: one for each operand), 2x its forward;
+    # the patch embedding only for its weight (the images need no gradient)
+    backward = 2 * (DEPTH * BLOCK + HEAD) + EMBED
+    # the optimizer's update is element-wise: no matrix product, nothing counted
+    model = cost.meta_model("tiny-random", 32, CLASSES)
+    flops, trained = cost.train_step_flops(model, _tiny(["all"]))
+    assert flops == 4 * 2 * (FORWARD + backward)  # batch of 4
+    assert trained == sum(p.numel() for p in model.parameters())
+
+
+def test_train_step_flops_with_frozen_weights_skip_their_gradients():
+    # train ln1 (+ head, final norm): the gradient flows from the head down to block 0's
+    # first norm, so every product gives its input's gradient (attention's two products, with
+    # no weight, one for each operand: 2x their forward), but only the head's weight gets one;
+    # the patch embedding, below every trained parameter, does no backward work at all
+    backward = DEPTH * (BLOCK + SCORES + VALUES) + HEAD + HEAD
+    model = cost.meta_model("tiny-random", 32, CLASSES)
+    flops, trained = cost.train_step_flops(model, _tiny(["ln1"], batch=2))
+    assert flops == 2 * 2 * (FORWARD + backward)
+    assert trained == DEPTH * 2 * D + 2 * D + HEAD + CLASSES  # ln1 of 2 blocks, norm, head
+
+
+@pytest.mark.parametrize(
+    ("dataset", "sizes"),
+    [
+        ("cifar10", {"train": 40_000, "val": 10_000, "test": 10_000}),
+        ("cifar10-c/contrast/5", {"train": 6_400, "val": 1_600, "test": 2_000}),
+        ("flowers102", {"train": 1_020, "val": 1_020, "test": 6_149}),
+        ("mnist-5k", {"train": 3_200, "val": 800, "test": 1_000}),
+    ],
+)
+def test_split_sizes_follow_the_split_rules(dataset, sizes):
+    assert cost.split_sizes(dataset) == (sizes, True)
+
+
+def test_device_time_and_bad_options_say_what_to_give():
+    device = cost.declared_device(100.0, 0.5, 10.0)
+    assert device.seconds(100e12 * 0.5 * 30, jobs=2) == pytest.approx(30 + 20)
+    with pytest.raises(ValueError, match="neither a number nor 'cpu'"):
+        cost.declared_device("fast")
+    with pytest.raises(ValueError, match="0 < mfu <= 1"):
+        cost.Device(mfu=1.5)
+    assert cost.declared_device().peak_tflops == cost.H100_BF16_TFLOPS
+
+
+def test_run_cost_counts_validations_disk_and_a_slurm_limit(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
+        "warmup_steps: 0, eval_every: 4, max_eval_samples: 50, dataset: mnist-5k, "
+        "tensorboard: false}\ngrid: {train: [all, ln1]}\n"
+    )
+    spec = load_spec(spec_file)
+    study = cost.study_cost(spec, cost.Device(peak_tflops=1.0, mfu=1.0, startup_s=0.0))
+    full = study.runs[0]
+    assert full.flops["val"] == 2 * FORWARD * 50 * 2  # 2 validations (steps 4 and 8)
+    assert full.flops["test"] == 2 * FORWARD * 50
+    model = cost.meta_model("tiny-random", 32, CLASSES)
+    assert full.disk_bytes > 4 * sum(p.numel() for p in model.parameters())  # best + records
+    assert full.seconds == pytest.approx(full.total_flops / 1e12)
+    assert study.totals()["jobs"] == 2
+    limits = cost.slurm_time_limits(spec, expand(spec))
+    assert set(limits.values()) == {30}  # seconds of work: the slack, rounded up to 30 min
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_paper_main_study_prints_its_count_and_totals(tmp_path):
+    spec_path = "configs/paper/main.yaml"
+    out = tmp_path / "cost.json"
+    args = ["sweep", spec_path, "--dry-run", "--json", str(out), "--root", str(tmp_path)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    n_runs = len(expand(load_spec(spec_path), with_presets=False))
+    assert f"{n_runs} runs: train " in result.output
+    assert "total" in result.output and "EFLOP" in result.output
+    estimate = json.loads(out.read_text())
+    runs = [j for j in estimate["jobs"] if j["kind"] == "finetune"]
+    assert len(runs) == n_runs
+    totals = estimate["totals"]
+    for key in ("train_flops", "val_flops", "test_flops", "analysis_flops", "seconds"):
+        assert totals[key] > 0, key
+    assert totals["disk_bytes"] > 0
