@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from vitplas.cli import progress as progress_module
-from vitplas.cli.progress import progress_view
+from vitplas.cli.progress import clock, eta_seconds, progress_view
 
 
 def test_without_terminal_lines_at_start_end_and_throttled(monkeypatch, capsys):
@@ -22,7 +22,12 @@ def test_without_terminal_lines_at_start_end_and_throttled(monkeypatch, capsys):
         update("sweep", 4, 4)  # finished: printed
         update("sweep", 4, 4)  # finished already: quiet
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["[00:00:00] sweep 0/4", "[00:00:40] sweep 2/4", "[00:00:42] sweep 4/4"]
+    # 2 done in 40 s since the first update: 2 left take 40 s more
+    assert lines == [
+        "[00:00:00] sweep 0/4",
+        "[00:00:40] sweep 2/4, ETA 00:00:40",
+        "[00:00:42] sweep 4/4",
+    ]
     assert console.file.getvalue() == ""  # stdout is left to the results
 
 
@@ -32,3 +37,25 @@ def test_on_a_terminal_bars_print_no_lines(capsys):
         update("pairs", 5, 10)
     assert capsys.readouterr().err == ""
     assert "pairs" in console.file.getvalue()
+
+
+def test_eta_counts_only_the_work_done_since_the_first_update():
+    # a resumed sweep: 90 of 100 runs were done before; 5 more in 50 s -> 5 left take 50 s
+    assert eta_seconds((10.0, 90), 60.0, 95, 100) == 50.0
+    assert eta_seconds((10.0, 90), 60.0, 90, 100) is None  # no progress yet: no ETA
+    assert clock(3 * 3600 + 61) == "03:01:01"
+    assert clock(2 * 86400 + 5) == "2d 00:00:05"
+
+
+def test_a_terminal_bar_shows_the_eta(monkeypatch):
+    times = [0.0, 10.0]  # our two updates; rich's own calls (if any) get the last value
+
+    def fake_monotonic() -> float:
+        return times.pop(0) if len(times) > 1 else times[0]
+
+    monkeypatch.setattr(progress_module.time, "monotonic", fake_monotonic)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with progress_view(console) as update:
+        update("runs", 0, 4)
+        update("runs", 1, 4)  # 1 in 10 s: 3 left take 30 s
+    assert "ETA 00:00:30" in console.file.getvalue()
