@@ -40,7 +40,7 @@ def _print_cost(spec, runs, peak: str | None, mfu: float | None, json_path: Path
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     cost = study_cost(spec, device, runs)
-    console.print(format_table(cost), markup=False, highlight=False)
+    console.print(format_table(cost), markup=False, highlight=False, soft_wrap=True)
     if json_path is not None:
         json_path.write_text(json.dumps(cost.to_dict(), indent=1) + "\n")
         console.print(f"estimate written to {json_path}", highlight=False)
