@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 
+import pytest
+import yaml
 from rich.console import Console
 
 from vitplas.cli import progress as progress_module
@@ -59,3 +62,22 @@ def test_a_terminal_bar_shows_the_eta(monkeypatch):
         update("runs", 0, 4)
         update("runs", 1, 4)  # 1 in 10 s: 3 left take 30 s
     assert "ETA 00:00:30" in console.file.getvalue()
+
+
+def test_radius_shows_progress_and_writes_its_run_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    out = tmp_path / "radius"
+    args = ["radius", "--model", "tiny-random", "--random-init", "--dataset", "digits"]
+    args += ["--images", "40", "--batch-size", "16", "--out", str(out)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "images 40/40" in result.stderr  # a line per update at most every 30 s, and the end
+    saved = json.loads((out / "radius.json").read_text())
+    printed = float(result.stdout.split()[2])
+    assert saved["radius"] == pytest.approx(printed, rel=1e-5)  # printed with 6 digits
+    assert saved["images"] == 40 and saved["n_tokens"] == 17 and not saved["per_layer"]
+    assert (out / "DONE").exists() and (out / "manifest.json").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["dataset"] == "digits"

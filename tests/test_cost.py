@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vitplas.cli import app
-from vitplas.experiments import cost
+from vitplas.experiments import cost, flops
 from vitplas.experiments.spec import expand, load_spec
 from vitplas.training.config import FinetuneConfig
 
@@ -35,8 +35,8 @@ def _tiny(train: list[str], batch: int = 4) -> FinetuneConfig:
 
 
 def test_forward_flops_of_a_tiny_vit_match_the_hand_count():
-    model = cost.meta_model("tiny-random", 32, CLASSES)
-    assert cost.forward_flops(model) == 2 * FORWARD  # 2 FLOPs per multiply-add
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    assert flops.forward_flops(model) == 2 * FORWARD  # 2 FLOPs per multiply-add
 
 
 def test_train_step_flops_of_full_finetuning_match_the_hand_count():
@@ -45,9 +45,9 @@ def test_train_step_flops_of_full_finetuning_match_the_hand_count():
     # the patch embedding only for its weight (the images need no gradient)
     backward = 2 * (DEPTH * BLOCK + HEAD) + EMBED
     # the optimizer's update is element-wise: no matrix product, nothing counted
-    model = cost.meta_model("tiny-random", 32, CLASSES)
-    flops, trained = cost.train_step_flops(model, _tiny(["all"]))
-    assert flops == 4 * 2 * (FORWARD + backward)  # batch of 4
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    counted, trained = flops.train_step_flops(model, _tiny(["all"]))
+    assert counted == 4 * 2 * (FORWARD + backward)  # batch of 4
     assert trained == sum(p.numel() for p in model.parameters())
 
 
@@ -57,9 +57,9 @@ def test_train_step_flops_with_frozen_weights_skip_their_gradients():
     # no weight, one for each operand: 2x their forward), but only the head's weight gets one;
     # the patch embedding, below every trained parameter, does no backward work at all
     backward = DEPTH * (BLOCK + SCORES + VALUES) + HEAD + HEAD
-    model = cost.meta_model("tiny-random", 32, CLASSES)
-    flops, trained = cost.train_step_flops(model, _tiny(["ln1"], batch=2))
-    assert flops == 2 * 2 * (FORWARD + backward)
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    counted, trained = flops.train_step_flops(model, _tiny(["ln1"], batch=2))
+    assert counted == 2 * 2 * (FORWARD + backward)
     assert trained == DEPTH * 2 * D + 2 * D + HEAD + CLASSES  # ln1 of 2 blocks, norm, head
 
 
@@ -98,7 +98,7 @@ def test_run_cost_counts_validations_disk_and_a_slurm_limit(tmp_path):
     full = study.runs[0]
     assert full.flops["val"] == 2 * FORWARD * 50 * 2  # 2 validations (steps 4 and 8)
     assert full.flops["test"] == 2 * FORWARD * 50
-    model = cost.meta_model("tiny-random", 32, CLASSES)
+    model = flops.meta_model("tiny-random", 32, CLASSES)
     assert full.disk_bytes > 4 * sum(p.numel() for p in model.parameters())  # best + records
     assert full.seconds == pytest.approx(full.total_flops / 1e12)
     assert study.totals()["jobs"] == 2

@@ -1,12 +1,9 @@
 """What a study costs before it runs: FLOPs, time on a declared device, and disk.
 
-FLOPs are counted, not derived from a formula: torch.utils.flop_counter.FlopCounterMode
-watches one real training step of each run's model (forward, loss, backward, optimizer step)
-built on the meta device, so nothing is allocated and ViT-H at batch 512 costs no memory. The
-counter sees matrix products and convolutions (2 FLOPs per multiply-add); element-wise work
-(LayerNorm, GELU, softmax, the optimizer's update) is not counted, a few percent of a ViT.
-Runs that share a shape (model, input size, batch, classes, what is trained, optimizer) are
-counted once: the paper's 924 runs have a handful of shapes.
+FLOPs are counted (experiments/flops.py) on one real training step of each run's model and
+batch (forward, loss, backward, optimizer step) built on the meta device. Runs that share a
+shape (model, input size, batch, classes, what is trained, optimizer) are counted once: the
+paper's 924 runs have a few dozen shapes.
 
 Per finetuning run: training = steps x FLOPs of one step; validation = forward FLOPs per
 image x val images x number of validations; test = one pass over the test split. Analysis
@@ -33,10 +30,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from vitplas.experiments.flops import (
+    forward_flops,
+    input_side,
+    meta_model,
+    pair_flops,
+    train_step_flops,
+)
 from vitplas.experiments.spec import Run, SweepSpec, expand, train_label
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
@@ -108,85 +110,6 @@ def measure_cpu_tflops(n: int = 1024, bursts: int = 8, seconds: float = 0.25) ->
             done += 1
         best = max(best, done * 2 * n**3 / (time.perf_counter() - start) / 1e12)
     return best
-
-
-# ---- models on the meta device --------------------------------------------------------------
-def meta_model(spec: str, img_size: int | None, num_classes: int) -> nn.Module:
-    """The architecture of a model spec on the meta device (no weights read, no memory)."""
-    from vitplas.models import timm_models
-    from vitplas.models.registry import get_preset, is_preset
-
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    if is_preset(spec):
-        preset = get_preset(spec)
-        if preset.source == "random":
-            from timm.models.vision_transformer import VisionTransformer
-
-            with torch.device("meta"):
-                return VisionTransformer(**{**preset.arch_kwargs, **kwargs})
-        return timm_models.create(preset.arch, pretrained=False, on_meta=True, **kwargs)
-    arch = spec.split("@", 1)[0] if "@" in spec else timm_models.split_name(spec)[0]
-    if timm_models.is_timm_vit(arch):
-        return timm_models.create(arch, pretrained=False, on_meta=True, **kwargs)
-    from vitplas.models.build import load_model  # HF ids, folders: their config, random weights
-
-    return load_model(spec, random_init=True, img_size=img_size, num_classes=num_classes).model.to(
-        "meta"
-    )
-
-
-def _input_side(model: nn.Module) -> int:
-    return int(model.patch_embed.img_size[0])
-
-
-def count_flops(fn) -> int:
-    """FLOPs (2 per multiply-add) of the matrix products and convolutions `fn()` runs."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def train_step_flops(model: nn.Module, cfg: Any) -> tuple[int, int]:
-    """(FLOPs, trained parameters) of one optimizer step on a batch of cfg.batch_size images
-    (all micro-batches: accumulation does not change the count): forward, loss, backward,
-    optimizer step, with what cfg.train names trained."""
-    from vitplas.models.components import set_trainable
-    from vitplas.training.optim import build_optimizer
-
-    set_trainable(model, cfg.train, head=cfg.train_head, norm=cfg.train_norm)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trained, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
-    side = _input_side(model)
-    images = torch.empty(cfg.batch_size, 3, side, side, device="meta")
-    labels = torch.zeros(cfg.batch_size, dtype=torch.long, device="meta")
-
-    def step() -> None:
-        F.cross_entropy(model(images).float(), labels, reduction="sum").backward()
-        optimizer.step()
-
-    flops = count_flops(step)
-    model.zero_grad(set_to_none=True)
-    return flops, sum(p.numel() for p in trained)
-
-
-def forward_flops(model: nn.Module) -> int:
-    """FLOPs of one image through the model (evaluation, features)."""
-    side = _input_side(model)
-    images = torch.empty(1, 3, side, side, device="meta")
-    with torch.no_grad():
-        return count_flops(lambda: model(images))
-
-
-def pair_flops(model: nn.Module, inputs: str = "embedding") -> int:
-    """FLOPs of one image pair through the plasticity estimator."""
-    from vitplas.analysis.plasticity import pair_ratios
-    from vitplas.models.components import component_map
-
-    side = _input_side(model)
-    x = torch.empty(1, 3, side, side, device="meta")
-    return count_flops(lambda: pair_ratios(component_map(model), x, x, inputs=inputs))
 
 
 # ---- dataset sizes ---------------------------------------------------------------------------
@@ -320,7 +243,7 @@ def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
         flops["analysis"] = float(fwd) * images
     else:  # bounds: the radius images (spectral norms are negligible)
         flops["analysis"] = float(fwd) * (0 if cfg.get("radius") else cfg.get("radius_images", 256))
-    side = _input_side(model)
+    side = input_side(model)
     cost = JobCost(job.job_id, job.kind, f"{spec}@{side}", flops, ANALYSIS_BYTES, ANALYSIS_BYTES)
     cost.seconds = device.seconds(cost.total_flops)
     return cost
