@@ -14,22 +14,24 @@ from vitplas.cli.progress import clock, eta_seconds, progress_view
 
 
 def test_without_terminal_lines_at_start_end_and_throttled(monkeypatch, capsys):
-    clock = iter([0.0, 0.0, 1.0, 40.0, 41.0, 42.0, 43.0])  # start, then one per update
+    clock = iter([0.0, 0.0, 1.0, 40.0, 41.0, 80.0, 82.0, 83.0])  # start, then one per update
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
     console = Console(file=io.StringIO(), force_terminal=False)
     with progress_view(console, every=30) as update:
         update("sweep", 0, 4)  # first: printed
         update("sweep", 1, 4)  # 1 s later: quiet
         update("sweep", 2, 4)  # 40 s after the last line: printed
-        update("sweep", 2, 4)  # nothing new: quiet
+        update("sweep", 2, 4)  # 1 s later: quiet
+        update("sweep", 2, 4)  # 40 s without progress: a heartbeat, the ETA from the rate
         update("sweep", 4, 4)  # finished: printed
         update("sweep", 4, 4)  # finished already: quiet
     lines = capsys.readouterr().err.splitlines()
-    # 2 done in 40 s since the first update: 2 left take 40 s more
+    # 2 done in 40 s since the first update: 2 left take 40 s more; at 80 s, 80 s more
     assert lines == [
         "[00:00:00] sweep 0/4",
         "[00:00:40] sweep 2/4, ETA 00:00:40",
-        "[00:00:42] sweep 4/4",
+        "[00:01:20] sweep 2/4, ETA 00:01:20",
+        "[00:01:22] sweep 4/4",
     ]
     assert console.file.getvalue() == ""  # stdout is left to the results
 

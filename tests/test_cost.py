@@ -123,3 +123,19 @@ def test_dry_run_of_the_paper_main_study_prints_its_count_and_totals(tmp_path):
     for key in ("train_flops", "val_flops", "test_flops", "analysis_flops", "seconds"):
         assert totals[key] > 0, key
     assert totals["disk_bytes"] > 0
+
+
+def test_slurm_limits_come_from_the_spec_when_it_sets_one(tmp_path):
+    from vitplas.experiments.launch import _time_limits
+    from vitplas.experiments.store import RunState
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 2, steps: 2, "
+        "warmup_steps: 0, dataset: digits}\ngrid: {seed: [0, 1]}\n"
+    )
+    spec = load_spec(spec_file)
+    todo = [RunState(run, tmp_path / run.run_id, "missing") for run in expand(spec)]
+    assert set(_time_limits(spec, todo).values()) == {30}  # estimated: slack, rounded up
+    spec = load_spec(spec_file, ["executor.slurm.time_min=7"])
+    assert _time_limits(spec, todo) == {item.run.run_id: 7 for item in todo}

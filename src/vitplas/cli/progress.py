@@ -1,8 +1,8 @@
 """Progress of long commands: live bars on a terminal, plain timestamped lines elsewhere.
 
 A job under SLURM, nohup or CI writes to a file, where a live bar shows nothing until the end;
-there each task prints a line to stderr when it starts, when it ends, and at most every
-`every` seconds in between (stdout keeps only the results). Both forms show an ETA: the
+there each task prints a line to stderr when it starts, when it ends, and every `every` seconds
+in between while it runs, moving or not (stdout keeps only the results). Both forms show an ETA: the
 task's rate since its first update (work already done when it started, e.g. finished runs of
 a resumed sweep, does not count as speed).
 """
@@ -84,7 +84,9 @@ def _lines(every: float) -> Update:
         first_seen.setdefault(name, (now, done))
         printed_at, printed_done = last.get(name, (-1.0, -1))
         first, finished = printed_at < 0, done >= total and printed_done < total
-        if not (first or finished or (now - printed_at >= every and done != printed_done)):
+        # a heartbeat every `every` seconds even without progress: a long phase (one slow
+        # job) still shows it is alive, with its elapsed time and ETA
+        if not (first or finished or (now - printed_at >= every and done < total)):
             return
         left = eta_seconds(first_seen[name], now, done, total)
         eta = f", ETA {clock(left)}" if left is not None and done < total else ""
