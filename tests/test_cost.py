@@ -139,3 +139,11 @@ def test_slurm_limits_come_from_the_spec_when_it_sets_one(tmp_path):
     assert set(_time_limits(spec, todo).values()) == {30}  # estimated: slack, rounded up
     spec = load_spec(spec_file, ["executor.slurm.time_min=7"])
     assert _time_limits(spec, todo) == {item.run.run_id: 7 for item in todo}
+
+
+def test_a_cpu_device_is_measured_with_cpu_defaults(monkeypatch):
+    monkeypatch.setattr(cost, "measure_cpu_tflops", lambda: 0.1)
+    device = cost.declared_device("cpu")
+    assert (device.peak_tflops, device.mfu, device.startup_s) == (0.1, 0.5, 10.0)
+    assert cost.declared_device("CPU", mfu=0.3).mfu == 0.3
+    assert cost.measure_cpu_tflops(n=64, seconds=0.01) > 0

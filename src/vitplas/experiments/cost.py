@@ -13,7 +13,8 @@ the radius images (spectral norms are negligible).
 
 Time = FLOPs / (peak x MFU) + a fixed start-up per job (process start, imports, model and data
 loading), on a declared device: by default an H100's dense bf16 peak at 40% utilisation.
-`measure_cpu_tflops` measures this machine's matmul rate for a CPU estimate.
+`measure_cpu_tflops` measures this machine's matmul rate (per CPU second, so a shared machine
+reads as an idle one) for a CPU estimate.
 
 Disk kept by a finished run: best.safetensors (the trained parameters, float32) and its records
 (config, manifest, metrics, result, TensorBoard). While a run is in flight its resumable train
@@ -97,19 +98,20 @@ class Device:
         return flops / (self.peak_tflops * 1e12 * self.mfu) + jobs * self.startup_s
 
 
-def measure_cpu_tflops(n: int = 1024, bursts: int = 8, seconds: float = 0.25) -> float:
-    """This CPU's float32 matmul rate in TFLOP/s with torch's threads: the best of `bursts`
-    short bursts of n x n products (on a shared machine, the rate when it is least loaded)."""
+def measure_cpu_tflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """This CPU's float32 matmul rate in TFLOP/s with torch's threads, as if it ran alone.
+
+    The rate is taken per second of CPU time (the process's, all threads) times the number
+    of threads: on a machine shared with other work, wall-clock rates measure the neighbours,
+    while CPU time counts only the cycles this process was given."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b  # warm-up
-    best = 0.0
-    for _ in range(bursts):
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            done += 1
-        best = max(best, done * 2 * n**3 / (time.perf_counter() - start) / 1e12)
-    return best
+    done, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall0 < seconds:
+        a @ b
+        done += 1
+    cpu = max(time.process_time() - cpu0, 1e-9)
+    return done * 2 * n**3 / cpu * torch.get_num_threads() / 1e12
 
 
 # ---- dataset sizes ---------------------------------------------------------------------------
