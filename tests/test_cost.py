@@ -142,8 +142,8 @@ def test_slurm_limits_come_from_the_spec_when_it_sets_one(tmp_path):
 
 
 def test_a_cpu_device_is_measured_with_cpu_defaults(monkeypatch):
+    assert cost.measure_cpu_tflops(n=64, seconds=0.01) > 0
     monkeypatch.setattr(cost, "measure_cpu_tflops", lambda: 0.1)
     device = cost.declared_device("cpu")
     assert (device.peak_tflops, device.mfu, device.startup_s) == (0.1, 0.5, 10.0)
     assert cost.declared_device("CPU", mfu=0.3).mfu == 0.3
-    assert cost.measure_cpu_tflops(n=64, seconds=0.01) > 0
