@@ -83,3 +83,16 @@ def test_radius_shows_progress_and_writes_its_run_folder(tmp_path):
     assert saved["images"] == 40 and saved["n_tokens"] == 17 and not saved["per_layer"]
     assert (out / "DONE").exists() and (out / "manifest.json").exists()
     assert yaml.safe_load((out / "config.yaml").read_text())["dataset"] == "digits"
+
+
+def test_bounds_show_their_progress_per_layer(tmp_path):
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    args = ["bounds", "--model", "tiny-random", "--random-init", "--radius", "2.0"]
+    args += ["--out", str(tmp_path / "bounds")]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "bounds 0/2" not in result.stderr  # the first update comes after block 0
+    assert "bounds 1/2" in result.stderr and "bounds 2/2" in result.stderr

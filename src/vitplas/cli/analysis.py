@@ -107,16 +107,16 @@ def plasticity_command(
     try:
         cfg = _config(PlasticityConfig, config, options)
         run_dir = _run_dir(out, "plasticity", cfg.model)
-        with _progress(cfg.pairs) as advance:
-            result = run_plasticity(cfg, run_dir, progress=advance)
+        with _progress(cfg.pairs) as (advance, update):
+            result = run_plasticity(cfg, run_dir, progress=advance, on_phase=update)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     _print_ranking(result)
 
 
 def _progress(total: int, name: str = "pairs"):
-    """Progress of the pairs (or images) on stderr; yields the on_batch(batches, pairs)
-    callback."""
+    """Progress on stderr; yields (on_batch(batches, pairs) for `total` pairs (or images),
+    update(phase, done, total) for other phases)."""
     import contextlib
 
     from rich.console import Console
@@ -126,7 +126,7 @@ def _progress(total: int, name: str = "pairs"):
     @contextlib.contextmanager
     def bar():
         with progress_view(Console(stderr=True), transient=True) as update:
-            yield lambda _batches, done: update(name, min(done, total), total)
+            yield (lambda _batches, done: update(name, min(done, total), total)), update
 
     return bar()
 
@@ -202,7 +202,8 @@ def bounds_command(
     }
     try:
         cfg = _config(BoundsConfig, config, options)
-        result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model))
+        with _progress(0) as (_, update):
+            result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model), on_phase=update)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     from rich.console import Console
@@ -251,7 +252,7 @@ def radius_command(
             device=resolve_device(device),
         )
         data = open_stream(dataset, split, setup.transform(), None, False)
-        with _progress(min(images, len(data)), "images") as advance:
+        with _progress(min(images, len(data)), "images") as (advance, _):
             r = dataset_radius(
                 setup,
                 _Counted(data, advance),
