@@ -96,3 +96,40 @@ def test_bounds_show_their_progress_per_layer(tmp_path):
     assert result.exit_code == 0, result.output
     assert "bounds 0/2" not in result.stderr  # the first update comes after block 0
     assert "bounds 1/2" in result.stderr and "bounds 2/2" in result.stderr
+
+
+def test_reproduce_follows_the_bounds_and_pairs_inside_a_plasticity_job(tmp_path):
+    from vitplas.experiments.reproduce import analysis_jobs, progress_hooks
+    from vitplas.experiments.spec import load_spec
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, dataset: digits}\ngrid: {seed: [0]}\n"
+        "analysis:\n  plasticity:\n    - {model: tiny-random, target: digits, pairs: 8}\n"
+        "  probes:\n    - {model: tiny-random, dataset: digits}\n"
+    )
+    plasticity, probes = analysis_jobs(load_spec(spec_file))
+    seen = []
+    hooks = progress_hooks(plasticity, lambda *update: seen.append(update))
+    hooks["on_phase"]("bounds", 1, 2)
+    hooks["progress"](1, 16)  # the last batch may overshoot the pairs asked for
+    assert seen == [("plasticity digits: bounds", 1, 2), ("plasticity digits: pairs", 8, 8)]
+    assert progress_hooks(probes, lambda *update: None) is None
+    assert progress_hooks(plasticity, None) is None
+
+
+def test_reproduce_analysis_reports_a_plasticity_job_from_inside(tmp_path):
+    from vitplas.experiments.reproduce import run_analysis
+    from vitplas.experiments.spec import load_spec
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, dataset: digits}\ngrid: {seed: [0]}\n"
+        "analysis:\n  plasticity:\n    - {model: tiny-random, random_init: true, target: digits,"
+        " pairs: 8, batch_size: 4, radius_images: 8, device: cpu, figures: false}\n"
+    )
+    seen = []
+    failed = run_analysis(load_spec(spec_file), tmp_path / "study", lambda *u: seen.append(u))
+    assert failed == []
+    assert ("plasticity digits: bounds", 2, 2) in seen
+    assert seen[-2:] == [("plasticity digits: pairs", 8, 8), ("analysis", 1, 1)]

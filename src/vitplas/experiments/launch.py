@@ -62,6 +62,7 @@ class RunJob(submitit.helpers.Checkpointable):
         config: dict[str, Any],
         executor: str,
         threads: int | None = None,
+        hooks: dict[str, Any] | None = None,  # keyword arguments for the function (inline)
     ) -> dict[str, Any]:
         path = Path(folder)
         try:
@@ -79,7 +80,7 @@ class RunJob(submitit.helpers.Checkpointable):
         try:
             fn = import_path(function)
             cfg = config_from_dict(import_path(config_class), config) if config_class else config
-            result = fn(cfg, path)
+            result = fn(cfg, path, **(hooks or {}))
             record = dict(result) if isinstance(result, Mapping) else {}  # probes: a table
             if not (path / "result.json").exists():  # a runner that only returns its result
                 atomic_write_json(path / "result.json", record)
