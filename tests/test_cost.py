@@ -147,3 +147,14 @@ def test_a_cpu_device_is_measured_with_cpu_defaults(monkeypatch):
     device = cost.declared_device("cpu")
     assert (device.peak_tflops, device.mfu, device.startup_s) == (0.1, 0.5, 10.0)
     assert cost.declared_device("CPU", mfu=0.3).mfu == 0.3
+
+
+def test_a_custom_runner_is_not_estimated(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, steps: 10, dataset: digits}\n"
+        "grid: {seed: [0, 1]}\nrunner: {function: 'mypkg.jobs:train', config: null}\n"
+    )
+    spec = load_spec(spec_file)
+    assert cost.study_cost(spec).jobs == []  # its configs are not vitplas finetune configs
+    assert set(cost.slurm_time_limits(spec, expand(spec)).values()) == {240}

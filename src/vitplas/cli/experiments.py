@@ -39,7 +39,13 @@ def _print_cost(spec, runs, peak: str | None, mfu: float | None, json_path: Path
         device = declared_device(peak, mfu)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
-    cost = study_cost(spec, device, runs)
+    try:
+        cost = study_cost(spec, device, runs)
+    except ValueError as err:  # ConfigError included: the runs would fail the same way
+        console.print(f"[red]no cost estimate[/red]: {err}")
+        return
+    if not cost.jobs:  # a custom runner and no analysis: nothing vitplas can count
+        return
     console.print(format_table(cost), markup=False, highlight=False, soft_wrap=True)
     if json_path is not None:
         json_path.write_text(json.dumps(cost.to_dict(), indent=1) + "\n")

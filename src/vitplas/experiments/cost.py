@@ -47,6 +47,7 @@ DEFAULT_MFU = 0.4
 DEFAULT_STARTUP_S = 60.0  # per job on a cluster: python + torch imports, model, data loaders
 SLURM_MARGIN = 1.5  # a job's time limit = estimate x margin + SLURM_SLACK_MIN
 SLURM_SLACK_MIN = 15
+UNCOUNTED_TIME_MIN = 240  # SLURM limit of a custom runner's job (no estimate possible)
 FLOAT_BYTES = 4  # weights and optimizer slots are float32 (autocast keeps float32 masters)
 RECORD_LINE_BYTES = 400  # mean metrics.jsonl line (train lines with per-component grad norms
 # ~600 B, val/test lines ~100 B; a mini-study run: 2,630 B for 7 lines)
@@ -287,12 +288,16 @@ class StudyCost:
 def study_cost(
     spec: SweepSpec, device: Device | None = None, runs: list[Run] | None = None
 ) -> StudyCost:
-    """The cost of every finetuning run and analysis job of a spec on `device`."""
+    """The cost of every finetuning run and analysis job of a spec on `device`. Runs of
+    another runner than vitplas's finetuning (a custom `runner.function`) are not estimated."""
     from vitplas.experiments.reproduce import analysis_jobs
+    from vitplas.experiments.spec import RunnerSettings
 
     device = device or Device()
     counter = _Counter()
     runs = expand(spec) if runs is None else runs
+    if spec.runner.function != RunnerSettings().function:
+        runs = []
     jobs = [run_cost(run, counter, device) for run in runs]
     jobs += [analysis_cost(job, counter, device) for job in analysis_jobs(spec)]
     return StudyCost(spec.name, device, jobs)
@@ -398,7 +403,12 @@ def slurm_time_limits(
 ) -> dict[str, int]:
     """run id -> a SLURM time limit in minutes: the run's estimate on `device` (default: the
     declared H100) x SLURM_MARGIN + SLURM_SLACK_MIN, rounded up to 30 minutes so that runs of
-    similar length share a job array."""
+    similar length share a job array. Runs of a custom runner, which vitplas cannot count,
+    get UNCOUNTED_TIME_MIN."""
+    from vitplas.experiments.spec import RunnerSettings
+
+    if spec.runner.function != RunnerSettings().function:
+        return {run.run_id: UNCOUNTED_TIME_MIN for run in runs}
     counter, device = _Counter(), device or Device()
     limits = {}
     for run in runs:
