@@ -158,3 +158,19 @@ def test_a_custom_runner_is_not_estimated(tmp_path):
     spec = load_spec(spec_file)
     assert cost.study_cost(spec).jobs == []  # its configs are not vitplas finetune configs
     assert set(cost.slurm_time_limits(spec, expand(spec)).values()) == {240}
+
+
+def test_analysis_jobs_count_pairs_radius_images_and_probe_images(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, dataset: digits}\ngrid: {seed: [0]}\n"
+        "runner: {function: 'mypkg.jobs:train', config: null}\nanalysis:\n"
+        "  plasticity: [{model: tiny-random, target: digits, pairs: 8, radius_images: 4}]\n"
+        "  probes: [{model: tiny-random, img_size: 32, dataset: digits, max_train: 100}]\n"
+    )
+    plasticity, probes = cost.study_cost(load_spec(spec_file)).jobs
+    backbone = 2 * (EMBED + DEPTH * BLOCK)  # no head: features of the pretrained model
+    pair = flops.pair_flops(flops.meta_model("tiny-random", None, 0))
+    assert plasticity.flops["analysis"] == 8 * pair + 4 * backbone
+    # digits: 1,797 images, 20% test (359), val 20% of the rest (288): 1,150 train
+    assert probes.flops["analysis"] == (100 + 359) * backbone

@@ -225,29 +225,40 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
     return cost
 
 
+def _analysis_config(job: Any) -> Any:
+    """The job's config object (its dataclass, defaults filled in), or None for a custom one."""
+    from vitplas.config import config_from_dict
+    from vitplas.experiments.launch import import_path
+
+    if job.config_class is None:
+        return None
+    return config_from_dict(import_path(job.config_class), dict(job.config))
+
+
 def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
-    """The cost of one analysis job (reproduce.AnalysisJob) of a study."""
-    cfg = job.config
-    spec = cfg.get("model", "dinov2-s14")
-    img = cfg.get("img_size")
-    model = counter.model(spec, img, 0)
-    fwd = counter.get(("fwd", spec, img, 0), lambda: forward_flops(model))
-    flops: dict[str, float] = {}
+    """The cost of one analysis job (reproduce.AnalysisJob) of a study; a custom runner's
+    job counts its start-up only."""
+    cfg = _analysis_config(job)
+    if cfg is None or not hasattr(cfg, "model"):
+        cost = JobCost(job.job_id, job.kind, "custom", {"analysis": 0.0}, ANALYSIS_BYTES, 0)
+        cost.notes.append(f"{job.kind} job {job.job_id}: a custom runner, start-up only")
+        cost.seconds = device.seconds(0.0)
+        return cost
+    model = counter.model(cfg.model, cfg.img_size, 0)
+    fwd = counter.get(("fwd", cfg.model, cfg.img_size, 0), lambda: forward_flops(model))
+    radius_images = 0 if getattr(cfg, "radius", None) else getattr(cfg, "radius_images", 0)
     if job.kind == "plasticity":
-        inputs = cfg.get("inputs", "embedding")
-        pair = counter.get(("pair", spec, img, inputs), lambda: pair_flops(model, inputs))
-        flops["analysis"] = float(pair) * cfg.get("pairs", 512)
-        if cfg.get("bounds", True) and cfg.get("radius") is None:
-            flops["analysis"] += float(fwd) * cfg.get("radius_images", 256)
+        key = ("pair", cfg.model, cfg.img_size, cfg.inputs)
+        pair = counter.get(key, lambda: pair_flops(model, cfg.inputs))
+        flops = float(pair) * cfg.pairs + float(fwd) * (radius_images if cfg.bounds else 0)
     elif job.kind == "probes":
-        sizes, _ = split_sizes(cfg.get("dataset", "cifar10"))
-        images = _capped(sizes["train"], cfg.get("max_train"))
-        images += _capped(sizes["test"], cfg.get("max_test"))
-        flops["analysis"] = float(fwd) * images
+        sizes, _ = split_sizes(cfg.dataset)
+        images = _capped(sizes["train"], cfg.max_train) + _capped(sizes["test"], cfg.max_test)
+        flops = float(fwd) * images
     else:  # bounds: the radius images (spectral norms are negligible)
-        flops["analysis"] = float(fwd) * (0 if cfg.get("radius") else cfg.get("radius_images", 256))
-    side = input_side(model)
-    cost = JobCost(job.job_id, job.kind, f"{spec}@{side}", flops, ANALYSIS_BYTES, ANALYSIS_BYTES)
+        flops = float(fwd) * radius_images
+    label = f"{cfg.model}@{input_side(model)}"
+    cost = JobCost(job.job_id, job.kind, label, {"analysis": flops}, ANALYSIS_BYTES, ANALYSIS_BYTES)
     cost.seconds = device.seconds(cost.total_flops)
     return cost
 

@@ -31,6 +31,7 @@ def meta_model(spec: str, img_size: int | None, num_classes: int) -> nn.Module:
 
             with torch.device("meta"):
                 return VisionTransformer(**{**preset.arch_kwargs, **kwargs})
+        kwargs.setdefault("img_size", preset.input_size[-1])  # as load_model builds it
         return timm_models.create(preset.arch, pretrained=False, on_meta=True, **kwargs)
     arch = spec.split("@", 1)[0] if "@" in spec else timm_models.split_name(spec)[0]
     if timm_models.is_timm_vit(arch):
