@@ -116,6 +116,8 @@ def test_dry_run_of_the_paper_main_study_prints_its_count_and_totals(tmp_path):
     n_runs = len(expand(load_spec(spec_path), with_presets=False))
     assert f"{n_runs} runs: train " in result.output
     assert "total" in result.output and "EFLOP" in result.output
+    first = result.output.splitlines()[0]  # each run: id, state, its FLOPs and time
+    assert "[missing]" in first and "PFLOP" in first and first.endswith("min")
     estimate = json.loads(out.read_text())
     runs = [j for j in estimate["jobs"] if j["kind"] == "finetune"]
     assert len(runs) == n_runs

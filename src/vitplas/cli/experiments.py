@@ -29,11 +29,9 @@ def _load(spec_path: Path, overrides: list[str] | None, cli: dict[str, object] |
     return load_spec(spec_path, [*(overrides or []), *extra])
 
 
-def _print_cost(spec, runs, peak: str | None, mfu: float | None, json_path: Path | None) -> None:
-    """The study's cost before it runs (experiments/cost.py): table, and JSON if asked."""
-    import json
-
-    from vitplas.experiments.cost import declared_device, format_table, study_cost
+def _estimate(spec, runs, peak: str | None, mfu: float | None):
+    """The study's cost before it runs (experiments/cost.py), or None when there is none."""
+    from vitplas.experiments.cost import declared_device, study_cost
 
     try:
         device = declared_device(peak, mfu)
@@ -43,8 +41,17 @@ def _print_cost(spec, runs, peak: str | None, mfu: float | None, json_path: Path
         cost = study_cost(spec, device, runs)
     except ValueError as err:  # ConfigError included: the runs would fail the same way
         console.print(f"[red]no cost estimate[/red]: {err}")
-        return
-    if not cost.jobs:  # a custom runner and no analysis: nothing vitplas can count
+        return None
+    return cost if cost.jobs else None  # a custom runner and no analysis: nothing to count
+
+
+def _print_cost(cost, json_path: Path | None) -> None:
+    """The estimate's table, and its JSON form if asked."""
+    import json
+
+    from vitplas.experiments.cost import format_table
+
+    if cost is None:
         return
     console.print(format_table(cost), markup=False, highlight=False, soft_wrap=True)
     if json_path is not None:
@@ -92,10 +99,13 @@ def sweep(
     runs = expand(spec)
     if dry_run:
         states = {s.run.run_id: s.state for s in scan(spec, runs, root)}
+        cost = _estimate(spec, runs, peak, mfu)
+        per_run = cost.per_run_text() if cost else {}
         for run in runs:
-            console.print(f"{run.run_id}  [{states[run.run_id]}]", markup=False, highlight=False)
+            line = f"{run.run_id}  [{states[run.run_id]}]{per_run.get(run.run_id, '')}"
+            console.print(line, markup=False, highlight=False)
         console.print(f"{len(runs)} runs", highlight=False)
-        _print_cost(spec, runs, peak, mfu, json_path)
+        _print_cost(cost, json_path)
         return
     from vitplas.cli.progress import progress_view
 
@@ -187,7 +197,7 @@ def reproduce(
     if dry_run:
         from vitplas.experiments.spec import expand
 
-        _print_cost(spec, expand(spec), peak, mfu, json_path)
+        _print_cost(_estimate(spec, expand(spec), peak, mfu), json_path)
         return
     with progress_view(console) as on_stage:
         summary = run_reproduce(

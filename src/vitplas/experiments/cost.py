@@ -286,6 +286,11 @@ class StudyCost:
         out["peak_disk_bytes"] = max((j.peak_disk_bytes for j in jobs), default=0)
         return out
 
+    def per_run_text(self) -> dict[str, str]:
+        """run id -> '  <FLOP>  <time>' for the dry run's list of runs."""
+        text = {j.job_id: (human(j.total_flops, "FLOP"), human(j.seconds, "s")) for j in self.runs}
+        return {job_id: f"  {flop}  {secs}" for job_id, (flop, secs) in text.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "study": self.name,
