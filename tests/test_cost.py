@@ -176,3 +176,51 @@ def test_analysis_jobs_count_pairs_radius_images_and_probe_images(tmp_path):
     assert plasticity.flops["analysis"] == 8 * pair + 4 * backbone
     # digits: 1,797 images, 20% test (359), val 20% of the rest (288): 1,150 train
     assert probes.flops["analysis"] == (100 + 359) * backbone
+
+
+def test_slurm_submission_sends_one_array_per_estimated_limit(tmp_path, monkeypatch):
+    import contextlib
+
+    from vitplas.experiments import launch
+    from vitplas.experiments.store import RunState
+
+    calls = []
+
+    class FakeJob:
+        def __init__(self, job_id: str) -> None:
+            self.job_id = job_id
+
+    class FakeExecutor:  # records what submitit would be asked
+        def __init__(self, folder, cluster):
+            self.timeout = None
+
+        def update_parameters(self, **params):
+            self.timeout = params.get("timeout_min", self.timeout)
+
+        @contextlib.contextmanager
+        def batch(self):
+            calls.append([])
+            yield
+
+        def submit(self, fn, *args):
+            calls[-1].append((self.timeout, args[3]["steps"]))
+            return FakeJob(f"{len(calls)}_{len(calls[-1])}")
+
+    monkeypatch.setattr(launch.submitit, "AutoExecutor", FakeExecutor)
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, warmup_steps: 0, dataset: digits}\n"
+        "grid: {steps: [1, 20000, 2]}\n"
+    )
+    spec = load_spec(spec_file)
+    todo = [RunState(run, tmp_path / run.run_id, "missing") for run in expand(spec)]
+    for item in todo:
+        item.folder.mkdir()
+
+    def limits(spec, runs):  # the estimate (tested above), here a long run and two short
+        return {run.run_id: 90 if run.config["steps"] > 2 else 30 for run in runs}
+
+    monkeypatch.setattr(cost, "slurm_time_limits", limits)
+    jobs = launch._submit_slurm(spec, todo, tmp_path / "submitit", parallel=2)
+    assert calls == [[(30, 1), (30, 2)], [(90, 20000)]]
+    assert [j.job_id for j in jobs] == ["1_1", "2_1", "1_2"]  # in the order of the runs
