@@ -38,7 +38,7 @@ Radius r: mean over images of sqrt(mean over tokens of ||token||^2) of the embed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -190,10 +190,12 @@ def layer_bounds(
     width: int,
     ln_bound: str = "abs",
     mha_slicing: str = "rows",
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Tidy bounds: layer, component, bound, bound_padded, radius, definition.
 
-    radius: one value, or one per layer (inputs="hidden")."""
+    radius: one value, or one per layer (inputs="hidden"). progress(layers done, depth) is
+    called after each layer (the spectral norms of a large model take a while)."""
     radii = [float(radius)] * cmap.depth if isinstance(radius, int | float) else list(radius)
     if len(radii) != cmap.depth:
         raise ValueError(f"need {cmap.depth} radii (one per layer), got {len(radii)}")
@@ -211,6 +213,8 @@ def layer_bounds(
                 mha_slicing=mha_slicing,
             )
             rows.append((layer, name, value, tight, radii[layer], definition))
+        if progress is not None:
+            progress(layer + 1, cmap.depth)
     columns = ["layer", "component", "bound", "bound_padded", "radius", "definition"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -103,8 +103,9 @@ def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
     )
 
 
-def run_bounds(cfg: BoundsConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Bounds per (layer, component) for `cfg`; tables and figure under `run_dir`."""
+def run_bounds(cfg: BoundsConfig, run_dir: str | Path, on_phase=None) -> dict[str, Any]:
+    """Bounds per (layer, component) for `cfg`; tables and figure under `run_dir`.
+    on_phase(name, done, total) follows the layers."""
     from vitplas.plots import plasticity as plots
 
     t0 = time.perf_counter()
@@ -126,6 +127,7 @@ def run_bounds(cfg: BoundsConfig, run_dir: str | Path) -> dict[str, Any]:
         width=setup.width,
         ln_bound=cfg.ln_bound,
         mha_slicing=cfg.mha_slicing,
+        progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
     )
     bounds.insert(0, "model", cfg.model)
     files = list(write_table(bounds, run / "bounds"))

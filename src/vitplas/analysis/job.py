@@ -98,7 +98,7 @@ def _radius(cfg: PlasticityConfig, setup: ModelSetup, target) -> tuple[Any, str]
     )
 
 
-def _bounds(cfg, setup, components, target) -> tuple[pd.DataFrame | None, Any, str]:
+def _bounds(cfg, setup, components, target, on_phase) -> tuple[pd.DataFrame | None, Any, str]:
     if not cfg.bounds:
         return None, None, "off"
     radius, source = _radius(cfg, setup, target)
@@ -110,6 +110,7 @@ def _bounds(cfg, setup, components, target) -> tuple[pd.DataFrame | None, Any, s
         width=setup.width,
         ln_bound=cfg.ln_bound,
         mha_slicing=cfg.mha_slicing,
+        progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
     )
     return frame, radius, source
 
@@ -153,8 +154,12 @@ def _write_manifest(run: RunDir, cfg: PlasticityConfig, setup: ModelSetup, resul
     )
 
 
-def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) -> dict[str, Any]:
-    """Run the estimator (and the bounds) for `cfg`; write everything under `run_dir`."""
+def run_plasticity(
+    cfg: PlasticityConfig, run_dir: str | Path, progress=None, on_phase=None
+) -> dict[str, Any]:
+    """Run the estimator (and the bounds) for `cfg`; write everything under `run_dir`.
+
+    progress(batches, pairs) follows the pairs; on_phase(name, done, total) the bounds."""
     t0 = time.perf_counter()
     run = RunDir(run_dir)
     run.start(cfg)
@@ -171,7 +176,7 @@ def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) ->
     reference = open_stream(cfg.reference, cfg.reference_split, *streams)
     target = open_stream(cfg.target, cfg.target_split, *streams)
     t_setup = time.perf_counter()
-    bounds, radius, radius_source = _bounds(cfg, setup, components, target)
+    bounds, radius, radius_source = _bounds(cfg, setup, components, target, on_phase)
     t_bounds = time.perf_counter()
     est = _estimate(cfg, setup, components, reference, target, bounds, progress)
     labels = {

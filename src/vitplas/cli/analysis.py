@@ -112,15 +112,16 @@ def plasticity_command(
     try:
         cfg = _config(PlasticityConfig, config, options)
         run_dir = _run_dir(out, "plasticity", cfg.model)
-        with _progress(cfg.pairs) as advance:
-            result = run_plasticity(cfg, run_dir, progress=advance)
+        with _progress(cfg.pairs) as (advance, update):
+            result = run_plasticity(cfg, run_dir, progress=advance, on_phase=update)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     _print_ranking(result)
 
 
-def _progress(total: int):
-    """Progress of the pairs on stderr; yields the on_batch(batches, pairs) callback."""
+def _progress(total: int, name: str = "pairs"):
+    """Progress on stderr; yields (on_batch(batches, pairs) for `total` pairs (or images),
+    update(phase, done, total) for other phases)."""
     import contextlib
 
     from rich.console import Console
@@ -130,7 +131,7 @@ def _progress(total: int):
     @contextlib.contextmanager
     def bar():
         with progress_view(Console(stderr=True), transient=True) as update:
-            yield lambda _batches, pairs: update("pairs", pairs, total)
+            yield (lambda _batches, done: update(name, min(done, total), total)), update
 
     return bar()
 
@@ -208,7 +209,8 @@ def bounds_command(
     }
     try:
         cfg = _config(BoundsConfig, config, options)
-        result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model))
+        with _progress(0) as (_, update):
+            result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model), on_phase=update)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     from rich.console import Console
@@ -234,31 +236,81 @@ def radius_command(
     device: str = typer.Option("auto", "--device"),
     seed: int = typer.Option(0, "--seed"),
     protocol: str = typer.Option("model", "--protocol", help="model or paper preprocessing."),
+    out: Path = OUT,
 ) -> None:
-    """Token radius r: mean over images of the RMS token norm of the embedding output."""
+    """Token radius r: mean over images of the RMS token norm of the embedding output.
+
+    Writes radius.json (r, per layer with --inputs hidden), config.yaml and manifest.json to
+    the run folder."""
+    import time
+
     from vitplas.analysis.setup import dataset_radius, open_stream, resolve_device, setup_model
 
+    options = {"model": model or "dinov2-s14", "random_init": bool(random_init)}
+    options |= {"img_size": img_size, "dataset": dataset, "split": split, "images": images}
+    options |= {"batch_size": batch_size, "inputs": inputs, "device": device, "seed": seed}
+    options["protocol"] = protocol
     try:
         if inputs not in ("embedding", "hidden"):
             raise ValueError(f"inputs '{inputs}' is unknown; choose embedding or hidden")
+        start = time.perf_counter()
         setup = setup_model(
-            model or "dinov2-s14",
+            options["model"],
             random_init=bool(random_init),
             img_size=img_size,
             device=resolve_device(device),
         )
         data = open_stream(dataset, split, setup.transform(protocol), None, False, protocol)
-        r = dataset_radius(
-            setup,
-            data,
-            images=images,
-            batch_size=batch_size,
-            seed=seed,
-            per_layer=inputs == "hidden",
-        )
+        with _progress(min(images, len(data)), "images") as (advance, _):
+            r = dataset_radius(
+                setup,
+                _Counted(data, advance),
+                images=images,
+                batch_size=batch_size,
+                seed=seed,
+                per_layer=inputs == "hidden",
+            )
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     values = r.tolist() if r.ndim else [float(r)]
     for layer, value in enumerate(values):
         where = f"input of block {layer}" if inputs == "hidden" else "embedding output"
         typer.echo(f"r = {value:.6g}  ({where}, {dataset}/{split}, {images} images)")
+    run_dir = _write_radius(_run_dir(out, "radius", options["model"]), options, values, setup)
+    typer.echo(f"run folder: {run_dir}  ({time.perf_counter() - start:.1f} s)")
+
+
+class _Counted:
+    """A dataset that reports each image read (the radius loader reads in this process)."""
+
+    def __init__(self, data, advance) -> None:
+        self.data, self.advance, self.read = data, advance, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        self.read += 1
+        self.advance(0, self.read)
+        return self.data[index]
+
+
+def _write_radius(folder: Path, options: dict[str, Any], values: list[float], setup) -> Path:
+    """radius.json, config.yaml and manifest.json of a radius run, then DONE."""
+    import yaml
+
+    from vitplas.analysis.setup import model_checksum
+    from vitplas.runs import RunDir, atomic_write_json, atomic_write_text
+
+    run = RunDir(folder)
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(options, sort_keys=False))
+    per_layer = options["inputs"] == "hidden"
+    result = {"radius": values if per_layer else values[0], "per_layer": per_layer}
+    result |= {"n_tokens": setup.n_tokens, "width": setup.width, **options}
+    checksum, hashed = model_checksum(setup)
+    atomic_write_json(run / "radius.json", result)
+    run.write_manifest(
+        {"model": setup.loaded.description, "model_sha256": checksum, "model_sha256_of": hashed}
+    )
+    run.mark_done()
+    return run.path

@@ -14,6 +14,12 @@ console = Console()
 SpecArg = typer.Argument(..., exists=True, dir_okay=False, help="sweep spec YAML")
 OverridesArg = typer.Argument(None, help="spec overrides key=value, e.g. base.steps=5")
 RootOpt = typer.Option(None, "--root", help="study folder (default: the spec's root)")
+PeakOpt = typer.Option(
+    None, "--device-peak-tflops", help="dry run: the device's dense peak TFLOP/s (default an "
+    "H100's bf16, 989) or 'cpu' to measure this CPU's matmul rate",
+)  # fmt: skip
+MfuOpt = typer.Option(None, "--mfu", help="dry run: assumed utilisation of the peak (0.4)")
+JsonOpt = typer.Option(None, "--json", help="dry run: also write the estimate as JSON here")
 
 
 def _load(spec_path: Path, overrides: list[str] | None, cli: dict[str, object] | None = None):
@@ -21,6 +27,36 @@ def _load(spec_path: Path, overrides: list[str] | None, cli: dict[str, object] |
 
     extra = [f"{k}={v}" for k, v in (cli or {}).items() if v is not None]
     return load_spec(spec_path, [*(overrides or []), *extra])
+
+
+def _estimate(spec, runs, peak: str | None, mfu: float | None):
+    """The study's cost before it runs (experiments/cost.py), or None when there is none."""
+    from vitplas.experiments.cost import declared_device, study_cost
+
+    try:
+        device = declared_device(peak, mfu)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    try:
+        cost = study_cost(spec, device, runs)
+    except ValueError as err:  # ConfigError included: the runs would fail the same way
+        console.print(f"[red]no cost estimate[/red]: {err}")
+        return None
+    return cost if cost.jobs else None  # a custom runner and no analysis: nothing to count
+
+
+def _print_cost(cost, json_path: Path | None) -> None:
+    """The estimate's table, and its JSON form if asked."""
+    import json
+
+    from vitplas.experiments.cost import format_table
+
+    if cost is None:
+        return
+    console.print(format_table(cost), markup=False, highlight=False, soft_wrap=True)
+    if json_path is not None:
+        json_path.write_text(json.dumps(cost.to_dict(), indent=1) + "\n")
+        console.print(f"estimate written to {json_path}", highlight=False)
 
 
 def _print_failed(states, verbose: bool) -> None:
@@ -38,7 +74,12 @@ def sweep(
     overrides: list[str] = OverridesArg,
     executor: str = typer.Option(None, help="local (default) or slurm"),
     max_parallel: int = typer.Option(None, help="runs at once (SLURM: array parallelism)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their count"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="list the runs, their count and the study's estimated cost"
+    ),
+    peak: str = PeakOpt,
+    mfu: float = MfuOpt,
+    json_path: Path = JsonOpt,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun failed runs"),
     wait: bool = typer.Option(True, help="wait for the runs (--no-wait: submit and return)"),
     partition: str = typer.Option(None, help="SLURM partition"),
@@ -58,9 +99,13 @@ def sweep(
     runs = expand(spec)
     if dry_run:
         states = {s.run.run_id: s.state for s in scan(spec, runs, root)}
+        cost = _estimate(spec, runs, peak, mfu)
+        per_run = cost.per_run_text() if cost else {}
         for run in runs:
-            console.print(f"{run.run_id}  [{states[run.run_id]}]", markup=False, highlight=False)
+            line = f"{run.run_id}  [{states[run.run_id]}]{per_run.get(run.run_id, '')}"
+            console.print(line, markup=False, highlight=False)
         console.print(f"{len(runs)} runs", highlight=False)
+        _print_cost(cost, json_path)
         return
     from vitplas.cli.progress import progress_view
 
@@ -139,12 +184,21 @@ def reproduce(
     executor: str = typer.Option(None, help="local (default) or slurm"),
     max_parallel: int = typer.Option(None, help="runs at once"),
     root: Path = RootOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated cost, run nothing"),
+    peak: str = PeakOpt,
+    mfu: float = MfuOpt,
+    json_path: Path = JsonOpt,
 ) -> None:
     """Plasticity + bounds + probes + sweep + aggregate + report, resumable, one progress view."""
     from vitplas.cli.progress import progress_view
     from vitplas.experiments.reproduce import reproduce as run_reproduce
 
     spec = _load(spec_path, overrides)
+    if dry_run:
+        from vitplas.experiments.spec import expand
+
+        _print_cost(_estimate(spec, expand(spec), peak, mfu), json_path)
+        return
     with progress_view(console) as on_stage:
         summary = run_reproduce(
             spec, executor=executor, max_parallel=max_parallel, root=root, on_stage=on_stage

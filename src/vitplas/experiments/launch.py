@@ -62,6 +62,7 @@ class RunJob(submitit.helpers.Checkpointable):
         config: dict[str, Any],
         executor: str,
         threads: int | None = None,
+        hooks: dict[str, Any] | None = None,  # keyword arguments for the function (inline)
     ) -> dict[str, Any]:
         path = Path(folder)
         try:
@@ -79,7 +80,7 @@ class RunJob(submitit.helpers.Checkpointable):
         try:
             fn = import_path(function)
             cfg = config_from_dict(import_path(config_class), config) if config_class else config
-            result = fn(cfg, path)
+            result = fn(cfg, path, **(hooks or {}))
             record = dict(result) if isinstance(result, Mapping) else {}  # probes: a table
             if not (path / "result.json").exists():  # a runner that only returns its result
                 atomic_write_json(path / "result.json", record)
@@ -207,7 +208,6 @@ def _submit_slurm(
     slurm = spec.executor.slurm
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = {
-        "timeout_min": slurm.time_min,
         "gpus_per_node": slurm.gpus_per_node,
         "cpus_per_task": slurm.cpus_per_task,
         "tasks_per_node": 1,
@@ -227,11 +227,27 @@ def _submit_slurm(
     executor.update_parameters(**params)
     for item in todo:
         write_status(item.folder, "queued", executor="slurm")
-    with executor.batch():
-        jobs = [executor.submit(RunJob(), *_job_args(spec, item, "slurm")) for item in todo]
-    for item, job in zip(todo, jobs, strict=True):
-        write_status(item.folder, None, job_id=job.job_id)
-    return jobs
+    # one array per time limit: the spec's, or each run's estimated cost with a margin
+    limits = _time_limits(spec, todo)
+    jobs: dict[str, submitit.Job] = {}
+    for minutes in sorted(set(limits.values())):
+        group = [item for item in todo if limits[item.run.run_id] == minutes]
+        executor.update_parameters(timeout_min=minutes)
+        with executor.batch():
+            submitted = [executor.submit(RunJob(), *_job_args(spec, i, "slurm")) for i in group]
+        jobs |= {item.run.run_id: job for item, job in zip(group, submitted, strict=True)}
+    for item in todo:
+        write_status(item.folder, None, job_id=jobs[item.run.run_id].job_id)
+    return [jobs[item.run.run_id] for item in todo]
+
+
+def _time_limits(spec: SweepSpec, todo: list[RunState]) -> dict[str, int]:
+    """run id -> SLURM time limit (minutes): the spec's `time_min`, else the run's estimate."""
+    if spec.executor.slurm.time_min is not None:
+        return {item.run.run_id: spec.executor.slurm.time_min for item in todo}
+    from vitplas.experiments.cost import slurm_time_limits
+
+    return slurm_time_limits(spec, [item.run for item in todo])
 
 
 def wait_idle(

@@ -87,6 +87,30 @@ def check_analysis(spec: SweepSpec) -> list[AnalysisJob]:
     return jobs
 
 
+def progress_hooks(job: AnalysisJob, on_stage: Stage | None) -> dict[str, Any] | None:
+    """Progress inside a plasticity job (its bounds, then its pairs) as stages of their own,
+    e.g. 'plasticity cifar10: pairs'; None for other jobs and runners."""
+    if (
+        on_stage is None
+        or job.kind != "plasticity"
+        or job.function != ANALYSIS_RUNNERS["plasticity"][0]
+    ):
+        return None
+    from vitplas.config import config_from_dict
+    from vitplas.experiments.launch import import_path
+
+    pairs = config_from_dict(import_path(ANALYSIS_RUNNERS["plasticity"][1]), job.config).pairs
+    name = f"plasticity {job.config.get('target', '')}:"
+
+    def on_pairs(_batches: int, done: int) -> None:
+        on_stage(f"{name} pairs", min(done, pairs), pairs)
+
+    def on_phase(phase: str, done: int, total: int) -> None:
+        on_stage(f"{name} {phase}", done, total)
+
+    return {"progress": on_pairs, "on_phase": on_phase}
+
+
 def run_analysis(spec: SweepSpec, root: Path, on_stage: Stage | None = None) -> list[str]:
     """Run the analysis jobs that are not done; returns the ids of the ones that failed."""
     from vitplas.experiments.launch import RunJob
@@ -100,8 +124,9 @@ def run_analysis(spec: SweepSpec, root: Path, on_stage: Stage | None = None) -> 
         if folder.exists() and run_state(folder)[0] == "done":
             continue
         folder.mkdir(parents=True, exist_ok=True)
+        hooks = progress_hooks(job, on_stage)
         try:
-            RunJob()(job.function, job.config_class, str(folder), job.config, "inline")
+            RunJob()(job.function, job.config_class, str(folder), job.config, "inline", None, hooks)
         except Exception:
             failed.append(f"{job.kind}/{job.job_id}")
     if on_stage:

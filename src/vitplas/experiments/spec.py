@@ -32,7 +32,7 @@ class SlurmSettings:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    time_min: int = 240
+    time_min: int | None = None  # per job; None: the cost estimate x margin (experiments/cost.py)
     gpus_per_node: int = 1
     cpus_per_task: int = 8
     mem_gb: float | None = None

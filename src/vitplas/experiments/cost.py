@@ -1,0 +1,433 @@
+"""What a study costs before it runs: FLOPs, time on a declared device, and disk.
+
+FLOPs are counted (experiments/flops.py) on one real training step of each run's model and
+batch (forward, loss, backward, optimizer step) built on the meta device. Runs that share a
+shape (model, input size, batch, classes, what is trained, optimizer) are counted once: the
+paper's 924 runs have a few dozen shapes.
+
+Per finetuning run: training = steps x FLOPs of one step; validation = forward FLOPs per
+image x val images x number of validations; test = one pass over the test split. Analysis
+jobs: plasticity = its pairs through the real estimator (counted the same way) plus the
+radius images; probes = one forward pass over the train and test images they read; bounds =
+the radius images (spectral norms are negligible).
+
+Time = FLOPs / (peak x MFU) + a fixed start-up per job (process start, imports, model and data
+loading), on a declared device: by default an H100's dense bf16 peak at 40% utilisation.
+`measure_cpu_tflops` measures this machine's matmul rate (per CPU second, so a shared machine
+reads as an idle one) for a CPU estimate.
+
+Disk kept by a finished run: best.safetensors (the trained parameters, float32) and its records
+(config, manifest, metrics, result, TensorBoard). While a run is in flight its resumable train
+states (trained parameters + optimizer slots, `keep_checkpoints` of them) come on top; finished
+runs prune them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitplas.experiments.flops import (
+    forward_flops,
+    input_side,
+    meta_model,
+    pair_flops,
+    train_step_flops,
+)
+from vitplas.experiments.spec import Run, SweepSpec, expand, train_label
+
+H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
+DEFAULT_MFU = 0.4
+DEFAULT_STARTUP_S = 60.0  # per job on a cluster: python + torch imports, model, data loaders
+SLURM_MARGIN = 1.5  # a job's time limit = estimate x margin + SLURM_SLACK_MIN
+SLURM_SLACK_MIN = 15
+UNCOUNTED_TIME_MIN = 240  # SLURM limit of a custom runner's job (no estimate possible)
+FLOAT_BYTES = 4  # weights and optimizer slots are float32 (autocast keeps float32 masters)
+RECORD_LINE_BYTES = 400  # mean metrics.jsonl line (train lines with per-component grad norms
+# ~600 B, val/test lines ~100 B; a mini-study run: 2,630 B for 7 lines)
+RUN_FILES_BYTES = 4_000  # config.yaml + manifest.json + result.json + status + DONE
+ANALYSIS_BYTES = 2_000_000  # tables (CSV + Parquet) and figures of one analysis job
+OPTIMIZER_SLOTS = {"sgd": 1, "adamw": 2}  # momentum; Adam's two moments
+
+# Images in the part of each dataset that its split rule cuts (data/splits.py). Families with
+# parameters are keyed by the full name where the size depends on it.
+PART_SIZES: dict[str, dict[str, int]] = {
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar100": {"train": 50_000, "test": 10_000},
+    "cifar10-c": {"all": 10_000},
+    "cifar100-c": {"all": 10_000},
+    "flowers102": {"train": 1_020, "val": 1_020, "test": 6_149},
+    "pet": {"train": 3_680, "test": 3_669},
+    "domainnet/clipart": {"all": 48_129},  # the cleaned DomainNet
+    "domainnet/infograph": {"all": 51_605},
+    "domainnet/painting": {"all": 72_266},
+    "domainnet/quickdraw": {"all": 172_500},
+    "domainnet/real": {"all": 172_947},
+    "domainnet/sketch": {"all": 69_128},
+    "imagenet": {"val": 50_000, "test": 50_000},
+    "imagenet-c": {"val": 50_000, "test": 50_000},
+    "fashion-mnist": {"train": 60_000, "test": 10_000},
+    "mnist-5k": {"all": 5_000},
+    "digits": {"all": 1_797},
+}
+ASSUMED_SPLIT = 10_000  # a split of unknown size (a folder: dataset) is assumed this large
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where the estimate's time is spent: peak TFLOP/s, utilisation, start-up per job."""
+
+    name: str = "H100 dense bf16 (declared)"
+    peak_tflops: float = H100_BF16_TFLOPS
+    mfu: float = DEFAULT_MFU
+    startup_s: float = DEFAULT_STARTUP_S
+
+    def __post_init__(self) -> None:
+        if not self.peak_tflops > 0 or not 0 < self.mfu <= 1 or self.startup_s < 0:
+            raise ValueError(
+                f"device peak {self.peak_tflops} TFLOP/s, mfu {self.mfu}, startup "
+                f"{self.startup_s} s: use a peak > 0, 0 < mfu <= 1 and a startup >= 0"
+            )
+
+    def seconds(self, flops: float, jobs: int = 1) -> float:
+        return flops / (self.peak_tflops * 1e12 * self.mfu) + jobs * self.startup_s
+
+
+def measure_cpu_tflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """This CPU's float32 matmul rate in TFLOP/s with torch's threads, as if it ran alone.
+
+    The rate is taken per second of CPU time (the process's, all threads) times the number
+    of threads: on a machine shared with other work, wall-clock rates measure the neighbours,
+    while CPU time counts only the cycles this process was given."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    done, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall0 < seconds:
+        a @ b
+        done += 1
+    cpu = max(time.process_time() - cpu0, 1e-9)
+    return done * 2 * n**3 / cpu * torch.get_num_threads() / 1e12
+
+
+# ---- dataset sizes ---------------------------------------------------------------------------
+def split_sizes(dataset: str) -> tuple[dict[str, int], bool]:
+    """{train, val, test: images} of a dataset as its split rule cuts it, and whether the
+    sizes are known (False: ASSUMED_SPLIT each)."""
+    from vitplas.data.registry import dataset_info
+    from vitplas.data.splits import HELD_FRACTION
+
+    info = dataset_info(dataset)
+    parts = PART_SIZES.get(info.name.rstrip("/")) or PART_SIZES.get(info.family)
+    if info.family == "domainnet":
+        parts = PART_SIZES.get(f"domainnet/{info.values.get('domain')}")
+    if info.family == "photos":
+        length = int(info.values.get("length", ASSUMED_SPLIT))
+        parts = {"val": length, "test": length}
+    if parts is None:
+        return {s: ASSUMED_SPLIT for s in ("train", "val", "test")}, False
+    rule = info.split_rule
+    if rule in ("official", "stream"):
+        return {s: parts.get(s, 0) for s in ("train", "val", "test")}, True
+    if rule == "val-from-train":
+        rest, test = parts["train"], parts["test"]
+    else:  # from-all: test = 20% of everything, val = 20% of the rest
+        test = round(parts["all"] * HELD_FRACTION)
+        rest = parts["all"] - test
+    val = round(rest * HELD_FRACTION)
+    return {"train": rest - val, "val": val, "test": test}, True
+
+
+# ---- the estimate ----------------------------------------------------------------------------
+@dataclass
+class JobCost:
+    """One job of a study: a finetuning run or an analysis job."""
+
+    job_id: str
+    kind: str  # finetune | plasticity | bounds | probes
+    shape: str  # what its FLOPs were counted on (runs that share it share the count)
+    flops: dict[str, float]  # train / val / test / analysis
+    disk_bytes: int
+    peak_disk_bytes: int
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_flops(self) -> float:
+        return float(sum(self.flops.values()))
+
+
+class _Counter:
+    """Counts each distinct (model, shape) once; one meta model per (spec, img, classes)."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple, nn.Module] = {}
+        self.cache: dict[tuple, Any] = {}
+
+    def model(self, spec: str, img_size: int | None, classes: int) -> nn.Module:
+        key = (spec, img_size, classes)
+        if key not in self.models:
+            self.models[key] = meta_model(spec, img_size, classes)
+        return self.models[key]
+
+    def get(self, key: tuple, compute):
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+def _classes(dataset: str) -> int:
+    from vitplas.data.registry import dataset_info
+
+    return dataset_info(dataset).num_classes or 10
+
+
+def _capped(n: int, cap: int | None) -> int:
+    return n if cap is None else min(n, cap)
+
+
+def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
+    """The cost of one finetuning run of a sweep."""
+    from vitplas.config import config_from_dict
+    from vitplas.training.config import FinetuneConfig
+
+    cfg = config_from_dict(FinetuneConfig, dict(run.config))
+    classes = _classes(cfg.dataset)
+    model = counter.model(cfg.model, cfg.img_size, classes)
+    trained = tuple(cfg.train)
+    shape = (cfg.model, cfg.img_size, cfg.batch_size, classes, trained, cfg.optimizer)
+    shape += (cfg.train_head, cfg.train_norm)
+    step, n_trained = counter.get(("train", *shape), lambda: train_step_flops(model, cfg))
+    fwd = counter.get(("fwd", cfg.model, cfg.img_size, classes), lambda: forward_flops(model))
+    sizes, known = split_sizes(cfg.dataset)
+    validations = cfg.steps // cfg.eval_every
+    validations += int(cfg.validates_at_end and cfg.steps % cfg.eval_every != 0)
+    flops = {
+        "train": float(step) * cfg.steps,
+        "val": float(fwd) * _capped(sizes["val"], cfg.max_eval_samples) * validations,
+        "test": float(fwd) * _capped(sizes["test"], cfg.max_eval_samples),
+    }
+    best = n_trained * FLOAT_BYTES
+    lines = cfg.steps // cfg.log_every + validations + 1
+    records = RUN_FILES_BYTES + lines * RECORD_LINE_BYTES * (2 if cfg.tensorboard else 1)
+    # a train state holds the trained weights, the optimizer's slots and the best weights
+    states = cfg.keep_checkpoints * best * (2 + OPTIMIZER_SLOTS.get(cfg.optimizer, 2))
+    label = f"{cfg.model}@{cfg.img_size} b{cfg.batch_size} {train_label(list(trained))}"
+    cost = JobCost(run.run_id, "finetune", label, flops, best + records, best + records + states)
+    if not known:
+        cost.notes.append(f"{cfg.dataset}: split sizes unknown, {ASSUMED_SPLIT} images assumed")
+    cost.seconds = device.seconds(cost.total_flops)
+    return cost
+
+
+def _analysis_config(job: Any) -> Any:
+    """The job's config object (its dataclass, defaults filled in), or None for a custom one."""
+    from vitplas.config import config_from_dict
+    from vitplas.experiments.launch import import_path
+
+    if job.config_class is None:
+        return None
+    return config_from_dict(import_path(job.config_class), dict(job.config))
+
+
+def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
+    """The cost of one analysis job (reproduce.AnalysisJob) of a study; a custom runner's
+    job counts its start-up only."""
+    cfg = _analysis_config(job)
+    if cfg is None or not hasattr(cfg, "model"):
+        cost = JobCost(job.job_id, job.kind, "custom", {"analysis": 0.0}, ANALYSIS_BYTES, 0)
+        cost.notes.append(f"{job.kind} job {job.job_id}: a custom runner, start-up only")
+        cost.seconds = device.seconds(0.0)
+        return cost
+    model = counter.model(cfg.model, cfg.img_size, 0)
+    fwd = counter.get(("fwd", cfg.model, cfg.img_size, 0), lambda: forward_flops(model))
+    radius_images = 0 if getattr(cfg, "radius", None) else getattr(cfg, "radius_images", 0)
+    if job.kind == "plasticity":
+        key = ("pair", cfg.model, cfg.img_size, cfg.inputs)
+        pair = counter.get(key, lambda: pair_flops(model, cfg.inputs))
+        flops = float(pair) * cfg.pairs + float(fwd) * (radius_images if cfg.bounds else 0)
+    elif job.kind == "probes":
+        sizes, _ = split_sizes(cfg.dataset)
+        images = _capped(sizes["train"], cfg.max_train) + _capped(sizes["test"], cfg.max_test)
+        flops = float(fwd) * images
+    else:  # bounds: the radius images (spectral norms are negligible)
+        flops = float(fwd) * radius_images
+    label = f"{cfg.model}@{input_side(model)}"
+    cost = JobCost(job.job_id, job.kind, label, {"analysis": flops}, ANALYSIS_BYTES, ANALYSIS_BYTES)
+    cost.seconds = device.seconds(cost.total_flops)
+    return cost
+
+
+@dataclass
+class StudyCost:
+    """Every job's cost and the totals of a study on one device."""
+
+    name: str
+    device: Device
+    jobs: list[JobCost]
+
+    @property
+    def runs(self) -> list[JobCost]:
+        return [j for j in self.jobs if j.kind == "finetune"]
+
+    def totals(self, jobs: Iterable[JobCost] | None = None) -> dict[str, float]:
+        jobs = list(self.jobs if jobs is None else jobs)
+        out: dict[str, float] = {"jobs": len(jobs)}
+        for key in ("train", "val", "test", "analysis"):
+            out[f"{key}_flops"] = sum(j.flops.get(key, 0.0) for j in jobs)
+        out["flops"] = sum(j.total_flops for j in jobs)
+        out["seconds"] = sum(j.seconds for j in jobs)
+        out["disk_bytes"] = sum(j.disk_bytes for j in jobs)
+        out["peak_disk_bytes"] = max((j.peak_disk_bytes for j in jobs), default=0)
+        return out
+
+    def per_run_text(self) -> dict[str, str]:
+        """run id -> '  <FLOP>  <time>' for the dry run's list of runs."""
+        text = {j.job_id: (human(j.total_flops, "FLOP"), human(j.seconds, "s")) for j in self.runs}
+        return {job_id: f"  {flop}  {secs}" for job_id, (flop, secs) in text.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.name,
+            "device": asdict(self.device),
+            "totals": self.totals(),
+            "runs_totals": self.totals(self.runs),
+            "jobs": [{**asdict(j), "total_flops": j.total_flops} for j in self.jobs],
+        }
+
+
+def study_cost(
+    spec: SweepSpec, device: Device | None = None, runs: list[Run] | None = None
+) -> StudyCost:
+    """The cost of every finetuning run and analysis job of a spec on `device`. Runs of
+    another runner than vitplas's finetuning (a custom `runner.function`) are not estimated."""
+    from vitplas.experiments.reproduce import analysis_jobs
+    from vitplas.experiments.spec import RunnerSettings
+
+    device = device or Device()
+    counter = _Counter()
+    runs = expand(spec) if runs is None else runs
+    if spec.runner.function != RunnerSettings().function:
+        runs = []
+    jobs = [run_cost(run, counter, device) for run in runs]
+    jobs += [analysis_cost(job, counter, device) for job in analysis_jobs(spec)]
+    return StudyCost(spec.name, device, jobs)
+
+
+def slurm_minutes(cost: JobCost) -> int:
+    """A SLURM time limit for one job: its estimate x SLURM_MARGIN + SLURM_SLACK_MIN."""
+    return math.ceil(cost.seconds * SLURM_MARGIN / 60) + SLURM_SLACK_MIN
+
+
+# ---- the readable form -----------------------------------------------------------------------
+def human(value: float, unit: str) -> str:
+    """1.2e15, 'FLOP' -> '1.20 PFLOP'; bytes -> '3.4 GB'; seconds -> '2.5 h'."""
+    if unit == "s":
+        for size, name in ((86400, "d"), (3600, "h"), (60, "min")):
+            if value >= size:
+                return f"{value / size:.1f} {name}"
+        return f"{value:.0f} s"
+    for power, prefix in ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if value >= 10**power:
+            return f"{value / 10**power:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def _sums(totals: dict[str, float]) -> tuple[str, str, str]:
+    return (
+        human(totals["flops"], "FLOP"),
+        human(totals["seconds"], "s"),
+        human(totals["disk_bytes"], "B"),
+    )
+
+
+def format_table(cost: StudyCost) -> str:
+    """Jobs grouped by shape (count, FLOPs and time per job and in all, disk kept), totals."""
+    groups: dict[tuple[str, str], list[JobCost]] = {}
+    for job in cost.jobs:
+        groups.setdefault((job.kind, job.shape), []).append(job)
+    header = ("kind", "shape", "jobs", "FLOP/job", "time/job", "FLOP", "time", "disk")
+    rows = [header]
+    for (kind, shape), jobs in groups.items():
+        tot, n = cost.totals(jobs), len(jobs)
+        per_job = (human(tot["flops"] / n, "FLOP"), human(tot["seconds"] / n, "s"))
+        rows.append((kind, shape, str(n), *per_job, *_sums(tot)))
+    tot = cost.totals()
+    rows.append(("total", "", str(len(cost.jobs)), "", "", *_sums(tot)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(-1, lines[1])
+    dev = cost.device
+    runs = cost.totals(cost.runs)
+    lines.append(
+        f"{len(cost.runs)} runs: train {human(runs['train_flops'], 'FLOP')}, validation "
+        f"{human(runs['val_flops'], 'FLOP')}, test {human(runs['test_flops'], 'FLOP')}; "
+        f"analyses {human(tot['analysis_flops'], 'FLOP')}"
+    )
+    lines.append(
+        f"device: {dev.name}, {dev.peak_tflops:g} TFLOP/s peak x MFU {dev.mfu:g} + "
+        f"{dev.startup_s:g} s start-up per job; disk while runs are in flight: up to "
+        f"{human(tot['peak_disk_bytes'], 'B')} per run (resumable train states, pruned when "
+        "a run finishes)"
+    )
+    notes = sorted({n for j in cost.jobs for n in j.notes})
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+CPU_MFU = 0.5  # a ViT step on a CPU reaches about half the matmul benchmark's rate
+CPU_STARTUP_S = 10.0  # per job on a CPU: process start, imports, model and data loading
+
+
+def declared_device(
+    peak_tflops: str | float | None = None, mfu: float | None = None, startup_s: float | None = None
+) -> Device:
+    """The device of an estimate from the CLI's options: a peak in TFLOP/s (default an H100's
+    dense bf16) or 'cpu' (this machine's matmul rate, measured now, with CPU defaults)."""
+    if isinstance(peak_tflops, str) and peak_tflops.strip().lower() == "cpu":
+        measured = measure_cpu_tflops()
+        return Device(
+            f"this CPU ({torch.get_num_threads()} threads, matmul measured)",
+            measured,
+            CPU_MFU if mfu is None else mfu,
+            CPU_STARTUP_S if startup_s is None else startup_s,
+        )
+    try:
+        peak = H100_BF16_TFLOPS if peak_tflops is None else float(peak_tflops)
+    except ValueError as err:
+        raise ValueError(
+            f"--device-peak-tflops '{peak_tflops}' is neither a number nor 'cpu'; give the "
+            "device's dense peak in TFLOP/s (an H100's bf16: 989) or 'cpu' to measure this CPU"
+        ) from err
+    name = "H100 dense bf16 (declared)" if peak_tflops is None else "declared device"
+    return Device(
+        name,
+        peak,
+        DEFAULT_MFU if mfu is None else mfu,
+        DEFAULT_STARTUP_S if startup_s is None else startup_s,
+    )
+
+
+def slurm_time_limits(
+    spec: SweepSpec, runs: list[Run], device: Device | None = None
+) -> dict[str, int]:
+    """run id -> a SLURM time limit in minutes: the run's estimate on `device` (default: the
+    declared H100) x SLURM_MARGIN + SLURM_SLACK_MIN, rounded up to 30 minutes so that runs of
+    similar length share a job array. Runs of a custom runner, which vitplas cannot count,
+    get UNCOUNTED_TIME_MIN."""
+    from vitplas.experiments.spec import RunnerSettings
+
+    if spec.runner.function != RunnerSettings().function:
+        return {run.run_id: UNCOUNTED_TIME_MIN for run in runs}
+    counter, device = _Counter(), device or Device()
+    limits = {}
+    for run in runs:
+        minutes = slurm_minutes(run_cost(run, counter, device))
+        limits[run.run_id] = 30 * math.ceil(minutes / 30)
+    return limits

@@ -1,0 +1,226 @@
+"""A study's cost before it runs: FLOP counts against a hand count, split sizes, the dry run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vitplas.cli import app
+from vitplas.experiments import cost, flops
+from vitplas.experiments.spec import expand, load_spec
+from vitplas.training.config import FinetuneConfig
+
+# tiny-random: 32 px images, 8 px patches, width D = 48, 2 blocks, 3 heads, MLP 144 (ratio 3)
+P, D, H, DEPTH, CLASSES = 16, 48, 144, 2, 10
+N = P + 1  # tokens: 16 patches + the class token
+PATCH_IN = 3 * 8 * 8  # one patch, flattened: the patch embedding's input width
+
+# multiply-adds per image, matrix products only
+EMBED = P * PATCH_IN * D  # the patch embedding convolution
+QKV = N * D * 3 * D
+SCORES = N * N * D  # q k^T over all heads (3 heads x N x N x 16)
+VALUES = N * N * D  # softmax(.) v
+PROJ = N * D * D
+FC1 = N * D * H
+FC2 = N * H * D
+BLOCK = QKV + SCORES + VALUES + PROJ + FC1 + FC2
+HEAD = D * CLASSES  # the class token through the head
+FORWARD = EMBED + DEPTH * BLOCK + HEAD
+
+
+def _tiny(train: list[str], batch: int = 4) -> FinetuneConfig:
+    return FinetuneConfig(model="tiny-random", img_size=32, batch_size=batch, train=train)
+
+
+def test_forward_flops_of_a_tiny_vit_match_the_hand_count():
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    assert flops.forward_flops(model) == 2 * FORWARD  # 2 FLOPs per multiply-add
+
+
+def test_train_step_flops_of_full_finetuning_match_the_hand_count():
+    # backward: every product of the blocks and the head gives a gradient for its input and
+    # one for its weight (attention's two products: one for each operand), 2x its forward;
+    # the patch embedding only for its weight (the images need no gradient)
+    backward = 2 * (DEPTH * BLOCK + HEAD) + EMBED
+    # the optimizer's update is element-wise: no matrix product, nothing counted
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    counted, trained = flops.train_step_flops(model, _tiny(["all"]))
+    assert counted == 4 * 2 * (FORWARD + backward)  # batch of 4
+    assert trained == sum(p.numel() for p in model.parameters())
+
+
+def test_train_step_flops_with_frozen_weights_skip_their_gradients():
+    # train ln1 (+ head, final norm): the gradient flows from the head down to block 0's
+    # first norm, so every product gives its input's gradient (attention's two products, with
+    # no weight, one for each operand: 2x their forward), but only the head's weight gets one;
+    # the patch embedding, below every trained parameter, does no backward work at all
+    backward = DEPTH * (BLOCK + SCORES + VALUES) + HEAD + HEAD
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    counted, trained = flops.train_step_flops(model, _tiny(["ln1"], batch=2))
+    assert counted == 2 * 2 * (FORWARD + backward)
+    assert trained == DEPTH * 2 * D + 2 * D + HEAD + CLASSES  # ln1 of 2 blocks, norm, head
+
+
+@pytest.mark.parametrize(
+    ("dataset", "sizes"),
+    [
+        ("cifar10", {"train": 40_000, "val": 10_000, "test": 10_000}),
+        ("cifar10-c/contrast/5", {"train": 6_400, "val": 1_600, "test": 2_000}),
+        ("flowers102", {"train": 1_020, "val": 1_020, "test": 6_149}),
+        ("mnist-5k", {"train": 3_200, "val": 800, "test": 1_000}),
+    ],
+)
+def test_split_sizes_follow_the_split_rules(dataset, sizes):
+    assert cost.split_sizes(dataset) == (sizes, True)
+
+
+def test_device_time_and_bad_options_say_what_to_give():
+    device = cost.declared_device(100.0, 0.5, 10.0)
+    assert device.seconds(100e12 * 0.5 * 30, jobs=2) == pytest.approx(30 + 20)
+    with pytest.raises(ValueError, match="neither a number nor 'cpu'"):
+        cost.declared_device("fast")
+    with pytest.raises(ValueError, match="0 < mfu <= 1"):
+        cost.Device(mfu=1.5)
+    assert cost.declared_device().peak_tflops == cost.H100_BF16_TFLOPS
+
+
+def test_run_cost_counts_validations_disk_and_a_slurm_limit(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
+        "warmup_steps: 0, eval_every: 4, max_eval_samples: 50, dataset: mnist-5k, "
+        "tensorboard: false}\ngrid: {train: [all, ln1]}\n"
+    )
+    spec = load_spec(spec_file)
+    study = cost.study_cost(spec, cost.Device(peak_tflops=1.0, mfu=1.0, startup_s=0.0))
+    full = study.runs[0]
+    assert full.flops["val"] == 2 * FORWARD * 50 * 2  # 2 validations (steps 4 and 8)
+    assert full.flops["test"] == 2 * FORWARD * 50
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    assert full.disk_bytes > 4 * sum(p.numel() for p in model.parameters())  # best + records
+    assert full.seconds == pytest.approx(full.total_flops / 1e12)
+    assert study.totals()["jobs"] == 2
+    limits = cost.slurm_time_limits(spec, expand(spec))
+    assert set(limits.values()) == {30}  # seconds of work: the slack, rounded up to 30 min
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_paper_main_study_prints_its_count_and_totals(tmp_path):
+    spec_path = "configs/paper/main.yaml"
+    out = tmp_path / "cost.json"
+    args = ["sweep", spec_path, "--dry-run", "--json", str(out), "--root", str(tmp_path)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    n_runs = len(expand(load_spec(spec_path), with_presets=False))
+    assert f"{n_runs} runs: train " in result.output
+    assert "total" in result.output and "EFLOP" in result.output
+    first = result.output.splitlines()[0]  # each run: id, state, its FLOPs and time
+    assert "[missing]" in first and "PFLOP" in first and first.endswith("min")
+    estimate = json.loads(out.read_text())
+    runs = [j for j in estimate["jobs"] if j["kind"] == "finetune"]
+    assert len(runs) == n_runs
+    totals = estimate["totals"]
+    for key in ("train_flops", "val_flops", "test_flops", "analysis_flops", "seconds"):
+        assert totals[key] > 0, key
+    assert totals["disk_bytes"] > 0
+
+
+def test_slurm_limits_come_from_the_spec_when_it_sets_one(tmp_path):
+    from vitplas.experiments.launch import _time_limits
+    from vitplas.experiments.store import RunState
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 2, steps: 2, "
+        "warmup_steps: 0, dataset: digits}\ngrid: {seed: [0, 1]}\n"
+    )
+    spec = load_spec(spec_file)
+    todo = [RunState(run, tmp_path / run.run_id, "missing") for run in expand(spec)]
+    assert set(_time_limits(spec, todo).values()) == {30}  # estimated: slack, rounded up
+    spec = load_spec(spec_file, ["executor.slurm.time_min=7"])
+    assert _time_limits(spec, todo) == {item.run.run_id: 7 for item in todo}
+
+
+def test_a_cpu_device_is_measured_with_cpu_defaults(monkeypatch):
+    assert cost.measure_cpu_tflops(n=64, seconds=0.01) > 0
+    monkeypatch.setattr(cost, "measure_cpu_tflops", lambda: 0.1)
+    device = cost.declared_device("cpu")
+    assert (device.peak_tflops, device.mfu, device.startup_s) == (0.1, 0.5, 10.0)
+    assert cost.declared_device("CPU", mfu=0.3).mfu == 0.3
+
+
+def test_a_custom_runner_is_not_estimated(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, steps: 10, dataset: digits}\n"
+        "grid: {seed: [0, 1]}\nrunner: {function: 'mypkg.jobs:train', config: null}\n"
+    )
+    spec = load_spec(spec_file)
+    assert cost.study_cost(spec).jobs == []  # its configs are not vitplas finetune configs
+    assert set(cost.slurm_time_limits(spec, expand(spec)).values()) == {240}
+
+
+def test_analysis_jobs_count_pairs_radius_images_and_probe_images(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, dataset: digits}\ngrid: {seed: [0]}\n"
+        "runner: {function: 'mypkg.jobs:train', config: null}\nanalysis:\n"
+        "  plasticity: [{model: tiny-random, target: digits, pairs: 8, radius_images: 4}]\n"
+        "  probes: [{model: tiny-random, img_size: 32, dataset: digits, max_train: 100}]\n"
+    )
+    plasticity, probes = cost.study_cost(load_spec(spec_file)).jobs
+    backbone = 2 * (EMBED + DEPTH * BLOCK)  # no head: features of the pretrained model
+    pair = flops.pair_flops(flops.meta_model("tiny-random", None, 0))
+    assert plasticity.flops["analysis"] == 8 * pair + 4 * backbone
+    # digits: 1,797 images, 20% test (359), val 20% of the rest (288): 1,150 train
+    assert probes.flops["analysis"] == (100 + 359) * backbone
+
+
+def test_slurm_submission_sends_one_array_per_estimated_limit(tmp_path, monkeypatch):
+    import contextlib
+
+    from vitplas.experiments import launch
+    from vitplas.experiments.store import RunState
+
+    calls = []
+
+    class FakeJob:
+        def __init__(self, job_id: str) -> None:
+            self.job_id = job_id
+
+    class FakeExecutor:  # records what submitit would be asked
+        def __init__(self, folder, cluster):
+            self.timeout = None
+
+        def update_parameters(self, **params):
+            self.timeout = params.get("timeout_min", self.timeout)
+
+        @contextlib.contextmanager
+        def batch(self):
+            calls.append([])
+            yield
+
+        def submit(self, fn, *args):
+            calls[-1].append((self.timeout, args[3]["steps"]))
+            return FakeJob(f"{len(calls)}_{len(calls[-1])}")
+
+    monkeypatch.setattr(launch.submitit, "AutoExecutor", FakeExecutor)
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, warmup_steps: 0, dataset: digits}\n"
+        "grid: {steps: [1, 20000, 2]}\n"
+    )
+    spec = load_spec(spec_file)
+    todo = [RunState(run, tmp_path / run.run_id, "missing") for run in expand(spec)]
+    for item in todo:
+        item.folder.mkdir()
+
+    def limits(spec, runs):  # the estimate (tested above), here a long run and two short
+        return {run.run_id: 90 if run.config["steps"] > 2 else 30 for run in runs}
+
+    monkeypatch.setattr(cost, "slurm_time_limits", limits)
+    jobs = launch._submit_slurm(spec, todo, tmp_path / "submitit", parallel=2)
+    assert calls == [[(30, 1), (30, 2)], [(90, 20000)]]
+    assert [j.job_id for j in jobs] == ["1_1", "2_1", "1_2"]  # in the order of the runs
