@@ -4,22 +4,28 @@
                                                   a killed run resumes from its checkpoint)
 
 A finished run folder holds config.yaml, manifest.json, metrics.jsonl, result.json,
-checkpoints/ (train state, best.safetensors) and DONE. Run under torchrun for DDP.
+checkpoints/best.safetensors, checksums.json and DONE (the resumable train state,
+checkpoints/step_*, is pruned once DONE unless keep_state: true). One process owns the folder
+(vitplas.locks); the config is checked before anything is returned or computed. A run whose
+loss stays above diverge_factor x its first loss for diverge_window steps after warmup stops
+as diverged (failed.json says where). Run under torchrun for DDP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from vitplas.config import ConfigError, check_same_config
+from vitplas.config import ConfigError
+from vitplas.locks import is_main_process, run_lock
 from vitplas.models.components import count_parameters, set_trainable
-from vitplas.runs import RunDir, atomic_write_json
+from vitplas.runs import RunDir, atomic_write_json, fault_point
 from vitplas.training import checkpoint as ckpt
 from vitplas.training.config import RUNTIME_KEYS, FinetuneConfig
 from vitplas.training.distributed import (
@@ -43,7 +49,14 @@ Callback = Callable[["Finetuner", int], None]
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or stayed far above its starting value.
+    `.where` = {"step": ..., "loss": ...} once located."""
+
+    where: ClassVar[dict[str, Any]] = {}
+
+    def located(self, step: int, loss: float) -> TrainingDivergedError:
+        self.where = {"step": step, "loss": loss, "message": str(self)}
+        return self
 
 
 def run_finetune(
@@ -53,20 +66,33 @@ def run_finetune(
     sources: Sources | None = None,
     callbacks: Sequence[Callback] = (),
     show_progress: bool = False,
+    repair: bool = False,
+    wait: bool | None = None,
 ) -> dict[str, Any]:
-    """Finetune as `cfg` says into `run_dir`; return the result (also result.json)."""
-    run = RunDir(run_dir)
-    if run.is_done() and (run / "result.json").exists():
-        import json
+    """Finetune as `cfg` says into `run_dir`; return the result (also result.json).
 
-        return json.loads((run / "result.json").read_text())
-    trainer = Finetuner(cfg, run, sources=sources, callbacks=callbacks, show=show_progress)
-    try:
-        trainer.setup()
-        trainer.train()
-        return trainer.finish()
-    finally:
-        trainer.cleanup()
+    A finished run of the same config is returned at once (verified); another config is a
+    ConfigError; a folder another process owns is a RunLockedError (or awaited, `wait`).
+    `repair` recomputes a finished run whose records are damaged."""
+    run = RunDir(run_dir)
+    owner = is_main_process()  # under torchrun, rank 0 owns the folder for every rank
+    lock = run_lock(run.path, command="finetune", wait=wait) if owner else contextlib.nullcontext()
+    with lock:
+        if run.begin(cfg, RUNTIME_KEYS, repair=repair and owner):
+            return run.read_json("result.json")
+        if owner:
+            (run / "failed.json").unlink(missing_ok=True)  # a former failure is retried
+        trainer = Finetuner(cfg, run, sources=sources, callbacks=callbacks, show=show_progress)
+        try:
+            trainer.setup()
+            trainer.train()
+            return trainer.finish()
+        except TrainingDivergedError as err:
+            if owner:
+                atomic_write_json(run / "failed.json", {"reason": "diverged", **err.where})
+            raise
+        finally:
+            trainer.cleanup()
 
 
 class Finetuner:
@@ -95,11 +121,12 @@ class Finetuner:
             raise ConfigError(f"micro_batch_size {self.micro} must divide {self.local_batch}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        check_same_config(self.run.path, cfg, RUNTIME_KEYS)  # before loading anything heavy
+        fault_point("startup")
         if self.sources is None:
             self.sources = load_sources(cfg)
         self._setup_model(self.sources.model.to(self.device))
         self.state = {"step": 0, "elapsed_s": 0.0, "train_s": 0.0, "best": None}
+        self.state |= {"start_loss": None, "above": 0}  # divergence watch
         self.frozen_digest = ckpt.frozen_digest(self.model)
         self._resume()
         if self.dist.is_main:
@@ -175,6 +202,7 @@ class Finetuner:
         self.optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         self.state = {k: state[k] for k in ("step", "elapsed_s", "train_s", "best")}
+        self.state |= {"start_loss": state.get("start_loss"), "above": state.get("above", 0)}
         if self.dist.is_main:
             truncate_metrics(self.run, self.state["step"])
 
@@ -206,6 +234,7 @@ class Finetuner:
                     f"the batch of {cfg.batch_size})"
                 ) from err
             done = step + 1
+            fault_point("step")
             self.state["step"] = done
             self.state["train_s"] += time.perf_counter() - tick
             if done % cfg.log_every == 0 or done == cfg.steps:
@@ -255,7 +284,8 @@ class Finetuner:
             raise TrainingDivergedError(
                 f"loss is {loss_sum.item()} at step {step + 1}; the run stopped and kept its "
                 f"last good checkpoint (step {self._last_checkpoint()}); lower lr or check inputs"
-            )
+            ).located(step + 1, loss_sum.item())
+        self._watch_divergence(step + 1, loss_sum.item())
         total, per_component = grad_norms(self.groups)
         if cfg.grad_clip is not None:
             clip_gradients(self.trained, total, cfg.grad_clip)
@@ -266,6 +296,25 @@ class Finetuner:
         record = {"loss": loss_sum.item(), "lr": lr, "grad_norm": total.item()}
         record.update({f"grad_norm/{c}": v.item() for c, v in per_component.items()})
         return record
+
+    def _watch_divergence(self, step: int, loss: float) -> None:
+        """Stop when the loss stays above diverge_factor x the first step's loss for
+        diverge_window consecutive steps after warmup (clipping can hide an lr far too high)."""
+        cfg, state = self.cfg, self.state
+        if state["start_loss"] is None:
+            state["start_loss"] = loss
+        if cfg.diverge_factor is None or step <= cfg.warmup_steps:
+            return
+        limit = cfg.diverge_factor * state["start_loss"]
+        state["above"] = state["above"] + 1 if loss > limit else 0
+        if state["above"] >= cfg.diverge_window:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(
+                f"training diverged: the loss stayed above {cfg.diverge_factor:g} x its first "
+                f"value ({state['start_loss']:.4g}) for {cfg.diverge_window} steps after warmup, "
+                f"reaching {loss:.4g} at step {step}; the run is marked failed (failed.json); "
+                "lower lr (or raise diverge_factor / set it to null if this is expected)"
+            ).located(step, loss)
 
     def _last_checkpoint(self) -> int | None:
         found = ckpt.list_checkpoints(self.run / "checkpoints")
@@ -291,6 +340,7 @@ class Finetuner:
 
     def validate(self, step: int) -> None:
         scores = self.evaluate("val")
+        fault_point("validation")
         self._log(
             {"kind": "val", "step": step, "val_loss": scores["loss"], "val_acc": scores["acc"]}
         )
@@ -330,6 +380,7 @@ class Finetuner:
         cfg, best = self.cfg, self.state["best"]
         self.model.load_state_dict(best["weights"], strict=False)
         test = self.evaluate("test")
+        fault_point("test")
         result = {
             "best_val_acc": best["val_acc"],
             "best_val_loss": best["val_loss"],
@@ -351,6 +402,7 @@ class Finetuner:
         }
         if self.dist.is_main:
             ckpt.save_weights(self.run / "checkpoints" / ckpt.BEST_FILE, best["weights"])
+            fault_point("best_weights")
             self._log(
                 {
                     "kind": "test",
@@ -360,7 +412,10 @@ class Finetuner:
                 }
             )
             atomic_write_json(self.run / "result.json", result)
+            fault_point("after_result")
             self.run.mark_done()
+            if not cfg.keep_state:
+                ckpt.prune_state(self.run / "checkpoints")
         barrier(self.dist)
         return result
 
