@@ -332,6 +332,19 @@ def read_verified(run_dir: str | Path, name: str = "result.json") -> Any:
     return data
 
 
+def disk_full(err: OSError) -> str | None:
+    """The one line to print for a full disk (ENOSPC/EDQUOT), or None for another OSError."""
+    import errno
+
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" writing {err.filename}" if err.filename else ""
+    return (
+        f"no space left on device{where}; free space (vitplas clean RUNS deletes the train "
+        "state of finished runs) and rerun the same command: it resumes where it stopped"
+    )
+
+
 def fault_point(name: str) -> None:
     """Test hook: with VITPLAS_FAULT=name:count, the count-th call at `name` kills this
     process with SIGKILL (as a crash or `kill -9` would). Unset (always in normal use): no-op."""

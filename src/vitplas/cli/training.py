@@ -12,7 +12,7 @@ import typer
 from vitplas.cli.app import app
 
 
-def _fail(err: Exception, code: int = 2) -> None:
+def _fail(err: Exception | str, code: int = 2) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(code)
 
@@ -81,6 +81,7 @@ def finetune(
     """
     from vitplas.config import ConfigError
     from vitplas.locks import RunLockedError
+    from vitplas.runs import disk_full
     from vitplas.training.config import load_finetune_config
     from vitplas.training.finetune import TrainingDivergedError, run_finetune
 
@@ -96,6 +97,11 @@ def finetune(
         _fail(err, LOCKED_EXIT)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(err)
+    except OSError as err:
+        message = disk_full(err)
+        if message is None:
+            raise
+        _fail(message)
     summary = {k: result[k] for k in ("best_val_acc", "test_acc", "best_step", "wall_time_s")}
     typer.echo(json.dumps({"run_dir": str(run_dir), **summary}))
 
