@@ -94,7 +94,14 @@ def test_finished_run_keeps_records_and_best_weights_not_the_train_state(plain):
     assert f"checkpoints/{ckpt.BEST_FILE}" in sums
 
 
-@pytest.mark.parametrize("point,count", FAULTS, ids=[p for p, _ in FAULTS])
+# the first three run in the quick suite; every point runs in CI (scripts/test)
+KILLS = [
+    pytest.param(p, c, id=p, marks=[pytest.mark.slow] if i >= 3 else [])
+    for i, (p, c) in enumerate(FAULTS)
+]
+
+
+@pytest.mark.parametrize("point,count", KILLS)
 def test_kill_at_each_point_then_rerun_equals_unbroken(tmp_path, plain, point, count):
     out = tmp_path / "run"
     killed = run_cli(out, fault=f"{point}:{count}")
@@ -116,6 +123,7 @@ def test_a_second_process_stops_at_once_naming_the_holder(tmp_path):
     assert holder(out) is None  # released with its owner
 
 
+@pytest.mark.slow
 def test_two_concurrent_finetunes_do_the_work_once(tmp_path, plain):
     out = tmp_path / "run"
     procs = [cli(out, "--wait", stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in "ab"]
