@@ -75,7 +75,7 @@ def test_read_verified_parses_and_refuses_unfinished(tmp_path, finished):
     broken = tmp_path / "broken"
     shutil.copytree(finished[0], broken)
     (broken / "checksums.json").write_text("{not json")
-    with pytest.raises(DamagedRecordError, match="checksums.json is damaged: unreadable"):
+    with pytest.raises(DamagedRecordError, match=r"checksums\.json is damaged: unreadable"):
         read_verified(broken)
 
 
