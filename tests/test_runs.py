@@ -65,7 +65,7 @@ def test_seal_and_verify_name_the_damaged_file(tmp_path):
     with pytest.raises(DamagedRecordError, match=r"table\.csv is damaged: its content was changed"):
         run.verify()
     (run / "result.json").unlink()
-    with pytest.raises(DamagedRecordError, match="result.json is damaged: the file is missing"):
+    with pytest.raises(DamagedRecordError, match=r"result\.json is damaged: the file is missing"):
         read_verified(run.path)
 
 
@@ -73,9 +73,9 @@ def test_lock_names_its_holder_is_reentrant_and_released(tmp_path):
     from vitplas.locks import holder, run_lock
 
     assert holder(tmp_path) is None
-    with run_lock(tmp_path, command="finetune test"):
-        with run_lock(tmp_path):  # the same process again: re-entrant
-            info = holder(tmp_path)
+    # the same process again: re-entrant
+    with run_lock(tmp_path, command="finetune test"), run_lock(tmp_path):
+        info = holder(tmp_path)
     assert info["pid"] == os.getpid() and info["command"] == "finetune test"
     assert holder(tmp_path) is None
 

@@ -5,7 +5,7 @@ Every run of vitplas writes into one folder:
     manifest.json   versions, git commit, device, timings, seed, ...
     metrics.jsonl   one JSON object per line (training curves, progress)
     <table>.csv / <table>.parquet   tidy result tables
-    checksums.json  sha256 of every record, taken when the run is sealed (just before DONE)
+    checksums.json  sha256 of every record (RECORD_PATTERNS), taken just before DONE
     DONE            written last: a run folder with DONE is finished
 
 A finished run's records are read through `read_verified` / `verify`: a file whose checksum
@@ -29,9 +29,20 @@ from typing import Any
 
 DONE_MARKER = "DONE"
 CHECKSUMS = "checksums.json"
-# never sealed: the lock, the markers, the resumable train state, TensorBoard's event files
-_UNSEALED_DIRS = ("tensorboard",)
-_UNSEALED_FILES = frozenset({DONE_MARKER, CHECKSUMS, ".lock", "estimate_state.pt", "failed.json"})
+# the records a seal covers (paths relative to the run folder): what vitplas reads back.
+# Not sealed: the lock, the markers, a launcher's bookkeeping (sweep.json, status.json,
+# error.txt, rewritten after DONE), figures (views of the tables), TensorBoard events and
+# the resumable state.
+RECORD_PATTERNS = (
+    "config.yaml",
+    "manifest.json",
+    "metrics.jsonl",
+    "result.json",
+    "summary.txt",
+    "*.csv",
+    "*.parquet",
+    "checkpoints/*.safetensors",
+)
 
 
 class DamagedRecordError(ValueError):
@@ -249,16 +260,16 @@ class RunDir:
 
     # ---- verified records ---------------------------------------------------------------
     def record_names(self) -> list[str]:
-        """Relative paths of the records a seal covers: every file but the lock, the markers,
-        hidden temp files, TensorBoard events and the resumable train state."""
+        """Relative paths of the records present that a seal covers (RECORD_PATTERNS)."""
+        import fnmatch
+
         names = []
-        for path in sorted(self.path.rglob("*")):
-            rel = path.relative_to(self.path)
-            if not path.is_file() or rel.name in _UNSEALED_FILES or rel.name.startswith("."):
-                continue
-            if rel.parts[0] in _UNSEALED_DIRS or any(p.startswith("step_") for p in rel.parts):
-                continue
-            names.append(rel.as_posix())
+        for pattern in RECORD_PATTERNS:
+            folder, _, glob = pattern.rpartition("/")
+            for path in sorted((self.path / folder).glob(glob)):
+                rel = path.relative_to(self.path).as_posix()
+                if path.is_file() and fnmatch.fnmatch(rel, pattern) and rel not in names:
+                    names.append(rel)
         return names
 
     def seal(self, names: list[str] | None = None) -> None:
