@@ -106,3 +106,13 @@ def test_other_process_is_refused_or_waits(tmp_path):
         )
         assert waiter.stderr.readline().startswith(f"waiting for {tmp_path}: held by pid")
     assert waiter.communicate(timeout=60)[0] == "got it\n"
+
+
+def test_keys_added_since_leave_the_default_run_folder_name_unchanged():
+    from vitplas.cli.training import default_finetune_dir
+    from vitplas.training.config import load_finetune_config
+
+    # the name this config had before keep_state / diverge_* existed: a rerun finds its run
+    assert default_finetune_dir(load_finetune_config(None, [])).name.endswith("-d70c4fbd")
+    other = load_finetune_config(None, ["diverge_factor=20"])
+    assert not default_finetune_dir(other).name.endswith("-d70c4fbd")
