@@ -128,3 +128,23 @@ def test_divergence_under_clipping_stops_the_run_marked_failed(tmp_path):
 
 def test_a_healthy_run_is_not_stopped(finished):
     assert not (finished[0] / "failed.json").exists()
+
+
+def test_probe_checks_its_folder_before_computing(tmp_path, monkeypatch):
+    from vitplas.config import load_config
+    from vitplas.training import probe
+
+    args = ["model=tiny-random", "random_init=true", "dataset=digits", "img_size=32"]
+    args += ["layers=[-1]", "components=[block]", "max_train=64", "max_test=32"]
+    args += ["num_workers=0", "device=cpu"]
+    cfg = load_config(probe.ProbeConfig, None, args)
+    first = probe.run_probe(cfg, tmp_path)
+
+    def no_work(_cfg):
+        raise AssertionError("the probe was computed again")
+
+    monkeypatch.setattr(probe, "_probe_table", no_work)
+    again = probe.run_probe(cfg, tmp_path)  # read back, verified
+    assert again["acc"].tolist() == first["acc"].tolist()
+    with pytest.raises(ConfigError, match=r"different config \(C: 1.0 -> 2.0\)"):
+        probe.run_probe(load_config(probe.ProbeConfig, None, [*args, "C=2.0"]), tmp_path)
