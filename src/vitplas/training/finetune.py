@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from vitplas.training.distributed import (
     resolve_device,
 )
 from vitplas.training.distributed import cleanup as dist_cleanup
+from vitplas.training.divergence import TrainingDivergedError, watch_divergence
 from vitplas.training.evaluate import autocast, evaluate_model
 from vitplas.training.logger import TrainLogger, truncate_metrics
 from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at, set_lr
@@ -46,17 +47,6 @@ __all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "run_finetune
 
 
 Callback = Callable[["Finetuner", int], None]
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite, or stayed far above its starting value.
-    `.where` = {"step": ..., "loss": ...} once located."""
-
-    where: ClassVar[dict[str, Any]] = {}
-
-    def located(self, step: int, loss: float) -> TrainingDivergedError:
-        self.where = {"step": step, "loss": loss, "message": str(self)}
-        return self
 
 
 def run_finetune(
@@ -285,7 +275,11 @@ class Finetuner:
                 f"loss is {loss_sum.item()} at step {step + 1}; the run stopped and kept its "
                 f"last good checkpoint (step {self._last_checkpoint()}); lower lr or check inputs"
             ).located(step + 1, loss_sum.item())
-        self._watch_divergence(step + 1, loss_sum.item())
+        try:
+            watch_divergence(self.state, step + 1, loss_sum.item(), cfg)
+        except TrainingDivergedError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
         total, per_component = grad_norms(self.groups)
         if cfg.grad_clip is not None:
             clip_gradients(self.trained, total, cfg.grad_clip)
@@ -296,25 +290,6 @@ class Finetuner:
         record = {"loss": loss_sum.item(), "lr": lr, "grad_norm": total.item()}
         record.update({f"grad_norm/{c}": v.item() for c, v in per_component.items()})
         return record
-
-    def _watch_divergence(self, step: int, loss: float) -> None:
-        """Stop when the loss stays above diverge_factor x the first step's loss for
-        diverge_window consecutive steps after warmup (clipping can hide an lr far too high)."""
-        cfg, state = self.cfg, self.state
-        if state["start_loss"] is None:
-            state["start_loss"] = loss
-        if cfg.diverge_factor is None or step <= cfg.warmup_steps:
-            return
-        limit = cfg.diverge_factor * state["start_loss"]
-        state["above"] = state["above"] + 1 if loss > limit else 0
-        if state["above"] >= cfg.diverge_window:
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDivergedError(
-                f"training diverged: the loss stayed above {cfg.diverge_factor:g} x its first "
-                f"value ({state['start_loss']:.4g}) for {cfg.diverge_window} steps after warmup, "
-                f"reaching {loss:.4g} at step {step}; the run is marked failed (failed.json); "
-                "lower lr (or raise diverge_factor / set it to null if this is expected)"
-            ).located(step, loss)
 
     def _last_checkpoint(self) -> int | None:
         found = ckpt.list_checkpoints(self.run / "checkpoints")
@@ -428,8 +403,6 @@ class Finetuner:
 
 
 def _no_sync(net: torch.nn.Module, sync: bool):
-    import contextlib
-
     if sync or not hasattr(net, "no_sync"):
         return contextlib.nullcontext()
     return net.no_sync()
