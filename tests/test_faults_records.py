@@ -130,6 +130,7 @@ def test_a_healthy_run_is_not_stopped(finished):
     assert not (finished[0] / "failed.json").exists()
 
 
+@pytest.mark.slow
 def test_probe_checks_its_folder_before_computing(tmp_path, monkeypatch):
     from vitplas.config import load_config
     from vitplas.training import probe
