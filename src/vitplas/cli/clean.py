@@ -20,7 +20,10 @@ def finished_runs(target: Path) -> list[Path]:
     if target.is_file() and target.suffix in (".yaml", ".yml"):
         from vitplas.experiments.spec import load_spec
 
-        target = load_spec(target).root_path
+        root = load_spec(target).root_path
+        if not root.is_dir():
+            raise FileNotFoundError(f"the sweep in '{target}' has no runs yet (no {root})")
+        target = root
     if not target.is_dir():
         raise FileNotFoundError(f"'{target}' is neither a run folder nor a sweep spec")
     from vitplas.runs import DONE_MARKER
