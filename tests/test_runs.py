@@ -48,3 +48,71 @@ def test_write_table_csv_and_parquet_agree(tmp_path):
     digest = file_sha256(csv_path)
     assert len(digest) == 64 and digest == file_sha256(csv_path)
     json.dumps({"digest": digest})
+
+
+def test_seal_and_verify_name_the_damaged_file(tmp_path):
+    from vitplas.runs import DamagedRecordError, read_verified
+
+    run = RunDir(tmp_path / "run")
+    atomic_write_text(run / "result.json", '{"acc": 91.5}')
+    write_table(pd.DataFrame({"a": [1, 2]}), run / "table")
+    (run / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000002" / "state.pt").write_bytes(b"state")
+    run.mark_done()
+    assert set(run.checksums()) == {"result.json", "table.csv", "table.parquet"}
+    assert read_verified(run.path) == {"acc": 91.5}
+    (run / "table.csv").write_text("a\n1\n3\n")
+    with pytest.raises(DamagedRecordError, match=r"table\.csv is damaged: its content was changed"):
+        run.verify()
+    (run / "result.json").unlink()
+    with pytest.raises(DamagedRecordError, match=r"result\.json is damaged: the file is missing"):
+        read_verified(run.path)
+
+
+def test_lock_names_its_holder_is_reentrant_and_released(tmp_path):
+    from vitplas.locks import holder, run_lock
+
+    assert holder(tmp_path) is None
+    # the same process again: re-entrant
+    with run_lock(tmp_path, command="finetune test"), run_lock(tmp_path):
+        info = holder(tmp_path)
+    assert info["pid"] == os.getpid() and info["command"] == "finetune test"
+    assert holder(tmp_path) is None
+
+
+def test_other_process_is_refused_or_waits(tmp_path):
+    import subprocess
+    import sys
+
+    from vitplas.locks import run_lock
+
+    code = (
+        "import sys; from vitplas.locks import run_lock, RunLockedError\n"
+        "try:\n"
+        "    with run_lock(sys.argv[1], wait=sys.argv[2] == '1'): print('got it', flush=True)\n"
+        "except RunLockedError as err: print(err, flush=True)\n"
+    )
+    with run_lock(tmp_path, command="holder"):
+        refused = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path), "0"], capture_output=True, text=True
+        )
+        assert f"is in use by pid {os.getpid()}" in refused.stdout
+        assert "(holder, since" in refused.stdout
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert waiter.stderr.readline().startswith(f"waiting for {tmp_path}: held by pid")
+    assert waiter.communicate(timeout=60)[0] == "got it\n"
+
+
+def test_keys_added_since_leave_the_default_run_folder_name_unchanged():
+    from vitplas.cli.training import default_finetune_dir
+    from vitplas.training.config import load_finetune_config
+
+    # the name this config had before keep_state / diverge_* existed: a rerun finds its run
+    assert default_finetune_dir(load_finetune_config(None, [])).name.endswith("-d70c4fbd")
+    other = load_finetune_config(None, ["diverge_factor=20"])
+    assert not default_finetune_dir(other).name.endswith("-d70c4fbd")

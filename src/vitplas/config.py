@@ -179,7 +179,14 @@ def check_same_config(
     path = Path(folder) / "config.yaml"
     if not path.exists():
         return
-    old = yaml.safe_load(path.read_text()) or {}
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"{path} is not valid YAML ({err}); restore it, or delete {folder} to start over"
+        ) from err
+    if not isinstance(old, dict):
+        raise ConfigError(f"{path} holds no mapping; restore it, or delete {folder}")
     new = config_to_dict(cfg)
     default = config_to_dict(type(cfg)())  # a key added since the run started: its default
     diff = sorted(
@@ -191,5 +198,6 @@ def check_same_config(
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise ConfigError(
             f"{folder} holds a run with a different config ({details}); "
-            "use a new run folder or the original config"
+            "use another run folder (--out) for these settings, rerun with the original "
+            f"config, or delete {folder} to replace that run"
         )

@@ -5,7 +5,12 @@ Every run of vitplas writes into one folder:
     manifest.json   versions, git commit, device, timings, seed, ...
     metrics.jsonl   one JSON object per line (training curves, progress)
     <table>.csv / <table>.parquet   tidy result tables
+    checksums.json  sha256 of every record (RECORD_PATTERNS), taken just before DONE
     DONE            written last: a run folder with DONE is finished
+
+A finished run's records are read through `read_verified` / `verify`: a file whose checksum
+differs from the sealed one (truncated, edited, flipped bytes) is a DamagedRecordError naming
+the file and the fix, never a silently different number.
 """
 
 from __future__ import annotations
@@ -23,6 +28,33 @@ from pathlib import Path
 from typing import Any
 
 DONE_MARKER = "DONE"
+CHECKSUMS = "checksums.json"
+# the records a seal covers (paths relative to the run folder): what vitplas reads back.
+# Not sealed: the lock, the markers, a launcher's bookkeeping (sweep.json, status.json,
+# error.txt, rewritten after DONE), figures (views of the tables), TensorBoard events and
+# the resumable state.
+RECORD_PATTERNS = (
+    "config.yaml",
+    "manifest.json",
+    "metrics.jsonl",
+    "result.json",
+    "summary.txt",
+    "*.csv",
+    "*.parquet",
+    "checkpoints/*.safetensors",
+)
+
+
+class DamagedRecordError(ValueError):
+    """A record of a finished run is missing, changed since the run sealed it, or unreadable.
+    `.run` is the run folder, `.name` the record (relative path), `.problem` what is wrong."""
+
+    def __init__(self, run: str | Path, name: str, problem: str):
+        self.run, self.name, self.problem = Path(run), name, problem
+        super().__init__(
+            f"{Path(run) / name} is damaged: {problem}; rerun the same command with --repair "
+            f"to recompute the run, or delete {run} to start over"
+        )
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -134,9 +166,10 @@ ANALYSIS_RUNTIME_KEYS = frozenset({"device", "num_workers"})
 class RunDir:
     """One run folder. All writes are atomic; `mark_done` is the last one."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -147,13 +180,47 @@ class RunDir:
         return atomic_write_text(self.path / "config.yaml", dump_config(cfg))
 
     def start(self, cfg: Any, runtime_keys: frozenset[str] = ANALYSIS_RUNTIME_KEYS) -> Path:
-        """Write `cfg` as this run's config. A finished run with other settings is a
-        ConfigError: its results are never overwritten by another experiment's."""
+        """Write `cfg` as this run's config; a folder holding other settings is a ConfigError."""
+        from vitplas.config import check_same_config
+
+        check_same_config(self.path, cfg, runtime_keys)
+        return self.write_config(cfg)
+
+    def begin(
+        self,
+        cfg: Any,
+        runtime_keys: frozenset[str] | set[str] = ANALYSIS_RUNTIME_KEYS,
+        repair: bool = False,
+    ) -> bool:
+        """The config check, first thing: True when the folder holds a finished run of `cfg`
+        (skip it; its records verified), False when there is work to do. A run of other
+        settings, finished or not, is a ConfigError; a damaged record a DamagedRecordError,
+        unless `repair`, which clears the folder so that the run is recomputed."""
         from vitplas.config import check_same_config
 
         if self.is_done():
-            check_same_config(self.path, cfg, runtime_keys)
-        return self.write_config(cfg)
+            try:
+                self.verify()
+                self.read_verified("config.yaml")
+            except DamagedRecordError:
+                if not repair:
+                    raise
+                self.clear()
+                return False
+        check_same_config(self.path, cfg, runtime_keys)
+        return self.is_done()
+
+    def clear(self) -> None:
+        """Delete everything in the folder but its lock (a --repair recomputes from zero)."""
+        import shutil
+
+        for path in self.path.iterdir():
+            if path.name == ".lock":
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def write_manifest(self, extra: Mapping[str, Any]) -> Path:
         """Environment facts plus `extra` (seed, model checksum, timings, ...)."""
@@ -185,7 +252,125 @@ class RunDir:
         return (self.path / DONE_MARKER).exists()
 
     def mark_done(self) -> None:
+        """Seal every record (checksums.json), then write DONE: the last write of a run."""
+        fault_point("before_seal")
+        self.seal()
+        fault_point("before_done")
         atomic_write_text(self.path / DONE_MARKER, now_iso() + "\n")
+
+    # ---- verified records ---------------------------------------------------------------
+    def record_names(self) -> list[str]:
+        """Relative paths of the records present that a seal covers (RECORD_PATTERNS)."""
+        import fnmatch
+
+        names = []
+        for pattern in RECORD_PATTERNS:
+            folder, _, glob = pattern.rpartition("/")
+            for path in sorted((self.path / folder).glob(glob)):
+                rel = path.relative_to(self.path).as_posix()
+                if path.is_file() and fnmatch.fnmatch(rel, pattern) and rel not in names:
+                    names.append(rel)
+        return names
+
+    def seal(self, names: list[str] | None = None) -> None:
+        """Record sha256 and size of `names` (default: every record) in checksums.json."""
+        sums = self.checksums() if names is not None else {}
+        for name in self.record_names() if names is None else names:
+            path = self.path / name
+            sums[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        atomic_write_json(self.path / CHECKSUMS, sums)
+
+    def checksums(self) -> dict[str, dict[str, Any]]:
+        """The sealed checksums ({} for a run finished before vitplas sealed runs)."""
+        path = self.path / CHECKSUMS
+        if not path.exists():
+            return {}
+        try:
+            sums = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DamagedRecordError(self.path, CHECKSUMS, f"unreadable ({err})") from err
+        if not isinstance(sums, dict):
+            raise DamagedRecordError(self.path, CHECKSUMS, "not a mapping of checksums")
+        return sums
+
+    def read_verified(self, name: str) -> bytes:
+        """The bytes of record `name`, checked against its sealed checksum."""
+        path = self.path / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DamagedRecordError(self.path, name, "the file is missing") from None
+        expected = self.checksums().get(name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            what = "truncated" if len(data) < expected["bytes"] else "changed"
+            raise DamagedRecordError(
+                self.path,
+                name,
+                f"its content was {what} since the run finished ({len(data)} bytes, "
+                f"sealed with {expected['bytes']}; checksum differs)",
+            )
+        return data
+
+    def read_json(self, name: str = "result.json") -> Any:
+        """A verified JSON record; unparsable JSON is a DamagedRecordError too."""
+        try:
+            return json.loads(self.read_verified(name))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DamagedRecordError(self.path, name, f"not valid JSON ({err})") from err
+
+    def verify(self, names: list[str] | None = None) -> None:
+        """Check `names` (default: every sealed record); the first damaged one is raised."""
+        for name in self.checksums() if names is None else names:
+            self.read_verified(name)
+
+
+def read_verified(run_dir: str | Path, name: str = "result.json") -> Any:
+    """A finished run's record, verified: JSON (.json) parsed, YAML (.yaml) parsed, else bytes.
+    DamagedRecordError when damaged; FileNotFoundError when the run is not finished."""
+    run = RunDir(run_dir, create=False)
+    if not run.is_done():
+        raise FileNotFoundError(f"{run.path} is not a finished run (no {DONE_MARKER})")
+    if name.endswith(".json"):
+        return run.read_json(name)
+    data = run.read_verified(name)
+    if name.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            return yaml.safe_load(data)
+        except yaml.YAMLError as err:
+            raise DamagedRecordError(run.path, name, f"not valid YAML ({err})") from err
+    return data
+
+
+def disk_full(err: OSError) -> str | None:
+    """The one line to print for a full disk (ENOSPC/EDQUOT), or None for another OSError."""
+    import errno
+
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" writing {err.filename}" if err.filename else ""
+    return (
+        f"no space left on device{where}; free space (vitplas clean RUNS deletes the train "
+        "state of finished runs) and rerun the same command: it resumes where it stopped"
+    )
+
+
+def fault_point(name: str) -> None:
+    """Test hook: with VITPLAS_FAULT=name:count, the count-th call at `name` kills this
+    process with SIGKILL (as a crash or `kill -9` would). Unset (always in normal use): no-op."""
+    spec = os.environ.get("VITPLAS_FAULT")
+    if not spec or spec.rsplit(":", 1)[0] != name:
+        return
+    count = int(spec.rsplit(":", 1)[1]) if ":" in spec else 1
+    _FAULT_CALLS[name] = _FAULT_CALLS.get(name, 0) + 1
+    if _FAULT_CALLS[name] >= count:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_CALLS: dict[str, int] = {}
 
 
 def default_run_dir(kind: str, name: str, root: str | Path = "runs") -> Path:

@@ -24,6 +24,7 @@ from vitplas.analysis.setup import (
     setup_model,
 )
 from vitplas.config import ConfigError
+from vitplas.locks import run_lock
 from vitplas.runs import RunDir, atomic_write_json, write_table
 
 
@@ -103,14 +104,32 @@ def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
     )
 
 
-def run_bounds(cfg: BoundsConfig, run_dir: str | Path, on_phase=None) -> dict[str, Any]:
-    """Bounds per (layer, component) for `cfg`; tables and figure under `run_dir`.
+def run_bounds(
+    cfg: BoundsConfig,
+    run_dir: str | Path,
+    on_phase=None,
+    *,
+    repair: bool = False,
+    wait: bool | None = None,
+) -> dict[str, Any]:
+    """Bounds per (layer, component) for `cfg`; tables and figure under `run_dir`. The folder
+    is locked and its config checked first: a finished run of `cfg` is read back, verified.
     on_phase(name, done, total) follows the layers."""
+    import io
+
+    run = RunDir(run_dir)
+    with run_lock(run.path, command="bounds", wait=wait):
+        if run.begin(cfg, repair=repair):
+            bounds = pd.read_csv(io.BytesIO(run.read_verified("bounds.csv")))
+            return {**run.read_json(), "bounds": bounds, "run_dir": str(run.path)}
+        run.start(cfg)
+        return _compute(cfg, run, on_phase)
+
+
+def _compute(cfg: BoundsConfig, run: RunDir, on_phase=None) -> dict[str, Any]:
     from vitplas.plots import plasticity as plots
 
     t0 = time.perf_counter()
-    run = RunDir(run_dir)
-    run.start(cfg)
     setup = setup_model(
         cfg.model,
         random_init=cfg.random_init,

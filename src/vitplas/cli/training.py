@@ -12,9 +12,24 @@ import typer
 from vitplas.cli.app import app
 
 
-def _fail(err: Exception, code: int = 2) -> None:
+def _fail(err: Exception | str, code: int = 2) -> None:
     typer.echo(f"error: {err}", err=True)
     raise typer.Exit(code)
+
+
+LOCKED_EXIT = 3  # the run folder is owned by another process (see vitplas.locks)
+WAIT = typer.Option(False, "--wait", help="Wait for a run folder another process owns.")
+REPAIR = typer.Option(False, "--repair", help="Recompute a finished run whose records are damaged.")
+
+
+def _waiting(wait: bool) -> None:
+    """--wait reaches every lock this process takes through VITPLAS_WAIT_LOCK."""
+    import os
+
+    from vitplas.locks import WAIT_ENV
+
+    if wait:
+        os.environ[WAIT_ENV] = "1"
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -33,9 +48,14 @@ def default_finetune_dir(cfg, root: str | Path = "runs") -> Path:
     """runs/finetune/<dataset-train-lr-seed>-<hash of the config>: the same command finds the
     same folder again, so rerunning it resumes (or skips) instead of starting over."""
     from vitplas.config import config_to_dict
-    from vitplas.training.config import RUNTIME_KEYS
+    from vitplas.training.config import LATER_KEYS, RUNTIME_KEYS
 
-    data = {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_KEYS}
+    default = config_to_dict(type(cfg)())
+    data = {
+        k: v
+        for k, v in config_to_dict(cfg).items()
+        if k not in RUNTIME_KEYS and not (k in LATER_KEYS and v == default[k])
+    }
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in cfg.run_name())
     return Path(root) / "finetune" / f"{safe}-{digest}"
@@ -50,13 +70,18 @@ def finetune(
         None, "--out", help="run folder (default: runs/finetune/<name>-<config hash>)"
     ),
     progress: bool = typer.Option(True, help="show a progress bar with ETA"),
+    wait: bool = WAIT,
+    repair: bool = REPAIR,
 ) -> None:
     """Finetune the components named in `train` (+ head and final norm); resumable.
 
     Rerunning the same command resumes a killed run and skips a finished one. Under
-    `torchrun --nproc_per_node K` the same command trains with DDP.
+    `torchrun --nproc_per_node K` the same command trains with DDP. Exit 3: another process
+    owns the run folder.
     """
     from vitplas.config import ConfigError
+    from vitplas.locks import RunLockedError
+    from vitplas.runs import disk_full
     from vitplas.training.config import load_finetune_config
     from vitplas.training.finetune import TrainingDivergedError, run_finetune
 
@@ -65,11 +90,18 @@ def finetune(
         cfg = load_finetune_config(config, overrides)
         run_dir = out or default_finetune_dir(cfg)
         typer.echo(f"run folder: {run_dir}", err=True)
-        result = run_finetune(cfg, run_dir, show_progress=progress)
+        result = run_finetune(cfg, run_dir, show_progress=progress, repair=repair, wait=wait)
     except TrainingDivergedError as err:
         _fail(err, 1)
+    except RunLockedError as err:
+        _fail(err, LOCKED_EXIT)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(err)
+    except OSError as err:
+        message = disk_full(err)
+        if message is None:
+            raise
+        _fail(message)
     summary = {k: result[k] for k in ("best_val_acc", "test_acc", "best_step", "wall_time_s")}
     typer.echo(json.dumps({"run_dir": str(run_dir), **summary}))
 
@@ -104,13 +136,16 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu, cuda"),
     batch_size: int = typer.Option(256),
     num_workers: int = typer.Option(4),
+    wait: bool = WAIT,
 ) -> None:
     """Test accuracy/loss of a run's best checkpoint on its own and other datasets.
 
     Writes RUN_DIR/evaluation.csv and .parquet (one row per dataset) and prints the table.
     """
+    from vitplas.locks import RunLockedError
     from vitplas.training.evaluate import evaluate_run
 
+    _waiting(wait)
     try:
         table = evaluate_run(
             run_dir,
@@ -120,6 +155,8 @@ def evaluate(
             batch_size=batch_size,
             num_workers=num_workers,
         )
+    except RunLockedError as err:
+        _fail(err, LOCKED_EXIT)
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
     typer.echo(table[["dataset", "split", "n", "acc", "loss"]].to_string(index=False))
@@ -134,6 +171,8 @@ def probe(
     dataset: str | None = typer.Option(None, help="dataset name"),
     protocol: str | None = typer.Option(None, help="model (default) or paper (the original's)"),
     out: Path | None = typer.Option(None, "--out", help="run folder (default runs/probe/...)"),
+    wait: bool = WAIT,
+    repair: bool = REPAIR,
 ) -> None:
     """Linear probes on (layer, component) outputs of a frozen model: a tidy accuracy table.
 
@@ -141,6 +180,7 @@ def probe(
     layers=[11] components=[mha,fc1,block] max_train=5000`.
     """
     from vitplas.config import ConfigError, load_config
+    from vitplas.locks import RunLockedError
     from vitplas.runs import default_run_dir
     from vitplas.training.probe import ProbeConfig, run_probe
 
@@ -150,7 +190,9 @@ def probe(
     try:
         cfg = load_config(ProbeConfig, config, overrides)
         run_dir = out or default_run_dir("probe", f"{cfg.model}-{cfg.dataset}")
-        table = run_probe(cfg, run_dir)
+        table = run_probe(cfg, run_dir, repair=repair, wait=wait)
+    except RunLockedError as err:
+        _fail(err, LOCKED_EXIT)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(f"run folder: {run_dir}", err=True)

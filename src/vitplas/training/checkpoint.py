@@ -4,6 +4,9 @@
     checkpoints/step_00000500/meta.json   {"step": 500, "sha256": ..., "bytes": ...}
     checkpoints/best.safetensors          weights of the trained parameters at the best val
 
+Once a run is DONE, `prune_state` deletes the step folders (the resumable state: optimizer,
+RNG, trained weights of the last steps), which a finished run never reads again.
+
 A step folder is written under a temporary name and renamed when complete, so a kill leaves
 either the whole folder or none. Loading verifies the checksum and uses weights_only=True; a
 corrupt newest checkpoint falls back to the previous one with a warning.
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitplas.runs import atomic_write_bytes, atomic_write_json
+from vitplas.runs import atomic_write_bytes, atomic_write_json, fault_point
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -56,6 +59,7 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: in
     torch.save(state, buffer)
     data = buffer.getvalue()
     atomic_write_bytes(tmp / STATE_FILE, data)
+    fault_point("checkpoint_write")  # a kill here leaves only the .tmp- folder
     meta = {"step": step, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     atomic_write_json(tmp / META_FILE, meta)
     if final.exists():  # a rerun of the same step (e.g. after a crash before pruning)
@@ -64,6 +68,19 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: in
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def prune_state(root: str | Path) -> int:
+    """Delete the resumable train state under `root` (step folders and temp folders), keeping
+    best.safetensors; returns the bytes freed."""
+    freed = 0
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    for path in sorted(root.glob("step_*")) + sorted(root.glob(".tmp-step_*")):
+        freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        shutil.rmtree(path, ignore_errors=True)
+    return freed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

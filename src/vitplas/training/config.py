@@ -76,6 +76,11 @@ class FinetuneConfig:
     eval_at_end: bool = False
     ckpt_every: int | None = None  # None = at every evaluation
     keep_checkpoints: int = 2
+    keep_state: bool = False  # keep the resumable train state (step folders) after DONE
+    # divergence: stop when the loss stays above diverge_factor x the first step's loss for
+    # diverge_window steps after warmup (null: only NaN/inf stops a run)
+    diverge_factor: float | None = 10.0
+    diverge_window: int = 100
     log_every: int = 10
     eval_batch_size: int | None = None  # None = micro batch (or batch) size
     max_eval_samples: int | None = None  # cap val/test size (smoke runs); None = all
@@ -116,6 +121,10 @@ class FinetuneConfig:
                 f"micro_batch_size={self.micro_batch_size} must divide the per-process "
                 f"batch (batch_size={self.batch_size} / number of processes)"
             )
+        if self.diverge_factor is not None and self.diverge_factor <= 1:
+            raise ConfigError(f"diverge_factor must be > 1 or null, got {self.diverge_factor}")
+        if self.diverge_window < 1:
+            raise ConfigError(f"diverge_window must be >= 1, got {self.diverge_window}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.ckpt_every is not None and self.ckpt_every <= 0:
@@ -205,3 +214,7 @@ def is_finetune_preset(path: str | Path) -> bool:
 
 # Keys that may change between a run and its resumption (hardware and display only).
 RUNTIME_KEYS = {"num_workers", "device", "compile", "tensorboard", "eval_batch_size", "log_every"}
+RUNTIME_KEYS |= {"keep_state"}  # what is kept on disk after DONE changes no number
+# Keys added after runs existed: at their default they stay out of a run folder's name hash,
+# so the same command finds a run started before they existed.
+LATER_KEYS = ("keep_state", "diverge_factor", "diverge_window")

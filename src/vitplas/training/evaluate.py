@@ -64,16 +64,20 @@ def evaluate_model(
 def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Any]:
     """(model with the run's best-validation weights, its FinetuneConfig)."""
     from vitplas.config import ConfigError
+    from vitplas.runs import RunDir
     from vitplas.training.checkpoint import BEST_FILE, load_weights
     from vitplas.training.config import load_finetune_config
     from vitplas.training.sources import load_model_for
 
     run_dir = Path(run_dir)
     best = run_dir / "checkpoints" / BEST_FILE
-    if not best.is_file():
+    if not RunDir(run_dir, create=False).is_done() or not best.is_file():
         raise FileNotFoundError(
-            f"{best} does not exist: is {run_dir} a finished finetuning run (with DONE)?"
+            f"{run_dir} is not a finished finetuning run (it needs DONE and {best.name}); "
+            "finish it first: rerun its finetune command"
         )
+    # every record this reads is checked against the checksums sealed at DONE
+    RunDir(run_dir).verify(["config.yaml", "manifest.json", f"checkpoints/{BEST_FILE}"])
     try:
         cfg = load_finetune_config(run_dir / "config.yaml")
     except ConfigError as err:
@@ -97,16 +101,30 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = 256,
     num_workers: int = 4,
+    wait: bool | None = None,
 ):
     """Tidy table (pandas) of the best checkpoint on its own dataset and on `datasets`.
 
     Columns: run, model, train, lr, seed, trained_on, dataset, split, n, acc, loss. A dataset
-    with a different number of classes is an error. Also written as <run>/evaluation.csv/.parquet.
+    with a different number of classes is an error. Also written as <run>/evaluation.csv/.parquet
+    (sealed like the run's other records), under the run folder's lock.
     """
+    from vitplas.locks import run_lock
+    from vitplas.runs import RunDir, write_table
+
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    with run_lock(run_dir, command="evaluate", wait=wait):
+        table = _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers)
+        write_table(table, Path(run_dir) / "evaluation")
+        RunDir(run_dir).seal(["evaluation.csv", "evaluation.parquet"])
+    return table
+
+
+def _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers):
     import pandas as pd
 
     from vitplas.data import build_transform, get_dataset
-    from vitplas.runs import write_table
     from vitplas.training.distributed import resolve_device
     from vitplas.training.sources import preprocessing_for
     from vitplas.training.stream import eval_loader
@@ -138,9 +156,7 @@ def evaluate_run(
                 "loss": scores["loss"],
             }
         )
-    table = pd.DataFrame(rows)
-    write_table(table, Path(run_dir) / "evaluation")
-    return table
+    return pd.DataFrame(rows)
 
 
 def _check_classes(own_dataset: str, names: Sequence[str]) -> None:

@@ -4,11 +4,16 @@
                                                   a killed run resumes from its checkpoint)
 
 A finished run folder holds config.yaml, manifest.json, metrics.jsonl, result.json,
-checkpoints/ (train state, best.safetensors) and DONE. Run under torchrun for DDP.
+checkpoints/best.safetensors, checksums.json and DONE (the resumable train state,
+checkpoints/step_*, is pruned once DONE unless keep_state: true). One process owns the folder
+(vitplas.locks); the config is checked before anything is returned or computed. A run whose
+loss stays above diverge_factor x its first loss for diverge_window steps after warmup stops
+as diverged (failed.json says where). Run under torchrun for DDP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,9 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vitplas.config import ConfigError, check_same_config
+from vitplas.config import ConfigError
+from vitplas.locks import is_main_process, run_lock
 from vitplas.models.components import count_parameters, set_trainable
-from vitplas.runs import RunDir, atomic_write_json
+from vitplas.runs import RunDir, atomic_write_json, fault_point
 from vitplas.training import checkpoint as ckpt
 from vitplas.training.config import RUNTIME_KEYS, FinetuneConfig
 from vitplas.training.distributed import (
@@ -30,6 +36,7 @@ from vitplas.training.distributed import (
     resolve_device,
 )
 from vitplas.training.distributed import cleanup as dist_cleanup
+from vitplas.training.divergence import TrainingDivergedError, watch_divergence
 from vitplas.training.evaluate import autocast, evaluate_model
 from vitplas.training.logger import TrainLogger, truncate_metrics
 from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at, set_lr
@@ -42,10 +49,6 @@ __all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "run_finetune
 Callback = Callable[["Finetuner", int], None]
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
 def run_finetune(
     cfg: FinetuneConfig,
     run_dir: str | Path,
@@ -53,20 +56,33 @@ def run_finetune(
     sources: Sources | None = None,
     callbacks: Sequence[Callback] = (),
     show_progress: bool = False,
+    repair: bool = False,
+    wait: bool | None = None,
 ) -> dict[str, Any]:
-    """Finetune as `cfg` says into `run_dir`; return the result (also result.json)."""
-    run = RunDir(run_dir)
-    if run.is_done() and (run / "result.json").exists():
-        import json
+    """Finetune as `cfg` says into `run_dir`; return the result (also result.json).
 
-        return json.loads((run / "result.json").read_text())
-    trainer = Finetuner(cfg, run, sources=sources, callbacks=callbacks, show=show_progress)
-    try:
-        trainer.setup()
-        trainer.train()
-        return trainer.finish()
-    finally:
-        trainer.cleanup()
+    A finished run of the same config is returned at once (verified); another config is a
+    ConfigError; a folder another process owns is a RunLockedError (or awaited, `wait`).
+    `repair` recomputes a finished run whose records are damaged."""
+    run = RunDir(run_dir)
+    owner = is_main_process()  # under torchrun, rank 0 owns the folder for every rank
+    lock = run_lock(run.path, command="finetune", wait=wait) if owner else contextlib.nullcontext()
+    with lock:
+        if run.begin(cfg, RUNTIME_KEYS, repair=repair and owner):
+            return run.read_json("result.json")
+        if owner:
+            (run / "failed.json").unlink(missing_ok=True)  # a former failure is retried
+        trainer = Finetuner(cfg, run, sources=sources, callbacks=callbacks, show=show_progress)
+        try:
+            trainer.setup()
+            trainer.train()
+            return trainer.finish()
+        except TrainingDivergedError as err:
+            if owner:
+                atomic_write_json(run / "failed.json", {"reason": "diverged", **err.where})
+            raise
+        finally:
+            trainer.cleanup()
 
 
 class Finetuner:
@@ -95,11 +111,12 @@ class Finetuner:
             raise ConfigError(f"micro_batch_size {self.micro} must divide {self.local_batch}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        check_same_config(self.run.path, cfg, RUNTIME_KEYS)  # before loading anything heavy
+        fault_point("startup")
         if self.sources is None:
             self.sources = load_sources(cfg)
         self._setup_model(self.sources.model.to(self.device))
         self.state = {"step": 0, "elapsed_s": 0.0, "train_s": 0.0, "best": None}
+        self.state |= {"start_loss": None, "above": 0}  # divergence watch
         self.frozen_digest = ckpt.frozen_digest(self.model)
         self._resume()
         if self.dist.is_main:
@@ -175,6 +192,7 @@ class Finetuner:
         self.optimizer.load_state_dict(state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         self.state = {k: state[k] for k in ("step", "elapsed_s", "train_s", "best")}
+        self.state |= {"start_loss": state.get("start_loss"), "above": state.get("above", 0)}
         if self.dist.is_main:
             truncate_metrics(self.run, self.state["step"])
 
@@ -206,6 +224,7 @@ class Finetuner:
                     f"the batch of {cfg.batch_size})"
                 ) from err
             done = step + 1
+            fault_point("step")
             self.state["step"] = done
             self.state["train_s"] += time.perf_counter() - tick
             if done % cfg.log_every == 0 or done == cfg.steps:
@@ -261,7 +280,12 @@ class Finetuner:
             raise TrainingDivergedError(
                 f"loss is {loss_sum.item()} at step {step + 1}; the run stopped and kept its "
                 f"last good checkpoint (step {self._last_checkpoint()}); lower lr or check inputs"
-            )
+            ).located(step + 1, loss_sum.item())
+        try:
+            watch_divergence(self.state, step + 1, loss_sum.item(), cfg)
+        except TrainingDivergedError:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
         total, per_component = grad_norms(self.groups)
         if cfg.grad_clip is not None:
             clip_gradients(self.trained, total, cfg.grad_clip)
@@ -297,6 +321,7 @@ class Finetuner:
 
     def validate(self, step: int) -> None:
         scores = self.evaluate("val")
+        fault_point("validation")
         self._log(
             {"kind": "val", "step": step, "val_loss": scores["loss"], "val_acc": scores["acc"]}
         )
@@ -336,6 +361,7 @@ class Finetuner:
         cfg, best = self.cfg, self.state["best"]
         self.model.load_state_dict(best["weights"], strict=False)
         test = self.evaluate("test")
+        fault_point("test")
         result = {
             "best_val_acc": best["val_acc"],
             "best_val_loss": best["val_loss"],
@@ -357,6 +383,7 @@ class Finetuner:
         }
         if self.dist.is_main:
             ckpt.save_weights(self.run / "checkpoints" / ckpt.BEST_FILE, best["weights"])
+            fault_point("best_weights")
             self._log(
                 {
                     "kind": "test",
@@ -366,7 +393,10 @@ class Finetuner:
                 }
             )
             atomic_write_json(self.run / "result.json", result)
+            fault_point("after_result")
             self.run.mark_done()
+            if not cfg.keep_state:
+                ckpt.prune_state(self.run / "checkpoints")
         barrier(self.dist)
         return result
 
@@ -379,8 +409,6 @@ class Finetuner:
 
 
 def _no_sync(net: torch.nn.Module, sync: bool):
-    import contextlib
-
     if sync or not hasattr(net, "no_sync"):
         return contextlib.nullcontext()
     return net.no_sync()

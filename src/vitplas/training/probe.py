@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from vitplas.config import ConfigError
 from vitplas.models.components import component_map
+from vitplas.runs import write_table
 
 Point = tuple[int, str]  # (layer, component); component "block" = the block's output
 
@@ -291,20 +292,39 @@ def _widths(model, points, loader, device) -> dict[Point, int]:
     return {p: f.shape[1] for p, f in feats.items()}
 
 
-def run_probe(cfg: ProbeConfig, run_dir) -> Any:
+def run_probe(cfg: ProbeConfig, run_dir, *, repair: bool = False, wait: bool | None = None) -> Any:
     """Probe cfg.model on cfg.dataset; write probe.csv/.parquet, config and manifest in run_dir.
 
     Returns the tidy table (pandas): model, dataset, pool, layer, component, width, n_train,
-    n_test, acc, baseline_acc, rel_to_baseline.
+    n_test, acc, baseline_acc, rel_to_baseline. The folder is locked and its config checked
+    first: a finished probe of the same config is read back (verified), not recomputed.
     """
+    import io
+
+    import pandas as pd
+
+    from vitplas.locks import run_lock
+    from vitplas.runs import RunDir
+
+    run = RunDir(run_dir)
+    with run_lock(run.path, command="probe", wait=wait):
+        if run.begin(cfg, repair=repair):
+            return pd.read_csv(io.BytesIO(run.read_verified("probe.csv")))
+        run.start(cfg)
+        table = _probe_table(cfg)
+        run.write_manifest(table.attrs.pop("description"))
+        write_table(table, run / "probe")
+        run.mark_done()
+    return table
+
+
+def _probe_table(cfg: ProbeConfig):
     import pandas as pd
 
     from vitplas.data import dataset_info
-    from vitplas.runs import RunDir, write_table
     from vitplas.training.distributed import resolve_device
     from vitplas.training.sources import load_model_for
 
-    run = RunDir(run_dir)
     info = dataset_info(cfg.dataset)
     torch.manual_seed(cfg.seed)
     model, description = load_model_for(_as_finetune(cfg), info.num_classes)
@@ -316,10 +336,7 @@ def run_probe(cfg: ProbeConfig, run_dir) -> Any:
     meta = {"model": cfg.model, "dataset": cfg.dataset, "pool": cfg.pool, "backend": cfg.backend}
     meta |= {"n_train": _n_images(loaders[0]), "n_test": _n_images(loaders[1])}
     table = table.assign(**meta)[[*meta, *table.columns]]
-    run.start(cfg)
-    run.write_manifest(description)
-    write_table(table, run / "probe")
-    run.mark_done()
+    table.attrs["description"] = description
     return table
 
 
