@@ -9,7 +9,7 @@ from rich.console import Console
 
 from vitplas.cli.app import app
 
-console = Console()
+console = Console(soft_wrap=True)  # one line per message, whatever the terminal width
 
 SpecArg = typer.Argument(..., exists=True, dir_okay=False, help="sweep spec YAML")
 OverridesArg = typer.Argument(None, help="spec overrides key=value, e.g. base.steps=5")
@@ -24,12 +24,19 @@ def _load(spec_path: Path, overrides: list[str] | None, cli: dict[str, object] |
 
 
 def _print_failed(states, verbose: bool) -> None:
-    from vitplas.experiments.store import traceback_of
+    """Failed and damaged runs, always; with `verbose`, tracebacks and why each missing run is
+    missing (killed by signal N, interrupted, not launched yet)."""
+    from vitplas.experiments.store import NOT_LAUNCHED, traceback_of
 
-    for item in (s for s in states if s.state == "failed"):
-        console.print(f"[red]FAILED[/red] {item.run.run_id}: {item.detail}  ({item.folder})")
-        if verbose:
-            console.print(traceback_of(item.folder), markup=False, highlight=False)
+    for item in states:
+        if item.state == "failed":
+            console.print(f"[red]FAILED[/red] {item.run.run_id}: {item.detail}  ({item.folder})")
+            if verbose:
+                console.print(traceback_of(item.folder), markup=False, highlight=False)
+        elif item.state == "damaged":
+            console.print(f"[red]DAMAGED[/red] {item.run.run_id}: {item.detail}")
+        elif item.state == "missing" and (verbose or item.detail != NOT_LAUNCHED):
+            console.print(f"MISSING {item.run.run_id}: {item.detail}", highlight=False)
 
 
 @app.command()
@@ -73,25 +80,41 @@ def sweep(
             spec, runs, executor=executor, max_parallel=max_parallel, retry_failed=retry_failed,  # type: ignore[arg-type]
             wait=wait, root=root, progress=progress,
         )  # fmt: skip
+    if outcome.busy:
+        console.print(
+            f"another sweep of this study is launching its runs ({outcome.busy}); nothing "
+            f"launched; {_counts_line(outcome.counts)}",
+            highlight=False,
+        )
+        return
     console.print(f"launched {len(outcome.launched)}; {_counts_line(outcome.counts)}")
     _print_failed(outcome.states, verbose=True)
-    if outcome.failed:
+    _exit_unless_complete(outcome.counts, wait)
+
+
+def _exit_unless_complete(counts: dict[str, int], waited: bool) -> None:
+    """Exit 1 while a run is failed or damaged, or (after waiting) missing."""
+    if counts["failed"]:
         console.print("rerun the failed runs with --retry-failed")
+    if counts["failed"] or counts["damaged"] or (waited and counts["missing"]):
         raise typer.Exit(1)
 
 
 def _counts_line(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {counts[k]}" for k in ("done", "running", "failed", "missing", "total"))
+    keys = ("done", "running", "failed", "damaged", "missing", "total")
+    return ", ".join(f"{k} {counts[k]}" for k in keys)
 
 
 @app.command()
 def status(
     spec_path: Path = SpecArg,
     overrides: list[str] = OverridesArg,
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="print full tracebacks"),
+    verbose: bool = typer.Option(
+        False, "-v", "--verbose", help="full tracebacks, and why each missing run is missing"
+    ),
     root: Path = RootOpt,
 ) -> None:
-    """Counts of done / running / failed / missing runs of a sweep; failed runs listed."""
+    """Counts of done / running / failed / damaged / missing runs; failed and damaged listed."""
     from vitplas.experiments.spec import expand
     from vitplas.experiments.store import counts, scan
 
@@ -109,13 +132,20 @@ def aggregate(
     from vitplas.experiments.aggregate import aggregate as run_aggregate
     from vitplas.experiments.report import accuracy_table, markdown_table
     from vitplas.experiments.spec import expand
+    from vitplas.experiments.store import scan
 
     spec = _load(spec_path, overrides)
-    tables = run_aggregate(spec, expand(spec), root)
+    runs = expand(spec)
+    tables = run_aggregate(spec, runs, root)
     folder = (root or spec.root_path) / "tables"
     console.print(f"{len(tables['runs'])} finished runs; tables in {folder}: {', '.join(tables)}")
     if "best" in tables:
         console.print(markdown_table(accuracy_table(tables["best"], None)), markup=False)
+    damaged = [s for s in scan(spec, runs, root) if s.state == "damaged"]
+    if damaged:
+        _print_failed(damaged, verbose=False)
+        console.print(f"{len(damaged)} damaged runs are not in the tables", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -38,9 +38,11 @@ def run_table(states: list[RunState]) -> pd.DataFrame:
 
 
 def study_keys(table: pd.DataFrame, spec: SweepSpec) -> list[str]:
-    """Columns that define one cell of the study: model/optimizer + grid axes but lr, seed."""
+    """Columns that define one cell of the study: model/optimizer + grid axes but lr, seed,
+    + dataset and train when they are set in `base` rather than being axes."""
     keys = [k for k in ("model", "optimizer") if k in table]
     keys += [a for a in spec.axes if a not in ("lr", "seed") and a not in keys and a in table]
+    keys += [k for k in ("dataset", "train") if k in table and k not in keys]
     return keys
 
 
@@ -52,7 +54,7 @@ def curve_table(states: list[RunState]) -> pd.DataFrame:
             continue
         params = {k: train_label(v) if k == "train" else v for k, v in item.run.params.items()}
         for record in RunDir(item.folder).read_metrics():
-            if "step" not in record:
+            if not isinstance(record, dict) or "step" not in record:
                 continue
             for key in CURVE_KEYS:
                 if isinstance(record.get(key), int | float):
