@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import typer
@@ -55,9 +56,9 @@ def sweep(
     root: Path = RootOpt,
 ) -> None:
     """Launch every run of a sweep that is not finished (local processes or SLURM arrays)."""
-    from vitplas.experiments.launch import run_sweep
+    from vitplas.experiments.launch import LauncherStopped, run_sweep
     from vitplas.experiments.spec import expand
-    from vitplas.experiments.store import scan
+    from vitplas.experiments.store import scan, signal_name
 
     slurm = {"executor.slurm.partition": partition, "executor.slurm.time_min": time_min}
     slurm |= {"executor.slurm.gpus_per_node": gpus, "executor.slurm.account": account}
@@ -76,10 +77,16 @@ def sweep(
         def progress(c: dict[str, int]) -> None:
             update("runs", c["done"] + c["failed"], c["total"])
 
-        outcome = run_sweep(
-            spec, runs, executor=executor, max_parallel=max_parallel, retry_failed=retry_failed,  # type: ignore[arg-type]
-            wait=wait, root=root, progress=progress,
-        )  # fmt: skip
+        try:
+            outcome = run_sweep(
+                spec, runs, executor=executor, max_parallel=max_parallel,  # type: ignore[arg-type]
+                retry_failed=retry_failed, wait=wait, root=root, progress=progress,
+            )  # fmt: skip
+        except (LauncherStopped, KeyboardInterrupt) as err:
+            number = err.signal if isinstance(err, LauncherStopped) else signal.SIGINT
+            name = signal_name(number)
+            console.print(f"sweep stopped by signal {number} ({name}); rerun it to resume")
+            raise typer.Exit(1) from None
     if outcome.busy:
         console.print(
             f"another sweep of this study is launching its runs ({outcome.busy}); nothing "

@@ -159,6 +159,10 @@ def _to_launch(states: list[RunState], retry_failed: bool) -> tuple[list[RunStat
 class LauncherStopped(BaseException):
     """SIGTERM/SIGHUP reached the launcher: stop its local workers, then exit."""
 
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.signal = number
+
 
 @contextmanager
 def _stop_on_signals():
@@ -168,7 +172,7 @@ def _stop_on_signals():
         return
 
     def stop(number: int, _frame: Any) -> None:
-        raise LauncherStopped(f"launcher stopped by signal {number}")
+        raise LauncherStopped(number)
 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
