@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from vitplas.cli.app import app
+from vitplas.cli.app import app, check_device, check_out_folder, removed_if_unused
 
 MODEL = typer.Option(None, "--model", help="Preset, timm name, HF id or ARCH@FILE.")
 RANDOM = typer.Option(None, "--random-init/--pretrained", help="Random weights on purpose.")
@@ -46,7 +46,9 @@ def _config(cls: type, path: Path | None, options: dict[str, Any]):
 def _run_dir(out: Path | None, kind: str, name: str) -> Path:
     from vitplas.runs import default_run_dir
 
-    return out if out is not None else default_run_dir(kind, name.replace("/", "_"))
+    if out is not None:
+        return check_out_folder(out)
+    return default_run_dir(kind, name.replace("/", "_"))
 
 
 @app.command("plasticity")
@@ -106,8 +108,9 @@ def plasticity_command(
     }
     try:
         cfg = _config(PlasticityConfig, config, options)
+        check_device(cfg.device)
         run_dir = _run_dir(out, "plasticity", cfg.model)
-        with _progress(cfg.pairs) as advance:
+        with _progress(cfg.pairs) as advance, removed_if_unused(run_dir):
             result = run_plasticity(cfg, run_dir, progress=advance)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -201,7 +204,8 @@ def bounds_command(
     }
     try:
         cfg = _config(BoundsConfig, config, options)
-        result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model))
+        with removed_if_unused(_run_dir(out, "bounds", cfg.model)) as run_dir:
+            result = run_bounds(cfg, run_dir)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     from rich.console import Console

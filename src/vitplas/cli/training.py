@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from vitplas.cli.app import app
+from vitplas.cli.app import app, check_device, check_out_folder, removed_if_unused
 
 
 def _fail(err: Exception, code: int = 2) -> None:
@@ -63,9 +63,11 @@ def finetune(
     config, overrides = _split_args(args or [])
     try:
         cfg = load_finetune_config(config, overrides)
-        run_dir = out or default_finetune_dir(cfg)
+        check_device(cfg.device)
+        run_dir = check_out_folder(out) if out else default_finetune_dir(cfg)
         typer.echo(f"run folder: {run_dir}", err=True)
-        result = run_finetune(cfg, run_dir, show_progress=progress)
+        with removed_if_unused(run_dir):
+            result = run_finetune(cfg, run_dir, show_progress=progress)
     except TrainingDivergedError as err:
         _fail(err, 1)
     except (ConfigError, ValueError, FileNotFoundError) as err:
@@ -112,6 +114,7 @@ def evaluate(
     from vitplas.training.evaluate import evaluate_run
 
     try:
+        check_device(device)
         table = evaluate_run(
             run_dir,
             expand_datasets(dataset),
@@ -147,8 +150,11 @@ def probe(
     overrides += [f"model={model}"] * bool(model) + [f"dataset={dataset}"] * bool(dataset)
     try:
         cfg = load_config(ProbeConfig, config, overrides)
-        run_dir = out or default_run_dir("probe", f"{cfg.model}-{cfg.dataset}")
-        table = run_probe(cfg, run_dir)
+        check_device(cfg.device)
+        name = f"{cfg.model}-{cfg.dataset}"
+        run_dir = check_out_folder(out) if out else default_run_dir("probe", name)
+        with removed_if_unused(run_dir):
+            table = run_probe(cfg, run_dir)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(f"run folder: {run_dir}", err=True)

@@ -55,6 +55,9 @@ class ProbeConfig:
     def validate(self) -> None:
         if self.C <= 0 or self.batch_size <= 0 or self.max_iter <= 0:
             raise ConfigError("C, batch_size and max_iter must be positive")
+        for key in ("max_train", "max_test"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: use 1 or more (or null for all)")
 
 
 class _Stop(Exception):
