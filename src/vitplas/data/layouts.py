@@ -32,9 +32,38 @@ def _require(src: Source, path: Path) -> Path:
     return path
 
 
+# the only globals a CIFAR batch may name: numpy arrays and dtypes (numpy 1 and 2 module
+# names), and the str -> bytes encoder that Python 3 pickles of bytes use (protocol 2)
+PICKLE_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in protocol 2
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles data only: dicts, lists, tuples, numbers, strings, bytes and numpy arrays.
+    Any other global (a function, a class) is refused, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused to load '{module}.{name}': a dataset pickle may hold only arrays, "
+                "lists, dicts, numbers, strings and bytes"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(src: Source, path: Path) -> dict:
+    """A CIFAR batch (a dict), read with ArrayUnpickler; a DataError naming a bad file."""
     with open(_require(src, path), "rb") as handle:
-        return pickle.load(handle, encoding="bytes")  # the batches were pickled by Python 2
+        try:  # the batches were pickled by Python 2: bytes keys
+            data = ArrayUnpickler(handle, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            raise DataError(f"{path}: not a CIFAR batch ({err}); download it again") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: a {type(data).__name__}, not a CIFAR batch (a dict)")
+    return data
 
 
 def read_cifar_batches(

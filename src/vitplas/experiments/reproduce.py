@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitplas.experiments.jobs import check_job
 from vitplas.experiments.spec import SweepSpec, expand, run_id
 
 # kind -> (runner function, config class): the analysis and training areas' entry points
@@ -65,6 +66,7 @@ def analysis_jobs(spec: SweepSpec) -> list[AnalysisJob]:
         for config in _entries(spec, kind):
             function = config.pop("function", ANALYSIS_RUNNERS[kind][0])
             config_class = config.pop("config", ANALYSIS_RUNNERS[kind][1])
+            check_job(function, config_class, f"analysis.{kind} entry")
             params = {k: config[k] for k in ("model", "target", "dataset") if k in config}
             jobs.append(AnalysisJob(kind, run_id(params, config), function, config_class, config))
     return jobs

@@ -36,6 +36,9 @@ class DamagedRecordError(ValueError):
 
 
 def run_dir(root: str | Path, run_id: str) -> Path:
+    """<root>/runs/<run_id>; a run id that is not one plain folder name is refused."""
+    if run_id in ("", ".", "..") or any(c in run_id for c in "/\\\0"):
+        raise ValueError(f"run id {run_id!r} is not a plain folder name; it cannot be a run")
     return Path(root) / "runs" / run_id
 
 
