@@ -56,7 +56,7 @@ def sweep(
     root: Path = RootOpt,
 ) -> None:
     """Launch every run of a sweep that is not finished (local processes or SLURM arrays)."""
-    from vitplas.experiments.launch import LauncherStopped, run_sweep
+    from vitplas.experiments.launch import LauncherStopped, check_runs, run_sweep
     from vitplas.experiments.spec import expand
     from vitplas.experiments.store import scan, signal_name
 
@@ -64,11 +64,24 @@ def sweep(
     slurm |= {"executor.slurm.gpus_per_node": gpus, "executor.slurm.account": account}
     spec = _load(spec_path, overrides, slurm)
     runs = expand(spec)
+    bad = check_runs(spec, runs)
     if dry_run:
         states = {s.run.run_id: s.state for s in scan(spec, runs, root)}
         for run in runs:
-            console.print(f"{run.run_id}  [{states[run.run_id]}]", markup=False, highlight=False)
+            state = f"invalid: {bad[run.run_id]}" if run.run_id in bad else states[run.run_id]
+            console.print(f"{run.run_id}  [{state}]", markup=False, highlight=False)
         console.print(f"{len(runs)} runs", highlight=False)
+    elif bad:
+        for rid, error in bad.items():
+            console.print(f"INVALID {rid}: {error}", markup=False, highlight=False)
+    if bad:
+        console.print(
+            f"error: {len(bad)} of {len(runs)} runs have an invalid config (each listed above); "
+            "fix the spec: nothing was launched",
+            markup=False, highlight=False,
+        )  # fmt: skip
+        raise typer.Exit(2)
+    if dry_run:
         return
     from vitplas.cli.progress import progress_view
 

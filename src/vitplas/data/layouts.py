@@ -165,7 +165,35 @@ def scan_image_folder(src: Source, folder: Path, classes: list[str] | None = Non
             f"dataset '{src.info.name}': no image in {folder} "
             f"(expected {folder}/<class>/<image>.jpg); layout: {src.info.layout}"
         )
+    if src.info.family == "folder":  # the user's own files: checked before any training
+        check_images(paths)
     return FileImages(paths, np.asarray(labels), classes)
+
+
+_CHECKED: set[tuple[Path, ...]] = set()  # file lists already checked in this process
+
+
+def check_images(paths: list[Path]) -> None:
+    """A DataError naming the unreadable files among `paths` (opened and verified by PIL)."""
+    key = tuple(paths)
+    if key in _CHECKED:
+        return
+    from PIL import Image
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
+            bad.append(f"{path} ({type(err).__name__}: {err})")
+    if bad:
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(
+            f"{len(bad)} of {len(paths)} images cannot be read: {'; '.join(bad[:5])}{more}. "
+            "Remove or replace them"
+        )
+    _CHECKED.add(key)
 
 
 def class_folders(folder: Path) -> list[str]:

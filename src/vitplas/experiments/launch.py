@@ -64,6 +64,21 @@ def import_path(path: str) -> Any:
     return getattr(module, attr)
 
 
+def check_runs(spec: SweepSpec, runs: list[Run]) -> dict[str, str]:
+    """{run id: error} for every run whose full config the runner's config class refuses
+    (unknown key, wrong type, bad value); {} when all are valid or the runner takes a dict."""
+    if spec.runner.config is None:
+        return {}
+    config_class = import_path(spec.runner.config)
+    bad = {}
+    for run in runs:
+        try:
+            config_from_dict(config_class, run.config)
+        except ValueError as err:  # ConfigError included
+            bad[run.run_id] = str(err)
+    return bad
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """One run inside a job: calls `function(cfg, run_dir)`, records status and tracebacks.
 

@@ -120,13 +120,21 @@ def reproduce(
     on_stage: Stage | None = None,
 ) -> dict[str, Any]:
     """All stages in order; each one resumes. Returns what happened per stage."""
+    from vitplas.config import ConfigError
     from vitplas.experiments.aggregate import aggregate
-    from vitplas.experiments.launch import run_sweep
+    from vitplas.experiments.launch import check_runs, run_sweep
     from vitplas.experiments.report import write_report
 
     root = Path(root) if root is not None else spec.root_path
-    summary: dict[str, Any] = {"analysis_failed": run_analysis(spec, root, on_stage)}
     runs = expand(spec)
+    bad = check_runs(spec, runs)
+    if bad:
+        rid, error = next(iter(bad.items()))
+        raise ConfigError(
+            f"{len(bad)} of {len(runs)} runs have an invalid config, e.g. {rid}: {error}; "
+            "`vitplas sweep SPEC --dry-run` lists each; nothing was run"
+        )
+    summary: dict[str, Any] = {"analysis_failed": run_analysis(spec, root, on_stage)}
 
     def sweep_progress(counts: dict[str, int]) -> None:
         if on_stage:
