@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 # errors a user causes (input, paths, data): exit 2 and the message alone
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, LookupError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 def _debug(ctx: Any) -> bool:
@@ -43,8 +43,6 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         where = err.filename if err.filename is not None else ""
         text = f"{where}: {err.strerror}" if where else err.strerror
-    elif isinstance(err, KeyError) and len(err.args) == 1:
-        text = str(err.args[0])
     else:
         text = str(err) or type(err).__name__
     return re.sub(r"\s*\n\s*", " ", text.strip())

@@ -92,10 +92,12 @@ def summarize(
 ) -> dict[str, pd.DataFrame]:
     """The paper's summaries of the run table (see the module docstring)."""
     metric = "test_acc"
-    keys = study_keys(table, spec)
     out = {"runs": table}
     if table.empty:
         return out
+    if "lr" not in table or "train" not in table:  # runners that record neither (fake runs)
+        table = table.assign(**{k: table.get(k, "unknown") for k in ("lr", "train")})
+    keys = study_keys(table, spec)
     out["best"] = stats.best_lr(table, keys, metric=metric, select_by=spec.select_by)
     out["gap"] = stats.lr_gap(table, keys, metric=metric)
     groups = [k for k in keys if k not in ("dataset", "train")]

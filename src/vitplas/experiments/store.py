@@ -226,6 +226,17 @@ def traceback_of(folder: Path) -> str:
     return path.read_text() if path.exists() else "(no traceback recorded)"
 
 
+def _resolved_config(folder: Path) -> dict[str, Any]:
+    """The runner's resolved config.yaml (defaults included), or {} (fake runs write none)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
     """One row per finished run: run id, grid values, key config values, result.json."""
     rows = []
@@ -234,9 +245,9 @@ def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
             continue
         result = read_result(item.folder)
         record = read_json(item.folder / "sweep.json") or {}
-        config = record.get("config", item.run.config)
+        config = {**_resolved_config(item.folder), **record.get("config", item.run.config)}
         row: dict[str, Any] = {"run_id": item.run.run_id}
-        for key in ("model", "dataset", "optimizer", "train"):
+        for key in ("model", "dataset", "optimizer", "train", "lr"):
             if key in config:
                 row[key] = config[key]
         row.update(item.run.params)
