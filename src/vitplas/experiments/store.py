@@ -13,6 +13,7 @@ counted on its own, never folded into the results.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,6 +279,11 @@ class FolderLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError as err:  # a file system without flock (some NFS): no lock, say so
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            warnings.warn(f"{self.path}: no locks on this file system ({err})", stacklevel=2)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), **holder}
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())
