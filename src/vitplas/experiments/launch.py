@@ -96,7 +96,7 @@ class RunJob(submitit.helpers.Checkpointable):
         threads: int | None = None,
     ) -> dict[str, Any]:
         path = Path(folder)
-        if (path / DONE_MARKER).exists():  # done since it was queued: no work
+        if (path / DONE_MARKER).exists() and (path / "result.json").exists():  # done: no work
             return read_result(path)
         claim = FolderLock(path / JOB_LOCK)
         if not claim.acquire(command="sweep job"):  # another job runs it: no work

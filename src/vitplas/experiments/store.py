@@ -7,7 +7,7 @@ Each run folder holds
     result.json + DONE   written by the runner when it finishes
 A run is found by the run id stored in sweep.json, never by parsing a folder name.
 
-A finished run whose result.json cannot be read as a record of finite numbers is `damaged`:
+A finished run whose result.json cannot be read as a record with finite accuracies is `damaged`:
 counted on its own, never folded into the results.
 """
 
@@ -31,6 +31,8 @@ from vitplas.runs import DONE_MARKER, atomic_write_json, now_iso
 
 STATES = ("done", "running", "failed", "damaged", "missing")
 NOT_LAUNCHED = "not launched yet"
+# the numbers of a run's result that the tables aggregate: a non-finite one marks it damaged
+RESULT_METRICS = ("test_acc", "best_val_acc")
 
 
 class DamagedRecordError(ValueError):
@@ -45,7 +47,7 @@ def run_dir(root: str | Path, run_id: str) -> Path:
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """result.json of a finished run, strictly: a JSON object whose numbers are finite.
+    """result.json of a finished run, strictly: a JSON object whose RESULT_METRICS are finite.
 
     Raises DamagedRecordError naming the file, what is wrong and the fix.
     """
@@ -56,7 +58,8 @@ def read_result(folder: Path) -> dict[str, Any]:
         raise DamagedRecordError(_damaged(path, f"unreadable ({err})")) from err
     if not isinstance(data, dict):
         raise DamagedRecordError(_damaged(path, f"a {type(data).__name__}, not a record"))
-    bad = [k for k, v in data.items() if isinstance(v, float) and not math.isfinite(v)]
+    values = {k: data.get(k) for k in RESULT_METRICS}
+    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise DamagedRecordError(_damaged(path, f"non-finite value in {', '.join(bad)}"))
     return data
@@ -150,7 +153,7 @@ def signal_name(number: int) -> str:
 
 def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, str]:
     """(state, detail) of one run folder, from its files; detail says why a run is not done."""
-    if (folder / DONE_MARKER).exists():
+    if (folder / DONE_MARKER).exists() and (folder / "result.json").exists():
         try:
             read_result(folder)
         except DamagedRecordError as err:
