@@ -166,3 +166,17 @@ def test_a_metrics_line_that_is_json_but_not_a_record_is_skipped_by_aggregate(tm
     result = run("aggregate", path)
     assert result.exit_code == 0, result.output
     assert "2 finished runs" in result.output
+
+
+def test_evaluate_on_damaged_best_weights_names_the_file(tmp_path):
+    out = tmp_path / "r"
+    assert (
+        run("finetune", *FINETUNE, "eval_every=2", "--no-progress", "--out", str(out)).exit_code
+        == 0
+    )
+    weights = out / "checkpoints" / "best.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[:8] = b"\xff" * 8  # a header length no file has
+    weights.write_bytes(bytes(data))
+    line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
+    assert line.startswith(f"error: {weights} is damaged (Error while deserializing header")

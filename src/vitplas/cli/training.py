@@ -111,6 +111,8 @@ def evaluate(
 
     Writes RUN_DIR/evaluation.csv and .parquet (one row per dataset) and prints the table.
     """
+    from safetensors import SafetensorError
+
     from vitplas.training.evaluate import evaluate_run
 
     try:
@@ -123,6 +125,9 @@ def evaluate(
             batch_size=batch_size,
             num_workers=num_workers,
         )
+    except SafetensorError as err:
+        weights = run_dir / "checkpoints" / "best.safetensors"
+        _fail(ValueError(f"{weights} is damaged ({err}); rerun the finetuning into a new folder"))
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
     typer.echo(table[["dataset", "split", "n", "acc", "loss"]].to_string(index=False))
