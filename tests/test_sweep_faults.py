@@ -171,3 +171,26 @@ def test_damaged_results_are_counted_apart_and_never_aggregated(tmp_path):
     assert len(table) == 2 and "nan" not in table[1].lower()
     sweep = CliRunner().invoke(app, ["sweep", str(path)])
     assert sweep.exit_code == 1 and "launched 0" in sweep.output
+
+
+def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_path):
+    from vitplas.experiments.launch import LAUNCHER_LOCK
+    from vitplas.experiments.store import FolderLock
+
+    path = write_spec(tmp_path, sleep_s=0, seeds=2, max_parallel=1)
+    spec = load_spec(path)
+    other = FolderLock(tmp_path / "study" / LAUNCHER_LOCK)
+    assert other.acquire(command="vitplas sweep (the other one)")
+    try:
+        outcome = run_sweep(spec, expand(spec), wait=False)
+        assert outcome.launched == [] and outcome.counts["missing"] == 2
+        assert (
+            outcome.busy
+            == f"pid {os.getpid()} on {os.uname().nodename} (vitplas sweep (the other one))"
+        )
+        result = CliRunner().invoke(app, ["sweep", str(path), "--no-wait"])
+        assert result.exit_code == 0
+        assert "another sweep of this study is launching its runs (pid" in result.output
+    finally:
+        other.release()
+    assert run_sweep(spec, expand(spec), poll_s=0.1).counts["done"] == 2

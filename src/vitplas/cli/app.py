@@ -68,9 +68,10 @@ class ErrorsAsLines(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):  # usage errors, deliberate exits
             raise
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP of a sweep launcher
+            number = getattr(err, "signal", 2)
+            typer.echo(f"stopped by signal {number}; rerun the same command to resume", err=True)
+            raise typer.Exit(128 + number) from None
         except Exception as err:
             if _debug(ctx):
                 raise

@@ -171,8 +171,8 @@ def _to_launch(states: list[RunState], retry_failed: bool) -> tuple[list[RunStat
     return todo, skipped
 
 
-class LauncherStopped(BaseException):
-    """SIGTERM/SIGHUP reached the launcher: stop its local workers, then exit."""
+class LauncherStopped(KeyboardInterrupt):
+    """SIGTERM/SIGHUP reached the launcher: stop its local workers, then exit (like Ctrl-C)."""
 
     def __init__(self, number: int):
         super().__init__(number)
