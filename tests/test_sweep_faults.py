@@ -194,3 +194,22 @@ def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_p
     finally:
         other.release()
     assert run_sweep(spec, expand(spec), poll_s=0.1).counts["done"] == 2
+
+
+def test_a_job_whose_run_is_done_or_claimed_exits_without_work(tmp_path):
+    from vitplas.experiments.launch import JOB_LOCK, RunJob
+    from vitplas.experiments.store import FolderLock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    args = (FAKE["function"], None, str(folder), {"steps": 5}, "inline")
+    claim = FolderLock(folder / JOB_LOCK)
+    assert claim.acquire(command="another job")
+    try:
+        assert RunJob()(*args) == {}
+        assert not (folder / "executions.log").exists() and not (folder / "status.json").exists()
+    finally:
+        claim.release()
+    first = RunJob()(*args)
+    assert RunJob()(*args) == first  # done: the recorded result, no second execution
+    assert len((folder / "executions.log").read_text().splitlines()) == 1
