@@ -197,8 +197,14 @@ def _stop_on_signals():
             signal.signal(sig, handler)
 
 
-def _take_launcher_lock(root: Path, wait: bool, progress: Progress | None, poll_s: float,
-                        spec: SweepSpec, runs: list[Run]) -> FolderLock | None:  # fmt: skip
+def _take_launcher_lock(
+    root: Path,
+    wait: bool,
+    progress: Progress | None,
+    poll_s: float,
+    spec: SweepSpec,
+    runs: list[Run],
+) -> FolderLock | None:
     """The study's launcher lock; while another launcher holds it, wait (or None: no wait)."""
     lock = FolderLock(root / LAUNCHER_LOCK)
     while not lock.acquire(command="vitplas sweep"):
@@ -247,7 +253,16 @@ def run_sweep(
     return outcome
 
 
-def _launch(spec, runs, kind, parallel, retry_failed, root, progress, poll_s) -> SweepOutcome:
+def _launch(
+    spec: SweepSpec,
+    runs: list[Run],
+    kind: str,
+    parallel: int,
+    retry_failed: bool,
+    root: Path,
+    progress: Progress | None,
+    poll_s: float,
+) -> SweepOutcome:
     """Launch what is to launch (the caller holds the launcher lock)."""
     todo, skipped = _to_launch(scan(spec, runs, root), retry_failed)
     outcome = SweepOutcome(skipped=skipped)
