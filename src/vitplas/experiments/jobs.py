@@ -10,13 +10,19 @@ other processes see them too, as entry points of their package:
     my_config = "mypkg.jobs:MyConfig"               # a dataclass
 
 Any other import path (`builtins:print`, `os:system`) is a ConfigError before anything runs.
+`import_path` resolves a (checked) path; `check_runs` builds every run's config strictly.
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
-from vitplas.config import ConfigError
+from vitplas.config import ConfigError, config_from_dict
+
+if TYPE_CHECKING:
+    from vitplas.experiments.spec import Run, SweepSpec
 
 FUNCTIONS = {
     "vitplas.training.finetune:run_finetune",
@@ -65,3 +71,32 @@ def check_job(function: str, config_class: str | None, where: str) -> None:
             f"{', '.join(sorted(configs))} or null, or register your own (register_job, or a "
             "'vitplas.job_configs' entry point)"
         )
+
+
+def import_path(path: str) -> Any:
+    """'package.module:attr' -> the object; a clear error when it is not there."""
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"import path '{path}' must look like 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import '{module_name}' (from '{path}'): {err}") from err
+    if not hasattr(module, attr):
+        raise ValueError(f"'{module_name}' has no '{attr}' (from '{path}')")
+    return getattr(module, attr)
+
+
+def check_runs(spec: SweepSpec, runs: list[Run]) -> dict[str, str]:
+    """{run id: error} for every run whose full config the runner's config class refuses
+    (unknown key, wrong type, bad value); {} when all are valid or the runner takes a dict."""
+    if spec.runner.config is None:
+        return {}
+    config_class = import_path(spec.runner.config)
+    bad = {}
+    for run in runs:
+        try:
+            config_from_dict(config_class, run.config)
+        except ValueError as err:  # ConfigError included
+            bad[run.run_id] = str(err)
+    return bad

@@ -14,7 +14,6 @@ SIGHUP stops its local workers.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shlex
 import signal
@@ -32,6 +31,7 @@ from typing import Any, Literal
 import submitit
 
 from vitplas.config import config_from_dict
+from vitplas.experiments.jobs import import_path
 from vitplas.experiments.spec import Run, SweepSpec
 from vitplas.experiments.store import (
     FolderLock,
@@ -48,35 +48,6 @@ from vitplas.runs import DONE_MARKER, atomic_write_json, atomic_write_text, now_
 Progress = Callable[[dict[str, int]], None]
 JOB_LOCK = "job.lock"  # in a run folder: held by the job that runs it
 LAUNCHER_LOCK = "launcher.lock"  # in a study root: held by the launcher of its runs
-
-
-def import_path(path: str) -> Any:
-    """'package.module:attr' -> the object; a clear error when it is not there."""
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ValueError(f"import path '{path}' must look like 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import '{module_name}' (from '{path}'): {err}") from err
-    if not hasattr(module, attr):
-        raise ValueError(f"'{module_name}' has no '{attr}' (from '{path}')")
-    return getattr(module, attr)
-
-
-def check_runs(spec: SweepSpec, runs: list[Run]) -> dict[str, str]:
-    """{run id: error} for every run whose full config the runner's config class refuses
-    (unknown key, wrong type, bad value); {} when all are valid or the runner takes a dict."""
-    if spec.runner.config is None:
-        return {}
-    config_class = import_path(spec.runner.config)
-    bad = {}
-    for run in runs:
-        try:
-            config_from_dict(config_class, run.config)
-        except ValueError as err:  # ConfigError included
-            bad[run.run_id] = str(err)
-    return bad
 
 
 class RunJob(submitit.helpers.Checkpointable):

@@ -76,7 +76,7 @@ def check_analysis(spec: SweepSpec) -> list[AnalysisJob]:
     """The spec's analysis jobs, each config built strictly (unknown key, bad value: a
     ConfigError naming the entry) before anything runs."""
     from vitplas.config import ConfigError, config_from_dict
-    from vitplas.experiments.launch import import_path
+    from vitplas.experiments.jobs import import_path
 
     jobs = analysis_jobs(spec)
     for job in jobs:
@@ -122,7 +122,8 @@ def reproduce(
     """All stages in order; each one resumes. Returns what happened per stage."""
     from vitplas.config import ConfigError
     from vitplas.experiments.aggregate import aggregate
-    from vitplas.experiments.launch import check_runs, run_sweep
+    from vitplas.experiments.jobs import check_runs
+    from vitplas.experiments.launch import run_sweep
     from vitplas.experiments.report import write_report
 
     root = Path(root) if root is not None else spec.root_path
