@@ -1,48 +1,34 @@
-"""Test session guards: no network, deterministic small threads, GPU/SLURM markers skip cleanly."""
+"""Test session guards: no network (here and in child processes), deterministic small threads,
+GPU/SLURM markers skip cleanly."""
 
 from __future__ import annotations
 
-import ipaddress
+import importlib.util
 import os
-import socket
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-_real_connect = socket.socket.connect
-_real_connect_ex = socket.socket.connect_ex
-
-
-def _is_local(address: object) -> bool:
-    if isinstance(address, str | bytes):  # AF_UNIX path
-        return True
-    host = address[0] if isinstance(address, tuple) else address
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _guarded(real):
-    def connect(self, address):
-        if not _is_local(address):
-            raise RuntimeError(f"tests must not reach the network (tried to connect to {address})")
-        return real(self, address)
-
-    return connect
+# the network guard lives in tests/netguard/sitecustomize.py: Python children of the tests
+# (CLI subprocesses, sweep workers) import it at start-up through PYTHONPATH
+GUARD_DIR = Path(__file__).resolve().parent / "netguard"
+_spec = importlib.util.spec_from_file_location("vitplas_netguard", GUARD_DIR / "sitecustomize.py")
+netguard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(netguard)
+os.environ[netguard.ENV] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(GUARD_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_network():
-    socket.socket.connect = _guarded(_real_connect)
-    socket.socket.connect_ex = _guarded(_real_connect_ex)
+    netguard.install()
     yield
-    socket.socket.connect = _real_connect
-    socket.socket.connect_ex = _real_connect_ex
+    netguard.uninstall()
 
 
 def pytest_collection_modifyitems(config, items):

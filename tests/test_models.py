@@ -121,7 +121,7 @@ def test_vit_b16_without_weights_says_where_it_looked_and_how_to_fix(tmp_path):
     assert str(tmp_path / "home" / "weights" / "vit-b16-in21k.safetensors") in text
     assert "timm/vit_base_patch16_224.orig_in21k" in text
     assert "google/vit-base-patch16-224-in21k" in text and str(tmp_path / "hub") in text
-    assert "random_init=True" in text and "--random-init" in text
+    assert "random_init=true" in text and "(plasticity and bounds: --random-init)" in text
 
 
 def test_dinov2_random_and_missing(monkeypatch):
@@ -203,7 +203,7 @@ def test_timm_name_random_cached_and_missing(tmp_path):
         load_model("test_vit.r160_in1k")
     text = str(info.value)
     assert "timm/test_vit.r160_in1k" in text and str(tmp_path / "hub") in text
-    assert "'test_vit@path/to/weights.safetensors'" in text and "random_init=True" in text
+    assert "'test_vit@path/to/weights.safetensors'" in text and "random_init=true" in text
     snapshot = put_in_hub_cache("timm/test_vit.r160_in1k", {})
     save_file(test_vit(num_classes=1000).state_dict(), snapshot / "model.safetensors")
     loaded = load_model("test_vit.r160_in1k")

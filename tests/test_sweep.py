@@ -102,7 +102,8 @@ def test_finished_skipped_failed_listed_with_traceback(tmp_path):
     spec = load_spec(path)
     runs = expand(spec)
     first = run_sweep(spec, runs, poll_s=0.1)
-    assert first.counts == {"done": 4, "running": 0, "failed": 4, "missing": 0, "total": 8}
+    expected = {"done": 4, "running": 0, "failed": 4, "damaged": 0, "missing": 0, "total": 8}
+    assert first.counts == expected
     for item in first.failed:
         assert item.run.config["dataset"] == "b"
         error = (item.folder / "error.txt").read_text()
@@ -115,7 +116,7 @@ def test_finished_skipped_failed_listed_with_traceback(tmp_path):
         lines = (item.folder / "executions.log").read_text().splitlines()
         assert len(lines) == (1 if item.state == "done" else 2)
     result = CliRunner().invoke(app, ["status", str(path)])
-    assert "done 4, running 0, failed 4, missing 0, total 8" in result.output
+    assert "done 4, running 0, failed 4, damaged 0, missing 0, total 8" in result.output
     assert result.output.count("FAILED") == 4
 
 

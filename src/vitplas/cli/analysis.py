@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from vitplas.cli.app import app
+from vitplas.cli.app import app, check_device, check_out_folder, removed_if_unused
 
 MODEL = typer.Option(None, "--model", help="Preset, timm name, HF id or ARCH@FILE.")
 RANDOM = typer.Option(None, "--random-init/--pretrained", help="Random weights on purpose.")
@@ -52,7 +52,9 @@ def _config(cls: type, path: Path | None, options: dict[str, Any]):
 def _run_dir(out: Path | None, kind: str, name: str) -> Path:
     from vitplas.runs import default_run_dir
 
-    return out if out is not None else default_run_dir(kind, name.replace("/", "_"))
+    if out is not None:
+        return check_out_folder(out)
+    return default_run_dir(kind, name.replace("/", "_"))
 
 
 @app.command("plasticity")
@@ -118,8 +120,9 @@ def plasticity_command(
     }
     try:
         cfg = _config(PlasticityConfig, config, options)
+        check_device(cfg.device)
         run_dir = _run_dir(out, "plasticity", cfg.model)
-        with _progress(cfg.pairs) as (advance, update):
+        with _progress(cfg.pairs) as (advance, update), removed_if_unused(run_dir):
             result = run_plasticity(
                 cfg, run_dir, progress=advance, on_phase=update, repair=repair, wait=wait
             )
@@ -232,10 +235,11 @@ def bounds_command(
     }
     try:
         cfg = _config(BoundsConfig, config, options)
-        with _progress(0) as (_, update):
-            result = run_bounds(
-                cfg, _run_dir(out, "bounds", cfg.model), on_phase=update, repair=repair, wait=wait
-            )
+        with (
+            _progress(0) as (_, update),
+            removed_if_unused(_run_dir(out, "bounds", cfg.model)) as run_dir,
+        ):
+            result = run_bounds(cfg, run_dir, on_phase=update, repair=repair, wait=wait)
     except RunLockedError as err:
         _fail(err, LOCKED_EXIT)
     except (ValueError, FileNotFoundError) as err:

@@ -1,9 +1,88 @@
-"""The typer application that every command module registers on."""
+"""The typer application that every command module registers on, and its error policy.
+
+Every error a command raises ends as one line on stderr: `error: <what was wrong, what to do>`
+(exit 2 for a mistake in the input: config, spec, path, data; exit 1 for anything else, named
+as an internal error). `vitplas --debug CMD ...` (or VITPLAS_DEBUG=1) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+# errors a user causes (input, paths, data): exit 2 and the message alone
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+def _debug(ctx: Any) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get("VITPLAS_DEBUG", "") not in ("", "0")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus the optional libraries' error types that mean a damaged input file."""
+    types = list(USER_ERRORS)
+    try:
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of `err` on one line; OSErrors as 'PATH: reason'."""
+    if isinstance(err, OSError) and err.strerror:
+        where = err.filename if err.filename is not None else ""
+        text = f"{where}: {err.strerror}" if where else err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
+def error_line(err: BaseException) -> tuple[str, int]:
+    """(the line to print, exit code) for an exception that reached the CLI."""
+    if isinstance(err, _user_error_types()):
+        return f"error: {one_line(err)}", 2
+    name = type(err).__name__
+    return (
+        f"error: {name}: {one_line(err)} (an internal error of vitplas: rerun with --debug for "
+        "the traceback and report it)",
+        1,
+    )
+
+
+class ErrorsAsLines(TyperGroup):
+    """The root group: turns an exception of any command into one line and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):  # usage errors, deliberate exits
+            raise
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP of a sweep launcher
+            number = getattr(err, "signal", 2)
+            typer.echo(f"stopped by signal {number}; rerun the same command to resume", err=True)
+            raise typer.Exit(128 + number) from None
+        except Exception as err:
+            if _debug(ctx):
+                raise
+            line, code = error_line(err)
+            typer.echo(line, err=True)
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
     name="vitplas",
+    cls=ErrorsAsLines,
     help="Plasticity of vision transformer components, and component-wise finetuning.",
     no_args_is_help=True,
     add_completion=False,
@@ -12,5 +91,54 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: bool = typer.Option(
+        False, "--debug", help="show the full traceback of an error (also VITPLAS_DEBUG=1)"
+    ),
+) -> None:
     """Plasticity of vision transformer components, and component-wise finetuning."""
+
+
+def check_out_folder(path: Path) -> Path:
+    """`path` as a run folder: a ValueError when it names an existing file."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"--out {path} is a file, not a folder; give a new folder or an existing run folder"
+        )
+    return path
+
+
+def check_device(device: str | None) -> None:
+    """A ValueError when `device` asks for CUDA and no CUDA device is visible."""
+    if not device or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device} but no CUDA device is visible to torch on this machine; use "
+            "device=auto (CUDA when there is one, else CPU) or device=cpu"
+        )
+    index = str(device).partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device} but this machine shows {torch.cuda.device_count()} CUDA "
+            f"device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        )
+
+
+@contextmanager
+def removed_if_unused(path: Path) -> Iterator[Path]:
+    """Yield `path`; when the command fails and `path` is a folder it created that holds nothing
+    but lock files, remove it again (a failed start leaves no empty run folder)."""
+    existed = path.exists()
+    try:
+        yield path
+    except BaseException:
+        if not existed and path.is_dir():
+            entries = list(path.iterdir())
+            if all(e.is_file() and e.name.endswith(".lock") for e in entries):
+                for entry in entries:
+                    entry.unlink()
+                path.rmdir()
+        raise

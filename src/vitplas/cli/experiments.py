@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import typer
@@ -9,7 +10,7 @@ from rich.console import Console
 
 from vitplas.cli.app import app
 
-console = Console()
+console = Console(soft_wrap=True)  # one line per message, whatever the terminal width
 
 SpecArg = typer.Argument(..., exists=True, dir_okay=False, help="sweep spec YAML")
 OverridesArg = typer.Argument(None, help="spec overrides key=value, e.g. base.steps=5")
@@ -60,12 +61,19 @@ def _print_cost(cost, json_path: Path | None) -> None:
 
 
 def _print_failed(states, verbose: bool) -> None:
-    from vitplas.experiments.store import traceback_of
+    """Failed and damaged runs, always; with `verbose`, tracebacks and why each missing run is
+    missing (killed by signal N, interrupted, not launched yet)."""
+    from vitplas.experiments.store import NOT_LAUNCHED, traceback_of
 
-    for item in (s for s in states if s.state == "failed"):
-        console.print(f"[red]FAILED[/red] {item.run.run_id}: {item.detail}  ({item.folder})")
-        if verbose:
-            console.print(traceback_of(item.folder), markup=False, highlight=False)
+    for item in states:
+        if item.state == "failed":
+            console.print(f"[red]FAILED[/red] {item.run.run_id}: {item.detail}  ({item.folder})")
+            if verbose:
+                console.print(traceback_of(item.folder), markup=False, highlight=False)
+        elif item.state == "damaged":
+            console.print(f"[red]DAMAGED[/red] {item.run.run_id}: {item.detail}")
+        elif item.state == "missing" and (verbose or item.detail != NOT_LAUNCHED):
+            console.print(f"MISSING {item.run.run_id}: {item.detail}", highlight=False)
 
 
 @app.command()
@@ -89,23 +97,38 @@ def sweep(
     root: Path = RootOpt,
 ) -> None:
     """Launch every run of a sweep that is not finished (local processes or SLURM arrays)."""
-    from vitplas.experiments.launch import run_sweep
+    from vitplas.experiments.jobs import check_runs
+    from vitplas.experiments.launch import LauncherStopped, run_sweep
     from vitplas.experiments.spec import expand
-    from vitplas.experiments.store import scan
+    from vitplas.experiments.store import scan, signal_name
 
     slurm = {"executor.slurm.partition": partition, "executor.slurm.time_min": time_min}
     slurm |= {"executor.slurm.gpus_per_node": gpus, "executor.slurm.account": account}
     spec = _load(spec_path, overrides, slurm)
     runs = expand(spec)
+    bad = check_runs(spec, runs)
     if dry_run:
         states = {s.run.run_id: s.state for s in scan(spec, runs, root)}
-        cost = _estimate(spec, runs, peak, mfu)
+        cost = None if bad else _estimate(spec, runs, peak, mfu)
         per_run = cost.per_run_text() if cost else {}
         for run in runs:
-            line = f"{run.run_id}  [{states[run.run_id]}]{per_run.get(run.run_id, '')}"
+            state = f"invalid: {bad[run.run_id]}" if run.run_id in bad else states[run.run_id]
+            line = f"{run.run_id}  [{state}]{per_run.get(run.run_id, '')}"
             console.print(line, markup=False, highlight=False)
         console.print(f"{len(runs)} runs", highlight=False)
-        _print_cost(cost, json_path)
+        if cost is not None:
+            _print_cost(cost, json_path)
+    elif bad:
+        for rid, error in bad.items():
+            console.print(f"INVALID {rid}: {error}", markup=False, highlight=False)
+    if bad:
+        console.print(
+            f"error: {len(bad)} of {len(runs)} runs have an invalid config (each listed above); "
+            "fix the spec: nothing was launched",
+            markup=False, highlight=False,
+        )  # fmt: skip
+        raise typer.Exit(2)
+    if dry_run:
         return
     from vitplas.cli.progress import progress_view
 
@@ -114,29 +137,51 @@ def sweep(
         def progress(c: dict[str, int]) -> None:
             update("runs", c["done"] + c["failed"], c["total"])
 
-        outcome = run_sweep(
-            spec, runs, executor=executor, max_parallel=max_parallel, retry_failed=retry_failed,  # type: ignore[arg-type]
-            wait=wait, root=root, progress=progress,
-        )  # fmt: skip
+        try:
+            outcome = run_sweep(
+                spec, runs, executor=executor, max_parallel=max_parallel,  # type: ignore[arg-type]
+                retry_failed=retry_failed, wait=wait, root=root, progress=progress,
+            )  # fmt: skip
+        except (LauncherStopped, KeyboardInterrupt) as err:
+            number = err.signal if isinstance(err, LauncherStopped) else signal.SIGINT
+            name = signal_name(number)
+            console.print(f"sweep stopped by signal {number} ({name}); rerun it to resume")
+            raise typer.Exit(1) from None
+    if outcome.busy:
+        console.print(
+            f"another sweep of this study is launching its runs ({outcome.busy}); nothing "
+            f"launched; {_counts_line(outcome.counts)}",
+            highlight=False,
+        )
+        return
     console.print(f"launched {len(outcome.launched)}; {_counts_line(outcome.counts)}")
     _print_failed(outcome.states, verbose=True)
-    if outcome.failed:
+    _exit_unless_complete(outcome.counts, wait)
+
+
+def _exit_unless_complete(counts: dict[str, int], waited: bool) -> None:
+    """Exit 1 while a run is failed or damaged, or (after waiting) missing."""
+    if counts["failed"]:
         console.print("rerun the failed runs with --retry-failed")
+    if counts["failed"] or counts["damaged"] or (waited and counts["missing"]):
         raise typer.Exit(1)
 
 
 def _counts_line(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {counts[k]}" for k in ("done", "running", "failed", "missing", "total"))
+    keys = ("done", "running", "failed", "damaged", "missing", "total")
+    return ", ".join(f"{k} {counts[k]}" for k in keys)
 
 
 @app.command()
 def status(
     spec_path: Path = SpecArg,
     overrides: list[str] = OverridesArg,
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="print full tracebacks"),
+    verbose: bool = typer.Option(
+        False, "-v", "--verbose", help="full tracebacks, and why each missing run is missing"
+    ),
     root: Path = RootOpt,
 ) -> None:
-    """Counts of done / running / failed / missing runs of a sweep; failed runs listed."""
+    """Counts of done / running / failed / damaged / missing runs; failed and damaged listed."""
     from vitplas.experiments.spec import expand
     from vitplas.experiments.store import counts, scan
 
@@ -154,13 +199,20 @@ def aggregate(
     from vitplas.experiments.aggregate import aggregate as run_aggregate
     from vitplas.experiments.report import accuracy_table, markdown_table
     from vitplas.experiments.spec import expand
+    from vitplas.experiments.store import scan
 
     spec = _load(spec_path, overrides)
-    tables = run_aggregate(spec, expand(spec), root)
+    runs = expand(spec)
+    tables = run_aggregate(spec, runs, root)
     folder = (root or spec.root_path) / "tables"
     console.print(f"{len(tables['runs'])} finished runs; tables in {folder}: {', '.join(tables)}")
     if "best" in tables:
         console.print(markdown_table(accuracy_table(tables["best"], None)), markup=False)
+    damaged = [s for s in scan(spec, runs, root) if s.state == "damaged"]
+    if damaged:
+        _print_failed(damaged, verbose=False)
+        console.print(f"{len(damaged)} damaged runs are not in the tables", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from vitplas.cli.app import app
+from vitplas.cli.app import app, check_device, check_out_folder, removed_if_unused
 
 
 def _fail(err: Exception | str, code: int = 2) -> None:
@@ -88,9 +88,11 @@ def finetune(
     config, overrides = _split_args(args or [])
     try:
         cfg = load_finetune_config(config, overrides)
-        run_dir = out or default_finetune_dir(cfg)
+        check_device(cfg.device)
+        run_dir = check_out_folder(out) if out else default_finetune_dir(cfg)
         typer.echo(f"run folder: {run_dir}", err=True)
-        result = run_finetune(cfg, run_dir, show_progress=progress, repair=repair, wait=wait)
+        with removed_if_unused(run_dir):
+            result = run_finetune(cfg, run_dir, show_progress=progress, repair=repair, wait=wait)
     except TrainingDivergedError as err:
         _fail(err, 1)
     except RunLockedError as err:
@@ -142,11 +144,14 @@ def evaluate(
 
     Writes RUN_DIR/evaluation.csv and .parquet (one row per dataset) and prints the table.
     """
+    from safetensors import SafetensorError
+
     from vitplas.locks import RunLockedError
     from vitplas.training.evaluate import evaluate_run
 
     _waiting(wait)
     try:
+        check_device(device)
         table = evaluate_run(
             run_dir,
             expand_datasets(dataset),
@@ -157,6 +162,9 @@ def evaluate(
         )
     except RunLockedError as err:
         _fail(err, LOCKED_EXIT)
+    except SafetensorError as err:
+        weights = run_dir / "checkpoints" / "best.safetensors"
+        _fail(ValueError(f"{weights} is damaged ({err}); rerun the finetuning into a new folder"))
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
     typer.echo(table[["dataset", "split", "n", "acc", "loss"]].to_string(index=False))
@@ -189,8 +197,11 @@ def probe(
     overrides += [f"protocol={protocol}"] * bool(protocol)
     try:
         cfg = load_config(ProbeConfig, config, overrides)
-        run_dir = out or default_run_dir("probe", f"{cfg.model}-{cfg.dataset}")
-        table = run_probe(cfg, run_dir, repair=repair, wait=wait)
+        check_device(cfg.device)
+        name = f"{cfg.model}-{cfg.dataset}"
+        run_dir = check_out_folder(out) if out else default_run_dir("probe", name)
+        with removed_if_unused(run_dir):
+            table = run_probe(cfg, run_dir, repair=repair, wait=wait)
     except RunLockedError as err:
         _fail(err, LOCKED_EXIT)
     except (ConfigError, ValueError, FileNotFoundError) as err:

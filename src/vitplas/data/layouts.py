@@ -32,9 +32,38 @@ def _require(src: Source, path: Path) -> Path:
     return path
 
 
+# the only globals a CIFAR batch may name: numpy arrays and dtypes (numpy 1 and 2 module
+# names), and the str -> bytes encoder that Python 3 pickles of bytes use (protocol 2)
+PICKLE_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes in protocol 2
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles data only: dicts, lists, tuples, numbers, strings, bytes and numpy arrays.
+    Any other global (a function, a class) is refused, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused to load '{module}.{name}': a dataset pickle may hold only arrays, "
+                "lists, dicts, numbers, strings and bytes"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(src: Source, path: Path) -> dict:
+    """A CIFAR batch (a dict), read with ArrayUnpickler; a DataError naming a bad file."""
     with open(_require(src, path), "rb") as handle:
-        return pickle.load(handle, encoding="bytes")  # the batches were pickled by Python 2
+        try:  # the batches were pickled by Python 2: bytes keys
+            data = ArrayUnpickler(handle, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            raise DataError(f"{path}: not a CIFAR batch ({err}); download it again") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: a {type(data).__name__}, not a CIFAR batch (a dict)")
+    return data
 
 
 def read_cifar_batches(
@@ -136,7 +165,35 @@ def scan_image_folder(src: Source, folder: Path, classes: list[str] | None = Non
             f"dataset '{src.info.name}': no image in {folder} "
             f"(expected {folder}/<class>/<image>.jpg); layout: {src.info.layout}"
         )
+    if src.info.family == "folder":  # the user's own files: checked before any training
+        check_images(paths)
     return FileImages(paths, np.asarray(labels), classes)
+
+
+_CHECKED: set[tuple[Path, ...]] = set()  # file lists already checked in this process
+
+
+def check_images(paths: list[Path]) -> None:
+    """A DataError naming the unreadable files among `paths` (opened and verified by PIL)."""
+    key = tuple(paths)
+    if key in _CHECKED:
+        return
+    from PIL import Image
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
+            bad.append(f"{path} ({type(err).__name__}: {err})")
+    if bad:
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(
+            f"{len(bad)} of {len(paths)} images cannot be read: {'; '.join(bad[:5])}{more}. "
+            "Remove or replace them"
+        )
+    _CHECKED.add(key)
 
 
 def class_folders(folder: Path) -> list[str]:

@@ -69,8 +69,12 @@ class FileImages:
         return len(self.labels)
 
     def image(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as img:
-            return img.convert("RGB")
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except OSError as err:  # missing, truncated or not an image: name the file
+            raise OSError(f"{path}: cannot read this image ({err}); remove or replace it") from err
 
 
 @dataclass(eq=False)

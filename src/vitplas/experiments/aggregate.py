@@ -38,9 +38,11 @@ def run_table(states: list[RunState]) -> pd.DataFrame:
 
 
 def study_keys(table: pd.DataFrame, spec: SweepSpec) -> list[str]:
-    """Columns that define one cell of the study: model/optimizer + grid axes but lr, seed."""
+    """Columns that define one cell of the study: model/optimizer + grid axes but lr, seed,
+    + dataset and train when they are set in `base` rather than being axes."""
     keys = [k for k in ("model", "optimizer") if k in table]
     keys += [a for a in spec.axes if a not in ("lr", "seed") and a not in keys and a in table]
+    keys += [k for k in ("dataset", "train") if k in table and k not in keys]
     return keys
 
 
@@ -52,7 +54,7 @@ def curve_table(states: list[RunState]) -> pd.DataFrame:
             continue
         params = {k: train_label(v) if k == "train" else v for k, v in item.run.params.items()}
         for record in RunDir(item.folder).read_metrics():
-            if "step" not in record:
+            if not isinstance(record, dict) or "step" not in record:
                 continue
             keys = [*CURVE_KEYS, *(k for k in record if k.startswith("grad_norm/"))]
             for key in keys:
@@ -91,10 +93,12 @@ def summarize(
 ) -> dict[str, pd.DataFrame]:
     """The paper's summaries of the run table (see the module docstring)."""
     metric = "test_acc"
-    keys = study_keys(table, spec)
     out = {"runs": table}
     if table.empty:
         return out
+    if "lr" not in table or "train" not in table:  # runners that record neither (fake runs)
+        table = table.assign(**{k: table.get(k, "unknown") for k in ("lr", "train")})
+    keys = study_keys(table, spec)
     out["best"] = stats.best_lr(table, keys, metric=metric, select_by=spec.select_by)
     out["gap"] = stats.lr_gap(table, keys, metric=metric)
     groups = [k for k in keys if k not in ("dataset", "train")]

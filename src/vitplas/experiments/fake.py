@@ -2,7 +2,9 @@
 
 `fake_finetune(cfg, run_dir)` takes the finetune config as a plain dict (spec runner.config:
 null), writes metrics.jsonl, result.json and DONE like a real run, and is deterministic in its
-config values. Knobs read from cfg: `sleep_s` (seconds per run), `fail` (raise), `base_acc`.
+config values. Knobs read from cfg: `sleep_s` (seconds per run), `fail` (raise), `base_acc`,
+`slots_dir` (a folder shared by the runs of a test: each run line in executions.log then says
+how many fake runs were alive when it started, so tests can check `max_parallel`).
 It never trains anything: its numbers only exercise launching, aggregation and reports.
 """
 
@@ -28,11 +30,49 @@ def _noise(cfg: dict[str, Any], salt: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2**32 - 0.5
 
 
+def _count_alive(slots: Path) -> int:
+    """Register this process in `slots`; the number of registered processes still alive."""
+    slots.mkdir(parents=True, exist_ok=True)
+    (slots / str(os.getpid())).touch()
+    alive = 0
+    for entry in slots.iterdir():
+        try:
+            os.kill(int(entry.name), 0)
+            alive += int(not _is_zombie(int(entry.name)))
+        except (ProcessLookupError, ValueError):
+            continue
+        except PermissionError:
+            alive += 1
+    return alive
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] in "ZX"
+    except OSError:
+        return False
+
+
 def fake_finetune(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Pretend to finetune: write curves and a result; raise when cfg['fail'] is true."""
     run = RunDir(run_dir)
+    alive = _count_alive(Path(cfg["slots_dir"])) if cfg.get("slots_dir") else ""
     with open(run.path / "executions.log", "a") as handle:  # lets tests count real executions
-        handle.write(f"{os.getpid()}\n")
+        handle.write(f"{os.getpid()} {alive}".strip() + "\n")
+    try:
+        return _fake_run(cfg, run)
+    except BaseException:
+        _leave_slot(cfg)
+        raise
+
+
+def _leave_slot(cfg: dict[str, Any]) -> None:
+    """A run that ends leaves its slot before its result (a killed one is found dead by pid)."""
+    if cfg.get("slots_dir"):
+        (Path(cfg["slots_dir"]) / str(os.getpid())).unlink(missing_ok=True)
+
+
+def _fake_run(cfg: dict[str, Any], run: RunDir) -> dict[str, Any]:
     if cfg.get("fail"):
         raise RuntimeError(f"fake run asked to fail (dataset={cfg.get('dataset')})")
     time.sleep(float(cfg.get("sleep_s", 0.0)))
@@ -59,6 +99,7 @@ def fake_finetune(cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "images_per_s": 1000.0,
         "fake": True,
     }
+    _leave_slot(cfg)
     atomic_write_json(run.path / "result.json", result)
     run.mark_done()
     return result

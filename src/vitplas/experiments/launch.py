@@ -3,16 +3,27 @@
 Idempotent: finished runs are skipped, runs in flight are left alone, failed runs are listed
 (with their tracebacks in error.txt) and rerun only when asked. A preempted or timed-out job
 requeues itself (submitit Checkpointable) and the runner resumes from its own checkpoint.
+
+No double work: one launcher per study at a time (an OS lock on <root>/launcher.lock; a second
+`vitplas sweep` waits for the first), each run's state is read again right before it is
+launched, and a job that finds its run done or claimed by another job (an OS lock on the
+folder's job.lock) exits without work. Runs still in flight from a killed launcher are adopted:
+they count against `max_parallel` and are waited for. A launcher stopped by SIGTERM, SIGINT or
+SIGHUP stops its local workers.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+import shlex
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,31 +31,23 @@ from typing import Any, Literal
 import submitit
 
 from vitplas.config import config_from_dict
+from vitplas.experiments.jobs import import_path
 from vitplas.experiments.spec import Run, SweepSpec
 from vitplas.experiments.store import (
+    FolderLock,
     RunState,
     counts,
     prepare,
+    read_result,
+    run_state,
     scan,
     write_status,
 )
 from vitplas.runs import DONE_MARKER, atomic_write_json, atomic_write_text, now_iso
 
 Progress = Callable[[dict[str, int]], None]
-
-
-def import_path(path: str) -> Any:
-    """'package.module:attr' -> the object; a clear error when it is not there."""
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ValueError(f"import path '{path}' must look like 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import '{module_name}' (from '{path}'): {err}") from err
-    if not hasattr(module, attr):
-        raise ValueError(f"'{module_name}' has no '{attr}' (from '{path}')")
-    return getattr(module, attr)
+JOB_LOCK = "job.lock"  # in a run folder: held by the job that runs it
+LAUNCHER_LOCK = "launcher.lock"  # in a study root: held by the launcher of its runs
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -65,6 +68,25 @@ class RunJob(submitit.helpers.Checkpointable):
         hooks: dict[str, Any] | None = None,  # keyword arguments for the function (inline)
     ) -> dict[str, Any]:
         path = Path(folder)
+        if (path / DONE_MARKER).exists() and (path / "result.json").exists():  # done: no work
+            return read_result(path)
+        claim = FolderLock(path / JOB_LOCK)
+        if not claim.acquire(command="sweep job"):  # another job runs it: no work
+            return {}
+        try:
+            return self._run(function, config_class, path, config, executor, threads)
+        finally:
+            claim.release()
+
+    def _run(
+        self,
+        function: str,
+        config_class: str | None,
+        path: Path,
+        config: dict[str, Any],
+        executor: str,
+        threads: int | None,
+    ) -> dict[str, Any]:
         try:
             job_id = submitit.JobEnvironment().job_id
         except RuntimeError:  # called outside submitit (tests, inline use)
@@ -103,6 +125,7 @@ class SweepOutcome:
     skipped: dict[str, int] = field(default_factory=dict)
     states: list[RunState] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
+    busy: str = ""  # the holder of the launcher lock when another launcher was at work
 
     @property
     def counts(self) -> dict[str, int]:
@@ -120,6 +143,51 @@ def _to_launch(states: list[RunState], retry_failed: bool) -> tuple[list[RunStat
     return todo, skipped
 
 
+class LauncherStopped(KeyboardInterrupt):
+    """SIGTERM/SIGHUP reached the launcher: stop its local workers, then exit (like Ctrl-C)."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.signal = number
+
+
+@contextmanager
+def _stop_on_signals():
+    """Turn SIGTERM and SIGHUP into LauncherStopped (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, _frame: Any) -> None:
+        raise LauncherStopped(number)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _take_launcher_lock(
+    root: Path,
+    wait: bool,
+    progress: Progress | None,
+    poll_s: float,
+    spec: SweepSpec,
+    runs: list[Run],
+) -> FolderLock | None:
+    """The study's launcher lock; while another launcher holds it, wait (or None: no wait)."""
+    lock = FolderLock(root / LAUNCHER_LOCK)
+    while not lock.acquire(command="vitplas sweep"):
+        if not wait:
+            return None
+        if progress:
+            progress(counts(scan(spec, runs, root)))
+        time.sleep(poll_s)
+    return lock
+
+
 def run_sweep(
     spec: SweepSpec,
     runs: list[Run],
@@ -132,36 +200,79 @@ def run_sweep(
     progress: Progress | None = None,
     poll_s: float = 0.5,
 ) -> SweepOutcome:
-    """Launch the runs that are not done (and not in flight); wait for them unless told not to."""
+    """Launch the runs that are not done (and not in flight); wait for them unless told not to.
+
+    While another launcher of the same study is at work, wait for it (`wait=False`: return at
+    once with `busy` naming it and nothing launched).
+    """
     root = Path(root) if root is not None else spec.root_path
     kind = executor or spec.executor.kind
-    parallel = max_parallel or spec.executor.max_parallel
-    todo, skipped = _to_launch(scan(spec, runs, root), retry_failed)
-    outcome = SweepOutcome(skipped=skipped)
-    for item in todo:
-        prepare(root, item.run, spec.name)
-        (item.folder / "error.txt").unlink(missing_ok=True)
-        (item.folder / "status.json").unlink(missing_ok=True)
-    folder = Path(spec.executor.folder or root / "submitit")
-    if kind == "local":
-        outcome.job_ids = _run_local(spec, todo, folder, parallel, progress, runs, root, poll_s)
-    elif kind == "slurm":
-        # waiting goes through the store + squeue (wait_idle), not sacct: a cluster without
-        # accounting storage still reports its jobs correctly
-        outcome.job_ids = [j.job_id for j in _submit_slurm(spec, todo, folder, parallel)]
-    else:
+    if kind not in ("local", "slurm"):
         raise ValueError(f"executor '{kind}' is unknown; choose local or slurm")
-    outcome.launched = [s.run.run_id for s in todo]
-    if wait:
-        wait_idle(spec, runs, root, progress, poll_s)
+    parallel = max_parallel or spec.executor.max_parallel
+    with _stop_on_signals():
+        lock = _take_launcher_lock(root, wait, progress, poll_s, spec, runs)
+        if lock is None:
+            busy = FolderLock(root / LAUNCHER_LOCK).holder()
+            return SweepOutcome(busy=busy, states=scan(spec, runs, root))
+        try:
+            outcome = _launch(spec, runs, kind, parallel, retry_failed, root, progress, poll_s)
+        finally:
+            lock.release()
+        if wait:
+            wait_idle(spec, runs, root, progress, poll_s)
     outcome.states = scan(spec, runs, root)
     return outcome
+
+
+def _launch(
+    spec: SweepSpec,
+    runs: list[Run],
+    kind: str,
+    parallel: int,
+    retry_failed: bool,
+    root: Path,
+    progress: Progress | None,
+    poll_s: float,
+) -> SweepOutcome:
+    """Launch what is to launch (the caller holds the launcher lock)."""
+    todo, skipped = _to_launch(scan(spec, runs, root), retry_failed)
+    outcome = SweepOutcome(skipped=skipped)
+    folder = Path(spec.executor.folder or root / "submitit")
+    if kind == "local":
+        launched, outcome.job_ids = _run_local(
+            spec, todo, folder, parallel, progress, runs, root, poll_s, retry_failed
+        )
+    else:
+        # waiting goes through the store + squeue (wait_idle), not sacct: a cluster without
+        # accounting storage still reports its jobs correctly
+        launched = [s for s in todo if _claim_for_launch(s, root, spec, retry_failed)]
+        outcome.job_ids = [j.job_id for j in _submit_slurm(spec, launched, folder, parallel)]
+    outcome.launched = [s.run.run_id for s in launched]
+    return outcome
+
+
+def _claim_for_launch(item: RunState, root: Path, spec: SweepSpec, retry_failed: bool) -> bool:
+    """Read the run's state again right before launching it; prepare its folder if still to do."""
+    state = run_state(item.folder)[0] if item.folder.exists() else "missing"
+    if not (state == "missing" or (retry_failed and state == "failed")):
+        return False
+    prepare(root, item.run, spec.name)
+    (item.folder / "error.txt").unlink(missing_ok=True)
+    (item.folder / "status.json").unlink(missing_ok=True)
+    return True
 
 
 def _job_args(spec: SweepSpec, item: RunState, kind: str) -> tuple:
     runner = spec.runner
     threads = spec.executor.threads_per_run if kind == "local" else None
     return (runner.function, runner.config, str(item.folder), item.run.config, kind, threads)
+
+
+def _reaped_python(folder: Path) -> str:
+    """The worker's interpreter command, through the reaper that records how it ended."""
+    python = shlex.quote(sys.executable)
+    return f"{python} -m vitplas.experiments.reaper {shlex.quote(str(folder))} -- "
 
 
 def _run_local(
@@ -173,30 +284,38 @@ def _run_local(
     runs: list[Run],
     root: Path,
     poll_s: float,
-) -> list[str]:
-    """At most `parallel` local processes at once; Ctrl-C cancels the ones in flight."""
+    retry_failed: bool = False,
+) -> tuple[list[RunState], list[str]]:
+    """At most `parallel` runs in flight at once, counting runs of the spec that are already
+    in flight (an earlier launcher's); Ctrl-C, SIGTERM or SIGHUP cancel the ones it started."""
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=spec.executor.timeout_min)
-    pending, active, job_ids = list(todo), [], []
+    pending, active, launched, job_ids = list(todo), {}, [], []
     try:
         while pending or active:
-            while pending and len(active) < parallel:
+            states = scan(spec, runs, root)
+            others = sum(s.state == "running" and s.run.run_id not in active for s in states)
+            while pending and len(active) + others < parallel:
                 item = pending.pop(0)
+                if not _claim_for_launch(item, root, spec, retry_failed):
+                    continue
                 # queued before submit: a job that ends at once must not be overwritten
                 write_status(item.folder, "queued", executor="local", host=socket.gethostname())
+                executor.python = _reaped_python(item.folder)
                 job = executor.submit(RunJob(), *_job_args(spec, item, "local"))
                 write_status(item.folder, None, controller_pid=int(job.job_id))
-                active.append(job)
+                active[item.run.run_id] = job
+                launched.append(item)
                 job_ids.append(job.job_id)
-            time.sleep(poll_s)
-            active = [j for j in active if not j.done()]
             if progress:
-                progress(counts(scan(spec, runs, root)))
+                progress(counts(states))
+            time.sleep(poll_s)
+            active = {rid: j for rid, j in active.items() if not j.done()}
     except BaseException:
-        for job in active:
+        for job in active.values():
             job.cancel(check=False)
         raise
-    return job_ids
+    return launched, job_ids
 
 
 def _submit_slurm(

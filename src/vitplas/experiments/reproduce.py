@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitplas.experiments.jobs import check_job
 from vitplas.experiments.spec import SweepSpec, expand, run_id
 
 # kind -> (runner function, config class): the analysis and training areas' entry points
@@ -65,6 +66,7 @@ def analysis_jobs(spec: SweepSpec) -> list[AnalysisJob]:
         for config in _entries(spec, kind):
             function = config.pop("function", ANALYSIS_RUNNERS[kind][0])
             config_class = config.pop("config", ANALYSIS_RUNNERS[kind][1])
+            check_job(function, config_class, f"analysis.{kind} entry")
             params = {k: config[k] for k in ("model", "target", "dataset") if k in config}
             jobs.append(AnalysisJob(kind, run_id(params, config), function, config_class, config))
     return jobs
@@ -74,7 +76,7 @@ def check_analysis(spec: SweepSpec) -> list[AnalysisJob]:
     """The spec's analysis jobs, each config built strictly (unknown key, bad value: a
     ConfigError naming the entry) before anything runs."""
     from vitplas.config import ConfigError, config_from_dict
-    from vitplas.experiments.launch import import_path
+    from vitplas.experiments.jobs import import_path
 
     jobs = analysis_jobs(spec)
     for job in jobs:
@@ -143,13 +145,22 @@ def reproduce(
     on_stage: Stage | None = None,
 ) -> dict[str, Any]:
     """All stages in order; each one resumes. Returns what happened per stage."""
+    from vitplas.config import ConfigError
     from vitplas.experiments.aggregate import aggregate
+    from vitplas.experiments.jobs import check_runs
     from vitplas.experiments.launch import run_sweep
     from vitplas.experiments.report import write_report
 
     root = Path(root) if root is not None else spec.root_path
-    summary: dict[str, Any] = {"analysis_failed": run_analysis(spec, root, on_stage)}
     runs = expand(spec)
+    bad = check_runs(spec, runs)
+    if bad:
+        rid, error = next(iter(bad.items()))
+        raise ConfigError(
+            f"{len(bad)} of {len(runs)} runs have an invalid config, e.g. {rid}: {error}; "
+            "`vitplas sweep SPEC --dry-run` lists each; nothing was run"
+        )
+    summary: dict[str, Any] = {"analysis_failed": run_analysis(spec, root, on_stage)}
 
     def sweep_progress(counts: dict[str, int]) -> None:
         if on_stage:

@@ -15,13 +15,16 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, read_yaml
+from vitplas.experiments.jobs import check_job
 
 HASH_LEN = 8
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a spec name: one plain folder name
 
 
 @dataclass
@@ -99,6 +102,12 @@ class SweepSpec:
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("a sweep spec needs a `name` (it names the study's run folder)")
+        if not SAFE_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"spec name {self.name!r} must be one folder name: letters, digits, '.', '_', "
+                "'-', not starting with '.' (it becomes runs/sweeps/<name>)"
+            )
+        check_job(self.runner.function, self.runner.config, "runner")
         if "dataset" not in self.grid and "dataset" not in self.base:
             raise ConfigError("a sweep spec needs `dataset` in `grid` or in `base`")
         for axis, values in self.grid.items():

