@@ -74,7 +74,7 @@ class RunJob(submitit.helpers.Checkpointable):
         if not claim.acquire(command="sweep job"):  # another job runs it: no work
             return {}
         try:
-            return self._run(function, config_class, path, config, executor, threads)
+            return self._run(function, config_class, path, config, executor, threads, hooks)
         finally:
             claim.release()
 
@@ -86,6 +86,7 @@ class RunJob(submitit.helpers.Checkpointable):
         config: dict[str, Any],
         executor: str,
         threads: int | None,
+        hooks: dict[str, Any] | None,
     ) -> dict[str, Any]:
         try:
             job_id = submitit.JobEnvironment().job_id
