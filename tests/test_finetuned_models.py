@@ -139,3 +139,36 @@ def test_export_of_a_timm_name_and_refusals(tmp_path):
     assert torch.equal(outputs(model), outputs(loaded.model))
     with pytest.raises(ModelError, match=r"must end in \.safetensors"):
         export_model("tiny-random", tmp_path / "x.pt")
+
+
+def test_plasticity_compare_base_side_by_side(run_copy, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    out = tmp_path / "cmp"
+    args = ["plasticity", "--model", str(run_copy), "--target", "digits", "--pairs", "32"]
+    args += ["--batch-size", "16", "--no-bounds", "--out", str(out), "--compare-base"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Plasticity before and after finetuning" in result.output
+    pooled = pd.read_csv(out / "compare_base_pooled.csv").set_index("component")
+    layers = pd.read_csv(out / "compare_base.csv")
+    assert sorted(pooled.index) == ["fc1", "fc2", "ln1", "ln2", "mha"]
+    assert len(layers) == 2 * 5 and (out / "base" / "DONE").is_file()
+    assert (pooled.drop(index="mha")["ratio"] == 1.0).all()  # only MHA was trained
+    assert pooled.loc["mha", "ratio"] != 1.0
+    base = pd.read_csv(out / "base" / "plasticity_pooled.csv").set_index("component")
+    assert pooled.loc["mha", "base_mean"] == base.loc["mha", "mean"]
+    refused = CliRunner().invoke(app, ["plasticity", "--model", "tiny-random", "--compare-base"])
+    assert refused.exit_code == 2
+    assert "--compare-base needs a finished finetuning run folder" in refused.output
+
+
+def test_base_spec_is_the_run_base_without_trained_weights(run_copy):
+    base = load_model(f"{run_copy}#base")
+    assert base.description.startswith(f"base model of finetuned run {run_copy}: RANDOM INIT")
+    torch.manual_seed(0)
+    fresh = load_model("tiny-random", num_classes=10, img_size=32)
+    assert torch.equal(outputs(base.model), outputs(fresh.model))

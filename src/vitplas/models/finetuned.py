@@ -5,6 +5,8 @@ that best.safetensors. The base model is rebuilt from the run's resolved config 
 training built it (model spec, random_init, img_size, a new head of the dataset's class count
 drawn from the run's seed), then the trained parameters are applied after their file passed
 `verify_weights`. A base checkpoint other than the one the run trained on is refused.
+`RUN#base` names the run's base alone, rebuilt the same way (same random init, same new head,
+the run's normalization), so that before/after comparisons differ only in the trained weights.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from vitplas.runs import atomic_write_text, file_sha256
 CONFIG_FILE = "config.yaml"
 BEST = Path("checkpoints") / "best.safetensors"
 SEALED = "checksums.json"  # written by a sealed run (vitplas.runs, when it lands)
+BASE_SUFFIX = "#base"  # RUN#base: the run's base model, without the trained weights
 SIDECAR_SUFFIX = ".sha256"  # recorded at first use for runs that recorded no checksum
 
 
 def run_folder(spec: str | Path) -> Path | None:
-    """The run folder a spec names (the folder or its checkpoints/best.safetensors), else None."""
-    path = Path(spec).expanduser()
+    """The run folder a spec names (the folder or its checkpoints/best.safetensors, either
+    optionally with #base), else None."""
+    path = Path(str(spec).removesuffix(BASE_SUFFIX)).expanduser()
     if path.name == BEST.name and path.parent.name == BEST.parent.name:
         path = path.parent.parent
     if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / BEST.parent).is_dir():
@@ -125,8 +129,9 @@ def base_manifest(run: Path) -> dict[str, Any]:
         return {}
 
 
-def from_run(run: Path, *, random_init: bool):
-    """A `Built` (vitplas.models.sources) of finetuning run `run`: base model + trained weights."""
+def from_run(run: Path, *, random_init: bool, base_only: bool = False):
+    """A `Built` (vitplas.models.sources) of finetuning run `run`: base model + trained weights
+    (base_only: the base alone; the trained file is still verified and read for the head)."""
     from vitplas.models.build import load_model
     from vitplas.models.sources import Built
 
@@ -151,9 +156,12 @@ def from_run(run: Path, *, random_init: bool):
             f"base model '{cfg['model']}' has weights (sha256 {base.checksum[:12]}...) other than "
             f"those run {run} trained from ({recorded[:12]}...); restore them to use this run"
         )
-    apply_trained(base.model, trained, path)
     paper = cfg.get("normalization", "paper") == "paper"
     mean, std = PAPER_MEAN_STD if paper else (base.mean, base.std)
     train = "+".join(cfg.get("train", []))
+    if base_only:
+        desc = f"base model of finetuned run {run}: {base.description}"
+        return Built(base.model, desc, mean, std, base.checksum, base.random_init, base.arch)
+    apply_trained(base.model, trained, path)
     desc = f"finetuned run {run} (train={train} on {cfg['dataset']}) of {base.description}"
     return Built(base.model, desc, mean, std, checksum, base.random_init, base.arch)
