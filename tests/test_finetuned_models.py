@@ -172,3 +172,17 @@ def test_base_spec_is_the_run_base_without_trained_weights(run_copy):
     torch.manual_seed(0)
     fresh = load_model("tiny-random", num_classes=10, img_size=32)
     assert torch.equal(outputs(base.model), outputs(fresh.model))
+
+
+def test_export_command_prints_the_timm_call(run_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    out = tmp_path / "cli.safetensors"
+    result = CliRunner().invoke(app, ["export", str(run_copy), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "timm.create_model('vit_tiny_patch16_224', pretrained=True" in result.stdout
+    assert out.is_file()
+    missing = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 2 and f"model '{tmp_path / 'nope'}' is unknown" in missing.output
