@@ -316,6 +316,13 @@ def _dinov2():
     return Dinov2Model(Dinov2Config(**TINY, mlp_ratio=3, image_size=28, patch_size=7))
 
 
+def _dinov2_registers():
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    config = Dinov2WithRegistersConfig(**TINY, mlp_ratio=3, image_size=28, patch_size=7)
+    return Dinov2WithRegistersModel(config)
+
+
 def _beit_classifier():
     from transformers import BeitConfig, BeitForImageClassification
 
@@ -339,6 +346,7 @@ def _beit_shared_bias():
         (_deit_teacher, 32, "logits", 5),
         (_deit_backbone, 32, "features", 0),
         (_dinov2, 28, "features", 0),
+        (_dinov2_registers, 28, "features", 0),
         (_beit_classifier, 32, "logits", 5),
         (_beit_shared_bias, 32, "features", 0),
     ],

@@ -1,4 +1,4 @@
-"""Hugging Face vision transformers (ViT, DeiT, DINOv2, BEiT) converted to timm's layout.
+"""Hugging Face ViT, DeiT, DINOv2 (+ registers) and BEiT converted to timm's layout.
 
 A spec is a hub id (`google/vit-base-patch16-224-in21k`, `facebook/dinov2-small`) or a local
 folder holding `config.json` and `model.safetensors` (or `pytorch_model.bin`). The HF state

@@ -49,6 +49,8 @@ class Layout:
     dropped: re.Pattern[str]
     build: Callable[[Mapping[str, Any], int, bool], nn.Module]
     head: str  # the timm key whose rows are the class count ("" = the layout has no head)
+    adjust: Callable[[dict[str, torch.Tensor]], None] | None = None  # tensors timm lays out
+    # otherwise (after renaming), changed in place
 
     def to_timm(self, hf: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Rename an HF state dict to timm keys; fuse q, k, v. Unknown keys are an error."""
@@ -80,6 +82,8 @@ class Layout:
                 )
             # (3*D, D) weight or (3*D,) bias: timm reshapes qkv output to (3, heads, head_dim).
             state[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in _QKV_ORDER])
+        if self.adjust is not None:
+            self.adjust(state)
         return state
 
     def num_classes(self, state: Mapping[str, torch.Tensor]) -> int:
@@ -88,10 +92,14 @@ class Layout:
 
 def _vit_kwargs(config: Mapping[str, Any], num_classes: int, eps: float) -> dict[str, Any]:
     """timm VisionTransformer-style arguments of an HF ViT-like config."""
-    dim, hidden = int(config["hidden_size"]), int(config.get("intermediate_size", 0))
-    ratio = float(config["mlp_ratio"]) if "mlp_ratio" in config else hidden / dim
-    if int(dim * ratio) != (hidden or int(dim * ratio)):
-        raise ModelError(f"MLP width {hidden} is not representable as dim {dim} x a ratio")
+    dim = int(config["hidden_size"])
+    if "mlp_ratio" in config:  # DINOv2's configs give the ratio
+        ratio = float(config["mlp_ratio"])
+    else:
+        hidden = int(config["intermediate_size"])
+        ratio = hidden / dim
+        if int(dim * ratio) != hidden:
+            raise ModelError(f"MLP width {hidden} is not representable as dim {dim} x a ratio")
     return dict(
         img_size=int(config.get("image_size", 224)),
         patch_size=int(config.get("patch_size", 16)),
@@ -145,6 +153,30 @@ def build_dinov2(config: Mapping[str, Any], num_classes: int, on_meta: bool) -> 
             qkv_bias=bool(config.get("qkv_bias", True)),
             init_values=float(config.get("layerscale_value", 1.0)),
         )
+
+
+def build_dinov2_registers(config: Mapping[str, Any], num_classes: int, on_meta: bool):
+    """DINOv2 with registers: timm's layout has no position embedding on the prefix tokens."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    kwargs = _vit_kwargs(config, num_classes, 1e-6)
+    with _device(on_meta):
+        return VisionTransformer(
+            **kwargs,
+            qkv_bias=bool(config.get("qkv_bias", True)),
+            init_values=float(config.get("layerscale_value", 1.0)),
+            reg_tokens=int(config.get("num_register_tokens", 4)),
+            no_embed_class=True,
+        )
+
+
+def fold_class_position(state: dict[str, torch.Tensor]) -> None:
+    """HF adds the class token's position embedding (row 0) before inserting the registers;
+    timm (no_embed_class) has none for prefix tokens: fold row 0 into the class token."""
+    pos = state.get("pos_embed")
+    if pos is not None and "cls_token" in state:
+        state["cls_token"] = state["cls_token"] + pos[:, :1]
+        state["pos_embed"] = pos[:, 1:]
 
 
 def build_beit(config: Mapping[str, Any], num_classes: int, on_meta: bool) -> nn.Module:
@@ -223,6 +255,10 @@ LAYOUTS = {
         ),
         Layout("dinov2", "dinov2.", _DINOV2_RENAMES, _QKV_ALL,
                re.compile(r"embeddings\.mask_token"), build_dinov2, ""),
+        Layout("dinov2_with_registers", "dinov2_with_registers.",
+               (*_DINOV2_RENAMES, (r"embeddings\.register_tokens", "reg_token")), _QKV_ALL,
+               re.compile(r"embeddings\.mask_token"), build_dinov2_registers, "",
+               fold_class_position),
         Layout("beit", "beit.", _BEIT_RENAMES, _QKV_WEIGHTS,
                re.compile(f"{_POOLER_MASK}|{_REL_INDEX}"), build_beit, "head.weight"),
     )
