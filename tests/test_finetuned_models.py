@@ -186,3 +186,40 @@ def test_export_command_prints_the_timm_call(run_copy, tmp_path):
     assert out.is_file()
     missing = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 2 and f"model '{tmp_path / 'nope'}' is unknown" in missing.output
+
+
+def hand_made_run(tmp_path, trained: dict):
+    """A run folder whose base is a local timm file (what a finished run records, no training)."""
+    import yaml
+    from safetensors.torch import save_file
+
+    base = load_model("vit_tiny_patch16_224.augreg_in21k", random_init=True, img_size=32)
+    weights = tmp_path / "base.pth"
+    torch.save(base.model.state_dict(), weights)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    spec = f"vit_tiny_patch16_224.augreg_in21k@{weights}"
+    config = {"model": spec, "dataset": "digits", "img_size": 32, "seed": 0, "train": ["mha"]}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    save_file(trained, run / "checkpoints" / "best.safetensors")
+    (run / "manifest.json").write_text(json.dumps({"model_checksum": file_sha256(weights)}))
+    return run
+
+
+def test_base_checksum_and_trained_keys_are_checked(tmp_path):
+    head = {"head.weight": torch.ones(10, 192), "head.bias": torch.zeros(10)}
+    run = hand_made_run(tmp_path, head)
+    tuned = load_model(str(run))
+    assert torch.equal(tuned.model.head.weight, torch.ones(10, 192)) and tuned.num_classes == 10
+    (run / "manifest.json").write_text(json.dumps({"model_checksum": "f" * 64}))
+    with pytest.raises(ModelError, match=r"other than those run .* trained from \(ffffffffffff"):
+        load_model(str(run))
+
+
+def test_trained_keys_the_base_lacks_are_refused(tmp_path):
+    extra = {"blocks.99.attn.qkv.weight": torch.zeros(3), "head.weight": torch.zeros(10, 7)}
+    run = hand_made_run(tmp_path, extra)
+    with pytest.raises(ModelError) as info:
+        load_model(str(run))
+    assert "parameters the model lacks: blocks.99.attn.qkv.weight" in str(info.value)
+    assert "wrong shapes: head.weight (10, 7) (model: (10, 192))" in str(info.value)

@@ -151,7 +151,7 @@ def from_run(run: Path, *, random_init: bool, base_only: bool = False):
             img_size=cfg.get("img_size"),
         )
     recorded = base_manifest(run).get("model_checksum")
-    if recorded is not None and base.checksum is not None and recorded != base.checksum:
+    if recorded and base.checksum and recorded != base.checksum:
         raise ModelError(
             f"base model '{cfg['model']}' has weights (sha256 {base.checksum[:12]}...) other than "
             f"those run {run} trained from ({recorded[:12]}...); restore them to use this run"
