@@ -383,3 +383,14 @@ def test_transformers_key_problems_name_keys(tmp_path):
     save_file(state, weights)
     with pytest.raises(ModelError, match=r"wrong shapes: blocks\.1\.ls2\.gamma \(7,\)"):
         load_model(str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize(
+    ("make", "cls"), [(_deit_teacher, "Distilled"), (_beit_classifier, "Beit")]
+)
+def test_transformers_config_only_builds_random_timm_model(tmp_path, make, cls):
+    pytest.importorskip("transformers")
+    make().config.save_pretrained(tmp_path / "cfg")  # config.json alone, no weights
+    loaded = load_model(str(tmp_path / "cfg"), random_init=True)
+    assert cls in type(loaded.model).__name__ and loaded.random_init
+    assert loaded.description.startswith("RANDOM INIT Hugging Face")
