@@ -13,7 +13,9 @@ import typer
 
 from vitplas.cli.app import app
 
-MODEL = typer.Option(None, "--model", help="Preset, timm name, HF id or ARCH@FILE.")
+MODEL = typer.Option(
+    None, "--model", help="Preset, timm name, HF id, ARCH@FILE or a finetuning run folder."
+)
 RANDOM = typer.Option(None, "--random-init/--pretrained", help="Random weights on purpose.")
 IMG = typer.Option(None, "--img-size", help="Input side in px (a multiple of the patch).")
 INPUTS = typer.Option(None, "--inputs", help="embedding (paper) or hidden (each block's input).")
