@@ -1,7 +1,8 @@
-"""Hugging Face ViT checkpoints -> timm: written here in HF's key layout, checked by hand.
+"""Hugging Face checkpoints -> timm.
 
-transformers is not needed: the HF key names and shapes below are those of
-`ViTModel` / `ViTForImageClassification`, and `hf_forward` computes HF's ViT by hand.
+ViT: written here in HF's key layout and checked against `hf_forward`, HF's ViT by hand
+(transformers not needed). DeiT, DINOv2, BEiT: tiny random transformers models saved with
+save_pretrained into tmp_path and compared with the converted timm model (offline).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
-from vitplas.models import ModelError, load_model
+from vitplas.models import ModelError, component_map, load_model
 from vitplas.runs import file_sha256
 
 CONFIG = {
@@ -231,9 +232,11 @@ def test_hf_shape_mismatch_lists_keys_and_shapes(tmp_path):
         load_model(str(folder))
 
 
-def test_hf_non_vit_config_is_refused(tmp_path):
-    folder = write_folder(tmp_path / "d", hf_state(), config={**CONFIG, "model_type": "dinov2"})
-    with pytest.raises(ModelError, match="'dinov2' model; vitplas converts only"):
+def test_hf_unknown_model_type_is_refused(tmp_path):
+    folder = write_folder(tmp_path / "d", hf_state(), config={**CONFIG, "model_type": "swin"})
+    with pytest.raises(
+        ModelError, match="'swin' model; vitplas converts Hugging Face 'vit', 'deit'"
+    ):
         load_model(str(folder))
 
 
@@ -274,3 +277,120 @@ def test_hf_id_random_init_needs_only_cached_config(tmp_path):
     assert loaded.model.blocks[0].mlp.fc1.out_features == 144
     with pytest.raises(ModelError, match="cannot get Hugging Face model 'org/config-only'"):
         load_model("org/config-only")  # no weights file in the cache
+
+
+# ---- DeiT, DINOv2, BEiT: tiny random transformers models saved locally, loaded as timm ----
+
+TINY = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=144)
+
+
+def saved_transformers_model(folder, make):
+    """`make()` (a transformers model) with every parameter perturbed, saved to `folder`."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(folder)
+    return model
+
+
+def _deit_teacher():
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    return DeiTForImageClassificationWithTeacher(
+        DeiTConfig(**TINY, image_size=32, patch_size=8, num_labels=5)
+    )
+
+
+def _deit_backbone():
+    from transformers import DeiTConfig, DeiTModel
+
+    return DeiTModel(DeiTConfig(**TINY, image_size=32, patch_size=8))
+
+
+def _dinov2():
+    from transformers import Dinov2Config, Dinov2Model
+
+    return Dinov2Model(Dinov2Config(**TINY, mlp_ratio=3, image_size=28, patch_size=7))
+
+
+def _dinov2_registers():
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    config = Dinov2WithRegistersConfig(**TINY, mlp_ratio=3, image_size=28, patch_size=7)
+    return Dinov2WithRegistersModel(config)
+
+
+def _beit_classifier():
+    from transformers import BeitConfig, BeitForImageClassification
+
+    config = BeitConfig(**TINY, image_size=32, patch_size=8, num_labels=5)
+    config.use_relative_position_bias = True  # per layer, as BEiT's finetuned models
+    return BeitForImageClassification(config)
+
+
+def _beit_shared_bias():
+    from transformers import BeitConfig, BeitModel
+
+    config = BeitConfig(**TINY, image_size=32, patch_size=8, use_mean_pooling=False)
+    config.use_shared_relative_position_bias = True  # as BEiT's pretrained models
+    config.use_absolute_position_embeddings = True
+    return BeitModel(config)
+
+
+@pytest.mark.parametrize(
+    ("make", "size", "output", "classes"),
+    [
+        (_deit_teacher, 32, "logits", 5),
+        (_deit_backbone, 32, "features", 0),
+        (_dinov2, 28, "features", 0),
+        (_dinov2_registers, 28, "features", 0),
+        (_beit_classifier, 32, "logits", 5),
+        (_beit_shared_bias, 32, "features", 0),
+    ],
+)
+def test_transformers_models_match_timm(tmp_path, make, size, output, classes):
+    hf_model = saved_transformers_model(tmp_path / "hf", make)
+    loaded = load_model(str(tmp_path / "hf"))
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hf_out = hf_model(pixel_values=images)
+        if output == "logits":
+            expected, actual = hf_out.logits, loaded.model(images)
+        else:
+            expected, actual = hf_out.last_hidden_state, loaded.model.forward_features(images)
+    assert actual.shape == expected.shape
+    assert torch.allclose(actual, expected, atol=1e-5), (actual - expected).abs().max()
+    assert loaded.num_classes == classes and loaded.input_size == (3, size, size)
+    assert component_map(loaded.model).depth == 2  # a family vitplas analyses
+    kind = hf_model.config.model_type
+    assert f"Hugging Face {kind} {tmp_path / 'hf'} converted" in loaded.description
+
+
+def test_transformers_key_problems_name_keys(tmp_path):
+    from safetensors.torch import load_file
+
+    saved_transformers_model(tmp_path / "hf", _dinov2)
+    weights = tmp_path / "hf" / "model.safetensors"
+    state = load_file(weights)
+    del state["encoder.layer.1.layer_scale2.lambda1"]
+    save_file(state, weights)
+    with pytest.raises(ModelError, match=r"missing keys: blocks\.1\.ls2\.gamma"):
+        load_model(str(tmp_path / "hf"))
+    state["encoder.layer.1.layer_scale2.lambda1"] = torch.zeros(7)
+    save_file(state, weights)
+    with pytest.raises(ModelError, match=r"wrong shapes: blocks\.1\.ls2\.gamma \(7,\)"):
+        load_model(str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize(
+    ("make", "cls"), [(_deit_teacher, "Distilled"), (_beit_classifier, "Beit")]
+)
+def test_transformers_config_only_builds_random_timm_model(tmp_path, make, cls):
+    pytest.importorskip("transformers")
+    make().config.save_pretrained(tmp_path / "cfg")  # config.json alone, no weights
+    loaded = load_model(str(tmp_path / "cfg"), random_init=True)
+    assert cls in type(loaded.model).__name__ and loaded.random_init
+    assert loaded.description.startswith("RANDOM INIT Hugging Face")

@@ -1,6 +1,6 @@
 """The `vitplas` command: a thin face over the library. Each submodule adds its commands."""
 
-from vitplas.cli import analysis, catalog, clean, experiments, landscape, training  # noqa: F401
+from vitplas.cli import analysis, catalog, clean, experiments, export, landscape, training  # noqa: F401
 from vitplas.cli.app import app
 
 

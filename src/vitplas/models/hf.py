@@ -1,28 +1,27 @@
-"""Hugging Face ViTs (`ViTModel`, `ViTForImageClassification`) converted to timm's layout.
+"""Hugging Face ViT, DeiT, DINOv2 (+ registers) and BEiT converted to timm's layout.
 
-A spec is a hub id (`google/vit-base-patch16-224-in21k`) or a local folder holding
-`config.json` and `model.safetensors` (or `pytorch_model.bin`). The HF state dict is
-renamed key by key into a timm VisionTransformer built from `config.json`; q, k and v are
-fused into `qkv` (rows stacked q | k | v, as timm's attention splits them). Every HF key
-must be used (except the pre-logits `pooler` and a `mask_token`, which timm's ViT has no
-place for) and every timm key filled with the right shape, or loading fails listing keys.
+A spec is a hub id (`google/vit-base-patch16-224-in21k`, `facebook/dinov2-small`) or a local
+folder holding `config.json` and `model.safetensors` (or `pytorch_model.bin`). The HF state
+dict is renamed key by key (vitplas.models.hf_layouts, one layout per `model_type`) into the
+timm model built from `config.json`; q, k and v are fused into `qkv`. Every HF key must be
+used (except the pre-logits `pooler`, a `mask_token` and BEiT's relative position index,
+which timm has no place for) and every timm key filled with the right shape, or loading
+fails listing keys.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from vitplas.models.checkpoints import load_checked, read_state_dict
-from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice, short_list
+from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
+from vitplas.models.hf_layouts import layout_for
 from vitplas.models.registry import HALF
 from vitplas.models.timm_models import reason
 
@@ -30,24 +29,6 @@ HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-# HF ViT names (after an optional "vit." prefix) -> timm names.
-_RENAMES = (
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
-    (r"encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
-    (r"encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-    (r"layernorm\.(weight|bias)", r"norm.\1"),
-    (r"classifier\.(weight|bias)", r"head.\1"),
-)
-_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
-_QKV_ORDER = ("query", "key", "value")
-# Pre-logits pooler (dense + tanh, unused by ViTForImageClassification) and the masked
-# image modelling token: no counterpart in timm's VisionTransformer.
-_DROPPED = re.compile(r"(pooler\.dense\.(weight|bias)|embeddings\.mask_token)")
 
 
 @dataclass(frozen=True)
@@ -139,67 +120,10 @@ def read_config(path: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot read Hugging Face config {path}: {err}") from err
-    if config.get("model_type") != "vit":
-        raise ModelError(
-            f"{path} describes a '{config.get('model_type')}' model; vitplas converts only "
-            "Hugging Face ViT ('vit') checkpoints"
-        )
-    if config.get("hidden_act", "gelu") != "gelu":  # timm's ViT MLP uses exact (erf) GELU
+    layout_for(str(config.get("model_type")), str(path))  # a model type we convert
+    if config.get("hidden_act", "gelu") != "gelu":  # timm's MLPs use exact (erf) GELU
         raise ModelError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (gelu)")
     return config
-
-
-def build_vit(config: Mapping[str, Any], num_classes: int, *, on_meta: bool) -> nn.Module:
-    """timm VisionTransformer with the sizes (and LayerNorm eps) of an HF ViT config."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    dim, hidden = int(config["hidden_size"]), int(config["intermediate_size"])
-    if int(dim * (hidden / dim)) != hidden:
-        raise ModelError(f"MLP width {hidden} is not representable as dim {dim} x a ratio")
-    kwargs = dict(
-        img_size=int(config.get("image_size", 224)),
-        patch_size=int(config.get("patch_size", 16)),
-        in_chans=int(config.get("num_channels", 3)),
-        num_classes=num_classes,
-        embed_dim=dim,
-        depth=int(config["num_hidden_layers"]),
-        num_heads=int(config["num_attention_heads"]),
-        mlp_ratio=hidden / dim,
-        qkv_bias=bool(config.get("qkv_bias", True)),
-        global_pool="token",  # HF's classifier reads the CLS token after the final norm
-        norm_layer=partial(nn.LayerNorm, eps=float(config.get("layer_norm_eps", 1e-12))),
-    )
-    with torch.device("meta" if on_meta else "cpu"):
-        return VisionTransformer(**kwargs)
-
-
-def hf_to_timm(hf: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an HF ViT state dict to timm keys; fuse q, k, v. Unknown keys are an error."""
-    state: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    unknown = []
-    for name, tensor in hf.items():
-        short = name.removeprefix("vit.")
-        if _DROPPED.fullmatch(short):
-            continue
-        if match := _QKV.fullmatch(short):
-            layer, part, kind = match.groups()
-            qkv.setdefault((layer, kind), {})[part] = tensor
-            continue
-        for pattern, target in _RENAMES:
-            if re.fullmatch(pattern, short):
-                state[re.sub(pattern, target, short)] = tensor
-                break
-        else:
-            unknown.append(name)
-    if unknown:
-        raise ModelError(f"HF ViT keys with no timm counterpart: {short_list(sorted(unknown))}")
-    for (layer, kind), parts in sorted(qkv.items()):
-        if set(parts) != set(_QKV_ORDER):
-            raise ModelError(f"layer {layer} {kind}: has {sorted(parts)}, needs query, key, value")
-        # (3*D, D) weight or (3*D,) bias: timm reshapes qkv output to (3, heads, head_dim).
-        state[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in _QKV_ORDER])
-    return state
 
 
 def mean_std(preprocessor: Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -210,14 +134,15 @@ def mean_std(preprocessor: Path | None) -> tuple[tuple[float, ...], tuple[float,
     return tuple(cfg.get("image_mean", HALF)), tuple(cfg.get("image_std", HALF))
 
 
-def load_hf_vit(spec: str, *, random_init: bool) -> tuple[nn.Module, HFFiles]:
-    """(timm model, its files) for an HF id or folder; random_init needs only config.json."""
+def load_hf_vit(spec: str, *, random_init: bool) -> tuple[nn.Module, HFFiles, str]:
+    """(timm model, its files, HF model_type) for an HF id or folder; random_init needs only
+    config.json."""
     files = locate(spec, need_weights=not random_init)
     config = read_config(files.config)
+    layout = layout_for(config["model_type"], str(files.config))
     if random_init:
-        return build_vit(config, 0, on_meta=False), files
-    hf_state = read_state_dict(files.weights)
-    state = hf_to_timm(hf_state)
-    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-    model = build_vit(config, num_classes, on_meta=True)
-    return load_checked(model, state, f"Hugging Face ViT {files.weights}"), files
+        return layout.build(config, 0, False), files, layout.model_type
+    state = layout.to_timm(read_state_dict(files.weights))
+    model = layout.build(config, layout.num_classes(state), True)
+    source = f"Hugging Face {layout.model_type} {files.weights}"
+    return load_checked(model, state, source), files, layout.model_type

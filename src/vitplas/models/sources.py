@@ -90,14 +90,14 @@ def from_timm(name: str, *, random_init: bool, img_size: int | None) -> Built:
 
 
 def from_hf(spec: str, *, random_init: bool) -> Built:
-    """Hugging Face ViT id or local folder, converted to timm's layout."""
+    """Hugging Face ViT/DeiT/DINOv2/BEiT id or local folder, converted to timm's layout."""
     with hub_access():
-        model, files = hf.load_hf_vit(spec, random_init=random_init)
+        model, files, kind = hf.load_hf_vit(spec, random_init=random_init)
     mean, std = hf.mean_std(files.preprocessor)
     if random_init:
-        desc = f"{RANDOM_INIT} Hugging Face ViT {spec} (config only)"
+        desc = f"{RANDOM_INIT} Hugging Face {kind} {spec} (config only)"
         return Built(model, desc, mean, std, None, True, spec)
-    desc = f"Hugging Face ViT {spec} converted to timm layout ({files.weights.name})"
+    desc = f"Hugging Face {kind} {spec} converted to timm layout ({files.weights.name})"
     return Built(model, desc, mean, std, file_sha256(files.weights), False, spec)
 
 

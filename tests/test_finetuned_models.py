@@ -1,0 +1,225 @@
+"""A finished finetuning run is a model spec; `export` writes a file timm loads back exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from vitplas.models import ModelError, load_model
+from vitplas.models.export import export_model
+from vitplas.runs import file_sha256
+
+IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+SMOKE = "configs/finetune/smoke-digits.yaml"
+SHORT = ["steps=4", "eval_every=2", "warmup_steps=1", "tensorboard=false", "max_eval_samples=64"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny-random MHA finetune on digits (seconds, offline)."""
+    from vitplas.training.config import load_finetune_config
+    from vitplas.training.finetune import run_finetune
+
+    run = tmp_path_factory.mktemp("ft") / "run"
+    run_finetune(load_finetune_config(SMOKE, SHORT), run)
+    return run
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    return shutil.copytree(finished_run, tmp_path / "run")
+
+
+def outputs(model):
+    with torch.no_grad():
+        return model.eval()(IMAGES)
+
+
+def test_run_folder_and_best_file_are_models(run_copy):
+    from vitplas.training.evaluate import load_best_model
+
+    best = run_copy / "checkpoints" / "best.safetensors"
+    loaded = load_model(str(run_copy))
+    reference, _ = load_best_model(run_copy)
+    assert torch.equal(outputs(loaded.model), outputs(reference))
+    assert loaded.num_classes == 10 and loaded.input_size == (3, 32, 32)
+    assert loaded.checksum == file_sha256(best)
+    assert loaded.description.startswith(f"finetuned run {run_copy} (train=mha on digits)")
+    assert loaded.mean == (0.485, 0.456, 0.406)  # the run's normalization: paper
+    recorded = (best.parent / "best.safetensors.sha256").read_text().split()[0]
+    assert recorded == file_sha256(best)  # recorded at first use
+    again = load_model(str(best))
+    assert torch.equal(outputs(again.model), outputs(reference))
+
+
+def test_trained_weights_differ_from_base(run_copy):
+    torch.manual_seed(0)  # the run's seed: the same random base and new head
+    base = load_model("tiny-random", num_classes=10, img_size=32)
+    tuned = load_model(str(run_copy))
+    changed = {
+        n
+        for n, p in tuned.model.named_parameters()
+        if not torch.equal(p, dict(base.model.named_parameters())[n])
+    }
+    assert changed and all(".attn." in n or n.startswith(("head.", "norm.")) for n in changed)
+
+
+def test_changed_weights_are_refused_naming_the_file(run_copy):
+    best = run_copy / "checkpoints" / "best.safetensors"
+    load_model(str(run_copy))  # records the checksum
+    data = bytearray(best.read_bytes())
+    data[-1] ^= 0xFF
+    best.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=rf"{best} is corrupt or changed: sha256"):
+        load_model(str(run_copy))
+
+
+def test_sealed_checksum_is_used(run_copy):
+    (run_copy / "checksums.json").write_text(
+        json.dumps({"checkpoints/best.safetensors": {"sha256": "0" * 64, "bytes": 1}})
+    )
+    with pytest.raises(ModelError, match="differs from the recorded 000000000000"):
+        load_model(str(run_copy))
+
+
+def test_missing_or_unreadable_weights_are_one_line_errors(run_copy):
+    best = run_copy / "checkpoints" / "best.safetensors"
+    best.write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match=rf"cannot read weights file {best}"):
+        load_model(str(run_copy))
+    best.unlink()
+    with pytest.raises(ModelError, match=rf"{best} does not exist"):
+        load_model(str(run_copy))
+
+
+def test_random_init_of_a_run_is_refused(run_copy):
+    with pytest.raises(ModelError, match=r"is a finetuned run: .* drop random_init"):
+        load_model(str(run_copy), random_init=True)
+
+
+def test_export_round_trips_through_timm(run_copy, tmp_path):
+    import timm
+
+    out = tmp_path / "model.safetensors"
+    exported = export_model(str(run_copy), out)
+    with safe_open(str(out), "pt") as handle:
+        meta = handle.metadata()
+    cfg, kwargs = json.loads(meta["pretrained_cfg"]), json.loads(meta["timm_kwargs"])
+    assert meta["arch"] == exported.arch == "vit_tiny_patch16_224"
+    assert kwargs == {
+        "patch_size": 8,
+        "embed_dim": 48,
+        "depth": 2,
+        "num_heads": 3,
+        "mlp_ratio": 3.0,
+    }
+    assert cfg["num_classes"] == 10 and cfg["input_size"] == [3, 32, 32]
+    assert (cfg["interpolation"], cfg["crop_pct"]) == ("bicubic", 0.875)
+    model = timm.create_model(
+        meta["arch"], pretrained=True, pretrained_cfg_overlay=dict(cfg, file=str(out)), **kwargs
+    )
+    assert torch.equal(outputs(model), outputs(load_model(str(run_copy)).model))
+    assert f"file='{out}'" in exported.timm_call()
+
+
+def test_export_of_a_timm_name_and_refusals(tmp_path):
+    import timm
+
+    out = tmp_path / "vit.safetensors"
+    loaded = load_model("vit_tiny_patch16_224.augreg_in21k", random_init=True, img_size=32)
+    torch.save(loaded.model.state_dict(), tmp_path / "w.pth")
+    exported = export_model(f"vit_tiny_patch16_224.augreg_in21k@{tmp_path / 'w.pth'}", out)
+    assert exported.timm_kwargs == {} and exported.pretrained_cfg["input_size"] == [3, 32, 32]
+    overlay = dict(exported.pretrained_cfg, file=str(out))
+    model = timm.create_model(exported.arch, pretrained=True, pretrained_cfg_overlay=overlay)
+    assert torch.equal(outputs(model), outputs(loaded.model))
+    with pytest.raises(ModelError, match=r"must end in \.safetensors"):
+        export_model("tiny-random", tmp_path / "x.pt")
+
+
+def test_plasticity_compare_base_side_by_side(run_copy, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    out = tmp_path / "cmp"
+    args = ["plasticity", "--model", str(run_copy), "--target", "digits", "--pairs", "32"]
+    args += ["--batch-size", "16", "--no-bounds", "--out", str(out), "--compare-base"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Plasticity before and after finetuning" in result.output
+    pooled = pd.read_csv(out / "compare_base_pooled.csv").set_index("component")
+    layers = pd.read_csv(out / "compare_base.csv")
+    assert sorted(pooled.index) == ["fc1", "fc2", "ln1", "ln2", "mha"]
+    assert len(layers) == 2 * 5 and (out / "base" / "DONE").is_file()
+    assert (pooled.drop(index="mha")["ratio"] == 1.0).all()  # only MHA was trained
+    assert pooled.loc["mha", "ratio"] != 1.0
+    base = pd.read_csv(out / "base" / "plasticity_pooled.csv").set_index("component")
+    assert pooled.loc["mha", "base_mean"] == base.loc["mha", "mean"]
+    refused = CliRunner().invoke(app, ["plasticity", "--model", "tiny-random", "--compare-base"])
+    assert refused.exit_code == 2
+    assert "--compare-base needs a finished finetuning run folder" in refused.output
+
+
+def test_base_spec_is_the_run_base_without_trained_weights(run_copy):
+    base = load_model(f"{run_copy}#base")
+    assert base.description.startswith(f"base model of finetuned run {run_copy}: RANDOM INIT")
+    torch.manual_seed(0)
+    fresh = load_model("tiny-random", num_classes=10, img_size=32)
+    assert torch.equal(outputs(base.model), outputs(fresh.model))
+
+
+def test_export_command_prints_the_timm_call(run_copy, tmp_path):
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    out = tmp_path / "cli.safetensors"
+    result = CliRunner().invoke(app, ["export", str(run_copy), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "timm.create_model('vit_tiny_patch16_224', pretrained=True" in result.stdout
+    assert out.is_file()
+    missing = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 2 and f"model '{tmp_path / 'nope'}' is unknown" in missing.output
+
+
+def hand_made_run(tmp_path, trained: dict):
+    """A run folder whose base is a local timm file (what a finished run records, no training)."""
+    import yaml
+    from safetensors.torch import save_file
+
+    base = load_model("vit_tiny_patch16_224.augreg_in21k", random_init=True, img_size=32)
+    weights = tmp_path / "base.pth"
+    torch.save(base.model.state_dict(), weights)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    spec = f"vit_tiny_patch16_224.augreg_in21k@{weights}"
+    config = {"model": spec, "dataset": "digits", "img_size": 32, "seed": 0, "train": ["mha"]}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    save_file(trained, run / "checkpoints" / "best.safetensors")
+    (run / "manifest.json").write_text(json.dumps({"model_checksum": file_sha256(weights)}))
+    return run
+
+
+def test_base_checksum_and_trained_keys_are_checked(tmp_path):
+    head = {"head.weight": torch.ones(10, 192), "head.bias": torch.zeros(10)}
+    run = hand_made_run(tmp_path, head)
+    tuned = load_model(str(run))
+    assert torch.equal(tuned.model.head.weight, torch.ones(10, 192)) and tuned.num_classes == 10
+    (run / "manifest.json").write_text(json.dumps({"model_checksum": "f" * 64}))
+    with pytest.raises(ModelError, match=r"other than those run .* trained from \(ffffffffffff"):
+        load_model(str(run))
+
+
+def test_trained_keys_the_base_lacks_are_refused(tmp_path):
+    extra = {"blocks.99.attn.qkv.weight": torch.zeros(3), "head.weight": torch.zeros(10, 7)}
+    run = hand_made_run(tmp_path, extra)
+    with pytest.raises(ModelError) as info:
+        load_model(str(run))
+    assert "parameters the model lacks: blocks.99.attn.qkv.weight" in str(info.value)
+    assert "wrong shapes: head.weight (10, 7) (model: (10, 192))" in str(info.value)
