@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 Z95 = 1.96  # PAPER.md section 1: ci95 = 1.96 std / sqrt(n) (the 95% normal quantile, rounded)
+T_BELOW = 30  # n < T_BELOW: Student's t quantile t_0.975(n - 1) instead of Z95 (12.7 at n = 2)
+
+
+def quantile95(count: torch.Tensor) -> torch.Tensor:
+    """Two-sided 95% quantile per entry: Student's t_0.975(n - 1) for 2 <= n < T_BELOW (the
+    normal approximation is too narrow there: t = 3.18 at n = 4), else 1.96; NaN below n = 2."""
+    from scipy.stats import t as student
+
+    n = count.detach().cpu().double().numpy()
+    small = student.ppf(0.975, np.maximum(n - 1, 1))
+    q = np.where(n < T_BELOW, small, Z95)
+    q = np.where(n < 2, np.nan, q)
+    return torch.as_tensor(q, dtype=torch.float64).to(count.device)
 
 
 class RatioStats:
@@ -66,8 +80,9 @@ class RatioStats:
         return torch.where(n > 1, var.clamp(min=0).sqrt(), math.nan)
 
     def ci95(self) -> torch.Tensor:
-        """Half-width of the normal 95% confidence interval of the mean."""
-        return Z95 * self.std() / self.count.clamp(min=1).sqrt()
+        """Half-width of the 95% confidence interval of the mean: quantile95(n) std / sqrt(n),
+        i.e. Student's t below n = T_BELOW (30) observations, the paper's 1.96 from there on."""
+        return quantile95(self.count) * self.std() / self.count.clamp(min=1).sqrt()
 
     def settled(self, rel: float) -> bool:
         """True when every entry's CI half-width is below `rel` x |mean| (one small copy)."""

@@ -15,7 +15,9 @@ PLASTICITY_COLUMNS = [*LABELS, "layer", "component", "mean", "std", "n", "ci95"]
 
 
 def plasticity_table(est: Estimate, labels: dict[str, str]) -> pd.DataFrame:
-    """Per (layer, component): the tidy table the issue and the plots read."""
+    """Per (layer, component): the tidy table the issue and the plots read. ci95 is the
+    half-width of the 95% CI of the mean: t_0.975(n - 1) std / sqrt(n) below n = 30 pairs
+    (ratio_stats.T_BELOW), the paper's 1.96 std / sqrt(n) from 30 on."""
     frame = est.frame()
     for key in reversed(LABELS):
         frame.insert(0, key, labels[key])
