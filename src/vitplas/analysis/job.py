@@ -64,7 +64,7 @@ class PlasticityConfig:
     bounds: bool = True
     radius: float | None = None  # token radius r; None: measured on the target stream
     radius_images: int = 256
-    ln_bound: Literal["abs", "signed"] = "abs"
+    ln_bound: Literal["data", "abs", "signed"] = "data"
     mha_slicing: Literal["rows", "columns"] = "rows"
     figures: bool = True
 
@@ -122,7 +122,10 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress) -> Es
         num_workers=cfg.num_workers,
         names=(cfg.reference, cfg.target),
     )
-    matrix = None if bounds is None else bounds_matrix(bounds, setup.cmap.depth, components)
+    matrix = gains = None
+    if bounds is not None:
+        matrix = bounds_matrix(bounds, setup.cmap.depth, components)
+        gains = bounds_matrix(bounds, setup.cmap.depth, components, "norm_gain")
     return estimate(
         setup.cmap,
         batches,
@@ -131,6 +134,7 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress) -> Es
         device=setup.device,
         dtype=cfg.dtype,
         bounds=matrix,
+        norm_gains=gains,
         until_ci=cfg.until_ci,
         check_every=cfg.check_every,
         on_batch=progress,
@@ -200,6 +204,7 @@ def run_plasticity(cfg: PlasticityConfig, run_dir: str | Path, progress=None) ->
         "n_tokens": setup.n_tokens,
         "ranking": written["ranking"],
         "settled": written["settled"],
+        "exceedances": written["exceedances"],
         "timings": timings,
         "files": written["files"],
     }

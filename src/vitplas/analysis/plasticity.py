@@ -82,6 +82,7 @@ class _Inputs:
     norm: torch.Tensor = field(init=False)  # (B,) ||x - y||_F
     _sq: torch.Tensor | None = None  # (B, D): sum over tokens of (x - y)^2
     _ln: dict = field(default_factory=dict)  # eps -> (B, D) sums of (x_hat - y_hat)^2
+    _scale: dict = field(default_factory=dict)  # (eps, centred) -> (B,) smallest token scale
 
     def __post_init__(self) -> None:
         # differences in float32 at least: bf16 outputs would lose them to cancellation
@@ -100,6 +101,32 @@ class _Inputs:
             hx, hy = hat.chunk(2)
             self._ln[eps] = (hx - hy).double().square().sum(1)
         return self._ln[eps]
+
+    def smallest_scale(self, eps: float, centred: bool) -> torch.Tensor:
+        """(B,) float64: min over the tokens of x and of y of token_scale (see there)."""
+        if (eps, centred) not in self._scale:
+            s = token_scale(self.xy, eps, centred).amin(1)  # (2B,)
+            sx, sy = s.chunk(2)
+            self._scale[eps, centred] = torch.minimum(sx, sy)
+        return self._scale[eps, centred]
+
+
+def norm_kind(module: nn.Module) -> str | None:
+    """'layer' (centred: nn.LayerNorm and subclasses), 'rms' (timm RmsNorm, torch RMSNorm: no
+    centring), or None when `module` is no per-token norm with an `eps`."""
+    if not hasattr(module, "eps"):
+        return None
+    if isinstance(module, nn.LayerNorm):
+        return "layer"
+    return "rms" if "rmsnorm" in type(module).__name__.lower() else None
+
+
+def token_scale(h: torch.Tensor, eps: float | None, centred: bool) -> torch.Tensor:
+    """(..., N) float64 per-token scale s_t that a norm divides by: sqrt(var(h_t) + eps)
+    (LayerNorm, centred) or sqrt(mean(h_t^2) + eps) (RmsNorm), for tokens h (..., N, D)."""
+    h = h.double()
+    spread = h.var(-1, unbiased=False) if centred else h.square().mean(-1)
+    return (spread + (eps or 0.0)).sqrt()
 
 
 def _frob(diff: torch.Tensor) -> torch.Tensor:
@@ -190,23 +217,39 @@ def block_ratios(
     return torch.stack(cols, dim=1) / inp.norm[:, None]
 
 
+def block_scales(
+    cmap: ComponentMap, layer: int, components: Sequence[str], inp: _Inputs
+) -> torch.Tensor:
+    """(B, C) float64: for each norm component, the smallest scale s_t over the tokens of x
+    and y (what its Lipschitz constant divides by, bounds.py); NaN for other components."""
+    nan = torch.full_like(inp.norm, float("nan"))
+    cols = []
+    for name in components:
+        module = cmap.module(layer, name)
+        kind = norm_kind(module)
+        cols.append(nan if kind is None else inp.smallest_scale(module.eps, kind == "layer"))
+    return torch.stack(cols, dim=1)
+
+
 def pair_ratios(
     cmap: ComponentMap,
     x: torch.Tensor,
     y: torch.Tensor,
     components: Sequence[str] | None = None,
     inputs: str = "embedding",
-) -> torch.Tensor:
-    """Ratios of every (pair, layer, component): a (B, L, C) tensor on x's device.
+    with_scales: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Ratios of every (pair, layer, component): a (B, L, C) float64 tensor on x's device.
 
     x, y: (B, 3, H, W) image batches, pair i = (x[i], y[i]). A pair with x == y at a block's
-    input has no defined ratio there: NaN, left out by RatioStats.
+    input has no defined ratio there: NaN, left out by RatioStats. with_scales: also return
+    the (B, L, C) smallest token scales of the norm components (block_scales).
     """
     if x.shape != y.shape:
         raise ValueError(f"x and y batches differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
     with torch.inference_mode():
         h = embed_images(cmap, torch.cat([x, y]))  # (2B, N, D)
-        return token_ratios(cmap, h, components, inputs)
+        return token_ratios(cmap, h, components, inputs, with_scales)
 
 
 def token_ratios(
@@ -214,7 +257,8 @@ def token_ratios(
     h: torch.Tensor,
     components: Sequence[str] | None = None,
     inputs: str = "embedding",
-) -> torch.Tensor:
+    with_scales: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Like pair_ratios, from token matrices h (2B, N, D): x = h[:B], y = h[B:]."""
     if inputs not in INPUT_MODES:
         raise ValueError(f"inputs '{inputs}' is unknown; choose one of {', '.join(INPUT_MODES)}")
@@ -223,10 +267,13 @@ def token_ratios(
     names = resolve_components(cmap, components)
     with torch.inference_mode():
         shared = _Inputs(h) if inputs == "embedding" else None
-        per_layer = []
+        per_layer, scales = [], []
         for layer in range(cmap.depth):
             inp = shared if shared is not None else _Inputs(h)
             per_layer.append(block_ratios(cmap, layer, names, inp))
+            if with_scales:
+                scales.append(block_scales(cmap, layer, names, inp))
             if inputs == "hidden" and layer + 1 < cmap.depth:
                 h = cmap.block(layer)(h)  # the real input of the next block
-        return torch.stack(per_layer, dim=1)  # (B, L, C)
+        ratios = torch.stack(per_layer, dim=1)  # (B, L, C)
+        return (ratios, torch.stack(scales, dim=1)) if with_scales else ratios

@@ -52,8 +52,9 @@ class RatioStats:
             # NaN bound (unknown) counts nothing: r > NaN is False
             self.bounds = bounds.to(device=device, dtype=torch.float64)
 
-    def update(self, ratios: torch.Tensor) -> None:
-        """Add a batch (B, *shape) of ratios; NaN / inf entries are left out."""
+    def update(self, ratios: torch.Tensor, bounds: torch.Tensor | None = None) -> None:
+        """Add a batch (B, *shape) of ratios; NaN / inf entries are left out. bounds: per-pair
+        bounds (B, *shape) for this batch instead of the fixed ones (NaN: none)."""
         if tuple(ratios.shape[1:]) != self.shape:
             raise ValueError(f"ratios of shape {tuple(ratios.shape)} do not fit {self.shape}")
         r = ratios.detach().to(torch.float64)
@@ -66,8 +67,10 @@ class RatioStats:
         self.sum += z.sum(0)
         self.sumsq += z.square().sum(0)
         self.max = torch.maximum(self.max, torch.where(valid, r, -math.inf).amax(0))
-        if self.bounds is not None:
-            self.exceed += (valid & (r > self.bounds)).sum(0)
+        if bounds is None:
+            bounds = self.bounds
+        if bounds is not None:
+            self.exceed += (valid & (r > bounds.to(r))).sum(0)
 
     def mean(self) -> torch.Tensor:
         shift = self.shift if self.shift is not None else torch.zeros_like(self.sum)

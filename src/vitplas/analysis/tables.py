@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from vitplas.analysis.bounds import fill_norm_bounds
 from vitplas.analysis.estimate import Estimate
 from vitplas.models.components import THEORETICAL_RANK
 from vitplas.runs import RunDir, write_table
@@ -50,7 +51,25 @@ def bound_ratio_table(est: Estimate, labels: dict[str, str], bounds: pd.DataFram
     for key in reversed(LABELS):
         frame.insert(0, key, labels[key])
     keep = ["layer", "component", "mean", "bound", "ratio", "max", "max_ratio", "exceed_frac"]
-    return frame[[*LABELS, *keep, "bound_padded", "radius", "definition"]]
+    extra = ["bound_padded", "radius", "definition", "assumption", "norm_gain", "norm_scale"]
+    return frame[[*LABELS, *keep, *[c for c in extra if c in frame]]]
+
+
+def exceedance_lines(ratio: pd.DataFrame) -> list[str]:
+    """One line per component whose bound some pairs exceed, with the bound's assumption in
+    words; [] when every bound held (a bound_ratio table in)."""
+    lines = []
+    above = ratio[ratio["exceed_frac"] > 0]
+    for name, rows in above.groupby("component", sort=False):
+        layers = ratio[ratio["component"] == name]
+        worst = rows.loc[rows["exceed_frac"].idxmax()]
+        lines.append(
+            f"{name}: pairs above the bound in {len(rows)} of {len(layers)} layers "
+            f"(up to {worst['exceed_frac']:.0%} of pairs, layer {worst['layer']}; "
+            f"max measured/bound {rows['max_ratio'].max():.3g}); bound {worst['definition']}, "
+            f"assumes {worst.get('assumption') or 'nothing stated'}"
+        )
+    return lines
 
 
 def write_all(
@@ -69,11 +88,15 @@ def write_all(
         *write_table(per_layer, run / "plasticity"),
         *write_table(pooled, run / "plasticity_pooled"),
     ]
+    exceedances: list[str] = []
     if bounds is not None:
+        if est.norm_scale is not None:  # data-scale norm bounds: s_min came with the pairs
+            bounds = fill_norm_bounds(bounds, est.norm_scale, est.components)
         bound_frame = bounds.copy()
         for key in reversed(LABELS[:1]):
             bound_frame.insert(0, key, labels[key])
         ratio = bound_ratio_table(est, labels, bounds)
+        exceedances = exceedance_lines(ratio)
         files += [
             *write_table(bound_frame, run / "bounds"),
             *write_table(ratio, run / "bound_ratio"),
@@ -89,6 +112,7 @@ def write_all(
         "pooled": pooled,
         "ranking": list(pooled["component"]),
         "settled": ranking_settled(pooled),
+        "exceedances": exceedances,
     }
 
 
@@ -111,4 +135,7 @@ def summary_text(result: dict[str, Any], pooled: pd.DataFrame) -> str:
         )
     verdict = "yes" if result["settled"] else "no (neighbouring CIs overlap: add --pairs)"
     lines += ["", f"ranking settled by the 95% CIs: {verdict}"]
+    if result.get("exceedances"):
+        lines += ["", "bounds exceeded (the bound's assumption does not hold for those pairs):"]
+        lines += [f"  {line}" for line in result["exceedances"]]
     return "\n".join(lines) + "\n"
