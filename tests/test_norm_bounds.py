@@ -136,3 +136,24 @@ def _result(lines: list[str]) -> dict:
         "settled": True,
         "exceedances": lines,
     }
+
+
+def test_report_lists_exceedances_per_run_with_the_assumption():
+    import pandas as pd
+
+    from vitplas.experiments.report import _exceedances
+
+    rows = [
+        ("m", "photos", target, "embedding", layer, "ln1", frac, 2.5, "max|gamma|")
+        for target, frac in (("cifar10", 0.5), ("svhn", 0.0))
+        for layer in range(2)
+    ]
+    columns = ["model", "reference", "target", "inputs", "layer", "component", "exceed_frac"]
+    ratio = pd.DataFrame(rows, columns=[*columns, "max_ratio", "definition"])
+    ratio["assumption"] = ASSUMPTIONS["abs"]
+    text = _exceedances({"bound_ratio": ratio})
+    assert text == (
+        "- cifar10, ln1: pairs above the bound in 2 of 2 layers (up to 50% of pairs, layer 0; "
+        "max measured/bound 2.5); bound max|gamma|, assumes every token's sqrt(var + eps) >= 1"
+    )
+    assert _exceedances({"bound_ratio": ratio.assign(exceed_frac=0.0)}) == ""

@@ -56,15 +56,20 @@ def bound_ratio_table(est: Estimate, labels: dict[str, str], bounds: pd.DataFram
 
 
 def exceedance_lines(ratio: pd.DataFrame) -> list[str]:
-    """One line per component whose bound some pairs exceed, with the bound's assumption in
-    words; [] when every bound held (a bound_ratio table in)."""
+    """One line per component (and run, in a table of several) whose bound some pairs exceed,
+    with the bound's assumption in words; [] when every bound held (a bound_ratio table in)."""
+    runs = [k for k in LABELS if k in ratio and ratio[k].nunique() > 1]
     lines = []
     above = ratio[ratio["exceed_frac"] > 0]
-    for name, rows in above.groupby("component", sort=False):
-        layers = ratio[ratio["component"] == name]
+    for key, rows in above.groupby([*runs, "component"], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        of = ratio
+        for column, value in zip([*runs, "component"], key, strict=True):
+            of = of[of[column] == value]
         worst = rows.loc[rows["exceed_frac"].idxmax()]
+        where = ", ".join(map(str, key))
         lines.append(
-            f"{name}: pairs above the bound in {len(rows)} of {len(layers)} layers "
+            f"{where}: pairs above the bound in {len(rows)} of {len(of)} layers "
             f"(up to {worst['exceed_frac']:.0%} of pairs, layer {worst['layer']}; "
             f"max measured/bound {rows['max_ratio'].max():.3g}); bound {worst['definition']}, "
             f"assumes {worst.get('assumption') or 'nothing stated'}"
