@@ -6,7 +6,9 @@ shared machine weighs on both alike, and the best of the repeats is kept. The la
 JSON object holding `ratio_vs_forward` (estimator images/s over forward images/s), the
 arithmetic limit of that ratio computed from the model's shapes (`limit_vs_forward`: forward
 multiply-adds of 2 images over the estimator's multiply-adds of 1 pair, see `macs`) and the
-achieved fraction of it.
+achieved fraction of it. The limit counts matmuls only: the forward's elementwise work (GELU on
+the 4D-wide activations, norms, residual adds), which the estimator skips, is left out, so a
+fraction above 1 is possible where elementwise work is slow (a loaded machine).
 
     .venv/bin/python benchmarks/plasticity.py [--pairs-per-batch 4] [--repeats 3]
 """
