@@ -74,6 +74,17 @@ def test_estimator_equals_plain_loop(inputs, layerscale):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_linear_factor_cache_follows_in_place_weight_changes():
+    cmap = component_map(tiny_vit())
+    x, y = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    before = pair_ratios(cmap, x, y, ["fc1"])
+    with torch.no_grad():
+        cmap.module(1, "fc1").weight.mul_(2.0)  # what a finetuning step does, in place
+    after = pair_ratios(cmap, x, y, ["fc1"])
+    torch.testing.assert_close(after[:, 1], 2 * before[:, 1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(after[:, 0], before[:, 0])
+
+
 def test_hidden_mode_differs_from_embedding_after_first_block():
     cmap = component_map(tiny_vit())
     x, y = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
