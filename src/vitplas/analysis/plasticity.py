@@ -123,7 +123,8 @@ def norm_kind(module: nn.Module) -> str | None:
 
 def token_scale(h: torch.Tensor, eps: float | None, centred: bool) -> torch.Tensor:
     """(..., N) float64 per-token scale s_t that a norm divides by: sqrt(var(h_t) + eps)
-    (LayerNorm, centred) or sqrt(mean(h_t^2) + eps) (RmsNorm), for tokens h (..., N, D)."""
+    (LayerNorm, centred) or sqrt(mean(h_t^2) + eps) (RmsNorm), for tokens h (..., N, D).
+    eps None (torch's RMSNorm default) counts as 0: a smaller s_t, so the bound stays valid."""
     h = h.double()
     spread = h.var(-1, unbiased=False) if centred else h.square().mean(-1)
     return (spread + (eps or 0.0)).sqrt()
