@@ -131,3 +131,28 @@ def test_clean_frees_the_train_state_of_finished_runs_only(tmp_path):
     RunDir(done).verify()  # the records stay intact
     missing = runner.invoke(app, ["clean", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "neither a run folder nor a sweep spec" in missing.output
+
+
+def test_resumed_estimate_keeps_the_smallest_token_scale_of_the_counted_pairs():
+    """The data-scale norm bound divides by the smallest token scale over every pair: a resume
+    must carry the minimum of the batches it skips, or the bound could miss their pairs."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from vitplas.analysis.estimate import estimate
+    from vitplas.models.components import component_map
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+    cmap = component_map(model.eval())
+    names = ["ln1", "ln2", "fc1"]
+    gains = torch.full((cmap.depth, len(names)), float("nan"))
+    gains[:, :2] = 1.0
+    # the smallest-scale pairs come first, inside the batches a resume skips
+    batches = [(torch.randn(4, 3, 32, 32) * s, torch.randn(4, 3, 32, 32)) for s in (0.05, 1, 1, 1)]
+    states = []
+    plain = estimate(cmap, batches, components=names, norm_gains=gains)
+    estimate(cmap, batches, components=names, norm_gains=gains, save=states.append, save_every=2)
+    resumed = estimate(cmap, batches, components=names, norm_gains=gains, resume=states[0])
+    assert torch.allclose(resumed.norm_scale, plain.norm_scale, equal_nan=True, rtol=0, atol=0)
+    for key in ("mean", "exceed_frac", "n"):
+        assert torch.equal(resumed.summary[key], plain.summary[key]), key

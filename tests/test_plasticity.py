@@ -20,7 +20,7 @@ from vitplas.analysis.plasticity import (
     pair_ratios,
     token_ratios,
 )
-from vitplas.analysis.ratio_stats import RatioStats
+from vitplas.analysis.ratio_stats import RatioStats, quantile95
 from vitplas.models.components import UnknownComponentError, component_map
 
 
@@ -74,6 +74,17 @@ def test_estimator_equals_plain_loop(inputs, layerscale):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_linear_factor_cache_follows_in_place_weight_changes():
+    cmap = component_map(tiny_vit())
+    x, y = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    before = pair_ratios(cmap, x, y, ["fc1"])
+    with torch.no_grad():
+        cmap.module(1, "fc1").weight.mul_(2.0)  # what a finetuning step does, in place
+    after = pair_ratios(cmap, x, y, ["fc1"])
+    torch.testing.assert_close(after[:, 1], 2 * before[:, 1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(after[:, 0], before[:, 0])
+
+
 def test_hidden_mode_differs_from_embedding_after_first_block():
     cmap = component_map(tiny_vit())
     x, y = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
@@ -90,7 +101,7 @@ def test_fc2_on_padded_input_equals_module_on_explicit_padding():
     got = component_numerator(fc2, "fc2", _Inputs(h))
     padded = fc2(F.pad(h, (0, fc2.in_features - 48)))
     want = (padded[:5] - padded[5:]).flatten(1).norm(dim=1)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, want.double(), rtol=1e-6, atol=1e-6)
 
 
 def test_linear_ratios_never_exceed_spectral_norm_and_reach_it():
@@ -136,6 +147,18 @@ def test_streaming_stats_equal_numpy_over_all_batches():
     np.testing.assert_allclose(out["exceed_frac"], (data > 1e3 + 5.0).mean(0))
     np.testing.assert_allclose(out["max"], data.max(0))
     assert stats.sum.shape == (3, 2)  # state never grows with the number of pairs
+
+
+def test_ci_uses_student_t_below_30_and_196_from_30():
+    data = torch.tensor([1.0, 2.0, 4.0, 7.0]).reshape(4, 1)
+    stats = RatioStats((1,))
+    stats.update(data)
+    std = data.double().std().item()
+    assert stats.ci95().item() == pytest.approx(3.182446 * std / 2, rel=1e-6)  # t_0.975(3)
+    assert quantile95(torch.tensor([1.0, 2.0, 29.0, 30.0, 1e4])).tolist()[1:] == pytest.approx(
+        [12.706205, 2.048407, 1.96, 1.96], rel=1e-6
+    )
+    assert math.isnan(quantile95(torch.tensor([1.0])).item())
 
 
 def _streams(n_ref: int = 40, n_tgt: int = 30):

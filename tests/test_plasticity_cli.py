@@ -46,7 +46,8 @@ def test_run_folder_holds_tables_figures_config_manifest(tiny_run):
         "ci95",
     ]
     assert len(table) == 2 * 5 and (table["n"] == 24).all()
-    assert ((table["ci95"] - 1.96 * table["std"] / 24**0.5).abs() < 1e-6).all()
+    t23 = 2.0686576  # t_0.975(23): Student quantile below 30 pairs (ratio_stats.T_BELOW)
+    assert ((table["ci95"] - t23 * table["std"] / 24**0.5).abs() < 1e-6).all()
     pd.testing.assert_frame_equal(table, pd.read_parquet(tiny_run / "plasticity.parquet"))
     for stem in ("plasticity_box", "plasticity_depth", "bounds", "bound_ratio"):
         for suffix in (".png", ".pdf"):

@@ -6,10 +6,17 @@ LayerNorm  LN(x_t) = gamma * (x_t - mean) / s_t + beta,  s_t = sqrt(var(x_t) + e
     (u / sqrt(D), sqrt(eps)) turns g(u) / sqrt(D) into the first D coordinates of a unit vector,
     and |a/|a| - b/|b|| <= |a - b| / min(|a|, |b|) (project onto the unit ball), so
         |LN(x_t) - LN(y_t)| <= max|gamma| |x_t - y_t| / min(s_xt, s_yt).
-    Summed over tokens: ratio <= max|gamma| / s_min, where s_min is the smallest s_t over the
-    tokens of x and y. ASSUMPTION: every token's s_t >= 1; then the bound is max|gamma| (the
-    default). The original uses the signed max of gamma (`ln_bound="signed"`), which is smaller
-    than the true constant whenever the gain of largest magnitude is negative.
+    This compares the two end points only (no segment between them, so tokens of small spread
+    between x and y cannot break it). Summed over tokens: ratio <= max|gamma| / s_min(x, y),
+    s_min the smallest s_t over the tokens of x and y. The bounds (`ln_bound`):
+    "data" (default)  max|gamma| / s_min, s_min the smallest s_t over every token of every pair
+        the run measures (measured with the ratios; each pair is also checked against its own
+        max|gamma| / s_min(x, y)). NO ASSUMPTION: it holds for every pair it is reported for.
+    "abs"     max|gamma|. ASSUMPTION: every token's s_t >= 1 (DINOv2's tokens break it).
+    "signed"  the original's signed max of gamma. ASSUMPTION: s_t >= 1 and the gain of largest
+        magnitude positive; otherwise it is smaller than the true constant.
+RmsNorm  the same with s_t = sqrt(mean(x_t^2) + eps) (no centring; g is the same map), so
+    every bound above carries over (`norm_bound` takes any module with .weight and .eps).
 Linear (FC1, FC2, LayerScale)  f(x) - f(y) = W (x - y): ratio <= ||W||_2, no assumption (the bias
     cancels). FC2 reads zero-padded tokens, i.e. only W[:, :D], so ||W[:, :D]||_2 <= ||W||_2 is
     the tight bound of the probe (`bound_padded`); the paper's bound is the full ||W||_2.
@@ -44,11 +51,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from vitplas.analysis.plasticity import embed_images, padded_weight
+from vitplas.analysis.plasticity import embed_images, norm_kind, padded_weight
 from vitplas.models.components import ComponentMap
 
-LN_BOUNDS = ("abs", "signed")
+LN_BOUNDS = ("data", "abs", "signed")  # the first is the default
 MHA_SLICINGS = ("rows", "columns")
+SCALE_PENDING = "measured with the pairs"  # in a data-scale definition until filled
+# each bound's assumption in words (printed with its exceedances)
+ASSUMPTIONS = {
+    "data": "none (s_min measured on the same pairs)",
+    "abs": "every token's sqrt(var + eps) >= 1",
+    "signed": "every token's sqrt(var + eps) >= 1 and the largest |gain| positive",
+    "linear": "none",
+    "mha": "every token's norm <= r (the radius) and no query bias",
+}
 
 
 def spectral_norm(weight: torch.Tensor) -> float:
@@ -60,14 +76,37 @@ def spectral_norm(weight: torch.Tensor) -> float:
 
 
 def layernorm_bound(module: nn.Module, kind: str = "abs") -> float:
-    """max|gamma| (sound when token std >= 1, see module doc) or the original's signed max."""
+    """The gain of a norm's bound: max|gamma| ("abs", "data") or the original's signed max."""
     if kind not in LN_BOUNDS:
         raise ValueError(f"ln_bound '{kind}' is unknown; choose one of {', '.join(LN_BOUNDS)}")
     gamma = getattr(module, "weight", None)
     if gamma is None:
         return 1.0
     gamma = gamma.detach().double()
-    return float(gamma.abs().max() if kind == "abs" else gamma.max())
+    return float(gamma.max() if kind == "signed" else gamma.abs().max())
+
+
+def norm_bound(module: nn.Module, kind: str = "data", scale: float | None = None) -> float:
+    """Bound on the plasticity of a per-token norm (LayerNorm or RmsNorm: any module with
+    .weight (or None) and .eps), see the module doc. kind "data" needs `scale`, the smallest
+    token scale s_t (plasticity.token_scale) over the tokens the bound must cover."""
+    gain = layernorm_bound(module, kind)
+    if kind != "data":
+        return gain
+    if scale is None or not scale > 0:
+        raise ValueError(f"ln_bound 'data' needs the smallest token scale s_min > 0, got {scale}")
+    return gain / scale
+
+
+def norm_definition(module: nn.Module, kind: str, scale: float | None = None) -> str:
+    """The definition of a norm's bound in words, for tables."""
+    if kind == "abs":
+        return "max|gamma|"
+    if kind == "signed":
+        return "max gamma (signed)"
+    spread = "sqrt(var + eps)" if norm_kind(module) != "rms" else "sqrt(mean x^2 + eps)"
+    value = SCALE_PENDING if scale is None else f"{scale:.4g}"
+    return f"max|gamma| / s_min, s_min = {value} (smallest token {spread} of the pairs)"
 
 
 def head_weights(
@@ -139,11 +178,13 @@ def mha_bound(
 
 def bound_unavailable_reason(cmap: ComponentMap, layer: int, name: str) -> str | None:
     """Why no formula above covers component `name` of block `layer` (None: one does): what the
-    family registry says (rope, relative position bias) or a norm that is not a LayerNorm."""
+    family registry says (rope, relative position bias) or a norm that is neither a LayerNorm
+    nor an RmsNorm."""
     if (why := cmap.bound_issue(layer, name)) is not None:
         return why
-    if name in ("ln1", "ln2") and not isinstance(cmap.module(layer, name), nn.LayerNorm):
-        return f"{type(cmap.module(layer, name)).__name__} (only LayerNorm has a bound here)"
+    module = cmap.module(layer, name)
+    if name in ("ln1", "ln2") and norm_kind(module) is None:
+        return f"{type(module).__name__} (only LayerNorm and RmsNorm have a bound here)"
     return None
 
 
@@ -155,7 +196,7 @@ def component_bound(
     width: int,
     n_tokens: int,
     radius: float,
-    ln_bound: str = "abs",
+    ln_bound: str = "data",
     mha_slicing: str = "rows",
 ) -> tuple[float, float, str]:
     """(bound, tight bound of the probe or NaN, definition) of one component of one block."""
@@ -169,9 +210,10 @@ def component_bound(
         qkv, proj, heads = cmap.attention_parts(layer)
         value = mha_bound(qkv, proj, heads, n_tokens, radius, mha_slicing)
         return value, math.nan, f"MHA formula, n={n_tokens}, r={radius:.4g}, {mha_slicing}"
-    if name in ("ln1", "ln2"):
-        label = "max|gamma|" if ln_bound == "abs" else "max gamma (signed)"
-        return layernorm_bound(module, ln_bound), math.nan, label
+    if norm_kind(module) is not None or name in ("ln1", "ln2"):
+        gain = layernorm_bound(module, ln_bound)
+        value = math.nan if ln_bound == "data" else gain  # data: known once pairs are measured
+        return value, math.nan, norm_definition(module, ln_bound)
     if name in ("fc1", "fc2"):
         full = spectral_norm(module.weight)
         tight = spectral_norm(padded_weight(module, width)) if name == "fc2" else math.nan
@@ -188,14 +230,17 @@ def layer_bounds(
     n_tokens: int,
     radius: float | Sequence[float],
     width: int,
-    ln_bound: str = "abs",
+    ln_bound: str = "data",
     mha_slicing: str = "rows",
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """Tidy bounds: layer, component, bound, bound_padded, radius, definition.
+    """Tidy bounds: layer, component, bound, bound_padded, radius, definition, assumption,
+    norm_gain, norm_scale.
 
-    radius: one value, or one per layer (inputs="hidden"). progress(layers done, depth) is
-    called after each layer (the spectral norms of a large model take a while)."""
+    radius: one value, or one per layer (inputs="hidden"). With ln_bound="data", a norm's
+    bound is NaN here and norm_gain holds max|gamma|: fill_norm_bounds divides it by the
+    smallest token scale measured with the pairs (norm_scale). progress(layers done, depth)
+    is called after each layer (the spectral norms of a large model take a while)."""
     radii = [float(radius)] * cmap.depth if isinstance(radius, int | float) else list(radius)
     if len(radii) != cmap.depth:
         raise ValueError(f"need {cmap.depth} radii (one per layer), got {len(radii)}")
@@ -212,18 +257,59 @@ def layer_bounds(
                 ln_bound=ln_bound,
                 mha_slicing=mha_slicing,
             )
-            rows.append((layer, name, value, tight, radii[layer], definition))
+            module = cmap.module(layer, name)
+            is_norm = norm_kind(module) is not None or name in ("ln1", "ln2")
+            gain = layernorm_bound(module, "abs") if is_norm and ln_bound == "data" else math.nan
+            assumption = _assumption(name, is_norm, ln_bound, definition)
+            rows.append(
+                (layer, name, value, tight, radii[layer], definition, assumption, gain, math.nan)
+            )
         if progress is not None:
             progress(layer + 1, cmap.depth)
-    columns = ["layer", "component", "bound", "bound_padded", "radius", "definition"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=BOUND_COLUMNS)
 
 
-def bounds_matrix(frame: pd.DataFrame, depth: int, components: Sequence[str]) -> torch.Tensor:
-    """(depth, C) tensor of `bound` from a layer_bounds table (NaN where none)."""
+BOUND_COLUMNS = [
+    "layer", "component", "bound", "bound_padded", "radius", "definition", "assumption",
+    "norm_gain", "norm_scale",
+]  # fmt: skip
+
+
+def _assumption(name: str, is_norm: bool, ln_bound: str, definition: str) -> str:
+    if is_norm:
+        return ASSUMPTIONS[ln_bound]
+    if name == "mha":
+        return "" if definition.startswith("undefined") else ASSUMPTIONS["mha"]
+    return ASSUMPTIONS["linear"]
+
+
+def fill_norm_bounds(frame: pd.DataFrame, scale: torch.Tensor, components: Sequence[str]):
+    """A copy of a layer_bounds table whose data-scale norm rows (norm_gain set) get
+    bound = norm_gain / s_min, s_min = scale[layer, component] ((L, C), NaN elsewhere)."""
+    out = frame.copy()
+    col = {c: i for i, c in enumerate(components)}
+    for i, (layer, name, gain) in enumerate(
+        out[["layer", "component", "norm_gain"]].itertuples(index=False)
+    ):
+        if math.isnan(gain) or name not in col:
+            continue
+        s = float(scale[int(layer), col[name]])
+        out.loc[out.index[i], ["bound", "norm_scale"]] = gain / s, s
+        text = out.loc[out.index[i], "definition"]
+        out.loc[out.index[i], "definition"] = text.replace(SCALE_PENDING, f"{s:.4g}")
+    return out
+
+
+def bounds_matrix(
+    frame: pd.DataFrame, depth: int, components: Sequence[str], column: str = "bound"
+) -> torch.Tensor:
+    """(depth, C) tensor of `column` (bound, norm_gain) from a layer_bounds table (NaN where
+    none)."""
     out = torch.full((depth, len(components)), math.nan, dtype=torch.float64)
     col = {c: i for i, c in enumerate(components)}
-    for layer, name, value in frame[["layer", "component", "bound"]].itertuples(index=False):
+    if column not in frame:
+        return out
+    for layer, name, value in frame[["layer", "component", column]].itertuples(index=False):
         if name in col:
             out[int(layer), col[name]] = float(value)
     return out

@@ -2,7 +2,9 @@
 
 Given the folder of a plasticity run (`plasticity`), the measured means are divided by the
 bounds too. The fraction of pairs above a bound needs the per-pair ratios, so it comes from
-the plasticity run itself (its bound_ratio table), not from here.
+the plasticity run itself (its bound_ratio table), not from here. The default LayerNorm bound
+("data", max|gamma| / s_min) needs the smallest token scale of the pairs it covers: it is taken
+from that plasticity run (its bounds table), and stays NaN without one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from vitplas.analysis.bounds import layer_bounds
+from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bounds
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     measured_radius,
@@ -44,7 +46,7 @@ class BoundsConfig:
     batch_size: int = 32
     inputs: Literal["embedding", "hidden"] = "embedding"
     components: list[str] | None = None
-    ln_bound: Literal["abs", "signed"] = "abs"
+    ln_bound: Literal["data", "abs", "signed"] = "data"
     mha_slicing: Literal["rows", "columns"] = "rows"
     plasticity: str | None = None  # a plasticity run folder to divide by the bounds
     seed: int = 0
@@ -84,6 +86,13 @@ def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:
     frame = measured.merge(bounds.drop(columns=["model"]), on=["layer", "component"])
     frame["ratio"] = frame["mean"] / frame["bound"]
     return frame
+
+
+def _norm_scales(bounds: pd.DataFrame, run: str, depth: int, components) -> pd.DataFrame:
+    """Data-scale norm bounds from the smallest token scales a plasticity run measured."""
+    measured = pd.read_csv(Path(run) / "bounds.csv")
+    scale = bounds_matrix(measured, depth, components, "norm_scale")
+    return fill_norm_bounds(bounds, scale, components)
 
 
 def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
@@ -148,6 +157,8 @@ def _compute(cfg: BoundsConfig, run: RunDir, on_phase=None) -> dict[str, Any]:
         mha_slicing=cfg.mha_slicing,
         progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
     )
+    if cfg.ln_bound == "data" and cfg.plasticity is not None:
+        bounds = _norm_scales(bounds, cfg.plasticity, setup.cmap.depth, components)
     bounds.insert(0, "model", cfg.model)
     files = list(write_table(bounds, run / "bounds"))
     if cfg.plasticity is not None:

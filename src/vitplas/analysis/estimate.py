@@ -59,6 +59,7 @@ class Estimate:
     batches: int
     stopped_early: bool
     seconds: float
+    norm_scale: torch.Tensor | None = None  # (L, C) smallest token scale of norm components
 
     @property
     def pairs_per_s(self) -> float:
@@ -84,6 +85,18 @@ def _with_pooled(ratios: torch.Tensor) -> torch.Tensor:
     return torch.cat([ratios, ratios.nanmean(dim=1, keepdim=True)], dim=1)
 
 
+def _pair_bounds(
+    fixed: torch.Tensor | None, gains: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """(B, L + 1, C) bounds of this batch's pairs: gain / smallest token scale where a gain is
+    given (data-scale norm bounds), else the fixed (L + 1, C) bounds (NaN: none)."""
+    per_pair = _with_pooled(gains / scales)  # gains NaN -> NaN; the pooled row is NaN anyway
+    per_pair[:, -1] = math.nan
+    if fixed is None:
+        return per_pair
+    return torch.where(torch.isnan(per_pair), fixed, per_pair)
+
+
 def estimate(
     cmap: ComponentMap,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -93,6 +106,7 @@ def estimate(
     device: torch.device | str = "cpu",
     dtype: str = "float32",
     bounds: torch.Tensor | None = None,
+    norm_gains: torch.Tensor | None = None,
     until_ci: float | None = None,
     check_every: int = 4,
     on_batch: Callable[[int, int], None] | None = None,
@@ -103,7 +117,10 @@ def estimate(
     """Stream `batches` of (x, y) images through pair_ratios into on-device statistics.
 
     The model must already be on `device`. bounds: (L, C) per-layer bounds whose exceedances
-    are counted. until_ci: stop once every (layer, component) CI half-width is below this
+    are counted. norm_gains: (L, C) gains g (NaN elsewhere) of data-scale norm bounds: each
+    pair is checked against g / (its smallest token scale), and Estimate.norm_scale keeps the
+    smallest scale over all pairs, so that g / norm_scale bounds every pair measured.
+    until_ci: stop once every (layer, component) CI half-width is below this
     fraction of its mean (checked every `check_every` batches), else at the end of `batches`.
     on_batch(batches_done, pairs_done) is called after each batch (progress display).
     save(state) receives the resumable state every `save_every` batches; `resume` (such a
@@ -116,6 +133,11 @@ def estimate(
         pad = torch.full((1, len(names)), math.nan, dtype=torch.float64)
         bounds = torch.cat([bounds.to(torch.float64).cpu(), pad])
     stats = RatioStats(shape, device=device, bounds=bounds)
+    scaled = norm_gains is not None and bool(torch.isfinite(norm_gains).any())
+    if scaled:
+        gains = norm_gains.to(device=device, dtype=torch.float64)
+        fixed = None if bounds is None else bounds.to(device)
+        smallest = torch.full(gains.shape, math.inf, dtype=torch.float64, device=device)
     done = pairs = 0
     stopped = False
     start = time.perf_counter()
@@ -123,23 +145,25 @@ def estimate(
         stats.load_state_dict(resume["stats"])
         done, pairs = int(resume["batches"]), int(resume["pairs"])
         start -= float(resume["seconds"])
+        if scaled:  # the smallest token scale of the pairs already counted
+            smallest = resume["smallest"].to(device=device, dtype=torch.float64)
         batches = itertools.islice(batches, done, None)  # the same stream, past what is counted
     with precision(device, dtype):
         for x, y in batches:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            stats.update(_with_pooled(pair_ratios(cmap, x, y, names, inputs)))
+            if scaled:
+                ratios, scales = pair_ratios(cmap, x, y, names, inputs, with_scales=True)
+                stats.update(_with_pooled(ratios), _pair_bounds(fixed, gains, scales))
+                smallest = torch.fmin(smallest, scales.amin(0))
+            else:
+                stats.update(_with_pooled(pair_ratios(cmap, x, y, names, inputs)))
             done, pairs = done + 1, pairs + x.shape[0]
             if save is not None and done % save_every == 0:
                 elapsed = time.perf_counter() - start
-                save(
-                    {
-                        "stats": stats.state_dict(),
-                        "batches": done,
-                        "pairs": pairs,
-                        "seconds": elapsed,
-                    }
-                )
+                state = {"stats": stats.state_dict(), "batches": done, "pairs": pairs}
+                state |= {"seconds": elapsed, "smallest": smallest.cpu() if scaled else None}
+                save(state)
             if on_batch is not None:
                 on_batch(done, pairs)
             if until_ci is not None and done % check_every == 0 and stats.settled(until_ci):
@@ -149,4 +173,5 @@ def estimate(
         raise ValueError("no pairs were given to the estimator")
     summary = stats.to_host()  # the one copy to the host (synchronises the device)
     seconds = time.perf_counter() - start
-    return Estimate(names, cmap.depth, summary, pairs, done, stopped, seconds)
+    scale = torch.where(torch.isfinite(gains), smallest, math.nan).cpu() if scaled else None
+    return Estimate(names, cmap.depth, summary, pairs, done, stopped, seconds, scale)

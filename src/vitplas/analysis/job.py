@@ -81,7 +81,7 @@ class PlasticityConfig:
     bounds: bool = True
     radius: float | None = None  # token radius r; None: measured on the target stream
     radius_images: int = 256
-    ln_bound: Literal["abs", "signed"] = "abs"
+    ln_bound: Literal["data", "abs", "signed"] = "data"
     mha_slicing: Literal["rows", "columns"] = "rows"
     figures: bool = True
 
@@ -161,7 +161,10 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run) 
         num_workers=cfg.num_workers,
         names=(cfg.reference, cfg.target),
     )
-    matrix = None if bounds is None else bounds_matrix(bounds, setup.cmap.depth, components)
+    matrix = gains = None
+    if bounds is not None:
+        matrix = bounds_matrix(bounds, setup.cmap.depth, components)
+        gains = bounds_matrix(bounds, setup.cmap.depth, components, "norm_gain")
     return estimate(
         setup.cmap,
         batches,
@@ -170,6 +173,7 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run) 
         device=setup.device,
         dtype=cfg.dtype,
         bounds=matrix,
+        norm_gains=gains,
         until_ci=cfg.until_ci,
         check_every=cfg.check_every,
         on_batch=_with_fault(progress),
@@ -274,6 +278,7 @@ def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dic
         "n_tokens": setup.n_tokens,
         "ranking": written["ranking"],
         "settled": written["settled"],
+        "exceedances": written["exceedances"],
         "timings": timings,
         "files": written["files"],
     }

@@ -10,7 +10,11 @@ Why it is cheap. x and y go through each non-linear module (norms, attention) to
 (2B, N, D) batch. The linear components (FC1, FC2, LayerScale) satisfy f(x) - f(y) = W (x - y)
 exactly (the bias cancels), so they cost one matmul on the difference instead of two forward
 calls; FC2 on zero-padded tokens is x @ W[:, :D].T, so the weight is sliced, never the input
-padded. A LayerNorm's difference is gamma * (x_hat - y_hat) (the bias cancels again), and
+padded. A weight wider out than in (FC1: 4D x D) is replaced by the D x D triangular factor R
+of its QR decomposition, ||W d|| = ||R d||, computed once per layer and cached: a quarter of
+FC1's multiply-adds. Norms of token matrices accumulate in float64 (float32 sums of 10^5+
+elements drift by 1e-5 relative); the matmuls stay in the input's precision. A LayerNorm's
+difference is gamma * (x_hat - y_hat) (the bias cancels again), and
 ||gamma * v||_F^2 = sum_j gamma_j^2 sum_t v_tj^2: the per-feature sums S_j are shared by all
 the norms that read the same input (every layer, in embedding mode). Nothing leaves the device;
 RatioStats keeps shifted sums in float64 there.
@@ -18,6 +22,7 @@ RatioStats keeps shifted sums in float64 there.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,30 +79,62 @@ class _Inputs:
     norm: torch.Tensor = field(init=False)  # (B,) ||x - y||_F
     _sq: torch.Tensor | None = None  # (B, D): sum over tokens of (x - y)^2
     _ln: dict = field(default_factory=dict)  # eps -> (B, D) sums of (x_hat - y_hat)^2
+    _scale: dict = field(default_factory=dict)  # (eps, centred) -> (B,) smallest token scale
 
     def __post_init__(self) -> None:
         # differences in float32 at least: bf16 outputs would lose them to cancellation
         x, y = self.xy.to(torch.promote_types(self.xy.dtype, torch.float32)).chunk(2)
         self.diff = x - y
-        self.norm = torch.linalg.vector_norm(self.diff.flatten(1), dim=1)
+        self.norm = _frob(self.diff)
 
     def diff_sq(self) -> torch.Tensor:
         if self._sq is None:
-            self._sq = self.diff.square().sum(1)
+            self._sq = self.diff.double().square().sum(1)
         return self._sq
 
     def normalized_sq(self, eps: float, width: int) -> torch.Tensor:
         if eps not in self._ln:
             hat = F.layer_norm(self.xy.to(self.diff.dtype), (width,), None, None, eps)
             hx, hy = hat.chunk(2)
-            self._ln[eps] = (hx - hy).square().sum(1)
+            self._ln[eps] = (hx - hy).double().square().sum(1)
         return self._ln[eps]
+
+    def smallest_scale(self, eps: float, centred: bool) -> torch.Tensor:
+        """(B,) float64: min over the tokens of x and of y of token_scale (see there)."""
+        if (eps, centred) not in self._scale:
+            s = token_scale(self.xy, eps, centred).amin(1)  # (2B,)
+            sx, sy = s.chunk(2)
+            self._scale[eps, centred] = torch.minimum(sx, sy)
+        return self._scale[eps, centred]
+
+
+def norm_kind(module: nn.Module) -> str | None:
+    """'layer' (centred: nn.LayerNorm and subclasses), 'rms' (timm RmsNorm, torch RMSNorm: no
+    centring), or None when `module` is no per-token norm with an `eps`."""
+    if not hasattr(module, "eps"):
+        return None
+    if isinstance(module, nn.LayerNorm):
+        return "layer"
+    return "rms" if "rmsnorm" in type(module).__name__.lower() else None
+
+
+def token_scale(h: torch.Tensor, eps: float | None, centred: bool) -> torch.Tensor:
+    """(..., N) float64 per-token scale s_t that a norm divides by: sqrt(var(h_t) + eps)
+    (LayerNorm, centred) or sqrt(mean(h_t^2) + eps) (RmsNorm), for tokens h (..., N, D).
+    eps None (torch's RMSNorm default) counts as 0: a smaller s_t, so the bound stays valid."""
+    h = h.double()
+    spread = h.var(-1, unbiased=False) if centred else h.square().mean(-1)
+    return (spread + (eps or 0.0)).sqrt()
 
 
 def _frob(diff: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm per pair of a (B, N, *) difference, in float32 at least."""
-    wide = torch.promote_types(diff.dtype, torch.float32)
-    return torch.linalg.vector_norm(diff.flatten(1), dim=1, dtype=wide)
+    """Frobenius norm per pair (B,) float64 of a (B, N, *) difference: a float32 sum of squares
+    per token (a few thousand terms), summed over tokens in float64. One float32 norm over all
+    10^5-10^6 elements drifts by up to 1e-5 relative on CPU (and torch's float32 vector_norm
+    is ten times slower there than this dot product)."""
+    flat = diff.flatten(2)
+    per_token = torch.linalg.vecdot(flat, flat)  # (B, N)
+    return per_token.double().sum(1).sqrt()
 
 
 def _is_layerscale(module: nn.Module) -> bool:
@@ -114,15 +151,52 @@ def padded_weight(linear: nn.Linear, width: int) -> torch.Tensor:
     return linear.weight[:, :width]
 
 
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (key, weight)
+
+
+def _weight_key(weight: torch.Tensor) -> tuple:
+    """What identifies a weight's values: storage, shape, strides, dtype, device and version."""
+    try:
+        version = weight._version
+    except RuntimeError:  # an inference tensor has no version counter (and cannot change)
+        version = None
+    shape = (tuple(weight.shape), weight.stride(), weight.storage_offset())
+    return weight.data_ptr(), shape, weight.dtype, weight.device, version
+
+
+def difference_weight(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """A contiguous M with ||M d|| = ||W d|| for every d, cached per module until W changes.
+
+    W (out, in) wider out than in: M is the (in, in) triangular factor R of W = Q R (Q with
+    orthonormal columns), factored in float64 and cast to W's dtype (FC1: a quarter of the
+    multiply-adds). Otherwise M is W, made contiguous (FC2's column slice is strided)."""
+    key = _weight_key(weight)
+    cached = _WEIGHTS.get(module)
+    if cached is None or cached[0] != key:
+        w = weight.detach()
+        if w.shape[0] > w.shape[1]:
+            w = torch.linalg.qr(w.double(), mode="r")[1].to(weight.dtype)
+        cached = key, w.contiguous()
+        _WEIGHTS[module] = cached
+    return cached[1]
+
+
+def linear_numerator(module: nn.Module, weight: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """||W d||_F per pair (B,) for d (B, N, in), through difference_weight: N min(out, in) in
+    multiply-adds per pair, squares of a float32 matmul summed in float64 (no cancellation)."""
+    return _frob(F.linear(diff, difference_weight(module, weight)))
+
+
 def component_numerator(module: nn.Module, name: str, inp: _Inputs) -> torch.Tensor:
     """||f(x) - f(y)||_F per pair (B,) for component `name` implemented by `module`."""
     width = inp.xy.shape[-1]
+    diff = inp.diff.to(inp.xy.dtype)
     if name == "fc2":  # zero-padded input: only the first `width` columns of W are read
-        return _frob(F.linear(inp.diff.to(inp.xy.dtype), padded_weight(module, width)))
+        return linear_numerator(module, padded_weight(module, width), diff)
     if isinstance(module, nn.Linear):  # f(x) - f(y) = W (x - y)
-        return _frob(F.linear(inp.diff.to(inp.xy.dtype), module.weight))
+        return linear_numerator(module, module.weight, diff)
     if _is_layerscale(module):  # f(x) - f(y) = gamma * (x - y)
-        return (inp.diff_sq() @ module.gamma.to(inp.diff.dtype).square()).sqrt()
+        return (inp.diff_sq() @ module.gamma.double().square()).sqrt()
     if isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
         sq = inp.normalized_sq(module.eps, width)  # (B, D)
         if module.weight is None:
@@ -141,23 +215,39 @@ def block_ratios(
     return torch.stack(cols, dim=1) / inp.norm[:, None]
 
 
+def block_scales(
+    cmap: ComponentMap, layer: int, components: Sequence[str], inp: _Inputs
+) -> torch.Tensor:
+    """(B, C) float64: for each norm component, the smallest scale s_t over the tokens of x
+    and y (what its Lipschitz constant divides by, bounds.py); NaN for other components."""
+    nan = torch.full_like(inp.norm, float("nan"))
+    cols = []
+    for name in components:
+        module = cmap.module(layer, name)
+        kind = norm_kind(module)
+        cols.append(nan if kind is None else inp.smallest_scale(module.eps, kind == "layer"))
+    return torch.stack(cols, dim=1)
+
+
 def pair_ratios(
     cmap: ComponentMap,
     x: torch.Tensor,
     y: torch.Tensor,
     components: Sequence[str] | None = None,
     inputs: str = "embedding",
-) -> torch.Tensor:
-    """Ratios of every (pair, layer, component): a (B, L, C) tensor on x's device.
+    with_scales: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Ratios of every (pair, layer, component): a (B, L, C) float64 tensor on x's device.
 
     x, y: (B, 3, H, W) image batches, pair i = (x[i], y[i]). A pair with x == y at a block's
-    input has no defined ratio there: NaN, left out by RatioStats.
+    input has no defined ratio there: NaN, left out by RatioStats. with_scales: also return
+    the (B, L, C) smallest token scales of the norm components (block_scales).
     """
     if x.shape != y.shape:
         raise ValueError(f"x and y batches differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
     with torch.inference_mode():
         h = embed_images(cmap, torch.cat([x, y]))  # (2B, N, D)
-        return token_ratios(cmap, h, components, inputs)
+        return token_ratios(cmap, h, components, inputs, with_scales)
 
 
 def token_ratios(
@@ -165,7 +255,8 @@ def token_ratios(
     h: torch.Tensor,
     components: Sequence[str] | None = None,
     inputs: str = "embedding",
-) -> torch.Tensor:
+    with_scales: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Like pair_ratios, from token matrices h (2B, N, D): x = h[:B], y = h[B:]."""
     if inputs not in INPUT_MODES:
         raise ValueError(f"inputs '{inputs}' is unknown; choose one of {', '.join(INPUT_MODES)}")
@@ -174,10 +265,13 @@ def token_ratios(
     names = resolve_components(cmap, components)
     with torch.inference_mode():
         shared = _Inputs(h) if inputs == "embedding" else None
-        per_layer = []
+        per_layer, scales = [], []
         for layer in range(cmap.depth):
             inp = shared if shared is not None else _Inputs(h)
             per_layer.append(block_ratios(cmap, layer, names, inp))
+            if with_scales:
+                scales.append(block_scales(cmap, layer, names, inp))
             if inputs == "hidden" and layer + 1 < cmap.depth:
                 h = cmap.forward_block(layer, h)  # the real input of the next block
-        return torch.stack(per_layer, dim=1)  # (B, L, C)
+        ratios = torch.stack(per_layer, dim=1)  # (B, L, C)
+        return (ratios, torch.stack(scales, dim=1)) if with_scales else ratios

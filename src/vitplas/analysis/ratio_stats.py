@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 Z95 = 1.96  # PAPER.md section 1: ci95 = 1.96 std / sqrt(n) (the 95% normal quantile, rounded)
+T_BELOW = 30  # n < T_BELOW: Student's t quantile t_0.975(n - 1) instead of Z95 (12.7 at n = 2)
+
+
+def quantile95(count: torch.Tensor) -> torch.Tensor:
+    """Two-sided 95% quantile per entry: Student's t_0.975(n - 1) for 2 <= n < T_BELOW (the
+    normal approximation is too narrow there: t = 3.18 at n = 4), else 1.96; NaN below n = 2."""
+    from scipy.stats import t as student
+
+    n = count.detach().cpu().double().numpy()
+    small = student.ppf(0.975, np.maximum(n - 1, 1))
+    q = np.where(n < T_BELOW, small, Z95)
+    q = np.where(n < 2, np.nan, q)
+    return torch.as_tensor(q, dtype=torch.float64).to(count.device)
 
 
 class RatioStats:
@@ -38,8 +52,9 @@ class RatioStats:
             # NaN bound (unknown) counts nothing: r > NaN is False
             self.bounds = bounds.to(device=device, dtype=torch.float64)
 
-    def update(self, ratios: torch.Tensor) -> None:
-        """Add a batch (B, *shape) of ratios; NaN / inf entries are left out."""
+    def update(self, ratios: torch.Tensor, bounds: torch.Tensor | None = None) -> None:
+        """Add a batch (B, *shape) of ratios; NaN / inf entries are left out. bounds: per-pair
+        bounds (B, *shape) for this batch instead of the fixed ones (NaN: none)."""
         if tuple(ratios.shape[1:]) != self.shape:
             raise ValueError(f"ratios of shape {tuple(ratios.shape)} do not fit {self.shape}")
         r = ratios.detach().to(torch.float64)
@@ -52,8 +67,10 @@ class RatioStats:
         self.sum += z.sum(0)
         self.sumsq += z.square().sum(0)
         self.max = torch.maximum(self.max, torch.where(valid, r, -math.inf).amax(0))
-        if self.bounds is not None:
-            self.exceed += (valid & (r > self.bounds)).sum(0)
+        if bounds is None:
+            bounds = self.bounds
+        if bounds is not None:
+            self.exceed += (valid & (r > bounds.to(r))).sum(0)
 
     def mean(self) -> torch.Tensor:
         shift = self.shift if self.shift is not None else torch.zeros_like(self.sum)
@@ -66,8 +83,9 @@ class RatioStats:
         return torch.where(n > 1, var.clamp(min=0).sqrt(), math.nan)
 
     def ci95(self) -> torch.Tensor:
-        """Half-width of the normal 95% confidence interval of the mean."""
-        return Z95 * self.std() / self.count.clamp(min=1).sqrt()
+        """Half-width of the 95% confidence interval of the mean: quantile95(n) std / sqrt(n),
+        i.e. Student's t below n = T_BELOW (30) observations, the paper's 1.96 from there on."""
+        return quantile95(self.count) * self.std() / self.count.clamp(min=1).sqrt()
 
     def settled(self, rel: float) -> bool:
         """True when every entry's CI half-width is below `rel` x |mean| (one small copy)."""
@@ -87,9 +105,12 @@ class RatioStats:
         return {k: v.cpu() for k, v in out.items()}
 
     def state_dict(self) -> dict[str, torch.Tensor | None]:
-        """Everything needed to continue the stream later, as CPU tensors (weights_only-safe)."""
+        """Everything needed to continue the stream later, as CPU tensors (weights_only-safe);
+        copies, so later updates never change a state already taken."""
         names = ("count", "shift", "sum", "sumsq", "max", "exceed", "bounds")
-        state = {k: None if getattr(self, k) is None else getattr(self, k).cpu() for k in names}
+        state = {
+            k: None if getattr(self, k) is None else getattr(self, k).cpu().clone() for k in names
+        }
         return {**state, "shape": torch.tensor(self.shape, dtype=torch.int64)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from vitplas.analysis.bounds import fill_norm_bounds
 from vitplas.analysis.estimate import Estimate
 from vitplas.models.components import THEORETICAL_RANK
 from vitplas.runs import RunDir, write_table
@@ -15,7 +16,9 @@ PLASTICITY_COLUMNS = [*LABELS, "layer", "component", "mean", "std", "n", "ci95"]
 
 
 def plasticity_table(est: Estimate, labels: dict[str, str]) -> pd.DataFrame:
-    """Per (layer, component): the tidy table the issue and the plots read."""
+    """Per (layer, component): the tidy table the issue and the plots read. ci95 is the
+    half-width of the 95% CI of the mean: t_0.975(n - 1) std / sqrt(n) below n = 30 pairs
+    (ratio_stats.T_BELOW), the paper's 1.96 std / sqrt(n) from 30 on."""
     frame = est.frame()
     for key in reversed(LABELS):
         frame.insert(0, key, labels[key])
@@ -48,7 +51,30 @@ def bound_ratio_table(est: Estimate, labels: dict[str, str], bounds: pd.DataFram
     for key in reversed(LABELS):
         frame.insert(0, key, labels[key])
     keep = ["layer", "component", "mean", "bound", "ratio", "max", "max_ratio", "exceed_frac"]
-    return frame[[*LABELS, *keep, "bound_padded", "radius", "definition"]]
+    extra = ["bound_padded", "radius", "definition", "assumption", "norm_gain", "norm_scale"]
+    return frame[[*LABELS, *keep, *[c for c in extra if c in frame]]]
+
+
+def exceedance_lines(ratio: pd.DataFrame) -> list[str]:
+    """One line per component (and run, in a table of several) whose bound some pairs exceed,
+    with the bound's assumption in words; [] when every bound held (a bound_ratio table in)."""
+    runs = [k for k in LABELS if k in ratio and ratio[k].nunique() > 1]
+    lines = []
+    above = ratio[ratio["exceed_frac"] > 0]
+    for key, rows in above.groupby([*runs, "component"], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        of = ratio
+        for column, value in zip([*runs, "component"], key, strict=True):
+            of = of[of[column] == value]
+        worst = rows.loc[rows["exceed_frac"].idxmax()]
+        where = ", ".join(map(str, key))
+        lines.append(
+            f"{where}: pairs above the bound in {len(rows)} of {len(of)} layers "
+            f"(up to {worst['exceed_frac']:.0%} of pairs, layer {worst['layer']}; "
+            f"max measured/bound {rows['max_ratio'].max():.3g}); bound {worst['definition']}, "
+            f"assumes {worst.get('assumption') or 'nothing stated'}"
+        )
+    return lines
 
 
 def write_all(
@@ -67,11 +93,15 @@ def write_all(
         *write_table(per_layer, run / "plasticity"),
         *write_table(pooled, run / "plasticity_pooled"),
     ]
+    exceedances: list[str] = []
     if bounds is not None:
+        if est.norm_scale is not None:  # data-scale norm bounds: s_min came with the pairs
+            bounds = fill_norm_bounds(bounds, est.norm_scale, est.components)
         bound_frame = bounds.copy()
         for key in reversed(LABELS[:1]):
             bound_frame.insert(0, key, labels[key])
         ratio = bound_ratio_table(est, labels, bounds)
+        exceedances = exceedance_lines(ratio)
         files += [
             *write_table(bound_frame, run / "bounds"),
             *write_table(ratio, run / "bound_ratio"),
@@ -87,6 +117,7 @@ def write_all(
         "pooled": pooled,
         "ranking": list(pooled["component"]),
         "settled": ranking_settled(pooled),
+        "exceedances": exceedances,
     }
 
 
@@ -109,4 +140,7 @@ def summary_text(result: dict[str, Any], pooled: pd.DataFrame) -> str:
         )
     verdict = "yes" if result["settled"] else "no (neighbouring CIs overlap: add --pairs)"
     lines += ["", f"ranking settled by the 95% CIs: {verdict}"]
+    if result.get("exceedances"):
+        lines += ["", "bounds exceeded (the bound's assumption does not hold for those pairs):"]
+        lines += [f"  {line}" for line in result["exceedances"]]
     return "\n".join(lines) + "\n"

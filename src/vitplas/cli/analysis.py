@@ -23,7 +23,9 @@ COMPONENTS = typer.Option(None, "--components", help="Comma list, e.g. mha,fc1 (
 DEVICE = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ...")
 SEED = typer.Option(None, "--seed", help="Seed of the pairs' order.")
 RADIUS = typer.Option(None, "--radius", help="Token radius r (default: measured).")
-LN_BOUND = typer.Option(None, "--ln-bound", help="abs (max|gamma|) or signed (original).")
+LN_BOUND = typer.Option(
+    None, "--ln-bound", help="data (max|gamma|/s_min, default), abs (max|gamma|), signed."
+)
 SLICING = typer.Option(None, "--mha-slicing", help="rows (per-head rows) or columns (original).")
 PROTOCOL = typer.Option(
     None, "--protocol", help="model (the checkpoint's preprocessing) or paper (the original's)."
@@ -257,6 +259,10 @@ def _print_ranking(result: dict[str, Any]) -> None:
     console.print(table)
     settled = "yes" if result["settled"] else "no: neighbouring CIs overlap (raise --pairs)"
     console.print(f"ranking settled by the 95% CIs: {settled}")
+    if result.get("exceedances"):
+        console.print("bounds exceeded (the bound's assumption does not hold for those pairs):")
+        for line in result["exceedances"]:
+            console.print(f"  {line}", markup=False)
     stop = " (stopped early: CIs narrow enough)" if result["stopped_early"] else ""
     console.print(f"{result['pairs']} pairs in {result['timings']['total_s']:.1f} s{stop}")
     console.print(f"run folder: {result['run_dir']}  (figures in {result['run_dir']}/figures)")

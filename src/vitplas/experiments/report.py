@@ -194,6 +194,9 @@ def build_markdown(
             "MHA vs each train set across datasets (paired t-test two-sided; Wilcoxon one-sided)",
             markdown_table(tables["tests"]),
         )
+    exceeded = _exceedances(tables)
+    if exceeded:
+        lines += _section("Bounds exceeded (their assumption fails for those pairs)", exceeded)
     if "plasticity" in tables:
         lines += _section(
             "Plasticity per component",
@@ -220,6 +223,15 @@ def selection_rule(spec: SweepSpec) -> str:
         "to the smallest lr. Std over seeds is the population std; the tables' `ci95` is a "
         f"95% CI half-width with Student's t quantile below {stats.T_UNTIL} seeds."
     )
+
+
+def _exceedances(tables: dict[str, pd.DataFrame]) -> str:
+    """A Markdown list of the bounds some pairs exceed, with their assumptions ('' if none)."""
+    from vitplas.analysis.tables import exceedance_lines
+
+    if "bound_ratio" not in tables or "exceed_frac" not in tables["bound_ratio"]:
+        return ""
+    return "\n".join(f"- {line}" for line in exceedance_lines(tables["bound_ratio"]))
 
 
 def _by_model(best: pd.DataFrame):
