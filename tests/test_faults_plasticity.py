@@ -143,6 +143,10 @@ def test_resumed_estimate_keeps_the_smallest_token_scale_of_the_counted_pairs():
 
     torch.manual_seed(0)
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+    with torch.no_grad():  # patch tokens, not the image-independent class token, set the minimum
+        model.pos_embed.zero_()
+        model.cls_token.normal_(0, 5)
+        model.patch_embed.proj.bias.zero_()
     cmap = component_map(model.eval())
     names = ["ln1", "ln2", "fc1"]
     gains = torch.full((cmap.depth, len(names)), float("nan"))
