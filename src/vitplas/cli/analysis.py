@@ -28,6 +28,7 @@ PROTOCOL = typer.Option(
 )
 OUT = typer.Option(None, "--out", help="Run folder (default: runs/<kind>/<time>-<model>).")
 CONFIG = typer.Option(None, "--config", help="YAML file with config keys.")
+ARGS = typer.Argument(None, help="[CONFIG.yaml] then config keys as key=value (listed below).")
 
 
 def _fail(err: Exception, code: int = 2) -> None:
@@ -35,12 +36,20 @@ def _fail(err: Exception, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _config(cls: type, path: Path | None, options: dict[str, Any]):
-    """cls from its defaults, then the YAML at `path`, then the options given."""
-    from vitplas.config import config_from_dict, read_yaml
+def _config(cls: type, path: Path | None, options: dict[str, Any], args: list[str] | None = None):
+    """cls from its defaults, then the YAML file, then key=value `args` and the options given
+    (a key given both ways is an error: vitplas.cli.keys)."""
+    from vitplas.cli.keys import merge_flags, split_args
+    from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
 
+    yaml_arg, overrides = split_args(args)
+    if yaml_arg is not None and path is not None:
+        raise ConfigError(f"two config files given ({yaml_arg} and --config {path}); give one")
+    path = path if path is not None else yaml_arg
     data = read_yaml(path) if path is not None else {}
-    data.update({k: v for k, v in options.items() if v is not None})
+    names = {"num_workers": "--workers", "radius_images": "--radius-images"}
+    for item in merge_flags(overrides, options, names):
+        set_dotted(data, *parse_override(item))
     if isinstance(data.get("components"), str):
         data["components"] = [c for c in data["components"].split(",") if c.strip()]
     return config_from_dict(cls, data)
@@ -54,6 +63,7 @@ def _run_dir(out: Path | None, kind: str, name: str) -> Path:
 
 @app.command("plasticity")
 def plasticity_command(
+    args: list[str] = ARGS,
     model: str = MODEL,
     random_init: bool = RANDOM,
     img_size: int = IMG,
@@ -110,7 +120,7 @@ def plasticity_command(
         "protocol": protocol,
     }
     try:
-        cfg = _config(PlasticityConfig, config, options)
+        cfg = _config(PlasticityConfig, config, options, args)
         run_dir = _run_dir(out, "plasticity", cfg.model)
         with _progress(cfg.pairs) as advance:
             result = run_plasticity(cfg, run_dir, progress=advance)
@@ -168,6 +178,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
 
 @app.command("bounds")
 def bounds_command(
+    args: list[str] = ARGS,
     model: str = MODEL,
     random_init: bool = RANDOM,
     img_size: int = IMG,
@@ -207,7 +218,7 @@ def bounds_command(
         "protocol": protocol,
     }
     try:
-        cfg = _config(BoundsConfig, config, options)
+        cfg = _config(BoundsConfig, config, options, args)
         result = run_bounds(cfg, _run_dir(out, "bounds", cfg.model))
     except (ValueError, FileNotFoundError) as err:
         _fail(err)

@@ -17,18 +17,6 @@ def _fail(err: Exception, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """[CONFIG.yaml] key=value ... -> (config path or None, overrides)."""
-    config = None
-    overrides = []
-    for item in args:
-        if "=" not in item and item.endswith((".yaml", ".yml")) and config is None:
-            config = item
-        else:
-            overrides.append(item)
-    return config, overrides
-
-
 def default_finetune_dir(cfg, root: str | Path = "runs") -> Path:
     """runs/finetune/<dataset-train-lr-seed>-<hash of the config>: the same command finds the
     same folder again, so rerunning it resumes (or skips) instead of starting over."""
@@ -50,18 +38,28 @@ def finetune(
         None, "--out", help="run folder (default: runs/finetune/<name>-<config hash>)"
     ),
     progress: bool = typer.Option(True, help="show a progress bar with ETA"),
+    model: str | None = typer.Option(None, help="model spec (preset, timm name, ARCH@FILE)"),
+    dataset: str | None = typer.Option(None, help="dataset name (vitplas datasets)"),
+    train: str | None = typer.Option(None, help="components to train, e.g. mha,fc1 or all"),
+    lr: float | None = typer.Option(None, help="peak learning rate"),
+    steps: int | None = typer.Option(None, help="optimisation steps"),
+    seed: int | None = typer.Option(None, help="seed of init, data order and augmentation"),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
 ) -> None:
     """Finetune the components named in `train` (+ head and final norm); resumable.
 
     Rerunning the same command resumes a killed run and skips a finished one. Under
     `torchrun --nproc_per_node K` the same command trains with DDP.
     """
+    from vitplas.cli.keys import merge_flags, split_args
     from vitplas.config import ConfigError
     from vitplas.training.config import load_finetune_config
     from vitplas.training.finetune import TrainingDivergedError, run_finetune
 
-    config, overrides = _split_args(args or [])
+    flags = dict(model=model, dataset=dataset, train=train, lr=lr, steps=steps, seed=seed)
     try:
+        config, overrides = split_args(args)
+        overrides = merge_flags(overrides, {**flags, "device": device})
         cfg = load_finetune_config(config, overrides)
         run_dir = out or default_finetune_dir(cfg)
         typer.echo(f"run folder: {run_dir}", err=True)
@@ -135,20 +133,16 @@ def probe(
     protocol: str | None = typer.Option(None, help="model (default) or paper (the original's)"),
     out: Path | None = typer.Option(None, "--out", help="run folder (default runs/probe/...)"),
 ) -> None:
-    """Linear probes on (layer, component) outputs of a frozen model: a tidy accuracy table.
-
-    Examples: `vitplas probe --model dinov2-s14 --dataset fashion-mnist img_size=112
-    layers=[11] components=[mha,fc1,block] max_train=5000`.
-    """
+    """Linear probes on (layer, component) outputs of a frozen model: a tidy accuracy table."""
+    from vitplas.cli.keys import merge_flags, split_args
     from vitplas.config import ConfigError, load_config
     from vitplas.runs import default_run_dir
     from vitplas.training.probe import ProbeConfig, run_probe
 
-    config, overrides = _split_args(args or [])
-    overrides += [f"model={model}"] * bool(model) + [f"dataset={dataset}"] * bool(dataset)
-    overrides += [f"protocol={protocol}"] * bool(protocol)
     try:
-        cfg = load_config(ProbeConfig, config, overrides)
+        config, overrides = split_args(args)
+        flags = {"model": model, "dataset": dataset, "protocol": protocol}
+        cfg = load_config(ProbeConfig, config, merge_flags(overrides, flags))
         run_dir = out or default_run_dir("probe", f"{cfg.model}-{cfg.dataset}")
         table = run_probe(cfg, run_dir)
     except (ConfigError, ValueError, FileNotFoundError) as err:
