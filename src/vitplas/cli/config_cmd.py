@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from vitplas.cli.app import app
+from vitplas.cli.experiments import SLURM_FLAGS
 
 # config kind -> its dataclass ("module:Class")
 KINDS = {
@@ -34,16 +35,17 @@ COMMAND_KIND = {
 }
 # a flag whose name differs from its config key: flag parameter name -> key
 FLAG_KEYS = {"workers": "num_workers", "images": "radius_images"}
+FLAG_KEYS |= {f.replace("-", "_"): f"executor.slurm.{k}" for k, f in SLURM_FLAGS.items()}
 TINY = "--model tiny-random --random-init"
 EXAMPLES = {
     "plasticity": [
         f"vitplas plasticity {TINY} --target digits --pairs 64 components=[mha,fc1]",
-        "vitplas plasticity --pairs 64 inputs=hidden bounds=false",
+        "vitplas plasticity --pairs 32 bounds=false",
     ],
     "bounds": [f"vitplas bounds {TINY} --dataset digits radius_images=32"],
     "radius": [f"vitplas radius {TINY} --dataset digits --images 32"],
     "finetune": [
-        "vitplas finetune configs/finetune/smoke-digits.yaml steps=20 eval_every=10 "
+        "vitplas finetune configs/finetune/smoke-digits.yaml steps=10 eval_every=5 "
         "warmup_steps=2 --train mha,fc1 --lr 0.05"
     ],
     "probe": [
@@ -52,7 +54,7 @@ EXAMPLES = {
     ],
     "landscape": [
         "vitplas landscape --model tiny-random random_init=true img_size=32 dataset=digits "
-        "grid=3 steps=3 pairs=4 eval_images=8 batch_size=8 device=cpu"
+        "grid=5 steps=4"
     ],
     "sweep": ["vitplas sweep configs/offline/mini.yaml --dry-run grid.seed=[0]"],
     "status": ["vitplas status configs/offline/mini.yaml grid.seed=[0]"],

@@ -14,13 +14,16 @@ console = Console()
 SpecArg = typer.Argument(..., exists=True, dir_okay=False, help="sweep spec YAML")
 OverridesArg = typer.Argument(None, help="spec overrides key=value, e.g. base.steps=5")
 RootOpt = typer.Option(None, "--root", help="study folder (default: the spec's root)")
+SLURM_FLAGS = {"partition": "partition", "time_min": "time-min", "gpus_per_node": "gpus"}
+SLURM_FLAGS |= {"account": "account"}  # spec key under executor.slurm -> sweep's flag
 
 
 def _load(spec_path: Path, overrides: list[str] | None, cli: dict[str, object] | None = None):
+    from vitplas.cli.keys import merge_flags
     from vitplas.experiments.spec import load_spec
 
-    extra = [f"{k}={v}" for k, v in (cli or {}).items() if v is not None]
-    return load_spec(spec_path, [*(overrides or []), *extra])
+    flags = {f"executor.slurm.{k}": f"--{v}" for k, v in SLURM_FLAGS.items()}
+    return load_spec(spec_path, merge_flags(overrides or [], cli or {}, flags))
 
 
 def _print_failed(states, verbose: bool) -> None:
