@@ -137,3 +137,14 @@ def test_augmentation_keys_default_to_the_previous_behaviour():
     with pytest.raises(ConfigError, match="crop_ratio must be"):
         load_finetune_config(None, ["crop_ratio=[0, 1]"])
     assert isinstance(cfg, FinetuneConfig)
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_KIND))
+def test_every_option_has_help(command):
+    """Options without a hand-written help text get their key's help from the dataclass."""
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    cmd._fill_option_help()
+    bare = [p.opts[0] for p in cmd.params if p.param_type_name == "option" and not p.help]
+    assert bare == [], f"{command}: give {bare} a help text (or a config key with a comment)"

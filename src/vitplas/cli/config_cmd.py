@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from vitplas.cli.app import app
-from vitplas.cli.experiments import SLURM_FLAGS
+from vitplas.cli.experiments import SPEC_FLAGS
 
 # config kind -> its dataclass ("module:Class")
 KINDS = {
@@ -35,7 +35,7 @@ COMMAND_KIND = {
 }
 # a flag whose name differs from its config key: flag parameter name -> key
 FLAG_KEYS = {"workers": "num_workers", "images": "radius_images"}
-FLAG_KEYS |= {f.replace("-", "_"): f"executor.slurm.{k}" for k, f in SLURM_FLAGS.items()}
+FLAG_KEYS |= {flag[2:].replace("-", "_"): key for key, flag in SPEC_FLAGS.items()}
 TINY = "--model tiny-random --random-init"
 EXAMPLES = {
     "plasticity": [
@@ -93,15 +93,29 @@ class KeysCommand(TyperCommand):
     """A typer command whose --help ends with its config keys and examples (help_section)."""
 
     def format_help(self, ctx, formatter) -> None:
-        super().format_help(ctx, formatter)
         options = {
             p.name: p.opts[0]
             for p in self.params
             if p.name and p.param_type_name == "option" and p.opts[0].startswith("--")
         }
+        self._fill_option_help()
+        super().format_help(ctx, formatter)
         section = help_section(self.name or "", options)
         if section:
             formatter.write("\n" + section + "\n") if not _rich(self) else typer.echo(section)
+
+    def _fill_option_help(self) -> None:
+        """An option without a help text gets its config key's (the dataclass comment)."""
+        kind = COMMAND_KIND.get(self.name or "")
+        if kind is None:
+            return
+        from vitplas.cli.keys import config_keys
+
+        helps = {k.name: k.help for k in config_keys(config_class(kind))}
+        for param in self.params:
+            key = FLAG_KEYS.get(param.name or "", param.name)
+            if param.param_type_name == "option" and not getattr(param, "help", None):
+                param.help = helps.get(key) or None  # type: ignore[attr-defined]
 
 
 def _rich(command: TyperCommand) -> bool:

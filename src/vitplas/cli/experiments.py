@@ -14,16 +14,17 @@ console = Console()
 SpecArg = typer.Argument(..., exists=True, dir_okay=False, help="sweep spec YAML")
 OverridesArg = typer.Argument(None, help="spec overrides key=value, e.g. base.steps=5")
 RootOpt = typer.Option(None, "--root", help="study folder (default: the spec's root)")
-SLURM_FLAGS = {"partition": "partition", "time_min": "time-min", "gpus_per_node": "gpus"}
-SLURM_FLAGS |= {"account": "account"}  # spec key under executor.slurm -> sweep's flag
+# spec key -> the flag that sets it too (given both ways: an error)
+SPEC_FLAGS = {"executor.kind": "--executor", "executor.max_parallel": "--max-parallel"}
+SPEC_FLAGS |= {f"executor.slurm.{k}": f"--{k}" for k in ("partition", "account")}
+SPEC_FLAGS |= {"executor.slurm.time_min": "--time-min", "executor.slurm.gpus_per_node": "--gpus"}
 
 
 def _load(spec_path: Path, overrides: list[str] | None, cli: dict[str, object] | None = None):
     from vitplas.cli.keys import merge_flags
     from vitplas.experiments.spec import load_spec
 
-    flags = {f"executor.slurm.{k}": f"--{v}" for k, v in SLURM_FLAGS.items()}
-    return load_spec(spec_path, merge_flags(overrides or [], cli or {}, flags))
+    return load_spec(spec_path, merge_flags(overrides or [], cli or {}, SPEC_FLAGS))
 
 
 def _print_failed(states, verbose: bool) -> None:
@@ -57,6 +58,7 @@ def sweep(
 
     slurm = {"executor.slurm.partition": partition, "executor.slurm.time_min": time_min}
     slurm |= {"executor.slurm.gpus_per_node": gpus, "executor.slurm.account": account}
+    slurm |= {"executor.kind": executor, "executor.max_parallel": max_parallel}
     spec = _load(spec_path, overrides, slurm)
     runs = expand(spec)
     if dry_run:
@@ -147,7 +149,9 @@ def reproduce(
     from vitplas.cli.progress import progress_view
     from vitplas.experiments.reproduce import reproduce as run_reproduce
 
-    spec = _load(spec_path, overrides)
+    spec = _load(
+        spec_path, overrides, {"executor.kind": executor, "executor.max_parallel": max_parallel}
+    )
     with progress_view(console) as on_stage:
         summary = run_reproduce(
             spec, executor=executor, max_parallel=max_parallel, root=root, on_stage=on_stage

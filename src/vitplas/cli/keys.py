@@ -137,7 +137,12 @@ def keys_help(cls: type, flags: Mapping[str, str] = {}, width: int = 96) -> str:
         flag = f" [{flags[key.name]}]" if key.name in flags else ""
         body = f"({key.type}) {key.help}{flag}".strip()
         out += textwrap.wrap(
-            body, width, initial_indent=f"{head}  ", subsequent_indent=" " * 6
+            body,
+            width,
+            initial_indent=f"{head}  ",
+            subsequent_indent=" " * 6,
+            break_on_hyphens=False,
+            break_long_words=False,
         ) or [head]
     return "\n".join(out)
 
