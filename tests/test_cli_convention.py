@@ -148,3 +148,25 @@ def test_every_option_has_help(command):
     cmd._fill_option_help()
     bare = [p.opts[0] for p in cmd.params if p.param_type_name == "option" and not p.help]
     assert bare == [], f"{command}: give {bare} a help text (or a config key with a comment)"
+
+
+def test_augmentation_keys_reach_the_transforms():
+    import torch
+    from torchvision import transforms as T
+
+    from vitplas.data.transforms import build_transform
+    from vitplas.training.stream import device_augment
+
+    mean, std = (0.5,) * 3, (0.5,) * 3
+    default = build_transform(mean, std, 32, train=True)
+    crop = default.transforms[1]
+    assert (crop.scale, crop.ratio) == ((0.08, 1.0), (3 / 4, 4 / 3))
+    assert isinstance(default.transforms[2], T.RandomHorizontalFlip)
+    custom = build_transform(mean, std, 32, train=True, scale=[0.5, 1], ratio=[1, 1], flip=False)
+    assert (custom.transforms[1].scale, custom.transforms[1].ratio) == ((0.5, 1), (1, 1))
+    assert not any(isinstance(t, T.RandomHorizontalFlip) for t in custom.transforms)
+    # on the device: the full image, no flip, is the identity up to normalisation
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    out = device_augment(images, 8, mean, std, gen, (1.0, 1.0), (1.0, 1.0), flip=False)
+    torch.testing.assert_close(out, (images.float() / 255 - 0.5) / 0.5, atol=1e-5, rtol=0)
