@@ -38,13 +38,14 @@ def finetune(
         None, "--out", help="run folder (default: runs/finetune/<name>-<config hash>)"
     ),
     progress: bool = typer.Option(True, help="show a progress bar with ETA"),
-    model: str | None = typer.Option(None, help="model spec (preset, timm name, ARCH@FILE)"),
-    dataset: str | None = typer.Option(None, help="dataset name (vitplas datasets)"),
-    train: str | None = typer.Option(None, help="components to train, e.g. mha,fc1 or all"),
-    lr: float | None = typer.Option(None, help="peak learning rate"),
-    steps: int | None = typer.Option(None, help="optimisation steps"),
-    seed: int | None = typer.Option(None, help="seed of init, data order and augmentation"),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
+    # flags of common keys; their help is the key's (config_cmd.KeysCommand)
+    model: str | None = typer.Option(None),
+    dataset: str | None = typer.Option(None),
+    train: str | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    steps: int | None = typer.Option(None),
+    seed: int | None = typer.Option(None),
+    device: str | None = typer.Option(None),
 ) -> None:
     """Finetune the components named in `train` (+ head and final norm); resumable.
 

@@ -50,8 +50,8 @@ class FinetuneConfig:
     download: bool = False  # download a missing dataset where a download exists
     train: list[str] = field(default_factory=lambda: ["mha"])  # components trained besides head and
     # norm (mha, fc1, ln1, ...; all = full finetuning)
-    train_head: bool = True  # the paper always trains a new head ...
-    train_norm: bool = True  # ... and the final LayerNorm
+    train_head: bool = True  # train the new classification head (the paper: always)
+    train_norm: bool = True  # train the final LayerNorm (the paper: always)
 
     # inputs
     img_size: int = 224  # input side in px
