@@ -170,3 +170,14 @@ def test_augmentation_keys_reach_the_transforms():
     gen = torch.Generator().manual_seed(0)
     out = device_augment(images, 8, mean, std, gen, (1.0, 1.0), (1.0, 1.0), flip=False)
     torch.testing.assert_close(out, (images.float() / 255 - 0.5) / 0.5, atol=1e-5, rtol=0)
+
+
+def test_default_finetune_dir_hashes_only_changed_keys():
+    from vitplas.cli.training import default_finetune_dir
+
+    base = load_finetune_config(None, ["dataset=digits"])
+    same = load_finetune_config(None, ["dataset=digits", "hflip=true", "num_workers=0"])
+    other = load_finetune_config(None, ["dataset=digits", "hflip=false"])
+    assert default_finetune_dir(base) == default_finetune_dir(same)
+    assert default_finetune_dir(base) != default_finetune_dir(other)
+    assert default_finetune_dir(base).name.startswith("digits-mha-lr0.01-s0-")

@@ -19,11 +19,17 @@ def _fail(err: Exception, code: int = 2) -> None:
 
 def default_finetune_dir(cfg, root: str | Path = "runs") -> Path:
     """runs/finetune/<dataset-train-lr-seed>-<hash of the config>: the same command finds the
-    same folder again, so rerunning it resumes (or skips) instead of starting over."""
-    from vitplas.config import config_to_dict
+    same folder again, so rerunning it resumes (or skips) instead of starting over. The hash
+    covers the keys that differ from the defaults: a key added to vitplas renames no folder."""
+    from vitplas.config import config_from_dict, config_to_dict
     from vitplas.training.config import RUNTIME_KEYS
 
-    data = {k: v for k, v in config_to_dict(cfg).items() if k not in RUNTIME_KEYS}
+    default = config_to_dict(config_from_dict(type(cfg), {}))
+    data = {
+        k: v
+        for k, v in config_to_dict(cfg).items()
+        if k not in RUNTIME_KEYS and (k not in default or v != default[k])
+    }
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in cfg.run_name())
     return Path(root) / "finetune" / f"{safe}-{digest}"
