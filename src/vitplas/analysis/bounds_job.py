@@ -34,24 +34,28 @@ from vitplas.runs import RunDir, atomic_write_json, write_table
 class BoundsConfig:
     """`vitplas bounds` settings. The radius is given, or measured on dataset/split."""
 
-    model: str = "dinov2-s14"
-    random_init: bool = False
-    img_size: int | None = None
+    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline)
+    img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
     protocol: Literal["model", "paper"] = "model"  # preprocessing and splits (data.transforms)
-    dataset: str = "fashion-mnist"
-    split: str = "test"
-    data_root: str | None = None
-    radius: float | None = None
-    radius_images: int = 256
-    batch_size: int = 32
-    inputs: Literal["embedding", "hidden"] = "embedding"
-    components: list[str] | None = None
-    ln_bound: Literal["data", "abs", "signed"] = "data"
-    mha_slicing: Literal["rows", "columns"] = "rows"
+    dataset: str = "fashion-mnist"  # dataset the radius r is measured on
+    split: str = "test"  # split of that dataset
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    radius: float | None = None  # token radius r (None: measured on dataset/split)
+    radius_images: int = 256  # images the radius r is measured on
+    batch_size: int = 32  # images per forward pass while measuring r
+    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding (the paper) or hidden (each
+    # block's input, r per layer)
+    components: list[str] | None = None  # components to bound (None: every block component)
+    ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
+    # (max|gamma| / smallest token scale of a plasticity run's pairs), abs (max|gamma|) or signed
+    # (the original's)
+    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
+    # columns (the original's)
     plasticity: str | None = None  # a plasticity run folder to divide by the bounds
-    seed: int = 0
-    device: str = "auto"
-    figures: bool = True
+    seed: int = 0  # seed of the images r is measured on
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
+    figures: bool = True  # draw the figures (PNG + PDF)
 
     def validate(self) -> None:
         if self.radius is not None and not self.radius > 0:

@@ -56,34 +56,39 @@ SAVE_EVERY = 8  # batches between two saves of the statistics
 class PlasticityConfig:
     """`vitplas plasticity` settings; defaults are the embedded offline default."""
 
-    model: str = "dinov2-s14"
-    random_init: bool = False
-    img_size: int | None = None
-    # preprocessing and splits: model = the checkpoint's own (the default, any model); paper =
-    # the original release's (ImageNet mean/std, bilinear Resize + CenterCrop, its test split)
-    protocol: Literal["model", "paper"] = "model"
-    reference: str = "photos"
-    reference_split: str = "val"
-    target: str = "fashion-mnist"
-    target_split: str = "test"
-    data_root: str | None = None
-    download: bool = False
-    inputs: Literal["embedding", "hidden"] = "embedding"
+    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline; the model says RANDOM INIT)
+    img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
+    protocol: Literal["model", "paper"] = "model"  # preprocessing and splits: model = the
+    # checkpoint's own (the default, any model); paper = the original release's (ImageNet
+    # mean/std, bilinear Resize + CenterCrop, its test split)
+    reference: str = "photos"  # reference stream x of the pairs (vitplas datasets)
+    reference_split: str = "val"  # split of the reference stream
+    target: str = "fashion-mnist"  # target dataset y of the pairs
+    target_split: str = "test"  # split of the target dataset
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    download: bool = False  # download missing datasets where a download exists
+    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding: every block fed the embedding
+    # output (the paper); hidden: each block's own input
     components: list[str] = field(default_factory=list)  # empty: every block component
-    pairs: int = DEFAULT_PAIRS
-    batch_size: int = 32
-    seed: int = 0
-    device: str = "auto"
-    dtype: Literal["float32", "tf32", "bfloat16", "float16"] = "float32"
+    pairs: int = DEFAULT_PAIRS  # (reference, target) pairs to average over (the paper: 12800)
+    batch_size: int = 32  # pairs per forward pass
+    seed: int = 0  # seed of the pairs' order
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...
+    dtype: Literal["float32", "tf32", "bfloat16", "float16"] = "float32"  # compute precision of the
+    # forward passes
     until_ci: float | None = None  # stop when every CI half-width < until_ci * mean
     check_every: int = 4  # batches between two sequential-stop checks
-    num_workers: int = 0
-    bounds: bool = True
+    num_workers: int = 0  # DataLoader worker processes
+    bounds: bool = True  # also compute the theoretical bounds and the exceedances
     radius: float | None = None  # token radius r; None: measured on the target stream
-    radius_images: int = 256
-    ln_bound: Literal["data", "abs", "signed"] = "data"
-    mha_slicing: Literal["rows", "columns"] = "rows"
-    figures: bool = True
+    radius_images: int = 256  # target images the radius r is measured on
+    ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
+    # (max|gamma| / the smallest token scale of the measured pairs: holds for every pair), abs
+    # (max|gamma|) or signed (the original's)
+    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
+    # columns (the original's)
+    figures: bool = True  # draw the figures (PNG + PDF)
 
     def validate(self) -> None:
         if self.pairs < 1:

@@ -2,6 +2,9 @@
 
 from vitplas.cli import analysis, catalog, clean, experiments, export, landscape, training  # noqa: F401
 from vitplas.cli.app import app
+from vitplas.cli.config_cmd import attach_key_help
+
+attach_key_help(app)  # every command's --help lists its config keys and examples
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ CONFIG = typer.Option(None, "--config", help="YAML file with config keys.")
 WAIT = typer.Option(False, "--wait", help="Wait for a run folder another process owns.")
 REPAIR = typer.Option(False, "--repair", help="Recompute a finished run whose records are damaged.")
 LOCKED_EXIT = 3  # the run folder is owned by another process (see vitplas.locks)
+ARGS = typer.Argument(None, help="[CONFIG.yaml] then config keys as key=value (listed below).")
 
 
 def _fail(err: Exception | str, code: int = 2) -> None:
@@ -42,12 +43,20 @@ def _fail(err: Exception | str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _config(cls: type, path: Path | None, options: dict[str, Any]):
-    """cls from its defaults, then the YAML at `path`, then the options given."""
-    from vitplas.config import config_from_dict, read_yaml
+def _config(cls: type, path: Path | None, options: dict[str, Any], args: list[str] | None = None):
+    """cls from its defaults, then the YAML file, then key=value `args` and the options given
+    (a key given both ways is an error: vitplas.cli.keys)."""
+    from vitplas.cli.keys import merge_flags, split_args
+    from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
 
+    yaml_arg, overrides = split_args(args)
+    if yaml_arg is not None and path is not None:
+        raise ConfigError(f"two config files given ({yaml_arg} and --config {path}); give one")
+    path = path if path is not None else yaml_arg
     data = read_yaml(path) if path is not None else {}
-    data.update({k: v for k, v in options.items() if v is not None})
+    names = {"num_workers": "--workers", "radius_images": "--radius-images"}
+    for item in merge_flags(overrides, options, names):
+        set_dotted(data, *parse_override(item))
     if isinstance(data.get("components"), str):
         data["components"] = [c for c in data["components"].split(",") if c.strip()]
     return config_from_dict(cls, data)
@@ -63,6 +72,7 @@ def _run_dir(out: Path | None, kind: str, name: str) -> Path:
 
 @app.command("plasticity")
 def plasticity_command(
+    args: list[str] = ARGS,
     model: str = MODEL,
     random_init: bool = RANDOM,
     img_size: int = IMG,
@@ -128,7 +138,7 @@ def plasticity_command(
         "protocol": protocol,
     }
     try:
-        cfg = _config(PlasticityConfig, config, options)
+        cfg = _config(PlasticityConfig, config, options, args)
         check_device(cfg.device)
         run_dir = _run_dir(out, "plasticity", cfg.model)
         if compare_base:
@@ -274,6 +284,7 @@ def _print_ranking(result: dict[str, Any]) -> None:
 
 @app.command("bounds")
 def bounds_command(
+    args: list[str] = ARGS,
     model: str = MODEL,
     random_init: bool = RANDOM,
     img_size: int = IMG,
@@ -316,7 +327,7 @@ def bounds_command(
         "protocol": protocol,
     }
     try:
-        cfg = _config(BoundsConfig, config, options)
+        cfg = _config(BoundsConfig, config, options, args)
         with (
             _progress(0) as (_, update),
             removed_if_unused(_run_dir(out, "bounds", cfg.model)) as run_dir,

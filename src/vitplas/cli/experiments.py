@@ -21,13 +21,17 @@ PeakOpt = typer.Option(
 )  # fmt: skip
 MfuOpt = typer.Option(None, "--mfu", help="dry run: assumed utilisation of the peak (0.4)")
 JsonOpt = typer.Option(None, "--json", help="dry run: also write the estimate as JSON here")
+# spec key -> the flag that sets it too (given both ways: an error)
+SPEC_FLAGS = {"executor.kind": "--executor", "executor.max_parallel": "--max-parallel"}
+SPEC_FLAGS |= {f"executor.slurm.{k}": f"--{k}" for k in ("partition", "account")}
+SPEC_FLAGS |= {"executor.slurm.time_min": "--time-min", "executor.slurm.gpus_per_node": "--gpus"}
 
 
 def _load(spec_path: Path, overrides: list[str] | None, cli: dict[str, object] | None = None):
+    from vitplas.cli.keys import merge_flags
     from vitplas.experiments.spec import load_spec
 
-    extra = [f"{k}={v}" for k, v in (cli or {}).items() if v is not None]
-    return load_spec(spec_path, [*(overrides or []), *extra])
+    return load_spec(spec_path, merge_flags(overrides or [], cli or {}, SPEC_FLAGS))
 
 
 def _estimate(spec, runs, peak: str | None, mfu: float | None):
@@ -104,6 +108,7 @@ def sweep(
 
     slurm = {"executor.slurm.partition": partition, "executor.slurm.time_min": time_min}
     slurm |= {"executor.slurm.gpus_per_node": gpus, "executor.slurm.account": account}
+    slurm |= {"executor.kind": executor, "executor.max_parallel": max_parallel}
     spec = _load(spec_path, overrides, slurm)
     runs = expand(spec)
     bad = check_runs(spec, runs)
@@ -245,7 +250,9 @@ def reproduce(
     from vitplas.cli.progress import progress_view
     from vitplas.experiments.reproduce import reproduce as run_reproduce
 
-    spec = _load(spec_path, overrides)
+    spec = _load(
+        spec_path, overrides, {"executor.kind": executor, "executor.max_parallel": max_parallel}
+    )
     if dry_run:
         from vitplas.experiments.spec import expand
 

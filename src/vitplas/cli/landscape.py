@@ -19,11 +19,9 @@ def landscape_command(
     """Loss on the plane of the top two PCA directions of a short SGD trajectory of each
     component of one block, beside that component's rate of change (plasticity).
 
-    Keys (vitplas.experiments.landscape.LandscapeConfig): model, random_init, img_size,
-    blocks, dataset, reference, layer, components, steps, lr, momentum, grad_clip,
-    batch_size, grid, span, eval_images, pairs, seed, device, threads, normalization. Example:
-    vitplas landscape --model tiny-random random_init=true img_size=32 dataset=digits grid=5 steps=4
+    A --preset sets some keys first (paper: the original's setup); key=value and flags win.
     """
+    from vitplas.cli.keys import merge_flags, split_args
     from vitplas.config import config_from_dict, parse_override
     from vitplas.experiments.landscape import PRESETS, LandscapeConfig, run_landscape
     from vitplas.runs import default_run_dir
@@ -32,9 +30,8 @@ def landscape_command(
         if preset not in PRESETS:
             raise ValueError(f"preset '{preset}' is unknown; choose {', '.join(PRESETS)}")
         data = dict(PRESETS[preset])
-        data.update(parse_override(item) for item in overrides or [])
-        if model is not None:
-            data["model"] = model
+        _, items = split_args(overrides)
+        data.update(parse_override(item) for item in merge_flags(items, {"model": model}))
         if isinstance(data.get("components"), str):
             data["components"] = data["components"].split(",")
         cfg = config_from_dict(LandscapeConfig, data)

@@ -32,29 +32,18 @@ def _waiting(wait: bool) -> None:
         os.environ[WAIT_ENV] = "1"
 
 
-def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """[CONFIG.yaml] key=value ... -> (config path or None, overrides)."""
-    config = None
-    overrides = []
-    for item in args:
-        if "=" not in item and item.endswith((".yaml", ".yml")) and config is None:
-            config = item
-        else:
-            overrides.append(item)
-    return config, overrides
-
-
 def default_finetune_dir(cfg, root: str | Path = "runs") -> Path:
     """runs/finetune/<dataset-train-lr-seed>-<hash of the config>: the same command finds the
-    same folder again, so rerunning it resumes (or skips) instead of starting over."""
-    from vitplas.config import config_to_dict
-    from vitplas.training.config import LATER_KEYS, RUNTIME_KEYS
+    same folder again, so rerunning it resumes (or skips) instead of starting over. The hash
+    covers the keys that differ from the defaults: a key added to vitplas renames no folder."""
+    from vitplas.config import config_from_dict, config_to_dict
+    from vitplas.training.config import RUNTIME_KEYS
 
-    default = config_to_dict(type(cfg)())
+    default = config_to_dict(config_from_dict(type(cfg), {}))
     data = {
         k: v
         for k, v in config_to_dict(cfg).items()
-        if k not in RUNTIME_KEYS and not (k in LATER_KEYS and v == default[k])
+        if k not in RUNTIME_KEYS and (k not in default or v != default[k])
     }
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in cfg.run_name())
@@ -72,6 +61,14 @@ def finetune(
     progress: bool = typer.Option(True, help="show a progress bar with ETA"),
     wait: bool = WAIT,
     repair: bool = REPAIR,
+    # flags of common keys; their help is the key's (config_cmd.KeysCommand)
+    model: str | None = typer.Option(None),
+    dataset: str | None = typer.Option(None),
+    train: str | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    steps: int | None = typer.Option(None),
+    seed: int | None = typer.Option(None),
+    device: str | None = typer.Option(None),
 ) -> None:
     """Finetune the components named in `train` (+ head and final norm); resumable.
 
@@ -79,14 +76,17 @@ def finetune(
     `torchrun --nproc_per_node K` the same command trains with DDP. Exit 3: another process
     owns the run folder.
     """
+    from vitplas.cli.keys import merge_flags, split_args
     from vitplas.config import ConfigError
     from vitplas.locks import RunLockedError
     from vitplas.runs import disk_full
     from vitplas.training.config import load_finetune_config
     from vitplas.training.finetune import TrainingDivergedError, run_finetune
 
-    config, overrides = _split_args(args or [])
+    flags = dict(model=model, dataset=dataset, train=train, lr=lr, steps=steps, seed=seed)
     try:
+        config, overrides = split_args(args)
+        overrides = merge_flags(overrides, {**flags, "device": device})
         cfg = load_finetune_config(config, overrides)
         check_device(cfg.device)
         run_dir = check_out_folder(out) if out else default_finetune_dir(cfg)
@@ -182,21 +182,17 @@ def probe(
     wait: bool = WAIT,
     repair: bool = REPAIR,
 ) -> None:
-    """Linear probes on (layer, component) outputs of a frozen model: a tidy accuracy table.
-
-    Examples: `vitplas probe --model dinov2-s14 --dataset fashion-mnist img_size=112
-    layers=[11] components=[mha,fc1,block] max_train=5000`.
-    """
+    """Linear probes on (layer, component) outputs of a frozen model: a tidy accuracy table."""
+    from vitplas.cli.keys import merge_flags, split_args
     from vitplas.config import ConfigError, load_config
     from vitplas.locks import RunLockedError
     from vitplas.runs import default_run_dir
     from vitplas.training.probe import ProbeConfig, run_probe
 
-    config, overrides = _split_args(args or [])
-    overrides += [f"model={model}"] * bool(model) + [f"dataset={dataset}"] * bool(dataset)
-    overrides += [f"protocol={protocol}"] * bool(protocol)
     try:
-        cfg = load_config(ProbeConfig, config, overrides)
+        config, overrides = split_args(args)
+        flags = {"model": model, "dataset": dataset, "protocol": protocol}
+        cfg = load_config(ProbeConfig, config, merge_flags(overrides, flags))
         check_device(cfg.device)
         name = f"{cfg.model}-{cfg.dataset}"
         run_dir = check_out_folder(out) if out else default_run_dir("probe", name)

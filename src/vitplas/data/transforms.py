@@ -68,10 +68,15 @@ def build_transform(
     train: bool,
     *,
     crop_pct: float = DEFAULT_CROP_PCT,
-    scale: tuple[float, float] = (0.08, 1.0),
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    flip: bool = True,
     interpolation: str = "bicubic",
 ) -> T.Compose:
-    """PIL image -> normalised float32 tensor (3, H, W); `size` is an int, (H, W) or (3, H, W)."""
+    """PIL image -> normalised float32 tensor (3, H, W); `size` is an int, (H, W) or (3, H, W).
+
+    train: RandomResizedCrop with area fraction in `scale` and aspect ratio in `ratio`, then a
+    horizontal flip with probability 0.5 when `flip`."""
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"mean and std must be 3 values with std > 0, got {mean}, {std}")
     if interpolation not in _INTERPOLATION:
@@ -79,10 +84,10 @@ def build_transform(
     mode = _INTERPOLATION[interpolation]
     height, width = _hw(size)
     if train:
-        geometry = [
-            T.RandomResizedCrop((height, width), scale=scale, interpolation=mode),
-            T.RandomHorizontalFlip(),
-        ]
+        crop = T.RandomResizedCrop(
+            (height, width), scale=tuple(scale), ratio=tuple(ratio), interpolation=mode
+        )
+        geometry = [crop, T.RandomHorizontalFlip()] if flip else [crop]
     else:
         resize_h, resize_w = eval_resize((height, width), crop_pct)
         # a square target resizes the short side (keeps the aspect ratio), as usual

@@ -41,28 +41,30 @@ from vitplas.runs import RunDir, atomic_write_json, write_table
 class LandscapeConfig:
     """`vitplas landscape` settings; defaults are the offline default (see PRESETS['paper'])."""
 
-    model: str = "dinov2-s14"
-    random_init: bool = False
-    img_size: int | None = 42
+    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline)
+    img_size: int | None = 42  # input side in px (None: the model's own)
     blocks: int | None = 1  # keep the first N blocks (None: all; the paper)
     dataset: str = "fashion-mnist"  # SGD steps and the loss batch: its train split
     reference: str = "photos"  # rate of change: pairs (reference [val], dataset [test])
-    layer: int = 0
-    components: list[str] = field(default_factory=lambda: ["ln1", "fc1", "mha"])
-    steps: int = 20
-    lr: float = 0.01
-    momentum: float = 0.9
+    layer: int = 0  # the block whose components are studied
+    components: list[str] = field(default_factory=lambda: ["ln1", "fc1", "mha"])  # components of
+    # that block, one pair of surfaces each
+    steps: int = 20  # SGD steps of the trajectory
+    lr: float = 0.01  # SGD learning rate of the trajectory
+    momentum: float = 0.9  # SGD momentum
     grad_clip: float | None = 1.0  # total gradient norm, as the finetuning protocol clips
-    batch_size: int = 16
-    grid: int = 20
-    span: float = 0.5
-    eval_images: int = 16
-    pairs: int = 16
-    seed: int = 0
-    device: str = "auto"
+    batch_size: int = 16  # images per SGD step
+    grid: int = 20  # grid points per side of the plane (grid x grid evaluations)
+    span: float = 0.5  # the grid covers [-span, span] along both PCA directions
+    eval_images: int = 16  # training images of the fixed loss batch
+    pairs: int = 16  # fixed (reference, dataset) pairs of the rate of change
+    seed: int = 0  # seed of the head, the batches and the pairs
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
     threads: int | None = 1  # torch CPU threads for the run: its tensors are small, and more
     # threads mostly wait for each other (5x the CPU time on a shared 2-core CPU); None: torch's
-    normalization: Literal["model", "paper"] = "model"
+    normalization: Literal["model", "paper"] = "model"  # mean/std: the model's own, or ImageNet's
+    # (the paper)
 
     def validate(self) -> None:
         if self.steps < 2 or self.grid < 2:

@@ -31,20 +31,21 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a spec name: one plain 
 class SlurmSettings:
     """SLURM job-array settings (submitit's SlurmExecutor)."""
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    time_min: int | None = None  # per job; None: the cost estimate x margin (experiments/cost.py)
-    gpus_per_node: int = 1
-    cpus_per_task: int = 8
-    mem_gb: float | None = None
+    partition: str | None = None  # SLURM partition
+    account: str | None = None  # SLURM account
+    qos: str | None = None  # SLURM quality of service
+    constraint: str | None = None  # SLURM node constraint
+    time_min: int | None = None  # time limit per run in minutes (None: the cost estimate x a
+    # margin, experiments/cost.py)
+    gpus_per_node: int = 1  # GPUs per run
+    cpus_per_task: int = 8  # CPUs per run
+    mem_gb: float | None = None  # memory per run in GB (None: the cluster's default)
     setup: list[str] = field(default_factory=list)  # shell lines run before each job
 
 
 @dataclass
 class ExecutorSettings:
-    kind: Literal["local", "slurm"] = "local"
+    kind: Literal["local", "slurm"] = "local"  # local processes or SLURM job arrays
     max_parallel: int = 1  # local: processes at once; slurm: array parallelism
     timeout_min: int = 7 * 24 * 60  # local jobs: submitit's wall-clock limit per run
     threads_per_run: int | None = None  # torch threads in each local run (None: torch default)
@@ -60,7 +61,8 @@ class ExecutorSettings:
 class RunnerSettings:
     """What one run calls, by import path: function(cfg, run_dir) -> dict."""
 
-    function: str = "vitplas.training.finetune:run_finetune"
+    function: str = "vitplas.training.finetune:run_finetune"  # what one run calls:
+    # module:function(cfg, run_dir) -> dict
     config: str | None = "vitplas.training.finetune:FinetuneConfig"  # None: cfg is a dict
 
 
@@ -69,28 +71,34 @@ class ProbeBaseline:
     """Which linear-probe row is the baseline of the relative gain (PAPER.md section 4)."""
 
     layer: int = -1  # -1: the last block
-    component: str = "block"
+    component: str = "block"  # component of the baseline probe row (block: the block's output)
 
 
 @dataclass
 class AnalysisSettings:
     """Jobs besides the finetuning runs; each entry is a config mapping of the analysis area."""
 
-    plasticity: list[dict[str, Any]] = field(default_factory=list)
-    bounds: list[dict[str, Any]] = field(default_factory=list)
-    probes: list[dict[str, Any]] = field(default_factory=list)
+    plasticity: list[dict[str, Any]] = field(default_factory=list)  # plasticity jobs:
+    # PlasticityConfig mappings (vitplas config show plasticity)
+    bounds: list[dict[str, Any]] = field(default_factory=list)  # bounds jobs: BoundsConfig mappings
+    # (vitplas config show bounds)
+    probes: list[dict[str, Any]] = field(default_factory=list)  # probe jobs: ProbeConfig mappings
+    # (vitplas config show probe)
     baseline: ProbeBaseline = field(default_factory=ProbeBaseline)
 
 
 @dataclass
 class SweepSpec:
-    name: str = ""
-    study: Literal["paper", "custom"] = "custom"
-    description: str = ""
+    name: str = ""  # the study's name (names its run folder)
+    study: Literal["paper", "custom"] = "custom"  # paper: the paper's study (its figures and
+    # tables); custom: any other
+    description: str = ""  # one line shown in the report
     root: str = ""  # default runs/sweeps/<name>
     presets: dict[str, str] = field(default_factory=dict)  # dataset -> finetune preset YAML
-    base: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)  # finetune keys shared by every run (vitplas
+    # config show finetune)
+    grid: dict[str, list] = field(default_factory=dict)  # finetune key -> list of values; every
+    # combination is one run
     grid_by_dataset: dict[str, dict[str, list]] = field(default_factory=dict)  # axis overrides
     base_by: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # see expand()
     select_by: Literal["test_acc", "best_val_acc"] = "test_acc"  # the paper picks the lr by test

@@ -43,56 +43,65 @@ class FinetuneConfig:
     """One finetuning run. `train` names what is trained (`all` = full finetuning)."""
 
     # what
-    model: str = "vit-b16-in21k"
+    model: str = "vit-b16-in21k"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
     random_init: bool = False  # True only for baselines/tests: the model says "RANDOM INIT"
-    dataset: str = "cifar10"
-    data_root: str | None = None
-    download: bool = False
-    train: list[str] = field(default_factory=lambda: ["mha"])
-    train_head: bool = True  # the paper always trains a new head ...
-    train_norm: bool = True  # ... and the final LayerNorm
+    dataset: str = "cifar10"  # dataset name (vitplas datasets)
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    download: bool = False  # download a missing dataset where a download exists
+    train: list[str] = field(default_factory=lambda: ["mha"])  # components trained besides head and
+    # norm (mha, fc1, ln1, ...; all = full finetuning)
+    train_head: bool = True  # train the new classification head (the paper: always)
+    train_norm: bool = True  # train the final LayerNorm (the paper: always)
+
     # inputs
-    img_size: int = 224
+    img_size: int = 224  # input side in px
     protocol: Literal["paper", "model"] = "model"  # the model's preprocessing, or the original's
     val_split: Literal["auto", "fixed", "seeded"] = "auto"  # auto: seeded (paper), fixed (model)
     augment: Literal["cpu", "device"] = "cpu"  # where RandomResizedCrop + flip run
     load_size: int | None = None  # augment=device: uint8 size the loader yields (None = img_size;
     # e.g. 32 for CIFAR: the CPU only decodes, the GPU crops and resizes to img_size)
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # training crops
+    # (RandomResizedCrop): area as a fraction of the image, uniform in [min, max]
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # training crops:
+    # aspect ratio (width / height), log-uniform in [min, max]
+    hflip: bool = True  # training images flipped left-right with probability 0.5
+
     # optimisation
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (the paper) or adamw
+    lr: float = 0.01  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # L2 weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     batch_size: int = 512  # global batch (all processes, all accumulation steps)
     micro_batch_size: int | None = None  # per process; None = no accumulation
-    steps: int = 10_000
-    warmup_steps: int = 2_000
-    grad_clip: float | None = 1.0
+    steps: int = 10_000  # optimisation steps
+    warmup_steps: int = 2_000  # linear warmup steps, then cosine to 0
+    grad_clip: float | None = 1.0  # clip of the total gradient norm (None: no clipping)
+
     # evaluation, logging, checkpoints
-    eval_every: int = 500
-    # validate after the last step too when `steps` is not a multiple of `eval_every` (the
-    # original validates at multiples only; a run shorter than one period always validates)
-    eval_at_end: bool = False
+    eval_every: int = 500  # steps between two validations (and checkpoints)
+    eval_at_end: bool = False  # validate after the last step too when `steps` is not a
+    # multiple of `eval_every` (the original validates at multiples only; a run shorter than one
+    # period always validates)
     ckpt_every: int | None = None  # None = at every evaluation
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # step checkpoints kept (the best one is kept besides)
     keep_state: bool = False  # keep the resumable train state (step folders) after DONE
-    # divergence: stop when the loss stays above diverge_factor x the first step's loss for
-    # diverge_window steps after warmup (null: only NaN/inf stops a run)
-    diverge_factor: float | None = 10.0
-    diverge_window: int = 100
-    log_every: int = 10
+    diverge_factor: float | None = 10.0  # stop as diverged when the loss stays above this x the
+    # first step's loss for diverge_window steps after warmup (null: only NaN/inf stops a run)
+    diverge_window: int = 100  # steps the loss must stay above diverge_factor x its first value
+    log_every: int = 10  # steps between two metrics lines
     eval_batch_size: int | None = None  # None = micro batch (or batch) size
     max_eval_samples: int | None = None  # cap val/test size (smoke runs); None = all
-    tensorboard: bool = True
+    tensorboard: bool = True  # also write TensorBoard event files
+
     # reproducibility and hardware
-    seed: int = 0
-    num_workers: int = 4
+    seed: int = 0  # seed of init, data order, augmentation and (seeded) val split
+    num_workers: int = 4  # DataLoader worker processes
     device: str = "auto"  # auto = cuda if available, else cpu
-    # auto: float32 under protocol paper (the original); bf16 autocast on cuda under model.
-    # validate() resolves auto, so the run folder's config states what ran
-    amp: Literal["auto", "bf16", "none"] = "auto"
-    compile: bool = False
+    amp: Literal["auto", "bf16", "none"] = "auto"  # auto: float32 under protocol paper (the
+    # original); bf16 autocast on cuda under model. validate() resolves auto, so the run
+    # folder's config states what ran
+    compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)
 
     def validate(self) -> None:
@@ -112,6 +121,7 @@ class FinetuneConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or null, got {self.grad_clip}")
+        _check_crops(self.crop_scale, self.crop_ratio)
         if len(self.betas) != 2:
             raise ConfigError(f"betas must hold two numbers, got {self.betas}")
         if self.micro_batch_size is not None and (
@@ -162,6 +172,14 @@ class FinetuneConfig:
     def run_name(self) -> str:
         """A short readable name: dataset-train-lr-seed."""
         return f"{self.dataset}-{'+'.join(self.train)}-lr{self.lr:g}-s{self.seed}"
+
+
+def _check_crops(scale: list[float], ratio: list[float]) -> None:
+    """crop_scale within (0, 1] and crop_ratio > 0, each an ordered [min, max]."""
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(f"crop_ratio must be [min, max] with 0 < min <= max, got {ratio}")
 
 
 _FLOAT_FIELDS = {
@@ -215,6 +233,3 @@ def is_finetune_preset(path: str | Path) -> bool:
 # Keys that may change between a run and its resumption (hardware and display only).
 RUNTIME_KEYS = {"num_workers", "device", "compile", "tensorboard", "eval_batch_size", "log_every"}
 RUNTIME_KEYS |= {"keep_state"}  # what is kept on disk after DONE changes no number
-# Keys added after runs existed: at their default they stay out of a run folder's name hash,
-# so the same command finds a run started before they existed.
-LATER_KEYS = ("keep_state", "diverge_factor", "diverge_window")

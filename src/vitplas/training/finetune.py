@@ -253,7 +253,10 @@ class Finetuner:
         if cfg.augment == "device":
             # crops drawn from (seed, step, rank) alone: identical after a resume
             gen = torch.Generator(self.device).manual_seed(mix_seed(cfg.seed, step, self.dist.rank))
-            images = device_augment(images, cfg.img_size, self.sources.mean, self.sources.std, gen)
+            crops = dict(scale=cfg.crop_scale, ratio=cfg.crop_ratio, flip=cfg.hflip)
+            images = device_augment(
+                images, cfg.img_size, self.sources.mean, self.sources.std, gen, **crops
+            )
         lr = lr_at(
             step,
             base_lr=cfg.lr,

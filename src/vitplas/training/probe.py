@@ -37,27 +37,30 @@ Point = tuple[int, str]  # (layer, component); component "block" = the block's o
 class ProbeConfig:
     """A linear-probe study of one model on one dataset."""
 
-    model: str = "vit-b16-in21k"
-    random_init: bool = False
-    dataset: str = "cifar10"
-    data_root: str | None = None
-    img_size: int = 224
-    protocol: Literal["paper", "model"] = "model"  # module docstring
+    model: str = "vit-b16-in21k"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline)
+    dataset: str = "cifar10"  # dataset name (vitplas datasets)
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    img_size: int = 224  # input side in px
+    protocol: Literal["paper", "model"] = "model"  # preprocessing and splits: model (the
+    # checkpoint's) or paper (the original's; module docstring)
     layers: list[int] | None = None  # None = every block
     components: list[str] = field(default_factory=lambda: ["all"])  # all = every one + block
-    pool: Literal["mean", "cls"] = "mean"
+    pool: Literal["mean", "cls"] = "mean"  # token pooling of a feature: mean over tokens, or the
+    # cls token
     C: float = 1.0  # inverse L2 strength, as scikit-learn's
-    backend: Literal["torch", "sklearn"] = "torch"
+    backend: Literal["torch", "sklearn"] = "torch"  # logistic regression by torch (L-BFGS) or
+    # scikit-learn
     max_iter: int | None = None  # None: 5000 under protocol paper (the original's), else 1000
     max_train: int | None = None  # a fixed random subset (seed) of the train split
-    max_test: int | None = None
-    batch_size: int = 128
-    num_workers: int = 4
-    device: str = "auto"
-    # features in float32 by default: the probe is the baseline of every relative gain
-    # (auto/bf16: bf16 autocast on CUDA, faster, features rounded to 8 mantissa bits)
-    amp: Literal["auto", "bf16", "none"] = "none"
-    seed: int = 0
+    max_test: int | None = None  # a fixed random subset of the test split (None: all)
+    batch_size: int = 128  # images per forward pass
+    num_workers: int = 4  # DataLoader worker processes
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
+    amp: Literal["auto", "bf16", "none"] = "none"  # features in float32 by default: the probe
+    # is the baseline of every relative gain (auto/bf16: bf16 autocast on CUDA, faster, features
+    # rounded to 8 mantissa bits)
+    seed: int = 0  # seed of the subsets and (paper) the augmentation
     max_feature_gb: float = 4.0  # features held at once; more points = more passes
 
     def validate(self) -> None:

@@ -121,7 +121,8 @@ def load_sources(
         if train and cfg.augment == "device":
             transform = uint8_transform(cfg.load_size or cfg.img_size)
         else:
-            transform = build_transform(size=cfg.img_size, train=train, **prep)
+            augment = dict(scale=cfg.crop_scale, ratio=cfg.crop_ratio, flip=cfg.hflip)
+            transform = build_transform(size=cfg.img_size, train=train, **augment, **prep)
         data[split] = get_dataset(
             cfg.dataset,
             split,

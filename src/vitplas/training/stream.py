@@ -143,6 +143,7 @@ def device_augment(
     generator: torch.Generator,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
 ) -> torch.Tensor:
     """RandomResizedCrop + horizontal flip + normalisation of a uint8 batch on its device.
 
@@ -160,9 +161,9 @@ def device_augment(
     height = torch.sqrt(area / aspect).clamp(max=1.0)
     cx = (width / 2 + (1 - width) * u[:, 2]) * 2 - 1  # crop centre in [-1, 1]
     cy = (height / 2 + (1 - height) * u[:, 3]) * 2 - 1
-    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    mirror = torch.where((u[:, 4] < 0.5) & flip, -1.0, 1.0)  # flip: left-right, p = 0.5
     theta = torch.zeros(batch, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 2] = width * flip, cx
+    theta[:, 0, 0], theta[:, 0, 2] = width * mirror, cx
     theta[:, 1, 1], theta[:, 1, 2] = height, cy
     grid = F.affine_grid(theta, [batch, 3, size, size], align_corners=False)
     out = F.grid_sample(images.float() / 255.0, grid, mode="bilinear", align_corners=False)

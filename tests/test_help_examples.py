@@ -1,0 +1,67 @@
+"""Every example printed by a command's --help runs as written (offline, from a folder that
+holds the repository's configs/), and exits 0."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vitplas.cli import app
+from vitplas.cli.config_cmd import EXAMPLES
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+SLOW = {  # over ~20 s on a shared 2-core CPU: the real DINOv2; a training run
+    "vitplas plasticity --pairs 32 bounds=false",
+    EXAMPLES["finetune"][0],
+}
+
+
+def _help(argv: list[str]) -> str:
+    result = runner.invoke(app, [*argv, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def printed_examples(argv: list[str]) -> list[str]:
+    """The lines under 'Examples:' of `vitplas ARGV --help`."""
+    lines = _help(argv).splitlines()
+    if "Examples:" not in lines:
+        return []
+    start = lines.index("Examples:") + 1
+    out = []
+    for line in lines[start:]:
+        if not line.startswith("  vitplas "):
+            break
+        out.append(line.strip())
+    return out
+
+
+def _commands() -> list[list[str]]:
+    return [["config", "show"] if name == "show" else [name] for name in EXAMPLES]
+
+
+def test_every_example_is_printed_by_its_help():
+    for argv in _commands():
+        assert printed_examples(argv) == EXAMPLES[argv[-1]], argv
+
+
+CASES = [
+    pytest.param(e, marks=pytest.mark.slow, id=e) if e in SLOW else pytest.param(e, id=e)
+    for argv in _commands()
+    for e in EXAMPLES[argv[-1]]
+]
+
+
+@pytest.mark.parametrize("example", CASES)
+def test_help_example_runs_as_written(example, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    argv = shlex.split(example)
+    assert argv[0] == "vitplas"
+    result = runner.invoke(app, argv[1:])
+    assert result.exit_code == 0, f"{example}\n{result.output}"
