@@ -99,7 +99,7 @@ def _pair_bounds(
 
 def estimate(
     cmap: ComponentMap,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, ...]],
     *,
     components: Sequence[str] | None = None,
     inputs: str = "embedding",
@@ -110,11 +110,12 @@ def estimate(
     until_ci: float | None = None,
     check_every: int = 4,
     on_batch: Callable[[int, int], None] | None = None,
+    on_ratios: Callable[[torch.Tensor, tuple], None] | None = None,
     save: Callable[[dict], None] | None = None,
     save_every: int = 8,
     resume: dict | None = None,
 ) -> Estimate:
-    """Stream `batches` of (x, y) images through pair_ratios into on-device statistics.
+    """Stream `batches` of (x, y, *extra) images through pair_ratios into on-device statistics.
 
     The model must already be on `device`. bounds: (L, C) per-layer bounds whose exceedances
     are counted. norm_gains: (L, C) gains g (NaN elsewhere) of data-scale norm bounds: each
@@ -123,6 +124,8 @@ def estimate(
     until_ci: stop once every (layer, component) CI half-width is below this
     fraction of its mean (checked every `check_every` batches), else at the end of `batches`.
     on_batch(batches_done, pairs_done) is called after each batch (progress display).
+    on_ratios(ratios (B, L, C), extra) receives each batch's per-pair ratios (on the device)
+    with the batch's extra entries (e.g. the images' dataset indices), before any save.
     save(state) receives the resumable state every `save_every` batches; `resume` (such a
     state) skips the batches it covered and continues to the numbers of an unbroken run.
     """
@@ -149,7 +152,7 @@ def estimate(
             smallest = resume["smallest"].to(device=device, dtype=torch.float64)
         batches = itertools.islice(batches, done, None)  # the same stream, past what is counted
     with precision(device, dtype):
-        for x, y in batches:
+        for x, y, *extra in batches:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if scaled:
@@ -157,7 +160,10 @@ def estimate(
                 stats.update(_with_pooled(ratios), _pair_bounds(fixed, gains, scales))
                 smallest = torch.fmin(smallest, scales.amin(0))
             else:
-                stats.update(_with_pooled(pair_ratios(cmap, x, y, names, inputs)))
+                ratios = pair_ratios(cmap, x, y, names, inputs)
+                stats.update(_with_pooled(ratios))
+            if on_ratios is not None:
+                on_ratios(ratios, tuple(extra))
             done, pairs = done + 1, pairs + x.shape[0]
             if save is not None and done % save_every == 0:
                 elapsed = time.perf_counter() - start

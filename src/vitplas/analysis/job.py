@@ -2,7 +2,8 @@
 
 Files: config.yaml, manifest.json, plasticity.{csv,parquet} (per layer), plasticity_pooled
 (per component, pooled over layers, with ranks), bounds and bound_ratio (when bounds are on),
-summary.txt, result.json, figures/*.{png,pdf}, checksums.json, DONE.
+summary.txt, result.json, figures/*.{png,pdf}, pairs.parquet (with save_pairs: the ratio of
+every pair, layer and component, vitplas.analysis.pair_file), checksums.json, DONE.
 
 The folder is locked (vitplas.locks) and its config checked first: a finished run of the same
 config is read back, verified, instead of recomputed. While it runs, the streaming statistics
@@ -24,6 +25,7 @@ import torch
 from vitplas.analysis import tables
 from vitplas.analysis.bounds import bounds_matrix, layer_bounds
 from vitplas.analysis.estimate import Estimate, estimate
+from vitplas.analysis.pair_file import PAIRS_FILE, PairWriter
 from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
@@ -89,6 +91,8 @@ class PlasticityConfig:
     mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
     # columns (the original's)
     figures: bool = True  # draw the figures (PNG + PDF)
+    save_pairs: bool = False  # also keep every pair's ratios (pair, its images' dataset indices,
+    # layer, component, ratio) in pairs.parquet, for custom analyses
 
     def validate(self) -> None:
         if self.pairs < 1:
@@ -135,8 +139,11 @@ def _bounds(cfg, setup, components, target, on_phase) -> tuple[pd.DataFrame | No
     return frame, radius, source
 
 
-def _saver(run: RunDir):
+def _saver(run: RunDir, writer: PairWriter | None):
     def save(state: dict) -> None:
+        if writer is not None:  # the pairs up to this state, before the state itself
+            writer.flush()
+            fault_point("plasticity_pairs_saved")
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(run / STATE_FILE, buffer.getvalue())
@@ -156,7 +163,7 @@ def _saved(run: RunDir) -> dict | None:
         return None
 
 
-def _estimate(cfg, setup, components, reference, target, bounds, progress, run) -> Estimate:
+def _estimate(cfg, setup, components, reference, target, bounds, progress, run, writer) -> Estimate:
     batches = pair_batches(
         reference,
         target,
@@ -165,7 +172,12 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run) 
         seed=cfg.seed,
         num_workers=cfg.num_workers,
         names=(cfg.reference, cfg.target),
+        with_indices=writer is not None,
     )
+    resume = _saved(run)
+    if writer is not None:
+        done = (0, 0) if resume is None else (int(resume["batches"]), int(resume["pairs"]))
+        writer.resume(*done)
     matrix = gains = None
     if bounds is not None:
         matrix = bounds_matrix(bounds, setup.cmap.depth, components)
@@ -182,9 +194,10 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run) 
         until_ci=cfg.until_ci,
         check_every=cfg.check_every,
         on_batch=_with_fault(progress),
-        save=_saver(run),
+        on_ratios=None if writer is None else writer.add,
+        save=_saver(run, writer),
         save_every=SAVE_EVERY,
-        resume=_saved(run),
+        resume=resume,
     )
 
 
@@ -255,7 +268,10 @@ def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dic
     t_setup = time.perf_counter()
     bounds, radius, radius_source = _bounds(cfg, setup, components, target, on_phase)
     t_bounds = time.perf_counter()
-    est = _estimate(cfg, setup, components, reference, target, bounds, progress, run)
+    writer = PairWriter(run.path, components) if cfg.save_pairs else None
+    est = _estimate(cfg, setup, components, reference, target, bounds, progress, run, writer)
+    if writer is not None:
+        writer.finish()
     labels = {
         "model": cfg.model,
         "reference": cfg.reference,
@@ -285,7 +301,7 @@ def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dic
         "settled": written["settled"],
         "exceedances": written["exceedances"],
         "timings": timings,
-        "files": written["files"],
+        "files": written["files"] + ([PAIRS_FILE] if writer is not None else []),
     }
     sizes = {"reference_size": len(reference), "target_size": len(target)}
     _write_manifest(run, cfg, setup, {**result, **sizes})
@@ -293,4 +309,6 @@ def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dic
     atomic_write_text(run / "summary.txt", tables.summary_text(result, written["pooled"]))
     run.mark_done()
     (run / STATE_FILE).unlink(missing_ok=True)
+    if writer is not None:
+        writer.remove_parts()
     return {**result, "pooled": written["pooled"], "run_dir": str(run.path)}

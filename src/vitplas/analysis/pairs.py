@@ -53,7 +53,21 @@ class PairPlan:
         return -(-self.pairs // per_pass)
 
 
+class _Indexed(Dataset):
+    """`dataset` with each image's index in place of its label."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index][0], index
+
+
 def _stream(dataset: Dataset, name: str, plan: PairPlan, seed: int, workers: int) -> Iterator:
+    """(images, labels) batches, pass after pass, each pass in its own seeded order."""
     epoch = 0
     while True:
         loader = make_loader(
@@ -64,8 +78,7 @@ def _stream(dataset: Dataset, name: str, plan: PairPlan, seed: int, workers: int
             num_workers=workers,
             drop_last=True,  # x and y batches always line up
         )
-        for images, _ in loader:
-            yield images
+        yield from loader
         epoch += 1
 
 
@@ -78,21 +91,26 @@ def pair_batches(
     seed: int,
     num_workers: int = 0,
     names: tuple[str, str] = ("reference", "target"),
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    with_indices: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """(x, y) image batches (B, 3, H, W) until `pairs` pairs; the last one may be short.
+    with_indices: (x, y, x_index, y_index), the images' (B,) int64 indices in their datasets
+    (the same images, in the same order).
 
     Checked here, before any image is read: pairs >= 1, and each stream holds a batch."""
     plan = PairPlan(pairs, batch_size, len(reference), len(target))
     plan.validate(*names)
+    if with_indices:
+        reference, target = _Indexed(reference), _Indexed(target)
     xs = _stream(reference, "reference", plan, seed, num_workers)
     ys = _stream(target, "target", plan, seed, num_workers)
-    return _zip(xs, ys, pairs)
+    return _zip(xs, ys, pairs, with_indices)
 
 
-def _zip(xs: Iterator, ys: Iterator, pairs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _zip(xs: Iterator, ys: Iterator, pairs: int, with_indices: bool) -> Iterator[tuple]:
     left = pairs
     while left > 0:
-        x, y = next(xs), next(ys)
+        (x, ix), (y, iy) = next(xs), next(ys)
         take = min(left, x.shape[0])
-        yield x[:take], y[:take]
+        yield (x[:take], y[:take], ix[:take], iy[:take]) if with_indices else (x[:take], y[:take])
         left -= take

@@ -95,6 +95,9 @@ def plasticity_command(
     ln_bound: str = LN_BOUND,
     mha_slicing: str = SLICING,
     protocol: str = PROTOCOL,
+    save_pairs: bool = typer.Option(
+        None, "--save-pairs/--no-save-pairs", help="Keep every pair's ratios in pairs.parquet."
+    ),
     out: Path = OUT,
     config: Path = CONFIG,
     wait: bool = WAIT,
@@ -136,6 +139,7 @@ def plasticity_command(
         "ln_bound": ln_bound,
         "mha_slicing": mha_slicing,
         "protocol": protocol,
+        "save_pairs": save_pairs,
     }
     try:
         cfg = _config(PlasticityConfig, config, options, args)
