@@ -103,18 +103,38 @@ def test_resume_drops_parts_at_or_past_the_resume_point(tmp_path):
 
     from vitplas.analysis.pair_file import PairWriter
 
-    writer = PairWriter(tmp_path, ["mha", "fc1"])
+    path, parts = tmp_path / "p.parquet", tmp_path / "parts"
+    writer = PairWriter(path, ["mha", "fc1"], parts)
     for _ in range(3):  # parts starting at batches 0, 2 and 4
         writer.add(torch.rand(2, 3, 2))
         writer.add(torch.rand(2, 3, 2))
         writer.flush()
-    (tmp_path / PARTS_DIR / ".part-00006.parquet.x.tmp").write_bytes(b"torn")
-    again = PairWriter(tmp_path, ["mha", "fc1"])
+    (parts / ".part-00006.parquet.x.tmp").write_bytes(b"torn")
+    again = PairWriter(path, ["mha", "fc1"], parts)
     again.resume(batches=2, pairs=4)
-    assert [p.name for p in (tmp_path / PARTS_DIR).iterdir()] == ["part-00000.parquet"]
+    assert [p.name for p in parts.iterdir()] == ["part-00000.parquet"]
     again.add(torch.rand(3, 3, 2))
     frame = pd.read_parquet(again.finish())
     assert list(frame["pair"].unique()) == list(range(7))
     assert len(frame) == 7 * 3 * 2
     assert list(frame["layer"][:6]) == [0, 0, 1, 1, 2, 2]
     assert list(frame["component"][:4]) == ["mha", "fc1", "mha", "fc1"]
+
+
+def test_api_save_pairs_writes_the_same_columns_and_means(tmp_path):
+    import vitplas
+
+    path = tmp_path / "sub" / "mine.parquet"
+    res = vitplas.plasticity(
+        "tiny-random", "photos", "digits", pairs=12, batch_size=4, random_init=True,
+        device="cpu", save_pairs=path,
+    )  # fmt: skip
+    pairs = pd.read_parquet(path)
+    assert list(pairs.columns) == [
+        "pair", "reference_index", "target_index", "layer", "component", "ratio"
+    ]  # fmt: skip
+    assert len(pairs) == 12 * len(res.table)
+    means = pairs.groupby(["layer", "component"])["ratio"].mean()
+    for row in res.table.itertuples():
+        assert means[(row.layer, row.component)] == pytest.approx(row.mean, rel=0, abs=1e-9)
+    assert [p.name for p in path.parent.iterdir()] == ["mine.parquet"]  # no parts left

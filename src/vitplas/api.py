@@ -16,6 +16,8 @@ analysis.estimate, analysis.bounds, training.finetune and training.probe.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from vitplas.analysis import tables
 from vitplas.analysis.bounds import bounds_matrix, layer_bounds
 from vitplas.analysis.estimate import Estimate, estimate
 from vitplas.analysis.job import PlasticityConfig
+from vitplas.analysis.pair_file import PairWriter
 from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
@@ -114,6 +117,7 @@ def plasticity(
     until_ci: float | None = None,
     reference_split: str = _CLI.reference_split,
     target_split: str = _CLI.target_split,
+    save_pairs: str | Path | None = None,
     **model_options: Any,
 ) -> PlasticityResult:
     """Plasticity of every component in every layer, as `vitplas plasticity` measures it.
@@ -122,6 +126,9 @@ def plasticity(
     `batch_size`. Named datasets are shuffled by `seed` exactly as the CLI does, so the same
     arguments give the CLI's numbers. bounds=True also computes the per-layer bounds (radius
     measured on the target unless given) and counts the pairs above them (the CLI has them on).
+    save_pairs: a file path: also write every pair's ratios there as Parquet, streamed (pair,
+    reference_index and target_index for named datasets, layer, component, ratio: the columns
+    of a run's pairs.parquet, vitplas.analysis.pair_file).
     model_options (random_init, img_size, normalization) apply to spec strings.
     """
     normalization = model_options.pop("normalization", "model")
@@ -135,16 +142,20 @@ def plasticity(
         r = radius if radius is not None else _radius_of(setup, y_data, seed=seed)
         bound_frame = _layer_bounds(setup, names, r)
     matrix = None if bound_frame is None else bounds_matrix(bound_frame, setup.cmap.depth, names)
-    est = estimate(
-        setup.cmap,
-        _pairs(x_data, y_data, pairs, batch_size, seed, (_name(reference), _name(target))),
-        components=names,
-        inputs=inputs,
-        device=setup.device,
-        dtype=dtype,
-        bounds=matrix,
-        until_ci=until_ci,
-    )
+    stream_names = (_name(reference), _name(target))
+    stream = _pairs(x_data, y_data, pairs, batch_size, seed, stream_names, save_pairs is not None)
+    with _pair_writer(save_pairs, names) as writer:
+        est = estimate(
+            setup.cmap,
+            stream,
+            components=names,
+            inputs=inputs,
+            device=setup.device,
+            dtype=dtype,
+            bounds=matrix,
+            until_ci=until_ci,
+            on_ratios=None if writer is None else writer.add,
+        )
     labels = {
         "model": _name(model),
         "reference": _name(reference),
@@ -307,11 +318,32 @@ def _images(loader: Iterable) -> Iterator[torch.Tensor]:
         yield batch[0] if isinstance(batch, list | tuple) else batch
 
 
-def _pairs(x_data, y_data, pairs: int, batch_size: int, seed: int, names) -> Iterator:
-    """Pair batches: the CLI's shuffled streams for datasets; loaders in their own order."""
+@contextlib.contextmanager
+def _pair_writer(path: str | Path | None, components: list[str]) -> Iterator[PairWriter | None]:
+    """A PairWriter to `path` whose parts live in a temp folder beside it (None: no writer)."""
+    if path is None:
+        yield None
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.parts-") as parts:
+        writer = PairWriter(path, components, parts)
+        yield writer
+        writer.finish()
+
+
+def _pairs(x_data, y_data, pairs: int, batch_size: int, seed: int, names, indices=False):
+    """Pair batches: the CLI's shuffled streams for datasets (with the images' indices when
+    `indices`); loaders in their own order (no indices)."""
     if not isinstance(x_data, DataLoader) and not isinstance(y_data, DataLoader):
         return pair_batches(
-            x_data, y_data, pairs=pairs, batch_size=batch_size, seed=seed, names=names
+            x_data,
+            y_data,
+            pairs=pairs,
+            batch_size=batch_size,
+            seed=seed,
+            names=names,
+            with_indices=indices,
         )
     xs, ys = (
         _images(d if isinstance(d, DataLoader) else DataLoader(d, batch_size))

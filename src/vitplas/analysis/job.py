@@ -25,7 +25,7 @@ import torch
 from vitplas.analysis import tables
 from vitplas.analysis.bounds import bounds_matrix, layer_bounds
 from vitplas.analysis.estimate import Estimate, estimate
-from vitplas.analysis.pair_file import PAIRS_FILE, PairWriter
+from vitplas.analysis.pair_file import PAIRS_FILE, PARTS_DIR, PairWriter
 from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
@@ -268,7 +268,9 @@ def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dic
     t_setup = time.perf_counter()
     bounds, radius, radius_source = _bounds(cfg, setup, components, target, on_phase)
     t_bounds = time.perf_counter()
-    writer = PairWriter(run.path, components) if cfg.save_pairs else None
+    writer = None
+    if cfg.save_pairs:
+        writer = PairWriter(run / PAIRS_FILE, components, run / PARTS_DIR)
     est = _estimate(cfg, setup, components, reference, target, bounds, progress, run, writer)
     if writer is not None:
         writer.finish()

@@ -45,11 +45,12 @@ def _replace_with(path: Path, write) -> Path:
 
 
 class PairWriter:
-    """Streams (B, L, C) ratio batches of one run into `folder`/pairs.parquet (module doc)."""
+    """Streams (B, L, C) ratio batches into the Parquet file `path` through part files in the
+    folder `parts` (module doc); a run folder's are pairs.parquet and pairs/."""
 
-    def __init__(self, folder: str | Path, components: Sequence[str]):
-        self.folder = Path(folder)
-        self.parts = self.folder / PARTS_DIR
+    def __init__(self, path: str | Path, components: Sequence[str], parts: str | Path):
+        self.path = Path(path)
+        self.parts = Path(parts)
         self.components = list(components)
         self.batches = self.pairs = 0
         self._pending: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
@@ -94,7 +95,7 @@ class PairWriter:
                 for part in parts:
                     writer.write_table(pq.read_table(part))
 
-        return _replace_with(self.folder / PAIRS_FILE, merge)
+        return _replace_with(self.path, merge)
 
     def remove_parts(self) -> None:
         shutil.rmtree(self.parts, ignore_errors=True)
