@@ -138,3 +138,17 @@ def test_api_save_pairs_writes_the_same_columns_and_means(tmp_path):
     for row in res.table.itertuples():
         assert means[(row.layer, row.component)] == pytest.approx(row.mean, rel=0, abs=1e-9)
     assert [p.name for p in path.parent.iterdir()] == ["mine.parquet"]  # no parts left
+
+
+def test_clean_frees_pair_parts_left_by_a_kill_after_done(tmp_path):
+    from vitplas.runs import RunDir
+
+    run = tmp_path / "run"
+    (run / PARTS_DIR).mkdir(parents=True)
+    (run / PARTS_DIR / "part-00000.parquet").write_bytes(b"\0" * 2**20)
+    (run / PAIRS_FILE).write_bytes(b"kept")
+    RunDir(run).mark_done()
+    result = CliRunner().invoke(app, ["clean", str(tmp_path)])
+    assert result.exit_code == 0 and "freed 1.0 MiB" in result.output
+    assert not (run / PARTS_DIR).exists()
+    RunDir(run).verify()  # pairs.parquet stays, sealed

@@ -34,7 +34,10 @@ def finished_runs(target: Path) -> list[Path]:
 def prune_run(folder: Path, dry_run: bool = False) -> int | None:
     """Bytes of resumable state under the finished run `folder` (deleted unless dry_run);
     None when another process owns the folder."""
+    import shutil
+
     from vitplas.analysis.job import STATE_FILE
+    from vitplas.analysis.pair_file import PARTS_DIR
     from vitplas.locks import RunLockedError, run_lock
     from vitplas.training.checkpoint import prune_state
 
@@ -42,10 +45,12 @@ def prune_run(folder: Path, dry_run: bool = False) -> int | None:
         with run_lock(folder, command="clean"):
             ckpts = folder / "checkpoints"
             state = [*ckpts.glob("step_*"), *ckpts.glob(".tmp-step_*"), folder / STATE_FILE]
+            state += [folder / PARTS_DIR] if (folder / PARTS_DIR).is_dir() else []
             size = sum(f.stat().st_size for p in state for f in [p, *p.rglob("*")] if f.is_file())
             if not dry_run:
                 prune_state(ckpts)
                 (folder / STATE_FILE).unlink(missing_ok=True)
+                shutil.rmtree(folder / PARTS_DIR, ignore_errors=True)  # pairs.parquet's parts
             return size
     except RunLockedError:
         return None
