@@ -175,11 +175,11 @@ def test_damaged_results_are_counted_apart_and_never_aggregated(tmp_path):
 
 def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_path):
     from vitplas.experiments.launch import LAUNCHER_LOCK
-    from vitplas.experiments.store import FolderLock
+    from vitplas.locks import FileLock
 
     path = write_spec(tmp_path, sleep_s=0, seeds=2, max_parallel=1)
     spec = load_spec(path)
-    other = FolderLock(tmp_path / "study" / LAUNCHER_LOCK)
+    other = FileLock(tmp_path / "study" / LAUNCHER_LOCK)
     assert other.acquire(command="vitplas sweep (the other one)")
     try:
         outcome = run_sweep(spec, expand(spec), wait=False)
@@ -197,13 +197,13 @@ def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_p
 
 
 def test_a_job_whose_run_is_done_or_claimed_exits_without_work(tmp_path):
-    from vitplas.experiments.launch import JOB_LOCK, RunJob
-    from vitplas.experiments.store import FolderLock
+    from vitplas.experiments.launch import RunJob
+    from vitplas.locks import LOCK_FILE, FileLock
 
     folder = tmp_path / "run"
     folder.mkdir()
     args = (FAKE["function"], None, str(folder), {"steps": 5}, "inline")
-    claim = FolderLock(folder / JOB_LOCK)
+    claim = FileLock(folder / LOCK_FILE)  # the run folder's own lock, held by another owner
     assert claim.acquire(command="another job")
     try:
         assert RunJob()(*args) == {}

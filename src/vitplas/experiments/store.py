@@ -7,13 +7,13 @@ Each run folder holds
     result.json + DONE   written by the runner when it finishes
 A run is found by the run id stored in sweep.json, never by parsing a folder name.
 
-A finished run whose result.json cannot be read as a record with finite accuracies is `damaged`:
-counted on its own, never folded into the results.
+A finished run whose result.json cannot be read as a record with finite accuracies, or differs
+from its sealed checksum (runs.read_verified), is `damaged` (runs.DamagedRecordError, naming the
+file): counted on its own, never folded into the results.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -21,22 +21,23 @@ import shutil
 import signal
 import socket
 import subprocess
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitplas.experiments.spec import Run, SweepSpec
-from vitplas.runs import DONE_MARKER, atomic_write_json, now_iso
+from vitplas.runs import (
+    DONE_MARKER,
+    DamagedRecordError,
+    atomic_write_json,
+    now_iso,
+    read_verified,
+)
 
 STATES = ("done", "running", "failed", "damaged", "missing")
 NOT_LAUNCHED = "not launched yet"
 # the numbers of a run's result that the tables aggregate: a non-finite one marks it damaged
 RESULT_METRICS = ("test_acc", "best_val_acc")
-
-
-class DamagedRecordError(ValueError):
-    """A record file of a finished run cannot be trusted (truncated, not a record, NaN)."""
 
 
 def run_dir(root: str | Path, run_id: str) -> Path:
@@ -47,29 +48,34 @@ def run_dir(root: str | Path, run_id: str) -> Path:
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """result.json of a finished run, strictly: a JSON object whose RESULT_METRICS are finite.
+    """result.json of a finished run: a JSON object whose RESULT_METRICS are finite (the strict
+    parse, which also judges runs finished before vitplas sealed records), and whose bytes match
+    the run's sealed checksum (runs.read_verified).
 
-    Raises DamagedRecordError naming the file, what is wrong and the fix.
+    Raises runs.DamagedRecordError naming the file, what is wrong and the sweep's fix.
     """
     path = folder / "result.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _damaged(folder, "the file is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedRecordError(_damaged(path, f"unreadable ({err})")) from err
+        raise _damaged(folder, f"unreadable ({err})") from err
     if not isinstance(data, dict):
-        raise DamagedRecordError(_damaged(path, f"a {type(data).__name__}, not a record"))
+        raise _damaged(folder, f"a {type(data).__name__}, not a record")
     values = {k: data.get(k) for k in RESULT_METRICS}
     bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
-        raise DamagedRecordError(_damaged(path, f"non-finite value in {', '.join(bad)}"))
-    return data
+        raise _damaged(folder, f"non-finite value in {', '.join(bad)}")
+    try:
+        return read_verified(folder, "result.json")
+    except DamagedRecordError as err:
+        raise _damaged(folder, err.problem, err.name) from err
 
 
-def _damaged(path: Path, what: str) -> str:
-    return (
-        f"{path} is damaged: {what}; delete the run folder {path.parent} and rerun the sweep "
-        "to recompute it"
-    )
+def _damaged(folder: Path, problem: str, name: str = "result.json") -> DamagedRecordError:
+    fix = f"delete the run folder {folder} and rerun the sweep to recompute it"
+    return DamagedRecordError(folder, name, problem, fix=fix)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -261,45 +267,3 @@ def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
                 row.setdefault(key, value)
         rows.append(row)
     return rows
-
-
-class FolderLock:
-    """An exclusive OS lock (flock) on `path`: released by the OS when the holder dies, so it
-    is never stale. The holder writes who it is (pid, host, command) into the file."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def acquire(self, **holder: Any) -> bool:
-        """Take the lock without waiting; False when another process holds it."""
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except OSError as err:  # a file system without flock (some NFS): no lock, say so
-            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                os.close(fd)
-                raise
-            warnings.warn(f"{self.path}: no locks on this file system ({err})", stacklevel=2)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), **holder}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        self._fd = fd
-        return True
-
-    def holder(self) -> str:
-        """'pid N on HOST (command)' of the process that holds the lock, as far as written."""
-        info = read_json(self.path) or {}
-        text = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
-        return text + (f" ({info['command']})" if info.get("command") else "")
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
