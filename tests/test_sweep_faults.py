@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -213,3 +214,26 @@ def test_a_job_whose_run_is_done_or_claimed_exits_without_work(tmp_path):
     first = RunJob()(*args)
     assert RunJob()(*args) == first  # done: the recorded result, no second execution
     assert len((folder / "executions.log").read_text().splitlines()) == 1
+
+
+def test_status_says_where_a_diverged_run_stopped(tmp_path):
+    from test_train_support import toy_config, toy_sources
+
+    from vitplas.config import config_to_dict
+    from vitplas.experiments.launch import RunJob
+    from vitplas.training.finetune import TrainingDivergedError
+
+    path = write_spec(tmp_path, sleep_s=0, seeds=1, max_parallel=1)
+    spec = load_spec(path)
+    folder = scan(spec, expand(spec))[0].folder
+    cfg = toy_config("lr=1e6", "grad_clip=1.0", "diverge_window=2", "steps=12", "warmup_steps=1")
+    finetune = "vitplas.training.finetune:"
+    job = (finetune + "run_finetune", finetune + "FinetuneConfig", str(folder))
+    with pytest.raises(TrainingDivergedError):
+        RunJob()(*job, config_to_dict(cfg), "inline", hooks={"sources": toy_sources()})
+    failed = json.loads((folder / "failed.json").read_text())
+    status = CliRunner().invoke(app, ["status", str(path), "-v"])
+    assert "done 0, running 0, failed 1, damaged 0, missing 0, total 1" in status.output
+    reason = f"diverged at step {failed['step']} (loss {failed['loss']:.4g})"
+    assert f"FAILED {folder.name}: {reason}; see {folder / 'failed.json'}" in status.output
+    assert "TrainingDivergedError" in status.output  # -v: the traceback follows

@@ -3,7 +3,8 @@
 Each run folder holds
     sweep.json    run id, grid values and the finetune config (written before launch)
     status.json   queued | running | failed | killed | done, with pid/host/job id and times
-    error.txt     the traceback of the last failure
+    error.txt     the traceback of the last failure (failed.json: the runner's own reason,
+                  e.g. {"reason": "diverged", "step", "loss"})
     result.json + DONE   written by the runner when it finishes
 A run is found by the run id stored in sweep.json, never by parsing a folder name.
 
@@ -36,6 +37,7 @@ from vitplas.runs import (
 
 STATES = ("done", "running", "failed", "damaged", "missing")
 NOT_LAUNCHED = "not launched yet"
+FAILED_RECORD = "failed.json"  # written by a runner that stopped a run on purpose (diverged)
 # the numbers of a run's result that the tables aggregate: a non-finite one marks it damaged
 RESULT_METRICS = ("test_acc", "best_val_acc")
 
@@ -170,12 +172,7 @@ def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, st
     if state == "killed":
         return "missing", _end_reason(status)
     if state == "failed":
-        lines = (
-            (folder / "error.txt").read_text().strip().splitlines()
-            if (folder / "error.txt").exists()
-            else ["(no traceback recorded)"]
-        )
-        return "failed", lines[-1] if lines else ""
+        return "failed", failure_reason(folder)
     if state in ("queued", "running"):
         job = str(status.get("job_id", ""))
         if status.get("executor") == "slurm" and job:
@@ -195,6 +192,20 @@ def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, st
             "(killed with its launcher, SIGKILL or out of memory?); rerun the sweep to resume it"
         )
     return "missing", NOT_LAUNCHED if not status else f"status {state!r}"
+
+
+def failure_reason(folder: Path) -> str:
+    """Why a run failed: 'diverged at step S (loss L)' from the runner's failed.json
+    (training/divergence.py), else the last line of its traceback (error.txt)."""
+    failed = read_json(folder / FAILED_RECORD)
+    if isinstance(failed, dict) and failed.get("reason"):
+        where = f" at step {failed['step']}" if failed.get("step") is not None else ""
+        loss = failed.get("loss")
+        where += f" (loss {loss:.4g})" if isinstance(loss, int | float) else ""
+        return f"{failed['reason']}{where}; see {folder / FAILED_RECORD}"
+    path = folder / "error.txt"
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    return lines[-1] if lines else "(no traceback recorded)"
 
 
 def _end_reason(status: dict[str, Any]) -> str:
