@@ -38,6 +38,7 @@ RECORD_PATTERNS = (
     "manifest.json",
     "metrics.jsonl",
     "result.json",
+    "radius.json",
     "summary.txt",
     "*.csv",
     "*.parquet",
