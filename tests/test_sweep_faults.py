@@ -237,3 +237,28 @@ def test_status_says_where_a_diverged_run_stopped(tmp_path):
     reason = f"diverged at step {failed['step']} (loss {failed['loss']:.4g})"
     assert f"FAILED {folder.name}: {reason}; see {folder / 'failed.json'}" in status.output
     assert "TrainingDivergedError" in status.output  # -v: the traceback follows
+
+
+def test_a_run_whose_folder_another_process_owns_is_left_to_it(tmp_path):
+    path = write_spec(tmp_path, sleep_s=0, seeds=2, max_parallel=2)
+    spec = load_spec(path)
+    runs = expand(spec)
+    owned = scan(spec, runs)[0]
+    code = "import sys, time; from vitplas.locks import run_lock\n"
+    code += "with run_lock(sys.argv[1], command='vitplas finetune (test)'):\n"
+    code += "    print('held', flush=True); time.sleep(60)\n"
+    args = [sys.executable, "-c", code, str(owned.folder)]
+    owner = subprocess.Popen(args, stdout=subprocess.PIPE)
+    try:
+        assert owner.stdout.readline() == b"held\n"
+        outcome = run_sweep(spec, runs, wait=False, poll_s=0.1)
+        assert outcome.launched == [runs[1].run_id]
+        state = {s.run.run_id: s for s in outcome.states}[owned.run.run_id]
+        assert state.state == "running"
+        assert state.detail.startswith(f"owned by pid {owner.pid} on ")
+        assert "(vitplas finetune (test), since " in state.detail
+    finally:
+        owner.kill()
+        owner.wait()
+    assert not (owned.folder / "executions.log").exists()  # no work done on the owned run
+    assert run_sweep(spec, runs, poll_s=0.1).counts["done"] == 2

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vitplas.experiments.spec import Run, SweepSpec
+from vitplas.locks import describe, holder
 from vitplas.runs import (
     DONE_MARKER,
     DamagedRecordError,
@@ -160,13 +161,23 @@ def signal_name(number: int) -> str:
 
 
 def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, str]:
-    """(state, detail) of one run folder, from its files; detail says why a run is not done."""
+    """(state, detail) of one run folder, from its files; detail says why a run is not done.
+    A folder that another process owns (vitplas.locks: a `vitplas finetune --out` there, say)
+    is running, whatever its status file says."""
     if (folder / DONE_MARKER).exists() and (folder / "result.json").exists():
         try:
             read_result(folder)
         except DamagedRecordError as err:
             return "damaged", str(err)
         return "done", ""
+    state, detail = _unfinished_state(folder, slurm_live)
+    if state == "missing" and (owner := holder(folder)) is not None:
+        return "running", f"owned by {describe(owner)}"
+    return state, detail
+
+
+def _unfinished_state(folder: Path, slurm_live: set[str] | None) -> tuple[str, str]:
+    """(state, detail) of a run folder without a finished result, from its status file."""
     status = read_json(folder / "status.json") or {}
     state = status.get("state")
     if state == "killed":
