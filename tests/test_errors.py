@@ -179,4 +179,8 @@ def test_evaluate_on_damaged_best_weights_names_the_file(tmp_path):
     data[:8] = b"\xff" * 8  # a header length no file has
     weights.write_bytes(bytes(data))
     line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
+    assert line.startswith(f"error: {weights} is damaged: its content was changed")  # sealed
+    assert line.endswith(f"`--out {out} --repair`, or rerun the finetuning into a new folder")
+    (out / "checksums.json").unlink()  # a run finished before vitplas sealed records
+    line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
     assert line.startswith(f"error: {weights} is damaged (Error while deserializing header")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -192,3 +194,41 @@ def test_bounds_refuse_a_plasticity_run_of_other_settings(tiny_run, tmp_path):
     assert result.exit_code == 2
     assert "measured another setting (inputs: 'embedding' there, 'hidden' here)" in result.output
     assert not (tmp_path / "bounds.csv").exists()
+
+
+def test_radius_owns_its_folder_checks_its_config_first_and_seals(tmp_path):
+    from vitplas.runs import RunDir
+
+    out = tmp_path / "radius"
+    args = ["radius", "--model", "tiny-random", "--random-init", "--dataset", "digits"]
+    args += ["--images", "16", "--batch-size", "8", "--device", "cpu", "--out", str(out)]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    assert "radius.json" in RunDir(out).checksums()  # sealed with the run's records
+    again = run(*args)
+    assert again.exit_code == 0 and "read back" in again.stderr
+    assert again.stdout.splitlines()[0] == first.stdout.splitlines()[0]  # the same r
+    other = run(*args, "--seed", "1")
+    assert other.exit_code == 2
+    assert "different config (seed: 0 -> 1)" in other.stderr
+    code = "import sys, time; from vitplas.locks import run_lock\n"
+    code += "with run_lock(sys.argv[1], command='test holder'):\n"
+    code += "    print('held', flush=True); time.sleep(60)\n"
+    other_owner = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE)
+    try:
+        assert other_owner.stdout.readline() == b"held\n"
+        locked = run(*args)
+    finally:
+        other_owner.kill()
+        other_owner.wait()
+    assert locked.exit_code == 3
+    assert f"{out} is in use by pid {other_owner.pid}" in locked.stderr
+    radius = json.loads((out / "radius.json").read_text())
+    (out / "radius.json").write_text(json.dumps({**radius, "radius": 1.0}))
+    damaged = run(*args)
+    assert damaged.exit_code == 2
+    assert f"error: {out / 'radius.json'} is damaged: its content was" in damaged.stderr
+    assert "--repair" in damaged.stderr
+    assert run(*args, "--repair").exit_code == 0
+    RunDir(out).verify()  # recomputed and sealed again (random-init weights: r may differ)
+    assert json.loads((out / "radius.json").read_text())["radius"] != 1.0

@@ -117,3 +117,20 @@ def test_keys_added_since_leave_the_default_run_folder_name_unchanged():
     same = ["keep_state=false", "diverge_factor=10", "diverge_window=100"]
     assert default_finetune_dir(load_finetune_config(None, same)) == base
     assert default_finetune_dir(load_finetune_config(None, ["diverge_factor=20"])) != base
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    from vitplas import locks
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(locks.fcntl, "flock", no_flock)
+    with (
+        pytest.warns(UserWarning, match=r"\.lock: this file system has no locks \(\[Errno"),
+        locks.run_lock(tmp_path, command="on nfs"),
+    ):
+        assert locks.holder(tmp_path)["command"] == "on nfs"
+    assert locks.holder(tmp_path) is None  # nobody can be seen holding a lock there

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -175,11 +176,11 @@ def test_damaged_results_are_counted_apart_and_never_aggregated(tmp_path):
 
 def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_path):
     from vitplas.experiments.launch import LAUNCHER_LOCK
-    from vitplas.experiments.store import FolderLock
+    from vitplas.locks import FileLock
 
     path = write_spec(tmp_path, sleep_s=0, seeds=2, max_parallel=1)
     spec = load_spec(path)
-    other = FolderLock(tmp_path / "study" / LAUNCHER_LOCK)
+    other = FileLock(tmp_path / "study" / LAUNCHER_LOCK)
     assert other.acquire(command="vitplas sweep (the other one)")
     try:
         outcome = run_sweep(spec, expand(spec), wait=False)
@@ -197,13 +198,13 @@ def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_p
 
 
 def test_a_job_whose_run_is_done_or_claimed_exits_without_work(tmp_path):
-    from vitplas.experiments.launch import JOB_LOCK, RunJob
-    from vitplas.experiments.store import FolderLock
+    from vitplas.experiments.launch import RunJob
+    from vitplas.locks import LOCK_FILE, FileLock
 
     folder = tmp_path / "run"
     folder.mkdir()
     args = (FAKE["function"], None, str(folder), {"steps": 5}, "inline")
-    claim = FolderLock(folder / JOB_LOCK)
+    claim = FileLock(folder / LOCK_FILE)  # the run folder's own lock, held by another owner
     assert claim.acquire(command="another job")
     try:
         assert RunJob()(*args) == {}
@@ -213,3 +214,51 @@ def test_a_job_whose_run_is_done_or_claimed_exits_without_work(tmp_path):
     first = RunJob()(*args)
     assert RunJob()(*args) == first  # done: the recorded result, no second execution
     assert len((folder / "executions.log").read_text().splitlines()) == 1
+
+
+def test_status_says_where_a_diverged_run_stopped(tmp_path):
+    from test_train_support import toy_config, toy_sources
+
+    from vitplas.config import config_to_dict
+    from vitplas.experiments.launch import RunJob
+    from vitplas.training.finetune import TrainingDivergedError
+
+    path = write_spec(tmp_path, sleep_s=0, seeds=1, max_parallel=1)
+    spec = load_spec(path)
+    folder = scan(spec, expand(spec))[0].folder
+    cfg = toy_config("lr=1e6", "grad_clip=1.0", "diverge_window=2", "steps=12", "warmup_steps=1")
+    finetune = "vitplas.training.finetune:"
+    job = (finetune + "run_finetune", finetune + "FinetuneConfig", str(folder))
+    with pytest.raises(TrainingDivergedError):
+        RunJob()(*job, config_to_dict(cfg), "inline", hooks={"sources": toy_sources()})
+    failed = json.loads((folder / "failed.json").read_text())
+    status = CliRunner().invoke(app, ["status", str(path), "-v"])
+    assert "done 0, running 0, failed 1, damaged 0, missing 0, total 1" in status.output
+    reason = f"diverged at step {failed['step']} (loss {failed['loss']:.4g})"
+    assert f"FAILED {folder.name}: {reason}; see {folder / 'failed.json'}" in status.output
+    assert "TrainingDivergedError" in status.output  # -v: the traceback follows
+
+
+def test_a_run_whose_folder_another_process_owns_is_left_to_it(tmp_path):
+    path = write_spec(tmp_path, sleep_s=0, seeds=2, max_parallel=2)
+    spec = load_spec(path)
+    runs = expand(spec)
+    owned = scan(spec, runs)[0]
+    code = "import sys, time; from vitplas.locks import run_lock\n"
+    code += "with run_lock(sys.argv[1], command='vitplas finetune (test)'):\n"
+    code += "    print('held', flush=True); time.sleep(60)\n"
+    args = [sys.executable, "-c", code, str(owned.folder)]
+    owner = subprocess.Popen(args, stdout=subprocess.PIPE)
+    try:
+        assert owner.stdout.readline() == b"held\n"
+        outcome = run_sweep(spec, runs, wait=False, poll_s=0.1)
+        assert outcome.launched == [runs[1].run_id]
+        state = {s.run.run_id: s for s in outcome.states}[owned.run.run_id]
+        assert state.state == "running"
+        assert state.detail.startswith(f"owned by pid {owner.pid} on ")
+        assert "(vitplas finetune (test), since " in state.detail
+    finally:
+        owner.kill()
+        owner.wait()
+    assert not (owned.folder / "executions.log").exists()  # no work done on the owned run
+    assert run_sweep(spec, runs, poll_s=0.1).counts["done"] == 2

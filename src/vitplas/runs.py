@@ -38,6 +38,7 @@ RECORD_PATTERNS = (
     "manifest.json",
     "metrics.jsonl",
     "result.json",
+    "radius.json",
     "summary.txt",
     "*.csv",
     "*.parquet",
@@ -47,14 +48,16 @@ RECORD_PATTERNS = (
 
 class DamagedRecordError(ValueError):
     """A record of a finished run is missing, changed since the run sealed it, or unreadable.
-    `.run` is the run folder, `.name` the record (relative path), `.problem` what is wrong."""
+    `.run` is the run folder, `.name` the record (relative path), `.problem` what is wrong;
+    `fix` replaces the default advice (a sweep's run has no --repair: it is deleted and rerun)."""
 
-    def __init__(self, run: str | Path, name: str, problem: str):
+    def __init__(self, run: str | Path, name: str, problem: str, fix: str | None = None):
         self.run, self.name, self.problem = Path(run), name, problem
-        super().__init__(
-            f"{Path(run) / name} is damaged: {problem}; rerun the same command with --repair "
-            f"to recompute the run, or delete {run} to start over"
+        fix = fix or (
+            f"rerun the same command with --repair to recompute the run, or delete {run} to "
+            "start over"
         )
+        super().__init__(f"{Path(run) / name} is damaged: {problem}; {fix}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

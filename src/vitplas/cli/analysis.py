@@ -6,6 +6,7 @@ defaults live in one place: vitplas.analysis.job.PlasticityConfig / bounds_job.B
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +352,23 @@ def bounds_command(
     console.print(f"run folder: {result['run_dir']}")
 
 
+@dataclass
+class RadiusRun:
+    """The settings of a `vitplas radius` run (its config.yaml; checked like any run's)."""
+
+    model: str = "dinov2-s14"
+    random_init: bool = False
+    img_size: int | None = None
+    dataset: str = "fashion-mnist"
+    split: str = "test"
+    images: int = 256
+    batch_size: int = 32
+    inputs: str = "embedding"
+    device: str = "auto"
+    seed: int = 0
+    protocol: str = "model"
+
+
 @app.command("radius")
 def radius_command(
     model: str = MODEL,
@@ -365,47 +383,75 @@ def radius_command(
     seed: int = typer.Option(0, "--seed"),
     protocol: str = typer.Option("model", "--protocol", help="model or paper preprocessing."),
     out: Path = OUT,
+    wait: bool = WAIT,
+    repair: bool = REPAIR,
 ) -> None:
     """Token radius r: mean over images of the RMS token norm of the embedding output.
 
     Writes radius.json (r, per layer with --inputs hidden), config.yaml and manifest.json to
-    the run folder."""
+    the run folder (owned while it runs; a finished run of the same settings is read back)."""
     import time
 
-    from vitplas.analysis.setup import dataset_radius, open_stream, resolve_device, setup_model
+    from vitplas.locks import RunLockedError, run_lock
+    from vitplas.runs import RunDir
 
-    options = {"model": model or "dinov2-s14", "random_init": bool(random_init)}
-    options |= {"img_size": img_size, "dataset": dataset, "split": split, "images": images}
-    options |= {"batch_size": batch_size, "inputs": inputs, "device": device, "seed": seed}
-    options["protocol"] = protocol
+    cfg = RadiusRun(model or "dinov2-s14", bool(random_init), img_size, dataset, split, images,
+                    batch_size, inputs, device, seed, protocol)  # fmt: skip
+    start = time.perf_counter()
     try:
         if inputs not in ("embedding", "hidden"):
             raise ValueError(f"inputs '{inputs}' is unknown; choose embedding or hidden")
-        start = time.perf_counter()
-        setup = setup_model(
-            options["model"],
-            random_init=bool(random_init),
-            img_size=img_size,
-            device=resolve_device(device),
-        )
-        data = open_stream(dataset, split, setup.transform(protocol), None, False, protocol)
-        with _progress(min(images, len(data)), "images") as (advance, _):
-            r = dataset_radius(
-                setup,
-                _Counted(data, advance),
-                images=images,
-                batch_size=batch_size,
-                seed=seed,
-                per_layer=inputs == "hidden",
-            )
-    except (ValueError, FileNotFoundError) as err:
+        run_dir = _run_dir(out, "radius", cfg.model)
+        with removed_if_unused(run_dir), run_lock(run_dir, command="radius", wait=wait):
+            run = RunDir(run_dir)
+            if run.begin(cfg, repair=repair):  # finished with these settings: read back
+                values = _radius_values(run.read_json("radius.json"))
+                typer.echo(f"finished run of these settings read back from {run_dir}", err=True)
+            else:
+                run.write_config(cfg)
+                values = _measure_radius(cfg, run)
+    except RunLockedError as err:
+        _fail(err, LOCKED_EXIT)
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, DamagedRecordError included
         _fail(err)
-    values = r.tolist() if r.ndim else [float(r)]
     for layer, value in enumerate(values):
         where = f"input of block {layer}" if inputs == "hidden" else "embedding output"
         typer.echo(f"r = {value:.6g}  ({where}, {dataset}/{split}, {images} images)")
-    run_dir = _write_radius(_run_dir(out, "radius", options["model"]), options, values, setup)
     typer.echo(f"run folder: {run_dir}  ({time.perf_counter() - start:.1f} s)")
+
+
+def _radius_values(result: Any) -> list[float]:
+    """The radius (or radii, per layer) of a finished run's radius.json."""
+    if not isinstance(result, dict) or "radius" not in result:
+        raise ValueError("radius.json holds no 'radius'; rerun with --repair")
+    radius = result["radius"]
+    return [float(v) for v in radius] if isinstance(radius, list) else [float(radius)]
+
+
+def _measure_radius(cfg: RadiusRun, run) -> list[float]:
+    """Measure r as `cfg` says, write radius.json and the manifest, seal the run (DONE)."""
+    from vitplas.analysis.setup import dataset_radius, open_stream, resolve_device, setup_model
+
+    setup = setup_model(
+        cfg.model,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        device=resolve_device(cfg.device),
+    )
+    data = open_stream(cfg.dataset, cfg.split, setup.transform(cfg.protocol), None, False,
+                       cfg.protocol)  # fmt: skip
+    with _progress(min(cfg.images, len(data)), "images") as (advance, _):
+        r = dataset_radius(
+            setup,
+            _Counted(data, advance),
+            images=cfg.images,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            per_layer=cfg.inputs == "hidden",
+        )
+    values = r.tolist() if r.ndim else [float(r)]
+    _write_radius(run, cfg, values, setup)
+    return values
 
 
 class _Counted:
@@ -423,22 +469,18 @@ class _Counted:
         return self.data[index]
 
 
-def _write_radius(folder: Path, options: dict[str, Any], values: list[float], setup) -> Path:
-    """radius.json, config.yaml and manifest.json of a radius run, then DONE."""
-    import yaml
-
+def _write_radius(run, cfg: RadiusRun, values: list[float], setup) -> None:
+    """radius.json and manifest.json of a radius run, then its seal and DONE."""
     from vitplas.analysis.setup import model_checksum
-    from vitplas.runs import RunDir, atomic_write_json, atomic_write_text
+    from vitplas.config import config_to_dict
+    from vitplas.runs import atomic_write_json
 
-    run = RunDir(folder)
-    atomic_write_text(run / "config.yaml", yaml.safe_dump(options, sort_keys=False))
-    per_layer = options["inputs"] == "hidden"
+    per_layer = cfg.inputs == "hidden"
     result = {"radius": values if per_layer else values[0], "per_layer": per_layer}
-    result |= {"n_tokens": setup.n_tokens, "width": setup.width, **options}
+    result |= {"n_tokens": setup.n_tokens, "width": setup.width, **config_to_dict(cfg)}
     checksum, hashed = model_checksum(setup)
     atomic_write_json(run / "radius.json", result)
     run.write_manifest(
         {"model": setup.loaded.description, "model_sha256": checksum, "model_sha256_of": hashed}
     )
     run.mark_done()
-    return run.path

@@ -147,6 +147,7 @@ def evaluate(
     from safetensors import SafetensorError
 
     from vitplas.locks import RunLockedError
+    from vitplas.runs import DamagedRecordError
     from vitplas.training.evaluate import evaluate_run
 
     _waiting(wait)
@@ -162,12 +163,21 @@ def evaluate(
         )
     except RunLockedError as err:
         _fail(err, LOCKED_EXIT)
-    except SafetensorError as err:
+    except DamagedRecordError as err:  # evaluate rewrites evaluation.* only: no --repair here
+        _fail(DamagedRecordError(err.run, err.name, err.problem, fix=_RETRAIN.format(err.run)))
+    except SafetensorError as err:  # a run finished before records were sealed
         weights = run_dir / "checkpoints" / "best.safetensors"
-        _fail(ValueError(f"{weights} is damaged ({err}); rerun the finetuning into a new folder"))
+        _fail(ValueError(f"{weights} is damaged ({err}); {_RETRAIN.format(run_dir)}"))
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
     typer.echo(table[["dataset", "split", "n", "acc", "loss"]].to_string(index=False))
+
+
+# the fix for a damaged input of `evaluate` (weights, config): only the finetuning makes them
+_RETRAIN = (
+    "recompute the run with `vitplas finetune` and its config, `--out {0} --repair`, or "
+    "rerun the finetuning into a new folder"
+)
 
 
 @app.command()

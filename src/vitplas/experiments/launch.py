@@ -6,14 +6,16 @@ requeues itself (submitit Checkpointable) and the runner resumes from its own ch
 
 No double work: one launcher per study at a time (an OS lock on <root>/launcher.lock; a second
 `vitplas sweep` waits for the first), each run's state is read again right before it is
-launched, and a job that finds its run done or claimed by another job (an OS lock on the
-folder's job.lock) exits without work. Runs still in flight from a killed launcher are adopted:
-they count against `max_parallel` and are waited for. A launcher stopped by SIGTERM, SIGINT or
-SIGHUP stops its local workers.
+launched (a run whose folder another process owns, such as a `vitplas finetune --out` there, is
+left alone), and a job that finds its run done or its folder owned (vitplas.locks.run_lock: the
+job owns the folder, the runner re-enters that lock) exits without work. Runs still in flight
+from a killed launcher are adopted: they count against `max_parallel` and are waited for. A
+launcher stopped by SIGTERM, SIGINT or SIGHUP stops its local workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -34,7 +36,6 @@ from vitplas.config import config_from_dict
 from vitplas.experiments.jobs import import_path
 from vitplas.experiments.spec import Run, SweepSpec
 from vitplas.experiments.store import (
-    FolderLock,
     RunState,
     counts,
     prepare,
@@ -43,10 +44,10 @@ from vitplas.experiments.store import (
     scan,
     write_status,
 )
-from vitplas.runs import DONE_MARKER, atomic_write_json, atomic_write_text, now_iso
+from vitplas.locks import FileLock, RunLockedError, holder, run_lock
+from vitplas.runs import DONE_MARKER, RunDir, atomic_write_json, atomic_write_text, now_iso
 
 Progress = Callable[[dict[str, int]], None]
-JOB_LOCK = "job.lock"  # in a run folder: held by the job that runs it
 LAUNCHER_LOCK = "launcher.lock"  # in a study root: held by the launcher of its runs
 
 
@@ -68,15 +69,14 @@ class RunJob(submitit.helpers.Checkpointable):
         hooks: dict[str, Any] | None = None,  # keyword arguments for the function (inline)
     ) -> dict[str, Any]:
         path = Path(folder)
-        if (path / DONE_MARKER).exists() and (path / "result.json").exists():  # done: no work
-            return read_result(path)
-        claim = FolderLock(path / JOB_LOCK)
-        if not claim.acquire(command="sweep job"):  # another job runs it: no work
-            return {}
-        try:
+        with contextlib.ExitStack() as owned:
+            try:  # the run folder's own lock; the runner takes it again (re-entrant)
+                owned.enter_context(run_lock(path, command="vitplas sweep job", wait=False))
+            except RunLockedError:  # another job (or command) runs it: no work
+                return {}
+            if (path / DONE_MARKER).exists() and (path / "result.json").exists():  # done
+                return read_result(path)
             return self._run(function, config_class, path, config, executor, threads, hooks)
-        finally:
-            claim.release()
 
     def _run(
         self,
@@ -108,7 +108,7 @@ class RunJob(submitit.helpers.Checkpointable):
             if not (path / "result.json").exists():  # a runner that only returns its result
                 atomic_write_json(path / "result.json", record)
             if not (path / DONE_MARKER).exists():
-                atomic_write_text(path / DONE_MARKER, now_iso() + "\n")
+                RunDir(path, create=False).mark_done()  # seals result.json and the records
         except Exception:
             atomic_write_text(path / "error.txt", traceback.format_exc())
             write_status(path, "failed", ended_at=now_iso())
@@ -177,16 +177,16 @@ def _take_launcher_lock(
     poll_s: float,
     spec: SweepSpec,
     runs: list[Run],
-) -> FolderLock | None:
+) -> FileLock | None:
     """The study's launcher lock; while another launcher holds it, wait (or None: no wait)."""
-    lock = FolderLock(root / LAUNCHER_LOCK)
-    while not lock.acquire(command="vitplas sweep"):
-        if not wait:
-            return None
+
+    def report(_holder: Any) -> None:
         if progress:
             progress(counts(scan(spec, runs, root)))
-        time.sleep(poll_s)
-    return lock
+
+    lock = FileLock(root / LAUNCHER_LOCK)
+    taken = lock.acquire("vitplas sweep", wait=wait, poll_s=poll_s, on_wait=report)
+    return lock if taken else None
 
 
 def run_sweep(
@@ -214,7 +214,7 @@ def run_sweep(
     with _stop_on_signals():
         lock = _take_launcher_lock(root, wait, progress, poll_s, spec, runs)
         if lock is None:
-            busy = FolderLock(root / LAUNCHER_LOCK).holder()
+            busy = FileLock(root / LAUNCHER_LOCK).holder()
             return SweepOutcome(busy=busy, states=scan(spec, runs, root))
         try:
             outcome = _launch(spec, runs, kind, parallel, retry_failed, root, progress, poll_s)
@@ -257,6 +257,8 @@ def _claim_for_launch(item: RunState, root: Path, spec: SweepSpec, retry_failed:
     """Read the run's state again right before launching it; prepare its folder if still to do."""
     state = run_state(item.folder)[0] if item.folder.exists() else "missing"
     if not (state == "missing" or (retry_failed and state == "failed")):
+        return False
+    if holder(item.folder) is not None:  # another process owns the folder: not ours to launch
         return False
     prepare(root, item.run, spec.name)
     (item.folder / "error.txt").unlink(missing_ok=True)

@@ -3,17 +3,18 @@
 Each run folder holds
     sweep.json    run id, grid values and the finetune config (written before launch)
     status.json   queued | running | failed | killed | done, with pid/host/job id and times
-    error.txt     the traceback of the last failure
+    error.txt     the traceback of the last failure (failed.json: the runner's own reason,
+                  e.g. {"reason": "diverged", "step", "loss"})
     result.json + DONE   written by the runner when it finishes
 A run is found by the run id stored in sweep.json, never by parsing a folder name.
 
-A finished run whose result.json cannot be read as a record with finite accuracies is `damaged`:
-counted on its own, never folded into the results.
+A finished run whose result.json cannot be read as a record with finite accuracies, or differs
+from its sealed checksum (runs.read_verified), is `damaged` (runs.DamagedRecordError, naming the
+file): counted on its own, never folded into the results.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -21,22 +22,25 @@ import shutil
 import signal
 import socket
 import subprocess
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitplas.experiments.spec import Run, SweepSpec
-from vitplas.runs import DONE_MARKER, atomic_write_json, now_iso
+from vitplas.locks import describe, holder
+from vitplas.runs import (
+    DONE_MARKER,
+    DamagedRecordError,
+    atomic_write_json,
+    now_iso,
+    read_verified,
+)
 
 STATES = ("done", "running", "failed", "damaged", "missing")
 NOT_LAUNCHED = "not launched yet"
+FAILED_RECORD = "failed.json"  # written by a runner that stopped a run on purpose (diverged)
 # the numbers of a run's result that the tables aggregate: a non-finite one marks it damaged
 RESULT_METRICS = ("test_acc", "best_val_acc")
-
-
-class DamagedRecordError(ValueError):
-    """A record file of a finished run cannot be trusted (truncated, not a record, NaN)."""
 
 
 def run_dir(root: str | Path, run_id: str) -> Path:
@@ -47,29 +51,34 @@ def run_dir(root: str | Path, run_id: str) -> Path:
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """result.json of a finished run, strictly: a JSON object whose RESULT_METRICS are finite.
+    """result.json of a finished run: a JSON object whose RESULT_METRICS are finite (the strict
+    parse, which also judges runs finished before vitplas sealed records), and whose bytes match
+    the run's sealed checksum (runs.read_verified).
 
-    Raises DamagedRecordError naming the file, what is wrong and the fix.
+    Raises runs.DamagedRecordError naming the file, what is wrong and the sweep's fix.
     """
     path = folder / "result.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _damaged(folder, "the file is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedRecordError(_damaged(path, f"unreadable ({err})")) from err
+        raise _damaged(folder, f"unreadable ({err})") from err
     if not isinstance(data, dict):
-        raise DamagedRecordError(_damaged(path, f"a {type(data).__name__}, not a record"))
+        raise _damaged(folder, f"a {type(data).__name__}, not a record")
     values = {k: data.get(k) for k in RESULT_METRICS}
     bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
-        raise DamagedRecordError(_damaged(path, f"non-finite value in {', '.join(bad)}"))
-    return data
+        raise _damaged(folder, f"non-finite value in {', '.join(bad)}")
+    try:
+        return read_verified(folder, "result.json")
+    except DamagedRecordError as err:
+        raise _damaged(folder, err.problem, err.name) from err
 
 
-def _damaged(path: Path, what: str) -> str:
-    return (
-        f"{path} is damaged: {what}; delete the run folder {path.parent} and rerun the sweep "
-        "to recompute it"
-    )
+def _damaged(folder: Path, problem: str, name: str = "result.json") -> DamagedRecordError:
+    fix = f"delete the run folder {folder} and rerun the sweep to recompute it"
+    return DamagedRecordError(folder, name, problem, fix=fix)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -152,24 +161,29 @@ def signal_name(number: int) -> str:
 
 
 def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, str]:
-    """(state, detail) of one run folder, from its files; detail says why a run is not done."""
+    """(state, detail) of one run folder, from its files; detail says why a run is not done.
+    A folder that another process owns (vitplas.locks: a `vitplas finetune --out` there, say)
+    is running, whatever its status file says."""
     if (folder / DONE_MARKER).exists() and (folder / "result.json").exists():
         try:
             read_result(folder)
         except DamagedRecordError as err:
             return "damaged", str(err)
         return "done", ""
+    state, detail = _unfinished_state(folder, slurm_live)
+    if state == "missing" and (owner := holder(folder)) is not None:
+        return "running", f"owned by {describe(owner)}"
+    return state, detail
+
+
+def _unfinished_state(folder: Path, slurm_live: set[str] | None) -> tuple[str, str]:
+    """(state, detail) of a run folder without a finished result, from its status file."""
     status = read_json(folder / "status.json") or {}
     state = status.get("state")
     if state == "killed":
         return "missing", _end_reason(status)
     if state == "failed":
-        lines = (
-            (folder / "error.txt").read_text().strip().splitlines()
-            if (folder / "error.txt").exists()
-            else ["(no traceback recorded)"]
-        )
-        return "failed", lines[-1] if lines else ""
+        return "failed", failure_reason(folder)
     if state in ("queued", "running"):
         job = str(status.get("job_id", ""))
         if status.get("executor") == "slurm" and job:
@@ -189,6 +203,20 @@ def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, st
             "(killed with its launcher, SIGKILL or out of memory?); rerun the sweep to resume it"
         )
     return "missing", NOT_LAUNCHED if not status else f"status {state!r}"
+
+
+def failure_reason(folder: Path) -> str:
+    """Why a run failed: 'diverged at step S (loss L)' from the runner's failed.json
+    (training/divergence.py), else the last line of its traceback (error.txt)."""
+    failed = read_json(folder / FAILED_RECORD)
+    if isinstance(failed, dict) and failed.get("reason"):
+        where = f" at step {failed['step']}" if failed.get("step") is not None else ""
+        loss = failed.get("loss")
+        where += f" (loss {loss:.4g})" if isinstance(loss, int | float) else ""
+        return f"{failed['reason']}{where}; see {folder / FAILED_RECORD}"
+    path = folder / "error.txt"
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    return lines[-1] if lines else "(no traceback recorded)"
 
 
 def _end_reason(status: dict[str, Any]) -> str:
@@ -261,45 +289,3 @@ def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
                 row.setdefault(key, value)
         rows.append(row)
     return rows
-
-
-class FolderLock:
-    """An exclusive OS lock (flock) on `path`: released by the OS when the holder dies, so it
-    is never stale. The holder writes who it is (pid, host, command) into the file."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def acquire(self, **holder: Any) -> bool:
-        """Take the lock without waiting; False when another process holds it."""
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except OSError as err:  # a file system without flock (some NFS): no lock, say so
-            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                os.close(fd)
-                raise
-            warnings.warn(f"{self.path}: no locks on this file system ({err})", stacklevel=2)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), **holder}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        self._fd = fd
-        return True
-
-    def holder(self) -> str:
-        """'pid N on HOST (command)' of the process that holds the lock, as far as written."""
-        info = read_json(self.path) or {}
-        text = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
-        return text + (f" ({info['command']})" if info.get("command") else "")
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
