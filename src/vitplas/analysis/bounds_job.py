@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+import torch
 
 from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bounds
 from vitplas.analysis.plasticity import resolve_components
@@ -53,7 +54,7 @@ class BoundsConfig:
     mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
     # columns (the original's)
     plasticity: str | None = None  # a plasticity run folder to divide by the bounds
-    seed: int = 0  # seed of the images r is measured on
+    seed: int = 0  # seed of the images r is measured on, and of random_init weights
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
     figures: bool = True  # draw the figures (PNG + PDF)
 
@@ -143,6 +144,7 @@ def _compute(cfg: BoundsConfig, run: RunDir, on_phase=None) -> dict[str, Any]:
     from vitplas.plots import plasticity as plots
 
     t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)  # random_init weights: the same run gives the same bounds
     setup = setup_model(
         cfg.model,
         random_init=cfg.random_init,

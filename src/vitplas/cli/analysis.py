@@ -430,8 +430,11 @@ def _radius_values(result: Any) -> list[float]:
 
 def _measure_radius(cfg: RadiusRun, run) -> list[float]:
     """Measure r as `cfg` says, write radius.json and the manifest, seal the run (DONE)."""
+    import torch
+
     from vitplas.analysis.setup import dataset_radius, open_stream, resolve_device, setup_model
 
+    torch.manual_seed(cfg.seed)  # random_init weights: the same run gives the same r
     setup = setup_model(
         cfg.model,
         random_init=cfg.random_init,
