@@ -1,6 +1,6 @@
 """The `vitplas` command: a thin face over the library. Each submodule adds its commands."""
 
-from vitplas.cli import analysis, catalog, experiments, training  # noqa: F401  (registers)
+from vitplas.cli import analysis, catalog, experiments, select, training  # noqa: F401
 from vitplas.cli.app import app
 
 
