@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
+from vitplas.training.trainsets import LoraOptions, SelectOptions
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,7 +35,10 @@ class FinetuneConfig:
     dataset: str = "cifar10"
     data_root: str | None = None
     download: bool = False
-    train: list[str] = field(default_factory=lambda: ["mha"])
+    train: list[str] = field(default_factory=lambda: ["mha"])  # grammar: training.trainsets
+    select: SelectOptions = field(default_factory=SelectOptions)  # how train=[auto] chooses
+    lora: LoraOptions = field(default_factory=LoraOptions)  # train=[lora]
+    train_per_class: int | None = None  # few-shot: k train images per class (fixed draw)
     train_head: bool = True  # the paper always trains a new head ...
     train_norm: bool = True  # ... and the final LayerNorm
     # inputs
@@ -103,12 +107,16 @@ class FinetuneConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.ckpt_every is not None and self.ckpt_every <= 0:
             raise ConfigError(f"ckpt_every must be positive or null, got {self.ckpt_every}")
-        from vitplas.models.components import ALL_COMPONENTS, parse_components
+        from vitplas.training.trainsets import parse_train
 
         try:
-            self.train = parse_components(self.train, allowed=("all", *ALL_COMPONENTS))
+            self.train = parse_train(self.train)
         except ValueError as err:
             raise ConfigError(f"train: {err}") from err
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ConfigError(f"train_per_class must be >= 1 or null, got {self.train_per_class}")
+        if not 0 < self.select.budget <= 1 or self.lora.r < 1:
+            raise ConfigError("select.budget must be in (0, 1] and lora.r >= 1")
 
     @property
     def validates_at_end(self) -> bool:
