@@ -57,6 +57,7 @@ def finetune(
     `torchrun --nproc_per_node K` the same command trains with DDP.
     """
     from vitplas.config import ConfigError
+    from vitplas.selection.auto import resolve_auto
     from vitplas.training.config import load_finetune_config
     from vitplas.training.finetune import TrainingDivergedError, run_finetune
 
@@ -65,6 +66,7 @@ def finetune(
         cfg = load_finetune_config(config, overrides)
         run_dir = out or default_finetune_dir(cfg)
         typer.echo(f"run folder: {run_dir}", err=True)
+        cfg = resolve_auto(cfg, run_dir)  # train=[auto]: a criterion picks the train set
         result = run_finetune(cfg, run_dir, show_progress=progress)
     except TrainingDivergedError as err:
         _fail(err, 1)

@@ -110,13 +110,12 @@ def _data(cfg: SelectConfig, loaded):
     return batches, pairs
 
 
-def run_select(cfg: SelectConfig, out: str | Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """Score, rank and choose as `cfg` says; write the files listed in the module docstring."""
+def score_config(cfg: SelectConfig) -> pd.DataFrame:
+    """Load the model (with a fresh head) and the data `cfg` names; its ranked scores."""
     from vitplas.analysis.setup import resolve_device
     from vitplas.data import dataset_info
     from vitplas.models import load_model
     from vitplas.models.components import component_map
-    from vitplas.runs import RunDir, atomic_write_json
 
     device = resolve_device(cfg.device)
     num_classes = dataset_info(cfg.target).num_classes
@@ -126,7 +125,7 @@ def run_select(cfg: SelectConfig, out: str | Path) -> tuple[pd.DataFrame, dict[s
     )
     cmap = component_map(loaded.model.to(device).eval())
     batches, pairs = _data(cfg, loaded)
-    frame = score_model(
+    return score_model(
         cmap,
         cfg.criteria,
         train_batches=batches,
@@ -135,14 +134,28 @@ def run_select(cfg: SelectConfig, out: str | Path) -> tuple[pd.DataFrame, dict[s
         seed=cfg.seed,
         device=device,
     )
+
+
+def run_select(cfg: SelectConfig, out: str | Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Score, rank and choose as `cfg` says; write the files listed in the module docstring."""
+    from vitplas.runs import RunDir
+
+    frame = score_config(cfg)
     chosen = picks(frame, cfg.budget, cfg.granularity)
-    run = RunDir(out)
-    run.write_config(cfg)
-    frame.to_csv(Path(out) / "selection.csv", index=False)
-    record = {"budget": cfg.budget, "granularity": cfg.granularity, "picks": chosen}
-    atomic_write_json(Path(out) / "picks.json", record)
-    run.mark_done()
+    RunDir(out).write_config(cfg)
+    write_selection(out, frame, chosen, cfg.budget, cfg.granularity)
+    RunDir(out).mark_done()
     return frame, chosen
+
+
+def write_selection(out, frame: pd.DataFrame, chosen: dict, budget: float, granularity: str):
+    """selection.csv and picks.json in folder `out`."""
+    from vitplas.runs import atomic_write_json, atomic_write_text
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(out) / "selection.csv", frame.to_csv(index=False))
+    record = {"budget": budget, "granularity": granularity, "picks": chosen}
+    atomic_write_json(Path(out) / "picks.json", record)
 
 
 def summary(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vitplas.config import ConfigError, check_same_config
+from vitplas.config import ConfigError, check_same_config, config_to_dict
 from vitplas.models.components import count_parameters
 from vitplas.runs import RunDir, atomic_write_json
 from vitplas.training import checkpoint as ckpt
@@ -144,6 +144,7 @@ class Finetuner:
                 "trained_parameters": {c: len(n) for c, n in self.groups_names.items()},
                 "trainable_params": sum(p.numel() for p in self.trained),
                 "parameter_counts": self.parameter_counts,
+                **({"selected_by": config_to_dict(cfg.select)} if cfg.select.resolved else {}),
                 "resumed_from_step": self.state["step"],
             }
         )

@@ -6,7 +6,8 @@
     lora                   LoRA on every linear of the attention (peft; `lora:` options)
     lntuning               LayerNorm tuning of ln1 and ln2 (peft's LNTuningConfig)
     bitfit                 every bias of the blocks and the embedding (plain requires_grad)
-    auto                   a criterion's choice: resolved by vitplas.selection.auto before a run
+    auto, auto:fisher      a criterion's choice (select.criterion, or the one named) under
+                           select.budget: resolved by vitplas.selection.auto before a run
 
 A rival (lora, lntuning, bitfit) stands alone. The new head and the final norm are trained as
 train_head / train_norm say, whatever the set. `build_trainable` is finetuning's one hook: it
@@ -50,6 +51,7 @@ class SelectOptions:
     budget: float = 0.35
     granularity: str = "component"
     extra: dict = field(default_factory=dict)  # SelectConfig keys (pairs, grad_batches, ...)
+    resolved: bool = False  # set when train=[auto] was resolved into the train list
 
 
 def parse_train(train: Iterable[str] | str) -> list[str]:
@@ -65,17 +67,21 @@ def parse_train(train: Iterable[str] | str) -> list[str]:
             parse_components([name])
             if b is not None and int(b) < a:
                 raise ValueError(f"layer range '{token}' runs backwards; write {name}@{b}-{a}")
-        elif token not in (*RIVALS, AUTO):
+        elif token not in (*RIVALS, AUTO) and not token.startswith(AUTO + ":"):
             parse_components([token], allowed=("all", *ALL_COMPONENTS, *RIVALS, AUTO))
         if token not in out:
             out.append(token)
-    special = [t for t in out if t in (*RIVALS, AUTO)]
+    special = [t for t in out if t in RIVALS or is_auto(t)]
     if special and len(out) > 1:
         raise ValueError(
             f"train=[{special[0]}] stands alone (head and final norm follow train_head and "
             f"train_norm); got {out}"
         )
     return out
+
+
+def is_auto(token: str) -> bool:
+    return token == AUTO or token.startswith(AUTO + ":")
 
 
 def _layered(cmap, token: str) -> tuple[str, range]:
@@ -97,7 +103,7 @@ def build_trainable(
 ) -> dict[str, list[str]]:
     """Freeze `model`, then make `train` trainable (see the module docstring); returns
     {group: [parameter names]} of what is trained."""
-    if AUTO in train:
+    if any(is_auto(t) for t in train):
         raise ValueError(
             "train=[auto] is resolved before finetuning by vitplas.selection.auto.resolve_auto "
             "(the CLI and the sweeps do it); call it first"

@@ -1,0 +1,70 @@
+"""train=[auto] end to end on the tiny random ViT and scikit-learn's digits (offline), and
+`vitplas select` on the same."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from vitplas.cli import app
+from vitplas.config import ConfigError
+from vitplas.selection.auto import finetune, resolve_auto
+from vitplas.training.config import load_finetune_config
+
+BASE = [
+    "model=tiny-random",
+    "random_init=true",
+    "dataset=digits",
+    "img_size=32",
+    "steps=2",
+    "warmup_steps=1",
+    "batch_size=16",
+    "eval_every=2",
+    "max_eval_samples=32",
+    "num_workers=0",
+    "device=cpu",
+    "tensorboard=false",
+    "select.extra={grad_batches: 1, batch_size: 8, pairs: 8}",
+]
+
+
+def test_auto_resolves_records_and_trains(tmp_path):
+    # params: mha (2 x 9,408) > fc1 (2 x 7,056) = fc2 > ln1 = ln2 (2 x 96); total 47,424.
+    # budget 0.45 (21,340): mha (18,816), then ln1 and ln2 fit; fc1 and fc2 do not.
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45"])
+    result = finetune(cfg, tmp_path)
+    assert result["train"] == ["mha", "ln1", "ln2"]
+    stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert stored["train"] == ["mha", "ln1", "ln2"]
+    assert stored["select"]["criterion"] == "params" and stored["select"]["resolved"] is True
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["selected_by"]["budget"] == 0.45
+    frame = pd.read_csv(tmp_path / "selection.csv")
+    assert set(frame["criterion"]) == {"params"}
+    # a rerun reuses the stored pick (the finished run is skipped)
+    again = resolve_auto(cfg, tmp_path)
+    assert again.train == ["mha", "ln1", "ln2"]
+
+
+def test_auto_with_an_unknown_criterion_says_so(tmp_path):
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:kappa]"])
+    with pytest.raises(ConfigError, match="criterion 'kappa' is unknown; known: plasticity"):
+        resolve_auto(cfg, tmp_path)
+
+
+def test_select_command_writes_ranking_and_picks(tmp_path):
+    args = ["select", "--model", "tiny-random", "--random-init", "--target", "digits"]
+    args += ["--pairs", "8", "--grad-batches", "1", "--batch-size", "8", "--budget", "0.4"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "selection.csv")
+    assert list(frame.columns) == ["criterion", "layer", "component", "score", "rank", "params"]
+    assert len(frame) == 8 * (2 * 5 + 5)
+    assert "rule: in rank order, take each component" in result.output
+    picks = json.loads((tmp_path / "picks.json").read_text())["picks"]
+    assert picks["params"] == ["mha"]  # 0.4 x 47,424 = 18,970: mha (18,816) + ln1 (192) is over
+    assert "params       mha > fc1 > fc2 > ln1 > ln2" in result.output
