@@ -103,3 +103,29 @@ def test_tables_and_heatmap(tmp_path):
     paths = criterion_heatmap(matrix, tmp_path / "spearman", "Spearman")
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert not math.isnan(matrix.loc["condition", "b"])
+
+
+def test_study_hook_reads_selection_files_and_feeds_the_report(tmp_path):
+    from types import SimpleNamespace
+
+    from vitplas.experiments.evidence import evidence_figures, report_sections, study_evidence
+
+    states = []
+    for dataset, part in _selection().groupby("dataset"):
+        folder = tmp_path / dataset
+        folder.mkdir()
+        part.drop(columns=["model", "dataset"]).to_csv(folder / "selection.csv", index=False)
+        run = SimpleNamespace(config={"model": "m", "dataset": dataset})
+        states += [SimpleNamespace(run=run, folder=folder, state="done")] * 2  # two seeds
+    spec = SimpleNamespace(base={"select": {"budget": 0.5}})
+    runs = _best().assign(trainable_params=1)
+    tables = study_evidence(states, spec, {"best": _best(), "runs": runs})
+    assert len(tables["selection"]) == len(_selection())  # the seeds' duplicates dropped
+    assert (
+        tables["evidence"].set_index(["dataset", "criterion"]).loc[("b", "plasticity"), "regret"]
+        == 4.0
+    )
+    titles = [t for t, _ in report_sections(tables)]
+    assert titles[0].startswith("Criteria across datasets") and len(titles) == 4
+    figures = evidence_figures(tables, tmp_path / "fig")
+    assert set(figures) == {"criteria_spearman", "criteria_regret"}

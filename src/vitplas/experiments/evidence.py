@@ -133,3 +133,42 @@ def heat(evidence: pd.DataFrame, value: str = "spearman") -> pd.DataFrame:
     """criterion x dataset matrix of `value` (the figure's data)."""
     table = evidence.pivot_table(index="criterion", columns="dataset", values=value, aggfunc="mean")
     return table.astype(np.float64)
+
+
+def study_evidence(states, spec, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """aggregate's hook: the evidence tables of a study whose auto runs wrote selection.csv."""
+    from vitplas.training.trainsets import SelectOptions
+
+    done = [(item.run.config, item.folder) for item in states if item.state == "done"]
+    budget = spec.base.get("select", {}).get("budget", SelectOptions().budget)
+    runs = tables.get("runs", pd.DataFrame())
+    return evidence_tables(tables.get("best", pd.DataFrame()), runs, selection_table(done), budget)
+
+
+REPORT_SECTIONS = {
+    "evidence_summary": "Criteria across datasets: correlation with the finetuned accuracies of "
+    "the components, regret of the pick (accuracy points)",
+    "evidence": "Criteria per dataset (oracle: best single component within the budget)",
+    "rivals": "Train sets and rivals: mean accuracy and trainable parameters across datasets",
+    "rival_tests": "auto:plasticity vs each train set across datasets (paired t-test two-sided; "
+    "Wilcoxon one-sided)",
+}
+
+
+def report_sections(tables: dict[str, pd.DataFrame]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table) of every evidence table present, in reading order."""
+    return [(t, tables[n]) for n, t in REPORT_SECTIONS.items() if n in tables and len(tables[n])]
+
+
+def evidence_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, list[Path]]:
+    """criterion x dataset heat maps of Spearman correlation and regret."""
+    from vitplas.plots.selection import criterion_heatmap
+
+    if "evidence" not in tables or tables["evidence"].empty:
+        return {}
+    ev = tables["evidence"]
+    return {
+        f"criteria_{v}": criterion_heatmap(heat(ev, v), out / f"criteria_{v}", title)
+        for v, title in (("spearman", "Spearman: score vs accuracy"), ("regret", "Regret (points)"))
+        if ev[v].notna().any()
+    }

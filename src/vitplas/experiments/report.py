@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vitplas.experiments import evidence
 from vitplas.experiments.aggregate import read_tables
 from vitplas.experiments.published import published_accuracy, published_plasticity
 from vitplas.experiments.spec import SweepSpec
@@ -117,6 +118,7 @@ def render_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, list
                     curves, tables["best"], metric, out / f"curves_{metric}"
                 )
     made.update(analysis_figures(tables, out))
+    made.update(evidence.evidence_figures(tables, out))
     return made
 
 
@@ -173,6 +175,8 @@ def build_markdown(
             "MHA vs each train set across datasets (paired t-test two-sided; Wilcoxon one-sided)",
             markdown_table(tables["tests"]),
         )
+    for title, frame in evidence.report_sections(tables):
+        lines += _section(title, markdown_table(frame))
     if "plasticity" in tables:
         lines += _section(
             "Plasticity per component",
