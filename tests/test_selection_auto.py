@@ -30,6 +30,7 @@ BASE = [
     "tensorboard=false",
     "select.extra={grad_batches: 1, batch_size: 8, pairs: 8}",
 ]
+SELECT_EXTRA = {"pairs": 8, "grad_batches": 1, "batch_size": 8}
 
 
 def test_auto_resolves_records_and_trains(tmp_path):
@@ -68,3 +69,29 @@ def test_select_command_writes_ranking_and_picks(tmp_path):
     picks = json.loads((tmp_path / "picks.json").read_text())["picks"]
     assert picks["params"] == ["mha"]  # 0.4 x 47,424 = 18,970: mha (18,816) + ln1 (192) is over
     assert "params       mha > fc1 > fc2 > ln1 > ln2" in result.output
+
+
+@pytest.mark.slow
+def test_selection_study_end_to_end(tmp_path):
+    """A tiny selection study: components, auto picks and a rival; the report holds the
+    evidence tables and the criterion x dataset figures."""
+    base = {"model": "tiny-random", "random_init": True, "img_size": 32, "batch_size": 8,
+            "steps": 2, "warmup_steps": 1, "eval_every": 2, "max_eval_samples": 32,
+            "num_workers": 0, "device": "cpu", "tensorboard": False,
+            "select": {"budget": 0.45, "extra": SELECT_EXTRA}}  # fmt: skip
+    spec = {"name": "tiny-selection", "root": str(tmp_path / "study"), "base": base,
+            "grid": {"dataset": ["digits"], "seed": [0], "lr": [0.05],
+                     "train": ["ln1", "mha", "fc1", "fc2", "auto:params", "auto:plasticity",
+                               "bitfit"]},
+            "runner": {"function": "vitplas.selection.auto:finetune"},
+            "executor": {"max_parallel": 1, "threads_per_run": 1}}  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text("# vitplas reproduce tiny.yaml\n" + yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["reproduce", str(path)])
+    assert result.exit_code == 0, result.output
+    tables = tmp_path / "study" / "tables"
+    evidence = pd.read_csv(tables / "evidence.csv").set_index("criterion")
+    assert set(evidence.index) == {"params", "plasticity"}
+    assert evidence.loc["params", "pick"] == "auto:params" and evidence.loc["params", "n"] == 4
+    text = (tmp_path / "study" / "report" / "report.md").read_text()
+    assert "Criteria across datasets" in text and "criteria_regret.png" in text
