@@ -95,3 +95,10 @@ def test_selection_study_end_to_end(tmp_path):
     assert evidence.loc["params", "pick"] == "auto:params" and evidence.loc["params", "n"] == 4
     text = (tmp_path / "study" / "report" / "report.md").read_text()
     assert "Criteria across datasets" in text and "criteria_regret.png" in text
+
+
+def test_finetune_command_resolves_auto(tmp_path):
+    args = ["finetune", *BASE, "train=[auto:params]", "select.budget=0.45", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "result.json").read_text())["train"] == ["mha", "ln1", "ln2"]
