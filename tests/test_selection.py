@@ -80,15 +80,15 @@ def test_gradient_criteria_match_hand_computation(model):
 
 def test_spectrum_criteria_match_hand_computation(model):
     frame = pd.DataFrame(C.spectrum_scores(component_map(model), ["condition", "stable_rank"]))
-    qkv = model.blocks[1].attn.qkv.weight.detach().double()
+    qkv = model.blocks[1].attn.qkv.weight.detach().double()  # float64 by hand vs float32 SVD
     proj = model.blocks[1].attn.proj.weight.detach().double()
     kappas, ranks = [], []
     for w in (qkv, proj):
         s = torch.linalg.svdvals(w)
         kappas.append(float(s.max() / s.min()))
         ranks.append(float(w.pow(2).sum() / s.max() ** 2))
-    assert _row(frame, "condition", 1, "mha")["score"] == pytest.approx(sum(kappas) / 2)
-    assert _row(frame, "stable_rank", 1, "mha")["score"] == pytest.approx(sum(ranks) / 2)
+    assert _row(frame, "condition", 1, "mha")["score"] == pytest.approx(sum(kappas) / 2, rel=1e-4)
+    assert _row(frame, "stable_rank", 1, "mha")["score"] == pytest.approx(sum(ranks) / 2, rel=1e-4)
     # LayerNorm: its weight as a diagonal matrix
     model.blocks[0].norm1.weight.data[:2] = torch.tensor([4.0, 0.5])
     frame = pd.DataFrame(C.spectrum_scores(component_map(model), ["condition", "stable_rank"]))

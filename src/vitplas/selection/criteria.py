@@ -108,32 +108,36 @@ def _counts(units: dict[Unit, list]) -> dict[Unit, int]:
 
 
 # ---- weight spectrum ------------------------------------------------------------------------
-def _matrices(params: list[tuple[str, nn.Parameter]]) -> list[torch.Tensor]:
+def singular_values(params: list[tuple[str, nn.Parameter]]) -> list[torch.Tensor]:
+    """Descending singular values of each weight matrix of a unit (float32 SVD, computed once
+    for both spectrum criteria); a 1-D weight is a diagonal matrix: its sorted |entries|."""
     mats = [p.detach().float() for _, p in params if p.ndim == 2]
     if mats:
-        return mats
-    return [torch.diag(p.detach().float()) for n, p in params if p.ndim == 1 and "bias" not in n]
+        return [torch.linalg.svdvals(m) for m in mats]
+    vecs = [p.detach().float() for n, p in params if p.ndim == 1 and "bias" not in n]
+    return [v.abs().sort(descending=True).values for v in vecs]
 
 
-def condition_number(weight: torch.Tensor) -> float:
-    """sigma_max / sigma_min of a 2-D weight (inf when it is singular)."""
-    s = torch.linalg.svdvals(weight.double())
+def condition_number(s: torch.Tensor) -> float:
+    """sigma_max / sigma_min from descending singular values s (inf when singular)."""
     return float(s[0] / s[-1]) if s[-1] > 0 else math.inf
 
 
-def stable_rank(weight: torch.Tensor) -> float:
-    """||W||_F^2 / ||W||_2^2 of a 2-D weight, in [1, rank]."""
-    s = torch.linalg.svdvals(weight.double())
-    return float((s**2).sum() / s[0] ** 2) if s[0] > 0 else math.nan
+def stable_rank(s: torch.Tensor) -> float:
+    """||W||_F^2 / ||W||_2^2 = sum s^2 / s_max^2, in [1, rank]."""
+    return float((s.double() ** 2).sum() / s[0].double() ** 2) if s[0] > 0 else math.nan
 
 
 def spectrum_scores(cmap: ComponentMap, criteria: Sequence[str]) -> list[dict]:
+    wanted = [c for c in ("condition", "stable_rank") if c in criteria]
+    if not wanted:
+        return []
     units = unit_parameters(cmap)
     counts, rows = _counts(units), []
-    for name, fn in (("condition", condition_number), ("stable_rank", stable_rank)):
-        if name in criteria:
-            values = {u: _mean([fn(m) for m in _matrices(ps)]) for u, ps in units.items()}
-            rows += _rows(name, values, counts)
+    spectra = {u: singular_values(ps) for u, ps in units.items()}
+    for name in wanted:
+        fn = condition_number if name == "condition" else stable_rank
+        rows += _rows(name, {u: _mean([fn(s) for s in ss]) for u, ss in spectra.items()}, counts)
     return rows
 
 

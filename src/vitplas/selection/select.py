@@ -41,7 +41,7 @@ class SelectConfig:
     inputs: Literal["embedding", "hidden"] = "embedding"
     pairs: int = 128
     # gradients: a few batches of the target's train split through a fresh head
-    grad_batches: int = 4
+    grad_batches: int = 2
     batch_size: int = 16
     seed: int = 0
     device: str = "auto"

@@ -182,10 +182,6 @@ def _inject(model: nn.Module, cmap, kind: str, lora: LoraOptions) -> list[str]:
     return [n for n in new if marker in n]
 
 
-def count_trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def few_shot(dataset: Dataset, k: int) -> Subset:
     """k examples per class, drawn by a generator fixed across seeds (FEW_SHOT_SEED)."""
     labels = _labels(dataset)
