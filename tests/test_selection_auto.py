@@ -102,3 +102,15 @@ def test_finetune_command_resolves_auto(tmp_path):
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "result.json").read_text())["train"] == ["mha", "ln1", "ln2"]
+
+
+def test_auto_token_carries_criterion_and_budget(tmp_path):
+    from vitplas.selection.auto import _criterion
+
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:fisher:0.2]"])
+    assert _criterion(cfg) == ("fisher", 0.2)
+    cfg = load_finetune_config(None, [*BASE, "train=[auto]", "select.criterion=rgn"])
+    assert _criterion(cfg) == ("rgn", 0.35)
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:fisher:2]"])
+    with pytest.raises(ConfigError, match=r"write auto:<criterion>:<budget in \(0, 1\]>"):
+        _criterion(cfg)

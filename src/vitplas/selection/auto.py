@@ -4,8 +4,9 @@
     finetune(cfg, run_dir, **kw)  resolve, then training.finetune.run_finetune (a sweep's
                                   runner: `runner.function: vitplas.selection.auto:finetune`)
 
-`auto` uses select.criterion; `auto:fisher` names the criterion in the train list itself, so a
-sweep grids over criteria with its `train` axis. The choice is scored on the run's model and
+`auto` uses select.criterion and select.budget; `auto:fisher` names the criterion and
+`auto:fisher:0.2` the budget too, in the train list itself, so a sweep grids over criteria and
+budgets with its `train` axis. The choice is scored on the run's model and
 dataset (target train split for gradients, test split for plasticity pairs) by
 vitplas.selection.select with select.extra's SelectConfig keys, and written to the run folder
 (selection.csv, picks.json). The resolved config (config.yaml) holds the picked set and the
@@ -24,17 +25,22 @@ from vitplas.selection.select import SelectConfig, picks, score_config, write_se
 from vitplas.training.trainsets import AUTO, is_auto
 
 
-def _criterion(cfg) -> str:
+def _criterion(cfg) -> tuple[str, float]:
+    """(criterion, budget) of the auto token: `auto[:criterion[:budget]]`."""
     token = next(t for t in cfg.train if is_auto(t))
-    name = token.split(":", 1)[1] if ":" in token else cfg.select.criterion
+    parts = token.split(":")
+    name = parts[1] if len(parts) > 1 else cfg.select.criterion
     try:
-        return parse_criteria([name])[0]
+        budget = float(parts[2]) if len(parts) > 2 else cfg.select.budget
+        if len(parts) > 3 or not 0 < budget <= 1:
+            raise ValueError(f"write auto:<criterion>:<budget in (0, 1]>, got '{token}'")
+        return parse_criteria([name])[0], budget
     except ValueError as err:
         raise ConfigError(f"train=[{token}]: {err}") from err
 
 
 def select_config(cfg, criterion: str) -> SelectConfig:
-    """The SelectConfig that scores `criterion` for finetune config `cfg`."""
+    """The SelectConfig that scores `criterion` for finetune config `cfg` (its select block)."""
     data: dict[str, Any] = {
         "model": cfg.model,
         "random_init": cfg.random_init,
@@ -66,12 +72,12 @@ def resolve_auto(cfg, run_dir: str | Path):
     """`cfg` itself when its train set is concrete; else a copy with the criterion's pick."""
     if not any(is_auto(t) for t in cfg.train):
         return cfg
-    criterion = _criterion(cfg)
-    select = dataclasses.replace(cfg.select, criterion=criterion, resolved=True)
+    criterion, budget = _criterion(cfg)
+    select = dataclasses.replace(cfg.select, criterion=criterion, budget=budget, resolved=True)
     resolved = dataclasses.replace(cfg, select=select)
     train = _stored(Path(run_dir), resolved)
     if train is None:
-        scfg = select_config(cfg, criterion)
+        scfg = select_config(dataclasses.replace(cfg, select=select), criterion)
         frame = score_config(scfg)
         chosen = picks(frame, scfg.budget, scfg.granularity)
         write_selection(run_dir, frame, chosen, scfg.budget, scfg.granularity)
