@@ -168,3 +168,22 @@ def test_score_model_end_to_end(model):
     assert set(chosen) == set(C.CRITERIA) and all(chosen.values())
     with pytest.raises(ValueError, match="criterion 'kappa' is unknown; known: plasticity"):
         C.parse_criteria("kappa")
+
+
+@pytest.mark.parametrize("inputs", ["embedding", "hidden"])
+def test_plasticity_criterion_matches_hand_computation(model, inputs):
+    cmap = component_map(model)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 3, 32, 32, generator=gen), torch.randn(3, 3, 32, 32, generator=gen)
+    frame = pd.DataFrame(C.plasticity_scores(cmap, [(x, y)], inputs=inputs))
+    with torch.no_grad():
+        hx, hy = cmap.embed(x), cmap.embed(y)  # (B, N, D)
+        if inputs == "hidden":  # block 1 reads block 0's output
+            hx, hy = model.blocks[0](hx), model.blocks[0](hy)
+        w = model.blocks[1].mlp.fc1.weight
+        diff = hx - hy
+        ratios = (diff @ w.T).flatten(1).norm(dim=1) / diff.flatten(1).norm(dim=1)
+    assert _row(frame, "plasticity", 1, "fc1")["score"] == pytest.approx(
+        float(ratios.mean()), rel=1e-5
+    )
+    assert _row(frame, "plasticity", "all", "fc1")["params"] == 2 * (48 * 144 + 144)
