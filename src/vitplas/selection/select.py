@@ -23,6 +23,8 @@ from vitplas.config import ConfigError
 from vitplas.selection import criteria as C
 from vitplas.selection.budget import choose, train_set
 
+UNIT = {"component": "component", "layer": "(layer, component)"}
+
 
 @dataclass
 class SelectConfig:
@@ -163,7 +165,7 @@ def summary(
 ) -> str:
     """Per criterion: its ranking (component types) and the train set it picks."""
     lines = [
-        f"rule: in rank order, take each {granularity} whose parameters still fit in "
+        f"rule: in rank order, take each {UNIT[granularity]} whose parameters still fit in "
         f"{budget:g} of the block parameters (head and final norm are trained besides)"
     ]
     types = frame[frame["layer"].astype(str) == C.ALL]
