@@ -1,6 +1,15 @@
 """The `vitplas` command: a thin face over the library. Each submodule adds its commands."""
 
-from vitplas.cli import analysis, catalog, clean, experiments, export, landscape, training  # noqa: F401
+from vitplas.cli import (  # noqa: F401  (each module registers its commands)
+    analysis,
+    catalog,
+    clean,
+    experiments,
+    export,
+    landscape,
+    select,
+    training,
+)
 from vitplas.cli.app import app
 from vitplas.cli.config_cmd import attach_key_help
 

@@ -80,6 +80,7 @@ def finetune(
     from vitplas.config import ConfigError
     from vitplas.locks import RunLockedError
     from vitplas.runs import disk_full
+    from vitplas.selection.auto import resolve_auto
     from vitplas.training.config import load_finetune_config
     from vitplas.training.finetune import TrainingDivergedError, run_finetune
 
@@ -92,6 +93,7 @@ def finetune(
         run_dir = check_out_folder(out) if out else default_finetune_dir(cfg)
         typer.echo(f"run folder: {run_dir}", err=True)
         with removed_if_unused(run_dir):
+            cfg = resolve_auto(cfg, run_dir)  # train=[auto]: a criterion picks the train set
             result = run_finetune(cfg, run_dir, show_progress=progress, repair=repair, wait=wait)
     except TrainingDivergedError as err:
         _fail(err, 1)

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from vitplas.experiments import stats
+from vitplas.experiments.evidence import study_evidence
 from vitplas.experiments.spec import Run, SweepSpec, train_label
 from vitplas.experiments.store import RunState, result_rows, scan
 from vitplas.runs import RunDir, write_table
@@ -146,6 +147,7 @@ def aggregate(
     extra = analysis_tables(root)
     tables: dict[str, Any] = summarize(run_table(states), spec, extra.get("probe"))
     tables["curves"] = curve_table(states)
+    tables.update(study_evidence(states, spec, tables))  # selection studies (train=[auto])
     tables.update(extra)
     for name, frame in tables.items():
         write_table(frame, root / "tables" / name)

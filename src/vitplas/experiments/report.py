@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitplas.experiments import stats
+from vitplas.experiments import evidence, stats
 from vitplas.experiments.aggregate import read_tables
 from vitplas.experiments.published import published_accuracy, published_plasticity
 from vitplas.experiments.spec import SweepSpec
@@ -137,6 +137,7 @@ def render_figures(
                 curves, best, out / "grad_norm_per_component", context=context
             )
     made.update(analysis_figures(tables, out))
+    made.update(evidence.evidence_figures(tables, out))
     return made
 
 
@@ -197,6 +198,8 @@ def build_markdown(
     exceeded = _exceedances(tables)
     if exceeded:
         lines += _section("Bounds exceeded (their assumption fails for those pairs)", exceeded)
+    for title, frame in evidence.report_sections(tables):
+        lines += _section(title, markdown_table(frame))
     if "plasticity" in tables:
         lines += _section(
             "Plasticity per component",

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
 from vitplas.data.splits import SplitPlan, plan_for
+from vitplas.training.trainsets import LoraOptions, SelectOptions
 
 
 @dataclass
@@ -48,8 +49,12 @@ class FinetuneConfig:
     dataset: str = "cifar10"  # dataset name (vitplas datasets)
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     download: bool = False  # download a missing dataset where a download exists
-    train: list[str] = field(default_factory=lambda: ["mha"])  # components trained besides head and
-    # norm (mha, fc1, ln1, ...; all = full finetuning)
+    train: list[str] = field(default_factory=lambda: ["mha"])  # what is trained besides head and
+    # norm: components (mha, fc1, ln1, ...; all = full finetuning), mha@8-11, mha+fc1, lora,
+    # lntuning, bitfit, auto[:criterion[:budget]] (grammar: vitplas.training.trainsets)
+    select: SelectOptions = field(default_factory=SelectOptions)  # how train=[auto] chooses
+    lora: LoraOptions = field(default_factory=LoraOptions)  # options of train=[lora]
+    train_per_class: int | None = None  # few-shot: k train images per class (a fixed draw)
     train_head: bool = True  # train the new classification head (the paper: always)
     train_norm: bool = True  # train the final LayerNorm (the paper: always)
 
@@ -143,12 +148,16 @@ class FinetuneConfig:
             self.amp = "none"
         if self.val_split == "auto":
             self.val_split = "seeded" if self.protocol == "paper" else "fixed"
-        from vitplas.models.components import ALL_COMPONENTS, parse_components
+        from vitplas.training.trainsets import parse_train
 
         try:
-            self.train = parse_components(self.train, allowed=("all", *ALL_COMPONENTS))
+            self.train = parse_train(self.train)
         except ValueError as err:
             raise ConfigError(f"train: {err}") from err
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ConfigError(f"train_per_class must be >= 1 or null, got {self.train_per_class}")
+        if not 0 < self.select.budget <= 1 or self.lora.r < 1:
+            raise ConfigError("select.budget must be in (0, 1] and lora.r >= 1")
 
     @property
     def warmup(self) -> str:

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vitplas.config import ConfigError
+from vitplas.config import ConfigError, config_to_dict
 from vitplas.locks import is_main_process, run_lock
-from vitplas.models.components import count_parameters, set_trainable
+from vitplas.models.components import count_parameters
 from vitplas.runs import RunDir, atomic_write_json, fault_point
 from vitplas.training import checkpoint as ckpt
 from vitplas.training.config import RUNTIME_KEYS, FinetuneConfig
@@ -42,6 +42,7 @@ from vitplas.training.logger import TrainLogger, truncate_metrics
 from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at, set_lr
 from vitplas.training.sources import Sources, load_sources
 from vitplas.training.stream import device_augment, eval_loader, mix_seed, train_loader
+from vitplas.training.trainsets import build_trainable, few_shot
 
 __all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "run_finetune"]
 
@@ -114,6 +115,8 @@ class Finetuner:
         fault_point("startup")
         if self.sources is None:
             self.sources = load_sources(cfg)
+        if cfg.train_per_class is not None:
+            self.sources.train = few_shot(self.sources.train, cfg.train_per_class)
         self._setup_model(self.sources.model.to(self.device))
         self.state = {"step": 0, "elapsed_s": 0.0, "train_s": 0.0, "best": None}
         self.state |= {"start_loss": None, "above": 0}  # divergence watch
@@ -125,9 +128,13 @@ class Finetuner:
 
     def _setup_model(self, model: torch.nn.Module) -> None:
         cfg = self.cfg
-        self.groups_names = set_trainable(
-            model, cfg.train, head=cfg.train_head, norm=cfg.train_norm
-        )
+        self.parameter_counts = count_parameters(model)  # before any adapter is injected
+        try:
+            self.groups_names = build_trainable(
+                model, cfg.train, head=cfg.train_head, norm=cfg.train_norm, lora=cfg.lora
+            )
+        except ValueError as err:
+            raise ConfigError(f"train={cfg.train}: {err}") from err
         params = dict(model.named_parameters())
         self.groups = {c: [params[n] for n in names] for c, names in self.groups_names.items()}
         self.trained = [p for p in model.parameters() if p.requires_grad]
@@ -153,7 +160,8 @@ class Finetuner:
                 "world_size": self.dist.world_size,
                 "trained_parameters": {c: len(n) for c, n in self.groups_names.items()},
                 "trainable_params": sum(p.numel() for p in self.trained),
-                "parameter_counts": count_parameters(self.model),
+                "parameter_counts": self.parameter_counts,
+                **({"selected_by": config_to_dict(cfg.select)} if cfg.select.resolved else {}),
                 "resumed_from_step": self.state["step"],
             }
         )

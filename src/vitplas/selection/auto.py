@@ -1,0 +1,97 @@
+"""train=[auto]: a criterion picks the train set before finetuning starts.
+
+    resolve_auto(cfg, run_dir) -> cfg with a concrete `train` and select.resolved = True
+    finetune(cfg, run_dir, **kw)  resolve, then training.finetune.run_finetune (a sweep's
+                                  runner: `runner.function: vitplas.selection.auto:finetune`)
+
+`auto` uses select.criterion and select.budget; `auto:fisher` names the criterion and
+`auto:fisher:0.2` the budget too, in the train list itself, so a sweep grids over criteria and
+budgets with its `train` axis. The choice is scored on the run's model and
+dataset (target train split for gradients, test split for plasticity pairs) by
+vitplas.selection.select with select.extra's SelectConfig keys, and written to the run folder
+(selection.csv, picks.json). The resolved config (config.yaml) holds the picked set and the
+select block; a rerun of the same run folder reuses the stored pick instead of scoring again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from vitplas.config import ConfigError, config_from_dict, read_yaml
+from vitplas.selection.criteria import parse_criteria
+from vitplas.selection.select import SelectConfig, picks, score_config, write_selection
+from vitplas.training.trainsets import AUTO, is_auto
+
+
+def _criterion(cfg) -> tuple[str, float]:
+    """(criterion, budget) of the auto token: `auto[:criterion[:budget]]`."""
+    token = next(t for t in cfg.train if is_auto(t))
+    parts = token.split(":")
+    name = parts[1] if len(parts) > 1 else cfg.select.criterion
+    try:
+        budget = float(parts[2]) if len(parts) > 2 else cfg.select.budget
+        if len(parts) > 3 or not 0 < budget <= 1:
+            raise ValueError(f"write auto:<criterion>:<budget in (0, 1]>, got '{token}'")
+        return parse_criteria([name])[0], budget
+    except ValueError as err:
+        raise ConfigError(f"train=[{token}]: {err}") from err
+
+
+def select_config(cfg, criterion: str) -> SelectConfig:
+    """The SelectConfig that scores `criterion` for finetune config `cfg` (its select block)."""
+    data: dict[str, Any] = {
+        "model": cfg.model,
+        "random_init": cfg.random_init,
+        "img_size": cfg.img_size,
+        "target": cfg.dataset,
+        "data_root": cfg.data_root,
+        "budget": cfg.select.budget,
+        "granularity": cfg.select.granularity,
+        "device": cfg.device,
+        **cfg.select.extra,
+        "criteria": [criterion],
+    }
+    return config_from_dict(SelectConfig, data, where="select.extra")
+
+
+def _stored(run_dir: Path, cfg) -> list[str] | None:
+    """The train set a previous resolution of this run folder stored, if its select matches."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    stored = read_yaml(path)
+    want = dataclasses.asdict(cfg.select)
+    got = stored.get("select", {})
+    same = all(got.get(k) == v for k, v in want.items() if k != "resolved")
+    return list(stored["train"]) if same and got.get("resolved") else None
+
+
+def resolve_auto(cfg, run_dir: str | Path):
+    """`cfg` itself when its train set is concrete; else a copy with the criterion's pick."""
+    if not any(is_auto(t) for t in cfg.train):
+        return cfg
+    criterion, budget = _criterion(cfg)
+    select = dataclasses.replace(cfg.select, criterion=criterion, budget=budget, resolved=True)
+    resolved = dataclasses.replace(cfg, select=select)
+    train = _stored(Path(run_dir), resolved)
+    if train is None:
+        scfg = select_config(dataclasses.replace(cfg, select=select), criterion)
+        frame = score_config(scfg)
+        chosen = picks(frame, scfg.budget, scfg.granularity)
+        write_selection(run_dir, frame, chosen, scfg.budget, scfg.granularity)
+        train = chosen[criterion]
+    resolved.train = train
+    resolved.validate()
+    return resolved
+
+
+def finetune(cfg, run_dir: str | Path, **kwargs) -> dict[str, Any]:
+    """resolve_auto, then run_finetune: the runner of sweeps with train=[auto...] runs."""
+    from vitplas.training.finetune import run_finetune
+
+    return run_finetune(resolve_auto(cfg, run_dir), run_dir, **kwargs)
+
+
+__all__ = ["AUTO", "finetune", "resolve_auto", "select_config"]

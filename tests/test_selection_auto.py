@@ -1,0 +1,116 @@
+"""train=[auto] end to end on the tiny random ViT and scikit-learn's digits (offline), and
+`vitplas select` on the same."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from vitplas.cli import app
+from vitplas.config import ConfigError
+from vitplas.selection.auto import finetune, resolve_auto
+from vitplas.training.config import load_finetune_config
+
+BASE = [
+    "model=tiny-random",
+    "random_init=true",
+    "dataset=digits",
+    "img_size=32",
+    "steps=2",
+    "warmup_steps=1",
+    "batch_size=16",
+    "eval_every=2",
+    "max_eval_samples=32",
+    "num_workers=0",
+    "device=cpu",
+    "tensorboard=false",
+    "select.extra={grad_batches: 1, batch_size: 8, pairs: 8}",
+]
+SELECT_EXTRA = {"pairs": 8, "grad_batches": 1, "batch_size": 8}
+
+
+def test_auto_resolves_records_and_trains(tmp_path):
+    # params: mha (2 x 9,408) > fc1 (2 x 7,056) = fc2 > ln1 = ln2 (2 x 96); total 47,424.
+    # budget 0.45 (21,340): mha (18,816), then ln1 and ln2 fit; fc1 and fc2 do not.
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45"])
+    result = finetune(cfg, tmp_path)
+    assert result["train"] == ["mha", "ln1", "ln2"]
+    stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert stored["train"] == ["mha", "ln1", "ln2"]
+    assert stored["select"]["criterion"] == "params" and stored["select"]["resolved"] is True
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["selected_by"]["budget"] == 0.45
+    frame = pd.read_csv(tmp_path / "selection.csv")
+    assert set(frame["criterion"]) == {"params"}
+    # a rerun reuses the stored pick (the finished run is skipped)
+    again = resolve_auto(cfg, tmp_path)
+    assert again.train == ["mha", "ln1", "ln2"]
+
+
+def test_auto_with_an_unknown_criterion_says_so(tmp_path):
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:kappa]"])
+    with pytest.raises(ConfigError, match="criterion 'kappa' is unknown; known: plasticity"):
+        resolve_auto(cfg, tmp_path)
+
+
+def test_select_command_writes_ranking_and_picks(tmp_path):
+    args = ["select", "--model", "tiny-random", "--random-init", "--target", "digits"]
+    args += ["--pairs", "8", "--grad-batches", "1", "--batch-size", "8", "--budget", "0.4"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "selection.csv")
+    assert list(frame.columns) == ["criterion", "layer", "component", "score", "rank", "params"]
+    assert len(frame) == 8 * (2 * 5 + 5)
+    assert "rule: in rank order, take each component" in result.output
+    picks = json.loads((tmp_path / "picks.json").read_text())["picks"]
+    assert picks["params"] == ["mha"]  # 0.4 x 47,424 = 18,970: mha (18,816) + ln1 (192) is over
+    assert "params       mha > fc1 > fc2 > ln1 > ln2" in result.output
+
+
+@pytest.mark.slow
+def test_selection_study_end_to_end(tmp_path):
+    """A tiny selection study: components, auto picks and a rival; the report holds the
+    evidence tables and the criterion x dataset figures."""
+    base = {"model": "tiny-random", "random_init": True, "img_size": 32, "batch_size": 8,
+            "steps": 2, "warmup_steps": 1, "eval_every": 2, "max_eval_samples": 32,
+            "num_workers": 0, "device": "cpu", "tensorboard": False,
+            "select": {"budget": 0.45, "extra": SELECT_EXTRA}}  # fmt: skip
+    spec = {"name": "tiny-selection", "root": str(tmp_path / "study"), "base": base,
+            "grid": {"dataset": ["digits"], "seed": [0], "lr": [0.05],
+                     "train": ["ln1", "mha", "fc1", "fc2", "auto:params", "auto:plasticity",
+                               "bitfit"]},
+            "runner": {"function": "vitplas.selection.auto:finetune"},
+            "executor": {"max_parallel": 1, "threads_per_run": 1}}  # fmt: skip
+    path = tmp_path / "tiny.yaml"
+    path.write_text("# vitplas reproduce tiny.yaml\n" + yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["reproduce", str(path)])
+    assert result.exit_code == 0, result.output
+    tables = tmp_path / "study" / "tables"
+    evidence = pd.read_csv(tables / "evidence.csv").set_index("criterion")
+    assert set(evidence.index) == {"params", "plasticity"}
+    assert evidence.loc["params", "pick"] == "auto:params" and evidence.loc["params", "n"] == 4
+    text = (tmp_path / "study" / "report" / "report.md").read_text()
+    assert "Criteria across datasets" in text and "criteria_regret.png" in text
+
+
+def test_finetune_command_resolves_auto(tmp_path):
+    args = ["finetune", *BASE, "train=[auto:params]", "select.budget=0.45", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "result.json").read_text())["train"] == ["mha", "ln1", "ln2"]
+
+
+def test_auto_token_carries_criterion_and_budget(tmp_path):
+    from vitplas.selection.auto import _criterion
+
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:fisher:0.2]"])
+    assert _criterion(cfg) == ("fisher", 0.2)
+    cfg = load_finetune_config(None, [*BASE, "train=[auto]", "select.criterion=rgn"])
+    assert _criterion(cfg) == ("rgn", 0.35)
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:fisher:2]"])
+    with pytest.raises(ConfigError, match=r"write auto:<criterion>:<budget in \(0, 1\]>"):
+        _criterion(cfg)
