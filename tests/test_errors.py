@@ -179,4 +179,6 @@ def test_evaluate_on_damaged_best_weights_names_the_file(tmp_path):
     data[:8] = b"\xff" * 8  # a header length no file has
     weights.write_bytes(bytes(data))
     line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
-    assert line.startswith(f"error: {weights} is damaged (Error while deserializing header")
+    # the sealed checksum (runs.RunDir) catches it before the weights are parsed
+    assert line.startswith(f"error: {weights} is damaged: its content was changed since the run")
+    assert line.endswith(f"--repair to recompute the run, or delete {out} to start over")
