@@ -83,6 +83,12 @@ def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
             f"{k}: {measured.get(k)!r} there, {getattr(cfg, k)!r} here" for k in other
         )
         raise ConfigError(f"the plasticity run '{folder}' measured another setting ({details})")
+    if cfg.ln_bound == "data" and not (folder / "bounds.csv").is_file():
+        raise ConfigError(
+            f"the plasticity run '{folder}' has no bounds.csv (run with --no-bounds), so no token "
+            "scales for the data LayerNorm bound: rerun it with bounds, or pass --ln-bound "
+            "abs|signed"
+        )
 
 
 def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:
