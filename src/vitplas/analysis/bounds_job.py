@@ -4,7 +4,7 @@ Given the folder of a plasticity run (`plasticity`), the measured means are divi
 bounds too. The fraction of pairs above a bound needs the per-pair ratios, so it comes from
 the plasticity run itself (its bound_ratio table), not from here. The default LayerNorm bound
 ("data", max|gamma| / s_min) needs the smallest token scale of the pairs it covers: it is taken
-from that plasticity run (its bounds table), and stays NaN without one.
+from that plasticity run (its bounds table); without one it stays NaN, its definition saying why.
 """
 
 from __future__ import annotations
