@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vitplas.cli import app
-from vitplas.experiments import cost, flops
+from vitplas.experiments import cost, flops, jobs
 from vitplas.experiments.spec import expand, load_spec
 from vitplas.training.config import FinetuneConfig
 
@@ -151,7 +151,15 @@ def test_a_cpu_device_is_measured_with_cpu_defaults(monkeypatch):
     assert cost.declared_device("CPU", mfu=0.3).mfu == 0.3
 
 
-def test_a_custom_runner_is_not_estimated(tmp_path):
+@pytest.fixture
+def custom_runner(monkeypatch) -> str:
+    """A user's runner, registered for this test only (specs may name registered jobs only)."""
+    monkeypatch.setattr(jobs, "_user_functions", set(jobs._user_functions))  # restored after
+    jobs.register_job("mypkg.jobs:train")
+    return "mypkg.jobs:train"
+
+
+def test_a_custom_runner_is_not_estimated(tmp_path, custom_runner):
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(
         "name: t\nbase: {model: tiny-random, steps: 10, dataset: digits}\n"
@@ -162,7 +170,7 @@ def test_a_custom_runner_is_not_estimated(tmp_path):
     assert set(cost.slurm_time_limits(spec, expand(spec)).values()) == {240}
 
 
-def test_analysis_jobs_count_pairs_radius_images_and_probe_images(tmp_path):
+def test_analysis_jobs_count_pairs_radius_images_and_probe_images(tmp_path, custom_runner):
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(
         "name: t\nbase: {model: tiny-random, dataset: digits}\ngrid: {seed: [0]}\n"

@@ -127,8 +127,10 @@ def test_offline_hub_fails_fast_with_advice_that_fits(tmp_path, monkeypatch):
     assert constants.HF_HUB_OFFLINE is False  # offline mode only while loading
     assert not (tmp_path / "r").exists()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    line = one_error_line(run("finetune", *args, "model=vit_tiny_patch16_224.augreg_in21k"))
-    assert "HF_HUB_OFFLINE is set, so only the hub cache" in line
+    result = run("finetune", *args, "model=vit_tiny_patch16_224.augreg_in21k",
+                 "--out", str(tmp_path / "r2"))  # fmt: skip
+    assert "HF_HUB_OFFLINE is set, so only the hub cache" in one_error_line(result)
+    assert not (tmp_path / "r2").exists()
 
 
 def test_debug_shows_the_traceback_and_internal_errors_say_so(tmp_path, monkeypatch):

@@ -222,7 +222,9 @@ def test_swiglu_fc1_is_both_projections_stacked_and_packed_glu_its_one_linear():
     x, y = cmap.embed(images[:2]).detach(), cmap.embed(images[2:]).detach()
     ratio = pair_ratios(cmap, images[:2], images[2:], components=["fc1"])[:, 0, 0]
     by_hand = (torch.cat([mlp.fc1_g(x) - mlp.fc1_g(y), mlp.fc1_x(x) - mlp.fc1_x(y)], -1)).flatten(1)
-    assert torch.allclose(ratio, by_hand.norm(dim=1) / (x - y).flatten(1).norm(dim=1), rtol=1e-4)
+    expected = by_hand.norm(dim=1) / (x - y).flatten(1).norm(dim=1)
+    assert ratio.dtype == torch.float64  # norms accumulate in float64 (issue 10.1)
+    assert torch.allclose(ratio, expected.double(), rtol=1e-4)
     packed = component_map(build("eva02_tiny_patch14_224", {})[0])
     assert packed.module(0, "fc1") is packed.block(0).mlp.fc1  # GluMlp: one 2H-wide linear
     assert packed.module(0, "fc1").out_features == 2 * packed.block(0).mlp.fc2.in_features
@@ -241,7 +243,7 @@ def test_mha_with_rope_is_measured_as_the_model_computes_it():
     fx, fy = direct.chunk(2)
     x, y = h.chunk(2)
     expected = (fx - fy).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
-    assert torch.allclose(ratio, expected, rtol=1e-4)
+    assert torch.allclose(ratio, expected.double(), rtol=1e-4)  # ratios are float64
 
 
 def test_models_families_cli_lists_every_family_and_refusal():

@@ -50,8 +50,9 @@ def test_run_folder_and_best_file_are_models(run_copy):
     assert loaded.checksum == file_sha256(best)
     assert loaded.description.startswith(f"finetuned run {run_copy} (train=mha on digits)")
     assert loaded.mean == (0.485, 0.456, 0.406)  # the run's normalization: paper
-    recorded = (best.parent / "best.safetensors.sha256").read_text().split()[0]
-    assert recorded == file_sha256(best)  # recorded at first use
+    sealed = json.loads((run_copy / "checksums.json").read_text())["checkpoints/best.safetensors"]
+    assert sealed["sha256"] == file_sha256(best)  # the run's seal is what is checked
+    assert not (best.parent / "best.safetensors.sha256").exists()  # so no sidecar is written
     again = load_model(str(best))
     assert torch.equal(outputs(again.model), outputs(reference))
 
@@ -68,13 +69,26 @@ def test_trained_weights_differ_from_base(run_copy):
     assert changed and all(".attn." in n or n.startswith(("head.", "norm.")) for n in changed)
 
 
-def test_changed_weights_are_refused_naming_the_file(run_copy):
+@pytest.mark.parametrize("sealed", [True, False])
+def test_changed_weights_are_refused_naming_the_file(run_copy, sealed):
     best = run_copy / "checkpoints" / "best.safetensors"
-    load_model(str(run_copy))  # records the checksum
+    sidecar = best.parent / "best.safetensors.sha256"
+    if not sealed:  # a run finished before runs were sealed: a sidecar recorded at first use
+        (run_copy / "checksums.json").unlink()
+    load_model(str(run_copy))
+    assert sidecar.exists() != sealed
+    if not sealed:
+        assert sidecar.read_text() == f"{file_sha256(best)}  best.safetensors\n"
     data = bytearray(best.read_bytes())
     data[-1] ^= 0xFF
     best.write_bytes(bytes(data))
     with pytest.raises(ModelError, match=rf"{best} is corrupt or changed: sha256"):
+        load_model(str(run_copy))
+
+
+def test_an_unreadable_seal_is_one_line_naming_it(run_copy):
+    (run_copy / "checksums.json").write_text("{not json")
+    with pytest.raises(ModelError, match=rf"{run_copy / 'checksums.json'} is damaged \(unreadable"):
         load_model(str(run_copy))
 
 
@@ -89,6 +103,9 @@ def test_sealed_checksum_is_used(run_copy):
 def test_missing_or_unreadable_weights_are_one_line_errors(run_copy):
     best = run_copy / "checkpoints" / "best.safetensors"
     best.write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match=rf"{best} is corrupt or truncated: sha256"):
+        load_model(str(run_copy))  # the seal catches it before the file is parsed
+    (run_copy / "checksums.json").unlink()  # unsealed: recorded at first use, then parsed
     with pytest.raises(ModelError, match=rf"cannot read weights file {best}"):
         load_model(str(run_copy))
     best.unlink()

@@ -15,6 +15,7 @@ from torch import nn
 
 from vitplas.analysis.bounds import (
     ASSUMPTIONS,
+    DATA_UNDEFINED,
     bounds_matrix,
     fill_norm_bounds,
     layer_bounds,
@@ -105,7 +106,12 @@ def test_estimator_checks_each_pair_and_the_table_bound_holds_for_all():
         gains = bounds_matrix(frame, cmap.depth, names, "norm_gain")
         est = estimate(cmap, batches, components=names, bounds=fixed, norm_gains=gains)
         if kind == "data":
+            pending = frame[frame["component"] == "ln1"]
+            assert pending["bound"].isna().all()
+            assert pending["definition"].str.startswith(DATA_UNDEFINED).all()  # says why
             frame = fill_norm_bounds(frame, est.norm_scale, names)
+            ln1 = frame[frame["component"] == "ln1"]["definition"]
+            assert ln1.str.match(r"max\|gamma\| / s_min, s_min = 0\.\d+ \(smallest token").all()
         labels = {"model": "m", "reference": "a", "target": "b", "inputs": "embedding"}
         ratio = bound_ratio_table(est, labels, frame)
         ln = ratio[ratio["component"].isin(["ln1", "ln2"])]

@@ -134,6 +134,21 @@ def test_bounds_and_radius_commands(tiny_run, tmp_path):
     assert float(radius.stdout.split()[2]) > 0
 
 
+def test_bounds_without_a_plasticity_run_say_why_the_data_norm_bound_is_missing(tmp_path):
+    args = ["--model", "tiny-random", "--random-init", "--radius", "2.0", "--out", str(tmp_path)]
+    result = run("bounds", *args)
+    assert result.exit_code == 0, result.output
+    why = (
+        "the data bound needs the token scale of a plasticity run: pass --plasticity RUN, or"
+        " --ln-bound abs|signed"
+    )
+    assert f"ln1: undefined: {why}" in result.stdout and f"ln2: undefined: {why}" in result.stdout
+    bounds = pd.read_csv(tmp_path / "bounds.csv")
+    ln = bounds[bounds["component"].isin(["ln1", "ln2"])]
+    assert ln["bound"].isna().all() and ln["definition"].str.startswith(f"undefined: {why}").all()
+    assert bounds.loc[bounds["component"] == "fc1", "bound"].notna().all()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

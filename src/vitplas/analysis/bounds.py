@@ -57,6 +57,12 @@ from vitplas.models.components import ComponentMap
 LN_BOUNDS = ("data", "abs", "signed")  # the first is the default
 MHA_SLICINGS = ("rows", "columns")
 SCALE_PENDING = "measured with the pairs"  # in a data-scale definition until filled
+# a data-scale norm row before its s_min is known (NaN bound): why, then the formula to fill in
+DATA_UNDEFINED = (
+    "undefined: the data bound needs the token scale of a plasticity run: pass --plasticity RUN,"
+    " or --ln-bound abs|signed"
+)
+ONCE_MEASURED = "; once measured: "
 # each bound's assumption in words (printed with its exceedances)
 ASSUMPTIONS = {
     "data": "none (s_min measured on the same pairs)",
@@ -99,14 +105,16 @@ def norm_bound(module: nn.Module, kind: str = "data", scale: float | None = None
 
 
 def norm_definition(module: nn.Module, kind: str, scale: float | None = None) -> str:
-    """The definition of a norm's bound in words, for tables."""
+    """The definition of a norm's bound in words, for tables. kind "data" without `scale`:
+    why the bound is undefined yet, then the formula that fill_norm_bounds completes."""
     if kind == "abs":
         return "max|gamma|"
     if kind == "signed":
         return "max gamma (signed)"
     spread = "sqrt(var + eps)" if norm_kind(module) != "rms" else "sqrt(mean x^2 + eps)"
     value = SCALE_PENDING if scale is None else f"{scale:.4g}"
-    return f"max|gamma| / s_min, s_min = {value} (smallest token {spread} of the pairs)"
+    formula = f"max|gamma| / s_min, s_min = {value} (smallest token {spread} of the pairs)"
+    return formula if scale is not None else DATA_UNDEFINED + ONCE_MEASURED + formula
 
 
 def head_weights(
@@ -294,9 +302,11 @@ def fill_norm_bounds(frame: pd.DataFrame, scale: torch.Tensor, components: Seque
         if math.isnan(gain) or name not in col:
             continue
         s = float(scale[int(layer), col[name]])
+        if not s > 0:  # no scale measured for this row: it stays undefined
+            continue
         out.loc[out.index[i], ["bound", "norm_scale"]] = gain / s, s
-        text = out.loc[out.index[i], "definition"]
-        out.loc[out.index[i], "definition"] = text.replace(SCALE_PENDING, f"{s:.4g}")
+        formula = out.loc[out.index[i], "definition"].split(ONCE_MEASURED)[-1]
+        out.loc[out.index[i], "definition"] = formula.replace(SCALE_PENDING, f"{s:.4g}")
     return out
 
 

@@ -4,7 +4,7 @@ Given the folder of a plasticity run (`plasticity`), the measured means are divi
 bounds too. The fraction of pairs above a bound needs the per-pair ratios, so it comes from
 the plasticity run itself (its bound_ratio table), not from here. The default LayerNorm bound
 ("data", max|gamma| / s_min) needs the smallest token scale of the pairs it covers: it is taken
-from that plasticity run (its bounds table), and stays NaN without one.
+from that plasticity run (its bounds table); without one it stays NaN, its definition saying why.
 """
 
 from __future__ import annotations
@@ -84,6 +84,12 @@ def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
             f"{k}: {measured.get(k)!r} there, {getattr(cfg, k)!r} here" for k in other
         )
         raise ConfigError(f"the plasticity run '{folder}' measured another setting ({details})")
+    if cfg.ln_bound == "data" and not (folder / "bounds.csv").is_file():
+        raise ConfigError(
+            f"the plasticity run '{folder}' has no bounds.csv (run with --no-bounds), so no token "
+            "scales for the data LayerNorm bound: rerun it with bounds, or pass --ln-bound "
+            "abs|signed"
+        )
 
 
 def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:

@@ -311,6 +311,7 @@ def bounds_command(
     repair: bool = REPAIR,
 ) -> None:
     """Theoretical upper bounds per layer (LN, FC1/FC2 spectral norms, MHA with radius r)."""
+    from vitplas.analysis.bounds import ONCE_MEASURED
     from vitplas.analysis.bounds_job import BoundsConfig, run_bounds
     from vitplas.locks import RunLockedError
 
@@ -349,6 +350,10 @@ def bounds_command(
     console = Console()
     console.print(f"radius r = {result['radius']} ({result['radius_source']})")
     console.print(summary.to_string(float_format=lambda v: f"{v:.4g}"))
+    undefined = frame[frame["bound"].isna()].drop_duplicates(["component", "definition"])
+    for name, definition in undefined[["component", "definition"]].itertuples(index=False):
+        why = definition.split(ONCE_MEASURED)[0]  # the data bound: why, not the formula
+        console.print(f"{name}: {why}", markup=False, soft_wrap=True)
     console.print(f"run folder: {result['run_dir']}")
 
 

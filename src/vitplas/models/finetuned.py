@@ -20,11 +20,10 @@ import torch
 
 from vitplas.models.errors import ModelError, short_list
 from vitplas.models.registry import PAPER_MEAN_STD
-from vitplas.runs import atomic_write_text, file_sha256
+from vitplas.runs import DamagedRecordError, RunDir, atomic_write_text, file_sha256
 
 CONFIG_FILE = "config.yaml"
 BEST = Path("checkpoints") / "best.safetensors"
-SEALED = "checksums.json"  # written by a sealed run (vitplas.runs, when it lands)
 BASE_SUFFIX = "#base"  # RUN#base: the run's base model, without the trained weights
 SIDECAR_SUFFIX = ".sha256"  # recorded at first use for runs that recorded no checksum
 
@@ -56,28 +55,35 @@ def read_run_config(run: Path) -> dict[str, Any]:
 def verify_weights(run: Path) -> tuple[Path, str]:
     """(path, sha256) of the run's best.safetensors, checked against its recorded checksum.
 
-    The expected value is the run's sealed checksum (checksums.json) when there is one, else a
+    The expected value is the run's sealed checksum (vitplas.runs, checksums.json) when the
+    seal covers the file; only a run finished before runs were sealed falls back to a
     `best.safetensors.sha256` recorded at first use (written now when absent). A missing or
-    changed file is a ModelError naming it.
+    changed file, or an unreadable seal, is a ModelError naming it.
     """
     path = run / BEST
     if not path.is_file():
         raise ModelError(f"{path} does not exist: is {run} a finished finetuning run (DONE)?")
-    actual = file_sha256(path)
-    sealed = run / SEALED
+    actual, size = file_sha256(path), path.stat().st_size
+    try:
+        sealed = RunDir(run, create=False).checksums().get(BEST.as_posix())
+    except DamagedRecordError as err:
+        raise ModelError(
+            f"{err.run / err.name} is damaged ({err.problem}): {run}'s weights "
+            "cannot be checked; rerun the finetuning"
+        ) from None
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
-    expected = None
-    if sealed.is_file():
-        entry = json.loads(sealed.read_text()).get(BEST.as_posix())
-        expected = entry.get("sha256") if isinstance(entry, dict) else None
-    elif sidecar.is_file():
+    expected = sealed.get("sha256") if isinstance(sealed, dict) else None
+    if expected is None and sidecar.is_file():
         expected = sidecar.read_text().split()[0]
-    else:
+    elif expected is None:
         with contextlib.suppress(OSError):  # a read-only run folder: nothing recorded
             atomic_write_text(sidecar, f"{actual}  {path.name}\n")
     if expected is not None and expected != actual:
+        what = (
+            "truncated" if isinstance(sealed, dict) and size < sealed.get("bytes", 0) else "changed"
+        )
         raise ModelError(
-            f"{path} is corrupt or changed: sha256 {actual[:12]}... differs from the recorded "
+            f"{path} is corrupt or {what}: sha256 {actual[:12]}... differs from the recorded "
             f"{expected[:12]}...; restore the file or rerun the finetuning"
         )
     return path, actual
