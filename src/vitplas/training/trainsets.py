@@ -38,18 +38,18 @@ FEW_SHOT_SEED = 20_240_601  # the few-shot subset does not move with the trainin
 class LoraOptions:
     """LoRA rival (the original's branch: r=8, alpha=16, AdamW at lr/100)."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling alpha (the update is scaled by alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA branch
 
 
 @dataclass
 class SelectOptions:
     """How train=[auto] chooses (vitplas.selection): criterion, budget fraction, granularity."""
 
-    criterion: str = "plasticity"
-    budget: float = 0.35
-    granularity: str = "component"
+    criterion: str = "plasticity"  # criterion that ranks the components (vitplas select)
+    budget: float = 0.35  # trained fraction of the blocks' parameters, in (0, 1]
+    granularity: str = "component"  # component (a type in every block) or layer
     extra: dict = field(default_factory=dict)  # SelectConfig keys (pairs, grad_batches, ...)
     resolved: bool = False  # set when train=[auto] was resolved into the train list
 
