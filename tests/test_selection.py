@@ -187,3 +187,20 @@ def test_plasticity_criterion_matches_hand_computation(model, inputs):
         float(ratios.mean()), rel=1e-5
     )
     assert _row(frame, "plasticity", "all", "fc1")["params"] == 2 * (48 * 144 + 144)
+
+
+def test_select_checks_its_folder_first_and_reads_a_finished_run_back(tmp_path):
+    from vitplas.config import ConfigError
+    from vitplas.selection.select import SelectConfig, run_select
+
+    cfg = SelectConfig(model="tiny-random", random_init=True, target="digits", device="cpu")
+    cfg.criteria, cfg.grad_batches, cfg.batch_size = ["condition", "params"], 1, 4
+    cfg.validate()
+    frame, chosen = run_select(cfg, tmp_path / "sel")
+    before = (tmp_path / "sel" / "selection.csv").stat().st_mtime_ns
+    again, again_chosen = run_select(cfg, tmp_path / "sel")  # finished: read back, verified
+    assert (tmp_path / "sel" / "selection.csv").stat().st_mtime_ns == before
+    assert again_chosen == chosen and again["score"].tolist() == frame["score"].tolist()
+    other = SelectConfig(**{**cfg.__dict__, "budget": 0.1})
+    with pytest.raises(ConfigError, match="budget"):
+        run_select(other, tmp_path / "sel")

@@ -39,6 +39,7 @@ RECORD_PATTERNS = (
     "metrics.jsonl",
     "result.json",
     "radius.json",
+    "picks.json",
     "summary.txt",
     "*.csv",
     "*.parquet",

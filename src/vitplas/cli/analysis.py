@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -361,17 +361,19 @@ def bounds_command(
 class RadiusRun:
     """The settings of a `vitplas radius` run (its config.yaml; checked like any run's)."""
 
-    model: str = "dinov2-s14"
-    random_init: bool = False
-    img_size: int | None = None
-    dataset: str = "fashion-mnist"
-    split: str = "test"
-    images: int = 256
-    batch_size: int = 32
-    inputs: str = "embedding"
-    device: str = "auto"
-    seed: int = 0
-    protocol: str = "model"
+    model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
+    random_init: bool = False  # random weights on purpose (never a silent fallback)
+    img_size: int | None = None  # input size (None: the model's own)
+    dataset: str = "fashion-mnist"  # dataset the radius r is measured on
+    split: str = "test"  # split of that dataset
+    images: int = 256  # images r is averaged over
+    batch_size: int = 32  # images per forward pass
+    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding output, or each block's
+    # input (one r per layer)
+    device: str = "auto"  # auto, cpu or cuda
+    seed: int = 0  # seed of the image sample and of random_init weights
+    protocol: Literal["model", "paper"] = "model"  # preprocessing: the checkpoint's, or the
+    # original release's (Resize 224 + CenterCrop 224, ImageNet mean/std)
 
 
 @app.command("radius")
@@ -379,14 +381,15 @@ def radius_command(
     model: str = MODEL,
     random_init: bool = RANDOM,
     img_size: int = IMG,
-    dataset: str = typer.Option("fashion-mnist", "--dataset"),
-    split: str = typer.Option("test", "--split"),
-    images: int = typer.Option(256, "--images", help="Number of images to average over."),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    inputs: str = typer.Option("embedding", "--inputs", help="embedding, or hidden (per layer)."),
-    device: str = typer.Option("auto", "--device"),
-    seed: int = typer.Option(0, "--seed"),
-    protocol: str = typer.Option("model", "--protocol", help="model or paper preprocessing."),
+    dataset: str = typer.Option(None, "--dataset"),
+    split: str = typer.Option(None, "--split"),
+    images: int = typer.Option(None, "--images", help="Images r is averaged over (256)."),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    inputs: str = typer.Option(None, "--inputs"),
+    device: str = typer.Option(None, "--device"),
+    seed: int = typer.Option(None, "--seed"),
+    protocol: str = typer.Option(None, "--protocol"),
+    args: list[str] = ARGS,
     out: Path = OUT,
     wait: bool = WAIT,
     repair: bool = REPAIR,
@@ -400,12 +403,12 @@ def radius_command(
     from vitplas.locks import RunLockedError, run_lock
     from vitplas.runs import RunDir
 
-    cfg = RadiusRun(model or "dinov2-s14", bool(random_init), img_size, dataset, split, images,
-                    batch_size, inputs, device, seed, protocol)  # fmt: skip
+    options = {"model": model, "random_init": random_init, "img_size": img_size}
+    options |= {"dataset": dataset, "split": split, "images": images, "batch_size": batch_size}
+    options |= {"inputs": inputs, "device": device, "seed": seed, "protocol": protocol}
     start = time.perf_counter()
     try:
-        if inputs not in ("embedding", "hidden"):
-            raise ValueError(f"inputs '{inputs}' is unknown; choose embedding or hidden")
+        cfg = _config(RadiusRun, None, options, args)
         run_dir = _run_dir(out, "radius", cfg.model)
         with removed_if_unused(run_dir), run_lock(run_dir, command="radius", wait=wait):
             run = RunDir(run_dir)
@@ -420,8 +423,8 @@ def radius_command(
     except (ValueError, FileNotFoundError) as err:  # ConfigError, DamagedRecordError included
         _fail(err)
     for layer, value in enumerate(values):
-        where = f"input of block {layer}" if inputs == "hidden" else "embedding output"
-        typer.echo(f"r = {value:.6g}  ({where}, {dataset}/{split}, {images} images)")
+        where = f"input of block {layer}" if cfg.inputs == "hidden" else "embedding output"
+        typer.echo(f"r = {value:.6g}  ({where}, {cfg.dataset}/{cfg.split}, {cfg.images} images)")
     typer.echo(f"run folder: {run_dir}  ({time.perf_counter() - start:.1f} s)")
 
 

@@ -22,6 +22,8 @@ KINDS = {
     "finetune": "vitplas.training.config:FinetuneConfig",
     "probe": "vitplas.training.probe:ProbeConfig",
     "landscape": "vitplas.experiments.landscape:LandscapeConfig",
+    "radius": "vitplas.cli.analysis:RadiusRun",
+    "select": "vitplas.selection.select:SelectConfig",
     "sweep": "vitplas.experiments.spec:SweepSpec",
 }
 # command -> the kind whose keys it takes
@@ -31,6 +33,8 @@ COMMAND_KIND = {
     "finetune": "finetune",
     "probe": "probe",
     "landscape": "landscape",
+    "radius": "radius",
+    "select": "select",
     **dict.fromkeys(("sweep", "status", "aggregate", "report", "reproduce"), "sweep"),
 }
 # a flag whose name differs from its config key: flag parameter name -> key
@@ -43,7 +47,8 @@ EXAMPLES = {
         "vitplas plasticity --pairs 32 bounds=false",
     ],
     "bounds": [f"vitplas bounds {TINY} --dataset digits radius_images=32"],
-    "radius": [f"vitplas radius {TINY} --dataset digits --images 32"],
+    "radius": [f"vitplas radius {TINY} --dataset digits --images 32 batch_size=16"],
+    "select": [f"vitplas select {TINY} --target digits --pairs 16 grad_batches=1 batch_size=8"],
     "finetune": [
         "vitplas finetune configs/finetune/smoke-digits.yaml steps=10 eval_every=5 "
         "warmup_steps=2 --train mha,fc1 --lr 0.05"

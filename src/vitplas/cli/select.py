@@ -11,13 +11,17 @@ from pathlib import Path
 import typer
 
 from vitplas.cli.analysis import (
+    ARGS,
     CONFIG,
     DEVICE,
     IMG,
+    LOCKED_EXIT,
     MODEL,
     OUT,
     RANDOM,
+    REPAIR,
     SEED,
+    WAIT,
     _config,
     _fail,
     _run_dir,
@@ -43,11 +47,15 @@ def select_command(
     device: str = DEVICE,
     out: Path = OUT,
     config: Path = CONFIG,
+    wait: bool = WAIT,
+    repair: bool = REPAIR,
+    args: list[str] = ARGS,
 ) -> None:
     """Score plasticity, gradient norms (absolute, relative), Fisher, weight spectra and the
     controls per component; print each criterion's ranking and the train set it picks."""
     import time
 
+    from vitplas.locks import RunLockedError
     from vitplas.selection.select import SelectConfig, run_select, summary
 
     options = {
@@ -68,9 +76,11 @@ def select_command(
     }
     start = time.perf_counter()
     try:
-        cfg = _config(SelectConfig, config, options)
+        cfg = _config(SelectConfig, config, options, args)
         run_dir = _run_dir(out, "select", cfg.model)
-        frame, chosen = run_select(cfg, run_dir)
+        frame, chosen = run_select(cfg, run_dir, repair=repair, wait=wait)
+    except RunLockedError as err:
+        _fail(err, LOCKED_EXIT)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     typer.echo(summary(frame, chosen, cfg.budget, cfg.granularity))

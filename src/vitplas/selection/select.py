@@ -30,23 +30,22 @@ UNIT = {"component": "component", "layer": "(layer, component)"}
 class SelectConfig:
     """What `vitplas select` scores, on which data, and the budget it chooses under."""
 
-    model: str = "dinov2-s14"
-    random_init: bool = False
-    img_size: int | None = None
-    target: str = "fashion-mnist"
-    data_root: str | None = None
-    criteria: list[str] = field(default_factory=list)  # empty: all of them
-    budget: float = 0.35  # fraction of the block parameters
-    granularity: Literal["component", "layer"] = "component"
-    # plasticity: pairs of a reference stream and the target's test split
-    reference: str = "photos"
-    inputs: Literal["embedding", "hidden"] = "embedding"
-    pairs: int = 128
-    # gradients: a few batches of the target's train split through a fresh head
-    grad_batches: int = 2
-    batch_size: int = 16
-    seed: int = 0
-    device: str = "auto"
+    model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
+    random_init: bool = False  # random weights on purpose (never a silent fallback)
+    img_size: int | None = None  # input size (None: the model's own)
+    target: str = "fashion-mnist"  # the downstream dataset the components are scored on
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    criteria: list[str] = field(default_factory=list)  # criteria to score (empty: all of them)
+    budget: float = 0.35  # trained fraction of the blocks' parameters, in (0, 1]
+    granularity: Literal["component", "layer"] = "component"  # pick component types, or
+    # (layer, component) units
+    reference: str = "photos"  # plasticity: the reference stream paired with the target's test
+    inputs: Literal["embedding", "hidden"] = "embedding"  # plasticity inputs
+    pairs: int = 128  # plasticity: image pairs
+    grad_batches: int = 2  # gradient criteria: target train batches through a fresh head
+    batch_size: int = 16  # images per batch
+    seed: int = 0  # seed of the data draws, the fresh head and the random control
+    device: str = "auto"  # auto, cpu or cuda
 
     def validate(self) -> None:
         try:
@@ -138,15 +137,28 @@ def score_config(cfg: SelectConfig) -> pd.DataFrame:
     )
 
 
-def run_select(cfg: SelectConfig, out: str | Path) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """Score, rank and choose as `cfg` says; write the files listed in the module docstring."""
+def run_select(
+    cfg: SelectConfig, out: str | Path, *, repair: bool = False, wait: bool | None = None
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Score, rank and choose as `cfg` says; write the files listed in the module docstring.
+    The folder is locked and its config checked first: a finished selection of `cfg` is read
+    back (verified), another config refused (vitplas.runs.RunDir.begin)."""
+    import io
+    import json
+
+    from vitplas.locks import run_lock
     from vitplas.runs import RunDir
 
-    frame = score_config(cfg)
-    chosen = picks(frame, cfg.budget, cfg.granularity)
-    RunDir(out).write_config(cfg)
-    write_selection(out, frame, chosen, cfg.budget, cfg.granularity)
-    RunDir(out).mark_done()
+    run = RunDir(out)
+    with run_lock(run.path, command="select", wait=wait):
+        if run.begin(cfg, repair=repair):  # a finished selection of cfg: read back, verified
+            frame = pd.read_csv(io.BytesIO(run.read_verified("selection.csv")))
+            return frame, json.loads(run.read_verified("picks.json"))["picks"]
+        run.start(cfg)
+        frame = score_config(cfg)
+        chosen = picks(frame, cfg.budget, cfg.granularity)
+        write_selection(out, frame, chosen, cfg.budget, cfg.granularity)
+        run.mark_done()
     return frame, chosen
 
 
