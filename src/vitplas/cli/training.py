@@ -195,6 +195,7 @@ def probe(
     repair: bool = REPAIR,
 ) -> None:
     """Linear probes on (layer, component) outputs of a frozen model: a tidy accuracy table."""
+    from vitplas.cli.analysis import _progress
     from vitplas.cli.keys import merge_flags, split_args
     from vitplas.config import ConfigError, load_config
     from vitplas.locks import RunLockedError
@@ -208,8 +209,8 @@ def probe(
         check_device(cfg.device)
         name = f"{cfg.model}-{cfg.dataset}"
         run_dir = check_out_folder(out) if out else default_run_dir("probe", name)
-        with removed_if_unused(run_dir):
-            table = run_probe(cfg, run_dir, repair=repair, wait=wait)
+        with removed_if_unused(run_dir), _progress(0) as (_, update):
+            table = run_probe(cfg, run_dir, on_phase=update, repair=repair, wait=wait)
     except RunLockedError as err:
         _fail(err, LOCKED_EXIT)
     except (ConfigError, ValueError, FileNotFoundError) as err:

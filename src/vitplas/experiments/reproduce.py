@@ -90,13 +90,17 @@ def check_analysis(spec: SweepSpec) -> list[AnalysisJob]:
 
 
 def progress_hooks(job: AnalysisJob, on_stage: Stage | None) -> dict[str, Any] | None:
-    """Progress inside a plasticity job (its bounds, then its pairs) as stages of their own,
-    e.g. 'plasticity cifar10: pairs'; None for other jobs and runners."""
-    if (
-        on_stage is None
-        or job.kind != "plasticity"
-        or job.function != ANALYSIS_RUNNERS["plasticity"][0]
-    ):
+    """Progress inside a plasticity job (its bounds, then its pairs) or a probe job (its
+    features, then its fits) as stages of their own, e.g. 'plasticity cifar10: pairs'; None for
+    other jobs and runners."""
+    if on_stage is None or job.function != ANALYSIS_RUNNERS.get(job.kind, ("",))[0]:
+        return None
+    if job.kind == "probes":
+        probe_name = f"probes {job.config.get('dataset', '')}:"
+        return {
+            "on_phase": lambda phase, done, total: on_stage(f"{probe_name} {phase}", done, total)
+        }
+    if job.kind != "plasticity":
         return None
     from vitplas.config import config_from_dict
     from vitplas.experiments.launch import import_path

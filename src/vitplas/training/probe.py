@@ -17,7 +17,7 @@ vectors, every train image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,9 +117,10 @@ def extract_features(
     device: torch.device | str = "cpu",
     amp: str = "none",
     l2: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[dict[Point, torch.Tensor], torch.Tensor]:
     """({point: (N, width) float32 features on `device`}, labels (N,)) in one pass; `l2`
-    scales each pooled vector to unit norm."""
+    scales each pooled vector to unit norm; on_batch(images in the batch) after each batch."""
     from vitplas.training.evaluate import autocast
 
     device = torch.device(device)
@@ -150,6 +151,8 @@ def extract_features(
             for point in points:
                 chunks[point].append(batch_feats[point])
             labels.append(torch.as_tensor(targets))
+            if on_batch is not None:
+                on_batch(len(targets))
     finally:
         for handle in handles:
             handle.remove()
@@ -251,10 +254,12 @@ def probe_model(
     points: Sequence[Point],
     cfg: ProbeConfig,
     device: torch.device,
+    on_phase: Callable[[str, int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per point: layer, component, acc, baseline_acc, rel_to_baseline.
 
     The baseline (last block's output) is always probed, added when not in `points`.
+    on_phase(phase, done, total) follows the feature images ("features") and the fits ("fits").
     """
     depth = component_map(model).depth
     points = list(points)
@@ -264,10 +269,18 @@ def probe_model(
     n = len(train_loader.dataset) + len(test_loader.dataset)
     max_iter = cfg.max_iter or (5000 if cfg.protocol == "paper" else 1000)
     rows = []
-    for group in point_groups(points, widths, n, cfg.max_feature_gb * 1e9):
+    groups = point_groups(points, widths, n, cfg.max_feature_gb * 1e9)
+    seen = [0]
+
+    def images(count: int) -> None:
+        seen[0] += count
+        if on_phase is not None:
+            on_phase("features", seen[0], n * len(groups))
+
+    for group in groups:
         kwargs = {"pool": cfg.pool, "device": device, "amp": cfg.amp, "l2": cfg.l2}
-        tr, ytr = extract_features(model, train_loader, group, **kwargs)
-        te, yte = extract_features(model, test_loader, group, **kwargs)
+        tr, ytr = extract_features(model, train_loader, group, **kwargs, on_batch=images)
+        te, yte = extract_features(model, test_loader, group, **kwargs, on_batch=images)
         for point in group:
             acc = fit_and_score(
                 tr[point],
@@ -282,6 +295,8 @@ def probe_model(
             rows.append(
                 {"layer": point[0], "component": point[1], "acc": acc, "width": widths[point]}
             )
+            if on_phase is not None:
+                on_phase("fits", len(rows), len(points))
         del tr, te
     (base,) = [r["acc"] for r in rows if (r["layer"], r["component"]) == (depth - 1, "block")]
     for row in rows:
@@ -298,7 +313,14 @@ def _widths(model, points, loader, device) -> dict[Point, int]:
     return {p: f.shape[1] for p, f in feats.items()}
 
 
-def run_probe(cfg: ProbeConfig, run_dir, *, repair: bool = False, wait: bool | None = None) -> Any:
+def run_probe(
+    cfg: ProbeConfig,
+    run_dir,
+    on_phase: Callable[[str, int, int], None] | None = None,
+    *,
+    repair: bool = False,
+    wait: bool | None = None,
+) -> Any:
     """Probe cfg.model on cfg.dataset; write probe.csv/.parquet, config and manifest in run_dir.
 
     Returns the tidy table (pandas): model, dataset, pool, layer, component, width, n_train,
@@ -317,14 +339,14 @@ def run_probe(cfg: ProbeConfig, run_dir, *, repair: bool = False, wait: bool | N
         if run.begin(cfg, repair=repair):
             return pd.read_csv(io.BytesIO(run.read_verified("probe.csv")))
         run.start(cfg)
-        table = _probe_table(cfg)
+        table = _probe_table(cfg, on_phase)
         run.write_manifest(table.attrs.pop("description"))
         write_table(table, run / "probe")
         run.mark_done()
     return table
 
 
-def _probe_table(cfg: ProbeConfig):
+def _probe_table(cfg: ProbeConfig, on_phase=None):
     import pandas as pd
 
     from vitplas.data import dataset_info
@@ -337,7 +359,9 @@ def _probe_table(cfg: ProbeConfig):
     loaders = probe_loaders(cfg, description)
     device = resolve_device(cfg.device)
     points = probe_points(model, cfg.layers, cfg.components)
-    rows = probe_model(model, loaders[0], loaders[1], info.num_classes, points, cfg, device)
+    rows = probe_model(
+        model, loaders[0], loaders[1], info.num_classes, points, cfg, device, on_phase
+    )
     table = pd.DataFrame(rows)
     meta = {"model": cfg.model, "dataset": cfg.dataset, "pool": cfg.pool, "backend": cfg.backend}
     meta |= {"n_train": _n_images(loaders[0]), "n_test": _n_images(loaders[1])}
