@@ -92,3 +92,15 @@ def test_component_map_of_a_loaded_model():
     cmap = vitplas.component_map(vitplas.load_model("tiny-random", random_init=True))
     assert cmap.depth == 2 and "mha" in cmap.block_components
     assert json.dumps(cmap.block_components)
+
+
+def test_select_ranks_like_the_cli_and_writes_its_folder_with_out(tmp_path):
+    keys = dict(random_init=True, criteria=["condition", "params"], grad_batches=1, batch_size=4)
+    keys |= {"device": "cpu"}
+    frame, chosen = vitplas.select("tiny-random", "digits", **keys)
+    assert set(frame["criterion"]) == {"condition", "params"}
+    assert set(chosen) == {"condition", "params"}
+    written, picked = vitplas.select("tiny-random", "digits", out=tmp_path / "sel", **keys)
+    assert picked == chosen
+    assert written["score"].tolist() == frame["score"].tolist()
+    assert (tmp_path / "sel" / "DONE").exists()

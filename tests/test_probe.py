@@ -119,3 +119,17 @@ def test_cli_probe_writes_a_tidy_table(tmp_path):
     assert set(table["n_train"]) == {200} and set(table["n_test"]) == {100}
     assert table["acc"].between(0, 100).all() and (tmp_path / "DONE").exists()
     assert table["rel_to_baseline"].iloc[-1] == 0.0
+
+
+def test_probe_reports_its_feature_images_and_fits_as_phases():
+    seen: dict[str, list[tuple[int, int]]] = {}
+
+    def on_phase(phase: str, done: int, total: int) -> None:
+        seen.setdefault(phase, []).append((done, total))
+
+    points = [(0, "mha")]  # the baseline (1, "block") is added
+    cpu = torch.device("cpu")
+    train, test = _loader(48), _loader(32, seed=3)
+    probe_model(tiny_vit(), train, test, NUM_CLASSES, points, ProbeConfig(), cpu, on_phase)
+    assert seen["features"][-1] == (80, 80)  # train + test images, one group of points
+    assert seen["fits"] == [(1, 2), (2, 2)]

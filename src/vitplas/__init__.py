@@ -8,6 +8,7 @@ The Python API (imported on first use, so `import vitplas` stays fast):
     radius(model, data) -> token radius r
     finetune(run_dir, config=None, **keys) -> result dict
     probe(run_dir, config=None, **keys) -> probe table
+    select(model, target, **keys) -> (scores table, {criterion: train set})
     load_model(spec) -> LoadedModel;  component_map(model) -> ComponentMap
 See vitplas.api for the details.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "plasticity",
     "probe",
     "radius",
+    "select",
 ]
 
 

@@ -233,6 +233,25 @@ def probe(run_dir: str | Path, config: Any = None, **overrides: Any) -> pd.DataF
     return run_probe(_config(ProbeConfig, config, overrides), run_dir)
 
 
+def select(
+    model: str = "dinov2-s14",
+    target: str = "fashion-mnist",
+    out: str | Path | None = None,
+    **options: Any,
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Rank the components by every criterion and pick a train set per criterion, as
+    `vitplas select` does: (scores table: criterion, layer, component, score, rank, params;
+    {criterion: train set}). options are SelectConfig keys (criteria, budget, granularity,
+    pairs, ...); with `out`, the run folder the CLI writes (locked, config checked first)."""
+    from vitplas.selection.select import SelectConfig, picks, run_select, score_config
+
+    cfg = _config(SelectConfig, None, {"model": model, "target": target, **options})
+    if out is not None:
+        return run_select(cfg, out)
+    frame = score_config(cfg)
+    return frame, picks(frame, cfg.budget, cfg.granularity)
+
+
 def _config(cls: type, config: Any, overrides: dict[str, Any]):
     """cls from a config object / YAML path / None, then `overrides`, strictly checked."""
     from dataclasses import is_dataclass
