@@ -114,7 +114,10 @@ def test_reproduce_follows_the_bounds_and_pairs_inside_a_plasticity_job(tmp_path
     hooks["on_phase"]("bounds", 1, 2)
     hooks["progress"](1, 16)  # the last batch may overshoot the pairs asked for
     assert seen == [("plasticity digits: bounds", 1, 2), ("plasticity digits: pairs", 8, 8)]
-    assert progress_hooks(probes, lambda *update: None) is None
+    stages = []
+    hooks = progress_hooks(probes, lambda *update: stages.append(update))
+    hooks["on_phase"]("features", 8, 80)  # a probe job reports its phases as stages too
+    assert stages == [("probes digits: features", 8, 80)]
     assert progress_hooks(plasticity, None) is None
 
 

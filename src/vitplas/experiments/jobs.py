@@ -30,6 +30,7 @@ FUNCTIONS = {
     "vitplas.analysis.job:run_plasticity",
     "vitplas.analysis.bounds_job:run_bounds",
     "vitplas.experiments.fake:fake_finetune",
+    "vitplas.selection.auto:finetune",  # train=[auto]: resolve the pick, then run_finetune
 }
 CONFIGS = {
     "vitplas.training.finetune:FinetuneConfig",
