@@ -186,3 +186,12 @@ def test_evaluate_on_damaged_best_weights_names_the_file(tmp_path):
     (out / "checksums.json").unlink()  # a run finished before vitplas sealed records
     line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
     assert line.startswith(f"error: {weights} is damaged (Error while deserializing header")
+
+
+def test_a_failed_start_leaves_no_folder_that_would_refuse_the_corrected_command(tmp_path):
+    out = tmp_path / "typo"
+    base = ["plasticity", "--model", "tiny-random", "--random-init", "--pairs", "8"]
+    line = one_error_line(run(*base, "--target", "cifar11", "--out", str(out)))
+    assert line.startswith("error: dataset 'cifar11' is unknown")
+    assert not out.exists()  # neither the lock nor the config of the failed start is left
+    assert run(*base, "--target", "digits", "--out", str(out)).exit_code == 0

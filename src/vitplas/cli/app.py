@@ -130,14 +130,16 @@ def check_device(device: str | None) -> None:
 @contextmanager
 def removed_if_unused(path: Path) -> Iterator[Path]:
     """Yield `path`; when the command fails and `path` is a folder it created that holds nothing
-    but lock files, remove it again (a failed start leaves no empty run folder)."""
+    but lock files and the config it was about to run, remove it again (a failed start leaves no
+    run folder behind, and no config that would refuse the corrected command)."""
     existed = path.exists()
     try:
         yield path
     except BaseException:
         if not existed and path.is_dir():
             entries = list(path.iterdir())
-            if all(e.is_file() and e.name.endswith(".lock") for e in entries):
+            if all(e.is_file() and (e.name.endswith(".lock") or e.name == "config.yaml")
+                   for e in entries):  # fmt: skip
                 for entry in entries:
                     entry.unlink()
                 path.rmdir()
