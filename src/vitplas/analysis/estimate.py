@@ -165,16 +165,17 @@ def estimate(
             if on_ratios is not None:
                 on_ratios(ratios, tuple(extra))
             done, pairs = done + 1, pairs + x.shape[0]
-            if save is not None and done % save_every == 0:
-                elapsed = time.perf_counter() - start
-                state = {"stats": stats.state_dict(), "batches": done, "pairs": pairs}
-                state |= {"seconds": elapsed, "smallest": smallest.cpu() if scaled else None}
-                save(state)
             if on_batch is not None:
                 on_batch(done, pairs)
             if until_ci is not None and done % check_every == 0 and stats.settled(until_ci):
                 stopped = True
                 break
+            # saved after the stop check: a resumed run never skips a check an unbroken one made
+            if save is not None and done % save_every == 0:
+                elapsed = time.perf_counter() - start
+                state = {"stats": stats.state_dict(), "batches": done, "pairs": pairs}
+                state |= {"seconds": elapsed, "smallest": smallest.cpu() if scaled else None}
+                save(state)
     if pairs == 0:
         raise ValueError("no pairs were given to the estimator")
     summary = stats.to_host()  # the one copy to the host (synchronises the device)

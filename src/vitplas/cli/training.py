@@ -80,9 +80,9 @@ def finetune(
     from vitplas.config import ConfigError
     from vitplas.locks import RunLockedError
     from vitplas.runs import disk_full
-    from vitplas.selection.auto import resolve_auto
+    from vitplas.selection.auto import finetune as finetune_run
     from vitplas.training.config import load_finetune_config
-    from vitplas.training.finetune import TrainingDivergedError, run_finetune
+    from vitplas.training.finetune import TrainingDivergedError
 
     flags = dict(model=model, dataset=dataset, train=train, lr=lr, steps=steps, seed=seed)
     try:
@@ -93,8 +93,8 @@ def finetune(
         run_dir = check_out_folder(out) if out else default_finetune_dir(cfg)
         typer.echo(f"run folder: {run_dir}", err=True)
         with removed_if_unused(run_dir):
-            cfg = resolve_auto(cfg, run_dir)  # train=[auto]: a criterion picks the train set
-            result = run_finetune(cfg, run_dir, show_progress=progress, repair=repair, wait=wait)
+            # train=[auto]: a criterion picks the train set, inside the run folder's lock
+            result = finetune_run(cfg, run_dir, show_progress=progress, repair=repair, wait=wait)
     except TrainingDivergedError as err:
         _fail(err, 1)
     except RunLockedError as err:

@@ -125,13 +125,22 @@ def summarize(
 def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
     """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/),
     concatenated by table name (plasticity, bounds, probe, ...); duplicate rows dropped (bounds
-    written by both a plasticity and a bounds job)."""
+    written by both a plasticity and a bounds job). Each table is read verified against the
+    run's seal (a damaged one is a DamagedRecordError naming it); per-pair files are left out."""
+    import io
+
+    from vitplas.runs import RunDir
+
     frames: dict[str, list[pd.DataFrame]] = {}
     for folder in sorted((root / "analysis").glob("*/*")):
         if not (folder / "DONE").exists():
             continue
+        run = RunDir(folder, create=False)
         for path in sorted(folder.glob("*.parquet")):
-            frames.setdefault(path.stem, []).append(pd.read_parquet(path))
+            if path.stem == "pairs":  # --save-pairs: per pair, not a summary table
+                continue
+            data = pd.read_parquet(io.BytesIO(run.read_verified(path.name)))
+            frames.setdefault(path.stem, []).append(data)
     return {
         name: pd.concat(parts, ignore_index=True).drop_duplicates(ignore_index=True)
         for name, parts in frames.items()

@@ -76,6 +76,11 @@ def resolve_auto(cfg, run_dir: str | Path):
     select = dataclasses.replace(cfg.select, criterion=criterion, budget=budget, resolved=True)
     resolved = dataclasses.replace(cfg, select=select)
     train = _stored(Path(run_dir), resolved)
+    if train is None and (Path(run_dir) / "DONE").exists():
+        raise ConfigError(
+            f"{run_dir} holds a finished run of another selection; use another run folder "
+            "(--out) for these settings, or delete it to replace that run"
+        )
     if train is None:
         scfg = select_config(dataclasses.replace(cfg, select=select), criterion)
         frame = score_config(scfg)
@@ -87,11 +92,18 @@ def resolve_auto(cfg, run_dir: str | Path):
     return resolved
 
 
-def finetune(cfg, run_dir: str | Path, **kwargs) -> dict[str, Any]:
-    """resolve_auto, then run_finetune: the runner of sweeps with train=[auto...] runs."""
+def finetune(cfg, run_dir: str | Path, *, wait: bool | None = None, **kwargs) -> dict[str, Any]:
+    """resolve_auto, then run_finetune, both while owning the run folder (its lock, which
+    run_finetune re-enters): the runner of `vitplas finetune` and of sweeps with train=[auto]."""
+    import contextlib
+
+    from vitplas.locks import is_main_process, run_lock
     from vitplas.training.finetune import run_finetune
 
-    return run_finetune(resolve_auto(cfg, run_dir), run_dir, **kwargs)
+    owner = is_main_process()  # under torchrun, rank 0 owns the folder for every rank
+    lock = run_lock(Path(run_dir), command="finetune", wait=wait) if owner else None
+    with lock or contextlib.nullcontext():
+        return run_finetune(resolve_auto(cfg, run_dir), run_dir, wait=wait, **kwargs)
 
 
 __all__ = ["AUTO", "finetune", "resolve_auto", "select_config"]
