@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-import torch
 
 from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bounds
 from vitplas.analysis.plasticity import resolve_components
@@ -23,8 +22,7 @@ from vitplas.analysis.setup import (
     measured_radius,
     model_checksum,
     open_stream,
-    resolve_device,
-    setup_model,
+    setup_for,
 )
 from vitplas.config import ConfigError
 from vitplas.locks import run_lock
@@ -150,13 +148,7 @@ def _compute(cfg: BoundsConfig, run: RunDir, on_phase=None) -> dict[str, Any]:
     from vitplas.plots import plasticity as plots
 
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)  # random_init weights: the same run gives the same bounds
-    setup = setup_model(
-        cfg.model,
-        random_init=cfg.random_init,
-        img_size=cfg.img_size,
-        device=resolve_device(cfg.device),
-    )
+    setup = setup_for(cfg)
     components = resolve_components(setup.cmap, cfg.components)
     radius, source = _radius(cfg, setup)
     bounds = layer_bounds(

@@ -33,8 +33,7 @@ from vitplas.analysis.setup import (
     measured_radius,
     model_checksum,
     open_stream,
-    resolve_device,
-    setup_model,
+    setup_for,
     stream_label,
 )
 from vitplas.config import ConfigError
@@ -253,13 +252,7 @@ def _finished(run: RunDir) -> dict[str, Any]:
 
 def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    setup = setup_model(
-        cfg.model,
-        random_init=cfg.random_init,
-        img_size=cfg.img_size,
-        device=resolve_device(cfg.device),
-    )
+    setup = setup_for(cfg)
     components = resolve_components(setup.cmap, cfg.components)
     transform = setup.transform(cfg.protocol)
     streams = (transform, cfg.data_root, cfg.download, cfg.protocol)

@@ -52,6 +52,18 @@ def setup_model(
     return setup_loaded(load_model(spec, random_init=random_init, img_size=img_size), device)
 
 
+def setup_for(cfg) -> ModelSetup:
+    """setup_model from a job config's model, random_init, img_size and device, seeded first
+    from cfg.seed: random_init weights are the same each time the same run is computed."""
+    torch.manual_seed(cfg.seed)
+    return setup_model(
+        cfg.model,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        device=resolve_device(cfg.device),
+    )
+
+
 def setup_loaded(loaded: LoadedModel, device: torch.device) -> ModelSetup:
     """A loaded model on `device` in eval mode, with its map and token shape (N, D)."""
     model = loaded.model.to(device).eval()

@@ -438,17 +438,9 @@ def _radius_values(result: Any) -> list[float]:
 
 def _measure_radius(cfg: RadiusRun, run) -> list[float]:
     """Measure r as `cfg` says, write radius.json and the manifest, seal the run (DONE)."""
-    import torch
+    from vitplas.analysis.setup import dataset_radius, open_stream, setup_for
 
-    from vitplas.analysis.setup import dataset_radius, open_stream, resolve_device, setup_model
-
-    torch.manual_seed(cfg.seed)  # random_init weights: the same run gives the same r
-    setup = setup_model(
-        cfg.model,
-        random_init=cfg.random_init,
-        img_size=cfg.img_size,
-        device=resolve_device(cfg.device),
-    )
+    setup = setup_for(cfg)
     data = open_stream(cfg.dataset, cfg.split, setup.transform(cfg.protocol), None, False,
                        cfg.protocol)  # fmt: skip
     with _progress(min(cfg.images, len(data)), "images") as (advance, _):
