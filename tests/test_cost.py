@@ -232,3 +232,25 @@ def test_slurm_submission_sends_one_array_per_estimated_limit(tmp_path, monkeypa
     jobs = launch._submit_slurm(spec, todo, tmp_path / "submitit", parallel=2)
     assert calls == [[(30, 1), (30, 2)], [(90, 20000)]]
     assert [j.job_id for j in jobs] == ["1_1", "2_1", "1_2"]  # in the order of the runs
+
+
+def test_auto_and_rival_runs_are_counted_and_leave_the_shared_model_clean(tmp_path):
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
+        "warmup_steps: 0, eval_every: 5, dataset: digits, tensorboard: false}\n"
+        "grid: {train: [lora, 'auto:fisher', all, bitfit]}\n"
+        "runner: {function: 'vitplas.selection.auto:finetune'}\n"
+    )
+    spec = load_spec(spec_file)
+    study = cost.study_cost(spec, cost.Device(peak_tflops=1.0, mfu=1.0, startup_s=0.0))
+    by_label = {job.shape.split(" b4 ")[1]: job for job in study.runs}
+    assert set(by_label) == {"lora", "all (auto)", "all", "bitfit"}
+    assert by_label["all (auto)"].flops == by_label["all"].flops  # the upper bound: all
+    assert any("train=[auto] runs" in n for n in by_label["all (auto)"].notes)
+    # LoRA's adapters were injected into a copy: the later plain runs count a plain model
+    assert by_label["lora"].flops["train"] < by_label["all"].flops["train"]
+    model = flops.meta_model("tiny-random", 32, CLASSES)
+    plain, _ = flops.train_step_flops(model, _tiny(["all"]))
+    assert by_label["all"].flops["train"] == 10 * plain
+    assert set(cost.slurm_time_limits(spec, expand(spec)).values()) == {30}

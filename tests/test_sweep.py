@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.config import ConfigError
+from vitplas.experiments.jobs import check_runs
 from vitplas.experiments.launch import run_sweep
 from vitplas.experiments.spec import expand, load_spec
 from vitplas.experiments.store import counts, scan
@@ -54,7 +55,9 @@ def test_sweep_specs_in_configs_load_strictly():
     assert {p.name for p in specs} >= {"main.yaml", "adam.yaml", "model_size.yaml", "mini.yaml"}
     for path in specs:
         spec = load_spec(path)
-        assert expand(spec, with_presets=False), path
+        runs = expand(spec, with_presets=False)
+        assert runs, path
+        assert check_runs(spec, runs) == {}, path  # every run's config builds strictly
 
 
 def test_paper_spec_run_counts():

@@ -24,6 +24,7 @@ runs prune them.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterable
@@ -195,13 +196,19 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
     """The cost of one finetuning run of a sweep."""
     from vitplas.config import config_from_dict
     from vitplas.training.config import FinetuneConfig
+    from vitplas.training.trainsets import RIVALS, is_auto
 
     cfg = config_from_dict(FinetuneConfig, dict(run.config))
+    auto = any(is_auto(t) for t in cfg.train)
+    if auto:  # the pick is made when the run starts: count the most a pick can train
+        cfg.train = ["all"]
     classes = _classes(cfg.dataset)
     model = counter.model(cfg.model, cfg.img_size, classes)
+    if any(t in RIVALS for t in cfg.train):  # peft injects adapters: keep the shared model clean
+        model = copy.deepcopy(model)
     trained = tuple(cfg.train)
     shape = (cfg.model, cfg.img_size, cfg.batch_size, classes, trained, cfg.optimizer)
-    shape += (cfg.train_head, cfg.train_norm)
+    shape += (cfg.train_head, cfg.train_norm, cfg.lora.r if "lora" in trained else None)
     step, n_trained = counter.get(("train", *shape), lambda: train_step_flops(model, cfg))
     fwd = counter.get(("fwd", cfg.model, cfg.img_size, classes), lambda: forward_flops(model))
     sizes, known = split_sizes(cfg.dataset)
@@ -218,9 +225,15 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
     # a train state holds the trained weights, the optimizer's slots and the best weights
     states = cfg.keep_checkpoints * best * (2 + OPTIMIZER_SLOTS.get(cfg.optimizer, 2))
     label = f"{cfg.model}@{cfg.img_size} b{cfg.batch_size} {train_label(list(trained))}"
+    label += " (auto)" if auto else ""
     cost = JobCost(run.run_id, "finetune", label, flops, best + records, best + records + states)
     if not known:
         cost.notes.append(f"{cfg.dataset}: split sizes unknown, {ASSUMED_SPLIT} images assumed")
+    if auto:
+        cost.notes.append(
+            "train=[auto] runs (label 'all (auto)') are counted as train=[all], an upper "
+            "bound: the pick is made when the run starts; their selection scoring is not counted"
+        )
     cost.seconds = device.seconds(cost.total_flops)
     return cost
 
@@ -305,14 +318,14 @@ def study_cost(
     spec: SweepSpec, device: Device | None = None, runs: list[Run] | None = None
 ) -> StudyCost:
     """The cost of every finetuning run and analysis job of a spec on `device`. Runs of
-    another runner than vitplas's finetuning (a custom `runner.function`) are not estimated."""
+    another runner than vitplas's finetunings (jobs.FINETUNE_RUNNERS) are not estimated."""
+    from vitplas.experiments.jobs import FINETUNE_RUNNERS
     from vitplas.experiments.reproduce import analysis_jobs
-    from vitplas.experiments.spec import RunnerSettings
 
     device = device or Device()
     counter = _Counter()
     runs = expand(spec) if runs is None else runs
-    if spec.runner.function != RunnerSettings().function:
+    if spec.runner.function not in FINETUNE_RUNNERS:
         runs = []
     jobs = [run_cost(run, counter, device) for run in runs]
     jobs += [analysis_cost(job, counter, device) for job in analysis_jobs(spec)]
@@ -421,9 +434,9 @@ def slurm_time_limits(
     declared H100) x SLURM_MARGIN + SLURM_SLACK_MIN, rounded up to 30 minutes so that runs of
     similar length share a job array. Runs of a custom runner, which vitplas cannot count,
     get UNCOUNTED_TIME_MIN."""
-    from vitplas.experiments.spec import RunnerSettings
+    from vitplas.experiments.jobs import FINETUNE_RUNNERS
 
-    if spec.runner.function != RunnerSettings().function:
+    if spec.runner.function not in FINETUNE_RUNNERS:
         return {run.run_id: UNCOUNTED_TIME_MIN for run in runs}
     counter, device = _Counter(), device or Device()
     limits = {}

@@ -57,11 +57,12 @@ def count_flops(fn) -> int:
 def train_step_flops(model: nn.Module, cfg: Any) -> tuple[int, int]:
     """(FLOPs, trained parameters) of one optimizer step on a batch of cfg.batch_size images
     (all micro-batches: accumulation does not change the count): forward, loss, backward,
-    optimizer step, with what cfg.train names trained."""
-    from vitplas.models.components import set_trainable
+    optimizer step, with what cfg.train names trained (the peft rivals inject their adapters
+    into `model`: pass a copy)."""
     from vitplas.training.optim import build_optimizer
+    from vitplas.training.trainsets import build_trainable
 
-    set_trainable(model, cfg.train, head=cfg.train_head, norm=cfg.train_norm)
+    build_trainable(model, cfg.train, head=cfg.train_head, norm=cfg.train_norm, lora=cfg.lora)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trained, cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
     side = input_side(model)

@@ -32,6 +32,8 @@ FUNCTIONS = {
     "vitplas.experiments.fake:fake_finetune",
     "vitplas.selection.auto:finetune",  # train=[auto]: resolve the pick, then run_finetune
 }
+# the runners whose runs are vitplas finetunes of a FinetuneConfig (their cost can be counted)
+FINETUNE_RUNNERS = {"vitplas.training.finetune:run_finetune", "vitplas.selection.auto:finetune"}
 CONFIGS = {
     "vitplas.training.finetune:FinetuneConfig",
     "vitplas.training.probe:ProbeConfig",
