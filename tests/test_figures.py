@@ -165,3 +165,29 @@ def test_writers_save_png_and_pdf(tmp_path):
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(
         p.stat().st_size > 1000 for p in paths
     )
+
+
+def test_titles_name_inputs_protocol_and_pairs_so_two_measurements_differ():
+    frame = _plasticity()[lambda f: f["target"] == "pet"]
+    facts = {"reference": "imagenet [val]", "target": "pet [test]", "protocol": "paper"}
+    depth = pp.depth_figure(frame, facts)._suptitle.get_text()
+    assert depth.splitlines() == [
+        "Plasticity per layer (95% CI bands)",
+        "vit-b16 · imagenet [val] vs pet [test] · embedding inputs · protocol paper · 64 pairs",
+    ]
+    hidden = frame.assign(inputs="hidden", n=128)
+    box = pp.box_figure(hidden, {**facts, "protocol": "model"}).axes[0].get_title()
+    assert box.splitlines()[1] == (
+        "vit-b16 · imagenet [val] vs pet [test] · hidden inputs · protocol model · 128 pairs"
+    )
+    bounds = _bounds()[lambda f: f["radius"] == 2]
+    facts = {"inputs": "embedding", "protocol": "model", "radius": "2", "dataset": "r from pet"}
+    line = pp.bounds_figure(bounds, facts)._suptitle.get_text().splitlines()[1]
+    assert line == "vit-b16 · r from pet · embedding inputs · protocol model · r = 2"
+
+
+def test_identity_line_drops_empty_facts():
+    from vitplas.plots import style
+
+    assert style.titled("What", ["m", "", None, "x inputs"]) == "What\nm · x inputs"
+    assert style.titled("What", ["", None]) == "What"

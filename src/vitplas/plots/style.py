@@ -53,6 +53,22 @@ RC = {
 }
 
 
+SEPARATOR = " · "  # between the facts of a figure's identity line
+
+
+def identity(facts) -> str:
+    """One line naming what a figure measured (model, data, inputs mode, protocol, pairs):
+    the non-empty facts joined by SEPARATOR, in the order given. It goes under the title, so
+    two figures of different measurements never read alike."""
+    return SEPARATOR.join(str(f) for f in facts if f)
+
+
+def titled(what: str, facts) -> str:
+    """`what`, then the identity line below it when there is one."""
+    line = identity(facts)
+    return f"{what}\n{line}" if line else what
+
+
 def color(component: str) -> str:
     return COMPONENT_COLORS.get(component, "#333333")
 
