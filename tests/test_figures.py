@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.container import ErrorbarContainer
 
 from vitplas.plots import plasticity as pp
@@ -92,6 +93,9 @@ def test_box_plot_says_what_it_pools():
     single = pp.box_figure(frame[frame["target"] == "pet"]).axes[0]
     assert single.get_ylabel().endswith("one point per layer)")
     assert "imagenet vs pet" in single.get_title()
+    # whiskers, caps and medians all black: a median in matplotlib's default orange would be
+    # lost on the orange FC1 box
+    assert {to_hex(line.get_color()) for line in single.get_lines()} == {"#000000"}
 
 
 def _components(gains) -> pd.DataFrame:

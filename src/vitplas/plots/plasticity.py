@@ -19,6 +19,7 @@ import pandas as pd
 
 from vitplas.models.components import THEORETICAL_RANK
 from vitplas.plots.style import (
+    MEDIAN_PROPS,
     color,
     integer_ticks,
     label,
@@ -129,7 +130,7 @@ def box_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     data = [frame.loc[frame["component"] == c, "mean"].to_numpy() for c in order]
     fig, axes = new_figure(size=(1.1 * len(order) + 2.5, 4.0))
     ax = axes[0, 0]
-    boxes = ax.boxplot(data, patch_artist=True, widths=0.6)
+    boxes = ax.boxplot(data, patch_artist=True, widths=0.6, medianprops=MEDIAN_PROPS)
     ax.set_xticks(range(1, len(order) + 1), [label(c) for c in order])
     for patch, comp in zip(boxes["boxes"], order, strict=True):
         patch.set_facecolor(color(comp))

@@ -49,8 +49,10 @@ RC = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
-    "boxplot.medianprops.color": "black",  # visible on every component's fill colour
 }
+# Box medians: visible on every component's fill colour (passed to boxplot: an rc setting
+# would apply only to boxes drawn inside the rc context, which builders leave)
+MEDIAN_PROPS = {"color": "black"}
 
 
 SEPARATOR = " · "  # between the facts of a figure's identity line
