@@ -195,3 +195,26 @@ def test_identity_line_drops_empty_facts():
 
     assert style.titled("What", ["m", "", None, "x inputs"]) == "What\nm · x inputs"
     assert style.titled("What", ["", None]) == "What"
+
+
+def test_a_plasticity_run_titles_its_figures_from_its_config(tmp_path, monkeypatch):
+    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+
+    titles = {}
+
+    def keep_title(fig, stem):
+        texts = [fig._suptitle.get_text() if fig._suptitle else "", fig.axes[0].get_title()]
+        titles[stem.name] = max(texts, key=len)
+        plt.close(fig)
+        return []
+
+    monkeypatch.setattr(pp, "write", keep_title)
+    cfg = PlasticityConfig(model="tiny-random", random_init=True, target="digits", pairs=16,
+                           batch_size=8, device="cpu", protocol="paper", inputs="hidden",
+                           components=["mha", "fc1"], bounds=False)  # fmt: skip
+    run_plasticity(cfg, tmp_path / "run")
+    line = "tiny-random · photos [val] vs digits [test] · hidden inputs · protocol paper · 16 pairs"
+    assert {name: t.splitlines()[1] for name, t in titles.items()} == {
+        "plasticity_box": line,
+        "plasticity_depth": line,
+    }
