@@ -150,7 +150,7 @@ def test_unknown_hf_weight_and_incomplete_qkv_are_errors():
     weight = np.zeros((384, 384), np.float32)
     with pytest.raises(d.Dinov2WeightsError, match=r"backbone\.encoder\.layer\.0\.mystery"):
         d.hf_to_timm({"backbone.encoder.layer.0.mystery.weight": weight})
-    with pytest.raises(d.Dinov2WeightsError, match="layer 0 weight: have"):
+    with pytest.raises(d.Dinov2WeightsError, match="layer 0 weight: has"):
         d.hf_to_timm({"backbone.encoder.layer.0.attention.attention.query.weight": weight})
 
 

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.container import ErrorbarContainer
 
 from vitplas.plots import plasticity as pp
@@ -92,6 +93,9 @@ def test_box_plot_says_what_it_pools():
     single = pp.box_figure(frame[frame["target"] == "pet"]).axes[0]
     assert single.get_ylabel().endswith("one point per layer)")
     assert "imagenet vs pet" in single.get_title()
+    # whiskers, caps and medians all black: a median in matplotlib's default orange would be
+    # lost on the orange FC1 box
+    assert {to_hex(line.get_color()) for line in single.get_lines()} == {"#000000"}
 
 
 def _components(gains) -> pd.DataFrame:
@@ -165,3 +169,52 @@ def test_writers_save_png_and_pdf(tmp_path):
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(
         p.stat().st_size > 1000 for p in paths
     )
+
+
+def test_titles_name_inputs_protocol_and_pairs_so_two_measurements_differ():
+    frame = _plasticity()[lambda f: f["target"] == "pet"]
+    facts = {"reference": "imagenet [val]", "target": "pet [test]", "protocol": "paper"}
+    depth = pp.depth_figure(frame, facts)._suptitle.get_text()
+    assert depth.splitlines() == [
+        "Plasticity per layer (95% CI bands)",
+        "vit-b16 · imagenet [val] vs pet [test] · embedding inputs · protocol paper · 64 pairs",
+    ]
+    hidden = frame.assign(inputs="hidden", n=128)
+    box = pp.box_figure(hidden, {**facts, "protocol": "model"}).axes[0].get_title()
+    assert box.splitlines()[1] == (
+        "vit-b16 · imagenet [val] vs pet [test] · hidden inputs · protocol model · 128 pairs"
+    )
+    bounds = _bounds()[lambda f: f["radius"] == 2]
+    facts = {"inputs": "embedding", "protocol": "model", "radius": "2", "dataset": "r from pet"}
+    line = pp.bounds_figure(bounds, facts)._suptitle.get_text().splitlines()[1]
+    assert line == "vit-b16 · r from pet · embedding inputs · protocol model · r = 2"
+
+
+def test_identity_line_drops_empty_facts():
+    from vitplas.plots import style
+
+    assert style.titled("What", ["m", "", None, "x inputs"]) == "What\nm · x inputs"
+    assert style.titled("What", ["", None]) == "What"
+
+
+def test_a_plasticity_run_titles_its_figures_from_its_config(tmp_path, monkeypatch):
+    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+
+    titles = {}
+
+    def keep_title(fig, stem):
+        texts = [fig._suptitle.get_text() if fig._suptitle else "", fig.axes[0].get_title()]
+        titles[stem.name] = max(texts, key=len)
+        plt.close(fig)
+        return []
+
+    monkeypatch.setattr(pp, "write", keep_title)
+    cfg = PlasticityConfig(model="tiny-random", random_init=True, target="digits", pairs=16,
+                           batch_size=8, device="cpu", protocol="paper", inputs="hidden",
+                           components=["mha", "fc1"], bounds=False)  # fmt: skip
+    run_plasticity(cfg, tmp_path / "run")
+    line = "tiny-random · photos [val] vs digits [test] · hidden inputs · protocol paper · 16 pairs"
+    assert {name: t.splitlines()[1] for name, t in titles.items()} == {
+        "plasticity_box": line,
+        "plasticity_depth": line,
+    }

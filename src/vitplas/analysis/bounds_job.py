@@ -122,6 +122,15 @@ def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
     )
 
 
+def _facts(cfg: BoundsConfig, radius) -> dict[str, str]:
+    """What the figure's title names beyond the table: inputs, protocol, r and its data."""
+    facts = {"inputs": cfg.inputs, "protocol": cfg.protocol}
+    facts["radius"] = f"{radius:.3g}" if isinstance(radius, float | int) else "per layer"
+    if cfg.radius is None:
+        facts["dataset"] = f"r from {cfg.dataset} [{cfg.split}]"
+    return facts
+
+
 def run_bounds(
     cfg: BoundsConfig,
     run_dir: str | Path,
@@ -168,7 +177,7 @@ def _compute(cfg: BoundsConfig, run: RunDir, on_phase=None) -> dict[str, Any]:
     if cfg.plasticity is not None:
         files += write_table(_ratio_table(bounds, cfg.plasticity), run / "bound_ratio")
     if cfg.figures:
-        files += plots.bounds_per_layer(bounds, run / "figures" / "bounds")
+        files += plots.bounds_per_layer(bounds, run / "figures" / "bounds", _facts(cfg, radius))
     checksum, checksum_of = model_checksum(setup)
     result = {
         "model": cfg.model,

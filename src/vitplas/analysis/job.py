@@ -273,7 +273,14 @@ def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dic
         "target": cfg.target,
         "inputs": cfg.inputs,
     }
-    written = tables.write_all(run, est, labels, bounds, figures=cfg.figures)
+    facts = {  # what the figures' titles name beyond the tables
+        "reference": f"{cfg.reference} [{cfg.reference_split}]",
+        "target": f"{cfg.target} [{cfg.target_split}]",
+        "inputs": cfg.inputs,
+        "protocol": cfg.protocol,
+        "pairs": est.pairs,
+    }
+    written = tables.write_all(run, est, labels, bounds, cfg.figures, facts)
     timings = {
         "setup_s": t_setup - t0,
         "bounds_s": t_bounds - t_setup,

@@ -83,8 +83,10 @@ def write_all(
     labels: dict[str, str],
     bounds: pd.DataFrame | None,
     figures: bool = True,
+    facts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write every table (CSV + Parquet) and figure of a run; return what the summary needs."""
+    """Write every table (CSV + Parquet) and figure of a run; return what the summary needs.
+    `facts`: what the figures' titles name beyond the tables (plots.plasticity.title)."""
     from vitplas.plots import plasticity as plots
 
     per_layer = plasticity_table(est, labels)
@@ -107,11 +109,12 @@ def write_all(
             *write_table(ratio, run / "bound_ratio"),
         ]
     if figures:
-        files += plots.plasticity_box(per_layer, run / "figures" / "plasticity_box")
-        files += plots.plasticity_depth(per_layer, run / "figures" / "plasticity_depth")
+        figs = run / "figures"
+        files += plots.plasticity_box(per_layer, figs / "plasticity_box", facts)
+        files += plots.plasticity_depth(per_layer, figs / "plasticity_depth", facts)
         if bounds is not None:
-            files += plots.bounds_per_layer(bound_frame, run / "figures" / "bounds")
-            files += plots.bound_ratio(ratio, run / "figures" / "bound_ratio")
+            files += plots.bounds_per_layer(bound_frame, figs / "bounds", facts)
+            files += plots.bound_ratio(ratio, figs / "bound_ratio", facts)
     return {
         "files": [str(p.relative_to(run.path)) for p in files],
         "pooled": pooled,

@@ -5,7 +5,7 @@ dataset_info("cifar10-c/snow/5").num_classes  # 10
 list_datasets()                               # every family, parametrised ones included
 """
 
-from vitplas.data.build import get_dataset, make_loader
+from vitplas.data.build import get_dataset, make_loader, skipped_report
 from vitplas.data.photos import PhotoStream
 from vitplas.data.records import ArrayImages, FileImages, ImageDataset
 from vitplas.data.registry import (
@@ -39,6 +39,7 @@ __all__ = [
     "make_loader",
     "parse_name",
     "resolve_root",
+    "skipped_report",
     "split_indices",
     "transform_for",
 ]

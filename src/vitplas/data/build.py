@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def get_dataset(
     download: bool = False,
     split_seed: int = SPLIT_SEED,
     plan: SplitPlan = FIXED,
+    skip_unreadable: bool = False,
 ) -> ImageDataset:
     """Dataset `name` (see list_datasets) restricted to `split`: items (image, label: int).
 
@@ -32,6 +34,8 @@ def get_dataset(
     with `split_seed` (fixed; never the training seed), or as `plan` asks (splits.SplitPlan:
     the original's carvings for the paper protocol). Files are read under
     resolve_root(root); `download=True` fetches what has a download when it is missing.
+    `skip_unreadable=True` leaves out image files that cannot be decoded (listed in the
+    dataset's `skipped`; the splits are drawn over the readable files) instead of an error.
     """
     info = dataset_info(name)
     if not info.complete:
@@ -43,7 +47,7 @@ def get_dataset(
         )
     if split not in info.splits:
         raise DataError(f"dataset '{info.name}' has splits {', '.join(info.splits)}; got '{split}'")
-    source = Source(info, resolve_root(root), download)
+    source = Source(info, resolve_root(root), download, skip_unreadable)
     records = entry_reader(info)(source, part_for(info.split_rule, split))
     _check_labels(info.name, records.labels, info.num_classes, len(records.classes))
     indices = select(info.split_rule, split, len(records), split_seed, plan)
@@ -64,6 +68,26 @@ def _check_labels(name: str, labels: np.ndarray, num_classes: int | None, found:
             f"dataset '{name}': labels span {labels.min()}..{labels.max()}, "
             f"expected 0..{num_classes - 1}"
         )
+
+
+def skipped_report(datasets: Iterable[Dataset | None], shown: int = 10) -> dict[str, Any]:
+    """Manifest entries for the unreadable files `skip_unreadable` left out of `datasets`
+    (Subsets unwrapped; a file shared by several splits counted once), and a one-line warning
+    when there are any: {"skipped_unreadable": count, "skipped_unreadable_files": first few}."""
+    skipped: dict[Path, None] = {}
+    for data in datasets:
+        while hasattr(data, "dataset"):  # torch Subset
+            data = data.dataset
+        skipped.update(dict.fromkeys(getattr(data, "skipped", ())))
+    names = [str(path) for path in skipped][:shown]
+    if skipped:
+        more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        warnings.warn(
+            f"skip_unreadable: left out {len(skipped)} image file(s) that cannot be decoded: "
+            f"{', '.join(names)}{more} (listed in the run's manifest)",
+            stacklevel=2,
+        )
+    return {"skipped_unreadable": len(skipped), "skipped_unreadable_files": names}
 
 
 def _seed_worker(worker_id: int) -> None:

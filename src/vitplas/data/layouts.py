@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -165,35 +166,72 @@ def scan_image_folder(src: Source, folder: Path, classes: list[str] | None = Non
             f"dataset '{src.info.name}': no image in {folder} "
             f"(expected {folder}/<class>/<image>.jpg); layout: {src.info.layout}"
         )
+    if src.skip_unreadable:
+        return keep_readable(src, folder, FileImages(paths, np.asarray(labels), classes))
     if src.info.family == "folder":  # the user's own files: checked before any training
         check_images(paths)
     return FileImages(paths, np.asarray(labels), classes)
 
 
-_CHECKED: set[tuple[Path, ...]] = set()  # file lists already checked in this process
+def keep_readable(src: Source, folder: Path, records: FileImages) -> FileImages:
+    """`records` without the files PIL cannot decode, which `skipped` lists (same labels)."""
+    bad = {path for path, _ in unreadable(records.paths, decode=True)}
+    if not bad:
+        return records
+    keep = [i for i, path in enumerate(records.paths) if path not in bad]
+    if not keep:
+        raise DataError(
+            f"dataset '{src.info.name}': none of the {len(bad)} images in {folder} can be read"
+        )
+    paths = [records.paths[i] for i in keep]
+    skipped = tuple(p for p in records.paths if p in bad)
+    return FileImages(paths, records.labels[keep], records.classes, skipped)
+
+
+_UNREADABLE: dict[tuple, list[tuple[Path, str]]] = {}  # file lists checked in this process
+
+
+def unreadable(paths: Sequence[Path], decode: bool = False) -> list[tuple[Path, str]]:
+    """(path, why) of the files among `paths` PIL cannot open and verify; with `decode`, also
+    those it cannot decode in full (a truncated JPEG passes verify). Cached per process while
+    no file changes (size and mtime), so the splits of one folder check it once."""
+    key = (decode, *((p, _stamp(p)) for p in paths))
+    if key not in _UNREADABLE:
+        _UNREADABLE[key] = [(p, why) for p in paths if (why := _why_unreadable(p, decode))]
+    return _UNREADABLE[key]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def _why_unreadable(path: Path, decode: bool) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        if decode:
+            with Image.open(path) as img:
+                img.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
+        return f"{type(err).__name__}: {err}"
+    return ""
 
 
 def check_images(paths: list[Path]) -> None:
     """A DataError naming the unreadable files among `paths` (opened and verified by PIL)."""
-    key = tuple(paths)
-    if key in _CHECKED:
-        return
-    from PIL import Image
-
-    bad = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-            bad.append(f"{path} ({type(err).__name__}: {err})")
+    bad = [f"{path} ({why})" for path, why in unreadable(paths)]
     if bad:
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(
             f"{len(bad)} of {len(paths)} images cannot be read: {'; '.join(bad[:5])}{more}. "
-            "Remove or replace them"
+            "Remove or replace them (finetune and probe: skip_unreadable=true leaves them out)"
         )
-    _CHECKED.add(key)
 
 
 def class_folders(folder: Path) -> list[str]:

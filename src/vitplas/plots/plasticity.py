@@ -5,17 +5,29 @@ PNG + PDF, returns the paths). A table that mixes several targets (or models, da
 gets one panel per series, never one zig-zag line through them; one legend sits right of the
 panels. Components appear in the order of their theoretical rank (THEORETICAL_RANK), then any
 others (LayerScale) in table order. Axis limits come from the data; layer ticks are integers.
+Under each title, one line names the measurement (model, data, inputs mode, protocol, pairs:
+`title`), so figures of different runs never read alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vitplas.models.components import THEORETICAL_RANK
-from vitplas.plots.style import color, integer_ticks, label, legend_outside, new_figure, write
+from vitplas.plots.style import (
+    MEDIAN_PROPS,
+    color,
+    integer_ticks,
+    label,
+    legend_outside,
+    new_figure,
+    titled,
+    write,
+)
 
 SERIES = ["model", "reference", "target", "dataset", "inputs"]  # what can tell series apart
 
@@ -53,20 +65,29 @@ def series(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def title(frame: pd.DataFrame, what: str) -> str:
-    """'what' plus the model, data and inputs the table holds (several joined by commas)."""
+def title(frame: pd.DataFrame, what: str, facts: Mapping[str, object] | None = None) -> str:
+    """'what', then the measurement's identity: model, data, inputs mode, protocol, pairs
+    (a radius for bounds). Values come from the table's columns (several joined by commas);
+    `facts` (from the run's config: protocol, split-labelled streams, pairs) name what the
+    table does not hold and win over its columns."""
+    facts = dict(facts or {})
 
     def values(key: str) -> str:
+        if key in facts:
+            return str(facts[key])
         return ", ".join(map(str, dict.fromkeys(frame[key]))) if key in frame else ""
 
     parts = [values("model")]
-    if "reference" in frame and "target" in frame:
+    if values("reference") and values("target"):
         parts.append(f"{values('reference')} vs {values('target')}")
-    elif "dataset" in frame:
+    else:
         parts.append(values("dataset"))
-    if "inputs" in frame:
-        parts.append(f"{values('inputs')} inputs")
-    return what + "\n" + " · ".join(p for p in parts if p)
+    parts.append(f"{values('inputs')} inputs" if values("inputs") else "")
+    parts.append(f"protocol {values('protocol')}" if values("protocol") else "")
+    pairs = values("pairs") or values("n")
+    parts.append(f"{pairs} pairs" if pairs else "")
+    parts.append(f"r = {facts['radius']}" if "radius" in facts else "")
+    return titled(what, parts)
 
 
 def _panels(n: int, size: tuple[float, float], **kw):
@@ -78,7 +99,7 @@ def _panels(n: int, size: tuple[float, float], **kw):
     return fig, axes
 
 
-def _lines(frame: pd.DataFrame, value: str, what: str, ylabel: str, band: str | None = None):
+def _lines(frame, value: str, what: str, ylabel: str, band: str | None = None, facts=None):
     """One panel per series, one line per component over layers (CI band from `band`)."""
     groups = series(frame)
     fig, axes = _panels(len(groups), (5.0, 3.6), sharey=True)
@@ -97,19 +118,19 @@ def _lines(frame: pd.DataFrame, value: str, what: str, ylabel: str, band: str | 
         axes.flat[0].set_yscale("log")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    fig.suptitle(title(frame, what), fontsize=10)
+    fig.suptitle(title(frame, what, facts), fontsize=10)
     legend_outside(fig, axes)
     return fig
 
 
-def box_figure(frame: pd.DataFrame):
+def box_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     """A box per component of the per-layer means, pooled over whatever else varies in
     `frame` (targets, models), as the paper's figure pools them; the y label says so."""
     order = component_order(frame["component"])
     data = [frame.loc[frame["component"] == c, "mean"].to_numpy() for c in order]
     fig, axes = new_figure(size=(1.1 * len(order) + 2.5, 4.0))
     ax = axes[0, 0]
-    boxes = ax.boxplot(data, patch_artist=True, widths=0.6)
+    boxes = ax.boxplot(data, patch_artist=True, widths=0.6, medianprops=MEDIAN_PROPS)
     ax.set_xticks(range(1, len(order) + 1), [label(c) for c in order])
     for patch, comp in zip(boxes["boxes"], order, strict=True):
         patch.set_facecolor(color(comp))
@@ -120,41 +141,44 @@ def box_figure(frame: pd.DataFrame):
     per = " and ".join(["layer", *pooled])
     ax.set_ylabel(f"plasticity (mean over pairs;\none point per {per})")
     ax.set_xlabel("component, by theoretical rank")
-    ax.set_title(title(frame, "Plasticity by component"), fontsize=9)
+    ax.set_title(title(frame, "Plasticity by component", facts), fontsize=9)
     return fig
 
 
-def depth_figure(frame: pd.DataFrame):
+def depth_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     """Plasticity against layer depth, one line per component, 95% CI bands."""
     what = "Plasticity per layer (95% CI bands)"
-    return _lines(frame, "mean", what, "plasticity (mean over pairs)", band="ci95")
+    return _lines(frame, "mean", what, "plasticity (mean over pairs)", "ci95", facts)
 
 
-def bounds_figure(frame: pd.DataFrame):
+def bounds_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     """Theoretical bound per layer and component."""
-    return _lines(frame, "bound", "Upper bound on plasticity per layer", "upper bound")
+    what = "Upper bound on plasticity per layer"
+    return _lines(frame, "bound", what, "upper bound", facts=facts)
 
 
-def bound_ratio_figure(frame: pd.DataFrame):
+def bound_ratio_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     """Measured plasticity divided by its bound, per layer and component (1 = the bound)."""
-    fig = _lines(frame, "ratio", "Measured plasticity / bound", "measured / bound")
+    what = "Measured plasticity / bound"
+    fig = _lines(frame, "ratio", what, "measured / bound", facts=facts)
     for ax in fig.axes:
         if ax.get_visible():
             ax.axhline(1.0, color="black", lw=0.8, ls="--")
     return fig
 
 
-def plasticity_box(frame: pd.DataFrame, stem: str | Path) -> list[Path]:
-    return write(box_figure(frame), stem)
+# Writers: `facts` as in `title` (the run's config: protocol, streams, pairs).
+def plasticity_box(frame: pd.DataFrame, stem: str | Path, facts=None) -> list[Path]:
+    return write(box_figure(frame, facts), stem)
 
 
-def plasticity_depth(frame: pd.DataFrame, stem: str | Path) -> list[Path]:
-    return write(depth_figure(frame), stem)
+def plasticity_depth(frame: pd.DataFrame, stem: str | Path, facts=None) -> list[Path]:
+    return write(depth_figure(frame, facts), stem)
 
 
-def bounds_per_layer(frame: pd.DataFrame, stem: str | Path) -> list[Path]:
-    return write(bounds_figure(frame), stem)
+def bounds_per_layer(frame: pd.DataFrame, stem: str | Path, facts=None) -> list[Path]:
+    return write(bounds_figure(frame, facts), stem)
 
 
-def bound_ratio(frame: pd.DataFrame, stem: str | Path) -> list[Path]:
-    return write(bound_ratio_figure(frame), stem)
+def bound_ratio(frame: pd.DataFrame, stem: str | Path, facts=None) -> list[Path]:
+    return write(bound_ratio_figure(frame, facts), stem)

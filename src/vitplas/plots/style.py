@@ -49,8 +49,26 @@ RC = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
-    "boxplot.medianprops.color": "black",  # visible on every component's fill colour
 }
+# Box medians: visible on every component's fill colour (passed to boxplot: an rc setting
+# would apply only to boxes drawn inside the rc context, which builders leave)
+MEDIAN_PROPS = {"color": "black"}
+
+
+SEPARATOR = " · "  # between the facts of a figure's identity line
+
+
+def identity(facts) -> str:
+    """One line naming what a figure measured (model, data, inputs mode, protocol, pairs):
+    the non-empty facts joined by SEPARATOR, in the order given. It goes under the title, so
+    two figures of different measurements never read alike."""
+    return SEPARATOR.join(str(f) for f in facts if f)
+
+
+def titled(what: str, facts) -> str:
+    """`what`, then the identity line below it when there is one."""
+    line = identity(facts)
+    return f"{what}\n{line}" if line else what
 
 
 def color(component: str) -> str:

@@ -49,6 +49,8 @@ class FinetuneConfig:
     dataset: str = "cifar10"  # dataset name (vitplas datasets)
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     download: bool = False  # download a missing dataset where a download exists
+    skip_unreadable: bool = False  # leave out image files that cannot be decoded (counted in
+    # the manifest, one warning) instead of stopping with an error naming them
     train: list[str] = field(default_factory=lambda: ["mha"])  # what is trained besides head and
     # norm: components (mha, fc1, ln1, ...; all = full finetuning), mha@8-11, mha+fc1, lora,
     # lntuning, bitfit, auto[:criterion[:budget]] (grammar: vitplas.training.trainsets)

@@ -41,6 +41,8 @@ class ProbeConfig:
     random_init: bool = False  # random weights on purpose (a baseline)
     dataset: str = "cifar10"  # dataset name (vitplas datasets)
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    skip_unreadable: bool = False  # leave out image files that cannot be decoded (counted in
+    # the manifest, one warning) instead of stopping with an error naming them
     img_size: int = 224  # input side in px
     protocol: Literal["paper", "model"] = "model"  # preprocessing and splits: model (the
     # checkpoint's) or paper (the original's; module docstring)
@@ -349,7 +351,7 @@ def run_probe(
 def _probe_table(cfg: ProbeConfig, on_phase=None):
     import pandas as pd
 
-    from vitplas.data import dataset_info
+    from vitplas.data import dataset_info, skipped_report
     from vitplas.training.distributed import resolve_device
     from vitplas.training.sources import load_model_for
 
@@ -357,6 +359,8 @@ def _probe_table(cfg: ProbeConfig, on_phase=None):
     torch.manual_seed(cfg.seed)
     model, description = load_model_for(_as_finetune(cfg), info.num_classes)
     loaders = probe_loaders(cfg, description)
+    if cfg.skip_unreadable:
+        description |= skipped_report(loader.dataset for loader in loaders)
     device = resolve_device(cfg.device)
     points = probe_points(model, cfg.layers, cfg.components)
     rows = probe_model(
@@ -396,7 +400,14 @@ def probe_loaders(cfg: ProbeConfig, description: dict[str, Any]) -> list[DataLoa
     for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
         augment = paper and split == "train"
         transform = build_transform(size=cfg.img_size, train=augment, **prep)
-        data = get_dataset(cfg.dataset, split, transform=transform, root=cfg.data_root, plan=plan)
+        data = get_dataset(
+            cfg.dataset,
+            split,
+            transform=transform,
+            root=cfg.data_root,
+            plan=plan,
+            skip_unreadable=cfg.skip_unreadable,
+        )
         if not augment:
             loaders.append(
                 eval_loader(data, cfg.batch_size, max_samples=cap, num_workers=cfg.num_workers)

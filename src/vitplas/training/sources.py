@@ -106,7 +106,7 @@ def load_sources(
     cfg: FinetuneConfig, splits: tuple[str, ...] = ("train", "val", "test")
 ) -> Sources:
     """Model and datasets of `cfg` from the registries; unrequested splits are None."""
-    from vitplas.data import build_transform, dataset_info, get_dataset
+    from vitplas.data import build_transform, dataset_info, get_dataset, skipped_report
 
     info = dataset_info(cfg.dataset)
     model, description = load_model_for(cfg, info.num_classes)
@@ -130,8 +130,11 @@ def load_sources(
             root=cfg.data_root,
             download=cfg.download,
             plan=plan,
+            skip_unreadable=cfg.skip_unreadable,
         )
     description.update({"dataset": cfg.dataset, "dataset_source": str(info.source)})
+    if cfg.skip_unreadable:
+        description.update(skipped_report(data.values()))
     return Sources(
         model=model,
         train=data["train"],
