@@ -1,10 +1,12 @@
 """Evaluation: accuracy and loss of a model on a dataset, and of a finished run's best
-checkpoint on its own test split and on any dataset with the same classes."""
+checkpoint on its own test split and on any dataset with the same classes (EvaluateConfig:
+the keys of `vitplas evaluate`)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,30 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vitplas.config import ConfigError
 from vitplas.training.distributed import DistInfo, all_reduce_sum
+
+
+@dataclass
+class EvaluateConfig:
+    """A finished run's best checkpoint on its own dataset and on others with its classes."""
+
+    run: str | None = None  # the finished finetuning run folder (the command's RUN_DIR)
+    datasets: list[str] = field(default_factory=list)  # other datasets with the same classes,
+    # after the run's own; shell wildcards over the registry's choices (cifar10-c/*/5)
+    split: str = "test"  # split of each dataset
+    device: str = "auto"  # auto = cuda if available, else cpu
+    batch_size: int = 256  # images per evaluation batch
+    num_workers: int = 4  # DataLoader worker processes
+
+    def validate(self) -> None:
+        """Cross-field checks; a failure says what to change (`run` is checked by the command:
+        a config file may leave it to the command line)."""
+        if self.batch_size <= 0 or self.num_workers < 0:
+            raise ConfigError(
+                f"batch_size must be positive and num_workers >= 0, got {self.batch_size} and "
+                f"{self.num_workers}"
+            )
 
 
 def autocast(device: torch.device, amp: str):
@@ -67,7 +92,6 @@ def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]
     built it, the trained weights, and the run's own mean/std, interpolation and crop fraction
     (so `data.transform_for(loaded)` is the run's eval transform). Every record read is first
     checked against the checksums sealed at DONE."""
-    from vitplas.config import ConfigError
     from vitplas.models import load_model
     from vitplas.runs import RunDir
     from vitplas.training.checkpoint import BEST_FILE
