@@ -327,3 +327,10 @@ def test_a_legacy_normalization_key_names_the_protocol(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "protocol": "imagenet"}))
     with pytest.raises(ModelError, match=r"config\.yaml names protocol 'imagenet'; known: paper"):
         load_model(str(run))
+
+
+def test_export_of_a_paper_run_states_its_preprocessing(paper_run, tmp_path):
+    exported = export_model(str(paper_run), tmp_path / "paper.safetensors")
+    cfg = exported.pretrained_cfg
+    assert (cfg["interpolation"], cfg["crop_pct"]) == ("bilinear", 1.0)
+    assert cfg["mean"] == [0.485, 0.456, 0.406] and cfg["std"] == [0.229, 0.224, 0.225]
