@@ -18,15 +18,25 @@ SMOKE = "configs/finetune/smoke-digits.yaml"
 SHORT = ["steps=4", "eval_every=2", "warmup_steps=1", "tensorboard=false", "max_eval_samples=64"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A tiny-random MHA finetune on digits (seconds, offline)."""
+def finetuned(folder, *overrides):
     from vitplas.training.config import load_finetune_config
     from vitplas.training.finetune import run_finetune
 
-    run = tmp_path_factory.mktemp("ft") / "run"
-    run_finetune(load_finetune_config(SMOKE, SHORT), run)
+    run = folder / "run"
+    run_finetune(load_finetune_config(SMOKE, [*SHORT, *overrides]), run)
     return run
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny-random MHA finetune on digits (seconds, offline), protocol model (the default)."""
+    return finetuned(tmp_path_factory.mktemp("ft"))
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    """The same under protocol paper, its new head (torch.nn.Linear's init) left untrained."""
+    return finetuned(tmp_path_factory.mktemp("paper"), "protocol=paper", "train_head=false")
 
 
 @pytest.fixture
@@ -44,12 +54,12 @@ def test_run_folder_and_best_file_are_models(run_copy):
 
     best = run_copy / "checkpoints" / "best.safetensors"
     loaded = load_model(str(run_copy))
-    reference, _ = load_best_model(run_copy)
+    reference = load_best_model(run_copy)[0].model
     assert torch.equal(outputs(loaded.model), outputs(reference))
     assert loaded.num_classes == 10 and loaded.input_size == (3, 32, 32)
     assert loaded.checksum == file_sha256(best)
     assert loaded.description.startswith(f"finetuned run {run_copy} (train=mha on digits)")
-    assert loaded.mean == (0.485, 0.456, 0.406)  # the run's normalization: paper
+    assert loaded.mean == loaded.std == (0.5, 0.5, 0.5)  # protocol model: tiny-random's own
     sealed = json.loads((run_copy / "checksums.json").read_text())["checkpoints/best.safetensors"]
     assert sealed["sha256"] == file_sha256(best)  # the run's seal is what is checked
     assert not (best.parent / "best.safetensors.sha256").exists()  # so no sidecar is written
@@ -106,7 +116,7 @@ def test_missing_or_unreadable_weights_are_one_line_errors(run_copy):
     with pytest.raises(ModelError, match=rf"{best} is corrupt or truncated: sha256"):
         load_model(str(run_copy))  # the seal catches it before the file is parsed
     (run_copy / "checksums.json").unlink()  # unsealed: recorded at first use, then parsed
-    with pytest.raises(ModelError, match=rf"cannot read weights file {best}"):
+    with pytest.raises(ModelError, match=rf"{best} is damaged \(Error while deserializing"):
         load_model(str(run_copy))
     best.unlink()
     with pytest.raises(ModelError, match=rf"{best} does not exist"):
@@ -219,7 +229,12 @@ def hand_made_run(tmp_path, trained: dict):
     config = {"model": spec, "dataset": "digits", "img_size": 32, "seed": 0, "train": ["mha"]}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     save_file(trained, run / "checkpoints" / "best.safetensors")
-    (run / "manifest.json").write_text(json.dumps({"model_checksum": file_sha256(weights)}))
+    manifest = {
+        "model_checksum": file_sha256(weights),
+        "model_mean": [0.5] * 3,
+        "model_std": [0.5] * 3,
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
     return run
 
 
@@ -228,7 +243,8 @@ def test_base_checksum_and_trained_keys_are_checked(tmp_path):
     run = hand_made_run(tmp_path, head)
     tuned = load_model(str(run))
     assert torch.equal(tuned.model.head.weight, torch.ones(10, 192)) and tuned.num_classes == 10
-    (run / "manifest.json").write_text(json.dumps({"model_checksum": "f" * 64}))
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "model_checksum": "f" * 64}))
     with pytest.raises(ModelError, match=r"other than those run .* trained from \(ffffffffffff"):
         load_model(str(run))
 
@@ -240,3 +256,81 @@ def test_trained_keys_the_base_lacks_are_refused(tmp_path):
         load_model(str(run))
     assert "parameters the model lacks: blocks.99.attn.qkv.weight" in str(info.value)
     assert "wrong shapes: head.weight (10, 7) (model: (10, 192))" in str(info.value)
+
+
+# (protocol, mean, std, eval resize of 32 px, interpolation): what each protocol trains with
+PREPROCESSING = {
+    "model": ((0.5,) * 3, (0.5,) * 3, 37, "bicubic"),  # tiny-random's own; crop 0.875
+    "paper": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 32, "bilinear"),  # crop 1
+}
+
+
+@pytest.mark.parametrize("protocol", ["model", "paper"])
+def test_a_loaded_run_gets_its_own_preprocessing_and_outputs(protocol, request):
+    """load_model(RUN) and transform_for(it) give the logits training's own model and eval
+    transform (training.sources.load_sources) give on the run's test images."""
+    from vitplas.data import get_dataset, transform_for
+    from vitplas.training.checkpoint import load_weights
+    from vitplas.training.config import load_finetune_config
+    from vitplas.training.sources import load_sources
+
+    run = request.getfixturevalue("finished_run" if protocol == "model" else "paper_run")
+    mean, std, resize, interpolation = PREPROCESSING[protocol]
+    for spec in (str(run), f"{run}#base"):
+        loaded = load_model(spec)
+        assert (loaded.mean, loaded.std) == (mean, std)
+        steps = transform_for(loaded, train=False).transforms
+        assert (steps[1].size, steps[1].interpolation.value) == (resize, interpolation)
+        assert (tuple(steps[-1].mean), tuple(steps[-1].std)) == (mean, std)
+    cfg = load_finetune_config(run / "config.yaml")
+    assert cfg.protocol == protocol
+    sources = load_sources(cfg, splits=("test",))
+    sources.model.load_state_dict(load_weights(run / "checkpoints" / "best.safetensors"), False)
+    raw = get_dataset(cfg.dataset, "test", plan=cfg.split_plan())
+    own = torch.stack([sources.test[i][0] for i in range(4)])
+    mine = torch.stack([transform_for(loaded, train=False)(raw[i][0]) for i in range(4)])
+    assert torch.equal(own, mine)
+    assert torch.equal(outputs_of(sources.model, own), outputs_of(load_model(str(run)).model, own))
+
+
+def outputs_of(model, images):
+    with torch.no_grad():
+        return model.eval()(images)
+
+
+def test_a_model_run_without_its_statistics_is_refused_naming_the_manifest(run_copy):
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    del manifest["model_mean"]
+    (run_copy / "checksums.json").unlink()  # a hand-edited manifest, not a damaged record
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"manifest\.json records no model_mean/model_std"):
+        load_model(str(run_copy))
+
+
+def test_a_damaged_manifest_is_refused_naming_it(run_copy):
+    path = run_copy / "manifest.json"
+    path.write_text(path.read_text().replace("0.5", "0.25"))
+    with pytest.raises(ModelError, match=rf"{path} is damaged \(its content was changed"):
+        load_model(str(run_copy))
+
+
+def test_a_legacy_normalization_key_names_the_protocol(tmp_path):
+    import yaml
+
+    run = hand_made_run(
+        tmp_path, {"head.weight": torch.ones(10, 192), "head.bias": torch.zeros(10)}
+    )
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert load_model(str(run)).mean == (0.5, 0.5, 0.5)  # no key: FinetuneConfig's default
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "normalization": "paper"}))
+    assert load_model(str(run)).mean == (0.485, 0.456, 0.406)
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "protocol": "imagenet"}))
+    with pytest.raises(ModelError, match=r"config\.yaml names protocol 'imagenet'; known: paper"):
+        load_model(str(run))
+
+
+def test_export_of_a_paper_run_states_its_preprocessing(paper_run, tmp_path):
+    exported = export_model(str(paper_run), tmp_path / "paper.safetensors")
+    cfg = exported.pretrained_cfg
+    assert (cfg["interpolation"], cfg["crop_pct"]) == ("bilinear", 1.0)
+    assert cfg["mean"] == [0.485, 0.456, 0.406] and cfg["std"] == [0.229, 0.224, 0.225]

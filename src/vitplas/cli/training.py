@@ -130,49 +130,68 @@ def expand_datasets(patterns: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": False})
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="a finished finetuning run folder"),
-    dataset: list[str] = typer.Option(
-        [], "--dataset", "-d", help="other datasets with the same classes; wildcards allowed"
+    args: list[str] = typer.Argument(
+        None, help="RUN_DIR, then [CONFIG.yaml] and key=value overrides, e.g. split=val"
     ),
-    split: str = typer.Option("test", help="split of each dataset"),
-    device: str = typer.Option("auto", help="auto, cpu, cuda"),
-    batch_size: int = typer.Option(256),
-    num_workers: int = typer.Option(4),
+    datasets: list[str] = typer.Option(
+        None, "--dataset", "-d", help="other datasets with the same classes; wildcards allowed"
+    ),
+    split: str | None = typer.Option(None),
+    device: str | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None),
+    num_workers: int | None = typer.Option(None),
     wait: bool = WAIT,
 ) -> None:
     """Test accuracy/loss of a run's best checkpoint on its own and other datasets.
 
     Writes RUN_DIR/evaluation.csv and .parquet (one row per dataset) and prints the table.
     """
-    from safetensors import SafetensorError
-
+    from vitplas.config import ConfigError
     from vitplas.locks import RunLockedError
     from vitplas.runs import DamagedRecordError
     from vitplas.training.evaluate import evaluate_run
 
     _waiting(wait)
+    flags = dict(split=split, device=device, batch_size=batch_size, num_workers=num_workers)
     try:
-        check_device(device)
+        cfg = evaluate_config(args, {"datasets": datasets or None, **flags})
+        check_device(cfg.device)
         table = evaluate_run(
-            run_dir,
-            expand_datasets(dataset),
-            split=split,
-            device=device,
-            batch_size=batch_size,
-            num_workers=num_workers,
+            cfg.run,
+            expand_datasets(cfg.datasets),
+            split=cfg.split,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
         )
     except RunLockedError as err:
         _fail(err, LOCKED_EXIT)
     except DamagedRecordError as err:  # evaluate rewrites evaluation.* only: no --repair here
         _fail(DamagedRecordError(err.run, err.name, err.problem, fix=_RETRAIN.format(err.run)))
-    except SafetensorError as err:  # a run finished before records were sealed
-        weights = run_dir / "checkpoints" / "best.safetensors"
-        _fail(ValueError(f"{weights} is damaged ({err}); {_RETRAIN.format(run_dir)}"))
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
         _fail(err)
     typer.echo(table[["dataset", "split", "n", "acc", "loss"]].to_string(index=False))
+
+
+def evaluate_config(args: list[str] | None, flags: dict):
+    """EvaluateConfig from `vitplas evaluate`'s arguments (RUN_DIR [CONFIG.yaml] key=value...)
+    and its flags; RUN_DIR sets the key `run`, which must be given one way or the other."""
+    from vitplas.cli.keys import merge_flags, split_args
+    from vitplas.config import ConfigError, load_config
+    from vitplas.training.evaluate import EvaluateConfig
+
+    items = list(args or [])
+    folders = [a for a in items if "=" not in a and not a.endswith((".yaml", ".yml"))]
+    if len(folders) > 1:
+        raise ConfigError(f"evaluate takes one RUN_DIR, got {len(folders)}: {', '.join(folders)}")
+    config, overrides = split_args([a for a in items if a not in folders])
+    given = {"run": folders[0] if folders else None, **flags}
+    cfg = load_config(EvaluateConfig, config, merge_flags(overrides, given, {"run": "RUN_DIR"}))
+    if cfg.run is None:
+        raise ConfigError("no run folder given: vitplas evaluate RUN_DIR (or run=RUN_DIR)")
+    return cfg
 
 
 # the fix for a damaged input of `evaluate` (weights, config): only the finetuning makes them

@@ -23,6 +23,7 @@ from torchvision import transforms as T
 DEFAULT_CROP_PCT = 0.875  # 224 -> resize 256 -> crop 224, the usual eval protocol
 DEFAULT_INTERPOLATION = "bicubic"
 PROTOCOLS = ("paper", "model")
+DEFAULT_PROTOCOL = "model"  # FinetuneConfig's, and a run config that names none
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the paper protocol's normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_CROP_PCT = 1.0  # Resize(224) + CenterCrop(224): the short side is the crop
@@ -125,6 +126,20 @@ def preprocessing(
         "crop_pct": float(cfg.get("crop_pct") or DEFAULT_CROP_PCT),
         "interpolation": interpolation if interpolation in _INTERPOLATION else "bicubic",
     }
+
+
+def preprocessing_for(protocol: str, description: dict[str, Any]) -> dict[str, Any]:
+    """preprocessing from a model description (training.sources.load_model_for's, also a
+    finetuning run's manifest.json): its model_mean, model_std, model_interpolation and
+    model_crop_pct. Under protocol paper none of them is needed."""
+    geometry = {
+        "interpolation": description.get("model_interpolation"),
+        "crop_pct": description.get("model_crop_pct"),
+    }
+    mean, std = description.get("model_mean"), description.get("model_std")
+    if protocol == "model" and (mean is None or std is None):
+        raise ValueError("protocol model needs the model's model_mean and model_std; none given")
+    return preprocessing(protocol, mean or (), std or (), geometry)
 
 
 def protocol_transform(

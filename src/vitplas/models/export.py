@@ -77,7 +77,8 @@ def _base_spec(spec: str) -> str:
 def pretrained_cfg(loaded: LoadedModel, arch: str, *, finetuned: bool) -> dict[str, Any]:
     from vitplas.models.timm_models import pretrained_cfg as timm_cfg
 
-    own = timm_cfg(arch) if not finetuned else {}
+    # a run's own eval preprocessing (models.finetuned records it), else the checkpoint's
+    own = (getattr(loaded.model, "pretrained_cfg", None) or {}) if finetuned else timm_cfg(arch)
     return {
         "num_classes": loaded.num_classes,
         "input_size": list(loaded.input_size),

@@ -2,11 +2,15 @@
 
 A run spec is a run folder (with config.yaml and checkpoints/best.safetensors) or the path of
 that best.safetensors. The base model is rebuilt from the run's resolved config exactly as
-training built it (model spec, random_init, img_size, a new head of the dataset's class count
-drawn from the run's seed), then the trained parameters are applied after their file passed
-`verify_weights`. A base checkpoint other than the one the run trained on is refused.
+training built it (`start_model`: model spec, random_init, img_size, a new head of the
+dataset's class count drawn from the run's seed as its protocol says), then the trained
+parameters are applied after their file passed `verify_weights`. A base checkpoint other than
+the one the run trained on is refused. The model's mean/std, interpolation and crop fraction
+are the run's own (`run_preprocessing`: its protocol and its manifest), so every consumer's
+`transform_for(loaded)` feeds it what it trained and was evaluated on.
 `RUN#base` names the run's base alone, rebuilt the same way (same random init, same new head,
-the run's normalization), so that before/after comparisons differ only in the trained weights.
+the run's preprocessing), so that before/after comparisons differ only in the trained weights.
+Records are checked against the run's seal (vitplas.runs) when it covers them.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from typing import Any
 
 import torch
 
+from vitplas.data.transforms import DEFAULT_PROTOCOL, PROTOCOLS, preprocessing_for
 from vitplas.models.errors import ModelError, short_list
-from vitplas.models.registry import PAPER_MEAN_STD
 from vitplas.runs import DamagedRecordError, RunDir, atomic_write_text, file_sha256
 
 CONFIG_FILE = "config.yaml"
+MANIFEST = "manifest.json"
+PREP_KEYS = ("mean", "std", "interpolation", "crop_pct")  # what run_preprocessing gives
 BEST = Path("checkpoints") / "best.safetensors"
 BASE_SUFFIX = "#base"  # RUN#base: the run's base model, without the trained weights
 SIDECAR_SUFFIX = ".sha256"  # recorded at first use for runs that recorded no checksum
@@ -39,17 +45,66 @@ def run_folder(spec: str | Path) -> Path | None:
     return None
 
 
+def read_record(run: Path, name: str) -> bytes | None:
+    """Record `name` of `run` (None when absent), checked against the run's seal when it covers
+    it; a damaged one is a ModelError naming it."""
+    if not (run / name).is_file():
+        return None
+    try:
+        return RunDir(run, create=False).read_verified(name)
+    except DamagedRecordError as err:
+        raise ModelError(
+            f"{err.run / err.name} is damaged ({err.problem}); restore it or rerun the finetuning"
+        ) from None
+
+
 def read_run_config(run: Path) -> dict[str, Any]:
     """The run's resolved config.yaml as a dict (the keys a model needs are checked)."""
     import yaml
 
     try:
-        cfg = yaml.safe_load((run / CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError) as err:
+        cfg = yaml.safe_load(read_record(run, CONFIG_FILE) or b"")
+    except yaml.YAMLError as err:
         raise ModelError(f"cannot read {run / CONFIG_FILE}: {err}") from err
     if not isinstance(cfg, dict) or not {"model", "dataset"} <= set(cfg):
         raise ModelError(f"{run / CONFIG_FILE} is not a finetuning config (needs model, dataset)")
     return cfg
+
+
+def read_manifest(run: Path) -> dict[str, Any]:
+    """The run's manifest.json ({} when there is none)."""
+    data = read_record(run, MANIFEST)
+    try:
+        manifest = json.loads(data) if data is not None else {}
+    except ValueError as err:
+        raise ModelError(
+            f"{run / MANIFEST} is not valid JSON ({err}); rerun the finetuning"
+        ) from None
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def run_protocol(run: Path, cfg: dict[str, Any]) -> str:
+    """The run's `protocol` (a run from before protocols: its `normalization`, same names;
+    neither: FinetuneConfig's default)."""
+    protocol = cfg.get("protocol", cfg.get("normalization", DEFAULT_PROTOCOL))
+    if protocol not in PROTOCOLS:
+        known = ", ".join(PROTOCOLS)
+        raise ModelError(f"{run / CONFIG_FILE} names protocol '{protocol}'; known: {known}")
+    return protocol
+
+
+def run_preprocessing(run: Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """build_transform's mean, std, crop_pct and interpolation that `run` trained and was
+    evaluated with: data.transforms.preprocessing_for of its protocol and its manifest."""
+    cfg = read_run_config(run) if cfg is None else cfg
+    protocol, manifest = run_protocol(run, cfg), read_manifest(run)
+    try:
+        return preprocessing_for(protocol, manifest)
+    except ValueError:
+        raise ModelError(
+            f"{run / MANIFEST} records no model_mean/model_std, which this run (protocol: "
+            "model) was trained with; restore the run's manifest.json"
+        ) from None
 
 
 def verify_weights(run: Path) -> tuple[Path, str]:
@@ -89,10 +144,19 @@ def verify_weights(run: Path) -> tuple[Path, str]:
     return path, actual
 
 
-def read_trained(path: Path) -> dict[str, torch.Tensor]:
-    from vitplas.models.checkpoints import read_state_dict
+def read_trained(path: Path, run: Path) -> dict[str, torch.Tensor]:
+    """The trained tensors of `run` (its best.safetensors); an unreadable file is a ModelError
+    naming it and the fix."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    return read_state_dict(path)  # a damaged file: a ModelError naming it
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise ModelError(
+            f"{path} is damaged ({err}); rerun the finetuning (`vitplas finetune` with its "
+            f"config and `--out {run} --repair`, or into a new folder)"
+        ) from None
 
 
 def apply_trained(model: torch.nn.Module, trained: dict[str, torch.Tensor], source: Path) -> None:
@@ -128,17 +192,50 @@ def num_classes_of(cfg: dict[str, Any], trained: dict[str, torch.Tensor]) -> int
     return int(count)
 
 
-def base_manifest(run: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def reset_head(model: torch.nn.Module) -> None:
+    """Give the classification head torch.nn.Linear's default initialisation (the original's:
+    weights and bias uniform in +-1/sqrt(fan_in)), drawn from the global torch RNG."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"the model's head is {type(head).__name__}, not a Linear: protocol paper needs a "
+            "new linear head (pass num_classes)"
+        )
+    head.reset_parameters()
+
+
+def start_model(
+    spec: str,
+    *,
+    num_classes: int,
+    random_init: bool,
+    img_size: int | None,
+    seed: int,
+    protocol: str,
+):
+    """The LoadedModel a finetuning run starts from: `spec` with a new `num_classes` head drawn
+    from `seed` (global torch RNG): timm's init under protocol model, torch.nn.Linear's under
+    paper (the original's)."""
+    from vitplas.models.build import load_model
+
+    torch.manual_seed(seed)
+    loaded = load_model(spec, num_classes=num_classes, random_init=random_init, img_size=img_size)
+    if protocol == "paper":
+        torch.manual_seed(seed)  # the same head whatever loading drew
+        reset_head(loaded.model)
+    return loaded
+
+
+def with_preprocessing(model: torch.nn.Module, prep: dict[str, Any]) -> None:
+    """Record `prep` (mean, std, interpolation, crop_pct) in the model's timm pretrained_cfg,
+    where data.transforms.transform_for reads interpolation and crop_pct."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    model.pretrained_cfg = {**cfg, **{k: prep[k] for k in PREP_KEYS}}
 
 
 def from_run(run: Path, *, random_init: bool, base_only: bool = False):
     """A `Built` (vitplas.models.sources) of finetuning run `run`: base model + trained weights
     (base_only: the base alone; the trained file is still verified and read for the head)."""
-    from vitplas.models.build import load_model
     from vitplas.models.sources import Built
 
     if random_init:
@@ -146,24 +243,26 @@ def from_run(run: Path, *, random_init: bool, base_only: bool = False):
             f"{run} is a finetuned run: its weights are the point; drop random_init (--random-init)"
         )
     cfg = read_run_config(run)
+    prep = run_preprocessing(run, cfg)
     path, checksum = verify_weights(run)
-    trained = read_trained(path)
+    trained = read_trained(path, run)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.get("seed", 0)))  # as training drew the new head
-        base = load_model(
+        base = start_model(
             str(cfg["model"]),
             num_classes=num_classes_of(cfg, trained),
             random_init=bool(cfg.get("random_init", False)),
             img_size=cfg.get("img_size"),
+            seed=int(cfg.get("seed", 0)),
+            protocol=run_protocol(run, cfg),
         )
-    recorded = base_manifest(run).get("model_checksum")
+    recorded = read_manifest(run).get("model_checksum")
     if recorded and base.checksum and recorded != base.checksum:
         raise ModelError(
             f"base model '{cfg['model']}' has weights (sha256 {base.checksum[:12]}...) other than "
             f"those run {run} trained from ({recorded[:12]}...); restore them to use this run"
         )
-    paper = cfg.get("normalization", "paper") == "paper"
-    mean, std = PAPER_MEAN_STD if paper else (base.mean, base.std)
+    with_preprocessing(base.model, prep)
+    mean, std = prep["mean"], prep["std"]
     train = "+".join(cfg.get("train", []))
     if base_only:
         desc = f"base model of finetuned run {run}: {base.description}"

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
 from vitplas.data.splits import SplitPlan, plan_for
+from vitplas.data.transforms import DEFAULT_PROTOCOL
 from vitplas.training.trainsets import LoraOptions, SelectOptions
 
 
@@ -62,7 +63,8 @@ class FinetuneConfig:
 
     # inputs
     img_size: int = 224  # input side in px
-    protocol: Literal["paper", "model"] = "model"  # the model's preprocessing, or the original's
+    protocol: Literal["paper", "model"] = DEFAULT_PROTOCOL  # the model's preprocessing (model), or
+    # the original's (paper)
     val_split: Literal["auto", "fixed", "seeded"] = "auto"  # auto: seeded (paper), fixed (model)
     augment: Literal["cpu", "device"] = "cpu"  # where RandomResizedCrop + flip run
     load_size: int | None = None  # augment=device: uint8 size the loader yields (None = img_size;

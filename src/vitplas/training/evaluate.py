@@ -1,11 +1,12 @@
 """Evaluation: accuracy and loss of a model on a dataset, and of a finished run's best
-checkpoint on its own test split and on any dataset with the same classes."""
+checkpoint on its own test split and on any dataset with the same classes (EvaluateConfig:
+the keys of `vitplas evaluate`)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,30 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vitplas.config import ConfigError
 from vitplas.training.distributed import DistInfo, all_reduce_sum
+
+
+@dataclass
+class EvaluateConfig:
+    """A finished run's best checkpoint on its own dataset and on others with its classes."""
+
+    run: str | None = None  # the finished finetuning run folder (the command's RUN_DIR)
+    datasets: list[str] = field(default_factory=list)  # other datasets with the same classes,
+    # after the run's own; shell wildcards over the registry's choices (cifar10-c/*/5)
+    split: str = "test"  # split of each dataset
+    device: str = "auto"  # auto = cuda if available, else cpu
+    batch_size: int = 256  # images per evaluation batch
+    num_workers: int = 4  # DataLoader worker processes
+
+    def validate(self) -> None:
+        """Cross-field checks; a failure says what to change (`run` is checked by the command:
+        a config file may leave it to the command line)."""
+        if self.batch_size <= 0 or self.num_workers < 0:
+            raise ConfigError(
+                f"batch_size must be positive and num_workers >= 0, got {self.batch_size} and "
+                f"{self.num_workers}"
+            )
 
 
 def autocast(device: torch.device, amp: str):
@@ -61,13 +85,17 @@ def evaluate_model(
     return {"loss": loss / n, "acc": 100.0 * correct / n, "n": int(n)}
 
 
-def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Any]:
-    """(model with the run's best-validation weights, its FinetuneConfig)."""
-    from vitplas.config import ConfigError
+def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """(LoadedModel of the run's best-validation weights on `device`, its FinetuneConfig).
+
+    The model is `load_model(run_dir)` (models.finetuned): the run's base rebuilt as training
+    built it, the trained weights, and the run's own mean/std, interpolation and crop fraction
+    (so `data.transform_for(loaded)` is the run's eval transform). Every record read is first
+    checked against the checksums sealed at DONE."""
+    from vitplas.models import load_model
     from vitplas.runs import RunDir
-    from vitplas.training.checkpoint import BEST_FILE, load_weights
+    from vitplas.training.checkpoint import BEST_FILE
     from vitplas.training.config import load_finetune_config
-    from vitplas.training.sources import load_model_for
 
     run_dir = Path(run_dir)
     best = run_dir / "checkpoints" / BEST_FILE
@@ -76,21 +104,14 @@ def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module
             f"{run_dir} is not a finished finetuning run (it needs DONE and {best.name}); "
             "finish it first: rerun its finetune command"
         )
-    # every record this reads is checked against the checksums sealed at DONE
     RunDir(run_dir).verify(["config.yaml", "manifest.json", f"checkpoints/{BEST_FILE}"])
     try:
         cfg = load_finetune_config(run_dir / "config.yaml")
     except ConfigError as err:
         raise ConfigError(f"{run_dir}/config.yaml cannot be read: {err}") from err
-    from vitplas.data import dataset_info
-
-    model, _ = load_model_for(cfg, dataset_info(cfg.dataset).num_classes)
-    weights = load_weights(best)
-    missing = set(weights) - set(dict(model.named_parameters()))
-    if missing:
-        raise KeyError(f"{best} holds parameters the model lacks: {sorted(missing)[:5]}")
-    model.load_state_dict(weights, strict=False)
-    return model.to(device), cfg
+    loaded = load_model(str(run_dir))
+    loaded.model.to(device)
+    return loaded, cfg
 
 
 def evaluate_run(
@@ -124,23 +145,21 @@ def evaluate_run(
 def _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers):
     import pandas as pd
 
-    from vitplas.data import build_transform, get_dataset
+    from vitplas.data import get_dataset, transform_for
     from vitplas.training.distributed import resolve_device
-    from vitplas.training.sources import preprocessing_for
     from vitplas.training.stream import eval_loader
 
     dev = resolve_device(device)
-    model, cfg = load_best_model(run_dir, str(dev))
+    loaded, cfg = load_best_model(run_dir, str(dev))
     names = [cfg.dataset, *[d for d in datasets if d != cfg.dataset]]
     _check_classes(cfg.dataset, names)  # before any work: a bad name loses nothing
-    prep = preprocessing_for(cfg.protocol, _model_stats(Path(run_dir), cfg))
-    transform = build_transform(size=cfg.img_size, train=False, **prep)
+    transform = transform_for(loaded, train=False)  # the run's own (models.finetuned)
     plan = cfg.split_plan()  # the test carving the run's protocol uses
     rows = []
     for name in names:
         data = get_dataset(name, split, transform=transform, root=cfg.data_root, plan=plan)
         loader = eval_loader(data, batch_size, num_workers=num_workers)
-        scores = evaluate_model(model, loader, dev, amp=cfg.amp)
+        scores = evaluate_model(loaded.model, loader, dev, amp=cfg.amp)
         rows.append(
             {
                 "run": str(run_dir),
@@ -171,21 +190,3 @@ def _check_classes(own_dataset: str, names: Sequence[str]) -> None:
                 f"dataset '{name}' has {classes} classes; the run was trained on "
                 f"'{own_dataset}' with {own}: choose datasets with the same classes"
             )
-
-
-def _model_stats(run_dir: Path, cfg) -> dict[str, Any]:
-    """The checkpoint's own preprocessing (model_mean, model_std, model_interpolation,
-    model_crop_pct), recorded in the run's manifest (needed only under `protocol: model`)."""
-    manifest = run_dir / "manifest.json"
-    info = json.loads(manifest.read_text()) if manifest.exists() else {}
-    if cfg.protocol == "model" and (
-        info.get("model_mean") is None or info.get("model_std") is None
-    ):
-        raise ValueError(
-            f"{manifest} records no model_mean/model_std, which this run (protocol: model) was "
-            "trained with; restore the run's manifest.json"
-        )
-    return {key: info.get(key) for key in ("model_mean", "model_std", *_GEOMETRY)}
-
-
-_GEOMETRY = ("model_interpolation", "model_crop_pct")

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vitplas.data.transforms import IMAGENET_MEAN, IMAGENET_STD, preprocessing
+from vitplas.data.transforms import IMAGENET_MEAN, IMAGENET_STD, preprocessing_for
+from vitplas.models.finetuned import reset_head as reset_head  # re-exported
+from vitplas.models.finetuned import start_model
 from vitplas.training.config import FinetuneConfig
 
 
@@ -35,41 +37,17 @@ class Sources:
     description: dict[str, Any] = field(default_factory=dict)  # model/dataset provenance
 
 
-def preprocessing_for(protocol: str, description: dict[str, Any]) -> dict[str, Any]:
-    """build_transform's mean, std, crop_pct and interpolation for `protocol`, from a model
-    description (load_model_for's, also the run's manifest): paper = the original's; model =
-    the checkpoint's own (data.transforms)."""
-    geometry = {
-        "interpolation": description.get("model_interpolation"),
-        "crop_pct": description.get("model_crop_pct"),
-    }
-    return preprocessing(protocol, description["model_mean"], description["model_std"], geometry)
-
-
-def reset_head(model: nn.Module) -> None:
-    """Give the classification head torch.nn.Linear's default initialisation (the original's:
-    weights and bias uniform in +-1/sqrt(fan_in)), drawn from the global torch RNG."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Linear):
-        raise ValueError(
-            f"the model's head is {type(head).__name__}, not a Linear: protocol paper needs a "
-            "new linear head (pass num_classes)"
-        )
-    head.reset_parameters()
-
-
 def load_model_for(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The configured model with a new `num_classes` head, initialised from cfg.seed: as
-    torch.nn.Linear does under protocol paper (the original), timm's trunc normal under model."""
-    from vitplas.models import load_model
-
-    torch.manual_seed(cfg.seed)  # the new head's initialisation follows the run's seed
-    loaded = load_model(
-        cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
+    """The configured model with a new `num_classes` head drawn from cfg.seed (as the run's
+    protocol says: models.finetuned.start_model), and its description for the manifest."""
+    loaded = start_model(
+        cfg.model,
+        num_classes=num_classes,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        seed=cfg.seed,
+        protocol=cfg.protocol,
     )
-    if cfg.protocol == "paper":
-        torch.manual_seed(cfg.seed)  # the same head whatever loading drew
-        reset_head(loaded.model)
     pretrained = getattr(loaded.model, "pretrained_cfg", None) or {}
     info = {
         "model_spec": loaded.spec,
