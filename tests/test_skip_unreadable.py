@@ -117,6 +117,14 @@ def test_finetune_with_skip_unreadable_records_the_count(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["skipped_unreadable"] == 3
     assert sorted(manifest["skipped_unreadable_files"]) == sorted(map(str, bad))
+    # evaluate reads the run's test split as training drew it: the same files left out
+    from vitplas.training.evaluate import evaluate_run
+
+    with warnings.catch_warnings():  # the one warning may have been given already
+        warnings.simplefilter("ignore")
+        table = evaluate_run(out, device="cpu", num_workers=0)
+    result = json.loads((out / "result.json").read_text())
+    assert table["acc"].iloc[0] == pytest.approx(result["test_acc"])
 
 
 def test_probe_with_skip_unreadable_records_the_count(tmp_path):

@@ -157,7 +157,14 @@ def _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers):
     plan = cfg.split_plan()  # the test carving the run's protocol uses
     rows = []
     for name in names:
-        data = get_dataset(name, split, transform=transform, root=cfg.data_root, plan=plan)
+        data = get_dataset(  # the files the run's own option left out stay out
+            name,
+            split,
+            transform=transform,
+            root=cfg.data_root,
+            plan=plan,
+            skip_unreadable=cfg.skip_unreadable,
+        )
         loader = eval_loader(data, batch_size, num_workers=num_workers)
         scores = evaluate_model(loaded.model, loader, dev, amp=cfg.amp)
         rows.append(
