@@ -167,7 +167,7 @@ def evaluate(
         _fail(err, LOCKED_EXIT)
     except DamagedRecordError as err:  # evaluate rewrites evaluation.* only: no --repair here
         _fail(DamagedRecordError(err.run, err.name, err.problem, fix=_RETRAIN.format(err.run)))
-    except SafetensorError as err:  # a run finished before records were sealed
+    except SafetensorError as err:  # sealed weights that do not parse (sealed damaged)
         weights = run_dir / "checkpoints" / "best.safetensors"
         _fail(ValueError(f"{weights} is damaged ({err}); {_RETRAIN.format(run_dir)}"))
     except (ValueError, FileNotFoundError, KeyError) as err:
