@@ -217,3 +217,14 @@ def test_extending_a_finished_seal_survives_a_kill_between_its_writes(tmp_path, 
     (run / "evaluation.csv").write_text("dataset,acc\ndigits,99.0\n")
     with pytest.raises(runs.DamagedRecordError, match=r"evaluation\.csv is damaged"):
         run.verify()
+
+
+def test_a_reader_that_meets_a_seal_being_extended_reads_it_again(tmp_path, monkeypatch):
+    run = _sealed_run(tmp_path / "run")
+    old = run.done_record()
+    atomic_write_text(run / "evaluation.csv", "dataset,acc\ndigits,88.0\n")
+    run.seal(["evaluation.csv"])  # between the reader's look at DONE and at checksums.json
+    records = iter([old])
+    real = RunDir.done_record
+    monkeypatch.setattr(RunDir, "done_record", lambda self: next(records, None) or real(self))
+    assert "evaluation.csv" in run.checksums()

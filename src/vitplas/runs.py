@@ -327,22 +327,25 @@ class RunDir:
         path = self.path / CHECKSUMS
         if not self.is_done():
             return self._parse_checksums(path.read_bytes()) if path.exists() else {}
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise DamagedRecordError(
-                self.path, CHECKSUMS, "the file is missing (the seal of a finished run)"
-            ) from None
-        record = self.done_record()
-        accepted = {record.get(SEAL_KEY), record.get(PENDING_KEY)} - {None}
-        if accepted and hashlib.sha256(data).hexdigest() not in accepted:
-            raise DamagedRecordError(
-                self.path,
-                CHECKSUMS,
-                f"its content was changed since the run finished (sha256 differs from the one "
-                f"{DONE_MARKER} records)",
-            )
-        return self._parse_checksums(data)
+        for _ in range(3):  # DONE read again: a seal extended meanwhile (evaluate) is no damage
+            record = self.done_record()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise DamagedRecordError(
+                    self.path, CHECKSUMS, "the file is missing (the seal of a finished run)"
+                ) from None
+            accepted = {record.get(SEAL_KEY), record.get(PENDING_KEY)} - {None}
+            if not accepted or hashlib.sha256(data).hexdigest() in accepted:
+                return self._parse_checksums(data)
+            if self.done_record() == record:
+                break
+        raise DamagedRecordError(
+            self.path,
+            CHECKSUMS,
+            f"its content was changed since the run finished (sha256 differs from the one "
+            f"{DONE_MARKER} records)",
+        )
 
     def _parse_checksums(self, data: bytes) -> dict[str, dict[str, Any]]:
         try:
