@@ -326,15 +326,10 @@ class RunDir:
         checksums.json must exist and match the sha256 that DONE records."""
         path = self.path / CHECKSUMS
         if not self.is_done():
-            return self._parse_checksums(path.read_bytes()) if path.exists() else {}
+            return self._parse_checksums(self._read_seal()) if path.exists() else {}
         for _ in range(3):  # DONE read again: a seal extended meanwhile (evaluate) is no damage
             record = self.done_record()
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise DamagedRecordError(
-                    self.path, CHECKSUMS, "the file is missing (the seal of a finished run)"
-                ) from None
+            data = self._read_seal()
             accepted = {record.get(SEAL_KEY), record.get(PENDING_KEY)} - {None}
             if not accepted or hashlib.sha256(data).hexdigest() in accepted:
                 return self._parse_checksums(data)
@@ -346,6 +341,15 @@ class RunDir:
             f"its content was changed since the run finished (sha256 differs from the one "
             f"{DONE_MARKER} records)",
         )
+
+    def _read_seal(self) -> bytes:
+        try:
+            return (self.path / CHECKSUMS).read_bytes()
+        except FileNotFoundError:
+            problem = "the file is missing (the seal of a finished run)"
+            raise DamagedRecordError(self.path, CHECKSUMS, problem) from None
+        except OSError as err:
+            raise DamagedRecordError(self.path, CHECKSUMS, f"unreadable ({err})") from err
 
     def _parse_checksums(self, data: bytes) -> dict[str, dict[str, Any]]:
         try:
