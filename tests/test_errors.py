@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.cli.app import error_line
+from vitplas.runs import RunDir
 
 FAKE = {"function": "vitplas.experiments.fake:fake_finetune", "config": None}
 FINETUNE = ["model=tiny-random", "random_init=true", "dataset=digits", "steps=2",
@@ -183,7 +184,10 @@ def test_evaluate_on_damaged_best_weights_names_the_file(tmp_path):
     line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
     assert line.startswith(f"error: {weights} is damaged: its content was changed")  # sealed
     assert line.endswith(f"`--out {out} --repair`, or rerun the finetuning into a new folder")
-    (out / "checksums.json").unlink()  # a run finished before vitplas sealed records
+    (out / "checksums.json").unlink()  # DONE records the seal: it is never optional
+    line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
+    assert line.startswith(f"error: {out / 'checksums.json'} is damaged: the file is missing")
+    RunDir(out).seal()  # sealed as it is now: the bytes themselves are refused on reading
     line = one_error_line(run("evaluate", str(out), "--num-workers", "0"))
     assert line.startswith(f"error: {weights} is damaged (Error while deserializing header")
 

@@ -74,8 +74,8 @@ def test_read_verified_parses_and_refuses_unfinished(tmp_path, finished):
         read_verified(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(finished[0], broken)
-    (broken / "checksums.json").write_text("{not json")
-    with pytest.raises(DamagedRecordError, match=r"checksums\.json is damaged: unreadable"):
+    (broken / "checksums.json").write_text("{not json")  # DONE records the seal's sha256
+    with pytest.raises(DamagedRecordError, match=r"checksums\.json is damaged: its content was"):
         read_verified(broken)
 
 

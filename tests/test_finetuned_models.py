@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from vitplas.models import ModelError, load_model
 from vitplas.models.export import export_model
-from vitplas.runs import file_sha256
+from vitplas.runs import atomic_write_json, file_sha256
 
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 SMOKE = "configs/finetune/smoke-digits.yaml"
@@ -83,8 +83,9 @@ def test_trained_weights_differ_from_base(run_copy):
 def test_changed_weights_are_refused_naming_the_file(run_copy, sealed):
     best = run_copy / "checkpoints" / "best.safetensors"
     sidecar = best.parent / "best.safetensors.sha256"
-    if not sealed:  # a run finished before runs were sealed: a sidecar recorded at first use
+    if not sealed:  # an unfinished run (no DONE, no seal): a sidecar recorded at first use
         (run_copy / "checksums.json").unlink()
+        (run_copy / "DONE").unlink()
     load_model(str(run_copy))
     assert sidecar.exists() != sealed
     if not sealed:
@@ -98,14 +99,18 @@ def test_changed_weights_are_refused_naming_the_file(run_copy, sealed):
 
 def test_an_unreadable_seal_is_one_line_naming_it(run_copy):
     (run_copy / "checksums.json").write_text("{not json")
-    with pytest.raises(ModelError, match=rf"{run_copy / 'checksums.json'} is damaged \(unreadable"):
+    with pytest.raises(ModelError, match=rf"{run_copy / 'checksums.json'} is damaged \(its cont"):
+        load_model(str(run_copy))
+    (run_copy / "checksums.json").unlink()  # a finished run's seal is never optional
+    with pytest.raises(ModelError, match=r"checksums\.json is damaged \(the file is missing"):
         load_model(str(run_copy))
 
 
 def test_sealed_checksum_is_used(run_copy):
-    (run_copy / "checksums.json").write_text(
-        json.dumps({"checkpoints/best.safetensors": {"sha256": "0" * 64, "bytes": 1}})
-    )
+    sums = {"checkpoints/best.safetensors": {"sha256": "0" * 64, "bytes": 1}}
+    atomic_write_json(run_copy / "checksums.json", sums)  # a seal that DONE names
+    done = {"finished_at": "now", "checksums_sha256": file_sha256(run_copy / "checksums.json")}
+    atomic_write_json(run_copy / "DONE", done)
     with pytest.raises(ModelError, match="differs from the recorded 000000000000"):
         load_model(str(run_copy))
 
@@ -115,7 +120,8 @@ def test_missing_or_unreadable_weights_are_one_line_errors(run_copy):
     best.write_bytes(b"not safetensors")
     with pytest.raises(ModelError, match=rf"{best} is corrupt or truncated: sha256"):
         load_model(str(run_copy))  # the seal catches it before the file is parsed
-    (run_copy / "checksums.json").unlink()  # unsealed: recorded at first use, then parsed
+    (run_copy / "checksums.json").unlink()  # unfinished, unsealed: recorded, then parsed
+    (run_copy / "DONE").unlink()
     with pytest.raises(ModelError, match=rf"{best} is damaged \(Error while deserializing"):
         load_model(str(run_copy))
     best.unlink()

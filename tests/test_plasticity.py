@@ -85,6 +85,43 @@ def test_linear_factor_cache_follows_in_place_weight_changes():
     torch.testing.assert_close(after[:, 0], before[:, 0])
 
 
+def test_a_weight_changed_through_data_is_read_anew_by_the_next_estimate():
+    model = tiny_vit()
+    cmap = component_map(model)
+    x, y = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    batches = [(x, y), (y, x)]
+    first = estimate(cmap, batches, components=["fc1", "fc2"]).summary["mean"]
+    before = pair_ratios(cmap, x, y, ["fc1"])
+    new_fc1 = torch.randn_like(cmap.module(1, "fc1").weight)
+    version = cmap.module(1, "fc1").weight._version
+    cmap.module(1, "fc1").weight.data.copy_(new_fc1)  # no version bump: a key cannot see it
+    assert cmap.module(1, "fc1").weight._version == version
+    fresh = tiny_vit()
+    with torch.no_grad():
+        component_map(fresh).module(1, "fc1").weight.copy_(new_fc1)
+    want = estimate(component_map(fresh), batches, components=["fc1", "fc2"]).summary["mean"]
+    again = estimate(cmap, batches, components=["fc1", "fc2"]).summary["mean"]
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
+    assert (again[1, 0] - first[1, 0]).abs() > 0.1 and torch.equal(again[0], first[0])
+    after = pair_ratios(cmap, x, y, ["fc1"])  # a call without LinearFactors: factored anew
+    torch.testing.assert_close(after, pair_ratios(component_map(fresh), x, y, ["fc1"]))
+    assert not torch.allclose(after[:, 1], before[:, 1])
+
+
+def test_linear_factors_factor_once_per_estimate(monkeypatch):
+    from vitplas.analysis import plasticity
+
+    calls = []
+    factor = plasticity.difference_weight
+    monkeypatch.setattr(plasticity, "difference_weight", lambda w: calls.append(1) or factor(w))
+    cmap = component_map(tiny_vit())
+    x, y = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    est = estimate(cmap, [(x, y)] * 5, components=["fc1", "fc2", "mha"])
+    assert est.batches == 5 and len(calls) == 2 * cmap.depth  # fc1 and fc2 of each layer, once
+    pair_ratios(cmap, x, y, ["fc1"])  # a call on its own: its own factors
+    assert len(calls) == 3 * cmap.depth
+
+
 def test_hidden_mode_differs_from_embedding_after_first_block():
     cmap = component_map(tiny_vit())
     x, y = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)

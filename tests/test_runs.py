@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 
-from vitplas.runs import RunDir, atomic_write_text, file_sha256, write_table
+from vitplas.runs import RunDir, atomic_write_json, atomic_write_text, file_sha256, write_table
 
 
 def test_atomic_write_leaves_no_temp_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
@@ -134,3 +134,97 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
     ):
         assert locks.holder(tmp_path)["command"] == "on nfs"
     assert locks.holder(tmp_path) is None  # nobody can be seen holding a lock there
+
+
+def _sealed_run(folder):
+    run = RunDir(folder)
+    atomic_write_json(run / "result.json", {"test_acc": 91.5, "best_val_acc": 90.0})
+    atomic_write_text(run / "config.yaml", "lr: 0.1\n")
+    run.mark_done()
+    return run
+
+
+def test_done_records_the_seal_so_a_deleted_seal_is_damage(tmp_path):
+    from vitplas.experiments.store import run_state
+    from vitplas.runs import CHECKSUMS, DamagedRecordError, read_verified
+
+    run = _sealed_run(tmp_path / "run")
+    assert run.done_record()["checksums_sha256"] == file_sha256(run / CHECKSUMS)
+    (run / CHECKSUMS).unlink()
+    message = rf"{run / CHECKSUMS} is damaged: the file is missing \(the seal of a finished run\)"
+    with pytest.raises(DamagedRecordError, match=message + r"; rerun the same command with --re"):
+        read_verified(run.path)
+    with pytest.raises(DamagedRecordError, match=message):
+        run.verify()
+    with pytest.raises(DamagedRecordError, match=message):
+        run.begin({"lr": 0.1})
+    state, detail = run_state(run.path)  # what `vitplas status` and the aggregator count
+    assert state == "damaged" and f"{run / CHECKSUMS} is damaged: the file is missing" in detail
+    assert "delete the run folder" in detail
+    assert run.begin({"lr": 0.1}, repair=True) is False  # --repair: recomputed from zero
+    assert sorted(p.name for p in run.path.iterdir()) == []
+
+
+def test_a_seal_rewritten_to_match_an_edited_record_is_damage(tmp_path):
+    from vitplas.runs import CHECKSUMS, DamagedRecordError, read_verified
+
+    run = _sealed_run(tmp_path / "run")
+    atomic_write_json(run / "result.json", {"test_acc": 99.9, "best_val_acc": 90.0})
+    sums = json.loads((run / CHECKSUMS).read_text())
+    sums["result.json"]["sha256"] = file_sha256(run / "result.json")
+    (run / CHECKSUMS).write_text(json.dumps(sums))
+    with pytest.raises(DamagedRecordError, match=r"checksums\.json is damaged: its content was "):
+        read_verified(run.path)
+
+
+def test_a_done_marker_older_than_its_seal_record_still_needs_the_seal(tmp_path):
+    from vitplas.runs import CHECKSUMS, DONE_MARKER, DamagedRecordError, read_verified
+
+    run = _sealed_run(tmp_path / "run")
+    atomic_write_text(run / DONE_MARKER, "2026-11-01T10:00:00+00:00\n")  # before DONE named it
+    assert run.done_record() == {"finished_at": "2026-11-01T10:00:00+00:00"}
+    assert read_verified(run.path)["test_acc"] == 91.5  # verified against checksums.json
+    (run / "result.json").write_text('{"test_acc": 1.0}')
+    with pytest.raises(DamagedRecordError, match=r"result\.json is damaged: its content was"):
+        read_verified(run.path)
+    (run / CHECKSUMS).unlink()
+    with pytest.raises(DamagedRecordError, match=r"checksums\.json is damaged: the file is miss"):
+        read_verified(run.path, "config.yaml")
+
+
+def test_extending_a_finished_seal_survives_a_kill_between_its_writes(tmp_path, monkeypatch):
+    from vitplas import runs
+    from vitplas.runs import CHECKSUMS, read_verified
+
+    run = _sealed_run(tmp_path / "run")
+    before = file_sha256(run / CHECKSUMS)
+    atomic_write_text(run / "evaluation.csv", "dataset,acc\ndigits,88.0\n")
+
+    def killed(name):
+        if name == "before_reseal":
+            raise KeyboardInterrupt  # stands for the SIGKILL of VITPLAS_FAULT
+
+    monkeypatch.setattr(runs, "fault_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.seal(["evaluation.csv"])
+    assert file_sha256(run / CHECKSUMS) == before  # the old seal, which DONE still accepts
+    assert read_verified(run.path)["test_acc"] == 91.5
+    monkeypatch.undo()
+    digest = run.seal(["evaluation.csv"])  # the rerun completes it
+    assert set(run.done_record()) == {"finished_at", "checksums_sha256"}
+    assert run.done_record()["checksums_sha256"] == digest == file_sha256(run / CHECKSUMS)
+    assert set(run.checksums()) == {"config.yaml", "result.json", "evaluation.csv"}
+    (run / "evaluation.csv").write_text("dataset,acc\ndigits,99.0\n")
+    with pytest.raises(runs.DamagedRecordError, match=r"evaluation\.csv is damaged"):
+        run.verify()
+
+
+def test_a_reader_that_meets_a_seal_being_extended_reads_it_again(tmp_path, monkeypatch):
+    run = _sealed_run(tmp_path / "run")
+    old = run.done_record()
+    atomic_write_text(run / "evaluation.csv", "dataset,acc\ndigits,88.0\n")
+    run.seal(["evaluation.csv"])  # between the reader's look at DONE and at checksums.json
+    records = iter([old])
+    real = RunDir.done_record
+    monkeypatch.setattr(RunDir, "done_record", lambda self: next(records, None) or real(self))
+    assert "evaluation.csv" in run.checksums()

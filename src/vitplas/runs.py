@@ -6,11 +6,14 @@ Every run of vitplas writes into one folder:
     metrics.jsonl   one JSON object per line (training curves, progress)
     <table>.csv / <table>.parquet   tidy result tables
     checksums.json  sha256 of every record (RECORD_PATTERNS), taken just before DONE
-    DONE            written last: a run folder with DONE is finished
+    DONE            written last: a run folder with DONE is finished; it records the sha256 of
+                    checksums.json, so that the seal itself is checked
 
 A finished run's records are read through `read_verified` / `verify`: a file whose checksum
 differs from the sealed one (truncated, edited, flipped bytes) is a DamagedRecordError naming
-the file and the fix, never a silently different number.
+the file and the fix, never a silently different number. So is a missing checksums.json, or
+one whose sha256 differs from DONE's (replaced to match an edited record). A DONE written
+before DONE named its seal (a timestamp line) still needs checksums.json, trusted as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 
 DONE_MARKER = "DONE"
 CHECKSUMS = "checksums.json"
+# DONE's keys: the sha256 of checksums.json, and of the one an extended seal is replacing it by
+SEAL_KEY, PENDING_KEY = "checksums_sha256", "pending_checksums_sha256"
 # the records a seal covers (paths relative to the run folder): what vitplas reads back.
 # Not sealed: the lock, the markers, a launcher's bookkeeping (sweep.json, status.json,
 # error.txt, rewritten after DONE), figures (views of the tables), TensorBoard events and
@@ -83,7 +88,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    return atomic_write_bytes(path, _json_bytes(data))
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
 
 
 def _json_default(value: Any) -> Any:
@@ -256,11 +265,25 @@ class RunDir:
         return (self.path / DONE_MARKER).exists()
 
     def mark_done(self) -> None:
-        """Seal every record (checksums.json), then write DONE: the last write of a run."""
+        """Seal every record (checksums.json), then write DONE naming the seal: the last write
+        of a run."""
         fault_point("before_seal")
-        self.seal()
+        digest = self.seal()
         fault_point("before_done")
-        atomic_write_text(self.path / DONE_MARKER, now_iso() + "\n")
+        self._write_done({"finished_at": now_iso(), SEAL_KEY: digest})
+
+    def done_record(self) -> dict[str, Any]:
+        """DONE's record: {"finished_at", SEAL_KEY: sha256 of checksums.json} ({"finished_at"}
+        alone for a DONE written before DONE named its seal)."""
+        text = (self.path / DONE_MARKER).read_bytes().decode(errors="replace")
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            record = None
+        return record if isinstance(record, dict) else {"finished_at": text.strip()}
+
+    def _write_done(self, record: Mapping[str, Any]) -> None:
+        atomic_write_json(self.path / DONE_MARKER, dict(record))
 
     # ---- verified records ---------------------------------------------------------------
     def record_names(self) -> list[str]:
@@ -276,22 +299,62 @@ class RunDir:
                     names.append(rel)
         return names
 
-    def seal(self, names: list[str] | None = None) -> None:
-        """Record sha256 and size of `names` (default: every record) in checksums.json."""
+    def seal(self, names: list[str] | None = None) -> str:
+        """Record sha256 and size of `names` (default: every record) in checksums.json; the
+        sha256 of checksums.json is returned. Extending a finished run's seal (evaluate) names
+        the new seal in DONE first, next to the current one: a kill in between damages nothing."""
         sums = self.checksums() if names is not None else {}
         for name in self.record_names() if names is None else names:
             path = self.path / name
             sums[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-        atomic_write_json(self.path / CHECKSUMS, sums)
+        data = _json_bytes(sums)
+        digest = hashlib.sha256(data).hexdigest()
+        if not self.is_done():
+            atomic_write_bytes(self.path / CHECKSUMS, data)
+            return digest
+        record = {k: v for k, v in self.done_record().items() if k != PENDING_KEY}
+        sealed = self.path / CHECKSUMS  # checked by checksums() when `names` are given
+        current = file_sha256(sealed) if sealed.exists() else digest
+        self._write_done({**record, SEAL_KEY: current, PENDING_KEY: digest})
+        fault_point("before_reseal")
+        atomic_write_bytes(self.path / CHECKSUMS, data)
+        self._write_done({**record, SEAL_KEY: digest})
+        return digest
 
     def checksums(self) -> dict[str, dict[str, Any]]:
-        """The sealed checksums ({} for a run finished before vitplas sealed runs)."""
+        """The sealed checksums; {} while the run is unfinished and unsealed. A finished run's
+        checksums.json must exist and match the sha256 that DONE records."""
         path = self.path / CHECKSUMS
-        if not path.exists():
-            return {}
+        if not self.is_done():
+            return self._parse_checksums(self._read_seal()) if path.exists() else {}
+        for _ in range(3):  # DONE read again: a seal extended meanwhile (evaluate) is no damage
+            record = self.done_record()
+            data = self._read_seal()
+            accepted = {record.get(SEAL_KEY), record.get(PENDING_KEY)} - {None}
+            if not accepted or hashlib.sha256(data).hexdigest() in accepted:
+                return self._parse_checksums(data)
+            if self.done_record() == record:
+                break
+        raise DamagedRecordError(
+            self.path,
+            CHECKSUMS,
+            f"its content was changed since the run finished (sha256 differs from the one "
+            f"{DONE_MARKER} records)",
+        )
+
+    def _read_seal(self) -> bytes:
         try:
-            sums = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            return (self.path / CHECKSUMS).read_bytes()
+        except FileNotFoundError:
+            problem = "the file is missing (the seal of a finished run)"
+            raise DamagedRecordError(self.path, CHECKSUMS, problem) from None
+        except OSError as err:
+            raise DamagedRecordError(self.path, CHECKSUMS, f"unreadable ({err})") from err
+
+    def _parse_checksums(self, data: bytes) -> dict[str, dict[str, Any]]:
+        try:
+            sums = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DamagedRecordError(self.path, CHECKSUMS, f"unreadable ({err})") from err
         if not isinstance(sums, dict):
             raise DamagedRecordError(self.path, CHECKSUMS, "not a mapping of checksums")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from vitplas.analysis.plasticity import pair_ratios, resolve_components
+from vitplas.analysis.plasticity import LinearFactors, pair_ratios, resolve_components
 from vitplas.analysis.ratio_stats import RatioStats
 from vitplas.models.components import ComponentMap
 
@@ -117,12 +117,13 @@ def estimate(
 ) -> Estimate:
     """Stream `batches` of (x, y, *extra) images through pair_ratios into on-device statistics.
 
-    The model must already be on `device`. bounds: (L, C) per-layer bounds whose exceedances
-    are counted. norm_gains: (L, C) gains g (NaN elsewhere) of data-scale norm bounds: each
-    pair is checked against g / (its smallest token scale), and Estimate.norm_scale keeps the
-    smallest scale over all pairs, so that g / norm_scale bounds every pair measured.
-    until_ci: stop once every (layer, component) CI half-width is below this
-    fraction of its mean (checked every `check_every` batches), else at the end of `batches`.
+    The model must already be on `device`, its weights fixed until this returns. bounds: (L, C)
+    per-layer bounds whose exceedances are counted. norm_gains: (L, C) gains g (NaN elsewhere)
+    of data-scale norm bounds: each pair is checked against g / (its smallest token scale), and
+    Estimate.norm_scale keeps the smallest scale over all pairs, so that g / norm_scale bounds
+    every pair measured. until_ci: stop once every (layer, component) CI half-width is below
+    this fraction of its mean (checked every `check_every` batches), else at the end of
+    `batches`.
     on_batch(batches_done, pairs_done) is called after each batch (progress display).
     on_ratios(ratios (B, L, C), extra) receives each batch's per-pair ratios (on the device)
     with the batch's extra entries (e.g. the images' dataset indices), before any save.
@@ -143,6 +144,7 @@ def estimate(
         smallest = torch.full(gains.shape, math.inf, dtype=torch.float64, device=device)
     done = pairs = 0
     stopped = False
+    factors = LinearFactors()  # FC1's QR factor once per run: the weights are fixed while it runs
     start = time.perf_counter()
     if resume is not None:
         stats.load_state_dict(resume["stats"])
@@ -156,11 +158,11 @@ def estimate(
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if scaled:
-                ratios, scales = pair_ratios(cmap, x, y, names, inputs, with_scales=True)
+                ratios, scales = pair_ratios(cmap, x, y, names, inputs, True, factors)
                 stats.update(_with_pooled(ratios), _pair_bounds(fixed, gains, scales))
                 smallest = torch.fmin(smallest, scales.amin(0))
             else:
-                ratios = pair_ratios(cmap, x, y, names, inputs)
+                ratios = pair_ratios(cmap, x, y, names, inputs, factors=factors)
                 stats.update(_with_pooled(ratios))
             if on_ratios is not None:
                 on_ratios(ratios, tuple(extra))

@@ -11,13 +11,14 @@ Why it is cheap. x and y go through each non-linear module (norms, attention) to
 exactly (the bias cancels), so they cost one matmul on the difference instead of two forward
 calls; FC2 on zero-padded tokens is x @ W[:, :D].T, so the weight is sliced, never the input
 padded. A weight wider out than in (FC1: 4D x D) is replaced by the D x D triangular factor R
-of its QR decomposition, ||W d|| = ||R d||, computed once per layer and cached: a quarter of
-FC1's multiply-adds. Norms of token matrices accumulate in float64 (float32 sums of 10^5+
-elements drift by 1e-5 relative); the matmuls stay in the input's precision. A LayerNorm's
-difference is gamma * (x_hat - y_hat) (the bias cancels again), and
-||gamma * v||_F^2 = sum_j gamma_j^2 sum_t v_tj^2: the per-feature sums S_j are shared by all
-the norms that read the same input (every layer, in embedding mode). Nothing leaves the device;
-RatioStats keeps shifted sums in float64 there.
+of its QR decomposition, ||W d|| = ||R d||: a quarter of FC1's multiply-adds. R is computed once
+per layer and call, or once per layer and estimate when the estimating loop passes one
+LinearFactors to every batch (the weights are fixed while it runs). Norms of token matrices
+accumulate in float64 (float32 sums of 10^5+ elements drift by 1e-5 relative); the matmuls
+stay in the input's precision. A LayerNorm's difference is gamma * (x_hat - y_hat) (the bias
+cancels again), and ||gamma * v||_F^2 = sum_j gamma_j^2 sum_t v_tj^2: the per-feature sums S_j
+are shared by all the norms that read the same input (every layer, in embedding mode). Nothing
+leaves the device; RatioStats keeps shifted sums in float64 there.
 """
 
 from __future__ import annotations
@@ -151,9 +152,6 @@ def padded_weight(linear: nn.Linear, width: int) -> torch.Tensor:
     return linear.weight[:, :width]
 
 
-_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (key, weight)
-
-
 def _weight_key(weight: torch.Tensor) -> tuple:
     """What identifies a weight's values: storage, shape, strides, dtype, device and version."""
     try:
@@ -164,37 +162,61 @@ def _weight_key(weight: torch.Tensor) -> tuple:
     return weight.data_ptr(), shape, weight.dtype, weight.device, version
 
 
-def difference_weight(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    """A contiguous M with ||M d|| = ||W d|| for every d, cached per module until W changes.
+def difference_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A contiguous M with ||M d|| = ||W d|| for every d.
 
     W (out, in) wider out than in: M is the (in, in) triangular factor R of W = Q R (Q with
     orthonormal columns), factored in float64 and cast to W's dtype (FC1: a quarter of the
     multiply-adds). Otherwise M is W, made contiguous (FC2's column slice is strided)."""
-    key = _weight_key(weight)
-    cached = _WEIGHTS.get(module)
-    if cached is None or cached[0] != key:
-        w = weight.detach()
-        if w.shape[0] > w.shape[1]:
-            w = torch.linalg.qr(w.double(), mode="r")[1].to(weight.dtype)
-        cached = key, w.contiguous()
-        _WEIGHTS[module] = cached
-    return cached[1]
+    w = weight.detach()
+    if w.shape[0] > w.shape[1]:
+        w = torch.linalg.qr(w.double(), mode="r")[1].to(weight.dtype)
+    return w.contiguous()
 
 
-def linear_numerator(module: nn.Module, weight: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
-    """||W d||_F per pair (B,) for d (B, N, in), through difference_weight: N min(out, in) in
-    multiply-adds per pair, squares of a float32 matmul summed in float64 (no cancellation)."""
-    return _frob(F.linear(diff, difference_weight(module, weight)))
+class LinearFactors:
+    """difference_weight per module, kept for one estimate: the estimating loop makes one and
+    passes it to every batch, so that FC1's QR is factored once per run, not per batch.
+
+    Share one only while the weights stay fixed: a change through `.data` (or any that leaves
+    the version counter alone) is not seen; a new estimate, with a new LinearFactors, reads
+    the weights afresh. A change that bumps the version (an in-place op) is seen anyway."""
+
+    def __init__(self) -> None:
+        self._cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (key, M)
+
+    def get(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        key = _weight_key(weight)
+        cached = self._cache.get(module)
+        if cached is None or cached[0] != key:
+            cached = key, difference_weight(weight)
+            self._cache[module] = cached
+        return cached[1]
 
 
-def component_numerator(module: nn.Module, name: str, inp: _Inputs) -> torch.Tensor:
+def linear_numerator(
+    module: nn.Module,
+    weight: torch.Tensor,
+    diff: torch.Tensor,
+    factors: LinearFactors | None = None,
+) -> torch.Tensor:
+    """||W d||_F per pair (B,) for d (B, N, in), through difference_weight (kept in `factors`
+    when given): N min(out, in) multiply-adds per pair, squares of a float32 matmul summed in
+    float64 (no cancellation)."""
+    m = difference_weight(weight) if factors is None else factors.get(module, weight)
+    return _frob(F.linear(diff, m))
+
+
+def component_numerator(
+    module: nn.Module, name: str, inp: _Inputs, factors: LinearFactors | None = None
+) -> torch.Tensor:
     """||f(x) - f(y)||_F per pair (B,) for component `name` implemented by `module`."""
     width = inp.xy.shape[-1]
     diff = inp.diff.to(inp.xy.dtype)
     if name == "fc2":  # zero-padded input: only the first `width` columns of W are read
-        return linear_numerator(module, padded_weight(module, width), diff)
+        return linear_numerator(module, padded_weight(module, width), diff, factors)
     if isinstance(module, nn.Linear):  # f(x) - f(y) = W (x - y)
-        return linear_numerator(module, module.weight, diff)
+        return linear_numerator(module, module.weight, diff, factors)
     if _is_layerscale(module):  # f(x) - f(y) = gamma * (x - y)
         return (inp.diff_sq() @ module.gamma.double().square()).sqrt()
     if isinstance(module, nn.LayerNorm) and module.normalized_shape == (width,):
@@ -208,10 +230,14 @@ def component_numerator(module: nn.Module, name: str, inp: _Inputs) -> torch.Ten
 
 
 def block_ratios(
-    cmap: ComponentMap, layer: int, components: Sequence[str], inp: _Inputs
+    cmap: ComponentMap,
+    layer: int,
+    components: Sequence[str],
+    inp: _Inputs,
+    factors: LinearFactors | None = None,
 ) -> torch.Tensor:
     """(B, C) ratios of block `layer`'s components on the shared input `inp`."""
-    cols = [component_numerator(cmap.module(layer, c), c, inp) for c in components]
+    cols = [component_numerator(cmap.module(layer, c), c, inp, factors) for c in components]
     return torch.stack(cols, dim=1) / inp.norm[:, None]
 
 
@@ -236,18 +262,20 @@ def pair_ratios(
     components: Sequence[str] | None = None,
     inputs: str = "embedding",
     with_scales: bool = False,
+    factors: LinearFactors | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Ratios of every (pair, layer, component): a (B, L, C) float64 tensor on x's device.
 
     x, y: (B, 3, H, W) image batches, pair i = (x[i], y[i]). A pair with x == y at a block's
     input has no defined ratio there: NaN, left out by RatioStats. with_scales: also return
-    the (B, L, C) smallest token scales of the norm components (block_scales).
+    the (B, L, C) smallest token scales of the norm components (block_scales). factors: one
+    LinearFactors shared by the calls of one estimate (weights fixed); None: factored anew.
     """
     if x.shape != y.shape:
         raise ValueError(f"x and y batches differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
     with torch.inference_mode():
         h = embed_images(cmap, torch.cat([x, y]))  # (2B, N, D)
-        return token_ratios(cmap, h, components, inputs, with_scales)
+        return token_ratios(cmap, h, components, inputs, with_scales, factors)
 
 
 def token_ratios(
@@ -256,6 +284,7 @@ def token_ratios(
     components: Sequence[str] | None = None,
     inputs: str = "embedding",
     with_scales: bool = False,
+    factors: LinearFactors | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Like pair_ratios, from token matrices h (2B, N, D): x = h[:B], y = h[B:]."""
     if inputs not in INPUT_MODES:
@@ -268,7 +297,7 @@ def token_ratios(
         per_layer, scales = [], []
         for layer in range(cmap.depth):
             inp = shared if shared is not None else _Inputs(h)
-            per_layer.append(block_ratios(cmap, layer, names, inp))
+            per_layer.append(block_ratios(cmap, layer, names, inp, factors))
             if with_scales:
                 scales.append(block_scales(cmap, layer, names, inp))
             if inputs == "hidden" and layer + 1 < cmap.depth:

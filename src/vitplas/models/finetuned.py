@@ -111,9 +111,9 @@ def verify_weights(run: Path) -> tuple[Path, str]:
     """(path, sha256) of the run's best.safetensors, checked against its recorded checksum.
 
     The expected value is the run's sealed checksum (vitplas.runs, checksums.json) when the
-    seal covers the file; only a run finished before runs were sealed falls back to a
+    seal covers the file; only an unsealed (unfinished) run falls back to a
     `best.safetensors.sha256` recorded at first use (written now when absent). A missing or
-    changed file, or an unreadable seal, is a ModelError naming it.
+    changed file, or a missing, changed or unreadable seal, is a ModelError naming it.
     """
     path = run / BEST
     if not path.is_file():
