@@ -2,8 +2,10 @@
 
 Tables (CSV + Parquet):
     runs        one row per finished run: run_id, model, dataset, optimizer, grid values
-                (train as a label, e.g. 'mha'), best_val_acc, test_acc, steps, wall_time_s, ...
-    best        per (study keys): best lr by seed-mean, mean and std at that lr, n seeds
+                (train as the grid's label, e.g. 'mha' or 'auto:fisher'), trained (what the
+                run trained: 'mha@8-11+fc1'), best_val_acc, test_acc, steps, wall_time_s, ...
+    best        per (study keys): best lr by seed-mean, mean and std at that lr, n seeds,
+                trained (the sets the cell's runs trained, ' | '-joined)
     gap         per (study keys): max - min over lrs of the seed-mean
     gain        best joined with the linear-probe baseline: relative gain
     components  per train set: mean over datasets of best accuracy (and of gain)
@@ -101,6 +103,7 @@ def summarize(
         table = table.assign(**{k: table.get(k, "unknown") for k in ("lr", "train")})
     keys = study_keys(table, spec)
     out["best"] = stats.best_lr(table, keys, metric=metric, select_by=spec.select_by)
+    out["best"] = stats.with_trained(out["best"], table, keys)
     out["gap"] = stats.lr_gap(table, keys, metric=metric)
     groups = [k for k in keys if k not in ("dataset", "train")]
     component_cols = [*groups, "train"]
@@ -116,7 +119,7 @@ def summarize(
         out["gain"] = stats.relative_gain(out["best"], base, on=on)
         gains = out["gain"].groupby(component_cols, sort=False)["gain"].mean().rename("mean_gain")
         comp = comp.merge(gains.reset_index(), on=component_cols, how="left")
-    out["components"] = comp
+    out["components"] = stats.with_trained(comp, table, component_cols)
     if "train" in keys and "dataset" in keys:
         out["tests"] = stats.paired_tests(out["best"], reference=REFERENCE, groups=groups)
     return out

@@ -47,8 +47,16 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def _trained_note(row: pd.Series) -> str:
+    """' [mha+fc1]' when the cell's runs trained other than its label says (train=[auto:...]),
+    else ''."""
+    trained = row.get("trained")
+    return f" [{trained}]" if isinstance(trained, str) and trained != row["train"] else ""
+
+
 def accuracy_table(best: pd.DataFrame, published: pd.DataFrame | None) -> pd.DataFrame:
-    """Dataset x train set: 'ours ± std' (%) at the best lr, with '(paper x)' when published."""
+    """Dataset x train set: 'ours ± std' (%) at the best lr, with '(paper x)' when published
+    and '[what it trained]' where that is not the label (train=[auto:fisher] -> [mha+fc1])."""
     order = component_order(best["train"])
     paper = {}
     if published is not None:
@@ -58,7 +66,9 @@ def accuracy_table(best: pd.DataFrame, published: pd.DataFrame | None) -> pd.Dat
         row = {"dataset": dataset}
         for train in order:
             sel = part[part["train"] == train]
-            cell = _fmt(sel["mean"].iloc[0], sel["std"].iloc[0]) if len(sel) else "-"
+            cell = "-"
+            if len(sel):
+                cell = _fmt(sel["mean"].iloc[0], sel["std"].iloc[0]) + _trained_note(sel.iloc[0])
             if (dataset, train) in paper:
                 cell += f" (paper {paper[(dataset, train)]:.2f})"
             row[figs.style.label(train)] = cell
