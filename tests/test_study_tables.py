@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from vitplas.experiments.aggregate import run_table, summarize
+from vitplas.experiments.aggregate import analysis_tables, probe_baseline, run_table, summarize
 from vitplas.experiments.report import accuracy_table
 from vitplas.experiments.spec import Run, SweepSpec, trained_label
 from vitplas.experiments.store import RunState
-from vitplas.runs import RunDir, atomic_write_json
+from vitplas.runs import RunDir, atomic_write_json, write_table
 
 # grid label -> what its run resolved and recorded in config.yaml (None: no config.yaml)
 RESOLVED = {
@@ -74,3 +74,85 @@ def test_best_and_accuracy_table_say_what_each_auto_label_trained(auto_table):
     assert cells.filter(like="auto:fisher").iloc[0] == "91.50 ± 0.00 [mha+fc1]"
     assert cells.filter(like="auto:plasticity").iloc[0] == "91.00 ± 0.00 [mha+fc1]"
     assert "[" not in cells.filter(regex="^MHA$|^mha$").iloc[0]
+
+
+def _job(root, kind: str, job: str, tables: dict[str, pd.DataFrame]) -> None:
+    """A finished analysis job folder <root>/analysis/<kind>/<job> holding `tables`, sealed."""
+    folder = root / "analysis" / kind / job
+    run = RunDir(folder)
+    for name, frame in tables.items():
+        write_table(frame, folder / name)
+    run.mark_done()
+
+
+def _plasticity(target: str, means: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"model": "m", "reference": "photos", "target": target,
+                         "inputs": "images", "layer": [0, 0], "component": ["mha", "fc1"],
+                         "mean": means, "std": 0.1, "n": 64, "ci95": 0.01})  # fmt: skip
+
+
+BOUNDS = pd.DataFrame({"model": "m", "layer": [0, 0], "component": ["mha", "fc1"],
+                       "bound": [3.0, 2.0], "radius": 5.0, "norm_scale": float("nan")})  # fmt: skip
+
+
+def test_analysis_rows_name_their_job_and_equal_bounds_are_kept_once(tmp_path):
+    _job(tmp_path, "plasticity", "m_a_1", {"plasticity": _plasticity("a", [2.0, 1.0]),
+                                           "bounds": BOUNDS})  # fmt: skip
+    _job(tmp_path, "plasticity", "m_b_2", {"plasticity": _plasticity("b", [4.0, 3.0])})
+    _job(tmp_path, "bounds", "m_3", {"bounds": BOUNDS})  # the same bounds again
+    tables = analysis_tables(tmp_path)
+    plast = tables["plasticity"].set_index(["target", "component"])
+    assert plast.loc[("a", "mha"), "job"] == "plasticity/m_a_1"
+    assert plast.loc[("b", "mha"), "mean"] == 4.0 and len(plast) == 4
+    assert len(tables["bounds"]) == 2 and set(tables["bounds"]["job"]) == {"bounds/m_3"}
+
+
+def test_two_plasticity_jobs_with_equal_labels_are_never_averaged(tmp_path):
+    _job(tmp_path, "plasticity", "m_a_1", {"plasticity": _plasticity("a", [2.0, 1.0])})
+    # the same labels (model, reference, target, inputs), other settings (pairs, img_size ...)
+    _job(tmp_path, "plasticity", "m_a_2", {"plasticity": _plasticity("a", [2.5, 1.0])})
+    with pytest.raises(ValueError) as err:
+        analysis_tables(tmp_path)
+    message = str(err.value)
+    assert "plasticity/m_a_1 and plasticity/m_a_2 both wrote plasticity rows for model=m, " in (
+        message
+    )
+    assert "reference=photos, target=a, inputs=images with other settings" in message
+    assert str(tmp_path / "analysis") in message and "\n" not in message
+
+
+def test_bounds_of_two_jobs_at_one_radius_are_refused(tmp_path):
+    _job(tmp_path, "bounds", "m_1", {"bounds": BOUNDS})
+    _job(tmp_path, "bounds", "m_2", {"bounds": BOUNDS.assign(bound=[3.5, 2.0])})
+    with pytest.raises(ValueError, match=r"bounds/m_1 and bounds/m_2 both wrote bounds rows for "
+                       r"model=m with other settings"):  # fmt: skip
+        analysis_tables(tmp_path)
+    # at another radius they are two series, not one number
+    _job(tmp_path, "bounds", "m_2", {"bounds": BOUNDS.assign(bound=[3.5, 2.0], radius=6.0)})
+    assert len(analysis_tables(tmp_path)["bounds"]) == 4
+
+
+def _probe(dataset: str, acc: float, job: str, pool: str = "token") -> pd.DataFrame:
+    return pd.DataFrame({"model": ["m"], "dataset": dataset, "pool": pool, "backend": "torch",
+                         "layer": [11], "component": "block", "acc": acc, "job": job})  # fmt: skip
+
+
+def test_probe_baseline_of_two_jobs_for_one_dataset_is_refused():
+    probes = pd.concat([_probe("a", 0.8, "probes/a_1"), _probe("b", 0.6, "probes/b_1")])
+    base = probe_baseline(probes, layer=-1, component="block").set_index("dataset")
+    assert base["probe_acc"].to_dict() == pytest.approx({"a": 80.0, "b": 60.0})
+    two = pd.concat([probes, _probe("a", 0.7, "probes/a_2", pool="mean")])
+    with pytest.raises(ValueError, match=r"probes/a_1 and probes/a_2 both wrote probe baseline "
+                       r"rows for model=m, dataset=a"):  # fmt: skip
+        probe_baseline(two, layer=-1, component="block")
+
+
+def test_report_refuses_a_table_that_mixes_jobs(tmp_path):
+    from vitplas.experiments.report import write_report
+
+    mixed = pd.concat([_plasticity("a", [2.0, 1.0]).assign(job="plasticity/m_a_1"),
+                       _plasticity("a", [2.5, 1.0]).assign(job="plasticity/m_a_2")])  # fmt: skip
+    write_table(mixed, tmp_path / "tables" / "plasticity")
+    with pytest.raises(ValueError, match=r"m_a_1 and plasticity/m_a_2 both wrote plasticity"):
+        write_report(SweepSpec(name="t"), tmp_path)
+    assert not (tmp_path / "report" / "report.md").exists()

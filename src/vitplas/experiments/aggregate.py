@@ -11,7 +11,9 @@ Tables (CSV + Parquet):
     components  per train set: mean over datasets of best accuracy (and of gain)
     tests       reference (MHA) vs each train set across datasets: paired t-test, Wilcoxon
     curves      training/validation curves (step, loss, grad_norm, val_loss, val_acc) per run
-plus the analysis tables (plasticity, bounds, probe, ...) found in the study's analysis runs.
+plus the analysis tables (plasticity, bounds, probe, ...) found in the study's analysis runs,
+each row naming its job (`job`: '<kind>/<job id>'); two jobs that would give one number (the
+same labels, other settings) are refused (check_jobs_apart).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from vitplas.analysis.tables import LABELS
 from vitplas.experiments import stats
 from vitplas.experiments.evidence import study_evidence
 from vitplas.experiments.spec import Run, SweepSpec, train_label
@@ -74,6 +77,7 @@ def probe_baseline(probes: pd.DataFrame, layer: int, component: str) -> pd.DataF
 
     `probes` is the probe area's tidy table (model, dataset, layer, component, acc);
     layer -1 means the last layer of each model. Accuracies come out in percent, like the runs'.
+    Two probe jobs (JOB column) giving the baseline of one (model, dataset) are a ValueError.
     """
     if probes.empty:
         return pd.DataFrame(columns=["dataset", "probe_acc"])
@@ -84,6 +88,7 @@ def probe_baseline(probes: pd.DataFrame, layer: int, component: str) -> pd.DataF
     else:
         part = part[part["layer"] == layer]
     keys = [k for k in ("model", "dataset") if k in part]
+    check_jobs_apart(part, "probe baseline", keys)  # one baseline per (model, dataset)
     acc = "acc" if "acc" in part else "test_acc"  # training.probe writes `acc`
     out = part[[*keys, acc]].rename(columns={acc: "probe_acc"})
     if len(out) and out["probe_acc"].max() <= 1.0:  # a probe table in fractions: to percent
@@ -125,29 +130,80 @@ def summarize(
     return out
 
 
+JOB = "job"  # the analysis job a row of an analysis table comes from: '<kind>/<job id>'
+# per analysis table: the columns that name one number. Two jobs with rows of the same key
+# (equal labels, other settings: pairs, img_size, protocol ...) would be mixed into one number
+# by the summaries and figures made from the table, so aggregate refuses them.
+CELL_KEYS = {
+    "plasticity": [*LABELS, "layer", "component"],
+    "plasticity_pooled": [*LABELS, "component"],
+    "bound_ratio": [*LABELS, "layer", "component"],
+    "bounds": ["model", "radius", "norm_scale", "layer", "component"],
+    "probe": ["model", "dataset", "pool", "backend", "layer", "component"],
+}
+
+
 def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
     """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/),
-    concatenated by table name (plasticity, bounds, probe, ...); duplicate rows dropped (bounds
-    written by both a plasticity and a bounds job). Each table is read verified against the
-    run's seal (a damaged one is a DamagedRecordError naming it); per-pair files are left out."""
-    import io
-
-    from vitplas.runs import RunDir
-
+    concatenated by table name (plasticity, bounds, probe, ...) with a JOB column naming each
+    row's job; rows equal but for their job are kept once (bounds written by both a plasticity
+    and a bounds job). Each table is read verified against the run's seal (a damaged one is a
+    DamagedRecordError naming it); per-pair files are left out. Two jobs whose rows share a
+    CELL_KEYS key are a ValueError naming both (check_jobs_apart)."""
     frames: dict[str, list[pd.DataFrame]] = {}
     for folder in sorted((root / "analysis").glob("*/*")):
-        if not (folder / "DONE").exists():
+        for name, data in _job_tables(folder).items():
+            frames.setdefault(name, []).append(data)
+    out = {}
+    for name, parts in frames.items():
+        table = pd.concat(parts, ignore_index=True)
+        rows = [c for c in table.columns if c != JOB]
+        out[name] = table.drop_duplicates(subset=rows, ignore_index=True)
+        check_jobs_apart(out[name], name, where=root / "analysis")
+    return out
+
+
+def _job_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """{table name: table with its JOB column} of one finished analysis job ({} if not done)."""
+    import io
+
+    if not (folder / "DONE").exists():
+        return {}
+    run = RunDir(folder, create=False)
+    job = f"{folder.parent.name}/{folder.name}"
+    out = {}
+    for path in sorted(folder.glob("*.parquet")):
+        if path.stem == "pairs":  # --save-pairs: per pair, not a summary table
             continue
-        run = RunDir(folder, create=False)
-        for path in sorted(folder.glob("*.parquet")):
-            if path.stem == "pairs":  # --save-pairs: per pair, not a summary table
-                continue
-            data = pd.read_parquet(io.BytesIO(run.read_verified(path.name)))
-            frames.setdefault(path.stem, []).append(data)
-    return {
-        name: pd.concat(parts, ignore_index=True).drop_duplicates(ignore_index=True)
-        for name, parts in frames.items()
-    }
+        data = pd.read_parquet(io.BytesIO(run.read_verified(path.name)))
+        out[path.stem] = data.assign(**{JOB: job})
+    return out
+
+
+def check_jobs_apart(
+    table: pd.DataFrame, name: str, keys: list[str] | None = None, where: Path | str | None = None
+) -> None:
+    """A ValueError when two analysis jobs gave `table` (named `name`) rows of one key (`keys`,
+    default CELL_KEYS[name]): whatever is computed from the table would merge them into one
+    number."""
+    keys = [k for k in (CELL_KEYS.get(name, []) if keys is None else keys) if k in table]
+    if JOB not in table or not keys or table.empty:
+        return
+    jobs = table.groupby(keys, sort=False, dropna=False)[JOB].unique()
+    clash = jobs[jobs.map(len) > 1]
+    if clash.empty:
+        return
+    key = clash.index[0] if isinstance(clash.index[0], tuple) else (clash.index[0],)
+    values = dict(zip(keys, key, strict=True))
+    shown = [k for k in keys if k not in ("layer", "component", "radius", "norm_scale")]
+    what = ", ".join(f"{k}={values[k]}" for k in shown) or "the same cells"
+    both = " and ".join(sorted(clash.iloc[0])[:2])
+    folder = where or "<root>/analysis"
+    raise ValueError(
+        f"analysis jobs {both} both wrote {name} rows for {what} with other settings, which the "
+        f"study's tables would merge into one number; keep one: delete the other's folder under "
+        f"{folder} (and its entry in the spec's analysis, if it has one), then aggregate again"
+    )
 
 
 def aggregate(
