@@ -96,15 +96,20 @@ BOUNDS = pd.DataFrame({"model": "m", "layer": [0, 0], "component": ["mha", "fc1"
 
 
 def test_analysis_rows_name_their_job_and_equal_bounds_are_kept_once(tmp_path):
+    ratio = _plasticity("a", [2.0, 1.0]).assign(bound=[3.0, 2.0], ratio=[2 / 3, 0.5])
     _job(tmp_path, "plasticity", "m_a_1", {"plasticity": _plasticity("a", [2.0, 1.0]),
-                                           "bounds": BOUNDS})  # fmt: skip
+                                           "bounds": BOUNDS,
+                                           "bound_ratio": ratio.assign(exceed_frac=0.0)})  # fmt: skip
     _job(tmp_path, "plasticity", "m_b_2", {"plasticity": _plasticity("b", [4.0, 3.0])})
-    _job(tmp_path, "bounds", "m_3", {"bounds": BOUNDS})  # the same bounds again
+    # a bounds job over the first plasticity run: the same bounds, the same ratios (fewer
+    # columns: it has no per-pair exceedances)
+    _job(tmp_path, "bounds", "m_3", {"bounds": BOUNDS, "bound_ratio": ratio})
     tables = analysis_tables(tmp_path)
     plast = tables["plasticity"].set_index(["target", "component"])
     assert plast.loc[("a", "mha"), "job"] == "plasticity/m_a_1"
     assert plast.loc[("b", "mha"), "mean"] == 4.0 and len(plast) == 4
     assert len(tables["bounds"]) == 2 and set(tables["bounds"]["job"]) == {"bounds/m_3"}
+    assert len(tables["bound_ratio"]) == 2 and set(tables["bound_ratio"]["job"]) == {"bounds/m_3"}
 
 
 def test_two_plasticity_jobs_with_equal_labels_are_never_averaged(tmp_path):

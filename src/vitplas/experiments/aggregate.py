@@ -131,25 +131,26 @@ def summarize(
 
 
 JOB = "job"  # the analysis job a row of an analysis table comes from: '<kind>/<job id>'
-# per analysis table: the columns that name one number. Two jobs with rows of the same key
-# (equal labels, other settings: pairs, img_size, protocol ...) would be mixed into one number
-# by the summaries and figures made from the table, so aggregate refuses them.
-CELL_KEYS = {
-    "plasticity": [*LABELS, "layer", "component"],
-    "plasticity_pooled": [*LABELS, "component"],
-    "bound_ratio": [*LABELS, "layer", "component"],
-    "bounds": ["model", "radius", "norm_scale", "layer", "component"],
-    "probe": ["model", "dataset", "pool", "backend", "layer", "component"],
+# per analysis table: the columns that name one number, and that number's column. Two jobs
+# giving one cell other values (equal labels, other settings: pairs, img_size, protocol ...)
+# would be mixed into one number by the summaries and figures made from the table: refused.
+CELLS = {
+    "plasticity": ([*LABELS, "layer", "component"], "mean"),
+    "plasticity_pooled": ([*LABELS, "component"], "mean"),
+    "bound_ratio": ([*LABELS, "layer", "component"], "ratio"),
+    "bounds": (["model", "radius", "norm_scale", "layer", "component"], "bound"),
+    "probe": (["model", "dataset", "pool", "backend", "layer", "component"], "acc"),
 }
 
 
 def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
     """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/),
     concatenated by table name (plasticity, bounds, probe, ...) with a JOB column naming each
-    row's job; rows equal but for their job are kept once (bounds written by both a plasticity
-    and a bounds job). Each table is read verified against the run's seal (a damaged one is a
-    DamagedRecordError naming it); per-pair files are left out. Two jobs whose rows share a
-    CELL_KEYS key are a ValueError naming both (check_jobs_apart)."""
+    row's job. A cell (CELLS) that two jobs gave the same value is kept once, from the first
+    job (bounds and their ratios written by both a plasticity and a bounds job); other values
+    are a ValueError naming both jobs (check_jobs_apart). Each table is read verified against
+    the run's seal (a damaged one is a DamagedRecordError naming it); per-pair files are left
+    out."""
     frames: dict[str, list[pd.DataFrame]] = {}
     for folder in sorted((root / "analysis").glob("*/*")):
         for name, data in _job_tables(folder).items():
@@ -157,9 +158,9 @@ def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for name, parts in frames.items():
         table = pd.concat(parts, ignore_index=True)
-        rows = [c for c in table.columns if c != JOB]
-        out[name] = table.drop_duplicates(subset=rows, ignore_index=True)
-        check_jobs_apart(out[name], name, where=root / "analysis")
+        table = table.drop_duplicates(subset=[c for c in table if c != JOB], ignore_index=True)
+        check_jobs_apart(table, name, where=root / "analysis")
+        out[name] = _first_job_per_cell(table, name)
     return out
 
 
@@ -180,24 +181,41 @@ def _job_tables(folder: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _cell_keys(table: pd.DataFrame, name: str, keys: list[str] | None) -> list[str]:
+    return [k for k in (CELLS.get(name, ([], ""))[0] if keys is None else keys) if k in table]
+
+
+def _first_job_per_cell(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows of each cell from the first job that gave it (the others gave the same value)."""
+    keys = _cell_keys(table, name, None)
+    if not keys or table.empty:
+        return table
+    first = table.groupby(keys, sort=False, dropna=False)[JOB].transform("first")
+    return table[table[JOB] == first].reset_index(drop=True)
+
+
 def check_jobs_apart(
     table: pd.DataFrame, name: str, keys: list[str] | None = None, where: Path | str | None = None
 ) -> None:
-    """A ValueError when two analysis jobs gave `table` (named `name`) rows of one key (`keys`,
-    default CELL_KEYS[name]): whatever is computed from the table would merge them into one
-    number."""
-    keys = [k for k in (CELL_KEYS.get(name, []) if keys is None else keys) if k in table]
+    """A ValueError when two analysis jobs (JOB column) gave `table` (named `name`) rows of one
+    cell (`keys`, default CELLS[name]) with other values (any rows, when `keys` are given):
+    whatever is computed from the table would merge them into one number."""
+    keys = _cell_keys(table, name, keys)
     if JOB not in table or not keys or table.empty:
         return
-    jobs = table.groupby(keys, sort=False, dropna=False)[JOB].unique()
-    clash = jobs[jobs.map(len) > 1]
-    if clash.empty:
+    value = CELLS[name][1] if name in CELLS and CELLS[name][1] in table else None
+    cells = table.groupby(keys, sort=False, dropna=False)
+    jobs = cells[JOB].nunique()
+    if value is not None:  # the same value from two jobs is one number, kept once
+        jobs = jobs.where(cells[value].nunique(dropna=False) > 1, 1)
+    clash = (jobs > 1).to_numpy()
+    if not clash.any():
         return
-    key = clash.index[0] if isinstance(clash.index[0], tuple) else (clash.index[0],)
-    values = dict(zip(keys, key, strict=True))
+    key = jobs.index[clash][0]
+    values = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
     shown = [k for k in keys if k not in ("layer", "component", "radius", "norm_scale")]
     what = ", ".join(f"{k}={values[k]}" for k in shown) or "the same cells"
-    both = " and ".join(sorted(clash.iloc[0])[:2])
+    both = " and ".join(sorted(cells[JOB].unique()[clash].iloc[0])[:2])
     folder = where or "<root>/analysis"
     raise ValueError(
         f"analysis jobs {both} both wrote {name} rows for {what} with other settings, which the "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from vitplas.experiments import evidence, stats
-from vitplas.experiments.aggregate import CELL_KEYS, check_jobs_apart, read_tables
+from vitplas.experiments.aggregate import CELLS, check_jobs_apart, read_tables
 from vitplas.experiments.published import published_accuracy, published_plasticity
 from vitplas.experiments.spec import SweepSpec
 from vitplas.plots import report as figs
@@ -284,7 +284,7 @@ def write_report(spec: SweepSpec, root: str | Path | None = None, force: bool = 
         return out / "report.md"
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")  # PDFs without a creation date: reproducible
     tables = read_tables(root)
-    for name in CELL_KEYS.keys() & tables.keys():  # as read: a table made elsewhere may mix jobs
+    for name in CELLS.keys() & tables.keys():  # as read: a table made elsewhere may mix jobs
         check_jobs_apart(tables[name], name, where=root / "analysis")
     figures = render_figures(tables, out / "figures", figure_context(spec, tables))
     text = build_markdown(spec, tables, figures, out)
