@@ -97,9 +97,9 @@ BOUNDS = pd.DataFrame({"model": "m", "layer": [0, 0], "component": ["mha", "fc1"
 
 def test_analysis_rows_name_their_job_and_equal_bounds_are_kept_once(tmp_path):
     ratio = _plasticity("a", [2.0, 1.0]).assign(bound=[3.0, 2.0], ratio=[2 / 3, 0.5])
-    _job(tmp_path, "plasticity", "m_a_1", {"plasticity": _plasticity("a", [2.0, 1.0]),
-                                           "bounds": BOUNDS,
-                                           "bound_ratio": ratio.assign(exceed_frac=0.0)})  # fmt: skip
+    first = {"plasticity": _plasticity("a", [2.0, 1.0]), "bounds": BOUNDS,
+             "bound_ratio": ratio.assign(exceed_frac=0.0)}  # fmt: skip
+    _job(tmp_path, "plasticity", "m_a_1", first)
     _job(tmp_path, "plasticity", "m_b_2", {"plasticity": _plasticity("b", [4.0, 3.0])})
     # a bounds job over the first plasticity run: the same bounds, the same ratios (fewer
     # columns: it has no per-pair exceedances)

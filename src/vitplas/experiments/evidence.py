@@ -153,8 +153,10 @@ def study_evidence(states, spec, tables: dict[str, pd.DataFrame]) -> dict[str, p
 REPORT_SECTIONS = {
     "evidence_summary": "Criteria across datasets: correlation with the finetuned accuracies of "
     "the components, regret of the pick (accuracy points)",
-    "evidence": "Criteria per dataset (oracle: best single component within the budget)",
-    "rivals": "Train sets and rivals: mean accuracy and trainable parameters across datasets",
+    "evidence": "Criteria per dataset (oracle: best single component within the budget; "
+    "pick_trained: what the pick's run trained)",
+    "rivals": "Train sets and rivals: mean accuracy, trainable parameters and the sets trained "
+    "across datasets",
     "rival_tests": "auto:plasticity vs each train set across datasets (paired t-test two-sided; "
     "Wilcoxon one-sided)",
 }
