@@ -108,8 +108,11 @@ def test_analysis_rows_name_their_job_and_equal_bounds_are_kept_once(tmp_path):
     plast = tables["plasticity"].set_index(["target", "component"])
     assert plast.loc[("a", "mha"), "job"] == "plasticity/m_a_1"
     assert plast.loc[("b", "mha"), "mean"] == 4.0 and len(plast) == 4
-    assert len(tables["bounds"]) == 2 and set(tables["bounds"]["job"]) == {"bounds/m_3"}
-    assert len(tables["bound_ratio"]) == 2 and set(tables["bound_ratio"]["job"]) == {"bounds/m_3"}
+    both = {"bounds/m_3 + plasticity/m_a_1"}  # one row per cell, naming the jobs that gave it
+    assert len(tables["bounds"]) == 2 and set(tables["bounds"]["job"]) == both
+    ratios = tables["bound_ratio"]
+    assert len(ratios) == 2 and set(ratios["job"]) == both
+    assert list(ratios["exceed_frac"]) == [0.0, 0.0]  # the plasticity run's column kept
 
 
 def test_two_plasticity_jobs_with_equal_labels_are_never_averaged(tmp_path):

@@ -146,21 +146,22 @@ CELLS = {
 def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
     """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/),
     concatenated by table name (plasticity, bounds, probe, ...) with a JOB column naming each
-    row's job. A cell (CELLS) that two jobs gave the same value is kept once, from the first
-    job (bounds and their ratios written by both a plasticity and a bounds job); other values
-    are a ValueError naming both jobs (check_jobs_apart). Each table is read verified against
-    the run's seal (a damaged one is a DamagedRecordError naming it); per-pair files are left
-    out."""
+    row's job. A cell (CELLS) that two jobs gave the same value is kept once (bounds and their
+    ratios written by both a plasticity and a bounds job: _one_row_per_cell); other values are
+    a ValueError naming two of the jobs (check_jobs_apart), the plasticity tables checked
+    first. Each table is read verified against the run's seal (a damaged one is a
+    DamagedRecordError naming it); per-pair files are left out."""
     frames: dict[str, list[pd.DataFrame]] = {}
     for folder in sorted((root / "analysis").glob("*/*")):
         for name, data in _job_tables(folder).items():
             frames.setdefault(name, []).append(data)
     out = {}
-    for name, parts in frames.items():
-        table = pd.concat(parts, ignore_index=True)
-        table = table.drop_duplicates(subset=[c for c in table if c != JOB], ignore_index=True)
+    for name in sorted(frames, key=lambda n: list(CELLS).index(n) if n in CELLS else len(CELLS)):
+        table = pd.concat(frames[name], ignore_index=True)
+        if name not in CELLS:  # tables of no known cells: rows equal but for their job, once
+            table = table.drop_duplicates(subset=[c for c in table if c != JOB], ignore_index=True)
         check_jobs_apart(table, name, where=root / "analysis")
-        out[name] = _first_job_per_cell(table, name)
+        out[name] = _one_row_per_cell(table, name)
     return out
 
 
@@ -185,13 +186,22 @@ def _cell_keys(table: pd.DataFrame, name: str, keys: list[str] | None) -> list[s
     return [k for k in (CELLS.get(name, ([], ""))[0] if keys is None else keys) if k in table]
 
 
-def _first_job_per_cell(table: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The rows of each cell from the first job that gave it (the others gave the same value)."""
+def _one_row_per_cell(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """`table` with one row per cell that several jobs gave (the same value, check_jobs_apart):
+    their rows merged, the first job's fields first and the others filling its gaps (a bounds
+    job's ratios lack the per-pair exceedances of its plasticity run's); JOB names them all."""
     keys = _cell_keys(table, name, None)
     if not keys or table.empty:
         return table
-    first = table.groupby(keys, sort=False, dropna=False)[JOB].transform("first")
-    return table[table[JOB] == first].reset_index(drop=True)
+    table = table.assign(_row=range(len(table)))
+    shared = table.groupby(keys, sort=False, dropna=False)[JOB].transform("nunique") > 1
+    if not shared.any():
+        return table.drop(columns="_row")
+    cells = table[shared].groupby(keys, sort=False, dropna=False, as_index=False)
+    merged = cells.first()
+    merged[JOB] = cells[JOB].agg(lambda v: " + ".join(sorted(set(v))))[JOB].to_numpy()
+    out = pd.concat([table[~shared], merged], ignore_index=True).sort_values("_row")
+    return out[[c for c in table.columns if c != "_row"]].reset_index(drop=True)
 
 
 def check_jobs_apart(
@@ -211,11 +221,12 @@ def check_jobs_apart(
     clash = (jobs > 1).to_numpy()
     if not clash.any():
         return
-    key = jobs.index[clash][0]
-    values = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+    rows = table[cells.ngroup().to_numpy() == clash.argmax()]  # the first clashing cell's
+    if value is not None:  # two jobs that disagree, not two that agree
+        rows = rows.drop_duplicates(subset=[value])
+    both = " and ".join(sorted(rows[JOB].unique()[:2]))
     shown = [k for k in keys if k not in ("layer", "component", "radius", "norm_scale")]
-    what = ", ".join(f"{k}={values[k]}" for k in shown) or "the same cells"
-    both = " and ".join(sorted(cells[JOB].unique()[clash].iloc[0])[:2])
+    what = ", ".join(f"{k}={rows[k].iloc[0]}" for k in shown) or "the same cells"
     folder = where or "<root>/analysis"
     raise ValueError(
         f"analysis jobs {both} both wrote {name} rows for {what} with other settings, which the "
