@@ -129,3 +129,21 @@ def test_study_hook_reads_selection_files_and_feeds_the_report(tmp_path):
     assert titles[0].startswith("Criteria across datasets") and len(titles) == 4
     figures = evidence_figures(tables, tmp_path / "fig")
     assert set(figures) == {"criteria_spearman", "criteria_regret"}
+
+
+def test_pick_and_rivals_show_what_was_trained():
+    trained = {"auto:plasticity": "mha+fc1"}  # the set its run resolved to
+    best = _best().assign(trained=lambda f: f["train"].replace(trained))
+    ev = criterion_evidence(best, _selection(), budget=0.5).set_index(["dataset", "criterion"])
+    assert ev.loc[("b", "plasticity"), "pick"] == "auto:plasticity"
+    assert ev.loc[("b", "plasticity"), "pick_trained"] == "mha+fc1"
+    assert ev.loc[("b", "condition"), "pick_trained"] == "mha"  # a component pick: itself
+    runs = best.rename(columns={"mean": "test_acc"}).assign(trainable_params=1)
+    runs.loc[(runs["dataset"] == "b") & (runs["train"] == "auto:plasticity"), "trained"] = "fc1"
+    table, _ = rival_table(best, runs)
+    assert table.set_index("train").loc["auto:plasticity", "trained"] == "fc1 | mha+fc1"
+    # without a trained column (older tables) the pick names itself
+    plain = criterion_evidence(_best(), _selection(), budget=0.5)
+    assert plain.set_index(["dataset", "criterion"]).loc[("a", "plasticity"), "pick_trained"] == (
+        "auto:plasticity"
+    )

@@ -2,14 +2,18 @@
 
 Tables (CSV + Parquet):
     runs        one row per finished run: run_id, model, dataset, optimizer, grid values
-                (train as a label, e.g. 'mha'), best_val_acc, test_acc, steps, wall_time_s, ...
-    best        per (study keys): best lr by seed-mean, mean and std at that lr, n seeds
+                (train as the grid's label, e.g. 'mha' or 'auto:fisher'), trained (what the
+                run trained: 'mha@8-11+fc1'), best_val_acc, test_acc, steps, wall_time_s, ...
+    best        per (study keys): best lr by seed-mean, mean and std at that lr, n seeds,
+                trained (the sets the cell's runs trained, ' | '-joined)
     gap         per (study keys): max - min over lrs of the seed-mean
     gain        best joined with the linear-probe baseline: relative gain
     components  per train set: mean over datasets of best accuracy (and of gain)
     tests       reference (MHA) vs each train set across datasets: paired t-test, Wilcoxon
     curves      training/validation curves (step, loss, grad_norm, val_loss, val_acc) per run
-plus the analysis tables (plasticity, bounds, probe, ...) found in the study's analysis runs.
+plus the analysis tables (plasticity, bounds, probe, ...) found in the study's analysis runs,
+each row naming its job (`job`: '<kind>/<job id>'); two jobs that would give one number (the
+same labels, other settings) are refused (check_jobs_apart).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from vitplas.analysis.tables import LABELS
 from vitplas.experiments import stats
 from vitplas.experiments.evidence import study_evidence
 from vitplas.experiments.spec import Run, SweepSpec, train_label
@@ -72,6 +77,7 @@ def probe_baseline(probes: pd.DataFrame, layer: int, component: str) -> pd.DataF
 
     `probes` is the probe area's tidy table (model, dataset, layer, component, acc);
     layer -1 means the last layer of each model. Accuracies come out in percent, like the runs'.
+    Two probe jobs (JOB column) giving the baseline of one (model, dataset) are a ValueError.
     """
     if probes.empty:
         return pd.DataFrame(columns=["dataset", "probe_acc"])
@@ -82,6 +88,7 @@ def probe_baseline(probes: pd.DataFrame, layer: int, component: str) -> pd.DataF
     else:
         part = part[part["layer"] == layer]
     keys = [k for k in ("model", "dataset") if k in part]
+    check_jobs_apart(part, "probe baseline", keys)  # one baseline per (model, dataset)
     acc = "acc" if "acc" in part else "test_acc"  # training.probe writes `acc`
     out = part[[*keys, acc]].rename(columns={acc: "probe_acc"})
     if len(out) and out["probe_acc"].max() <= 1.0:  # a probe table in fractions: to percent
@@ -101,6 +108,7 @@ def summarize(
         table = table.assign(**{k: table.get(k, "unknown") for k in ("lr", "train")})
     keys = study_keys(table, spec)
     out["best"] = stats.best_lr(table, keys, metric=metric, select_by=spec.select_by)
+    out["best"] = stats.with_trained(out["best"], table, keys)
     out["gap"] = stats.lr_gap(table, keys, metric=metric)
     groups = [k for k in keys if k not in ("dataset", "train")]
     component_cols = [*groups, "train"]
@@ -116,35 +124,115 @@ def summarize(
         out["gain"] = stats.relative_gain(out["best"], base, on=on)
         gains = out["gain"].groupby(component_cols, sort=False)["gain"].mean().rename("mean_gain")
         comp = comp.merge(gains.reset_index(), on=component_cols, how="left")
-    out["components"] = comp
+    out["components"] = stats.with_trained(comp, table, component_cols)
     if "train" in keys and "dataset" in keys:
         out["tests"] = stats.paired_tests(out["best"], reference=REFERENCE, groups=groups)
     return out
 
 
+JOB = "job"  # the analysis job a row of an analysis table comes from: '<kind>/<job id>'
+# per analysis table: the columns that name one number, and that number's column. Two jobs
+# giving one cell other values (equal labels, other settings: pairs, img_size, protocol ...)
+# would be mixed into one number by the summaries and figures made from the table: refused.
+CELLS = {
+    "plasticity": ([*LABELS, "layer", "component"], "mean"),
+    "plasticity_pooled": ([*LABELS, "component"], "mean"),
+    "bound_ratio": ([*LABELS, "layer", "component"], "ratio"),
+    "bounds": (["model", "radius", "norm_scale", "layer", "component"], "bound"),
+    "probe": (["model", "dataset", "pool", "backend", "layer", "component"], "acc"),
+}
+
+
 def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
     """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/),
-    concatenated by table name (plasticity, bounds, probe, ...); duplicate rows dropped (bounds
-    written by both a plasticity and a bounds job). Each table is read verified against the
-    run's seal (a damaged one is a DamagedRecordError naming it); per-pair files are left out."""
-    import io
-
-    from vitplas.runs import RunDir
-
+    concatenated by table name (plasticity, bounds, probe, ...) with a JOB column naming each
+    row's job. A cell (CELLS) that two jobs gave the same value is kept once (bounds and their
+    ratios written by both a plasticity and a bounds job: _one_row_per_cell); other values are
+    a ValueError naming two of the jobs (check_jobs_apart), the plasticity tables checked
+    first. Each table is read verified against the run's seal (a damaged one is a
+    DamagedRecordError naming it); per-pair files are left out."""
     frames: dict[str, list[pd.DataFrame]] = {}
     for folder in sorted((root / "analysis").glob("*/*")):
-        if not (folder / "DONE").exists():
+        for name, data in _job_tables(folder).items():
+            frames.setdefault(name, []).append(data)
+    out = {}
+    for name in sorted(frames, key=lambda n: list(CELLS).index(n) if n in CELLS else len(CELLS)):
+        table = pd.concat(frames[name], ignore_index=True)
+        if name not in CELLS:  # tables of no known cells: rows equal but for their job, once
+            table = table.drop_duplicates(subset=[c for c in table if c != JOB], ignore_index=True)
+        check_jobs_apart(table, name, where=root / "analysis")
+        out[name] = _one_row_per_cell(table, name)
+    return out
+
+
+def _job_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """{table name: table with its JOB column} of one finished analysis job ({} if not done)."""
+    import io
+
+    if not (folder / "DONE").exists():
+        return {}
+    run = RunDir(folder, create=False)
+    job = f"{folder.parent.name}/{folder.name}"
+    out = {}
+    for path in sorted(folder.glob("*.parquet")):
+        if path.stem == "pairs":  # --save-pairs: per pair, not a summary table
             continue
-        run = RunDir(folder, create=False)
-        for path in sorted(folder.glob("*.parquet")):
-            if path.stem == "pairs":  # --save-pairs: per pair, not a summary table
-                continue
-            data = pd.read_parquet(io.BytesIO(run.read_verified(path.name)))
-            frames.setdefault(path.stem, []).append(data)
-    return {
-        name: pd.concat(parts, ignore_index=True).drop_duplicates(ignore_index=True)
-        for name, parts in frames.items()
-    }
+        data = pd.read_parquet(io.BytesIO(run.read_verified(path.name)))
+        out[path.stem] = data.assign(**{JOB: job})
+    return out
+
+
+def _cell_keys(table: pd.DataFrame, name: str, keys: list[str] | None) -> list[str]:
+    return [k for k in (CELLS.get(name, ([], ""))[0] if keys is None else keys) if k in table]
+
+
+def _one_row_per_cell(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """`table` with one row per cell that several jobs gave (the same value, check_jobs_apart):
+    their rows merged, the first job's fields first and the others filling its gaps (a bounds
+    job's ratios lack the per-pair exceedances of its plasticity run's); JOB names them all."""
+    keys = _cell_keys(table, name, None)
+    if not keys or table.empty:
+        return table
+    table = table.assign(_row=range(len(table)))
+    shared = table.groupby(keys, sort=False, dropna=False)[JOB].transform("nunique") > 1
+    if not shared.any():
+        return table.drop(columns="_row")
+    cells = table[shared].groupby(keys, sort=False, dropna=False, as_index=False)
+    merged = cells.first()
+    merged[JOB] = cells[JOB].agg(lambda v: " + ".join(sorted(set(v))))[JOB].to_numpy()
+    out = pd.concat([table[~shared], merged], ignore_index=True).sort_values("_row")
+    return out[[c for c in table.columns if c != "_row"]].reset_index(drop=True)
+
+
+def check_jobs_apart(
+    table: pd.DataFrame, name: str, keys: list[str] | None = None, where: Path | str | None = None
+) -> None:
+    """A ValueError when two analysis jobs (JOB column) gave `table` (named `name`) rows of one
+    cell (`keys`, default CELLS[name]) with other values (any rows, when `keys` are given):
+    whatever is computed from the table would merge them into one number."""
+    keys = _cell_keys(table, name, keys)
+    if JOB not in table or not keys or table.empty:
+        return
+    value = CELLS[name][1] if name in CELLS and CELLS[name][1] in table else None
+    cells = table.groupby(keys, sort=False, dropna=False)
+    jobs = cells[JOB].nunique()
+    if value is not None:  # the same value from two jobs is one number, kept once
+        jobs = jobs.where(cells[value].nunique(dropna=False) > 1, 1)
+    clash = (jobs > 1).to_numpy()
+    if not clash.any():
+        return
+    rows = table[cells.ngroup().to_numpy() == clash.argmax()]  # the first clashing cell's
+    if value is not None:  # two jobs that disagree, not two that agree
+        rows = rows.drop_duplicates(subset=[value])
+    both = " and ".join(sorted(rows[JOB].unique()[:2]))
+    shown = [k for k in keys if k not in ("layer", "component", "radius", "norm_scale")]
+    what = ", ".join(f"{k}={rows[k].iloc[0]}" for k in shown) or "the same cells"
+    folder = where or "<root>/analysis"
+    raise ValueError(
+        f"analysis jobs {both} both wrote {name} rows for {what} with other settings, which the "
+        f"study's tables would merge into one number; keep one: delete the other's folder under "
+        f"{folder} (and its entry in the spec's analysis, if it has one), then aggregate again"
+    )
 
 
 def aggregate(

@@ -8,11 +8,14 @@ component types, layer 'all', as selection.csv; gathered from the study's train=
                          between the criterion's scores (sign-flipped where lower ranks first)
                          and the accuracies of the single components finetuned; the oracle (the
                          best of those components that fit the budget), the criterion's pick
-                         (its train=[auto:criterion] run; else its top component's run) and the
-                         regret = oracle - pick, in accuracy points
+                         (its train=[auto:criterion] run; else its top component's run), what
+                         the pick trained (`pick_trained`, the run's resolved set: two criteria
+                         that picked the same set read the same) and the regret = oracle - pick,
+                         in accuracy points
     evidence_summary     per (model, criterion) across datasets: mean and std of each
     rival_table          per (model, train set): mean accuracy and trainable parameters across
-                         datasets, paired tests against train=[auto:plasticity]
+                         datasets, the sets it trained, paired tests against
+                         train=[auto:plasticity]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from vitplas.selection.criteria import ALL, HIGHER_FIRST
 
 AUTO_REFERENCE = "auto:plasticity"
 EVIDENCE_COLUMNS = ["model", "dataset", "criterion", "n", "spearman", "kendall", "oracle",
-                    "oracle_acc", "pick", "pick_acc", "regret"]  # fmt: skip
+                    "oracle_acc", "pick", "pick_trained", "pick_acc", "regret"]  # fmt: skip
 
 
 def selection_table(folders: list[tuple[dict, Path]]) -> pd.DataFrame:
@@ -64,8 +67,9 @@ def criterion_evidence(best: pd.DataFrame, selection: pd.DataFrame, budget: floa
     for (model, dataset, crit), part in types.groupby(
         ["model", "dataset", "criterion"], sort=False
     ):
-        runs = best[(best["model"] == model) & (best["dataset"] == dataset)]
-        acc = runs.set_index("train")["mean"]
+        runs = best[(best["model"] == model) & (best["dataset"] == dataset)].set_index("train")
+        acc = runs["mean"]
+        trained = runs["trained"] if "trained" in runs else pd.Series(acc.index, index=acc.index)
         scored = part[part["component"].isin(acc.index)]
         sign = 1.0 if HIGHER_FIRST[crit] else -1.0
         rho, tau = _correlations(
@@ -82,7 +86,8 @@ def criterion_evidence(best: pd.DataFrame, selection: pd.DataFrame, budget: floa
         rows.append(
             {"model": model, "dataset": dataset, "criterion": crit, "n": len(scored),
              "spearman": rho, "kendall": tau, "oracle": oracle, "oracle_acc": oracle_acc,
-             "pick": pick, "pick_acc": pick_acc, "regret": oracle_acc - pick_acc}
+             "pick": pick, "pick_trained": trained.get(pick) if pick is not None else None,
+             "pick_acc": pick_acc, "regret": oracle_acc - pick_acc}
         )  # fmt: skip
     return pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
 
@@ -109,7 +114,7 @@ def rival_table(best: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, p
         n_datasets=("dataset", "nunique"),
     )
     tests = stats.paired_tests(best, reference=AUTO_REFERENCE, groups=["model"])
-    return table.reset_index(), tests
+    return stats.with_trained(table.reset_index(), runs, ["model", "train"]), tests
 
 
 def evidence_tables(
@@ -148,8 +153,10 @@ def study_evidence(states, spec, tables: dict[str, pd.DataFrame]) -> dict[str, p
 REPORT_SECTIONS = {
     "evidence_summary": "Criteria across datasets: correlation with the finetuned accuracies of "
     "the components, regret of the pick (accuracy points)",
-    "evidence": "Criteria per dataset (oracle: best single component within the budget)",
-    "rivals": "Train sets and rivals: mean accuracy and trainable parameters across datasets",
+    "evidence": "Criteria per dataset (oracle: best single component within the budget; "
+    "pick_trained: what the pick's run trained)",
+    "rivals": "Train sets and rivals: mean accuracy, trainable parameters and the sets trained "
+    "across datasets",
     "rival_tests": "auto:plasticity vs each train set across datasets (paired t-test two-sided; "
     "Wilcoxon one-sided)",
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from vitplas.experiments import evidence, stats
-from vitplas.experiments.aggregate import read_tables
+from vitplas.experiments.aggregate import CELLS, check_jobs_apart, read_tables
 from vitplas.experiments.published import published_accuracy, published_plasticity
 from vitplas.experiments.spec import SweepSpec
 from vitplas.plots import report as figs
@@ -47,8 +47,16 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def _trained_note(row: pd.Series) -> str:
+    """' [mha+fc1]' when the cell's runs trained other than its label says (train=[auto:...]),
+    else ''."""
+    trained = row.get("trained")
+    return f" [{trained}]" if isinstance(trained, str) and trained != row["train"] else ""
+
+
 def accuracy_table(best: pd.DataFrame, published: pd.DataFrame | None) -> pd.DataFrame:
-    """Dataset x train set: 'ours ± std' (%) at the best lr, with '(paper x)' when published."""
+    """Dataset x train set: 'ours ± std' (%) at the best lr, with '(paper x)' when published
+    and '[what it trained]' where that is not the label (train=[auto:fisher] -> [mha+fc1])."""
     order = component_order(best["train"])
     paper = {}
     if published is not None:
@@ -58,7 +66,9 @@ def accuracy_table(best: pd.DataFrame, published: pd.DataFrame | None) -> pd.Dat
         row = {"dataset": dataset}
         for train in order:
             sel = part[part["train"] == train]
-            cell = _fmt(sel["mean"].iloc[0], sel["std"].iloc[0]) if len(sel) else "-"
+            cell = "-"
+            if len(sel):
+                cell = _fmt(sel["mean"].iloc[0], sel["std"].iloc[0]) + _trained_note(sel.iloc[0])
             if (dataset, train) in paper:
                 cell += f" (paper {paper[(dataset, train)]:.2f})"
             row[figs.style.label(train)] = cell
@@ -274,6 +284,8 @@ def write_report(spec: SweepSpec, root: str | Path | None = None, force: bool = 
         return out / "report.md"
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")  # PDFs without a creation date: reproducible
     tables = read_tables(root)
+    for name in CELLS.keys() & tables.keys():  # as read: a table made elsewhere may mix jobs
+        check_jobs_apart(tables[name], name, where=root / "analysis")
     figures = render_figures(tables, out / "figures", figure_context(spec, tables))
     text = build_markdown(spec, tables, figures, out)
     atomic_write_text(out / "report.md", text)

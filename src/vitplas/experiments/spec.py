@@ -188,6 +188,23 @@ def train_label(train: Any) -> str:
     return str(train)
 
 
+def trained_label(train: Any) -> str:
+    """What a run trained (its resolved train list), in one canonical order so that equal sets
+    read the same: components in models.components order, then by first layer, each token as
+    the run recorded it. `[fc1, mha@8-11]` -> 'mha@8-11+fc1'."""
+    from vitplas.models.components import ALL_COMPONENTS
+
+    tokens = train if isinstance(train, list | tuple) else str(train).split("+")
+
+    def order(token: str) -> tuple[int, str, int]:
+        name, _, layers = token.partition("@")
+        rank = ALL_COMPONENTS.index(name) if name in ALL_COMPONENTS else len(ALL_COMPONENTS)
+        first = layers.split("-")[0]
+        return rank, name, int(first) if first.isdigit() else -1
+
+    return "+".join(sorted(dict.fromkeys(map(str, tokens)), key=order))
+
+
 def _slug_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"

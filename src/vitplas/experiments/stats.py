@@ -78,6 +78,18 @@ def lr_gap(table: pd.DataFrame, keys: Sequence[str], metric: str = "test_acc") -
     return out.reset_index()
 
 
+def with_trained(frame: pd.DataFrame, source: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """`frame` with a `trained` column: per `keys`, the distinct sets the rows of `source`
+    trained (its `trained` column), sorted and ' | '-joined; `frame` as is when `source` has
+    no such column. Two grid labels that trained the same set show the same text."""
+    if "trained" not in source or "trained" in frame:
+        return frame
+    keys = [k for k in keys if k in source and k in frame]
+    sets = source.dropna(subset=["trained"]).groupby(keys, sort=False, dropna=False)["trained"]
+    joined = sets.agg(lambda v: " | ".join(sorted(set(v)))).reset_index()
+    return frame.merge(joined, on=keys, how="left")
+
+
 def relative_gain(
     best: pd.DataFrame, probe: pd.DataFrame, on: Sequence[str], value: str = "mean"
 ) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitplas.experiments.spec import Run, SweepSpec
+from vitplas.experiments.spec import Run, SweepSpec, trained_label
 from vitplas.locks import describe, holder
 from vitplas.runs import (
     DONE_MARKER,
@@ -270,20 +270,39 @@ def _resolved_config(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def trained_of(resolved: dict[str, Any], grid: dict[str, Any]) -> str | None:
+    """The label of what a run trained (spec.trained_label): the train list of its resolved
+    config.yaml (train=[auto] resolved there), else the grid's when it is concrete, else None."""
+    from vitplas.training.trainsets import is_auto
+
+    train = resolved.get("train", grid.get("train"))
+    if train is None:
+        return None
+    tokens = train if isinstance(train, list | tuple) else [train]
+    if "train" not in resolved and any(is_auto(str(t)) for t in tokens):
+        return None  # an auto run that recorded no resolved config: what it trained is unknown
+    return trained_label(train)
+
+
 def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
-    """One row per finished run: run id, grid values, key config values, result.json."""
+    """One row per finished run: run id, grid values (`train` as the grid names it, e.g.
+    'auto:fisher'), key config values, `trained` (what the run trained) and result.json."""
     rows = []
     for item in states:
         if item.state != "done":
             continue
         result = read_result(item.folder)
         record = read_json(item.folder / "sweep.json") or {}
-        config = {**_resolved_config(item.folder), **record.get("config", item.run.config)}
+        resolved = _resolved_config(item.folder)
+        grid = record.get("config", item.run.config)
+        config = {**resolved, **grid}
         row: dict[str, Any] = {"run_id": item.run.run_id}
         for key in ("model", "dataset", "optimizer", "train", "lr"):
             if key in config:
                 row[key] = config[key]
         row.update(item.run.params)
+        if "train" in row:
+            row["trained"] = trained_of(resolved, grid)
         for key, value in result.items():
             if isinstance(value, int | float | str | bool) or value is None:
                 row.setdefault(key, value)
