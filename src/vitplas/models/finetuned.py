@@ -11,6 +11,8 @@ are the run's own (`run_preprocessing`: its protocol and its manifest), so every
 `RUN#base` names the run's base alone, rebuilt the same way (same random init, same new head,
 the run's preprocessing), so that before/after comparisons differ only in the trained weights.
 Records are checked against the run's seal (vitplas.runs) when it covers them.
+A LoRA or LN-tuning run's adapters are rebuilt as training injected them (its `lora` options),
+given the trained tensors, then merged (models.adapters): the model is a plain timm model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from vitplas.data.transforms import DEFAULT_PROTOCOL, PROTOCOLS, preprocessing_for
+from vitplas.models.adapters import ADAPTERS, LoraOptions, inject_adapters, merge_adapters
 from vitplas.models.errors import ModelError, short_list
 from vitplas.runs import DamagedRecordError, RunDir, atomic_write_text, file_sha256
 
@@ -226,6 +229,33 @@ def start_model(
     return loaded
 
 
+def adapter_kind(cfg: dict[str, Any]) -> str | None:
+    """'lora' or 'lntuning' when the run trained that peft rival, else None."""
+    train = cfg.get("train") or []
+    found = [t for t in ([train] if isinstance(train, str) else train) if t in ADAPTERS]
+    return found[0] if found else None
+
+
+def lora_options(cfg: dict[str, Any], run: Path) -> LoraOptions:
+    """The run's `lora` options (r, alpha, dropout) as training used them."""
+    try:
+        return LoraOptions(**(cfg.get("lora") or {}))
+    except TypeError as err:
+        raise ModelError(f"{run / CONFIG_FILE} has unreadable lora options ({err})") from None
+
+
+def apply_run_weights(model: torch.nn.Module, cfg: dict[str, Any], trained, run: Path) -> None:
+    """Put the run's trained tensors into `model`: directly, or for a LoRA / LN-tuning run
+    into adapters rebuilt as training injected them, then merged into plain modules."""
+    kind = adapter_kind(cfg)
+    if kind is not None:
+        inject_adapters(model, kind, lora_options(cfg, run))
+    apply_trained(model, trained, run / BEST)
+    if kind is not None:
+        with torch.no_grad():
+            merge_adapters(model)
+
+
 def with_preprocessing(model: torch.nn.Module, prep: dict[str, Any]) -> None:
     """Record `prep` (mean, std, interpolation, crop_pct) in the model's timm pretrained_cfg,
     where data.transforms.transform_for reads interpolation and crop_pct."""
@@ -267,6 +297,6 @@ def from_run(run: Path, *, random_init: bool, base_only: bool = False):
     if base_only:
         desc = f"base model of finetuned run {run}: {base.description}"
         return Built(base.model, desc, mean, std, base.checksum, base.random_init, base.arch)
-    apply_trained(base.model, trained, path)
+    apply_run_weights(base.model, cfg, trained, run)
     desc = f"finetuned run {run} (train={train} on {cfg['dataset']}) of {base.description}"
     return Built(base.model, desc, mean, std, checksum, base.random_init, base.arch)

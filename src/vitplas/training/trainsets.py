@@ -5,6 +5,8 @@
     mha@8-11, fc1@3        a component in some blocks only (0-based, inclusive ranges)
     lora                   LoRA on every linear of the attention (peft; `lora:` options)
     lntuning               LayerNorm tuning of ln1 and ln2 (peft's LNTuningConfig)
+                           (both injected by vitplas.models.adapters, which also merges them
+                           when a finished run is loaded)
     bitfit                 every bias of the blocks and the embedding (plain requires_grad)
     auto, auto:fisher      a criterion's choice (select.criterion, or the one named) under
                            select.budget: resolved by vitplas.selection.auto before a run
@@ -18,7 +20,6 @@ model) and returns {group: [parameter names]}.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -26,21 +27,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from vitplas.models.adapters import LoraOptions, inject_adapters
 from vitplas.models.components import ALL_COMPONENTS, component_map, parse_components, set_trainable
 
 RIVALS = ("lora", "lntuning", "bitfit")
 AUTO = "auto"
 _LAYERS = re.compile(r"^([a-z0-9_]+)@(\d+)(?:-(\d+))?$")
 FEW_SHOT_SEED = 20_240_601  # the few-shot subset does not move with the training seed
-
-
-@dataclass
-class LoraOptions:
-    """LoRA rival (the original's branch: r=8, alpha=16, AdamW at lr/100)."""
-
-    r: int = 8  # LoRA rank
-    alpha: int = 16  # LoRA scaling alpha (the update is scaled by alpha / r)
-    dropout: float = 0.0  # dropout on the LoRA branch
 
 
 @dataclass
@@ -129,7 +122,7 @@ def build_trainable(
             skip = set(extra_names.get("head", [])) | set(extra_names.get("norm", []))
             groups["bitfit"] = [n for n in params if n.endswith("bias") and n not in skip]
         elif token in ("lora", "lntuning"):
-            groups[token] = _inject(model, cmap, token, lora or LoraOptions())
+            groups[token] = inject_adapters(model, token, lora)
             params = dict(model.named_parameters())
     for names in groups.values():
         for n in names:
@@ -141,45 +134,6 @@ def _only(model: nn.Module, names: list[str]) -> None:
     keep = set(names)
     for n, p in model.named_parameters():
         p.requires_grad_(n in keep)
-
-
-def _inject(model: nn.Module, cmap, kind: str, lora: LoraOptions) -> list[str]:
-    """Inject peft's adapters in place; the names of the new trainable parameters."""
-    from peft import LNTuningConfig, LoraConfig, inject_adapter_in_model
-
-    prefix = cmap.family.blocks_path
-    comps = ("mha",) if kind == "lora" else ("ln1", "ln2")
-    wanted = nn.Linear if kind == "lora" else nn.LayerNorm
-    targets = []
-    for layer in range(cmap.depth):
-        for comp in comps:
-            for path in cmap.paths[layer][comp]:
-                root = f"{prefix}.{layer}.{path}"
-                module = model.get_submodule(root)
-                targets += [f"{root}.{n}".rstrip(".") for n, m in module.named_modules()
-                            if isinstance(m, wanted)]  # fmt: skip
-    if not targets:
-        raise ValueError(
-            f"train=[{kind}]: this {cmap.family.name} model has no {wanted.__name__} to adapt"
-        )
-    if kind == "lora":
-        config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets
-        )
-    else:
-        config = LNTuningConfig(target_modules=targets)
-    before = {n for n, _ in model.named_parameters()}
-    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
-    with warnings.catch_warnings():  # timm's LayerNorm subclasses nn.LayerNorm: supported
-        warnings.filterwarnings("ignore", message="Unsupported layer type")
-        inject_adapter_in_model(config, model)
-    for n, p in model.named_parameters():  # peft may change flags: restore what we had set
-        if n in frozen:
-            p.requires_grad_(frozen[n])
-    new = [n for n, _ in model.named_parameters() if n not in before]
-    # peft renames the wrapped originals (base_layer); only the adapters are trained
-    marker = "lora_" if kind == "lora" else "ln_tuning_layers"
-    return [n for n in new if marker in n]
 
 
 def few_shot(dataset: Dataset, k: int) -> Subset:
