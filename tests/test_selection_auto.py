@@ -93,6 +93,11 @@ def test_selection_study_end_to_end(tmp_path):
     evidence = pd.read_csv(tables / "evidence.csv").set_index("criterion")
     assert set(evidence.index) == {"params", "plasticity"}
     assert evidence.loc["params", "pick"] == "auto:params" and evidence.loc["params", "n"] == 4
+    # the row keeps its grid label and says what the run trained (its resolved config.yaml)
+    runs = pd.read_csv(tables / "runs.csv").set_index("train")
+    trained = runs.loc["auto:params", "trained"]
+    assert evidence.loc["params", "pick_trained"] == trained and not trained.startswith("auto")
+    assert runs.loc["mha", "trained"] == "mha"
     text = (tmp_path / "study" / "report" / "report.md").read_text()
     assert "Criteria across datasets" in text and "criteria_regret.png" in text
 
