@@ -144,8 +144,8 @@ def _synthetic() -> pd.DataFrame:
 def test_budget_rule_skips_what_does_not_fit():
     frame = _synthetic()  # component totals: 40 + 50 + 50 + 2 = 142
     picked = choose(frame, "plasticity", 0.5, "component")  # 71 allowed: mha (40), then ln1 (2)
-    assert train_set(picked) == ["mha", "ln1"]
-    assert train_set(choose(frame, "plasticity", 1.0, "component")) == ["mha", "fc1", "fc2", "ln1"]
+    assert train_set(picked) == ["ln1", "mha"]  # in the canonical order, not the rank order
+    assert train_set(choose(frame, "plasticity", 1.0, "component")) == ["ln1", "mha", "fc1", "fc2"]
     with pytest.raises(ValueError, match=r"smallest needs 0\.0141"):
         choose(frame, "plasticity", 0.01, "component")
 
@@ -154,7 +154,7 @@ def test_layer_picks_merge_runs():
     frame = _synthetic()  # per layer: mha 13, fc1 16, fc2 16, ln1 0 params; total 135
     # 47.25 allowed: mha@2 (11), fc1@2 (10), mha@1 (10) use 42; the rest but ln1 does not fit
     picked = choose(frame, "plasticity", 0.35, "layer")
-    assert train_set(picked) == ["mha@1-2", "fc1@2", "ln1@0-2"]
+    assert train_set(picked) == ["ln1@0-2", "mha@1-2", "fc1@2"]
 
 
 def test_score_model_end_to_end(model):

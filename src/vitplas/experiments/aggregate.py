@@ -27,7 +27,7 @@ from vitplas.analysis.tables import LABELS
 from vitplas.experiments import stats
 from vitplas.experiments.evidence import study_evidence
 from vitplas.experiments.spec import Run, SweepSpec, train_label
-from vitplas.experiments.store import RunState, result_rows, scan
+from vitplas.experiments.store import RunState, key_values, result_rows, scan
 from vitplas.runs import RunDir, write_table
 
 REFERENCE = "mha"  # the component the paper compares every other one with
@@ -58,7 +58,8 @@ def curve_table(states: list[RunState]) -> pd.DataFrame:
     for item in states:
         if item.state != "done":
             continue
-        params = {k: train_label(v) if k == "train" else v for k, v in item.run.params.items()}
+        params = {**key_values(item), **item.run.params}  # lr is a column even off the grid
+        params = {k: train_label(v) if k == "train" else v for k, v in params.items()}
         for record in RunDir(item.folder).read_metrics():
             if not isinstance(record, dict) or "step" not in record:
                 continue

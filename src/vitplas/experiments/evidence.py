@@ -167,15 +167,26 @@ def report_sections(tables: dict[str, pd.DataFrame]) -> list[tuple[str, pd.DataF
     return [(t, tables[n]) for n, t in REPORT_SECTIONS.items() if n in tables and len(tables[n])]
 
 
+FIGURES = {  # value: (title, higher is better)
+    "spearman": ("Spearman: criterion score vs finetuned accuracy", True),
+    "regret": ("Regret (points): best single component in budget - pick", False),
+}
+
+
 def evidence_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, list[Path]]:
-    """criterion x dataset heat maps of Spearman correlation and regret."""
+    """criterion x dataset heat maps of Spearman correlation and regret, titled with the
+    models and the number of components ranked."""
+    from vitplas.plots import style
     from vitplas.plots.selection import criterion_heatmap
 
     if "evidence" not in tables or tables["evidence"].empty:
         return {}
     ev = tables["evidence"]
+    facts = [", ".join(map(str, ev["model"].unique())), f"{int(ev['n'].max())} components"]
     return {
-        f"criteria_{v}": criterion_heatmap(heat(ev, v), out / f"criteria_{v}", title)
-        for v, title in (("spearman", "Spearman: score vs accuracy"), ("regret", "Regret (points)"))
+        f"criteria_{v}": criterion_heatmap(
+            heat(ev, v), out / f"criteria_{v}", style.titled(title, facts), higher_is_better=up
+        )
+        for v, (title, up) in FIGURES.items()
         if ev[v].notna().any()
     }

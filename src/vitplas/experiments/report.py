@@ -25,10 +25,14 @@ DIGEST_FILE = "tables.sha256"
 
 
 def tables_digest(root: Path) -> str:
-    """sha256 over the CSV text of every table (what the report is a function of)."""
+    """sha256 over the CSV text of every table and over vitplas's own source (what the report
+    is a function of: a new vitplas redraws the figures of unchanged tables)."""
     digest = hashlib.sha256()
     for path in sorted((root / "tables").glob("*.csv")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

@@ -190,19 +190,11 @@ def train_label(train: Any) -> str:
 
 def trained_label(train: Any) -> str:
     """What a run trained (its resolved train list), in one canonical order so that equal sets
-    read the same: components in models.components order, then by first layer, each token as
-    the run recorded it. `[fc1, mha@8-11]` -> 'mha@8-11+fc1'."""
-    from vitplas.models.components import ALL_COMPONENTS
+    read the same (training.trainsets.canonical_train). `[fc1, mha@8-11]` -> 'mha@8-11+fc1'."""
+    from vitplas.training.trainsets import canonical_train
 
     tokens = train if isinstance(train, list | tuple) else str(train).split("+")
-
-    def order(token: str) -> tuple[int, str, int]:
-        name, _, layers = token.partition("@")
-        rank = ALL_COMPONENTS.index(name) if name in ALL_COMPONENTS else len(ALL_COMPONENTS)
-        first = layers.split("-")[0]
-        return rank, name, int(first) if first.isdigit() else -1
-
-    return "+".join(sorted(dict.fromkeys(map(str, tokens)), key=order))
+    return "+".join(canonical_train(tokens))
 
 
 def _slug_value(value: Any) -> str:

@@ -259,6 +259,9 @@ def traceback_of(folder: Path) -> str:
     return path.read_text() if path.exists() else "(no traceback recorded)"
 
 
+ROW_KEYS = ("model", "dataset", "optimizer", "train", "lr")  # columns of every run's rows
+
+
 def _resolved_config(folder: Path) -> dict[str, Any]:
     """The runner's resolved config.yaml (defaults included), or {} (fake runs write none)."""
     import yaml
@@ -284,6 +287,15 @@ def trained_of(resolved: dict[str, Any], grid: dict[str, Any]) -> str | None:
     return trained_label(train)
 
 
+def key_values(item: RunState, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's ROW_KEYS values: its grid config over its resolved config.yaml, so a value
+    the spec sets in `base` (not a grid axis, e.g. one lr) is a column too."""
+    resolved = _resolved_config(item.folder) if resolved is None else resolved
+    grid = (read_json(item.folder / "sweep.json") or {}).get("config", item.run.config)
+    config = {**resolved, **grid}
+    return {key: config[key] for key in ROW_KEYS if key in config}
+
+
 def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
     """One row per finished run: run id, grid values (`train` as the grid names it, e.g.
     'auto:fisher'), key config values, `trained` (what the run trained) and result.json."""
@@ -292,14 +304,9 @@ def result_rows(states: list[RunState]) -> list[dict[str, Any]]:
         if item.state != "done":
             continue
         result = read_result(item.folder)
-        record = read_json(item.folder / "sweep.json") or {}
         resolved = _resolved_config(item.folder)
-        grid = record.get("config", item.run.config)
-        config = {**resolved, **grid}
-        row: dict[str, Any] = {"run_id": item.run.run_id}
-        for key in ("model", "dataset", "optimizer", "train", "lr"):
-            if key in config:
-                row[key] = config[key]
+        grid = (read_json(item.folder / "sweep.json") or {}).get("config", item.run.config)
+        row: dict[str, Any] = {"run_id": item.run.run_id, **key_values(item, resolved)}
         row.update(item.run.params)
         if "train" in row:
             row["trained"] = trained_of(resolved, grid)

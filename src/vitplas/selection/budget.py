@@ -15,6 +15,7 @@ from __future__ import annotations
 import pandas as pd
 
 from vitplas.selection.criteria import ALL
+from vitplas.training.trainsets import canonical_train
 
 
 def choose(frame: pd.DataFrame, criterion: str, budget: float, granularity: str) -> pd.DataFrame:
@@ -46,14 +47,15 @@ def choose(frame: pd.DataFrame, criterion: str, budget: float, granularity: str)
 
 
 def train_set(picked: pd.DataFrame) -> list[str]:
-    """finetune's `train` list for picked rows: component names, or `name@a-b` per layer."""
+    """finetune's `train` list for picked rows: component names, or `name@a-b` per layer, in
+    the canonical order (two criteria that pick the same set train the same run)."""
     if picked["layer"].astype(str).eq(ALL).all():
-        return list(picked["component"])
+        return canonical_train(picked["component"])
     out = []
     for comp in dict.fromkeys(picked["component"]):
         layers = sorted(int(v) for v in picked.loc[picked["component"] == comp, "layer"])
         out += [f"{comp}@{a}" if a == b else f"{comp}@{a}-{b}" for a, b in _runs(layers)]
-    return out
+    return canonical_train(out)
 
 
 def _runs(layers: list[int]) -> list[tuple[int, int]]:

@@ -73,6 +73,20 @@ def parse_train(train: Iterable[str] | str) -> list[str]:
     return out
 
 
+def canonical_train(tokens: Iterable[str]) -> list[str]:
+    """A train list in one order, so that equal sets are equal runs (the parameter order of
+    the optimizer, hence the float sums, follows it): components in models.components order,
+    then by first layer; duplicates dropped. `[fc1, mha@8-11]` -> `[mha@8-11, fc1]`."""
+
+    def order(token: str) -> tuple[int, str, int]:
+        name, _, layers = token.partition("@")
+        rank = ALL_COMPONENTS.index(name) if name in ALL_COMPONENTS else len(ALL_COMPONENTS)
+        first = layers.split("-")[0]
+        return rank, name, int(first) if first.isdigit() else -1
+
+    return sorted(dict.fromkeys(map(str, tokens)), key=order)
+
+
 def is_auto(token: str) -> bool:
     return token == AUTO or token.startswith(AUTO + ":")
 
