@@ -127,6 +127,9 @@ def test_two_plasticity_jobs_with_equal_labels_are_never_averaged(tmp_path):
     )
     assert "reference=photos, target=a, inputs=images with other settings" in message
     assert str(tmp_path / "analysis") in message and "\n" not in message
+    # aggregate reads the spec's own jobs only: an earlier version's job folder is left out
+    only = analysis_tables(tmp_path, {"plasticity/m_a_2"})["plasticity"]
+    assert set(only["job"]) == {"plasticity/m_a_2"} and list(only["mean"]) == [2.5, 1.0]
 
 
 def test_bounds_of_two_jobs_at_one_radius_are_refused(tmp_path):

@@ -144,8 +144,10 @@ CELLS = {
 }
 
 
-def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
-    """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/),
+def analysis_tables(root: Path, jobs: set[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The tidy tables of the study's finished analysis runs (<root>/analysis/<kind>/<job>/;
+    only `jobs`, '<kind>/<job id>', when given: the spec's own, not those of its earlier
+    versions),
     concatenated by table name (plasticity, bounds, probe, ...) with a JOB column naming each
     row's job. A cell (CELLS) that two jobs gave the same value is kept once (bounds and their
     ratios written by both a plasticity and a bounds job: _one_row_per_cell); other values are
@@ -154,6 +156,8 @@ def analysis_tables(root: Path) -> dict[str, pd.DataFrame]:
     DamagedRecordError naming it); per-pair files are left out."""
     frames: dict[str, list[pd.DataFrame]] = {}
     for folder in sorted((root / "analysis").glob("*/*")):
+        if jobs is not None and f"{folder.parent.name}/{folder.name}" not in jobs:
+            continue
         for name, data in _job_tables(folder).items():
             frames.setdefault(name, []).append(data)
     out = {}
@@ -241,8 +245,10 @@ def aggregate(
 ) -> dict[str, pd.DataFrame]:
     """Scan the store, summarise, write every table to <root>/tables; returns the tables."""
     root = Path(root) if root is not None else spec.root_path
+    from vitplas.experiments.reproduce import analysis_jobs
+
     states = scan(spec, runs, root)
-    extra = analysis_tables(root)
+    extra = analysis_tables(root, {f"{j.kind}/{j.job_id}" for j in analysis_jobs(spec)})
     tables: dict[str, Any] = summarize(run_table(states), spec, extra.get("probe"))
     tables["curves"] = curve_table(states)
     tables.update(study_evidence(states, spec, tables))  # selection studies (train=[auto])

@@ -96,9 +96,9 @@ def picks(frame: pd.DataFrame, budget: float, granularity: str) -> dict[str, lis
 def _data(cfg: SelectConfig, loaded):
     from vitplas.analysis.pairs import pair_batches
     from vitplas.analysis.setup import open_stream
-    from vitplas.data import build_transform, make_loader
+    from vitplas.data import make_loader, transform_for
 
-    transform = build_transform(*loaded.normalization("model"), loaded.input_size, train=False)
+    transform = transform_for(loaded, train=False)  # the checkpoint's own, as plasticity's
     train = open_stream(cfg.target, "train", transform, cfg.data_root, False)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     batches = list(itertools.islice(iter(loader), cfg.grad_batches))
