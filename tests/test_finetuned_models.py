@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from vitplas.models import ModelError, load_model
 from vitplas.models.export import export_model
-from vitplas.runs import atomic_write_json, file_sha256
+from vitplas.runs import RunDir, atomic_write_json, file_sha256
 
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 SMOKE = "configs/finetune/smoke-digits.yaml"
@@ -307,8 +307,9 @@ def outputs_of(model, images):
 def test_a_model_run_without_its_statistics_is_refused_naming_the_manifest(run_copy):
     manifest = json.loads((run_copy / "manifest.json").read_text())
     del manifest["model_mean"]
-    (run_copy / "checksums.json").unlink()  # a hand-edited manifest, not a damaged record
     (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    (run_copy / "DONE").unlink()  # sealed again as it is now: not a damaged record
+    RunDir(run_copy).mark_done()
     with pytest.raises(ModelError, match=r"manifest\.json records no model_mean/model_std"):
         load_model(str(run_copy))
 

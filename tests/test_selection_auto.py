@@ -38,9 +38,9 @@ def test_auto_resolves_records_and_trains(tmp_path):
     # budget 0.45 (21,340): mha (18,816), then ln1 and ln2 fit; fc1 and fc2 do not.
     cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45"])
     result = finetune(cfg, tmp_path)
-    assert result["train"] == ["mha", "ln1", "ln2"]
+    assert result["train"] == ["ln1", "mha", "ln2"]
     stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert stored["train"] == ["mha", "ln1", "ln2"]
+    assert stored["train"] == ["ln1", "mha", "ln2"]
     assert stored["select"]["criterion"] == "params" and stored["select"]["resolved"] is True
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["selected_by"]["budget"] == 0.45
@@ -48,7 +48,7 @@ def test_auto_resolves_records_and_trains(tmp_path):
     assert set(frame["criterion"]) == {"params"}
     # a rerun reuses the stored pick (the finished run is skipped)
     again = resolve_auto(cfg, tmp_path)
-    assert again.train == ["mha", "ln1", "ln2"]
+    assert again.train == ["ln1", "mha", "ln2"]
 
 
 def test_auto_with_an_unknown_criterion_says_so(tmp_path):
@@ -106,7 +106,7 @@ def test_finetune_command_resolves_auto(tmp_path):
     args = ["finetune", *BASE, "train=[auto:params]", "select.budget=0.45", "--no-progress"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "result.json").read_text())["train"] == ["mha", "ln1", "ln2"]
+    assert json.loads((tmp_path / "result.json").read_text())["train"] == ["ln1", "mha", "ln2"]
 
 
 def test_auto_token_carries_criterion_and_budget(tmp_path):
