@@ -119,3 +119,11 @@ def test_auto_token_carries_criterion_and_budget(tmp_path):
     cfg = load_finetune_config(None, [*BASE, "train=[auto:fisher:2]"])
     with pytest.raises(ConfigError, match=r"write auto:<criterion>:<budget in \(0, 1\]>"):
         _criterion(cfg)
+
+
+def test_the_pick_is_scored_on_the_inputs_the_run_trains_on():
+    from vitplas.selection.auto import select_config
+
+    for protocol in ("paper", "model"):
+        cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", f"protocol={protocol}"])
+        assert select_config(cfg, "params").protocol == protocol

@@ -141,6 +141,9 @@ def test_bounds_of_two_jobs_at_one_radius_are_refused(tmp_path):
     # at another radius they are two series, not one number
     _job(tmp_path, "bounds", "m_2", {"bounds": BOUNDS.assign(bound=[3.5, 2.0], radius=6.0)})
     assert len(analysis_tables(tmp_path)["bounds"]) == 4
+    # the same bound from another device, equal but for its last bits: one number, kept once
+    _job(tmp_path, "bounds", "m_2", {"bounds": BOUNDS.assign(bound=[3.0 * (1 + 1e-15), 2.0])})
+    assert len(analysis_tables(tmp_path)["bounds"]) == 2
 
 
 def _probe(dataset: str, acc: float, job: str, pool: str = "token") -> pd.DataFrame:

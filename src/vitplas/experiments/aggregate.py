@@ -221,8 +221,11 @@ def check_jobs_apart(
     value = CELLS[name][1] if name in CELLS and CELLS[name][1] in table else None
     cells = table.groupby(keys, sort=False, dropna=False)
     jobs = cells[JOB].nunique()
-    if value is not None:  # the same value from two jobs is one number, kept once
-        jobs = jobs.where(cells[value].nunique(dropna=False) > 1, 1)
+    if value is not None:  # the same value from two jobs is one number, kept once (to 12
+        # significant digits: one bound computed on two devices differs in its last bits)
+        same = table[value].map(lambda v: float(f"{v:.12g}") if isinstance(v, float) else v)
+        differ = same.groupby(cells.ngroup().to_numpy()).nunique(dropna=False) > 1
+        jobs = jobs.where(differ.to_numpy(), 1)
     clash = (jobs > 1).to_numpy()
     if not clash.any():
         return

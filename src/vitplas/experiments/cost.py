@@ -204,13 +204,13 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
         cfg.train = ["all"]
     classes = _classes(cfg.dataset)
     model = counter.model(cfg.model, cfg.img_size, classes)
+    fwd = counter.get(("fwd", cfg.model, cfg.img_size, classes), lambda: forward_flops(model))
     if any(t in RIVALS for t in cfg.train):  # peft injects adapters: keep the shared model clean
         model = copy.deepcopy(model)
     trained = tuple(cfg.train)
     shape = (cfg.model, cfg.img_size, cfg.batch_size, classes, trained, cfg.optimizer)
     shape += (cfg.train_head, cfg.train_norm, cfg.lora.r if "lora" in trained else None)
     step, n_trained = counter.get(("train", *shape), lambda: train_step_flops(model, cfg))
-    fwd = counter.get(("fwd", cfg.model, cfg.img_size, classes), lambda: forward_flops(model))
     sizes, known = split_sizes(cfg.dataset)
     validations = cfg.steps // cfg.eval_every
     validations += int(cfg.validates_at_end and cfg.steps % cfg.eval_every != 0)

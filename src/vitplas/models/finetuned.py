@@ -49,12 +49,14 @@ def run_folder(spec: str | Path) -> Path | None:
 
 
 def read_record(run: Path, name: str) -> bytes | None:
-    """Record `name` of `run` (None when absent), checked against the run's seal when it covers
-    it; a damaged one is a ModelError naming it."""
-    if not (run / name).is_file():
-        return None
+    """Record `name` of `run`, checked against the run's seal when it covers it; a damaged one,
+    or one the seal covers that is gone, is a ModelError naming it. None when absent from an
+    unsealed run (a run in progress)."""
+    folder = RunDir(run, create=False)
     try:
-        return RunDir(run, create=False).read_verified(name)
+        if not (run / name).is_file() and not (folder.is_done() and name in folder.checksums()):
+            return None
+        return folder.read_verified(name)
     except DamagedRecordError as err:
         raise ModelError(
             f"{err.run / err.name} is damaged ({err.problem}); restore it or rerun the finetuning"

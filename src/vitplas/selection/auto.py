@@ -45,6 +45,7 @@ def select_config(cfg, criterion: str) -> SelectConfig:
         "model": cfg.model,
         "random_init": cfg.random_init,
         "img_size": cfg.img_size,
+        "protocol": cfg.protocol,  # scored on the inputs the run trains on
         "target": cfg.dataset,
         "data_root": cfg.data_root,
         "budget": cfg.select.budget,

@@ -33,6 +33,7 @@ class SelectConfig:
     model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
     random_init: bool = False  # random weights on purpose (never a silent fallback)
     img_size: int | None = None  # input size (None: the model's own)
+    protocol: Literal["model", "paper"] = "model"  # preprocessing: the model's or the original's
     target: str = "fashion-mnist"  # the downstream dataset the components are scored on
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     criteria: list[str] = field(default_factory=list)  # criteria to score (empty: all of them)
@@ -98,7 +99,7 @@ def _data(cfg: SelectConfig, loaded):
     from vitplas.analysis.setup import open_stream
     from vitplas.data import make_loader, transform_for
 
-    transform = transform_for(loaded, train=False)  # the checkpoint's own, as plasticity's
+    transform = transform_for(loaded, train=False, protocol=cfg.protocol)  # as finetuning's
     train = open_stream(cfg.target, "train", transform, cfg.data_root, False)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     batches = list(itertools.islice(iter(loader), cfg.grad_batches))
