@@ -1,9 +1,13 @@
 """GPU benchmark: full finetuning of ViT-B/16 at 224 through vitplas's train step (bf16
-autocast, fused attention, augmentation on the device, optional torch.compile), with achieved
-TFLOP/s, MFU against the device's dense bf16 peak, and peak memory.
+autocast by default, fused attention, augmentation on the device, optional torch.compile), with
+achieved TFLOP/s, MFU against the device's dense peak at the precision measured, and peak memory.
 
     .venv/bin/python benchmarks/train_gpu.py [--model vit_base_patch16_224] [--batch 512]
         [--micro 0] [--train all] [--steps 10] [--compile] [--peak-tflops 989]
+        [--precision bf16|tf32|fp32]
+
+--precision: bf16 = bf16 autocast (amp=bf16); tf32 = float32 with TF32 matmuls (amp=none);
+fp32 = true float32 (amp=none, TF32 off), as the original release trains.
 
 --micro 0 tries the whole batch per pass and halves it on out-of-memory (accumulation, as
 ViT-L/H need). Without CUDA it prints {"skipped": ...} and exits 0. One JSON line at the end.
@@ -53,10 +57,23 @@ def vit_forward_flops(model: torch.nn.Module, img_size: int) -> float:
     return flops + 2 * dim * model.num_classes
 
 
-def peak_tflops(name: str, given: float | None) -> float | None:
+# Dense fp32 (CUDA cores) and tf32 (tensor cores) peaks, TFLOP/s, from the same data sheets.
+PEAK_TF32 = {k: v / 2 for k, v in PEAK_BF16.items()}
+PEAK_FP32 = {
+    "NVIDIA H200": 66.9,
+    "NVIDIA H100 PCIe": 51.2,
+    "NVIDIA H100": 66.9,
+    "NVIDIA A100": 19.5,
+    "NVIDIA L40S": 91.6,
+    "NVIDIA GeForce RTX 4090": 82.6,
+}
+PEAKS = {"bf16": PEAK_BF16, "tf32": PEAK_TF32, "fp32": PEAK_FP32}
+
+
+def peak_tflops(name: str, given: float | None, precision: str = "bf16") -> float | None:
     if given:
         return given
-    for prefix, value in PEAK_BF16.items():
+    for prefix, value in PEAKS[precision].items():
         if name.startswith(prefix):
             return value
     return None
@@ -75,7 +92,7 @@ def make_trainer(args, micro: int, root: str) -> Finetuner:
             f"img_size={size}",
             "augment=device",
             "device=cuda",
-            "amp=bf16",
+            f"amp={'bf16' if args.precision == 'bf16' else 'none'}",
             f"compile={str(args.compile).lower()}",
             "tensorboard=false",
         ],
@@ -124,6 +141,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--precision", choices=("bf16", "tf32", "fp32"), default="bf16")
     parser.add_argument(
         "--loader-workers",
         type=int,
@@ -134,7 +152,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         print(json.dumps({"bench": "train_gpu", "device": "cpu", "skipped": "no CUDA device"}))
         sys.exit(0)
-    torch.backends.cuda.matmul.allow_tf32 = True
+    tf32 = args.precision != "fp32"  # under bf16 autocast, the float32 leftovers may use TF32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     device_name = torch.cuda.get_device_name(0)
     gen = torch.Generator("cuda").manual_seed(0)
     # source images: uint8 at the load size, as the device-augmentation loader yields them
@@ -166,7 +185,7 @@ def main() -> None:
         trainer.cleanup()
     rate = args.batch / seconds
     achieved = rate * flops / 1e12
-    peak = peak_tflops(device_name, args.peak_tflops)
+    peak = peak_tflops(device_name, args.peak_tflops, args.precision)
     result = {
         "bench": "train_gpu",
         "device": device_name,
@@ -176,11 +195,12 @@ def main() -> None:
         "batch": args.batch,
         "micro_batch": micro,
         "compile": args.compile,
+        "precision": args.precision,
         "step_s": round(seconds, 4),
         "images_per_s": round(rate, 1),
         "train_gflop_per_image": round(flops / 1e9, 2),
         "achieved_tflops": round(achieved, 1),
-        "peak_bf16_tflops": peak,
+        "peak_tflops": peak,
         "mfu": round(achieved / peak, 4) if peak else None,
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
         "augment_images_per_s": round(augment_rate(images, args.img_size), 1),
