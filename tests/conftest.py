@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,16 @@ _spec = importlib.util.spec_from_file_location("vitplas_netguard", GUARD_DIR / "
 netguard = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(netguard)
 os.environ[netguard.ENV] = "1"
+# test-only jobs (tests/plugins/vitplas_testjobs: the fake runner), registered as a `vitplas.jobs`
+# entry point of their own distribution: here and in the tests' child processes
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
+sys.path.insert(0, str(PLUGINS_DIR))
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(GUARD_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    [
+        str(GUARD_DIR),
+        str(PLUGINS_DIR),
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    ]
 )
 
 

@@ -13,7 +13,7 @@ from vitplas.cli import app
 from vitplas.cli.app import error_line
 from vitplas.runs import RunDir
 
-FAKE = {"function": "vitplas.experiments.fake:fake_finetune", "config": None}
+FAKE = {"function": "vitplas_testjobs.fake:fake_finetune", "config": None}
 FINETUNE = ["model=tiny-random", "random_init=true", "dataset=digits", "steps=2",
             "warmup_steps=0", "img_size=32", "batch_size=8", "num_workers=0"]  # fmt: skip
 

@@ -18,11 +18,11 @@ from vitplas.cli import app
 from vitplas.config import ConfigError
 from vitplas.data import get_dataset
 from vitplas.data.registry import DataError
-from vitplas.experiments import jobs
 from vitplas.experiments.spec import load_spec
 from vitplas.experiments.store import run_dir
+from vitplas.jobs import registry as jobs
 
-FAKE = {"function": "vitplas.experiments.fake:fake_finetune", "config": None}
+FAKE = {"function": "vitplas_testjobs.fake:fake_finetune", "config": None}
 
 
 def write_spec(tmp_path, **changes):
@@ -47,7 +47,7 @@ def test_a_spec_cannot_name_any_importable_callable(tmp_path):
 
 
 def test_analysis_entries_cannot_name_any_callable_and_users_register_their_own(tmp_path):
-    from vitplas.experiments.reproduce import analysis_jobs
+    from vitplas.experiments.spec import analysis_jobs
 
     entry = {"model": "tiny-random", "function": "os:system", "config": None}
     spec = load_spec(write_spec(tmp_path, analysis={"plasticity": [entry]}))

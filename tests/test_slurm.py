@@ -54,7 +54,7 @@ name: slurm-test
 root: {tmp_path / root}
 base: {{model: tiny-random, steps: 6, sleep_s: 0.5}}
 grid: {{dataset: [a, b], seed: [0], lr: [0.01, 0.03], train: [mha]}}
-runner: {{function: "vitplas.experiments.fake:fake_finetune", config: null}}
+runner: {{function: "vitplas_testjobs.fake:fake_finetune", config: null}}
 executor:
   max_parallel: 2
   folder: {tmp_path / root / "submitit"}

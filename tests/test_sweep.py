@@ -16,13 +16,12 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.config import ConfigError
-from vitplas.experiments.jobs import check_runs
 from vitplas.experiments.launch import run_sweep
-from vitplas.experiments.spec import expand, load_spec
+from vitplas.experiments.spec import check_runs, expand, load_spec
 from vitplas.experiments.store import counts, scan
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE = {"function": "vitplas.experiments.fake:fake_finetune", "config": None}
+FAKE = {"function": "vitplas_testjobs.fake:fake_finetune", "config": None}
 
 
 def sweep_specs() -> list[Path]:
@@ -170,7 +169,7 @@ def test_paper_specs_read_their_finetune_presets_and_name_known_datasets():
 
 
 def test_analysis_entries_of_every_spec_build_strictly_before_anything_runs():
-    from vitplas.experiments.reproduce import check_analysis
+    from vitplas.experiments.spec import check_analysis
 
     kinds = {}
     for path in sweep_specs():
@@ -181,7 +180,7 @@ def test_analysis_entries_of_every_spec_build_strictly_before_anything_runs():
 
 
 def test_for_each_dataset_expands_over_the_grid_and_bad_keys_name_the_entry(tmp_path):
-    from vitplas.experiments.reproduce import analysis_jobs, check_analysis
+    from vitplas.experiments.spec import analysis_jobs, check_analysis
 
     entry = {"for_each_dataset": True, "model": "tiny-random", "reference": "photos"}
     spec = load_spec(write_spec(tmp_path, analysis={"plasticity": [entry]}))

@@ -1,6 +1,7 @@
 """Sweeps under faults: concurrent launchers, killed workers and launchers, damaged records.
 
-The runs are the cheap fake runner's (vitplas.experiments.fake): what is tested is the launcher.
+The runs are the cheap fake runner's (tests/plugins/vitplas_testjobs): what is tested is the
+launcher.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from vitplas.experiments.launch import run_sweep
 from vitplas.experiments.spec import expand, load_spec
 from vitplas.experiments.store import counts, read_json, scan
 
-FAKE = {"function": "vitplas.experiments.fake:fake_finetune", "config": None}
+FAKE = {"function": "vitplas_testjobs.fake:fake_finetune", "config": None}
 
 
 def write_spec(tmp_path: Path, sleep_s: float, seeds: int, max_parallel: int) -> Path:

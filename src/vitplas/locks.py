@@ -196,6 +196,11 @@ def run_lock(
         lock.release()
 
 
+def holds(folder: str | Path) -> bool:
+    """Whether this process owns run folder `folder` (run_lock, re-entrant)."""
+    return (Path(folder) / LOCK_FILE).resolve() in _held
+
+
 def is_main_process() -> bool:
     """Rank 0 under torchrun (or no torchrun): the process that owns a DDP run's folder."""
     return os.environ.get("RANK", "0") == "0"

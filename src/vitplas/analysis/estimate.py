@@ -8,11 +8,10 @@ although the layers of one pair are correlated.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,32 +19,11 @@ import torch
 
 from vitplas.analysis.plasticity import LinearFactors, pair_ratios, resolve_components
 from vitplas.analysis.ratio_stats import RatioStats
+from vitplas.device import DTYPES as DTYPES  # re-exported (their home: vitplas.device)
+from vitplas.device import precision
 from vitplas.models.components import ComponentMap
 
-DTYPES = ("float32", "tf32", "bfloat16", "float16")
 POOLED = "all"  # the layer label of the pooled rows
-
-
-@contextlib.contextmanager
-def precision(device: torch.device, dtype: str) -> Iterator[None]:
-    """float32 = true float32 (on CUDA, TF32 is switched off for matmuls and convolutions,
-    the patch embedding included: PyTorch allows it for cuDNN by default); tf32 = float32 with
-    TF32 matmuls and convolutions (CUDA); bfloat16/float16 = autocast."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype '{dtype}' is unknown; choose one of {', '.join(DTYPES)}")
-    if dtype in ("bfloat16", "float16"):
-        with torch.autocast(device.type, dtype=getattr(torch, dtype)):
-            yield
-        return
-    if device.type != "cuda":
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @dataclass

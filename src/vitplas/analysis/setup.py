@@ -10,23 +10,14 @@ import torch
 from torch.utils.data import Dataset
 
 from vitplas.analysis.bounds import token_radius
-from vitplas.analysis.estimate import precision
 from vitplas.analysis.pairs import stream_seed
 from vitplas.analysis.plasticity import embed_images
 from vitplas.data import dataset_info, get_dataset, make_loader, transform_for
 from vitplas.data.splits import plan_for
+from vitplas.device import precision
+from vitplas.device import resolve_device as resolve_device  # re-exported
 from vitplas.models import LoadedModel, load_model
 from vitplas.models.components import ComponentMap, component_map
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' = cuda when there is one, else cpu; 'cuda' without CUDA is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' asked for, but this machine has no CUDA device")
-    return device
 
 
 @dataclass
@@ -130,10 +121,15 @@ def stream_label(name: str) -> str:
 
 def model_checksum(setup: ModelSetup) -> tuple[str, str]:
     """(sha256, what it hashes): the weights file when there is one, else the tensors."""
-    if setup.loaded.checksum:
-        return setup.loaded.checksum, "weights file"
+    return model_checksum_of(setup.loaded)
+
+
+def model_checksum_of(loaded: LoadedModel) -> tuple[str, str]:
+    """(sha256, what it hashes) of a LoadedModel: its weights file, else its tensors."""
+    if loaded.checksum:
+        return loaded.checksum, "weights file"
     digest = hashlib.sha256()
-    for name, tensor in sorted(setup.loaded.model.state_dict().items()):
+    for name, tensor in sorted(loaded.model.state_dict().items()):
         digest.update(name.encode())
         digest.update(
             tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()

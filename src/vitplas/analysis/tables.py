@@ -8,7 +8,7 @@ import pandas as pd
 
 from vitplas.analysis.bounds import fill_norm_bounds
 from vitplas.analysis.estimate import Estimate
-from vitplas.models.components import THEORETICAL_RANK
+from vitplas.constants import THEORETICAL_RANK
 from vitplas.runs import RunDir, write_table
 
 LABELS = ("model", "reference", "target", "inputs")

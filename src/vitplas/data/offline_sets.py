@@ -13,7 +13,7 @@ from vitplas.data.layouts import class_folders, find_idx, read_idx, scan_image_f
 from vitplas.data.photos import DEFAULT_LENGTH, PhotoStream
 from vitplas.data.records import ArrayImages, FileImages
 from vitplas.data.registry import DataError, DatasetInfo, Param, Source, register
-from vitplas.runs import vitplas_home
+from vitplas.paths import vitplas_home
 
 FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

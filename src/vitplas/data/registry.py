@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vitplas.runs import vitplas_home
+from vitplas.paths import data_home
 
 
 class DataError(ValueError):
@@ -230,11 +229,7 @@ def entry_reader(info: DatasetInfo) -> Reader:
 
 def resolve_root(root: str | Path | None = None) -> Path:
     """The data root: explicit `root` > $VITPLAS_DATA > vitplas_home()/'data'."""
-    if root is not None:
-        return Path(root).expanduser()
-    if os.environ.get("VITPLAS_DATA"):
-        return Path(os.environ["VITPLAS_DATA"]).expanduser()
-    return vitplas_home() / "data"
+    return data_home(root)
 
 
 def is_available(name: str, root: str | Path | None = None) -> tuple[bool, str]:

@@ -28,6 +28,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vitplas import protocol as protocols
+
 SPLIT_SEED = 0  # never the training seed: the val set must not move when the seed does
 HELD_FRACTION = 0.2
 RULES = ("official", "val-from-train", "from-all", "stream")
@@ -60,12 +62,9 @@ FIXED = SplitPlan()
 def plan_for(protocol: str, val: str = "auto", seed: int = 0) -> SplitPlan:
     """The split plan of a protocol: paper = the original's test carving and, with val
     'auto', its seeded val split; model = ours (fixed). `val` fixed/seeded overrides."""
-    if protocol not in ("paper", "model"):
-        raise ValueError(f"protocol '{protocol}' is unknown; known: paper, model")
-    if val == "auto":
-        val = "seeded" if protocol == "paper" else "fixed"
-    test = "paper" if protocol == "paper" else "fixed"
-    return SplitPlan(test=test, val=val, seed=seed)  # type: ignore[arg-type]
+    recipe = protocols.get(protocol)
+    val = recipe.val_split if val == "auto" else val
+    return SplitPlan(test=recipe.test_split, val=val, seed=seed)  # type: ignore[arg-type]
 
 
 def paper_test_split(n: int) -> tuple[np.ndarray, np.ndarray]:

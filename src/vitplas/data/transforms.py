@@ -4,12 +4,9 @@ train: RandomResizedCrop(size) + horizontal flip; eval: Resize(size / crop_pct) 
 Both start by converting to RGB (grey sources get 3 equal channels) and end with
 ToTensor + Normalize: a float32 tensor (3, H, W).
 
-A protocol names where mean/std, interpolation and crop fraction come from:
-    paper  the original release (PAPER.md section 7): ImageNet mean/std, bilinear, eval
-           Resize(size) (short side) + CenterCrop(size) (crop_pct 1), torchvision's
-           RandomResizedCrop defaults (scale 0.08-1, ratio 3/4-4/3) for training
-    model  the checkpoint's pretrained config: its mean/std, interpolation and crop_pct
-           (bicubic and 0.875 where it states none), for users' own models
+A protocol (vitplas.protocol) names where mean/std, interpolation and crop fraction come
+from: paper = the original release's (ImageNet mean/std, bilinear, eval Resize(size) + CenterCrop
+(size)); model = the checkpoint's pretrained config (bicubic and 0.875 where it states none).
 """
 
 from __future__ import annotations
@@ -20,14 +17,14 @@ from typing import Any
 from PIL import Image
 from torchvision import transforms as T
 
+from vitplas import protocol as protocols
+from vitplas.constants import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported
+from vitplas.constants import IMAGENET_STD as IMAGENET_STD  # re-exported
+
 DEFAULT_CROP_PCT = 0.875  # 224 -> resize 256 -> crop 224, the usual eval protocol
 DEFAULT_INTERPOLATION = "bicubic"
-PROTOCOLS = ("paper", "model")
-DEFAULT_PROTOCOL = "model"  # FinetuneConfig's, and a run config that names none
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the paper protocol's normalisation
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PAPER_CROP_PCT = 1.0  # Resize(224) + CenterCrop(224): the short side is the crop
-PAPER_INTERPOLATION = "bilinear"  # torchvision's default, used by the original everywhere
+PROTOCOLS = protocols.NAMES  # re-exported: the protocols' home is vitplas.protocol
+DEFAULT_PROTOCOL = protocols.DEFAULT  # FinetuneConfig's, and a run config that names none
 _INTERPOLATION = {
     "bilinear": T.InterpolationMode.BILINEAR,
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -109,21 +106,13 @@ def preprocessing(
 ) -> dict[str, Any]:
     """build_transform's keywords for `protocol` (module docstring): mean, std, crop_pct,
     interpolation. `pretrained_cfg` is the checkpoint's (timm's model.pretrained_cfg)."""
-    if protocol == "paper":
-        return {
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-            "crop_pct": PAPER_CROP_PCT,
-            "interpolation": PAPER_INTERPOLATION,
-        }
-    if protocol != "model":
-        raise ValueError(f"protocol '{protocol}' is unknown; known: {', '.join(PROTOCOLS)}")
+    recipe = protocols.get(protocol)
     cfg = pretrained_cfg or {}
-    interpolation = cfg.get("interpolation") or DEFAULT_INTERPOLATION
+    interpolation = recipe.interpolation or cfg.get("interpolation") or DEFAULT_INTERPOLATION
     return {
-        "mean": tuple(float(m) for m in model_mean),
-        "std": tuple(float(s) for s in model_std),
-        "crop_pct": float(cfg.get("crop_pct") or DEFAULT_CROP_PCT),
+        "mean": tuple(float(m) for m in (recipe.mean or model_mean)),
+        "std": tuple(float(s) for s in (recipe.std or model_std)),
+        "crop_pct": float(recipe.crop_pct or cfg.get("crop_pct") or DEFAULT_CROP_PCT),
         "interpolation": interpolation if interpolation in _INTERPOLATION else "bicubic",
     }
 
@@ -137,7 +126,7 @@ def preprocessing_for(protocol: str, description: dict[str, Any]) -> dict[str, A
         "crop_pct": description.get("model_crop_pct"),
     }
     mean, std = description.get("model_mean"), description.get("model_std")
-    if protocol == "model" and (mean is None or std is None):
+    if protocols.get(protocol).mean is None and (mean is None or std is None):
         raise ValueError("protocol model needs the model's model_mean and model_std; none given")
     return preprocessing(protocol, mean or (), std or (), geometry)
 

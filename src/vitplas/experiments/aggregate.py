@@ -23,11 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-from vitplas.analysis.tables import LABELS
 from vitplas.experiments import stats
 from vitplas.experiments.evidence import study_evidence
 from vitplas.experiments.spec import Run, SweepSpec, train_label
 from vitplas.experiments.store import RunState, key_values, result_rows, scan
+from vitplas.jobs.table import aggregate_cells
 from vitplas.runs import RunDir, write_table
 
 REFERENCE = "mha"  # the component the paper compares every other one with
@@ -135,13 +135,7 @@ JOB = "job"  # the analysis job a row of an analysis table comes from: '<kind>/<
 # per analysis table: the columns that name one number, and that number's column. Two jobs
 # giving one cell other values (equal labels, other settings: pairs, img_size, protocol ...)
 # would be mixed into one number by the summaries and figures made from the table: refused.
-CELLS = {
-    "plasticity": ([*LABELS, "layer", "component"], "mean"),
-    "plasticity_pooled": ([*LABELS, "component"], "mean"),
-    "bound_ratio": ([*LABELS, "layer", "component"], "ratio"),
-    "bounds": (["model", "radius", "norm_scale", "layer", "component"], "bound"),
-    "probe": (["model", "dataset", "pool", "backend", "layer", "component"], "acc"),
-}
+CELLS = aggregate_cells()  # derived from the job table (each Job record's `tables`)
 
 
 def analysis_tables(root: Path, jobs: set[str] | None = None) -> dict[str, pd.DataFrame]:
@@ -248,7 +242,7 @@ def aggregate(
 ) -> dict[str, pd.DataFrame]:
     """Scan the store, summarise, write every table to <root>/tables; returns the tables."""
     root = Path(root) if root is not None else spec.root_path
-    from vitplas.experiments.reproduce import analysis_jobs
+    from vitplas.experiments.spec import analysis_jobs
 
     states = scan(spec, runs, root)
     extra = analysis_tables(root, {f"{j.kind}/{j.job_id}" for j in analysis_jobs(spec)})

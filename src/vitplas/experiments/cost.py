@@ -241,7 +241,7 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
 def _analysis_config(job: Any) -> Any:
     """The job's config object (its dataclass, defaults filled in), or None for a custom one."""
     from vitplas.config import config_from_dict
-    from vitplas.experiments.launch import import_path
+    from vitplas.jobs.registry import import_path
 
     if job.config_class is None:
         return None
@@ -319,8 +319,8 @@ def study_cost(
 ) -> StudyCost:
     """The cost of every finetuning run and analysis job of a spec on `device`. Runs of
     another runner than vitplas's finetunings (jobs.FINETUNE_RUNNERS) are not estimated."""
-    from vitplas.experiments.jobs import FINETUNE_RUNNERS
-    from vitplas.experiments.reproduce import analysis_jobs
+    from vitplas.experiments.spec import analysis_jobs
+    from vitplas.jobs.registry import FINETUNE_RUNNERS
 
     device = device or Device()
     counter = _Counter()
@@ -434,7 +434,7 @@ def slurm_time_limits(
     declared H100) x SLURM_MARGIN + SLURM_SLACK_MIN, rounded up to 30 minutes so that runs of
     similar length share a job array. Runs of a custom runner, which vitplas cannot count,
     get UNCOUNTED_TIME_MIN."""
-    from vitplas.experiments.jobs import FINETUNE_RUNNERS
+    from vitplas.jobs.registry import FINETUNE_RUNNERS
 
     if spec.runner.function not in FINETUNE_RUNNERS:
         return {run.run_id: UNCOUNTED_TIME_MIN for run in runs}

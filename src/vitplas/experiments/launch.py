@@ -33,7 +33,6 @@ from typing import Any, Literal
 import submitit
 
 from vitplas.config import config_from_dict
-from vitplas.experiments.jobs import import_path
 from vitplas.experiments.spec import Run, SweepSpec
 from vitplas.experiments.store import (
     RunState,
@@ -44,6 +43,7 @@ from vitplas.experiments.store import (
     scan,
     write_status,
 )
+from vitplas.jobs.registry import import_path
 from vitplas.locks import FileLock, RunLockedError, holder, run_lock
 from vitplas.runs import DONE_MARKER, RunDir, atomic_write_json, atomic_write_text, now_iso
 

@@ -11,82 +11,20 @@ per dataset of the grid.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitplas.experiments.jobs import check_job
-from vitplas.experiments.spec import SweepSpec, expand, run_id
-
-# kind -> (runner function, config class): the analysis and training areas' entry points
-ANALYSIS_RUNNERS = {
-    "plasticity": ("vitplas.analysis.job:run_plasticity", "vitplas.analysis.job:PlasticityConfig"),
-    "bounds": (
-        "vitplas.analysis.bounds_job:run_bounds",
-        "vitplas.analysis.bounds_job:BoundsConfig",
-    ),
-    "probes": ("vitplas.training.probe:run_probe", "vitplas.training.probe:ProbeConfig"),
-}
+from vitplas.experiments.spec import (  # noqa: F401  (what a study is: its home is spec)
+    AnalysisJob,
+    SweepSpec,
+    analysis_jobs,
+    check_analysis,
+    check_runs,
+    expand,
+)
+from vitplas.jobs.registry import ANALYSIS_RUNNERS, import_path
 
 Stage = Callable[[str, int, int], None]  # (stage name, done, total)
-
-
-@dataclass
-class AnalysisJob:
-    kind: str
-    job_id: str
-    function: str
-    config_class: str | None
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-# `for_each_dataset: true` in an analysis entry: one job per dataset of the sweep's grid, the
-# dataset going into this key of the runner's config
-FOR_EACH_DATASET = "for_each_dataset"
-DATASET_KEY = {"plasticity": "target", "bounds": "dataset", "probes": "dataset"}
-
-
-def _entries(spec: SweepSpec, kind: str) -> list[dict[str, Any]]:
-    """The spec's `analysis.<kind>` entries, `for_each_dataset` ones expanded over the grid."""
-    datasets = spec.grid.get("dataset", [spec.base.get("dataset")])
-    out = []
-    for entry in getattr(spec.analysis, kind):
-        config = dict(entry)
-        if config.pop(FOR_EACH_DATASET, False):
-            out += [{**config, DATASET_KEY[kind]: dataset} for dataset in datasets]
-        else:
-            out.append(config)
-    return out
-
-
-def analysis_jobs(spec: SweepSpec) -> list[AnalysisJob]:
-    """The spec's analysis entries as jobs with ids derived from their values."""
-    jobs = []
-    for kind in ANALYSIS_RUNNERS:
-        for config in _entries(spec, kind):
-            function = config.pop("function", ANALYSIS_RUNNERS[kind][0])
-            config_class = config.pop("config", ANALYSIS_RUNNERS[kind][1])
-            check_job(function, config_class, f"analysis.{kind} entry")
-            params = {k: config[k] for k in ("model", "target", "dataset") if k in config}
-            jobs.append(AnalysisJob(kind, run_id(params, config), function, config_class, config))
-    return jobs
-
-
-def check_analysis(spec: SweepSpec) -> list[AnalysisJob]:
-    """The spec's analysis jobs, each config built strictly (unknown key, bad value: a
-    ConfigError naming the entry) before anything runs."""
-    from vitplas.config import ConfigError, config_from_dict
-    from vitplas.experiments.jobs import import_path
-
-    jobs = analysis_jobs(spec)
-    for job in jobs:
-        if job.config_class is None:
-            continue
-        try:
-            config_from_dict(import_path(job.config_class), job.config)
-        except ValueError as err:  # ConfigError included
-            raise ConfigError(f"analysis.{job.kind} entry {job.job_id}: {err}") from err
-    return jobs
 
 
 def progress_hooks(job: AnalysisJob, on_stage: Stage | None) -> dict[str, Any] | None:
@@ -103,7 +41,6 @@ def progress_hooks(job: AnalysisJob, on_stage: Stage | None) -> dict[str, Any] |
     if job.kind != "plasticity":
         return None
     from vitplas.config import config_from_dict
-    from vitplas.experiments.launch import import_path
 
     pairs = config_from_dict(import_path(ANALYSIS_RUNNERS["plasticity"][1]), job.config).pairs
     name = f"plasticity {job.config.get('target', '')}:"
@@ -151,7 +88,6 @@ def reproduce(
     """All stages in order; each one resumes. Returns what happened per stage."""
     from vitplas.config import ConfigError
     from vitplas.experiments.aggregate import aggregate
-    from vitplas.experiments.jobs import check_runs
     from vitplas.experiments.launch import run_sweep
     from vitplas.experiments.report import write_report
 

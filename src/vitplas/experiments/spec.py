@@ -3,7 +3,9 @@
 A spec names a `base` finetune config, `grid` axes whose product is the set of runs, optional
 per-dataset preset files and per-dataset axes, where the runs go, how they are executed and
 which analysis jobs (plasticity, bounds, probes) belong to the study. Experiment constants
-(datasets, seeds, lrs, train sets) live in the YAML only.
+(datasets, seeds, lrs, train sets) live in the YAML only. What a study is, its runs (`expand`)
+and its analysis jobs (`analysis_jobs`), is defined here, for the launcher, the cost estimate
+and the aggregator alike.
 
 Paths: `presets` are relative to the spec file's folder; `root` to the working directory (like
 every `runs/` folder).
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, read_yaml
-from vitplas.experiments.jobs import check_job
+from vitplas.jobs.registry import ANALYSIS_RUNNERS, DATASET_KEY, check_job, import_path
 
 HASH_LEN = 8
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a spec name: one plain folder name
@@ -61,9 +63,9 @@ class ExecutorSettings:
 class RunnerSettings:
     """What one run calls, by import path: function(cfg, run_dir) -> dict."""
 
-    function: str = "vitplas.training.finetune:run_finetune"  # what one run calls:
-    # module:function(cfg, run_dir) -> dict
-    config: str | None = "vitplas.training.finetune:FinetuneConfig"  # None: cfg is a dict
+    function: str = "vitplas.jobs.runners:run_finetune"  # what one run calls:
+    # module:function(cfg, run_dir) -> dict (vitplas.jobs.registry: the registered ones)
+    config: str | None = "vitplas.training.config:FinetuneConfig"  # None: cfg is a dict
 
 
 @dataclass
@@ -275,3 +277,74 @@ def expand(spec: SweepSpec, with_presets: bool = True) -> list[Run]:
 
 def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
     return dataclasses.asdict(spec)
+
+
+def check_runs(spec: SweepSpec, runs: list[Run]) -> dict[str, str]:
+    """{run id: error} for every run whose full config the runner's config class refuses
+    (unknown key, wrong type, bad value); {} when all are valid or the runner takes a dict."""
+    if spec.runner.config is None:
+        return {}
+    config_class = import_path(spec.runner.config)
+    bad = {}
+    for run in runs:
+        try:
+            config_from_dict(config_class, run.config)
+        except ValueError as err:  # ConfigError included
+            bad[run.run_id] = str(err)
+    return bad
+
+
+@dataclass
+class AnalysisJob:
+    """One analysis job of a study: its kind, id (from its values), runner and config."""
+
+    kind: str
+    job_id: str
+    function: str
+    config_class: str | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+# `for_each_dataset: true` in an analysis entry: one job per dataset of the sweep's grid, the
+# dataset going into the runner config's key DATASET_KEY[kind]
+FOR_EACH_DATASET = "for_each_dataset"
+
+
+def _entries(spec: SweepSpec, kind: str) -> list[dict[str, Any]]:
+    """The spec's `analysis.<kind>` entries, `for_each_dataset` ones expanded over the grid."""
+    datasets = spec.grid.get("dataset", [spec.base.get("dataset")])
+    out = []
+    for entry in getattr(spec.analysis, kind):
+        config = dict(entry)
+        if config.pop(FOR_EACH_DATASET, False):
+            out += [{**config, DATASET_KEY[kind]: dataset} for dataset in datasets]
+        else:
+            out.append(config)
+    return out
+
+
+def analysis_jobs(spec: SweepSpec) -> list[AnalysisJob]:
+    """The spec's analysis entries as jobs with ids derived from their values."""
+    jobs = []
+    for kind in ANALYSIS_RUNNERS:
+        for config in _entries(spec, kind):
+            function = config.pop("function", ANALYSIS_RUNNERS[kind][0])
+            config_class = config.pop("config", ANALYSIS_RUNNERS[kind][1])
+            check_job(function, config_class, f"analysis.{kind} entry")
+            params = {k: config[k] for k in ("model", "target", "dataset") if k in config}
+            jobs.append(AnalysisJob(kind, run_id(params, config), function, config_class, config))
+    return jobs
+
+
+def check_analysis(spec: SweepSpec) -> list[AnalysisJob]:
+    """The spec's analysis jobs, each config built strictly (unknown key, bad value: a
+    ConfigError naming the entry) before anything runs."""
+    jobs = analysis_jobs(spec)
+    for job in jobs:
+        if job.config_class is None:
+            continue
+        try:
+            config_from_dict(import_path(job.config_class), job.config)
+        except ValueError as err:  # ConfigError included
+            raise ConfigError(f"analysis.{job.kind} entry {job.job_id}: {err}") from err
+    return jobs

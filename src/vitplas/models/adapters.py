@@ -10,25 +10,16 @@ LayerNorm modules, so the component map sees an ordinary model.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 from torch import nn
 
 from vitplas.models.components import component_map
+from vitplas.models.options import LoraOptions
 
 ADAPTERS = ("lora", "lntuning")  # the train tokens that inject peft adapters
 _COMPONENTS = {"lora": ("mha",), "lntuning": ("ln1", "ln2")}
 _WANTED = {"lora": nn.Linear, "lntuning": nn.LayerNorm}
 _MARKER = {"lora": "lora_", "lntuning": "ln_tuning_layers"}  # in adapter parameter names
-
-
-@dataclass
-class LoraOptions:
-    """LoRA rival (the original's branch: r=8, alpha=16, AdamW at lr/100)."""
-
-    r: int = 8  # LoRA rank
-    alpha: int = 16  # LoRA scaling alpha (the update is scaled by alpha / r)
-    dropout: float = 0.0  # dropout on the LoRA branch
 
 
 def adapter_targets(model: nn.Module, kind: str) -> list[str]:

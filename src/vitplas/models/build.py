@@ -21,8 +21,10 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from vitplas import protocol as protocols
 from vitplas.models import checkpoints, finetuned, hf, sources, timm_models
 from vitplas.models.errors import ModelError
 from vitplas.models.registry import (
@@ -89,7 +91,7 @@ def _dispatch(spec: str, *, random_init: bool, img_size: int | None) -> Built:
         return build_preset(get_preset(spec), random_init=random_init, img_size=img_size)
     if (run := finetuned.run_folder(spec)) is not None:
         base_only = spec.endswith(finetuned.BASE_SUFFIX)
-        return finetuned.from_run(run, random_init=random_init, base_only=base_only)
+        return from_run(run, random_init=random_init, base_only=base_only)
     if "@" in spec:
         arch, _, path = spec.partition("@")
         return sources.from_file(arch, Path(path).expanduser(), random_init=random_init)
@@ -145,3 +147,72 @@ def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int |
         num_classes=int(model.num_classes),
         arch=built.arch,
     )
+
+
+def reset_head(model: torch.nn.Module) -> None:
+    """Give the classification head torch.nn.Linear's default initialisation (the original's:
+    weights and bias uniform in +-1/sqrt(fan_in)), drawn from the global torch RNG."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"the model's head is {type(head).__name__}, not a Linear: protocol paper needs a "
+            "new linear head (pass num_classes)"
+        )
+    head.reset_parameters()
+
+
+def start_model(
+    spec: str,
+    *,
+    num_classes: int,
+    random_init: bool,
+    img_size: int | None,
+    seed: int,
+    protocol: str,
+):
+    """The LoadedModel a finetuning run starts from: `spec` with a new `num_classes` head drawn
+    from `seed` (global torch RNG): timm's init under protocol model, torch.nn.Linear's under
+    paper (the original's)."""
+    torch.manual_seed(seed)
+    loaded = load_model(spec, num_classes=num_classes, random_init=random_init, img_size=img_size)
+    if protocols.get(protocol).head_init == "torch":
+        torch.manual_seed(seed)  # the same head whatever loading drew
+        reset_head(loaded.model)
+    return loaded
+
+
+def from_run(run: Path, *, random_init: bool, base_only: bool = False):
+    """A `Built` (vitplas.models.sources) of finetuning run `run`: base model + trained weights
+    (base_only: the base alone; the trained file is still verified and read for the head)."""
+    if random_init:
+        raise ModelError(
+            f"{run} is a finetuned run: its weights are the point; drop random_init (--random-init)"
+        )
+    cfg = finetuned.read_run_config(run)
+    prep = finetuned.run_preprocessing(run, cfg)
+    path, checksum = finetuned.verify_weights(run)
+    trained = finetuned.read_trained(path, run)
+    with torch.random.fork_rng(devices=[]):
+        base = start_model(
+            str(cfg["model"]),
+            num_classes=finetuned.num_classes_of(cfg, trained),
+            random_init=bool(cfg.get("random_init", False)),
+            img_size=cfg.get("img_size"),
+            seed=int(cfg.get("seed", 0)),
+            protocol=finetuned.run_protocol(run, cfg),
+        )
+    recorded = finetuned.read_manifest(run).get("model_checksum")
+    if recorded and base.checksum and recorded != base.checksum:
+        raise ModelError(
+            f"base model '{cfg['model']}' has weights (sha256 {base.checksum[:12]}...) other than "
+            f"those run {run} trained from ({recorded[:12]}...); restore them to use this run"
+        )
+    finetuned.with_preprocessing(base.model, prep)
+    mean, std = prep["mean"], prep["std"]
+    train = "+".join(cfg.get("train", []))
+    if base_only:
+        desc = f"base model of finetuned run {run}: {base.description}"
+        return Built(base.model, desc, mean, std, base.checksum, base.random_init, base.arch)
+    finetuned.apply_run_weights(base.model, cfg, trained, run)
+    desc = f"finetuned run {run} (train={train} on {cfg['dataset']}) of {base.description}"
+    return Built(base.model, desc, mean, std, checksum, base.random_init, base.arch)

@@ -76,9 +76,14 @@ def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(
-    expected: Mapping[str, tuple[int, ...]], state: Mapping[str, torch.Tensor], source: str
+    expected: Mapping[str, tuple[int, ...]],
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    error: type[Exception] = ModelError,
+    advice: str = "Check that the architecture matches the checkpoint (local files: `arch@path`)",
 ) -> None:
-    """Fail unless `state` has exactly the keys of `expected`, each with the expected shape."""
+    """Fail (with `error`) unless `state` has exactly the keys of `expected`, each with the
+    expected shape; the message lists the missing, unexpected and wrong-shape keys."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
@@ -96,10 +101,7 @@ def check_state_dict(
             )
             if keys
         ]
-        raise ModelError(
-            f"weights from {source} do not fit the model; " + "; ".join(parts) + ". Check that "
-            "the architecture matches the checkpoint (local files: `arch@path`)"
-        )
+        raise error(f"weights from {source} do not fit the model; {'; '.join(parts)}. {advice}")
 
 
 def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

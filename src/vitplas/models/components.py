@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitplas.constants import PAPER_TRAIN_SETS as PAPER_TRAIN_SETS  # re-exported
+from vitplas.constants import THEORETICAL_RANK as THEORETICAL_RANK  # re-exported
 from vitplas.models import families_ops as ops
 from vitplas.models.families import (
     BLOCK_COMPONENTS,
@@ -33,10 +35,6 @@ from vitplas.models.families import (
 
 _BLOCK_NAMES = (*BLOCK_COMPONENTS, *EXTRA_BLOCK_COMPONENTS)
 ALL_COMPONENTS = (*GLOBAL_COMPONENTS[:1], *_BLOCK_NAMES, *GLOBAL_COMPONENTS[1:])
-# The paper's theoretical ranking (PAPER.md section 2): rank 1 is the least smooth.
-THEORETICAL_RANK = {"mha": 1, "fc1": 2, "fc2": 3, "ln2": 4, "ln1": 5}
-# The paper's finetuning configurations (PAPER.md section 3); "all" is full finetuning.
-PAPER_TRAIN_SETS = ("all", "emb", "ln1", "mha", "ln2", "fc1", "fc2")
 
 
 class UnknownComponentError(ValueError):

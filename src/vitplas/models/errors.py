@@ -49,3 +49,9 @@ def hub_advice() -> str:
             "here (or point HF_HOME at a copy)"
         )
     return f"check the name; downloaded weights are kept in the hub cache {cache}"
+
+
+def reason(err: BaseException) -> str:
+    """`Type: first sentence` of an error, short enough to sit inside another message."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first.split('. ')[0][:160]}"

@@ -2,9 +2,10 @@
 
 A run spec is a run folder (with config.yaml and checkpoints/best.safetensors) or the path of
 that best.safetensors. The base model is rebuilt from the run's resolved config exactly as
-training built it (`start_model`: model spec, random_init, img_size, a new head of the
-dataset's class count drawn from the run's seed as its protocol says), then the trained
-parameters are applied after their file passed `verify_weights`. A base checkpoint other than
+training built it (models.build.start_model: model spec, random_init, img_size, a new head of
+the dataset's class count drawn from the run's seed as its protocol says), then the trained
+parameters are applied after their file passed `verify_weights` (models.build.from_run puts
+these records together; this module reads and checks them). A base checkpoint other than
 the one the run trained on is refused. The model's mean/std, interpolation and crop fraction
 are the run's own (`run_preprocessing`: its protocol and its manifest), so every consumer's
 `transform_for(loaded)` feeds it what it trained and was evaluated on.
@@ -24,7 +25,8 @@ from typing import Any
 
 import torch
 
-from vitplas.data.transforms import DEFAULT_PROTOCOL, PROTOCOLS, preprocessing_for
+from vitplas import protocol as protocols
+from vitplas.data.transforms import preprocessing_for
 from vitplas.models.adapters import ADAPTERS, LoraOptions, inject_adapters, merge_adapters
 from vitplas.models.errors import ModelError, short_list
 from vitplas.runs import DamagedRecordError, RunDir, atomic_write_text, file_sha256
@@ -91,9 +93,9 @@ def read_manifest(run: Path) -> dict[str, Any]:
 def run_protocol(run: Path, cfg: dict[str, Any]) -> str:
     """The run's `protocol` (a run from before protocols: its `normalization`, same names;
     neither: FinetuneConfig's default)."""
-    protocol = cfg.get("protocol", cfg.get("normalization", DEFAULT_PROTOCOL))
-    if protocol not in PROTOCOLS:
-        known = ", ".join(PROTOCOLS)
+    protocol = cfg.get("protocol", cfg.get("normalization", protocols.DEFAULT))
+    if protocol not in protocols.NAMES:
+        known = ", ".join(protocols.NAMES)
         raise ModelError(f"{run / CONFIG_FILE} names protocol '{protocol}'; known: {known}")
     return protocol
 
@@ -197,40 +199,6 @@ def num_classes_of(cfg: dict[str, Any], trained: dict[str, torch.Tensor]) -> int
     return int(count)
 
 
-def reset_head(model: torch.nn.Module) -> None:
-    """Give the classification head torch.nn.Linear's default initialisation (the original's:
-    weights and bias uniform in +-1/sqrt(fan_in)), drawn from the global torch RNG."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(
-            f"the model's head is {type(head).__name__}, not a Linear: protocol paper needs a "
-            "new linear head (pass num_classes)"
-        )
-    head.reset_parameters()
-
-
-def start_model(
-    spec: str,
-    *,
-    num_classes: int,
-    random_init: bool,
-    img_size: int | None,
-    seed: int,
-    protocol: str,
-):
-    """The LoadedModel a finetuning run starts from: `spec` with a new `num_classes` head drawn
-    from `seed` (global torch RNG): timm's init under protocol model, torch.nn.Linear's under
-    paper (the original's)."""
-    from vitplas.models.build import load_model
-
-    torch.manual_seed(seed)
-    loaded = load_model(spec, num_classes=num_classes, random_init=random_init, img_size=img_size)
-    if protocol == "paper":
-        torch.manual_seed(seed)  # the same head whatever loading drew
-        reset_head(loaded.model)
-    return loaded
-
-
 def adapter_kind(cfg: dict[str, Any]) -> str | None:
     """'lora' or 'lntuning' when the run trained that peft rival, else None."""
     train = cfg.get("train") or []
@@ -263,42 +231,3 @@ def with_preprocessing(model: torch.nn.Module, prep: dict[str, Any]) -> None:
     where data.transforms.transform_for reads interpolation and crop_pct."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     model.pretrained_cfg = {**cfg, **{k: prep[k] for k in PREP_KEYS}}
-
-
-def from_run(run: Path, *, random_init: bool, base_only: bool = False):
-    """A `Built` (vitplas.models.sources) of finetuning run `run`: base model + trained weights
-    (base_only: the base alone; the trained file is still verified and read for the head)."""
-    from vitplas.models.sources import Built
-
-    if random_init:
-        raise ModelError(
-            f"{run} is a finetuned run: its weights are the point; drop random_init (--random-init)"
-        )
-    cfg = read_run_config(run)
-    prep = run_preprocessing(run, cfg)
-    path, checksum = verify_weights(run)
-    trained = read_trained(path, run)
-    with torch.random.fork_rng(devices=[]):
-        base = start_model(
-            str(cfg["model"]),
-            num_classes=num_classes_of(cfg, trained),
-            random_init=bool(cfg.get("random_init", False)),
-            img_size=cfg.get("img_size"),
-            seed=int(cfg.get("seed", 0)),
-            protocol=run_protocol(run, cfg),
-        )
-    recorded = read_manifest(run).get("model_checksum")
-    if recorded and base.checksum and recorded != base.checksum:
-        raise ModelError(
-            f"base model '{cfg['model']}' has weights (sha256 {base.checksum[:12]}...) other than "
-            f"those run {run} trained from ({recorded[:12]}...); restore them to use this run"
-        )
-    with_preprocessing(base.model, prep)
-    mean, std = prep["mean"], prep["std"]
-    train = "+".join(cfg.get("train", []))
-    if base_only:
-        desc = f"base model of finetuned run {run}: {base.description}"
-        return Built(base.model, desc, mean, std, base.checksum, base.random_init, base.arch)
-    apply_run_weights(base.model, cfg, trained, run)
-    desc = f"finetuned run {run} (train={train} on {cfg['dataset']}) of {base.description}"
-    return Built(base.model, desc, mean, std, checksum, base.random_init, base.arch)

@@ -20,10 +20,9 @@ from typing import Any
 from torch import nn
 
 from vitplas.models.checkpoints import load_checked, read_state_dict
-from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
+from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice, reason
 from vitplas.models.hf_layouts import layout_for
 from vitplas.models.registry import HALF
-from vitplas.models.timm_models import reason
 
 HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CONFIG = "config.json"

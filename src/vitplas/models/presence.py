@@ -36,7 +36,7 @@ def weights_status(preset: Preset) -> WeightsStatus:
 
 def _dinov2_status() -> WeightsStatus:
     from vitplas.models import dinov2_onnx
-    from vitplas.runs import vitplas_home
+    from vitplas.paths import vitplas_home
 
     cache = vitplas_home() / "weights" / dinov2_onnx.WEIGHTS_FILENAME
     if cache.is_file():
@@ -52,7 +52,7 @@ def searched_places() -> str:
     """The local places presence is decided from (for a table caption)."""
     from huggingface_hub import constants
 
-    from vitplas.runs import vitplas_home
+    from vitplas.paths import vitplas_home
 
     return f"Hugging Face hub cache {constants.HF_HUB_CACHE}; {vitplas_home() / 'weights'}"
 

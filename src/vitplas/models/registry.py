@@ -17,16 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitplas.constants import IMAGENET_MEAN, IMAGENET_MEAN_STD, IMAGENET_STD, Triple
 from vitplas.models.errors import ModelError
 
-Triple = tuple[float, float, float]
-IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
-IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
 HALF: Triple = (0.5, 0.5, 0.5)
 # PAPER.md section 3 (choice): the paper normalises with ImageNet mean/std although the
 # in21k checkpoints were trained with mean = std = 0.5. "paper" reproduces the paper,
 # "model" uses the checkpoint's own statistics (LoadedModel.mean/std).
-PAPER_MEAN_STD: tuple[Triple, Triple] = (IMAGENET_MEAN, IMAGENET_STD)
+PAPER_MEAN_STD: tuple[Triple, Triple] = IMAGENET_MEAN_STD
 NORMALIZATIONS = ("paper", "model")
 SOURCES = ("timm", "dinov2-onnx", "random")
 

@@ -20,7 +20,8 @@ from torch import nn
 from vitplas.models import checkpoints, hf, timm_models
 from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
 from vitplas.models.registry import Preset
-from vitplas.runs import file_sha256, vitplas_home
+from vitplas.paths import vitplas_home
+from vitplas.runs import file_sha256
 
 RANDOM_INIT = "RANDOM INIT"
 HUB_PROBE_S = 4.0  # how long to try reaching the Hub before working from its cache only

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
+from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice, reason
 
 # timm modules whose models vitplas.models.families covers (some of their blocks may be refused)
 VIT_MODULES = (
@@ -144,9 +144,3 @@ def missing_weights_error(name: str, err: BaseException | None) -> ModelError:
         f"{hub_advice()}; or load a local file with the spec "
         f"'{arch}@path/to/weights.safetensors'; or pass {RANDOM_INIT_ADVICE}"
     )
-
-
-def reason(err: BaseException) -> str:
-    """`Type: first sentence` of an error, short enough to sit inside another message."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {first.split('. ')[0][:160]}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vitplas.models.components import THEORETICAL_RANK
+from vitplas.constants import THEORETICAL_RANK
 from vitplas.plots import style
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vitplas.device import resolve_device as _resolve
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -42,12 +44,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """auto -> cuda:<local_rank> when CUDA is available, else cpu."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(device)
+    """auto -> cuda:<local_rank> when CUDA is available, else cpu (vitplas.device)."""
+    return _resolve(device, local_rank)
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitplas.data.transforms import IMAGENET_MEAN, IMAGENET_STD, preprocessing_for
-from vitplas.models.finetuned import reset_head as reset_head  # re-exported
-from vitplas.models.finetuned import start_model
+from vitplas.models.build import reset_head as reset_head  # re-exported
+from vitplas.models.build import start_model
 from vitplas.training.config import FinetuneConfig
 
 
@@ -39,7 +39,7 @@ class Sources:
 
 def load_model_for(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
     """The configured model with a new `num_classes` head drawn from cfg.seed (as the run's
-    protocol says: models.finetuned.start_model), and its description for the manifest."""
+    protocol says: models.build.start_model), and its description for the manifest."""
     loaded = start_model(
         cfg.model,
         num_classes=num_classes,

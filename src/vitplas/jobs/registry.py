@@ -1,8 +1,10 @@
-"""The registry of job functions a spec may name (`runner.function`, analysis `function:`).
+"""The job functions and config classes a sweep spec may name, derived from the job table.
 
-A spec is data: it may only name vitplas's own job functions and config classes, or ones a
-user registered explicitly, either in Python (`register_job`) or, so that sweep workers in
-other processes see them too, as entry points of their package:
+A spec is data: `runner.function` and an analysis entry's `function:` / `config:` may only name
+the runners and config classes of the job table (vitplas.jobs.table, with the older import
+paths each record keeps as aliases), or ones a user registered explicitly, either in Python
+(`register_job`) or, so that sweep workers in other processes see them too, as entry points of
+their package:
 
     [project.entry-points."vitplas.jobs"]
     my_finetune = "mypkg.jobs:my_finetune"          # function(cfg, run_dir) -> dict
@@ -10,36 +12,46 @@ other processes see them too, as entry points of their package:
     my_config = "mypkg.jobs:MyConfig"               # a dataclass
 
 Any other import path (`builtins:print`, `os:system`) is a ConfigError before anything runs.
-`import_path` resolves a (checked) path; `check_runs` builds every run's config strictly.
+`import_path` resolves a path (an alias to its job's runner or config).
 """
 
 from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from vitplas.config import ConfigError, config_from_dict
+from vitplas.config import ConfigError
+from vitplas.jobs.table import JOBS, analysis_jobs
 
-if TYPE_CHECKING:
-    from vitplas.experiments.spec import Run, SweepSpec
 
-FUNCTIONS = {
-    "vitplas.training.finetune:run_finetune",
-    "vitplas.training.probe:run_probe",
-    "vitplas.analysis.job:run_plasticity",
-    "vitplas.analysis.bounds_job:run_bounds",
-    "vitplas.experiments.fake:fake_finetune",
-    "vitplas.selection.auto:finetune",  # train=[auto]: resolve the pick, then run_finetune
+def _aliases() -> dict[str, str]:
+    """older import path -> the job's runner or config path it means now."""
+    out = {}
+    for job in JOBS:
+        for alias in job.aliases:
+            out[alias] = job.config if alias.rsplit(":", 1)[1][:1].isupper() else job.runner
+    return out
+
+
+ALIASES = _aliases()
+FUNCTIONS = {job.runner for job in JOBS if job.sweep_runner or job.analysis} | {
+    a for a, target in ALIASES.items() if target in {j.runner for j in JOBS}
+}
+CONFIGS = {job.config for job in JOBS if job.sweep_runner or job.analysis} | {
+    a for a, target in ALIASES.items() if target in {j.config for j in JOBS}
 }
 # the runners whose runs are vitplas finetunes of a FinetuneConfig (their cost can be counted)
-FINETUNE_RUNNERS = {"vitplas.training.finetune:run_finetune", "vitplas.selection.auto:finetune"}
-CONFIGS = {
-    "vitplas.training.finetune:FinetuneConfig",
-    "vitplas.training.probe:ProbeConfig",
-    "vitplas.analysis.job:PlasticityConfig",
-    "vitplas.analysis.bounds_job:BoundsConfig",
+FINETUNE_RUNNERS = {
+    path
+    for job in JOBS
+    if job.cost == "finetune"
+    for path in (job.runner, *(a for a in job.aliases if ALIASES[a] == job.runner))
 }
+# kind -> (runner function, config class) of a study's analysis jobs (spec `analysis.<kind>`)
+ANALYSIS_RUNNERS = {key: (job.runner, job.config) for key, job in analysis_jobs().items()}
+# `for_each_dataset: true` in an analysis entry: the dataset goes into this key of its config
+DATASET_KEY = {key: job.dataset_key for key, job in analysis_jobs().items() if job.dataset_key}
 _user_functions: set[str] = set()
 _user_configs: set[str] = set()
 
@@ -64,7 +76,7 @@ def check_job(function: str, config_class: str | None, where: str) -> None:
     if function not in functions:
         raise ConfigError(
             f"{where}: function '{function}' is not a registered vitplas job; use one of "
-            f"{', '.join(sorted(functions))}, or register your own (vitplas.experiments.jobs."
+            f"{', '.join(sorted(functions))}, or register your own (vitplas.jobs.registry."
             "register_job, or a 'vitplas.jobs' entry point of your package)"
         )
     configs = CONFIGS | _user_configs | _entry_point_values("vitplas.job_configs")
@@ -77,8 +89,8 @@ def check_job(function: str, config_class: str | None, where: str) -> None:
 
 
 def import_path(path: str) -> Any:
-    """'package.module:attr' -> the object; a clear error when it is not there."""
-    module_name, _, attr = path.partition(":")
+    """'package.module:attr' -> the object (an alias: its job's); a clear error when absent."""
+    module_name, _, attr = ALIASES.get(path, path).partition(":")
     if not attr:
         raise ValueError(f"import path '{path}' must look like 'package.module:name'")
     try:
@@ -88,18 +100,3 @@ def import_path(path: str) -> Any:
     if not hasattr(module, attr):
         raise ValueError(f"'{module_name}' has no '{attr}' (from '{path}')")
     return getattr(module, attr)
-
-
-def check_runs(spec: SweepSpec, runs: list[Run]) -> dict[str, str]:
-    """{run id: error} for every run whose full config the runner's config class refuses
-    (unknown key, wrong type, bad value); {} when all are valid or the runner takes a dict."""
-    if spec.runner.config is None:
-        return {}
-    config_class = import_path(spec.runner.config)
-    bad = {}
-    for run in runs:
-        try:
-            config_from_dict(config_class, run.config)
-        except ValueError as err:  # ConfigError included
-            bad[run.run_id] = str(err)
-    return bad

@@ -17,9 +17,9 @@ cheap enough for a CPU; None keeps them all (the paper preset).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,72 +28,14 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from vitplas.analysis.configs import PRESETS as PRESETS  # re-exported
+from vitplas.analysis.configs import LandscapeConfig
 from vitplas.analysis.plasticity import embed_images, token_ratios
 from vitplas.analysis.setup import open_stream, resolve_device
-from vitplas.config import ConfigError
-from vitplas.data import build_transform, dataset_info, make_loader
+from vitplas.data import dataset_info, make_loader, transform_for
 from vitplas.models import load_model
 from vitplas.models.components import ComponentMap, component_map
-from vitplas.runs import RunDir, atomic_write_json, write_table
-
-
-@dataclass
-class LandscapeConfig:
-    """`vitplas landscape` settings; defaults are the offline default (see PRESETS['paper'])."""
-
-    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
-    random_init: bool = False  # random weights on purpose (a baseline)
-    img_size: int | None = 42  # input side in px (None: the model's own)
-    blocks: int | None = 1  # keep the first N blocks (None: all; the paper)
-    dataset: str = "fashion-mnist"  # SGD steps and the loss batch: its train split
-    reference: str = "photos"  # rate of change: pairs (reference [val], dataset [test])
-    layer: int = 0  # the block whose components are studied
-    components: list[str] = field(default_factory=lambda: ["ln1", "fc1", "mha"])  # components of
-    # that block, one pair of surfaces each
-    steps: int = 20  # SGD steps of the trajectory
-    lr: float = 0.01  # SGD learning rate of the trajectory
-    momentum: float = 0.9  # SGD momentum
-    grad_clip: float | None = 1.0  # total gradient norm, as the finetuning protocol clips
-    batch_size: int = 16  # images per SGD step
-    grid: int = 20  # grid points per side of the plane (grid x grid evaluations)
-    span: float = 0.5  # the grid covers [-span, span] along both PCA directions
-    eval_images: int = 16  # training images of the fixed loss batch
-    pairs: int = 16  # fixed (reference, dataset) pairs of the rate of change
-    seed: int = 0  # seed of the head, the batches and the pairs
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
-    threads: int | None = 1  # torch CPU threads for the run: its tensors are small, and more
-    # threads mostly wait for each other (5x the CPU time on a shared 2-core CPU); None: torch's
-    normalization: Literal["model", "paper"] = "model"  # mean/std: the model's own, or ImageNet's
-    # (the paper)
-
-    def validate(self) -> None:
-        if self.steps < 2 or self.grid < 2:
-            raise ConfigError(f"steps and grid must be >= 2, got {self.steps}, {self.grid}")
-        if self.span <= 0 or self.lr <= 0:
-            raise ConfigError("span and lr must be > 0")
-        if self.blocks is not None and not 0 <= self.layer < self.blocks:
-            raise ConfigError(f"layer {self.layer} is not among the first {self.blocks} blocks")
-
-
-# The original's setup: ViT-B/16 in21k, block 0, LN1/FC1/MHA, 20 x 20 grid over +-0.5, 20 steps.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(
-        model="vit-b16-in21k",
-        img_size=224,
-        blocks=None,
-        dataset="cifar10",
-        reference="imagenet",
-        grid=20,
-        span=0.5,
-        steps=20,
-        batch_size=64,
-        eval_images=256,
-        pairs=256,
-        normalization="paper",
-        threads=None,
-    ),
-    "offline": {},
-}
+from vitplas.runs import Computed, RunDir, write_table
 
 
 @dataclass
@@ -119,14 +61,14 @@ def _setup(cfg: LandscapeConfig, num_classes: int) -> tuple[_Setup, Any]:
 
 def _batches(cfg: LandscapeConfig, transform) -> tuple[list, tuple, torch.Tensor]:
     """(SGD batches, loss batch (x, labels), pair tokens (2P, N, D) input) from the datasets."""
-    train = open_stream(cfg.dataset, "train", transform, None, False)
+    train = open_stream(cfg.dataset, "train", transform, None, False, cfg.protocol)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
     it = iter(loader)
     steps = [next(it) for _ in range(cfg.steps)]
     fixed = make_loader(train, cfg.eval_images, shuffle=True, seed=cfg.seed + 1)
     loss_batch = next(iter(fixed))
-    ref = open_stream(cfg.reference, "val", transform, None, False)
-    tgt = open_stream(cfg.dataset, "test", transform, None, False)
+    ref = open_stream(cfg.reference, "val", transform, None, False, cfg.protocol)
+    tgt = open_stream(cfg.dataset, "test", transform, None, False, cfg.protocol)
     xs = next(iter(make_loader(ref, cfg.pairs, shuffle=True, seed=cfg.seed)))[0]
     ys = next(iter(make_loader(tgt, cfg.pairs, shuffle=True, seed=cfg.seed)))[0]
     n = min(len(xs), len(ys))
@@ -185,30 +127,36 @@ def surfaces(setup, cfg, name, center, directions, loss_batch, h) -> pd.DataFram
     return pd.DataFrame(rows, columns=["i", "j", "a", "b", "loss", "rate"])
 
 
-def run_landscape(cfg: LandscapeConfig, run_dir: str | Path, progress=None) -> dict[str, Any]:
-    """Every component's trajectory, plane and surfaces; tables and figures under `run_dir`.
+def read_landscape(run: RunDir) -> dict[str, Any]:
+    """A finished landscape run's result, grid and trajectory, verified."""
+    import io
+
+    grid = pd.read_csv(io.BytesIO(run.read_verified("landscape.csv")))
+    path = pd.read_csv(io.BytesIO(run.read_verified("trajectory.csv")))
+    return {**run.read_json(), "grid": grid, "trajectory": path}
+
+
+def compute_landscape(cfg: LandscapeConfig, run: RunDir, progress=None) -> Computed:
+    """Every component's trajectory, plane and surfaces; tables and figures under `run`.
 
     progress(component, done, total) is called after each component."""
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, run_dir, progress)
+        return _compute(cfg, run, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: LandscapeConfig, run_dir: str | Path, progress) -> dict[str, Any]:
+def _compute(cfg: LandscapeConfig, run: RunDir, progress) -> Computed:
     from vitplas.plots.landscape import landscape_figure
     from vitplas.plots.style import write
 
     t0 = time.perf_counter()
-    run = RunDir(run_dir)
-    run.start(cfg)
     torch.manual_seed(cfg.seed)
     setup, loaded = _setup(cfg, dataset_info(cfg.dataset).num_classes)
-    mean, std = loaded.normalization(cfg.normalization)
-    steps, loss_batch, images = _batches(cfg, build_transform(mean, std, loaded.input_size, False))
+    steps, loss_batch, images = _batches(cfg, transform_for(loaded, False, cfg.protocol))
     with torch.inference_mode():
         h = embed_images(setup.cmap, images.to(setup.device))  # (2P, N, D): c moves, h does not
     start = {k: v.clone() for k, v in setup.model.state_dict().items()}
@@ -235,7 +183,4 @@ def _run(cfg: LandscapeConfig, run_dir: str | Path, progress) -> dict[str, Any]:
         "files": [str(Path(p).relative_to(run.path)) for p in files],
         "timings": {"total_s": time.perf_counter() - t0},
     }
-    run.write_manifest(result)
-    atomic_write_json(run / "result.json", result)
-    run.mark_done()
-    return {**result, "grid": grid, "trajectory": path, "run_dir": str(run.path)}
+    return Computed(result, result, {"grid": grid, "trajectory": path})
