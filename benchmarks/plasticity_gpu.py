@@ -23,7 +23,8 @@ import torch
 
 
 def end_to_end(args: argparse.Namespace, dtype: str) -> dict:
-    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+    from vitplas.analysis.job import PlasticityConfig
+    from vitplas.jobs.runners import run_plasticity
     from vitplas.data import is_available
 
     target = "fashion-mnist" if is_available("fashion-mnist")[0] else "digits"

@@ -19,7 +19,8 @@ import tempfile
 
 
 def child(args: argparse.Namespace) -> None:
-    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+    from vitplas.analysis.job import PlasticityConfig
+    from vitplas.jobs.runners import run_plasticity
 
     cfg = PlasticityConfig(
         model=args.model,

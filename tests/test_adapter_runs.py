@@ -30,7 +30,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 def adapter_run(request, tmp_path_factory):
     """(run folder, result, logits of the in-process trained model) of a few-step finetune."""
     from vitplas.training.config import load_finetune_config
-    from vitplas.training.finetune import run_finetune
+    from vitplas.jobs.runners import run_finetune
     from vitplas.training.sources import load_sources
 
     cfg = load_finetune_config(SMOKE, [*SHORT, *RIVALS[request.param]])

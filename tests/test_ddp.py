@@ -11,7 +11,7 @@ from test_train_support import toy_config, toy_sources, without_timing
 
 from vitplas.runs import RunDir
 from vitplas.training.checkpoint import BEST_FILE, load_weights
-from vitplas.training.finetune import run_finetune
+from vitplas.jobs.runners import run_finetune
 
 CFG = ("steps=4", "warmup_steps=1", "eval_every=4", "batch_size=16", "train=[mha,ln2]")
 

@@ -19,7 +19,7 @@ from vitplas.locks import holder, run_lock
 from vitplas.runs import RunDir
 from vitplas.training import checkpoint as ckpt
 from vitplas.training.config import load_finetune_config
-from vitplas.training.finetune import run_finetune
+from vitplas.jobs.runners import run_finetune
 
 ARGS = [
     "model=tiny-random",

@@ -70,7 +70,8 @@ def test_ratio_stats_state_round_trip_continues_bit_identically():
 
 
 def test_killed_mid_stream_resumes_from_saved_statistics_to_identical_tables(tmp_path, plain):
-    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+    from vitplas.analysis.job import PlasticityConfig
+    from vitplas.jobs.runners import run_plasticity
 
     out = tmp_path / "run"
     assert killed_run(out, f"plasticity_batch:{SAVE_EVERY + 3}") == -9

@@ -198,7 +198,8 @@ def test_identity_line_drops_empty_facts():
 
 
 def test_a_plasticity_run_titles_its_figures_from_its_config(tmp_path, monkeypatch):
-    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+    from vitplas.analysis.job import PlasticityConfig
+    from vitplas.jobs.runners import run_plasticity
 
     titles = {}
 

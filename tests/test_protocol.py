@@ -214,8 +214,7 @@ def test_paper_sweep_lists_924_runs_of_the_seven_train_sets():
     from typer.testing import CliRunner
 
     from vitplas.cli import app
-    from vitplas.experiments.reproduce import check_analysis
-    from vitplas.experiments.spec import load_spec
+    from vitplas.experiments.spec import check_analysis, load_spec
     from vitplas.models.components import PAPER_TRAIN_SETS
 
     spec_path = Path(__file__).parents[1] / "configs" / "paper" / "main.yaml"
@@ -257,8 +256,9 @@ def test_cifar10c_paper_split_through_the_registry(tmp_path):
 
 def test_paper_run_trains_and_evaluates_on_the_original_splits(tmp_path):
     from vitplas.training.config import load_finetune_config
-    from vitplas.training.evaluate import evaluate_run
-    from vitplas.training.finetune import run_finetune
+    from vitplas.jobs.runners import run_evaluate
+    from vitplas.training.config import EvaluateConfig
+    from vitplas.jobs.runners import run_finetune
 
     overrides = ["protocol=paper", "steps=4", "warmup_steps=2", "eval_every=2", "batch_size=16"]
     overrides += ["tensorboard=false", "num_workers=0", "device=cpu", "max_eval_samples=64"]
@@ -269,5 +269,5 @@ def test_paper_run_trains_and_evaluates_on_the_original_splits(tmp_path):
     assert (cfg.amp, cfg.val_split) == ("none", "seeded")
     result = run_finetune(cfg, tmp_path / "run")
     assert result["test_n"] == 64
-    table = evaluate_run(tmp_path / "run", device="cpu", num_workers=0)
+    table = run_evaluate(EvaluateConfig(run=str(tmp_path / "run"), device="cpu", num_workers=0))
     assert table["n"].tolist() == [len(paper_test_split(1797)[1])]  # the original's test split

@@ -10,7 +10,7 @@ import torch
 from test_train_support import params, toy_config, toy_data, toy_sources
 
 from vitplas.config import ConfigError
-from vitplas.training.finetune import run_finetune
+from vitplas.jobs.runners import run_finetune
 from vitplas.training.trainsets import few_shot, parse_train
 
 HEAD_NORM = {"head.weight", "head.bias", "norm.weight", "norm.bias"}

@@ -109,7 +109,7 @@ def test_other_process_is_refused_or_waits(tmp_path):
 
 
 def test_keys_added_since_leave_the_default_run_folder_name_unchanged():
-    from vitplas.cli.training import default_finetune_dir
+    from vitplas.jobs.folders import default_finetune_dir
     from vitplas.training.config import load_finetune_config
 
     # keys at their defaults do not enter the name: a run started before they existed keeps it

@@ -118,11 +118,12 @@ def test_finetune_with_skip_unreadable_records_the_count(tmp_path):
     assert manifest["skipped_unreadable"] == 3
     assert sorted(manifest["skipped_unreadable_files"]) == sorted(map(str, bad))
     # evaluate reads the run's test split as training drew it: the same files left out
-    from vitplas.training.evaluate import evaluate_run
+    from vitplas.jobs.runners import run_evaluate
+    from vitplas.training.config import EvaluateConfig
 
     with warnings.catch_warnings():  # the one warning may have been given already
         warnings.simplefilter("ignore")
-        table = evaluate_run(out, device="cpu", num_workers=0)
+        table = run_evaluate(EvaluateConfig(run=str(out), device="cpu", num_workers=0))
     result = json.loads((out / "result.json").read_text())
     assert table["acc"].iloc[0] == pytest.approx(result["test_acc"])
 

@@ -8,7 +8,7 @@ import torch
 from test_train_support import NUM_CLASSES, tiny_vit, toy_config
 from torch.utils.data import TensorDataset
 
-from vitplas.training.finetune import run_finetune
+from vitplas.jobs.runners import run_finetune
 from vitplas.training.sources import Sources
 from vitplas.training.stream import device_augment
 

@@ -114,7 +114,7 @@ def test_cli_errors_are_clear(tmp_path):
 
 
 def test_dataset_wildcards_expand_over_the_registry():
-    from vitplas.cli.training import expand_datasets
+    from vitplas.training.evaluate import expand_datasets
 
     names = expand_datasets(["cifar10-c/*/5", "digits"])
     assert "cifar10-c/snow/5" in names and "cifar10-c/contrast/5" in names

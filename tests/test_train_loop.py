@@ -13,7 +13,8 @@ from vitplas.config import ConfigError
 from vitplas.models.components import component_map
 from vitplas.runs import RunDir
 from vitplas.training.checkpoint import list_checkpoints
-from vitplas.training.finetune import TrainingDivergedError, run_finetune
+from vitplas.training.finetune import TrainingDivergedError
+from vitplas.jobs.runners import run_finetune
 
 
 def _component_of(name: str, cmap) -> str:

@@ -11,8 +11,9 @@ import pytest
 
 from vitplas.data import is_available
 from vitplas.training.config import load_finetune_config
-from vitplas.training.finetune import run_finetune
-from vitplas.training.probe import ProbeConfig, run_probe
+from vitplas.jobs.runners import run_finetune
+from vitplas.training.probe import ProbeConfig
+from vitplas.jobs.runners import run_probe
 
 pytestmark = pytest.mark.slow
 

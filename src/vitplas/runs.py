@@ -27,25 +27,26 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vitplas.paths import vitplas_home as vitplas_home  # re-exported (its home: paths)
 
 DONE_MARKER = "DONE"
 CHECKSUMS = "checksums.json"
 # DONE's keys: the sha256 of checksums.json, and of the one an extended seal is replacing it by
 SEAL_KEY, PENDING_KEY = "checksums_sha256", "pending_checksums_sha256"
-# the records a seal covers (paths relative to the run folder): what vitplas reads back.
-# Not sealed: the lock, the markers, a launcher's bookkeeping (sweep.json, status.json,
-# error.txt, rewritten after DONE), figures (views of the tables), TensorBoard events and
-# the resumable state.
+# the records a seal covers by default (paths relative to the run folder): what vitplas reads
+# back. A job of vitplas.jobs seals its own records (its Job record's `records`); these are
+# for a runner outside the job table. Not sealed: the lock, the markers, a launcher's
+# bookkeeping (sweep.json, status.json, error.txt, rewritten after DONE), figures (views of the
+# tables), TensorBoard events and the resumable state.
 RECORD_PATTERNS = (
     "config.yaml",
     "manifest.json",
     "metrics.jsonl",
     "result.json",
-    "radius.json",
-    "picks.json",
-    "summary.txt",
     "*.csv",
     "*.parquet",
     "checkpoints/*.safetensors",
@@ -146,9 +147,9 @@ def environment_manifest() -> dict[str, Any]:
     import numpy
     import torch
 
-    import vitplas
+    from vitplas.version import __version__
 
-    versions = {"vitplas": vitplas.__version__, "python": platform.python_version()}
+    versions = {"vitplas": __version__, "python": platform.python_version()}
     versions.update({"torch": torch.__version__, "numpy": numpy.__version__})
     for name in ("timm", "torchvision", "pandas", "sklearn", "scipy"):
         try:
@@ -174,6 +175,19 @@ def now_iso() -> str:
 
 # config keys of an analysis run that change no number (hardware and display only)
 ANALYSIS_RUNTIME_KEYS = frozenset({"device", "num_workers"})
+
+
+@dataclass
+class Computed:
+    """What a compute function gives back.
+
+    result: the JSON-able result (written as result.json unless the job writes its own);
+    manifest: the facts manifest.json records beside the environment's (None: none);
+    returned: what the caller gets besides, not written (tables as DataFrames)."""
+
+    result: dict[str, Any]
+    manifest: dict[str, Any] | None = None
+    returned: dict[str, Any] = field(default_factory=dict)
 
 
 class RunDir:
@@ -264,11 +278,11 @@ class RunDir:
     def is_done(self) -> bool:
         return (self.path / DONE_MARKER).exists()
 
-    def mark_done(self) -> None:
-        """Seal every record (checksums.json), then write DONE naming the seal: the last write
-        of a run."""
+    def mark_done(self, patterns: tuple[str, ...] = RECORD_PATTERNS) -> None:
+        """Seal every record (`patterns`, checksums.json), then write DONE naming the seal:
+        the last write of a run."""
         fault_point("before_seal")
-        digest = self.seal()
+        digest = self.seal(patterns=patterns)
         fault_point("before_done")
         self._write_done({"finished_at": now_iso(), SEAL_KEY: digest})
 
@@ -286,12 +300,12 @@ class RunDir:
         atomic_write_json(self.path / DONE_MARKER, dict(record))
 
     # ---- verified records ---------------------------------------------------------------
-    def record_names(self) -> list[str]:
-        """Relative paths of the records present that a seal covers (RECORD_PATTERNS)."""
+    def record_names(self, patterns: tuple[str, ...] = RECORD_PATTERNS) -> list[str]:
+        """Relative paths of the records present that a seal covers (`patterns`)."""
         import fnmatch
 
         names = []
-        for pattern in RECORD_PATTERNS:
+        for pattern in patterns:
             folder, _, glob = pattern.rpartition("/")
             for path in sorted((self.path / folder).glob(glob)):
                 rel = path.relative_to(self.path).as_posix()
@@ -299,12 +313,15 @@ class RunDir:
                     names.append(rel)
         return names
 
-    def seal(self, names: list[str] | None = None) -> str:
-        """Record sha256 and size of `names` (default: every record) in checksums.json; the
+    def seal(
+        self, names: list[str] | None = None, patterns: tuple[str, ...] = RECORD_PATTERNS
+    ) -> str:
+        """Record sha256 and size of `names` (default: every record of `patterns`) in
+        checksums.json; the
         sha256 of checksums.json is returned. Extending a finished run's seal (evaluate) names
         the new seal in DONE first, next to the current one: a kill in between damages nothing."""
         sums = self.checksums() if names is not None else {}
-        for name in self.record_names() if names is None else names:
+        for name in self.record_names(patterns) if names is None else names:
             path = self.path / name
             sums[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         data = _json_bytes(sums)
@@ -445,8 +462,3 @@ def default_run_dir(kind: str, name: str, root: str | Path = "runs") -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return Path(root) / kind / f"{stamp}-{safe}"
-
-
-def vitplas_home() -> Path:
-    """Cache root for weights and offline assets: $VITPLAS_HOME or ~/.cache/vitplas."""
-    return Path(os.environ.get("VITPLAS_HOME", Path.home() / ".cache" / "vitplas"))

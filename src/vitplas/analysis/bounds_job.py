@@ -10,13 +10,13 @@ from that plasticity run (its bounds table); without one it stays NaN, its defin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
 from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bounds
+from vitplas.analysis.configs import BoundsConfig
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     measured_radius,
@@ -24,70 +24,7 @@ from vitplas.analysis.setup import (
     open_stream,
     setup_for,
 )
-from vitplas.config import ConfigError
-from vitplas.locks import run_lock
-from vitplas.runs import RunDir, atomic_write_json, write_table
-
-
-@dataclass
-class BoundsConfig:
-    """`vitplas bounds` settings. The radius is given, or measured on dataset/split."""
-
-    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
-    random_init: bool = False  # random weights on purpose (a baseline)
-    img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
-    protocol: Literal["model", "paper"] = "model"  # preprocessing and splits (data.transforms)
-    dataset: str = "fashion-mnist"  # dataset the radius r is measured on
-    split: str = "test"  # split of that dataset
-    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
-    radius: float | None = None  # token radius r (None: measured on dataset/split)
-    radius_images: int = 256  # images the radius r is measured on
-    batch_size: int = 32  # images per forward pass while measuring r
-    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding (the paper) or hidden (each
-    # block's input, r per layer)
-    components: list[str] | None = None  # components to bound (None: every block component)
-    ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
-    # (max|gamma| / smallest token scale of a plasticity run's pairs), abs (max|gamma|) or signed
-    # (the original's)
-    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
-    # columns (the original's)
-    plasticity: str | None = None  # a plasticity run folder to divide by the bounds
-    seed: int = 0  # seed of the images r is measured on, and of random_init weights
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
-    figures: bool = True  # draw the figures (PNG + PDF)
-
-    def validate(self) -> None:
-        if self.radius is not None and not self.radius > 0:
-            raise ConfigError(f"radius must be > 0, got {self.radius}")
-        if self.radius_images < 1 or self.batch_size < 1:
-            raise ConfigError("radius_images and batch_size must be >= 1")
-        if self.plasticity is not None:
-            _check_plasticity_run(Path(self.plasticity), self)
-
-
-# what a plasticity run must share with the bounds it is divided by
-SAME_AS_PLASTICITY = ("model", "random_init", "img_size", "protocol", "inputs")
-
-
-def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
-    """`folder` is a finished plasticity run of the same model, input size and inputs mode."""
-    import yaml
-
-    if not (folder / "plasticity.csv").is_file() or not (folder / "config.yaml").is_file():
-        raise ConfigError(f"'{folder}' holds no plasticity.csv and config.yaml (a plasticity run)")
-    measured = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    other = [k for k in SAME_AS_PLASTICITY if measured.get(k) != getattr(cfg, k)]
-    if other:
-        details = ", ".join(
-            f"{k}: {measured.get(k)!r} there, {getattr(cfg, k)!r} here" for k in other
-        )
-        raise ConfigError(f"the plasticity run '{folder}' measured another setting ({details})")
-    if cfg.ln_bound == "data" and not (folder / "bounds.csv").is_file():
-        raise ConfigError(
-            f"the plasticity run '{folder}' has no bounds.csv (run with --no-bounds), so no token "
-            "scales for the data LayerNorm bound: rerun it with bounds, or pass --ln-bound "
-            "abs|signed"
-        )
+from vitplas.runs import Computed, RunDir, write_table
 
 
 def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:
@@ -131,29 +68,17 @@ def _facts(cfg: BoundsConfig, radius) -> dict[str, str]:
     return facts
 
 
-def run_bounds(
-    cfg: BoundsConfig,
-    run_dir: str | Path,
-    on_phase=None,
-    *,
-    repair: bool = False,
-    wait: bool | None = None,
-) -> dict[str, Any]:
-    """Bounds per (layer, component) for `cfg`; tables and figure under `run_dir`. The folder
-    is locked and its config checked first: a finished run of `cfg` is read back, verified.
-    on_phase(name, done, total) follows the layers."""
+def read_bounds(run: RunDir) -> dict[str, Any]:
+    """A finished bounds run's result and bounds table, verified."""
     import io
 
-    run = RunDir(run_dir)
-    with run_lock(run.path, command="bounds", wait=wait):
-        if run.begin(cfg, repair=repair):
-            bounds = pd.read_csv(io.BytesIO(run.read_verified("bounds.csv")))
-            return {**run.read_json(), "bounds": bounds, "run_dir": str(run.path)}
-        run.start(cfg)
-        return _compute(cfg, run, on_phase)
+    bounds = pd.read_csv(io.BytesIO(run.read_verified("bounds.csv")))
+    return {**run.read_json(), "bounds": bounds}
 
 
-def _compute(cfg: BoundsConfig, run: RunDir, on_phase=None) -> dict[str, Any]:
+def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
+    """Bounds per (layer, component) for `cfg`; tables and figure under `run`.
+    on_phase(name, done, total) follows the layers."""
     from vitplas.plots import plasticity as plots
 
     t0 = time.perf_counter()
@@ -190,7 +115,5 @@ def _compute(cfg: BoundsConfig, run: RunDir, on_phase=None) -> dict[str, Any]:
         "files": [str(Path(p).relative_to(run.path)) for p in files],
         "timings": {"total_s": time.perf_counter() - t0},
     }
-    run.write_manifest({**result, "model_checksum": checksum, "model_checksum_of": checksum_of})
-    atomic_write_json(run / "result.json", result)
-    run.mark_done()
-    return {**result, "bounds": bounds, "run_dir": str(run.path)}
+    manifest = {**result, "model_checksum": checksum, "model_checksum_of": checksum_of}
+    return Computed(result, manifest, {"bounds": bounds})

@@ -5,8 +5,9 @@ Files: config.yaml, manifest.json, plasticity.{csv,parquet} (per layer), plastic
 summary.txt, result.json, figures/*.{png,pdf}, pairs.parquet (with save_pairs: the ratio of
 every pair, layer and component, vitplas.analysis.pair_file), checksums.json, DONE.
 
-The folder is locked (vitplas.locks) and its config checked first: a finished run of the same
-config is read back, verified, instead of recomputed. While it runs, the streaming statistics
+The job's lifecycle (lock, config check, read-back, manifest, seal) is vitplas.jobs.lifecycle's;
+this module is its compute and read-back (the config: analysis.configs). While it runs, the
+streaming statistics
 and the position in the pair stream are saved every SAVE_EVERY batches (estimate_state.pt), so
 a killed run resumes to the same final numbers as an unbroken one.
 """
@@ -15,15 +16,15 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
 
 from vitplas.analysis import tables
 from vitplas.analysis.bounds import bounds_matrix, layer_bounds
+from vitplas.analysis.configs import DEFAULT_PAIRS as DEFAULT_PAIRS  # re-exported
+from vitplas.analysis.configs import PlasticityConfig
 from vitplas.analysis.estimate import Estimate, estimate
 from vitplas.analysis.pair_file import PAIRS_FILE, PARTS_DIR, PairWriter
 from vitplas.analysis.pairs import pair_batches
@@ -36,72 +37,10 @@ from vitplas.analysis.setup import (
     setup_for,
     stream_label,
 )
-from vitplas.config import ConfigError
-from vitplas.locks import run_lock
-from vitplas.runs import (
-    RunDir,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    fault_point,
-)
+from vitplas.runs import Computed, RunDir, atomic_write_bytes, atomic_write_text, fault_point
 
-# The embedded default (DESIGN.md): DINOv2 ViT-S/14, photos vs Fashion-MNIST test, ~2 min on a
-# 2-core CPU. Its pooled CIs already stand apart at 128 pairs; 512 leave a wide margin.
-DEFAULT_PAIRS = 512
 STATE_FILE = "estimate_state.pt"  # resumable streaming statistics; deleted once DONE
 SAVE_EVERY = 8  # batches between two saves of the statistics
-
-
-@dataclass
-class PlasticityConfig:
-    """`vitplas plasticity` settings; defaults are the embedded offline default."""
-
-    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
-    random_init: bool = False  # random weights on purpose (a baseline; the model says RANDOM INIT)
-    img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
-    protocol: Literal["model", "paper"] = "model"  # preprocessing and splits: model = the
-    # checkpoint's own (the default, any model); paper = the original release's (ImageNet
-    # mean/std, bilinear Resize + CenterCrop, its test split)
-    reference: str = "photos"  # reference stream x of the pairs (vitplas datasets)
-    reference_split: str = "val"  # split of the reference stream
-    target: str = "fashion-mnist"  # target dataset y of the pairs
-    target_split: str = "test"  # split of the target dataset
-    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
-    download: bool = False  # download missing datasets where a download exists
-    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding: every block fed the embedding
-    # output (the paper); hidden: each block's own input
-    components: list[str] = field(default_factory=list)  # empty: every block component
-    pairs: int = DEFAULT_PAIRS  # (reference, target) pairs to average over (the paper: 12800)
-    batch_size: int = 32  # pairs per forward pass
-    seed: int = 0  # seed of the pairs' order
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...
-    dtype: Literal["float32", "tf32", "bfloat16", "float16"] = "float32"  # compute precision of the
-    # forward passes
-    until_ci: float | None = None  # stop when every CI half-width < until_ci * mean
-    check_every: int = 4  # batches between two sequential-stop checks
-    num_workers: int = 0  # DataLoader worker processes
-    bounds: bool = True  # also compute the theoretical bounds and the exceedances
-    radius: float | None = None  # token radius r; None: measured on the target stream
-    radius_images: int = 256  # target images the radius r is measured on
-    ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
-    # (max|gamma| / the smallest token scale of the measured pairs: holds for every pair), abs
-    # (max|gamma|) or signed (the original's)
-    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
-    # columns (the original's)
-    figures: bool = True  # draw the figures (PNG + PDF)
-    save_pairs: bool = False  # also keep every pair's ratios (pair, its images' dataset indices,
-    # layer, component, ratio) in pairs.parquet, for custom analyses
-
-    def validate(self) -> None:
-        if self.pairs < 1:
-            raise ConfigError(f"pairs must be >= 1, got {self.pairs}")
-        if self.batch_size < 1 or self.check_every < 1 or self.radius_images < 1:
-            raise ConfigError("batch_size, check_every and radius_images must be >= 1")
-        if self.until_ci is not None and not 0 < self.until_ci < 1:
-            raise ConfigError(f"until_ci is a fraction of the mean in (0, 1), got {self.until_ci}")
-        if self.radius is not None and not self.radius > 0:
-            raise ConfigError(f"radius must be > 0, got {self.radius}")
 
 
 def _radius(cfg: PlasticityConfig, setup: ModelSetup, target) -> tuple[Any, str]:
@@ -209,48 +148,29 @@ def _with_fault(progress):
     return on_batch
 
 
-def _write_manifest(run: RunDir, cfg: PlasticityConfig, setup: ModelSetup, result: dict) -> None:
+def _manifest(cfg: PlasticityConfig, setup: ModelSetup, result: dict) -> dict[str, Any]:
     checksum, checksum_of = model_checksum(setup)
-    run.write_manifest(
-        {
-            **result,
-            "seed": cfg.seed,
-            "device_used": str(setup.device),
-            "dtype": cfg.dtype,
-            "model_checksum": checksum,
-            "model_checksum_of": checksum_of,
-        }
-    )
+    return {
+        **result,
+        "seed": cfg.seed,
+        "device_used": str(setup.device),
+        "dtype": cfg.dtype,
+        "model_checksum": checksum,
+        "model_checksum_of": checksum_of,
+    }
 
 
-def run_plasticity(
-    cfg: PlasticityConfig,
-    run_dir: str | Path,
-    progress=None,
-    on_phase=None,
-    *,
-    repair: bool = False,
-    wait: bool | None = None,
-) -> dict[str, Any]:
-    """Run the estimator (and the bounds) for `cfg`; write everything under `run_dir`.
-    A finished run of `cfg` there is returned as stored (verified), a killed one resumed.
-    progress(batches, pairs) follows the pairs; on_phase(name, done, total) the bounds."""
-    run = RunDir(run_dir)
-    with run_lock(run.path, command="plasticity", wait=wait):
-        if run.begin(cfg, repair=repair):
-            return _finished(run)
-        run.start(cfg)
-        return _measure(cfg, run, progress, on_phase)
-
-
-def _finished(run: RunDir) -> dict[str, Any]:
+def read_plasticity(run: RunDir) -> dict[str, Any]:
     """The stored result of a finished run, with its pooled table, every record verified."""
     result = run.read_json("result.json")
     pooled = pd.read_csv(io.BytesIO(run.read_verified("plasticity_pooled.csv")))
-    return {**result, "pooled": pooled, "run_dir": str(run.path), "skipped": True}
+    return {**result, "pooled": pooled}
 
 
-def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dict[str, Any]:
+def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_phase=None):
+    """Run the estimator (and the bounds) for `cfg`, resuming a killed run's statistics; write
+    the tables, figures and summary under `run` (vitplas.jobs.lifecycle does the rest).
+    progress(batches, pairs) follows the pairs; on_phase(name, done, total) the bounds."""
     t0 = time.perf_counter()
     setup = setup_for(cfg)
     components = resolve_components(setup.cmap, cfg.components)
@@ -306,11 +226,9 @@ def _measure(cfg: PlasticityConfig, run: RunDir, progress, on_phase=None) -> dic
         "files": written["files"] + ([PAIRS_FILE] if writer is not None else []),
     }
     sizes = {"reference_size": len(reference), "target_size": len(target)}
-    _write_manifest(run, cfg, setup, {**result, **sizes})
-    atomic_write_json(run / "result.json", result)
     atomic_write_text(run / "summary.txt", tables.summary_text(result, written["pooled"]))
-    run.mark_done()
-    (run / STATE_FILE).unlink(missing_ok=True)
+    (run / STATE_FILE).unlink(missing_ok=True)  # a kill from here recomputes: still right
     if writer is not None:
         writer.remove_parts()
-    return {**result, "pooled": written["pooled"], "run_dir": str(run.path)}
+    manifest = _manifest(cfg, setup, {**result, **sizes})
+    return Computed(result, manifest, {"pooled": written["pooled"]})

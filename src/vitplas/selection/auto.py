@@ -1,8 +1,9 @@
 """train=[auto]: a criterion picks the train set before finetuning starts.
 
-    resolve_auto(cfg, run_dir) -> cfg with a concrete `train` and select.resolved = True
-    finetune(cfg, run_dir, **kw)  resolve, then training.finetune.run_finetune (a sweep's
-                                  runner: `runner.function: vitplas.selection.auto:finetune`)
+    resolve_auto(cfg, run_dir) -> cfg with a concrete `train` and select.resolved = True:
+        the finetuning job's `prepare` (vitplas.jobs.table), called inside its lifecycle while
+        it owns the run folder, before the config check (a sweep's runner may still be named
+        `vitplas.selection.auto:finetune`: it means vitplas.jobs.runners.run_finetune)
 
 `auto` uses select.criterion and select.budget; `auto:fisher` names the criterion and
 `auto:fisher:0.2` the budget too, in the train list itself, so a sweep grids over criteria and
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from vitplas.config import ConfigError, config_from_dict, read_yaml
+from vitplas.selection.config import SelectConfig
 from vitplas.selection.criteria import parse_criteria
-from vitplas.selection.select import SelectConfig, picks, score_config, write_selection
+from vitplas.selection.select import picks, score_config, write_selection
 from vitplas.training.trainsets import AUTO, is_auto
 
 
@@ -93,18 +95,4 @@ def resolve_auto(cfg, run_dir: str | Path):
     return resolved
 
 
-def finetune(cfg, run_dir: str | Path, *, wait: bool | None = None, **kwargs) -> dict[str, Any]:
-    """resolve_auto, then run_finetune, both while owning the run folder (its lock, which
-    run_finetune re-enters): the runner of `vitplas finetune` and of sweeps with train=[auto]."""
-    import contextlib
-
-    from vitplas.locks import is_main_process, run_lock
-    from vitplas.training.finetune import run_finetune
-
-    owner = is_main_process()  # under torchrun, rank 0 owns the folder for every rank
-    lock = run_lock(Path(run_dir), command="finetune", wait=wait) if owner else None
-    with lock or contextlib.nullcontext():
-        return run_finetune(resolve_auto(cfg, run_dir), run_dir, wait=wait, **kwargs)
-
-
-__all__ = ["AUTO", "finetune", "resolve_auto", "select_config"]
+__all__ = ["AUTO", "resolve_auto", "select_config"]

@@ -1,9 +1,10 @@
 """`vitplas select`: score every criterion on the user's model and target data, then choose.
 
-    run_select(cfg, out) -> (selection frame, {criterion: picked train set})
+    compute_select(cfg, run) -> (scores, picks): the select job's compute (vitplas.jobs)
 
-Files in `out`: selection.csv (criterion, layer ('all' for a component type), component, score,
-rank, params), picks.json (per criterion the train set under the budget), config.yaml, DONE.
+Files in a run folder: selection.csv (criterion, layer ('all' for a component type), component,
+score, rank, params), picks.json (per criterion the train set under the budget), besides the
+config, manifest, result and seal of every job (vitplas.jobs.lifecycle).
 Defaults are the embedded offline default (DINOv2 ViT-S/14, photos vs Fashion-MNIST), sized to
 finish in about three minutes on a 2-core CPU.
 """
@@ -12,51 +13,17 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 import torch
 
-from vitplas.config import ConfigError
+from vitplas.runs import Computed
 from vitplas.selection import criteria as C
 from vitplas.selection.budget import choose, train_set
+from vitplas.selection.config import SelectConfig
 
 UNIT = {"component": "component", "layer": "(layer, component)"}
-
-
-@dataclass
-class SelectConfig:
-    """What `vitplas select` scores, on which data, and the budget it chooses under."""
-
-    model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
-    random_init: bool = False  # random weights on purpose (never a silent fallback)
-    img_size: int | None = None  # input size (None: the model's own)
-    protocol: Literal["model", "paper"] = "model"  # preprocessing: the model's or the original's
-    target: str = "fashion-mnist"  # the downstream dataset the components are scored on
-    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
-    criteria: list[str] = field(default_factory=list)  # criteria to score (empty: all of them)
-    budget: float = 0.35  # trained fraction of the blocks' parameters, in (0, 1]
-    granularity: Literal["component", "layer"] = "component"  # pick component types, or
-    # (layer, component) units
-    reference: str = "photos"  # plasticity: the reference stream paired with the target's test
-    inputs: Literal["embedding", "hidden"] = "embedding"  # plasticity inputs
-    pairs: int = 128  # plasticity: image pairs
-    grad_batches: int = 2  # gradient criteria: target train batches through a fresh head
-    batch_size: int = 16  # images per batch
-    seed: int = 0  # seed of the data draws, the fresh head and the random control
-    device: str = "auto"  # auto, cpu or cuda
-
-    def validate(self) -> None:
-        try:
-            self.criteria = C.parse_criteria(self.criteria)
-        except ValueError as err:
-            raise ConfigError(f"criteria: {err}") from err
-        if not 0 < self.budget <= 1:
-            raise ConfigError(f"budget is a fraction in (0, 1], got {self.budget}")
-        if min(self.pairs, self.grad_batches, self.batch_size) < 1:
-            raise ConfigError("pairs, grad_batches and batch_size must be >= 1")
 
 
 def score_model(
@@ -112,8 +79,9 @@ def _data(cfg: SelectConfig, loaded):
     return batches, pairs
 
 
-def score_config(cfg: SelectConfig) -> pd.DataFrame:
-    """Load the model (with a fresh head) and the data `cfg` names; its ranked scores."""
+def score_config(cfg: SelectConfig, with_model: bool = False):
+    """Load the model (with a fresh head) and the data `cfg` names; its ranked scores (and the
+    LoadedModel, with_model=True)."""
     from vitplas.analysis.setup import resolve_device
     from vitplas.data import dataset_info
     from vitplas.models import load_model
@@ -127,7 +95,7 @@ def score_config(cfg: SelectConfig) -> pd.DataFrame:
     )
     cmap = component_map(loaded.model.to(device).eval())
     batches, pairs = _data(cfg, loaded)
-    return score_model(
+    frame = score_model(
         cmap,
         cfg.criteria,
         train_batches=batches,
@@ -136,31 +104,29 @@ def score_config(cfg: SelectConfig) -> pd.DataFrame:
         seed=cfg.seed,
         device=device,
     )
+    return (frame, loaded) if with_model else frame
 
 
-def run_select(
-    cfg: SelectConfig, out: str | Path, *, repair: bool = False, wait: bool | None = None
-) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """Score, rank and choose as `cfg` says; write the files listed in the module docstring.
-    The folder is locked and its config checked first: a finished selection of `cfg` is read
-    back (verified), another config refused (vitplas.runs.RunDir.begin)."""
+def read_select(run) -> dict:
+    """A finished selection's scores and picks, verified."""
     import io
-    import json
 
-    from vitplas.locks import run_lock
-    from vitplas.runs import RunDir
+    frame = pd.read_csv(io.BytesIO(run.read_verified("selection.csv")))
+    return {"frame": frame, "picks": run.read_json("picks.json")["picks"]}
 
-    run = RunDir(out)
-    with run_lock(run.path, command="select", wait=wait):
-        if run.begin(cfg, repair=repair):  # a finished selection of cfg: read back, verified
-            frame = pd.read_csv(io.BytesIO(run.read_verified("selection.csv")))
-            return frame, json.loads(run.read_verified("picks.json"))["picks"]
-        run.start(cfg)
-        frame = score_config(cfg)
-        chosen = picks(frame, cfg.budget, cfg.granularity)
-        write_selection(out, frame, chosen, cfg.budget, cfg.granularity)
-        run.mark_done()
-    return frame, chosen
+
+def compute_select(cfg: SelectConfig, run) -> Computed:
+    """Score, rank and choose as `cfg` says; selection.csv and picks.json in `run`."""
+    from vitplas.analysis.setup import model_checksum_of
+
+    frame, loaded = score_config(cfg, with_model=True)
+    chosen = picks(frame, cfg.budget, cfg.granularity)
+    write_selection(run.path, frame, chosen, cfg.budget, cfg.granularity)
+    checksum, checksum_of = model_checksum_of(loaded)
+    manifest = {"model": loaded.description, "seed": cfg.seed, "model_checksum": checksum}
+    manifest |= {"model_checksum_of": checksum_of, "criteria": list(cfg.criteria)}
+    result = {"budget": cfg.budget, "granularity": cfg.granularity, "picks": chosen}
+    return Computed(result, manifest, {"frame": frame})
 
 
 def write_selection(out, frame: pd.DataFrame, chosen: dict, budget: float, granularity: str):

@@ -32,12 +32,14 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from vitplas import protocol as protocols
 from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
-from vitplas.data.splits import SplitPlan, plan_for
-from vitplas.data.transforms import DEFAULT_PROTOCOL
-from vitplas.training.trainsets import LoraOptions, SelectOptions
+from vitplas.training.options import LoraOptions, SelectOptions
+
+if TYPE_CHECKING:
+    from vitplas.data.splits import SplitPlan
 
 
 @dataclass
@@ -63,8 +65,8 @@ class FinetuneConfig:
 
     # inputs
     img_size: int = 224  # input side in px
-    protocol: Literal["paper", "model"] = DEFAULT_PROTOCOL  # the model's preprocessing (model), or
-    # the original's (paper)
+    protocol: protocols.Name = protocols.DEFAULT  # the model's preprocessing (model), or the
+    # original's (paper): every item in vitplas.protocol
     val_split: Literal["auto", "fixed", "seeded"] = "auto"  # auto: seeded (paper), fixed (model)
     augment: Literal["cpu", "device"] = "cpu"  # where RandomResizedCrop + flip run
     load_size: int | None = None  # augment=device: uint8 size the loader yields (None = img_size;
@@ -148,10 +150,11 @@ class FinetuneConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.ckpt_every is not None and self.ckpt_every <= 0:
             raise ConfigError(f"ckpt_every must be positive or null, got {self.ckpt_every}")
-        if self.amp == "auto" and self.protocol == "paper":
-            self.amp = "none"
+        recipe = protocols.get(self.protocol)
+        if self.amp == "auto":
+            self.amp = recipe.amp_auto
         if self.val_split == "auto":
-            self.val_split = "seeded" if self.protocol == "paper" else "fixed"
+            self.val_split = recipe.val_split
         from vitplas.training.trainsets import parse_train
 
         try:
@@ -166,10 +169,12 @@ class FinetuneConfig:
     @property
     def warmup(self) -> str:
         """lr_at's warmup rule: the original's from lr 0 (paper), or one step ahead (model)."""
-        return "paper" if self.protocol == "paper" else "ahead"
+        return protocols.get(self.protocol).warmup
 
     def split_plan(self) -> SplitPlan:
         """How test and val are carved (data.splits): the original's under protocol paper."""
+        from vitplas.data.splits import plan_for
+
         return plan_for(self.protocol, self.val_split, self.seed)
 
     @property
@@ -185,6 +190,75 @@ class FinetuneConfig:
     def run_name(self) -> str:
         """A short readable name: dataset-train-lr-seed."""
         return f"{self.dataset}-{'+'.join(self.train)}-lr{self.lr:g}-s{self.seed}"
+
+
+@dataclass
+class ProbeConfig:
+    """A linear-probe study of one model on one dataset."""
+
+    model: str = "vit-b16-in21k"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline)
+    dataset: str = "cifar10"  # dataset name (vitplas datasets)
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    skip_unreadable: bool = False  # leave out image files that cannot be decoded (counted in
+    # the manifest, one warning) instead of stopping with an error naming them
+    img_size: int = 224  # input side in px
+    protocol: protocols.Name = protocols.DEFAULT  # preprocessing and splits: model (the
+    # checkpoint's) or paper (the original's; module docstring, vitplas.protocol)
+    layers: list[int] | None = None  # None = every block
+    components: list[str] = field(default_factory=lambda: ["all"])  # all = every one + block
+    pool: Literal["mean", "cls"] = "mean"  # token pooling of a feature: mean over tokens, or the
+    # cls token
+    C: float = 1.0  # inverse L2 strength, as scikit-learn's
+    backend: Literal["torch", "sklearn"] = "torch"  # logistic regression by torch (L-BFGS) or
+    # scikit-learn
+    max_iter: int | None = None  # None: 5000 under protocol paper (the original's), else 1000
+    max_train: int | None = None  # a fixed random subset (seed) of the train split
+    max_test: int | None = None  # a fixed random subset of the test split (None: all)
+    batch_size: int = 128  # images per forward pass
+    num_workers: int = 4  # DataLoader worker processes
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
+    amp: Literal["auto", "bf16", "none"] = "none"  # features in float32 by default: the probe
+    # is the baseline of every relative gain (auto/bf16: bf16 autocast on CUDA, faster, features
+    # rounded to 8 mantissa bits)
+    seed: int = 0  # seed of the subsets and (paper) the augmentation
+    max_feature_gb: float = 4.0  # features held at once; more points = more passes
+
+    def validate(self) -> None:
+        if self.max_iter is None:
+            self.max_iter = protocols.get(self.protocol).probe_max_iter
+        if self.C <= 0 or self.batch_size <= 0 or self.max_iter <= 0:
+            raise ConfigError("C, batch_size and max_iter must be positive")
+        for key in ("max_train", "max_test"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: use 1 or more (or null for all)")
+
+    @property
+    def l2(self) -> bool:
+        """Whether each pooled feature vector is scaled to unit L2 norm (the original's)."""
+        return protocols.get(self.protocol).probe_l2
+
+
+@dataclass
+class EvaluateConfig:
+    """A finished run's best checkpoint on its own dataset and on others with its classes."""
+
+    run: str | None = None  # the finished finetuning run folder (the command's RUN_DIR)
+    datasets: list[str] = field(default_factory=list)  # other datasets with the same classes,
+    # after the run's own; shell wildcards over the registry's choices (cifar10-c/*/5)
+    split: str = "test"  # split of each dataset
+    device: str = "auto"  # auto = cuda if available, else cpu
+    batch_size: int = 256  # images per evaluation batch
+    num_workers: int = 4  # DataLoader worker processes
+
+    def validate(self) -> None:
+        """Cross-field checks; a failure says what to change (`run` is checked by the command:
+        a config file may leave it to the command line)."""
+        if self.batch_size <= 0 or self.num_workers < 0:
+            raise ConfigError(
+                f"batch_size must be positive and num_workers >= 0, got {self.batch_size} and "
+                f"{self.num_workers}"
+            )
 
 
 def _check_crops(scale: list[float], ratio: list[float]) -> None:
@@ -226,10 +300,12 @@ def _floats(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_finetune_config(
-    path: str | Path | None = None, overrides: Sequence[str] = ()
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    data: dict[str, Any] | None = None,
 ) -> FinetuneConfig:
-    """Defaults < preset YAML (with `base:`) < `key=value` overrides, strictly."""
-    data: dict[str, Any] = read_preset(path) if path is not None else {}
+    """Defaults < `data` < preset YAML (with `base:`) < `key=value` overrides, strictly."""
+    data = {**(data or {}), **(read_preset(path) if path is not None else {})}
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)

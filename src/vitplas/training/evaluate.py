@@ -1,12 +1,10 @@
 """Evaluation: accuracy and loss of a model on a dataset, and of a finished run's best
-checkpoint on its own test split and on any dataset with the same classes (EvaluateConfig:
-the keys of `vitplas evaluate`)."""
+checkpoint on its own test split and on any dataset with the same classes (the evaluate job:
+its config is training.config.EvaluateConfig, its lifecycle vitplas.jobs.lifecycle's)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vitplas.config import ConfigError
+from vitplas.device import autocast as autocast  # re-exported (its home: vitplas.device)
+from vitplas.runs import Computed
 from vitplas.training.distributed import DistInfo, all_reduce_sum
-
-
-@dataclass
-class EvaluateConfig:
-    """A finished run's best checkpoint on its own dataset and on others with its classes."""
-
-    run: str | None = None  # the finished finetuning run folder (the command's RUN_DIR)
-    datasets: list[str] = field(default_factory=list)  # other datasets with the same classes,
-    # after the run's own; shell wildcards over the registry's choices (cifar10-c/*/5)
-    split: str = "test"  # split of each dataset
-    device: str = "auto"  # auto = cuda if available, else cpu
-    batch_size: int = 256  # images per evaluation batch
-    num_workers: int = 4  # DataLoader worker processes
-
-    def validate(self) -> None:
-        """Cross-field checks; a failure says what to change (`run` is checked by the command:
-        a config file may leave it to the command line)."""
-        if self.batch_size <= 0 or self.num_workers < 0:
-            raise ConfigError(
-                f"batch_size must be positive and num_workers >= 0, got {self.batch_size} and "
-                f"{self.num_workers}"
-            )
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast on CUDA ('auto' or 'bf16'); nothing on CPU or with 'none'."""
-    if device.type == "cuda" and amp in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and amp == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -114,32 +83,50 @@ def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]
     return loaded, cfg
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    datasets: Sequence[str] = (),
-    *,
-    split: str = "test",
-    device: str = "auto",
-    batch_size: int = 256,
-    num_workers: int = 4,
-    wait: bool | None = None,
-):
-    """Tidy table (pandas) of the best checkpoint on its own dataset and on `datasets`.
+def expand_datasets(patterns: Sequence[str]) -> list[str]:
+    """Dataset names, with shell wildcards over the registry's parameter choices:
+    'cifar10-c/*/5' -> every CIFAR-10-C corruption at severity 5."""
+    import fnmatch
+    import itertools
+
+    from vitplas.data import list_datasets
+
+    concrete = []
+    for info in list_datasets():
+        choices = [p.choices for p in info.params]
+        if any(c is None for c in choices):
+            continue
+        concrete += ["/".join([info.family, *combo]) for combo in itertools.product(*choices)]
+    names = []
+    for pattern in patterns:
+        matched = fnmatch.filter(concrete, pattern) if any(c in pattern for c in "*?[") else []
+        names += matched or [pattern]
+    return list(dict.fromkeys(names))
+
+
+def read_evaluation(run) -> dict[str, Any]:
+    """A finished run's evaluation table (verified)."""
+    import io
+
+    import pandas as pd
+
+    return {"table": pd.read_csv(io.BytesIO(run.read_verified("evaluation.csv")))}
+
+
+def compute_evaluation(cfg, run) -> Computed:
+    """The best checkpoint of finished run `run` (cfg.run) on its own dataset and cfg.datasets
+    (wildcards expanded): evaluation.csv/.parquet; the lifecycle extends the run's seal.
 
     Columns: run, model, train, lr, seed, trained_on, dataset, split, n, acc, loss. A dataset
-    with a different number of classes is an error. Also written as <run>/evaluation.csv/.parquet
-    (sealed like the run's other records), under the run folder's lock.
-    """
-    from vitplas.locks import run_lock
-    from vitplas.runs import RunDir, write_table
+    with a different number of classes is an error, before any work."""
+    from vitplas.runs import write_table
 
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    with run_lock(run_dir, command="evaluate", wait=wait):
-        table = _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers)
-        write_table(table, Path(run_dir) / "evaluation")
-        RunDir(run_dir).seal(["evaluation.csv", "evaluation.parquet"])
-    return table
+    datasets = expand_datasets(cfg.datasets)
+    table = _evaluate_locked(
+        run.path, datasets, cfg.split, cfg.device, cfg.batch_size, cfg.num_workers
+    )
+    write_table(table, run / "evaluation")
+    return Computed({"datasets": list(table["dataset"])}, None, {"table": table})
 
 
 def _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers):

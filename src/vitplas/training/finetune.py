@@ -1,7 +1,9 @@
 """Component-wise finetuning: train only the components named in `train` (+ head, final norm).
 
-    run_finetune(cfg, run_dir) -> result dict    (idempotent: a finished run is skipped,
-                                                  a killed run resumes from its checkpoint)
+    compute_finetune(cfg, run) -> Computed   the finetuning job's compute: its lifecycle
+        (lock, config check, read-back, seal) is vitplas.jobs.lifecycle's, through
+        vitplas.jobs.runners.run_finetune (idempotent: a finished run is skipped, a killed
+        run resumes from its checkpoint)
 
 A finished run folder holds config.yaml, manifest.json, metrics.jsonl, result.json,
 checkpoints/best.safetensors, checksums.json and DONE (the resumable train state,
@@ -16,18 +18,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from vitplas.config import ConfigError, config_to_dict
-from vitplas.locks import is_main_process, run_lock
+from vitplas.locks import is_main_process
 from vitplas.models.components import count_parameters
-from vitplas.runs import RunDir, atomic_write_json, fault_point
+from vitplas.runs import Computed, RunDir, atomic_write_json, fault_point
 from vitplas.training import checkpoint as ckpt
-from vitplas.training.config import RUNTIME_KEYS, FinetuneConfig
+from vitplas.training.config import FinetuneConfig
 from vitplas.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -44,46 +45,48 @@ from vitplas.training.sources import Sources, load_sources
 from vitplas.training.stream import device_augment, eval_loader, mix_seed, train_loader
 from vitplas.training.trainsets import build_trainable, few_shot
 
-__all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "run_finetune"]
+__all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "compute_finetune"]
 
 
 Callback = Callable[["Finetuner", int], None]
 
 
-def run_finetune(
+def read_finetune(run: RunDir) -> dict[str, Any]:
+    """A finished finetuning run's result.json, verified."""
+    return run.read_json("result.json")
+
+
+def compute_finetune(
     cfg: FinetuneConfig,
-    run_dir: str | Path,
+    run: RunDir,
     *,
     sources: Sources | None = None,
     callbacks: Sequence[Callback] = (),
     show_progress: bool = False,
-    repair: bool = False,
-    wait: bool | None = None,
-) -> dict[str, Any]:
-    """Finetune as `cfg` says into `run_dir`; return the result (also result.json).
-
-    A finished run of the same config is returned at once (verified); another config is a
-    ConfigError; a folder another process owns is a RunLockedError (or awaited, `wait`).
-    `repair` recomputes a finished run whose records are damaged."""
-    run = RunDir(run_dir)
-    owner = is_main_process()  # under torchrun, rank 0 owns the folder for every rank
-    lock = run_lock(run.path, command="finetune", wait=wait) if owner else contextlib.nullcontext()
-    with lock:
-        if run.begin(cfg, RUNTIME_KEYS, repair=repair and owner):
-            return run.read_json("result.json")
+) -> Computed:
+    """Finetune as `cfg` says into `run`, resuming from its last checkpoint; the result (also
+    result.json, which this job writes itself, as its manifest at the start). A diverged run
+    leaves failed.json (step, loss) and raises TrainingDivergedError."""
+    owner = is_main_process()
+    if owner:
+        (run / "failed.json").unlink(missing_ok=True)  # a former failure is retried
+    trainer = Finetuner(cfg, run, sources=sources, callbacks=callbacks, show=show_progress)
+    try:
+        trainer.setup()
+        trainer.train()
+        return Computed(trainer.finish())
+    except TrainingDivergedError as err:
         if owner:
-            (run / "failed.json").unlink(missing_ok=True)  # a former failure is retried
-        trainer = Finetuner(cfg, run, sources=sources, callbacks=callbacks, show=show_progress)
-        try:
-            trainer.setup()
-            trainer.train()
-            return trainer.finish()
-        except TrainingDivergedError as err:
-            if owner:
-                atomic_write_json(run / "failed.json", {"reason": "diverged", **err.where})
-            raise
-        finally:
-            trainer.cleanup()
+            atomic_write_json(run / "failed.json", {"reason": "diverged", **err.where})
+        raise
+    finally:
+        trainer.cleanup()
+
+
+def after_done(cfg: FinetuneConfig, run: RunDir) -> None:
+    """Once DONE: the resumable train state is pruned unless keep_state."""
+    if not cfg.keep_state:
+        ckpt.prune_state(run / "checkpoints")
 
 
 class Finetuner:
@@ -368,7 +371,7 @@ class Finetuner:
 
     # ---- finish / cleanup ----------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
-        """Best-validation weights -> test split -> result.json, DONE."""
+        """Best-validation weights -> test split -> best.safetensors, result.json."""
         cfg, best = self.cfg, self.state["best"]
         self.model.load_state_dict(best["weights"], strict=False)
         test = self.evaluate("test")
@@ -405,10 +408,7 @@ class Finetuner:
             )
             atomic_write_json(self.run / "result.json", result)
             fault_point("after_result")
-            self.run.mark_done()
-            if not cfg.keep_state:
-                ckpt.prune_state(self.run / "checkpoints")
-        barrier(self.dist)
+        barrier(self.dist)  # the lifecycle (vitplas.jobs.lifecycle) seals the run next
         return result
 
     def cleanup(self) -> None:

@@ -18,66 +18,20 @@ vectors, every train image.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vitplas import protocol as protocols
 from vitplas.config import ConfigError
 from vitplas.models.components import component_map
-from vitplas.runs import write_table
+from vitplas.runs import Computed, write_table
+from vitplas.training.config import ProbeConfig
 
 Point = tuple[int, str]  # (layer, component); component "block" = the block's output
-
-
-@dataclass
-class ProbeConfig:
-    """A linear-probe study of one model on one dataset."""
-
-    model: str = "vit-b16-in21k"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
-    random_init: bool = False  # random weights on purpose (a baseline)
-    dataset: str = "cifar10"  # dataset name (vitplas datasets)
-    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
-    skip_unreadable: bool = False  # leave out image files that cannot be decoded (counted in
-    # the manifest, one warning) instead of stopping with an error naming them
-    img_size: int = 224  # input side in px
-    protocol: Literal["paper", "model"] = "model"  # preprocessing and splits: model (the
-    # checkpoint's) or paper (the original's; module docstring)
-    layers: list[int] | None = None  # None = every block
-    components: list[str] = field(default_factory=lambda: ["all"])  # all = every one + block
-    pool: Literal["mean", "cls"] = "mean"  # token pooling of a feature: mean over tokens, or the
-    # cls token
-    C: float = 1.0  # inverse L2 strength, as scikit-learn's
-    backend: Literal["torch", "sklearn"] = "torch"  # logistic regression by torch (L-BFGS) or
-    # scikit-learn
-    max_iter: int | None = None  # None: 5000 under protocol paper (the original's), else 1000
-    max_train: int | None = None  # a fixed random subset (seed) of the train split
-    max_test: int | None = None  # a fixed random subset of the test split (None: all)
-    batch_size: int = 128  # images per forward pass
-    num_workers: int = 4  # DataLoader worker processes
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
-    amp: Literal["auto", "bf16", "none"] = "none"  # features in float32 by default: the probe
-    # is the baseline of every relative gain (auto/bf16: bf16 autocast on CUDA, faster, features
-    # rounded to 8 mantissa bits)
-    seed: int = 0  # seed of the subsets and (paper) the augmentation
-    max_feature_gb: float = 4.0  # features held at once; more points = more passes
-
-    def validate(self) -> None:
-        if self.max_iter is None:
-            self.max_iter = 5000 if self.protocol == "paper" else 1000
-        if self.C <= 0 or self.batch_size <= 0 or self.max_iter <= 0:
-            raise ConfigError("C, batch_size and max_iter must be positive")
-        for key in ("max_train", "max_test"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)}: use 1 or more (or null for all)")
-
-    @property
-    def l2(self) -> bool:
-        """Whether each pooled feature vector is scaled to unit L2 norm (the original's)."""
-        return self.protocol == "paper"
 
 
 class _Stop(Exception):
@@ -269,7 +223,7 @@ def probe_model(
         points.append((depth - 1, "block"))
     widths = _widths(model, points, train_loader, device)
     n = len(train_loader.dataset) + len(test_loader.dataset)
-    max_iter = cfg.max_iter or (5000 if cfg.protocol == "paper" else 1000)
+    max_iter = cfg.max_iter or protocols.get(cfg.protocol).probe_max_iter
     rows = []
     groups = point_groups(points, widths, n, cfg.max_feature_gb * 1e9)
     seen = [0]
@@ -315,37 +269,29 @@ def _widths(model, points, loader, device) -> dict[Point, int]:
     return {p: f.shape[1] for p, f in feats.items()}
 
 
-def run_probe(
-    cfg: ProbeConfig,
-    run_dir,
-    on_phase: Callable[[str, int, int], None] | None = None,
-    *,
-    repair: bool = False,
-    wait: bool | None = None,
-) -> Any:
-    """Probe cfg.model on cfg.dataset; write probe.csv/.parquet, config and manifest in run_dir.
-
-    Returns the tidy table (pandas): model, dataset, pool, layer, component, width, n_train,
-    n_test, acc, baseline_acc, rel_to_baseline. The folder is locked and its config checked
-    first: a finished probe of the same config is read back (verified), not recomputed.
-    """
+def read_probe(run) -> dict[str, Any]:
+    """A finished probe run's result and table, verified."""
     import io
 
     import pandas as pd
 
-    from vitplas.locks import run_lock
-    from vitplas.runs import RunDir
+    table = pd.read_csv(io.BytesIO(run.read_verified("probe.csv")))
+    return {**run.read_json(), "table": table}
 
-    run = RunDir(run_dir)
-    with run_lock(run.path, command="probe", wait=wait):
-        if run.begin(cfg, repair=repair):
-            return pd.read_csv(io.BytesIO(run.read_verified("probe.csv")))
-        run.start(cfg)
-        table = _probe_table(cfg, on_phase)
-        run.write_manifest(table.attrs.pop("description"))
-        write_table(table, run / "probe")
-        run.mark_done()
-    return table
+
+def compute_probe(
+    cfg: ProbeConfig, run, on_phase: Callable[[str, int, int], None] | None = None
+) -> Computed:
+    """Probe cfg.model on cfg.dataset; write probe.csv/.parquet in `run`.
+
+    Its table (pandas): model, dataset, pool, layer, component, width, n_train, n_test, acc,
+    baseline_acc, rel_to_baseline. on_phase(phase, done, total) follows features and fits."""
+    table = _probe_table(cfg, on_phase)
+    description = table.attrs.pop("description")
+    write_table(table, run / "probe")
+    result = {k: table[k].iloc[0] for k in ("model", "dataset", "n_train", "n_test")}
+    result = {k: v.item() if hasattr(v, "item") else v for k, v in result.items()}
+    return Computed({**result, "points": len(table)}, description, {"table": table})
 
 
 def _probe_table(cfg: ProbeConfig, on_phase=None):
@@ -395,10 +341,10 @@ def probe_loaders(cfg: ProbeConfig, description: dict[str, Any]) -> list[DataLoa
 
     prep = preprocessing_for(cfg.protocol, description)
     plan = _as_finetune(cfg).split_plan()
-    paper = cfg.protocol == "paper"
+    augmented = protocols.get(cfg.protocol).probe_augmented_train
     loaders = []
     for split, cap in (("train", cfg.max_train), ("test", cfg.max_test)):
-        augment = paper and split == "train"
+        augment = augmented and split == "train"
         transform = build_transform(size=cfg.img_size, train=augment, **prep)
         data = get_dataset(
             cfg.dataset,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,22 +28,12 @@ from torch.utils.data import Dataset, Subset
 
 from vitplas.models.adapters import LoraOptions, inject_adapters
 from vitplas.models.components import ALL_COMPONENTS, component_map, parse_components, set_trainable
+from vitplas.training.options import SelectOptions as SelectOptions  # re-exported
 
 RIVALS = ("lora", "lntuning", "bitfit")
 AUTO = "auto"
 _LAYERS = re.compile(r"^([a-z0-9_]+)@(\d+)(?:-(\d+))?$")
 FEW_SHOT_SEED = 20_240_601  # the few-shot subset does not move with the training seed
-
-
-@dataclass
-class SelectOptions:
-    """How train=[auto] chooses (vitplas.selection): criterion, budget fraction, granularity."""
-
-    criterion: str = "plasticity"  # criterion that ranks the components (vitplas select)
-    budget: float = 0.35  # trained fraction of the blocks' parameters, in (0, 1]
-    granularity: str = "component"  # component (a type in every block) or layer
-    extra: dict = field(default_factory=dict)  # SelectConfig keys (pairs, grad_batches, ...)
-    resolved: bool = False  # set when train=[auto] was resolved into the train list
 
 
 def parse_train(train: Iterable[str] | str) -> list[str]:

@@ -1,0 +1,207 @@
+"""The configs of the analysis jobs (plasticity, bounds, radius, landscape): dataclasses whose
+defaults are the embedded offline default. This module imports no torch, so that a command's
+--help, which lists every key from these classes (vitplas.cli.keys), stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vitplas import protocol as protocols
+from vitplas.config import ConfigError
+
+# The embedded default (DESIGN.md): DINOv2 ViT-S/14, photos vs Fashion-MNIST test, ~2 min on a
+# 2-core CPU. Its pooled CIs already stand apart at 128 pairs; 512 leave a wide margin.
+DEFAULT_PAIRS = 512
+
+
+@dataclass
+class PlasticityConfig:
+    """`vitplas plasticity` settings; defaults are the embedded offline default."""
+
+    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline; the model says RANDOM INIT)
+    img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
+    protocol: protocols.Name = protocols.DEFAULT  # preprocessing and splits: model = the
+    # checkpoint's own (the default, any model); paper = the original release's (ImageNet
+    # mean/std, bilinear Resize + CenterCrop, its test split)
+    reference: str = "photos"  # reference stream x of the pairs (vitplas datasets)
+    reference_split: str = "val"  # split of the reference stream
+    target: str = "fashion-mnist"  # target dataset y of the pairs
+    target_split: str = "test"  # split of the target dataset
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    download: bool = False  # download missing datasets where a download exists
+    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding: every block fed the embedding
+    # output (the paper); hidden: each block's own input
+    components: list[str] = field(default_factory=list)  # empty: every block component
+    pairs: int = DEFAULT_PAIRS  # (reference, target) pairs to average over (the paper: 12800)
+    batch_size: int = 32  # pairs per forward pass
+    seed: int = 0  # seed of the pairs' order
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...
+    dtype: Literal["float32", "tf32", "bfloat16", "float16"] = "float32"  # compute precision of the
+    # forward passes
+    until_ci: float | None = None  # stop when every CI half-width < until_ci * mean
+    check_every: int = 4  # batches between two sequential-stop checks
+    num_workers: int = 0  # DataLoader worker processes
+    bounds: bool = True  # also compute the theoretical bounds and the exceedances
+    radius: float | None = None  # token radius r; None: measured on the target stream
+    radius_images: int = 256  # target images the radius r is measured on
+    ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
+    # (max|gamma| / the smallest token scale of the measured pairs: holds for every pair), abs
+    # (max|gamma|) or signed (the original's)
+    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
+    # columns (the original's)
+    figures: bool = True  # draw the figures (PNG + PDF)
+    save_pairs: bool = False  # also keep every pair's ratios (pair, its images' dataset indices,
+    # layer, component, ratio) in pairs.parquet, for custom analyses
+
+    def validate(self) -> None:
+        if self.pairs < 1:
+            raise ConfigError(f"pairs must be >= 1, got {self.pairs}")
+        if self.batch_size < 1 or self.check_every < 1 or self.radius_images < 1:
+            raise ConfigError("batch_size, check_every and radius_images must be >= 1")
+        if self.until_ci is not None and not 0 < self.until_ci < 1:
+            raise ConfigError(f"until_ci is a fraction of the mean in (0, 1), got {self.until_ci}")
+        if self.radius is not None and not self.radius > 0:
+            raise ConfigError(f"radius must be > 0, got {self.radius}")
+
+
+@dataclass
+class BoundsConfig:
+    """`vitplas bounds` settings. The radius is given, or measured on dataset/split."""
+
+    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline)
+    img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
+    protocol: protocols.Name = protocols.DEFAULT  # preprocessing and splits (vitplas.protocol)
+    dataset: str = "fashion-mnist"  # dataset the radius r is measured on
+    split: str = "test"  # split of that dataset
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    radius: float | None = None  # token radius r (None: measured on dataset/split)
+    radius_images: int = 256  # images the radius r is measured on
+    batch_size: int = 32  # images per forward pass while measuring r
+    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding (the paper) or hidden (each
+    # block's input, r per layer)
+    components: list[str] | None = None  # components to bound (None: every block component)
+    ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
+    # (max|gamma| / smallest token scale of a plasticity run's pairs), abs (max|gamma|) or signed
+    # (the original's)
+    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
+    # columns (the original's)
+    plasticity: str | None = None  # a plasticity run folder to divide by the bounds
+    seed: int = 0  # seed of the images r is measured on, and of random_init weights
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
+    figures: bool = True  # draw the figures (PNG + PDF)
+
+    def validate(self) -> None:
+        if self.radius is not None and not self.radius > 0:
+            raise ConfigError(f"radius must be > 0, got {self.radius}")
+        if self.radius_images < 1 or self.batch_size < 1:
+            raise ConfigError("radius_images and batch_size must be >= 1")
+        if self.plasticity is not None:
+            _check_plasticity_run(Path(self.plasticity), self)
+
+
+# what a plasticity run must share with the bounds it is divided by
+SAME_AS_PLASTICITY = ("model", "random_init", "img_size", "protocol", "inputs")
+
+
+def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
+    """`folder` is a finished plasticity run of the same model, input size and inputs mode."""
+    import yaml
+
+    if not (folder / "plasticity.csv").is_file() or not (folder / "config.yaml").is_file():
+        raise ConfigError(f"'{folder}' holds no plasticity.csv and config.yaml (a plasticity run)")
+    measured = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    other = [k for k in SAME_AS_PLASTICITY if measured.get(k) != getattr(cfg, k)]
+    if other:
+        details = ", ".join(
+            f"{k}: {measured.get(k)!r} there, {getattr(cfg, k)!r} here" for k in other
+        )
+        raise ConfigError(f"the plasticity run '{folder}' measured another setting ({details})")
+    if cfg.ln_bound == "data" and not (folder / "bounds.csv").is_file():
+        raise ConfigError(
+            f"the plasticity run '{folder}' has no bounds.csv (run with --no-bounds), so no token "
+            "scales for the data LayerNorm bound: rerun it with bounds, or pass --ln-bound "
+            "abs|signed"
+        )
+
+
+@dataclass
+class RadiusConfig:
+    """The settings of a `vitplas radius` run (its config.yaml; checked like any run's)."""
+
+    model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
+    random_init: bool = False  # random weights on purpose (never a silent fallback)
+    img_size: int | None = None  # input size (None: the model's own)
+    dataset: str = "fashion-mnist"  # dataset the radius r is measured on
+    split: str = "test"  # split of that dataset
+    images: int = 256  # images r is averaged over
+    batch_size: int = 32  # images per forward pass
+    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding output, or each block's
+    # input (one r per layer)
+    device: str = "auto"  # auto, cpu or cuda
+    seed: int = 0  # seed of the image sample and of random_init weights
+    protocol: protocols.Name = protocols.DEFAULT  # preprocessing: the checkpoint's, or the
+    # original release's (Resize 224 + CenterCrop 224, ImageNet mean/std)
+
+
+@dataclass
+class LandscapeConfig:
+    """`vitplas landscape` settings; defaults are the offline default (see PRESETS['paper'])."""
+
+    model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
+    random_init: bool = False  # random weights on purpose (a baseline)
+    img_size: int | None = 42  # input side in px (None: the model's own)
+    blocks: int | None = 1  # keep the first N blocks (None: all; the paper)
+    dataset: str = "fashion-mnist"  # SGD steps and the loss batch: its train split
+    reference: str = "photos"  # rate of change: pairs (reference [val], dataset [test])
+    layer: int = 0  # the block whose components are studied
+    components: list[str] = field(default_factory=lambda: ["ln1", "fc1", "mha"])  # components of
+    # that block, one pair of surfaces each
+    steps: int = 20  # SGD steps of the trajectory
+    lr: float = 0.01  # SGD learning rate of the trajectory
+    momentum: float = 0.9  # SGD momentum
+    grad_clip: float | None = 1.0  # total gradient norm, as the finetuning protocol clips
+    batch_size: int = 16  # images per SGD step
+    grid: int = 20  # grid points per side of the plane (grid x grid evaluations)
+    span: float = 0.5  # the grid covers [-span, span] along both PCA directions
+    eval_images: int = 16  # training images of the fixed loss batch
+    pairs: int = 16  # fixed (reference, dataset) pairs of the rate of change
+    seed: int = 0  # seed of the head, the batches and the pairs
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
+    threads: int | None = 1  # torch CPU threads for the run: its tensors are small, and more
+    # threads mostly wait for each other (5x the CPU time on a shared 2-core CPU); None: torch's
+    protocol: protocols.Name = protocols.DEFAULT  # preprocessing and splits: the checkpoint's
+    # own (model), or the original release's (paper; vitplas.protocol)
+
+    def validate(self) -> None:
+        if self.steps < 2 or self.grid < 2:
+            raise ConfigError(f"steps and grid must be >= 2, got {self.steps}, {self.grid}")
+        if self.span <= 0 or self.lr <= 0:
+            raise ConfigError("span and lr must be > 0")
+        if self.blocks is not None and not 0 <= self.layer < self.blocks:
+            raise ConfigError(f"layer {self.layer} is not among the first {self.blocks} blocks")
+
+
+# The original's setup: ViT-B/16 in21k, block 0, LN1/FC1/MHA, 20 x 20 grid over +-0.5, 20 steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        model="vit-b16-in21k",
+        img_size=224,
+        blocks=None,
+        dataset="cifar10",
+        reference="imagenet",
+        grid=20,
+        span=0.5,
+        steps=20,
+        batch_size=64,
+        eval_images=256,
+        pairs=256,
+        protocol="paper",
+        threads=None,
+    ),
+    "offline": {},
+}

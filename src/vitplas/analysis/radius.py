@@ -1,0 +1,68 @@
+"""The radius job: the token radius r of a model on a dataset (the bounds' r), in its own run
+folder: radius.json (r, one per layer with inputs hidden) beside its config and manifest.
+The lifecycle is vitplas.jobs.lifecycle's; this module is the compute and the read-back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vitplas.analysis.configs import RadiusConfig
+from vitplas.analysis.setup import dataset_radius, model_checksum, open_stream, setup_for
+from vitplas.config import config_to_dict
+from vitplas.runs import Computed, DamagedRecordError, RunDir, atomic_write_json
+
+RADIUS_FILE = "radius.json"
+
+
+class _Counted:
+    """A dataset that reports each image read (the radius loader reads in this process)."""
+
+    def __init__(self, data, advance) -> None:
+        self.data, self.advance, self.read = data, advance, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        self.read += 1
+        if self.advance is not None:
+            self.advance(min(self.read, len(self.data)), self.read)
+        return self.data[index]
+
+
+def radius_values(result: Any, run: RunDir) -> list[float]:
+    """The radius (or radii, per layer) of a radius.json record."""
+    if not isinstance(result, dict) or "radius" not in result:
+        raise DamagedRecordError(run.path, RADIUS_FILE, "it holds no 'radius'")
+    radius = result["radius"]
+    return [float(v) for v in radius] if isinstance(radius, list) else [float(radius)]
+
+
+def read_radius(run: RunDir) -> dict[str, Any]:
+    """A finished radius run's record (verified), with `values`: r as a list."""
+    record = run.read_json(RADIUS_FILE)
+    return {**record, "values": radius_values(record, run)}
+
+
+def compute_radius(cfg: RadiusConfig, run: RunDir, progress=None) -> Computed:
+    """Measure r as `cfg` says and write radius.json; progress(images read, images) per image."""
+    setup = setup_for(cfg)
+    transform = setup.transform(cfg.protocol)
+    data = open_stream(cfg.dataset, cfg.split, transform, None, False, cfg.protocol)
+    r = dataset_radius(
+        setup,
+        _Counted(data, progress),
+        images=cfg.images,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        per_layer=cfg.inputs == "hidden",
+    )
+    values = r.tolist() if r.ndim else [float(r)]
+    per_layer = cfg.inputs == "hidden"
+    record = {"radius": values if per_layer else values[0], "per_layer": per_layer}
+    record |= {"n_tokens": setup.n_tokens, "width": setup.width, **config_to_dict(cfg)}
+    atomic_write_json(run / RADIUS_FILE, record)
+    checksum, hashed = model_checksum(setup)
+    manifest = {"model": setup.loaded.description, "model_sha256": checksum}
+    manifest["model_sha256_of"] = hashed
+    return Computed({**record, "values": values}, manifest)

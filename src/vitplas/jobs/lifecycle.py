@@ -1,0 +1,92 @@
+"""One lifecycle for every job in a run folder, written once.
+
+    run_job(job, cfg, run_dir, *, repair=False, wait=None, hooks=None) -> result dict
+
+1. own the folder (vitplas.locks.run_lock: the OS lock, the holder record, re-entrant; under
+   torchrun only rank 0 owns it); with `wait` (or VITPLAS_WAIT_LOCK=1) wait for its holder
+2. settle the config inside the lock (job.prepare: train=[auto]'s pick)
+3. check the config first (RunDir.begin): a finished run of these settings is read back,
+   every record verified (job.read_back); other settings are a ConfigError; a damaged record
+   a DamagedRecordError, unless `repair`, which clears the folder and recomputes
+4. write the resolved config, compute (job.compute), then the manifest and result.json
+5. seal every record (checksums.json) and write DONE; job.after_done (e.g. prune train state)
+
+A job that works in another job's finished run (evaluate: job.on_finished_run) owns that
+folder the same way, checks that it is finished and verified, and extends its seal with the
+tables it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from vitplas.jobs.folders import check_not_nested
+from vitplas.jobs.job import Computed, Job
+from vitplas.jobs.registry import import_path
+from vitplas.locks import is_main_process, run_lock
+from vitplas.runs import RunDir, atomic_write_json
+
+COMMON_RECORDS = ("config.yaml", "manifest.json", "result.json")  # every job's run folder
+
+
+def records(job: Job) -> tuple[str, ...]:
+    """The record patterns the seal of `job`'s run folder covers."""
+    return tuple(dict.fromkeys((*COMMON_RECORDS, *job.records)))
+
+
+def run_job(
+    job: Job,
+    cfg: Any,
+    run_dir: str | Path,
+    *,
+    repair: bool = False,
+    wait: bool | None = None,
+    hooks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run `job` with config `cfg` in `run_dir` (module docstring); its result, with
+    'run_dir' and, when read back, 'skipped': True."""
+    if job.on_finished_run:
+        return _in_finished_run(job, cfg, Path(run_dir), wait, hooks or {})
+    check_not_nested(run_dir)
+    run = RunDir(run_dir)
+    owner = is_main_process()
+    lock = run_lock(run.path, command=job.kind, wait=wait) if owner else contextlib.nullcontext()
+    with lock:
+        if job.prepare:
+            cfg = import_path(job.prepare)(cfg, run.path)
+        if run.begin(cfg, job.runtime_keys, repair=repair and owner):
+            back = import_path(job.read_back)(run)
+            return {**back, "run_dir": str(run.path), "skipped": True}
+        if owner:
+            run.start(cfg, job.runtime_keys)
+        t0 = time.perf_counter()
+        computed: Computed = import_path(job.compute)(cfg, run, **(hooks or {}))
+        if owner:
+            _finish(job, cfg, run, computed, time.perf_counter() - t0)
+    return {**computed.result, **computed.returned, "run_dir": str(run.path)}
+
+
+def _finish(job: Job, cfg: Any, run: RunDir, computed: Computed, seconds: float) -> None:
+    """Manifest, result.json, the seal and DONE; then the job's after_done."""
+    if job.manifest:
+        facts = computed.manifest or {}
+        run.write_manifest({"job": job.kind, **facts, "job_seconds": seconds})
+    if job.result_file:
+        atomic_write_json(run / "result.json", computed.result)
+    run.mark_done(records(job))
+    if job.after_done:
+        import_path(job.after_done)(cfg, run)
+
+
+def _in_finished_run(job: Job, cfg: Any, folder: Path, wait, hooks) -> dict[str, Any]:
+    """A job whose tables go into a finished run of another job: owned, verified, resealed."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"run folder {folder} does not exist")
+    with run_lock(folder, command=job.kind, wait=wait):
+        run = RunDir(folder, create=False)
+        computed: Computed = import_path(job.compute)(cfg, run, **hooks)
+        run.seal([name for name in job.records if (folder / name).is_file()])
+    return {**computed.result, **computed.returned, "run_dir": str(folder)}

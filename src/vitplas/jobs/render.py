@@ -1,0 +1,132 @@
+"""The command line's printout of each job's result (a Job record's `render`): stdout holds the
+results, one line per fact; progress and notes go to stderr.
+
+Output that is not a terminal (a pipe, a file) is printed at a fixed wide width, so that rich
+never wraps a name in the middle of a word there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+PIPE_WIDTH = 160  # columns of output that is not a terminal
+
+
+def console(stderr: bool = False):
+    """A rich Console: the terminal's width on a terminal, PIPE_WIDTH elsewhere."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else PIPE_WIDTH
+    return Console(stderr=stderr, width=width, soft_wrap=width is not None)
+
+
+def _read_back_note(result: dict[str, Any]) -> None:
+    if result.get("skipped"):
+        console(stderr=True).print(
+            f"finished run of these settings read back from {result['run_dir']} (not recomputed)",
+            markup=False,
+        )
+
+
+def plasticity(result: dict[str, Any], cfg: Any) -> None:
+    """Ranking table, its CIs, exceedances and the run folder."""
+    import pandas as pd
+    from rich.table import Table
+
+    out = console()
+    table = Table(title=f"Plasticity of {result['model']}, pooled over layers (ranked)")
+    for column in ("rank", "component", "mean", "95% CI", "std", "n", "theory rank"):
+        table.add_column(column, justify="right" if column != "component" else "left")
+    for row in result["pooled"].itertuples(index=False):
+        theory = "-" if pd.isna(row.theory_rank) else str(int(row.theory_rank))
+        table.add_row(str(row.rank), row.component, f"{row.mean:.4g}", f"± {row.ci95:.2g}",
+                      f"{row.std:.3g}", str(row.n), theory)  # fmt: skip
+    out.print(f"model: {result['model_description']}", markup=False)
+    out.print(f"reference: {result['reference_label']}", markup=False)
+    out.print(f"target: {result['target_label']}", markup=False)
+    out.print(table)
+    settled = "yes" if result["settled"] else "no: neighbouring CIs overlap (raise --pairs)"
+    out.print(f"ranking settled by the 95% CIs: {settled}")
+    if result.get("exceedances"):
+        out.print("bounds exceeded (the bound's assumption does not hold for those pairs):")
+        for line in result["exceedances"]:
+            out.print(f"  {line}", markup=False)
+    stop = " (stopped early: CIs narrow enough)" if result["stopped_early"] else ""
+    out.print(f"{result['pairs']} pairs in {result['timings']['total_s']:.1f} s{stop}")
+    out.print(f"run folder: {result['run_dir']}  (figures in {result['run_dir']}/figures)")
+    if result.get("skipped"):
+        out.print("(a finished run of these settings: read back from its folder, not recomputed)")
+
+
+def comparison(result: dict[str, Any], cfg: Any) -> None:
+    """Base against finetuned, per component, pooled over layers."""
+    from rich.table import Table
+
+    out = console()
+    table = Table(title=f"Plasticity before and after finetuning ({cfg.model}), pooled over layers")
+    for column in ("component", "base", "finetuned", "finetuned / base"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for row in result["pooled"].itertuples(index=False):
+        base = f"{row.base_mean:.4g} ± {row.base_ci95:.2g}"
+        tuned = f"{row.finetuned_mean:.4g} ± {row.finetuned_ci95:.2g}"
+        table.add_row(row.component, base, tuned, f"{row.ratio:.3g}")
+    out.print(f"model: {result['model_description']}", markup=False)
+    out.print(table)
+    out.print(f"run folder: {result['run_dir']}  (base/, finetuned/, compare_base[_pooled].csv)")
+
+
+def bounds(result: dict[str, Any], cfg: Any) -> None:
+    """r, each component's bound range over layers, and why a bound is undefined."""
+    from vitplas.analysis.bounds import ONCE_MEASURED
+
+    out = console()
+    frame = result["bounds"]
+    summary = frame.groupby("component", sort=False)["bound"].agg(["min", "median", "max"])
+    out.print(f"radius r = {result['radius']} ({result['radius_source']})", markup=False)
+    out.print(summary.to_string(float_format=lambda v: f"{v:.4g}"), markup=False)
+    undefined = frame[frame["bound"].isna()].drop_duplicates(["component", "definition"])
+    for name, definition in undefined[["component", "definition"]].itertuples(index=False):
+        why = definition.split(ONCE_MEASURED)[0]  # the data bound: why, not the formula
+        out.print(f"{name}: {why}", markup=False)
+    out.print(f"run folder: {result['run_dir']}", markup=False)
+    _read_back_note(result)
+
+
+def radius(result: dict[str, Any], cfg: Any) -> None:
+    for layer, value in enumerate(result["values"]):
+        where = f"input of block {layer}" if cfg.inputs == "hidden" else "embedding output"
+        print(f"r = {value:.6g}  ({where}, {cfg.dataset}/{cfg.split}, {cfg.images} images)")
+    print(f"run folder: {result['run_dir']}")
+    _read_back_note(result)
+
+
+def finetune(result: dict[str, Any], cfg: Any) -> None:
+    keys = ("best_val_acc", "test_acc", "best_step", "wall_time_s")
+    print(json.dumps({"run_dir": result["run_dir"], **{k: result[k] for k in keys}}))
+
+
+def evaluation(result: dict[str, Any], cfg: Any) -> None:
+    print(result["table"][["dataset", "split", "n", "acc", "loss"]].to_string(index=False))
+
+
+def probe(result: dict[str, Any], cfg: Any) -> None:
+    console(stderr=True).print(f"run folder: {result['run_dir']}", markup=False)
+    table = result["table"][["layer", "component", "acc", "rel_to_baseline"]]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def selection(result: dict[str, Any], cfg: Any) -> None:
+    from vitplas.selection.select import summary
+
+    print(summary(result["frame"], result["picks"], cfg.budget, cfg.granularity))
+    print(f"wrote {result['run_dir']}/selection.csv")
+    _read_back_note(result)
+
+
+def landscape(result: dict[str, Any], cfg: Any) -> None:
+    print(f"{len(result['grid'])} grid points in {result['timings']['total_s']:.1f} s")
+    print(f"run folder: {result['run_dir']}  (figures/landscape.png, landscape.csv)")
+    _read_back_note(result)

@@ -1,0 +1,45 @@
+"""The config of `vitplas select` (and of train=[auto]'s scoring): no torch here, so that a
+command's --help, which lists every key from this class, stays fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vitplas import protocol as protocols
+from vitplas.config import ConfigError
+
+
+@dataclass
+class SelectConfig:
+    """What `vitplas select` scores, on which data, and the budget it chooses under."""
+
+    model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
+    random_init: bool = False  # random weights on purpose (never a silent fallback)
+    img_size: int | None = None  # input size (None: the model's own)
+    protocol: protocols.Name = protocols.DEFAULT  # preprocessing: the model's or the original's
+    target: str = "fashion-mnist"  # the downstream dataset the components are scored on
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
+    criteria: list[str] = field(default_factory=list)  # criteria to score (empty: all of them)
+    budget: float = 0.35  # trained fraction of the blocks' parameters, in (0, 1]
+    granularity: Literal["component", "layer"] = "component"  # pick component types, or
+    # (layer, component) units
+    reference: str = "photos"  # plasticity: the reference stream paired with the target's test
+    inputs: Literal["embedding", "hidden"] = "embedding"  # plasticity inputs
+    pairs: int = 128  # plasticity: image pairs
+    grad_batches: int = 2  # gradient criteria: target train batches through a fresh head
+    batch_size: int = 16  # images per batch
+    seed: int = 0  # seed of the data draws, the fresh head and the random control
+    device: str = "auto"  # auto, cpu or cuda
+
+    def validate(self) -> None:
+        from vitplas.selection.criteria import parse_criteria
+
+        try:
+            self.criteria = parse_criteria(self.criteria)
+        except ValueError as err:
+            raise ConfigError(f"criteria: {err}") from err
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"budget is a fraction in (0, 1], got {self.budget}")
+        if min(self.pairs, self.grad_batches, self.batch_size) < 1:
+            raise ConfigError("pairs, grad_batches and batch_size must be >= 1")
