@@ -173,7 +173,7 @@ def test_augmentation_keys_reach_the_transforms():
 
 
 def test_default_finetune_dir_hashes_only_changed_keys():
-    from vitplas.cli.training import default_finetune_dir
+    from vitplas.jobs.folders import default_finetune_dir
 
     base = load_finetune_config(None, ["dataset=digits"])
     same = load_finetune_config(None, ["dataset=digits", "hflip=true", "num_workers=0"])

@@ -17,6 +17,9 @@ runner = CliRunner()
 SLOW = {  # over ~20 s on a shared 2-core CPU: the real DINOv2; a training run
     "vitplas plasticity --pairs 32 bounds=false",
     EXAMPLES["finetune"][0],
+    *EXAMPLES["clean"],
+    *EXAMPLES["export"],
+    *EXAMPLES["evaluate"],
 }
 
 
@@ -61,7 +64,43 @@ def test_help_example_runs_as_written(example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(REPO / "configs")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    argv = shlex.split(example)
-    assert argv[0] == "vitplas"
-    result = runner.invoke(app, argv[1:])
-    assert result.exit_code == 0, f"{example}\n{result.output}"
+    for part in example.split(" && "):  # an example may first make the run it needs
+        argv = shlex.split(part)
+        assert argv[0] == "vitplas"
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 0, f"{part}\n{result.output}"
+
+
+def test_every_command_has_examples():
+    """Every command of the app ends its --help with examples (jobs: from their records)."""
+    from typer.main import get_command
+
+    names = set(get_command(app).commands) - {"config"}
+    assert names <= set(EXAMPLES), sorted(names - set(EXAMPLES))
+
+
+HELP_CHECK = """
+import sys
+from vitplas.cli import main
+sys.argv = ["vitplas", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as stop:
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "timm", "matplotlib"})
+    print("HEAVY", heavy, stop.code)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["plasticity", "--help"], ["finetune", "--help"], ["sweep", "--help"],
+     ["probe", "bad_key=1"], ["select", "--pairs"], ["config", "show", "bounds"]],
+)  # fmt: skip
+def test_help_and_argument_errors_import_no_torch(argv):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", HELP_CHECK, *argv], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    line = [x for x in out.stdout.splitlines() if x.startswith("HEAVY")]
+    assert line and line[0].startswith("HEAVY []"), (out.stdout[-400:], out.stderr[-400:])

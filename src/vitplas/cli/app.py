@@ -18,6 +18,8 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from vitplas.device import check_device as check_device  # re-exported
+
 # errors a user causes (input, paths, data): exit 2 and the message alone
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
@@ -48,8 +50,22 @@ def one_line(err: BaseException) -> str:
     return re.sub(r"\s*\n\s*", " ", text.strip())
 
 
+LOCKED_EXIT = 3  # the run folder is owned by another process (vitplas.locks)
+STOPPED_EXIT = 1  # a run stopped on purpose (diverged): not the user's input, not a bug
+
+
 def error_line(err: BaseException) -> tuple[str, int]:
-    """(the line to print, exit code) for an exception that reached the CLI."""
+    """(the line to print, exit code) for an exception that reached the CLI: the one place
+    where errors become exit codes (2: the input; 3: a folder another process owns; 1: a run
+    that stopped as diverged, or an internal error)."""
+    from vitplas.locks import RunLockedError
+
+    if isinstance(err, RunLockedError):
+        return f"error: {one_line(err)}", LOCKED_EXIT
+    if type(err).__name__ == "TrainingDivergedError":  # training's; not imported for --help
+        return f"error: {one_line(err)}", STOPPED_EXIT
+    if isinstance(err, OSError) and (full := _disk_full(err)) is not None:
+        return f"error: {full}", 2
     if isinstance(err, _user_error_types()):
         return f"error: {one_line(err)}", 2
     name = type(err).__name__
@@ -58,6 +74,12 @@ def error_line(err: BaseException) -> tuple[str, int]:
         "the traceback and report it)",
         1,
     )
+
+
+def _disk_full(err: OSError) -> str | None:
+    from vitplas.runs import disk_full
+
+    return disk_full(err)
 
 
 class ErrorsAsLines(TyperGroup):
@@ -87,6 +109,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain help: no `<bool>` placeholders, no boxes cut at 80 columns
 )
 
 
@@ -106,25 +129,6 @@ def check_out_folder(path: Path) -> Path:
             f"--out {path} is a file, not a folder; give a new folder or an existing run folder"
         )
     return path
-
-
-def check_device(device: str | None) -> None:
-    """A ValueError when `device` asks for CUDA and no CUDA device is visible."""
-    if not device or not str(device).startswith("cuda"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device} but no CUDA device is visible to torch on this machine; use "
-            "device=auto (CUDA when there is one, else CPU) or device=cpu"
-        )
-    index = str(device).partition(":")[2]
-    if index.isdigit() and int(index) >= torch.cuda.device_count():
-        raise ValueError(
-            f"device={device} but this machine shows {torch.cuda.device_count()} CUDA "
-            f"device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-        )
 
 
 @contextmanager

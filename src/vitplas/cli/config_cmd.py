@@ -14,57 +14,32 @@ from typer.core import TyperCommand
 
 from vitplas.cli.app import app
 from vitplas.cli.experiments import SPEC_FLAGS
+from vitplas.jobs.table import JOBS
 
-# config kind -> its dataclass ("module:Class")
-KINDS = {
-    "plasticity": "vitplas.analysis.job:PlasticityConfig",
-    "bounds": "vitplas.analysis.bounds_job:BoundsConfig",
-    "finetune": "vitplas.training.config:FinetuneConfig",
-    "evaluate": "vitplas.training.evaluate:EvaluateConfig",
-    "probe": "vitplas.training.probe:ProbeConfig",
-    "landscape": "vitplas.experiments.landscape:LandscapeConfig",
-    "radius": "vitplas.cli.analysis:RadiusRun",
-    "select": "vitplas.selection.select:SelectConfig",
-    "sweep": "vitplas.experiments.spec:SweepSpec",
-}
+# config kind -> its dataclass ("module:Class"): every job of the table, and the sweep spec
+KINDS = {job.kind: job.config for job in JOBS if job.kind != "compare-base"}
+KINDS["sweep"] = "vitplas.experiments.spec:SweepSpec"
 # command -> the kind whose keys it takes
-COMMAND_KIND = {
-    "plasticity": "plasticity",
-    "bounds": "bounds",
-    "finetune": "finetune",
-    "evaluate": "evaluate",
-    "probe": "probe",
-    "landscape": "landscape",
-    "radius": "radius",
-    "select": "select",
-    **dict.fromkeys(("sweep", "status", "aggregate", "report", "reproduce"), "sweep"),
-}
+COMMAND_KIND = {kind: kind for kind in KINDS if kind != "sweep"}
+COMMAND_KIND |= dict.fromkeys(("sweep", "status", "aggregate", "report", "reproduce"), "sweep")
 # a flag whose name differs from its config key: flag parameter name -> key
-FLAG_KEYS = {"workers": "num_workers", "images": "radius_images"}
+FLAG_KEYS = {f"flag_{key}": key for job in JOBS for key in job.flags}
 FLAG_KEYS |= {flag[2:].replace("-", "_"): key for key, flag in SPEC_FLAGS.items()}
-TINY = "--model tiny-random --random-init"
-EXAMPLES = {
-    "plasticity": [
-        f"vitplas plasticity {TINY} --target digits --pairs 64 components=[mha,fc1]",
-        "vitplas plasticity --pairs 32 bounds=false",
-    ],
-    "bounds": [f"vitplas bounds {TINY} --dataset digits radius_images=32"],
-    "radius": [f"vitplas radius {TINY} --dataset digits --images 32 batch_size=16"],
-    "select": [f"vitplas select {TINY} --target digits --pairs 16 grad_batches=1 batch_size=8"],
-    "finetune": [
-        "vitplas finetune configs/finetune/smoke-digits.yaml steps=10 eval_every=5 "
-        "warmup_steps=2 --train mha,fc1 --lr 0.05"
-    ],
-    "probe": [
-        "vitplas probe --model tiny-random --dataset digits random_init=true img_size=32 "
-        "layers=[-1] components=[mha,block] max_train=200 max_test=100 num_workers=0 device=cpu"
-    ],
-    "landscape": [
-        "vitplas landscape --model tiny-random random_init=true img_size=32 dataset=digits "
-        "grid=5 steps=4"
-    ],
-    "sweep": ["vitplas sweep configs/offline/mini.yaml --dry-run grid.seed=[0]"],
-    "status": ["vitplas status configs/offline/mini.yaml grid.seed=[0]"],
+MINI = "configs/offline/mini.yaml grid.seed=[0]"
+_FT = "vitplas finetune configs/finetune/smoke-digits.yaml steps=4 eval_every=2 warmup_steps=1"
+# every command's examples, run offline as written by tests/test_help_examples.py: the jobs'
+# from their records, the others' here
+EXAMPLES = {job.kind: list(job.examples) for job in JOBS if job.examples}
+EXAMPLES |= {
+    "sweep": [f"vitplas sweep {MINI} --dry-run"],
+    "status": [f"vitplas status {MINI}"],
+    "aggregate": [f"vitplas aggregate {MINI}"],
+    "report": [f"vitplas report {MINI}"],
+    "reproduce": [f"vitplas reproduce {MINI} --dry-run"],
+    "clean": [f"{_FT} --out runs/ex-clean && vitplas clean runs/ex-clean --dry-run"],
+    "export": [f"{_FT} --out runs/ex-export && vitplas export runs/ex-export --out ex.safetensors"],
+    "models": ["vitplas models", "vitplas models --families --json"],
+    "datasets": ["vitplas datasets --json"],
     "show": ["vitplas config show finetune", "vitplas config show plasticity"],
 }
 
@@ -148,7 +123,9 @@ app.add_typer(config_app, name="config")
 
 @config_app.command("show", cls=KeysCommand)
 def show_command(
-    kind: str = typer.Argument(..., help="plasticity, bounds, finetune, probe, landscape, sweep"),
+    kind: str = typer.Argument(
+        ..., help="a job kind (vitplas.jobs.table) or sweep", metavar="KIND"
+    ),
 ) -> None:
     """Print a commented YAML of every key of KIND with its default: a config to edit."""
     from vitplas.cli.keys import commented_yaml
@@ -160,3 +137,9 @@ def show_command(
         raise typer.Exit(2) from None
     header = f"vitplas {kind} config: every key with its default ({KINDS[kind]})"
     typer.echo(commented_yaml(cls, header), nl=False)
+
+
+show_command.__doc__ = (  # the kinds, from the job table
+    f"Print a commented YAML of every key of KIND ({', '.join(KINDS)}) with its default: a "
+    "config to edit."
+)

@@ -101,9 +101,8 @@ def sweep(
     root: Path = RootOpt,
 ) -> None:
     """Launch every run of a sweep that is not finished (local processes or SLURM arrays)."""
-    from vitplas.experiments.jobs import check_runs
     from vitplas.experiments.launch import LauncherStopped, run_sweep
-    from vitplas.experiments.spec import expand
+    from vitplas.experiments.spec import check_runs, expand
     from vitplas.experiments.store import scan, signal_name
 
     slurm = {"executor.slurm.partition": partition, "executor.slurm.time_min": time_min}

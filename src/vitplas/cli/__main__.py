@@ -1,0 +1,5 @@
+"""`python -m vitplas.cli ...` is `vitplas ...`."""
+
+from vitplas.cli import main
+
+main()
