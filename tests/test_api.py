@@ -31,7 +31,8 @@ def test_import_is_lazy_and_exports_the_api():
 
 
 def test_plasticity_equals_the_cli_run(tmp_path):
-    from vitplas.analysis.job import PlasticityConfig, run_plasticity
+    from vitplas.analysis.job import PlasticityConfig
+    from vitplas.jobs.runners import run_plasticity
 
     cfg = PlasticityConfig(model="tiny-random", random_init=True, target="digits", pairs=32,
                            batch_size=8, device="cpu", bounds=False, figures=False)  # fmt: skip

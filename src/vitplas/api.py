@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitplas.analysis import tables
 from vitplas.analysis.bounds import bounds_matrix, layer_bounds
+from vitplas.analysis.configs import BoundsConfig, PlasticityConfig
 from vitplas.analysis.estimate import Estimate, estimate
-from vitplas.analysis.job import PlasticityConfig
 from vitplas.analysis.pair_file import PairWriter
 from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
@@ -42,6 +42,7 @@ from vitplas.analysis.setup import (
     resolve_device,
     setup_loaded,
 )
+from vitplas.constants import IMAGENET_MEAN_STD
 from vitplas.models import LoadedModel
 from vitplas.models import load_model as _load_model
 from vitplas.models.components import ComponentMap
@@ -49,8 +50,9 @@ from vitplas.models.components import component_map as _component_map
 
 ModelLike = str | LoadedModel | nn.Module
 DataLike = str | DataLoader | torch.Tensor | Dataset
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = IMAGENET_MEAN_STD
 _CLI = PlasticityConfig()  # the CLI's defaults are the API's: one place for each
+_BOUNDS = BoundsConfig()
 
 
 def load_model(spec: str, **options: Any) -> LoadedModel:
@@ -105,15 +107,18 @@ def plasticity(
     reference: DataLike = _CLI.reference,
     target: DataLike = _CLI.target,
     *,
-    pairs: int = _CLI.pairs,
+    pairs: int | None = None,
     batch_size: int = _CLI.batch_size,
     components: Sequence[str] | None = None,
     inputs: str = _CLI.inputs,
     seed: int = _CLI.seed,
     device: str = _CLI.device,
     dtype: str = _CLI.dtype,
-    bounds: bool = False,
+    bounds: bool = _CLI.bounds,
     radius: float | None = None,
+    ln_bound: str = _CLI.ln_bound,
+    mha_slicing: str = _CLI.mha_slicing,
+    protocol: str = _CLI.protocol,
     until_ci: float | None = None,
     reference_split: str = _CLI.reference_split,
     target_split: str = _CLI.target_split,
@@ -123,28 +128,36 @@ def plasticity(
     """Plasticity of every component in every layer, as `vitplas plasticity` measures it.
 
     Pair i = (i-th reference image, i-th target image); `pairs` pairs in batches of
-    `batch_size`. Named datasets are shuffled by `seed` exactly as the CLI does, so the same
-    arguments give the CLI's numbers. bounds=True also computes the per-layer bounds (radius
-    measured on the target unless given) and counts the pairs above them (the CLI has them on).
+    `batch_size` (None: the CLI's 512 for named datasets; every pair that tensors, datasets or
+    DataLoaders hold). Named datasets are shuffled by `seed` exactly as the CLI does, so the
+    same arguments give the CLI's numbers; the defaults are the CLI's (vitplas.analysis.configs
+    .PlasticityConfig): bounds on (radius measured on the target unless given, the pairs above
+    each bound counted), ln_bound "data", protocol "model".
     save_pairs: a file path: also write every pair's ratios there as Parquet, streamed (pair,
     reference_index and target_index for named datasets, layer, component, ratio: the columns
     of a run's pairs.parquet, vitplas.analysis.pair_file).
-    model_options (random_init, img_size, normalization) apply to spec strings.
+    model_options (random_init, img_size) apply to spec strings.
     """
-    normalization = model_options.pop("normalization", "model")
+    if "normalization" in model_options:
+        raise TypeError("plasticity() takes protocol='model' or 'paper' (normalization is gone)")
     setup = _setup(model, device, seed, **model_options)
     names = resolve_components(setup.cmap, components)
-    transform = setup.transform(normalization)
-    x_data = _dataset(reference, reference_split, transform)
-    y_data = _dataset(target, target_split, transform)
-    bound_frame, r = None, None
+    transform = setup.transform(protocol)
+    x_data = _dataset(reference, reference_split, transform, protocol)
+    y_data = _dataset(target, target_split, transform, protocol)
+    named = isinstance(reference, str) and isinstance(target, str)
+    pairs = _CLI.pairs if pairs is None and named else _pair_count(pairs, x_data, y_data)
+    batch_size = min(batch_size, pairs)
+    bound_frame, r, matrix, gains = None, None, None, None
     if bounds:
-        r = radius if radius is not None else _radius_of(setup, y_data, seed=seed)
-        bound_frame = _layer_bounds(setup, names, r)
-    matrix = None if bound_frame is None else bounds_matrix(bound_frame, setup.cmap.depth, names)
+        images = min(_CLI.radius_images, _size(y_data) or _CLI.radius_images)
+        r = radius if radius is not None else _radius_of(setup, y_data, images=images, seed=seed)
+        bound_frame = _layer_bounds(setup, names, r, ln_bound=ln_bound, mha_slicing=mha_slicing)
+        matrix = bounds_matrix(bound_frame, setup.cmap.depth, names)
+        gains = bounds_matrix(bound_frame, setup.cmap.depth, names, "norm_gain")
     stream_names = (_name(reference), _name(target))
     stream = _pairs(x_data, y_data, pairs, batch_size, seed, stream_names, save_pairs is not None)
-    with _pair_writer(save_pairs, names) as writer:
+    with _pair_writer(save_pairs, names) as writer, _api_names():
         est = estimate(
             setup.cmap,
             stream,
@@ -153,6 +166,7 @@ def plasticity(
             device=setup.device,
             dtype=dtype,
             bounds=matrix,
+            norm_gains=gains,
             until_ci=until_ci,
             on_ratios=None if writer is None else writer.add,
         )
@@ -172,8 +186,8 @@ def bounds(
     *,
     radius: float | Sequence[float] | None = None,
     components: Sequence[str] | None = None,
-    ln_bound: str = "abs",
-    mha_slicing: str = "rows",
+    ln_bound: str = _BOUNDS.ln_bound,
+    mha_slicing: str = _BOUNDS.mha_slicing,
     images: int = 256,
     split: str = "test",
     seed: int = 0,
@@ -182,7 +196,10 @@ def bounds(
 ) -> pd.DataFrame:
     """Per-layer theoretical bounds (layer, component, bound, bound_padded, radius,
     definition). The token count and width come from the model; the token radius r is
-    `radius` when given, else measured on `images` images of `data`."""
+    `radius` when given, else measured on `images` images of `data`. The defaults are
+    `vitplas bounds`' (vitplas.analysis.configs.BoundsConfig): the sound LayerNorm bound
+    "data", which needs measured pairs (NaN here, its definition saying why; vitplas.plasticity
+    with bounds=True fills it)."""
     setup = _setup(model, device, seed, **model_options)
     names = resolve_components(setup.cmap, components)
     if radius is None:
@@ -211,26 +228,40 @@ def radius(
     return _radius_of(setup, data, images=images, seed=seed, per_layer=per_layer)
 
 
-def finetune(run_dir: str | Path, config: Any = None, **overrides: Any) -> dict[str, Any]:
+def _run_dir(kind: str, cfg: Any, run_dir: str | Path | None) -> Path:
+    """`run_dir`, else the folder `vitplas KIND` would use for `cfg` (vitplas.jobs.folders)."""
+    from vitplas.jobs.folders import default_run_dir
+    from vitplas.jobs.table import get
+
+    return Path(run_dir) if run_dir is not None else default_run_dir(get(kind), cfg)
+
+
+def finetune(run_dir: str | Path | None = None, config: Any = None, **overrides: Any) -> dict:
     """Finetune as `vitplas finetune` does; returns the result dict (also result.json).
 
-    config: a FinetuneConfig, a preset YAML path, or None (the defaults); overrides are config
-    keys, e.g. finetune("runs/x", model="tiny-random", random_init=True, train=["mha"])."""
+    run_dir: the run folder (None: the one `vitplas finetune` picks for these settings,
+    runs/finetune/<name>-<config hash>). config: a FinetuneConfig, a preset YAML path, or
+    None (the defaults); overrides are config keys, e.g.
+    finetune(model="tiny-random", random_init=True, train=["mha"])."""
+    from vitplas.jobs.runners import run_finetune
     from vitplas.training.config import FinetuneConfig
-    from vitplas.training.finetune import run_finetune
 
     if isinstance(config, str | Path):  # a preset YAML, with its `base:` chain
         from vitplas.training.config import load_finetune_config
 
         config = load_finetune_config(config)
-    return run_finetune(_config(FinetuneConfig, config, overrides), run_dir)
+    cfg = _config(FinetuneConfig, config, overrides)
+    return run_finetune(cfg, _run_dir("finetune", cfg, run_dir))
 
 
-def probe(run_dir: str | Path, config: Any = None, **overrides: Any) -> pd.DataFrame:
-    """Linear probes as `vitplas probe` does; returns the tidy table (also probe.csv)."""
-    from vitplas.training.probe import ProbeConfig, run_probe
+def probe(run_dir: str | Path | None = None, config: Any = None, **overrides: Any):
+    """Linear probes as `vitplas probe` does; returns the tidy table (also probe.csv).
+    run_dir None: the folder `vitplas probe` picks (runs/probe/<time>-<model>-<dataset>)."""
+    from vitplas.jobs.runners import run_probe
+    from vitplas.training.config import ProbeConfig
 
-    return run_probe(_config(ProbeConfig, config, overrides), run_dir)
+    cfg = _config(ProbeConfig, config, overrides)
+    return run_probe(cfg, _run_dir("probe", cfg, run_dir))
 
 
 def select(
@@ -243,7 +274,9 @@ def select(
     `vitplas select` does: (scores table: criterion, layer, component, score, rank, params;
     {criterion: train set}). options are SelectConfig keys (criteria, budget, granularity,
     pairs, ...); with `out`, the run folder the CLI writes (locked, config checked first)."""
-    from vitplas.selection.select import SelectConfig, picks, run_select, score_config
+    from vitplas.jobs.runners import run_select
+    from vitplas.selection.config import SelectConfig
+    from vitplas.selection.select import picks, score_config
 
     cfg = _config(SelectConfig, None, {"model": model, "target": target, **options})
     if out is not None:
@@ -322,9 +355,36 @@ class _Images(Dataset):
         return self.images[i], 0
 
 
-def _dataset(data: DataLike, split: str, transform) -> Dataset | DataLoader:
+def _size(data) -> int | None:
+    """Images a dataset holds (None for a DataLoader: it is read to its end)."""
+    return None if isinstance(data, DataLoader) else len(data)
+
+
+def _pair_count(pairs: int | None, x_data, y_data) -> int:
+    """`pairs`, else every pair the data hold."""
+    if pairs is not None:
+        if pairs < 1:
+            raise ValueError(f"pairs must be >= 1, got {pairs}")
+        return pairs
+    sizes = [n for n in (_size(x_data), _size(y_data)) if n is not None]
+    return min(sizes) if sizes else 2**62  # two DataLoaders: to the shorter one's end
+
+
+@contextlib.contextmanager
+def _api_names() -> Iterator[None]:
+    """Errors of the shared internals name this API's arguments, not the CLI's flags."""
+    try:
+        yield
+    except ValueError as err:
+        text = str(err).replace("lower --batch-size", "pass a smaller batch_size=")
+        if text == str(err):
+            raise
+        raise ValueError(text.replace("--pairs", "pairs=")) from None
+
+
+def _dataset(data: DataLike, split: str, transform, protocol: str = "model"):
     if isinstance(data, str):
-        return open_stream(data, split, transform, None, False)
+        return open_stream(data, split, transform, None, False, protocol)
     if isinstance(data, torch.Tensor):
         return _Images(data)
     if isinstance(data, Dataset | DataLoader):
