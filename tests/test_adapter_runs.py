@@ -29,8 +29,8 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
 @pytest.fixture(scope="module", params=sorted(RIVALS))
 def adapter_run(request, tmp_path_factory):
     """(run folder, result, logits of the in-process trained model) of a few-step finetune."""
-    from vitplas.training.config import load_finetune_config
     from vitplas.jobs.runners import run_finetune
+    from vitplas.training.config import load_finetune_config
     from vitplas.training.sources import load_sources
 
     cfg = load_finetune_config(SMOKE, [*SHORT, *RIVALS[request.param]])

@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_train_support import params, toy_config, toy_sources, without_timing
 
+from vitplas.jobs.runners import run_finetune
 from vitplas.runs import RunDir
 from vitplas.training import checkpoint as ckpt
-from vitplas.jobs.runners import run_finetune
 
 CFG = ("steps=10", "ckpt_every=3", "eval_every=2", "keep_checkpoints=2", "train=[mha,fc1]")
 

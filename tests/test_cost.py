@@ -110,7 +110,7 @@ def test_run_cost_counts_validations_disk_and_a_slurm_limit(tmp_path):
 def test_dry_run_of_the_paper_main_study_prints_its_count_and_totals(tmp_path):
     spec_path = "configs/paper/main.yaml"
     out = tmp_path / "cost.json"
-    args = ["sweep", spec_path, "--dry-run", "--json", str(out), "--root", str(tmp_path)]
+    args = ["sweep", spec_path, "--dry-run", "--runs", "--json", str(out), "--root", str(tmp_path)]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     n_runs = len(expand(load_spec(spec_path), with_presets=False))

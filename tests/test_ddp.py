@@ -9,9 +9,9 @@ import torch
 import torch.multiprocessing as mp
 from test_train_support import toy_config, toy_sources, without_timing
 
+from vitplas.jobs.runners import run_finetune
 from vitplas.runs import RunDir
 from vitplas.training.checkpoint import BEST_FILE, load_weights
-from vitplas.jobs.runners import run_finetune
 
 CFG = ("steps=4", "warmup_steps=1", "eval_every=4", "batch_size=16", "train=[mha,ln2]")
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.cli.factory import build_config, config_class
+from vitplas.config import ConfigError
 from vitplas.jobs.table import get
 
 
@@ -18,7 +19,7 @@ def evaluate_config(args, flags):
     """EvaluateConfig from `vitplas evaluate`'s arguments and flags (the command factory)."""
     job = get("evaluate")
     return build_config(job, config_class(job), args, flags)
-from vitplas.config import ConfigError
+
 
 runner = CliRunner()
 SMOKE = "configs/finetune/smoke-digits.yaml"
@@ -58,8 +59,8 @@ def test_cli_errors_exit_2_with_one_line():
 def test_evaluate_equals_the_training_test_score_under_protocol_paper(tmp_path):
     """A paper run whose new head (torch.nn.Linear's init) stayed untrained: evaluate, through
     load_model(RUN), scores its test split exactly as training did (full split, no cap)."""
-    from vitplas.training.config import load_finetune_config
     from vitplas.jobs.runners import run_finetune
+    from vitplas.training.config import load_finetune_config
 
     overrides = ["steps=4", "eval_every=2", "warmup_steps=1", "tensorboard=false"]
     overrides += ["protocol=paper", "train_head=false"]

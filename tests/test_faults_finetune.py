@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from test_train_support import without_timing
 
+from vitplas.jobs.runners import run_finetune
 from vitplas.locks import holder, run_lock
 from vitplas.runs import RunDir
 from vitplas.training import checkpoint as ckpt
 from vitplas.training.config import load_finetune_config
-from vitplas.jobs.runners import run_finetune
 
 ARGS = [
     "model=tiny-random",

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.config import ConfigError
+from vitplas.jobs.runners import run_finetune
 from vitplas.runs import DamagedRecordError, RunDir, read_verified
 from vitplas.training.evaluate import load_best_model
 from vitplas.training.finetune import TrainingDivergedError
-from vitplas.jobs.runners import run_finetune
 
 
 def _truncate(path):

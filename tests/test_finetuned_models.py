@@ -19,8 +19,8 @@ SHORT = ["steps=4", "eval_every=2", "warmup_steps=1", "tensorboard=false", "max_
 
 
 def finetuned(folder, *overrides):
-    from vitplas.training.config import load_finetune_config
     from vitplas.jobs.runners import run_finetune
+    from vitplas.training.config import load_finetune_config
 
     run = folder / "run"
     run_finetune(load_finetune_config(SMOKE, [*SHORT, *overrides]), run)

@@ -32,7 +32,7 @@ CONFIGS = {  # job kind -> a config that runs in seconds, offline
         "num_workers": 0,
         "tensorboard": False,
         "max_eval_samples": 32,
-    },  # fmt: skip
+    },
     "probe": {
         **TINY,
         "dataset": "digits",
@@ -42,7 +42,7 @@ CONFIGS = {  # job kind -> a config that runs in seconds, offline
         "max_train": 64,
         "max_test": 32,
         "num_workers": 0,
-    },  # fmt: skip
+    },
     "select": {**TINY, "target": "digits", "pairs": 8, "grad_batches": 1, "batch_size": 8},
     "landscape": {
         **TINY,
@@ -54,11 +54,17 @@ CONFIGS = {  # job kind -> a config that runs in seconds, offline
         "pairs": 4,
         "eval_images": 4,
         "batch_size": 4,
-    },  # fmt: skip
+    },
 }
-OTHER = {"plasticity": {"seed": 1}, "bounds": {"seed": 1}, "radius": {"seed": 1},
-         "finetune": {"seed": 1}, "probe": {"seed": 1}, "select": {"seed": 1},
-         "landscape": {"seed": 1}}  # fmt: skip
+OTHER = {
+    "plasticity": {"seed": 1},
+    "bounds": {"seed": 1},
+    "radius": {"seed": 1},
+    "finetune": {"seed": 1},
+    "probe": {"seed": 1},
+    "select": {"seed": 1},
+    "landscape": {"seed": 1},
+}
 OWN_FOLDER = [job.kind for job in JOBS if not job.on_finished_run and job.kind != "compare-base"]
 
 

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from vitplas.analysis.landscape import LandscapeConfig, pca_plane
-from vitplas.jobs.runners import run_landscape
 from vitplas.cli import app
 from vitplas.config import ConfigError
+from vitplas.jobs.runners import run_landscape
 
 TINY = dict(model="tiny-random", random_init=True, img_size=None, dataset="digits", grid=3,
             steps=3, batch_size=8, eval_images=8, pairs=8, device="cpu")  # fmt: skip

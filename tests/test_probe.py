@@ -10,7 +10,14 @@ from test_train_support import NUM_CLASSES, tiny_vit, toy_data
 from torch.utils.data import DataLoader
 
 from vitplas.config import ConfigError
-from vitplas.training.probe import ProbeConfig, extract_features, fit_and_score, point_groups, probe_model, probe_points
+from vitplas.training.probe import (
+    ProbeConfig,
+    extract_features,
+    fit_and_score,
+    point_groups,
+    probe_model,
+    probe_points,
+)
 
 
 def _loader(n=48, seed=0):

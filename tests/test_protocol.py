@@ -220,7 +220,7 @@ def test_paper_sweep_lists_924_runs_of_the_seven_train_sets():
     spec_path = Path(__file__).parents[1] / "configs" / "paper" / "main.yaml"
     result = CliRunner().invoke(app, ["sweep", str(spec_path), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "924 runs" in result.output.splitlines()  # then the cost table
+    assert "924 runs (--runs lists each)" in result.output.splitlines()  # then the cost table
     spec = load_spec(spec_path)
     assert tuple(spec.grid["train"]) == PAPER_TRAIN_SETS
     assert PAPER_TRAIN_SETS == ("all", "emb", "ln1", "mha", "ln2", "fc1", "fc2")
@@ -255,10 +255,8 @@ def test_cifar10c_paper_split_through_the_registry(tmp_path):
 
 
 def test_paper_run_trains_and_evaluates_on_the_original_splits(tmp_path):
-    from vitplas.training.config import load_finetune_config
-    from vitplas.jobs.runners import run_evaluate
-    from vitplas.training.config import EvaluateConfig
-    from vitplas.jobs.runners import run_finetune
+    from vitplas.jobs.runners import run_evaluate, run_finetune
+    from vitplas.training.config import EvaluateConfig, load_finetune_config
 
     overrides = ["protocol=paper", "steps=4", "warmup_steps=2", "eval_every=2", "batch_size=16"]
     overrides += ["tensorboard=false", "num_workers=0", "device=cpu", "max_eval_samples=64"]

@@ -191,8 +191,8 @@ def test_plasticity_criterion_matches_hand_computation(model, inputs):
 
 def test_select_checks_its_folder_first_and_reads_a_finished_run_back(tmp_path):
     from vitplas.config import ConfigError
-    from vitplas.selection.select import SelectConfig
     from vitplas.jobs.runners import run_select
+    from vitplas.selection.select import SelectConfig
 
     cfg = SelectConfig(model="tiny-random", random_init=True, target="digits", device="cpu")
     cfg.criteria, cfg.grad_batches, cfg.batch_size = ["condition", "params"], 1, 4

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.config import ConfigError
-from vitplas.selection.auto import resolve_auto
 from vitplas.jobs.runners import run_finetune as finetune
+from vitplas.selection.auto import resolve_auto
 from vitplas.training.config import load_finetune_config
 
 BASE = [

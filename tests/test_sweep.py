@@ -91,11 +91,14 @@ def test_run_ids_come_from_values_not_positions(tmp_path):
 
 
 def test_dry_run_lists_runs_and_ends_with_count(tmp_path):
-    result = CliRunner().invoke(app, ["sweep", str(write_spec(tmp_path)), "--dry-run"])
+    spec = str(write_spec(tmp_path))
+    result = CliRunner().invoke(app, ["sweep", spec, "--dry-run", "--runs"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[-1] == "8 runs"
     assert len(lines) == 9 and all("[missing]" in line for line in lines[:-1])
+    summary = CliRunner().invoke(app, ["sweep", spec, "--dry-run"])  # as reproduce: the summary
+    assert summary.output.strip().splitlines() == ["8 runs (--runs lists each)"]
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
 
 

@@ -10,11 +10,11 @@ import torch
 from test_train_support import params, toy_config, toy_sources
 
 from vitplas.config import ConfigError
+from vitplas.jobs.runners import run_finetune
 from vitplas.models.components import component_map
 from vitplas.runs import RunDir
 from vitplas.training.checkpoint import list_checkpoints
 from vitplas.training.finetune import TrainingDivergedError
-from vitplas.jobs.runners import run_finetune
 
 
 def _component_of(name: str, cmap) -> str:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 
 from vitplas.data import is_available
+from vitplas.jobs.runners import run_finetune, run_probe
 from vitplas.training.config import load_finetune_config
-from vitplas.jobs.runners import run_finetune
 from vitplas.training.probe import ProbeConfig
-from vitplas.jobs.runners import run_probe
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from test_train_support import tiny_vit, toy_config, toy_data, toy_sources
 
+from vitplas.jobs.runners import run_finetune
 from vitplas.models.components import set_trainable
 from vitplas.runs import RunDir
-from vitplas.jobs.runners import run_finetune
 from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at
 
 

@@ -30,7 +30,8 @@ def pooled_table(est: Estimate, labels: dict[str, str]) -> pd.DataFrame:
     frame = est.frame(pooled=True).drop(columns=["layer", "max", "exceed_frac"])
     frame = frame.sort_values("mean", ascending=False).reset_index(drop=True)
     frame["rank"] = range(1, len(frame) + 1)
-    frame["theory_rank"] = [THEORETICAL_RANK.get(c) for c in frame["component"]]
+    ranks = [THEORETICAL_RANK.get(c) for c in frame["component"]]
+    frame["theory_rank"] = pd.array(ranks, dtype="Int64")  # an integer, blank where none
     for key in reversed(LABELS):
         frame.insert(0, key, labels[key])
     return frame

@@ -92,6 +92,7 @@ def sweep(
     peak: str = PeakOpt,
     mfu: float = MfuOpt,
     json_path: Path = JsonOpt,
+    per_run: bool = typer.Option(False, "--runs", help="dry run: also list every run"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun failed runs"),
     wait: bool = typer.Option(True, help="wait for the runs (--no-wait: submit and return)"),
     partition: str = typer.Option(None, help="SLURM partition"),
@@ -114,12 +115,14 @@ def sweep(
     if dry_run:
         states = {s.run.run_id: s.state for s in scan(spec, runs, root)}
         cost = None if bad else _estimate(spec, runs, peak, mfu)
-        per_run = cost.per_run_text() if cost else {}
-        for run in runs:
+        per_run_text = cost.per_run_text() if cost else {}
+        shown = runs if per_run else [r for r in runs if r.run_id in bad]
+        for run in shown:
             state = f"invalid: {bad[run.run_id]}" if run.run_id in bad else states[run.run_id]
-            line = f"{run.run_id}  [{state}]{per_run.get(run.run_id, '')}"
+            line = f"{run.run_id}  [{state}]{per_run_text.get(run.run_id, '')}"
             console.print(line, markup=False, highlight=False)
-        console.print(f"{len(runs)} runs", highlight=False)
+        hint = "" if per_run else " (--runs lists each)"
+        console.print(f"{len(runs)} runs{hint}", highlight=False)
         if cost is not None:
             _print_cost(cost, json_path)
     elif bad:
@@ -244,6 +247,7 @@ def reproduce(
     peak: str = PeakOpt,
     mfu: float = MfuOpt,
     json_path: Path = JsonOpt,
+    per_run: bool = typer.Option(False, "--runs", help="dry run: also list every run"),
 ) -> None:
     """Plasticity + bounds + probes + sweep + aggregate + report, resumable, one progress view."""
     from vitplas.cli.progress import progress_view
@@ -255,7 +259,13 @@ def reproduce(
     if dry_run:
         from vitplas.experiments.spec import expand
 
-        _print_cost(_estimate(spec, expand(spec), peak, mfu), json_path)
+        runs = expand(spec)
+        cost = _estimate(spec, runs, peak, mfu)
+        per_run_text = cost.per_run_text() if cost else {}
+        for run in runs if per_run else []:
+            console.print(f"{run.run_id}{per_run_text.get(run.run_id, '')}", markup=False)
+        console.print(f"{len(runs)} runs{'' if per_run else ' (--runs lists each)'}")
+        _print_cost(cost, json_path)
         return
     with progress_view(console) as on_stage:
         summary = run_reproduce(

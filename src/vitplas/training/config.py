@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vitplas import protocol as protocols
-from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
+from vitplas.config import ConfigError
+from vitplas.device import config_from_dict, default_workers, parse_override, read_yaml, set_dotted
 from vitplas.training.options import LoraOptions, SelectOptions
 
 if TYPE_CHECKING:
@@ -216,7 +217,8 @@ class ProbeConfig:
     max_train: int | None = None  # a fixed random subset (seed) of the train split
     max_test: int | None = None  # a fixed random subset of the test split (None: all)
     batch_size: int = 128  # images per forward pass
-    num_workers: int = 4  # DataLoader worker processes
+    num_workers: int = field(default_factory=default_workers)  # DataLoader worker processes
+    # (default: what this machine's CPUs can feed, at most 4)
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
     amp: Literal["auto", "bf16", "none"] = "none"  # features in float32 by default: the probe
     # is the baseline of every relative gain (auto/bf16: bf16 autocast on CUDA, faster, features
@@ -249,7 +251,8 @@ class EvaluateConfig:
     split: str = "test"  # split of each dataset
     device: str = "auto"  # auto = cuda if available, else cpu
     batch_size: int = 256  # images per evaluation batch
-    num_workers: int = 4  # DataLoader worker processes
+    num_workers: int = field(default_factory=default_workers)  # DataLoader worker processes
+    # (default: what this machine's CPUs can feed, at most 4)
 
     def validate(self) -> None:
         """Cross-field checks; a failure says what to change (`run` is checked by the command:
