@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vitplas import protocol as protocols
-from vitplas.config import ConfigError
-from vitplas.device import config_from_dict, default_workers, parse_override, read_yaml, set_dotted
+from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
+from vitplas.device import default_workers
 from vitplas.training.options import LoraOptions, SelectOptions
 
 if TYPE_CHECKING:
