@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vitplas.cli import app
-from vitplas.experiments import cost, flops, jobs
+from vitplas.experiments import cost, flops
+from vitplas.jobs import registry as jobs
 from vitplas.experiments.spec import expand, load_spec
 from vitplas.training.config import FinetuneConfig
 
