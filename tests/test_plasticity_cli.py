@@ -119,15 +119,16 @@ def test_bounds_and_radius_commands(tiny_run, tmp_path):
         "--ln-bound",
         "signed",
         "--out",
-        str(tmp_path),
+        str(tmp_path / "bounds"),
     )
     assert result.exit_code == 0, result.output
-    bounds = pd.read_csv(tmp_path / "bounds.csv")
+    bounds = pd.read_csv(tmp_path / "bounds" / "bounds.csv")
     assert (bounds.loc[bounds["component"] == "mha", "radius"] == 2.0).all()
     assert (bounds.loc[bounds["component"] == "ln1", "definition"] == "max gamma (signed)").all()
-    ratio = pd.read_csv(tmp_path / "bound_ratio.csv")
+    ratio = pd.read_csv(tmp_path / "bounds" / "bound_ratio.csv")
     assert len(ratio) == 10 and (ratio["ratio"] > 0).all()
-    assert (tmp_path / "figures" / "bounds.pdf").exists()
+    assert (tmp_path / "bounds" / "figures" / "bounds.pdf").exists()
+    # run folders do not nest (vitplas.jobs.folders): the radius run goes beside the bounds run
     args = ["--random-init", "--dataset", "digits", "--out", str(tmp_path / "radius")]
     radius = run("radius", "--model", "tiny-random", *args)
     assert radius.exit_code == 0 and radius.stdout.startswith("r = ")  # progress: on stderr

@@ -48,6 +48,15 @@ def _is(hint: Any, kind: type) -> bool:
     return any(a is kind or typing.get_origin(a) is kind for a in args)
 
 
+def _scalar(hint: Any) -> type:
+    """The type typer parses a scalar flag's value as: int, float or Path where the key is one
+    (so that `--pairs 24` reaches the config as the number 24), text otherwise (a Literal's
+    choices are checked by the config)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is not None else (hint,)
+    kinds = [a for a in args if a is not type(None)]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float, Path) else str
+
+
 def _parameters(job: Job, cls: type) -> list[inspect.Parameter]:
     """The typer parameters of `job`'s command: arguments, its flags, then the lifecycle's."""
     keyword = inspect.Parameter.KEYWORD_ONLY
@@ -66,7 +75,7 @@ def _parameters(job: Job, cls: type) -> list[inspect.Parameter]:
             extra = ["-d"] if key == "datasets" else []
             option, annotation = typer.Option(None, flag, *extra), list[str] | None
         else:
-            option, annotation = typer.Option(None, flag, metavar="VALUE"), str | None
+            option, annotation = typer.Option(None, flag, metavar="VALUE"), _scalar(hint) | None
         params.append(inspect.Parameter(f"flag_{key}", keyword, default=option,
                                         annotation=annotation))  # fmt: skip
     if job.folder != "none":
