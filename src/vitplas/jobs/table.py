@@ -203,6 +203,7 @@ JOBS: tuple[Job, ...] = (
             **{k: "--" + k.replace("_", "-") for k in ("pairs", "grad_batches", "batch_size")},
             **{k: "--" + k.replace("_", "-") for k in ("seed", "device")},
         },
+        progress="none",
         runner="vitplas.jobs.runners:run_select",
     ),
     Job(
