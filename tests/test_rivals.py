@@ -96,7 +96,13 @@ def test_few_shot_subset_is_fixed_across_seeds(tmp_path):
 
 
 def test_auto_must_be_resolved_first(tmp_path):
+    """The training itself refuses train=[auto] (its job's lifecycle resolves it first)."""
+    from vitplas.runs import RunDir
+    from vitplas.training.finetune import compute_finetune
+
     with pytest.raises(ConfigError, match="resolved before finetuning"):
-        run_finetune(
-            toy_config("train=[auto]", "steps=2", "warmup_steps=1"), tmp_path, sources=toy_sources()
+        compute_finetune(
+            toy_config("train=[auto]", "steps=2", "warmup_steps=1"),
+            RunDir(tmp_path),
+            sources=toy_sources(),
         )

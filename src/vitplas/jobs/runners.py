@@ -61,9 +61,11 @@ def run_finetune(
     show_progress: bool = False,
     **lifecycle: Any,
 ) -> dict:
-    """The finetuning job (training.finetune); train=[auto] resolved inside its lifecycle."""
+    """The finetuning job (training.finetune); train=[auto] resolved inside its lifecycle. Its
+    result is the run's record as result.json holds it, alike for a new and a finished run."""
     hooks = {"sources": sources, "callbacks": callbacks, "show_progress": show_progress}
-    return _run("finetune", cfg, run_dir, hooks, **lifecycle)
+    result = _run("finetune", cfg, run_dir, hooks, **lifecycle)
+    return {k: v for k, v in result.items() if k not in ("run_dir", "skipped")}
 
 
 def run_evaluate(cfg, run_dir: str | Path | None = None, *, wait: bool | None = None):
