@@ -106,11 +106,11 @@ def test_split_args_and_merge_flags():
 
 def test_flag_and_key_set_the_same_field(monkeypatch):
     """plasticity: --pairs and pairs= reach PlasticityConfig.pairs; both at once exit 2."""
-    import vitplas.analysis.job as job
+    import vitplas.jobs.lifecycle as lifecycle
 
     seen = []
-    monkeypatch.setattr(job, "run_plasticity", lambda cfg, *a, **k: seen.append(cfg) or {})
-    monkeypatch.setattr("vitplas.cli.analysis._print_ranking", lambda result: None)
+    monkeypatch.setattr(lifecycle, "run_job", lambda job, cfg, *a, **k: seen.append(cfg) or {})
+    monkeypatch.setattr("vitplas.jobs.render.plasticity", lambda result, cfg: None)
     for args in (["--pairs", "7"], ["pairs=7"]):
         assert runner.invoke(app, ["plasticity", *args, "--out", "x"]).exit_code == 0
     assert [c.pairs for c in seen] == [7, 7]

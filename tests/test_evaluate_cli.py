@@ -28,7 +28,10 @@ SMOKE = "configs/finetune/smoke-digits.yaml"
 def test_run_dir_keys_and_flags_fill_one_config(tmp_path):
     cfg = evaluate_config(["runs/a", "split=val"], {"batch_size": 8, "datasets": ["mnist-5k"]})
     assert (cfg.run, cfg.split, cfg.batch_size, cfg.datasets) == ("runs/a", "val", 8, ["mnist-5k"])
-    assert (cfg.device, cfg.num_workers) == ("auto", 4)  # EvaluateConfig's defaults
+    from vitplas.device import default_workers
+
+    # EvaluateConfig's defaults: workers as many as this machine's CPUs feed (at most 4)
+    assert (cfg.device, cfg.num_workers) == ("auto", default_workers())
     (tmp_path / "e.yaml").write_text("run: runs/b\nnum_workers: 0\n")
     cfg = evaluate_config([str(tmp_path / "e.yaml"), "datasets=[cifar10-c/*/5]"], {})
     assert (cfg.run, cfg.num_workers, cfg.datasets) == ("runs/b", 0, ["cifar10-c/*/5"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _is(hint: Any, kind: type) -> bool:
-    args = typing.get_args(hint) if typing.get_origin(hint) is not None else (hint,)
+    """Whether type hint `hint` is `kind`, a `kind[...]`, or a union holding one of them."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = typing.get_args(hint) if union else (hint,)
     return any(a is kind or typing.get_origin(a) is kind for a in args)
 
 
@@ -61,9 +64,10 @@ def _parameters(job: Job, cls: type) -> list[inspect.Parameter]:
     """The typer parameters of `job`'s command: arguments, its flags, then the lifecycle's."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     types = _field_types(cls)
-    head = f"{job.positional.upper()}, then " if job.positional else ""
+    name = job.argument()[0]
+    head = f"{name}, then " if job.positional else ""
     args_help = f"{head}[CONFIG.yaml] then config keys as key=value (listed below)"
-    metavar = f"{(job.positional or '').upper()} [CONFIG.yaml] [KEY=VALUE]...".strip()
+    metavar = f"{name} [CONFIG.yaml] [KEY=VALUE]...".strip()
     argument = typer.Argument(None, help=args_help, metavar=metavar)
     params = [inspect.Parameter("args", keyword, default=argument, annotation=list[str])]
     for key, flag in job.flags.items():
@@ -73,7 +77,8 @@ def _parameters(job: Job, cls: type) -> list[inspect.Parameter]:
             option, annotation = typer.Option(None, *names), bool | None
         elif _is(hint, list):
             extra = ["-d"] if key == "datasets" else []
-            option, annotation = typer.Option(None, flag, *extra), list[str] | None
+            option = typer.Option(None, flag, *extra, metavar="A,B")
+            annotation = list[str] | None
         else:
             option, annotation = typer.Option(None, flag, metavar="VALUE"), _scalar(hint) | None
         params.append(inspect.Parameter(f"flag_{key}", keyword, default=option,
@@ -81,8 +86,8 @@ def _parameters(job: Job, cls: type) -> list[inspect.Parameter]:
     if job.folder != "none":
         out = typer.Option(None, "--out", help=OUT_HELP, metavar="DIR")
         params.append(inspect.Parameter("out", keyword, default=out, annotation=Path | None))
-    if getattr(cls, "PRESETS", None):
-        presets = ", ".join(cls.PRESETS)
+    if job.presets:
+        presets = ", ".join(_presets(job))
         preset = typer.Option(None, "--preset", help=f"keys set first: {presets}", metavar="NAME")
         params.append(inspect.Parameter("preset", keyword, default=preset,
                                         annotation=str | None))  # fmt: skip
@@ -109,35 +114,59 @@ def build_config(job: Job, cls: type, args: list[str] | None, flags: dict[str, A
     from vitplas.cli.keys import merge_flags, split_args
     from vitplas.config import ConfigError, parse_override, set_dotted
 
-    items = list(args or [])
+    items, flags = _positional(job, list(args or []), flags)
+    types = _field_types(cls)
+    flags = {k: _split_commas(v) if _is(types.get(k), list) else v for k, v in flags.items()}
     data: dict[str, Any] = {}
-    if job.positional:
-        given = [a for a in items if "=" not in a and not a.endswith((".yaml", ".yml"))]
-        if len(given) > 1:
-            raise ConfigError(f"{job.kind} takes one {job.positional.upper()}, got {given}")
-        items = [a for a in items if a not in given]
-        flags = {job.positional: given[0] if given else None, **flags}
     if preset is not None:
-        presets = getattr(cls, "PRESETS", {})
+        presets = _presets(job)
         if preset not in presets:
             raise ConfigError(f"preset '{preset}' is unknown; choose {', '.join(presets)}")
         data.update(presets[preset])
     path, overrides = split_args(items)
     if path is not None:
         data.update(_read(job, path))
-    names = {k: v for k, v in job.flags.items()} | {job.positional or "": job.positional or ""}
-    names = {k: (v.upper() if k == job.positional else v) for k, v in names.items() if k}
+    names = dict(job.flags) | ({job.positional: job.argument()[0]} if job.positional else {})
     for item in merge_flags(overrides, flags, names):
         set_dotted(data, *parse_override(item))
-    types = _field_types(cls)
     for key, value in list(data.items()):
         if isinstance(value, str) and key in types and _is(types[key], list):
             data[key] = [v.strip() for v in value.split(",") if v.strip()]
     cfg = _from_dict(job, cls, data)
     if job.positional and getattr(cfg, job.positional) is None:
-        raise ConfigError(f"no {job.positional} given: vitplas {job.kind} "
-                          f"{job.positional.upper()} (or {job.positional}=...)")  # fmt: skip
+        metavar, noun = job.argument()
+        raise ConfigError(f"no {noun} given: vitplas {job.kind} {metavar} "
+                          f"(or {job.positional}={metavar})")  # fmt: skip
     return cfg
+
+
+def _split_commas(values: list[str] | None) -> list[str] | None:
+    """A list flag's values, each split at commas: `--components mha,fc1 --components ln1`."""
+    if values is None:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _presets(job: Job) -> dict[str, dict[str, Any]]:
+    """{preset name: the keys it sets} of `job` (its record's `presets`; none: {})."""
+    from vitplas.jobs.registry import import_path
+
+    return import_path(job.presets) if job.presets else {}
+
+
+def _positional(job: Job, items: list[str], flags: dict[str, Any]):
+    """(the other arguments, the flags with the positional key): the first argument that is
+    neither key=value nor a YAML file sets `job.positional`; a second one is an error."""
+    from vitplas.config import ConfigError
+
+    if not job.positional:
+        return items, flags
+    given = [a for a in items if "=" not in a and not a.endswith((".yaml", ".yml"))]
+    if len(given) > 1:
+        raise ConfigError(f"{job.kind} takes one {job.argument()[0]}, got {len(given)}: "
+                          f"{', '.join(given)}")  # fmt: skip
+    rest = [a for a in items if a not in given]
+    return rest, {job.positional: given[0] if given else None, **flags}
 
 
 def _read(job: Job, path: str) -> dict[str, Any]:

@@ -48,7 +48,10 @@ class Job:
     render: str | None = None  # "module:function"(result, cfg): the CLI's printout
     examples: tuple[str, ...] = ()  # offline command lines for its --help (tests run them)
     flags: Mapping[str, str] = field(default_factory=dict)  # config key -> its --flag
+    presets: str | None = None  # "module:NAME" of {preset: keys it sets} (--preset NAME)
     positional: str | None = None  # a config key given as the command's first argument
+    positional_name: tuple[str, str] = ("", "")  # that argument's (metavar, what it names) in
+    # help and messages, e.g. ("RUN_DIR", "run folder"); empty: the key in capitals, the key
     folder: Literal["stamp", "hash", "none"] = "stamp"  # default run folder: runs/<kind>/
     # <time>-<model> (stamp), runs/<kind>/<name>-<config hash> (hash: the same command finds
     # the same folder), or none (the job works in `positional`'s folder)
@@ -61,3 +64,9 @@ class Job:
     aliases: tuple[str, ...] = ()  # older import paths of `runner` that specs may still name
     cost: Literal["pairs", "images", "radius", "finetune", "none"] = "none"  # what the
     # study's cost estimate (experiments.cost) counts for one such job
+
+    def argument(self) -> tuple[str, str]:
+        """(metavar, what it names) of the command's first argument (`positional`)."""
+        metavar, noun = self.positional_name
+        key = self.positional or ""
+        return metavar or key.upper(), noun or key

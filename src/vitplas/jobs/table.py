@@ -162,6 +162,7 @@ JOBS: tuple[Job, ...] = (
             "num_workers": "--num-workers",
         },
         positional="run",
+        positional_name=("RUN_DIR", "run folder"),
         folder="none",
         progress="none",
         runner="vitplas.jobs.runners:run_evaluate",
@@ -179,7 +180,7 @@ JOBS: tuple[Job, ...] = (
             f"vitplas probe {_RUN} layers=[-1] components=[mha,block] max_train=200 "
             "max_test=100 num_workers=0 device=cpu",
         ),
-        flags={k: "--" + k for k in ("model", "dataset", "protocol")},
+        flags={**_COMMON, **{k: "--" + k for k in ("dataset", "protocol")}},
         folder_name=("model", "dataset"),
         analysis="probes",
         dataset_key="dataset",
@@ -219,6 +220,7 @@ JOBS: tuple[Job, ...] = (
             "dataset=digits grid=5 steps=4",
         ),
         flags={"model": "--model"},
+        presets="vitplas.analysis.configs:PRESETS",
         runner="vitplas.jobs.runners:run_landscape",
     ),
 )
