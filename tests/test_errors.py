@@ -157,8 +157,13 @@ def test_damaged_weights_and_os_errors_are_user_errors():
         "error: Error while deserializing header",
         2,
     )
+    denied = OSError(13, "Permission denied", "/runs/x/state.pt")
+    assert error_line(denied) == ("error: /runs/x/state.pt: Permission denied", 2)
+    # a full disk: the one line of every command (vitplas.runs.disk_full), in the one place
     full = OSError(28, "No space left on device", "/runs/x/state.pt")
-    assert error_line(full) == ("error: /runs/x/state.pt: No space left on device", 2)
+    line, code = error_line(full)
+    assert code == 2 and line.startswith("error: no space left on device writing /runs/x/state.pt")
+    assert line.endswith("rerun the same command: it resumes where it stopped")
 
 
 def test_a_metrics_line_that_is_json_but_not_a_record_is_skipped_by_aggregate(tmp_path):

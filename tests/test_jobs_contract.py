@@ -119,3 +119,16 @@ def test_run_folders_do_not_nest(tmp_path):
         run_job(get("radius"), _cfg("radius"), tmp_path / "runs" / "radius")
     with pytest.raises(ConfigError, match="inside the run folder"):
         run_job(get("radius"), _cfg("radius"), tmp_path / "runs" / "radius" / "a" / "b")
+
+
+@pytest.mark.parametrize("kind", ["radius", "finetune"])
+def test_a_failed_start_leaves_no_folder_for_the_api_either(kind, tmp_path):
+    """The lifecycle (not only the CLI) removes a folder its failed start made, so the
+    corrected call is not refused as 'a different config'."""
+    from vitplas.data import DataError
+
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match="dataset 'cifar11' is unknown"):
+        run_job(get(kind), _cfg(kind, dataset="cifar11"), run)
+    assert not run.exists()
+    assert not run_job(get(kind), _cfg(kind), run).get("skipped")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,22 +127,3 @@ def check_out_folder(path: Path) -> Path:
             f"--out {path} is a file, not a folder; give a new folder or an existing run folder"
         )
     return path
-
-
-@contextmanager
-def removed_if_unused(path: Path) -> Iterator[Path]:
-    """Yield `path`; when the command fails and `path` is a folder it created that holds nothing
-    but lock files and the config it was about to run, remove it again (a failed start leaves no
-    run folder behind, and no config that would refuse the corrected command)."""
-    existed = path.exists()
-    try:
-        yield path
-    except BaseException:
-        if not existed and path.is_dir():
-            entries = list(path.iterdir())
-            if all(e.is_file() and (e.name.endswith(".lock") or e.name == "config.yaml")
-                   for e in entries):  # fmt: skip
-                for entry in entries:
-                    entry.unlink()
-                path.rmdir()
-        raise

@@ -25,7 +25,7 @@ from typing import Any
 
 import typer
 
-from vitplas.cli.app import app, removed_if_unused
+from vitplas.cli.app import app, check_out_folder
 from vitplas.jobs.job import Job
 from vitplas.jobs.table import JOBS, get
 
@@ -236,9 +236,8 @@ def _run(job: Job, options: dict[str, Any]) -> None:
     if options.get("compare_base"):
         job = get("compare-base")
     folder = options.get("out")
-    if folder is not None and folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder} is a file, not a folder; give a new folder or an "
-                         "existing run folder")  # fmt: skip
+    if folder is not None:
+        check_out_folder(folder)
     run_dir = Path(getattr(cfg, job.positional)) if job.positional else folder
     run_dir = run_dir or default_folder(job, cfg)
     if job.folder == "hash":
@@ -246,8 +245,7 @@ def _run(job: Job, options: dict[str, Any]) -> None:
     lifecycle = {"wait": options.get("wait")}
     if job.folder != "none":
         lifecycle["repair"] = options.get("repair", False)
-    guard = removed_if_unused(run_dir) if job.folder != "none" else contextlib.nullcontext()
-    with guard, _progress(job, cfg, options.get("progress", True)) as hooks:
+    with _progress(job, cfg, options.get("progress", True)) as hooks:
         result = run_job(job, cfg, run_dir, hooks=hooks, **lifecycle)
     if job.render:
         import_path(job.render)(result, cfg)

@@ -43,8 +43,9 @@ class Job:
     manifest: bool = True  # the lifecycle writes manifest.json (finetune's own at its start)
     prepare: str | None = None  # "module:function"(cfg, run_dir) -> cfg, inside the lock
     after_done: str | None = None  # "module:function"(cfg, run) once DONE (prune train state)
-    on_finished_run: bool = False  # works in a finished run of another job (evaluate): no
-    # folder of its own; its tables extend that run's seal
+    on_finished_run: tuple[str, str] | None = None  # (kind, what its work is called) of the
+    # job in whose finished run it works (evaluate: ("finetune", "finetuning")): no folder of
+    # its own; its tables extend that run's seal, and a damaged record is that job's to repair
     render: str | None = None  # "module:function"(result, cfg): the CLI's printout
     examples: tuple[str, ...] = ()  # offline command lines for its --help (tests run them)
     flags: Mapping[str, str] = field(default_factory=dict)  # config key -> its --flag

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from vitplas.jobs.folders import check_not_nested
 from vitplas.jobs.job import Computed, Job
 from vitplas.jobs.registry import import_path
 from vitplas.locks import is_main_process, run_lock
-from vitplas.runs import RunDir, atomic_write_json
+from vitplas.runs import DamagedRecordError, RunDir, atomic_write_json
 
 COMMON_RECORDS = ("config.yaml", "manifest.json", "result.json")  # every job's run folder
 
@@ -51,8 +52,14 @@ def run_job(
     if job.on_finished_run:
         return _in_finished_run(job, cfg, Path(run_dir), wait, hooks or {})
     check_not_nested(run_dir)
-    run = RunDir(run_dir)
     owner = is_main_process()
+    guard = removed_if_unused(Path(run_dir)) if owner else contextlib.nullcontext()
+    with guard:
+        return _in_own_folder(job, cfg, RunDir(run_dir), owner, repair, wait, hooks or {})
+
+
+def _in_own_folder(job: Job, cfg: Any, run: RunDir, owner: bool, repair, wait, hooks):
+    """Steps 1-5 of the module docstring in `run`, the job's own folder."""
     lock = run_lock(run.path, command=job.kind, wait=wait) if owner else contextlib.nullcontext()
     with lock:
         if job.prepare:
@@ -63,10 +70,33 @@ def run_job(
         if owner:
             run.start(cfg, job.runtime_keys)
         t0 = time.perf_counter()
-        computed: Computed = import_path(job.compute)(cfg, run, **(hooks or {}))
+        computed: Computed = import_path(job.compute)(cfg, run, **hooks)
         if owner:
             _finish(job, cfg, run, computed, time.perf_counter() - t0)
     return {**computed.result, **computed.returned, "run_dir": str(run.path)}
+
+
+START_FILES = ("config.yaml", "manifest.json")  # what a start writes before any work
+
+
+@contextlib.contextmanager
+def removed_if_unused(path: Path) -> Iterator[Path]:
+    """Yield `path`; when the job fails and `path` is a folder this call created that holds
+    nothing but lock files and what its start wrote (config, manifest), remove it again: a
+    failed start leaves no run folder behind, and no config that would refuse the corrected
+    command. A folder with any work in it (statistics, checkpoints) stays, to resume."""
+    existed = path.exists()
+    try:
+        yield path
+    except BaseException:
+        if not existed and path.is_dir():
+            entries = list(path.iterdir())
+            if all(e.is_file() and (e.name.endswith(".lock") or e.name in START_FILES)
+                   for e in entries):  # fmt: skip
+                for entry in entries:
+                    entry.unlink()
+                path.rmdir()
+        raise
 
 
 def _finish(job: Job, cfg: Any, run: RunDir, computed: Computed, seconds: float) -> None:
@@ -85,8 +115,14 @@ def _in_finished_run(job: Job, cfg: Any, folder: Path, wait, hooks) -> dict[str,
     """A job whose tables go into a finished run of another job: owned, verified, resealed."""
     if not folder.is_dir():
         raise FileNotFoundError(f"run folder {folder} does not exist")
+    owner, work = job.on_finished_run or ("", "")
     with run_lock(folder, command=job.kind, wait=wait):
         run = RunDir(folder, create=False)
-        computed: Computed = import_path(job.compute)(cfg, run, **hooks)
+        try:
+            computed: Computed = import_path(job.compute)(cfg, run, **hooks)
+        except DamagedRecordError as err:  # the run's own record: only its job remakes it
+            fix = (f"recompute the run with `vitplas {owner}` and its config, `--out {folder} "
+                   f"--repair`, or rerun the {work} into a new folder")  # fmt: skip
+            raise DamagedRecordError(err.run, err.name, err.problem, fix=fix) from None
         run.seal([name for name in job.records if (folder / name).is_file()])
     return {**computed.result, **computed.returned, "run_dir": str(folder)}

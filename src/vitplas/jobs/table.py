@@ -153,7 +153,7 @@ JOBS: tuple[Job, ...] = (
         read_back="vitplas.training.evaluate:read_evaluation",
         summary="A finished run's best weights on its and other datasets.",
         records=("evaluation.csv", "evaluation.parquet"),
-        on_finished_run=True,
+        on_finished_run=("finetune", "finetuning"),
         render="vitplas.jobs.render:evaluation",
         examples=(f"{_FT} && vitplas evaluate runs/ex-ft split=val batch_size=64",),
         flags={
