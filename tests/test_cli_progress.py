@@ -85,6 +85,22 @@ def test_radius_shows_progress_and_writes_its_run_folder(tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["dataset"] == "digits"
 
 
+def test_radius_says_how_many_images_it_measured(tmp_path):
+    """--images above the split's size: r is measured on the whole split, and says so."""
+    from typer.testing import CliRunner
+
+    from vitplas.cli import app
+
+    out = tmp_path / "radius"
+    args = ["radius", "--model", "tiny-random", "--random-init", "--dataset", "digits"]
+    args += ["--images", "5000", "--batch-size", "64", "--device", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "radius.json").read_text())
+    assert (saved["images"], saved["images_measured"]) == (5000, 359)  # digits' test split
+    assert "digits/test, 359 images)" in result.stdout and "images 359/359" in result.stderr
+
+
 def test_bounds_show_their_progress_per_layer(tmp_path):
     from typer.testing import CliRunner
 

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.experiments import cost, flops
-from vitplas.jobs import registry as jobs
 from vitplas.experiments.spec import expand, load_spec
+from vitplas.jobs import registry as jobs
 from vitplas.training.config import FinetuneConfig
 
 # tiny-random: 32 px images, 8 px patches, width D = 48, 2 blocks, 3 heads, MLP 144 (ratio 3)

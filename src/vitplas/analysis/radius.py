@@ -17,8 +17,9 @@ RADIUS_FILE = "radius.json"
 class _Counted:
     """A dataset that reports each image read (the radius loader reads in this process)."""
 
-    def __init__(self, data, advance) -> None:
+    def __init__(self, data, advance, images: int) -> None:
         self.data, self.advance, self.read = data, advance, 0
+        self.total = min(images, len(data))  # the images r is measured on
 
     def __len__(self) -> int:
         return len(self.data)
@@ -26,7 +27,7 @@ class _Counted:
     def __getitem__(self, index):
         self.read += 1
         if self.advance is not None:
-            self.advance(min(self.read, len(self.data)), self.read)
+            self.advance(min(self.read, self.total), self.total)
         return self.data[index]
 
 
@@ -45,13 +46,15 @@ def read_radius(run: RunDir) -> dict[str, Any]:
 
 
 def compute_radius(cfg: RadiusConfig, run: RunDir, progress=None) -> Computed:
-    """Measure r as `cfg` says and write radius.json; progress(images read, images) per image."""
+    """Measure r as `cfg` says and write radius.json (with `images_measured`: cfg.images, or
+    fewer when the split holds fewer); progress(images read, images measured) per image."""
     setup = setup_for(cfg)
     transform = setup.transform(cfg.protocol)
     data = open_stream(cfg.dataset, cfg.split, transform, None, False, cfg.protocol)
+    counted = _Counted(data, progress, cfg.images)
     r = dataset_radius(
         setup,
-        _Counted(data, progress),
+        counted,
         images=cfg.images,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -60,6 +63,7 @@ def compute_radius(cfg: RadiusConfig, run: RunDir, progress=None) -> Computed:
     values = r.tolist() if r.ndim else [float(r)]
     per_layer = cfg.inputs == "hidden"
     record = {"radius": values if per_layer else values[0], "per_layer": per_layer}
+    record["images_measured"] = counted.total
     record |= {"n_tokens": setup.n_tokens, "width": setup.width, **config_to_dict(cfg)}
     atomic_write_json(run / RADIUS_FILE, record)
     checksum, hashed = model_checksum(setup)

@@ -211,7 +211,7 @@ def _progress(job: Job, cfg: Any, show: bool):
             yield {"progress": lambda _b, done: update("pairs", min(done, total), total),
                    "on_phase": update}  # fmt: skip
         elif job.progress == "images":
-            yield {"progress": lambda done, read: update("images", done, cfg.images)}
+            yield {"progress": lambda done, total: update("images", done, total)}
         elif job.kind == "landscape":
             yield {"progress": update}
         else:

@@ -96,9 +96,11 @@ def bounds(result: dict[str, Any], cfg: Any) -> None:
 
 
 def radius(result: dict[str, Any], cfg: Any) -> None:
+    """r (one per block input with inputs hidden), on the images it was measured on."""
+    images = result.get("images_measured", cfg.images)  # a record from before: cfg.images
     for layer, value in enumerate(result["values"]):
         where = f"input of block {layer}" if cfg.inputs == "hidden" else "embedding output"
-        print(f"r = {value:.6g}  ({where}, {cfg.dataset}/{cfg.split}, {cfg.images} images)")
+        print(f"r = {value:.6g}  ({where}, {cfg.dataset}/{cfg.split}, {images} images)")
     print(f"run folder: {result['run_dir']}")
     _read_back_note(result)
 
