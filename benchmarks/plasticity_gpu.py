@@ -24,8 +24,8 @@ import torch
 
 def end_to_end(args: argparse.Namespace, dtype: str) -> dict:
     from vitplas.analysis.job import PlasticityConfig
-    from vitplas.jobs.runners import run_plasticity
     from vitplas.data import is_available
+    from vitplas.jobs.runners import run_plasticity
 
     target = "fashion-mnist" if is_available("fashion-mnist")[0] else "digits"
     cfg = PlasticityConfig(
