@@ -16,7 +16,8 @@ import yaml
 from test_slurm import cluster  # noqa: F401  (the one-node SLURM cluster; skips without one)
 
 from vitplas.config import ConfigError
-from vitplas.experiments.analysis_launch import plan, submit_slurm
+from vitplas.experiments.analysis_launch import submit_slurm
+from vitplas.experiments.analysis_plan import plan
 from vitplas.experiments.launch import run_sweep
 from vitplas.experiments.reproduce import reproduce, run_analysis
 from vitplas.experiments.spec import expand, load_spec
@@ -114,7 +115,7 @@ def test_a_job_that_needs_a_failed_one_is_blocked_and_says_why(tmp_path):
 
 
 def test_jobs_that_need_each_other_are_refused():
-    from vitplas.experiments.analysis_launch import Planned, _in_order
+    from vitplas.experiments.analysis_plan import Planned, _in_order
     from vitplas.experiments.spec import AnalysisJob
 
     a, b = (Planned(AnalysisJob(k, "x", "f", None), Path(k)) for k in ("plasticity", "bounds"))

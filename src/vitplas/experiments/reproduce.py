@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from vitplas.experiments.analysis_launch import (  # noqa: F401  (progress_hooks: its home)
-    Planned,
-    check,
-    needs_runs,
-    plan,
     progress_hooks,
     run_local,
     submit_slurm,
     wait_for,
 )
+from vitplas.experiments.analysis_plan import check, needs_runs, plan
 from vitplas.experiments.spec import (  # noqa: F401  (what a study is: its home is spec)
     AnalysisJob,
     SweepSpec,
