@@ -27,7 +27,7 @@ import submitit
 
 from vitplas.config import ConfigError, config_from_dict
 from vitplas.experiments.analysis_plan import Planned, readiness, state_of
-from vitplas.experiments.launch import RunJob, reaped_python, slurm_executor
+from vitplas.experiments.launch import RunJob, reaped_python, slurm_executor, stop_on_signals
 from vitplas.experiments.spec import AnalysisJob, SweepSpec
 from vitplas.experiments.store import read_json, run_dir, write_status
 from vitplas.jobs.registry import ANALYSIS_RUNNERS, import_path
@@ -151,7 +151,8 @@ def run_local(
 ) -> dict[str, str]:
     """Run the planned jobs that are not done as local processes, each once what it needs is
     done, at most executor.max_parallel at once; {job name: why it failed or is blocked}.
-    `counted` = (jobs counted before these, all jobs) of the 'analysis' stage (default: these)."""
+    `counted` = (jobs counted before these, all jobs) of the 'analysis' stage (default: these).
+    Ctrl-C, SIGTERM or SIGHUP cancel the jobs it started."""
     before, total = counted or (0, len(planned))
     todo = [item for item in planned if state_of(item.folder)[0] != "done"]
     failed: dict[str, str] = {}
@@ -159,23 +160,24 @@ def run_local(
     relay = _Relay(on_stage)
     executor = submitit.LocalExecutor(folder=_submitit_folder(spec, root))
     executor.update_parameters(timeout_min=spec.executor.timeout_min)
-    try:
-        while True:
-            _start_ready(spec, planned, root, todo, active, failed, executor)
-            relay.poll([item.folder for item, _ in active.values()])
-            for name, (item, job) in list(active.items()):
-                if job.done():
-                    relay.poll([item.folder])
-                    del active[name]
-                    _record_end(item, todo, failed)
-            relay.count(before + len(planned) - len(todo) - len(active), total)
-            if not todo and not active:
-                return failed
-            time.sleep(poll_s)
-    except BaseException:
-        for _, job in active.values():
-            job.cancel(check=False)
-        raise
+    with stop_on_signals():
+        try:
+            while True:
+                _start_ready(spec, planned, root, todo, active, failed, executor)
+                relay.poll([item.folder for item, _ in active.values()])
+                for name, (item, job) in list(active.items()):
+                    if job.done():
+                        relay.poll([item.folder])
+                        del active[name]
+                        _record_end(item, todo, failed)
+                relay.count(before + len(planned) - len(todo) - len(active), total)
+                if not todo and not active:
+                    return failed
+                time.sleep(poll_s)
+        except BaseException:
+            for _, job in active.values():
+                job.cancel(check=False)
+            raise
 
 
 def _start_ready(spec, planned, root, todo, active, failed, executor) -> None:

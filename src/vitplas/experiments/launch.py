@@ -153,7 +153,7 @@ class LauncherStopped(KeyboardInterrupt):
 
 
 @contextmanager
-def _stop_on_signals():
+def stop_on_signals():
     """Turn SIGTERM and SIGHUP into LauncherStopped (main thread only; restored after)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -211,7 +211,7 @@ def run_sweep(
     if kind not in ("local", "slurm"):
         raise ValueError(f"executor '{kind}' is unknown; choose local or slurm")
     parallel = max_parallel or spec.executor.max_parallel
-    with _stop_on_signals():
+    with stop_on_signals():
         lock = _take_launcher_lock(root, wait, progress, poll_s, spec, runs)
         if lock is None:
             busy = FileLock(root / LAUNCHER_LOCK).holder()
