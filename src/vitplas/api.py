@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vitplas.analysis import tables
-from vitplas.analysis.bounds import bounds_matrix, layer_bounds
-from vitplas.analysis.configs import BoundsConfig, PlasticityConfig
+from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bounds
+from vitplas.analysis.configs import BoundsConfig, PlasticityConfig, RadiusConfig
 from vitplas.analysis.estimate import Estimate, estimate
 from vitplas.analysis.pair_file import PairWriter
 from vitplas.analysis.pairs import pair_batches
@@ -53,6 +53,7 @@ DataLike = str | DataLoader | torch.Tensor | Dataset
 IMAGENET = IMAGENET_MEAN_STD
 _CLI = PlasticityConfig()  # the CLI's defaults are the API's: one place for each
 _BOUNDS = BoundsConfig()
+_RADIUS = RadiusConfig()
 
 
 def load_model(spec: str, **options: Any) -> LoadedModel:
@@ -73,13 +74,18 @@ class PlasticityResult:
 
     table: per (layer, component) rows with model, reference, target, inputs, mean, std, n,
     ci95. pooled: one row per component (per-pair mean over layers), ranked by mean.
-    bounds: per-layer bounds (with bounds=True), else None."""
+    With bounds=True (the default), as a run folder's bounds and bound_ratio tables: bounds,
+    per-layer bounds (the data LayerNorm bound filled from the measured pairs' token scales);
+    bound_ratio, measured / bound per (layer, component) with the fraction of pairs above
+    it (exceed_frac); exceedances, one line per component whose bound some pairs exceed."""
 
     table: pd.DataFrame
     pooled: pd.DataFrame
     estimate: Estimate
     bounds: pd.DataFrame | None = None
     radius: float | list[float] | None = None
+    bound_ratio: pd.DataFrame | None = None
+    exceedances: list[str] = field(default_factory=list)
 
     @property
     def ranking(self) -> list[str]:
@@ -116,6 +122,7 @@ def plasticity(
     dtype: str = _CLI.dtype,
     bounds: bool = _CLI.bounds,
     radius: float | None = None,
+    radius_images: int = _CLI.radius_images,
     ln_bound: str = _CLI.ln_bound,
     mha_slicing: str = _CLI.mha_slicing,
     protocol: str = _CLI.protocol,
@@ -127,12 +134,14 @@ def plasticity(
 ) -> PlasticityResult:
     """Plasticity of every component in every layer, as `vitplas plasticity` measures it.
 
-    Pair i = (i-th reference image, i-th target image); `pairs` pairs in batches of
-    `batch_size` (None: the CLI's 512 for named datasets; every pair that tensors, datasets or
-    DataLoaders hold). Named datasets are shuffled by `seed` exactly as the CLI does, so the
-    same arguments give the CLI's numbers; the defaults are the CLI's (vitplas.analysis.configs
-    .PlasticityConfig): bounds on (radius measured on the target unless given, the pairs above
-    each bound counted), ln_bound "data", protocol "model".
+    `pairs` pairs in batches of `batch_size` (None: the CLI's 512 for named datasets; every
+    pair that tensors, datasets or DataLoaders hold). Named datasets and Datasets are shuffled
+    by `seed` exactly as the CLI does, so the same arguments give the CLI's numbers; tensors
+    and DataLoaders pair in their own order: pair i = (i-th reference image, i-th target
+    image), and asking for more pairs than tensors hold is refused (no pair counted twice).
+    The defaults are the CLI's (vitplas.analysis.configs.PlasticityConfig): bounds on (r
+    measured on `radius_images` target images unless given, one r per layer for inputs
+    "hidden"; the pairs above each bound counted), ln_bound "data", protocol "model".
     save_pairs: a file path: also write every pair's ratios there as Parquet, streamed (pair,
     reference_index and target_index for named datasets, layer, component, ratio: the columns
     of a run's pairs.parquet, vitplas.analysis.pair_file).
@@ -150,8 +159,12 @@ def plasticity(
     batch_size = min(batch_size, pairs)
     bound_frame, r, matrix, gains = None, None, None, None
     if bounds:
-        images = min(_CLI.radius_images, _size(y_data) or _CLI.radius_images)
-        r = radius if radius is not None else _radius_of(setup, y_data, images=images, seed=seed)
+        images = min(radius_images, _size(y_data) or radius_images)
+        r = radius
+        if r is None:  # as the plasticity job: in pair batches, per layer for hidden inputs
+            per_layer = inputs == "hidden"
+            r = _radius_of(setup, y_data, images=images, seed=seed, per_layer=per_layer,
+                           batch_size=batch_size)  # fmt: skip
         bound_frame = _layer_bounds(setup, names, r, ln_bound=ln_bound, mha_slicing=mha_slicing)
         matrix = bounds_matrix(bound_frame, setup.cmap.depth, names)
         gains = bounds_matrix(bound_frame, setup.cmap.depth, names, "norm_gain")
@@ -177,55 +190,69 @@ def plasticity(
         "inputs": inputs,
     }
     table = tables.plasticity_table(est, labels)
-    return PlasticityResult(table, tables.pooled_table(est, labels), est, bound_frame, r)
+    result = PlasticityResult(table, tables.pooled_table(est, labels), est, bound_frame, r)
+    if bound_frame is not None:  # as the job's tables (analysis.tables.write_all)
+        if est.norm_scale is not None:  # data-scale norm bounds: s_min came with the pairs
+            result.bounds = fill_norm_bounds(bound_frame, est.norm_scale, est.components)
+        result.bound_ratio = tables.bound_ratio_table(est, labels, result.bounds)
+        result.exceedances = tables.exceedance_lines(result.bound_ratio)
+    return result
 
 
 def bounds(
-    model: ModelLike = "dinov2-s14",
-    data: DataLike | None = "fashion-mnist",
+    model: ModelLike = _BOUNDS.model,
+    data: DataLike | None = _BOUNDS.dataset,
     *,
     radius: float | Sequence[float] | None = None,
     components: Sequence[str] | None = None,
     ln_bound: str = _BOUNDS.ln_bound,
     mha_slicing: str = _BOUNDS.mha_slicing,
-    images: int = 256,
-    split: str = "test",
-    seed: int = 0,
-    device: str = "auto",
+    inputs: str = _BOUNDS.inputs,
+    protocol: str = _BOUNDS.protocol,
+    images: int = _BOUNDS.radius_images,
+    batch_size: int = _BOUNDS.batch_size,
+    split: str = _BOUNDS.split,
+    seed: int = _BOUNDS.seed,
+    device: str = _BOUNDS.device,
     **model_options: Any,
 ) -> pd.DataFrame:
     """Per-layer theoretical bounds (layer, component, bound, bound_padded, radius,
     definition). The token count and width come from the model; the token radius r is
-    `radius` when given, else measured on `images` images of `data`. The defaults are
-    `vitplas bounds`' (vitplas.analysis.configs.BoundsConfig): the sound LayerNorm bound
-    "data", which needs measured pairs (NaN here, its definition saying why; vitplas.plasticity
-    with bounds=True fills it)."""
+    `radius` when given, else measured on `images` images of `data` (one r per layer for
+    inputs "hidden"). The defaults are `vitplas bounds`' (vitplas.analysis.configs
+    .BoundsConfig): the sound LayerNorm bound "data", which needs measured pairs (NaN here,
+    its definition saying why; vitplas.plasticity with bounds=True fills it)."""
     setup = _setup(model, device, seed, **model_options)
     names = resolve_components(setup.cmap, components)
     if radius is None:
         if data is None:
             raise ValueError("bounds need a token radius: pass radius=... or data=...")
-        data = _dataset(data, split, setup.transform())
-        radius = _radius_of(setup, data, images=images, seed=seed)
+        data = _dataset(data, split, setup.transform(protocol), protocol)
+        radius = _radius_of(setup, data, images=images, seed=seed,
+                            per_layer=inputs == "hidden", batch_size=batch_size)  # fmt: skip
     return _layer_bounds(setup, names, radius, ln_bound=ln_bound, mha_slicing=mha_slicing)
 
 
 def radius(
-    model: ModelLike = "dinov2-s14",
-    data: DataLike = "fashion-mnist",
+    model: ModelLike = _RADIUS.model,
+    data: DataLike = _RADIUS.dataset,
     *,
-    images: int = 256,
-    split: str = "test",
+    images: int = _RADIUS.images,
+    split: str = _RADIUS.split,
     per_layer: bool = False,
-    seed: int = 0,
-    device: str = "auto",
+    protocol: str = _RADIUS.protocol,
+    batch_size: int = _RADIUS.batch_size,
+    seed: int = _RADIUS.seed,
+    device: str = _RADIUS.device,
     **model_options: Any,
 ) -> float | list[float]:
-    """Token radius r: mean over images of the RMS token norm of the embedding output (a
-    float), or with per_layer=True of each block's input (a list of depth floats)."""
+    """Token radius r, as `vitplas radius` measures it: mean over images of the RMS token norm
+    of the embedding output (a float), or with per_layer=True (the job's inputs "hidden") of
+    each block's input (a list of depth floats)."""
     setup = _setup(model, device, seed, **model_options)
-    data = _dataset(data, split, setup.transform())
-    return _radius_of(setup, data, images=images, seed=seed, per_layer=per_layer)
+    data = _dataset(data, split, setup.transform(protocol), protocol)
+    return _radius_of(setup, data, images=images, seed=seed, per_layer=per_layer,
+                      batch_size=batch_size)  # fmt: skip
 
 
 def _run_dir(kind: str, cfg: Any, run_dir: str | Path | None) -> Path:
@@ -361,13 +388,19 @@ def _size(data) -> int | None:
 
 
 def _pair_count(pairs: int | None, x_data, y_data) -> int:
-    """`pairs`, else every pair the data hold."""
-    if pairs is not None:
-        if pairs < 1:
-            raise ValueError(f"pairs must be >= 1, got {pairs}")
-        return pairs
+    """`pairs`, else every pair the data hold; more pairs than tensors hold is an error."""
     sizes = [n for n in (_size(x_data), _size(y_data)) if n is not None]
-    return min(sizes) if sizes else 2**62  # two DataLoaders: to the shorter one's end
+    if pairs is None:
+        return min(sizes) if sizes else 2**62  # two DataLoaders: to the shorter one's end
+    if pairs < 1:
+        raise ValueError(f"pairs must be >= 1, got {pairs}")
+    held = [_size(d) for d in (x_data, y_data) if isinstance(d, _Images)]
+    if held and pairs > min(held):
+        raise ValueError(
+            f"pairs={pairs} asks for more pairs than the image tensors hold ({min(held)}); "
+            "pass pairs=None (every pair) or fewer, or more images"
+        )
+    return pairs
 
 
 @contextlib.contextmanager
@@ -413,8 +446,8 @@ def _pair_writer(path: str | Path | None, components: list[str]) -> Iterator[Pai
 
 def _pairs(x_data, y_data, pairs: int, batch_size: int, seed: int, names, indices=False):
     """Pair batches: the CLI's shuffled streams for datasets (with the images' indices when
-    `indices`); loaders in their own order (no indices)."""
-    if not isinstance(x_data, DataLoader) and not isinstance(y_data, DataLoader):
+    `indices`); tensors and loaders in their own order (no indices)."""
+    if not any(isinstance(d, DataLoader | _Images) for d in (x_data, y_data)):
         return pair_batches(
             x_data,
             y_data,
@@ -441,7 +474,7 @@ def _zip_loaders(xs: Iterator, ys: Iterator, pairs: int) -> Iterator:
             return
 
 
-def _radius_of(setup: ModelSetup, data, *, images=_CLI.radius_images, seed=0, per_layer=False):
+def _radius_of(setup: ModelSetup, data, *, images, seed, per_layer=False, batch_size=32):
     if isinstance(data, DataLoader):
         from vitplas.analysis.bounds import token_radius
 
@@ -450,7 +483,9 @@ def _radius_of(setup: ModelSetup, data, *, images=_CLI.radius_images, seed=0, pe
         )
     else:
         size = min(images, len(data))
-        r = dataset_radius(setup, data, images=size, batch_size=32, seed=seed, per_layer=per_layer)
+        r = dataset_radius(
+            setup, data, images=size, batch_size=batch_size, seed=seed, per_layer=per_layer
+        )
     return r.tolist() if r.ndim else float(r)
 
 

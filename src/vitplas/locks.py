@@ -1,4 +1,5 @@
-"""One owner per folder: OS locks (fcntl.flock) on a lock file, for run folders and studies.
+"""One owner per folder: OS locks (flock, through the `filelock` library) on a lock file, for run
+folders and studies.
 
 The kernel releases a flock when its process dies, however it dies (kill -9 included), so a
 lock is never stale. The lock file holds who took it (pid, host, command, since) for the
@@ -9,11 +10,19 @@ message a second process prints, and for `holder()`, which the sweep asks before
     holder(folder) -> {"pid", "host", "command", "since"} | None
 
 `run_lock` is re-entrant within one process (a sweep job owns its run folder, then calls the
-runner, which takes the same lock again). `FileLock` is the plain, non-re-entrant lock under
-it, for other lock files (a study's launcher.lock) and for code that polls (`acquire() -> bool`).
-flock is advisory and local to one machine's kernel; on a file system without flock (some
-NFS) a lock is taken without protection and a warning says so; on a network file system whose
-flock does not reach other hosts, two hosts may still both write (run one job per folder there).
+runner, which takes the same lock again): filelock's one instance per lock file and process,
+counted. `FileLock` is the plain, non-re-entrant lock under it (an instance of its own), for
+other lock files (a study's launcher.lock) and for code that polls (`acquire() -> bool`).
+
+Written here rather than by filelock, each for a reason: the holder record (filelock writes
+none; its own soft-lock marker would replace it, so its soft fallback is off and the lock file
+is kept on release, for waiters to share its inode); `lock_holder`, which asks who holds a
+lock without taking it (filelock can only acquire, which would hold, for an instant, a lock
+that a starting job then finds taken); the wait loop (it reports the holder on every poll);
+and a file system without flock (some NFS: filelock raises there), where a lock is taken
+without protection, with a warning, and counted here so that it stays re-entrant. flock is
+advisory and local to one machine's kernel; on a network file system whose flock does not reach
+other hosts, two hosts may still both write (run one job per folder there).
 """
 
 from __future__ import annotations
@@ -32,11 +41,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
+
 LOCK_FILE = ".lock"
 WAIT_ENV = "VITPLAS_WAIT_LOCK"  # "1": wait for a held lock instead of stopping (CLI --wait)
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # a file system without flock
 
-_held: dict[Path, list] = {}  # resolved lock file -> [FileLock, depth]: run_lock re-entrance
+_unprotected: dict[Path, int] = {}  # resolved lock file -> depth: run_locks taken without flock
 
 
 class RunLockedError(RuntimeError):
@@ -61,15 +72,86 @@ def _read_info(path: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
+def _write_info(path: Path, command: str) -> None:
+    """The holder record, written into the lock file by the process that holds the lock."""
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command or " ".join(sys.argv[:3]),
+        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    finally:
+        os.close(fd)
+
+
+def _clear_info(path: Path) -> None:
+    """Empty the lock file before its release (the file stays: waiters share its inode)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.truncate(path, 0)
+
+
+def _os_lock(path: Path, own: bool = False) -> filelock.BaseFileLock:
+    """filelock's flock on `path`: the process's one instance for that file (re-entrant, from
+    any thread), or with `own` an instance of its own (conflicting with every other holder)."""
+    return filelock.FileLock(
+        path,
+        mode=0o644,
+        thread_local=False,
+        blocking=False,
+        is_singleton=not own,
+        preserve_lock_file=True,
+        fallback_to_soft=False,
+    )
+
+
+def _take(
+    lock: filelock.BaseFileLock,
+    path: Path,
+    wait: bool,
+    poll_s: float,
+    on_wait: Callable[[dict[str, Any] | None], None] | None,
+) -> bool:
+    """Take `lock` (once, or polling while `wait`); True when taken, or when this file system
+    has no flock (then with a warning: nothing protects the folder); False when held."""
+    while True:
+        try:
+            lock.acquire(blocking=False)
+            return True
+        except filelock.Timeout:
+            if not wait:
+                return False
+            if on_wait is not None:
+                on_wait(_read_info(path))
+            time.sleep(poll_s)
+        except OSError as err:
+            if err.errno not in NO_FLOCK:
+                raise
+            warnings.warn(
+                f"{path}: this file system has no locks ({err}); nothing stops a second "
+                "process from writing the same folder",
+                stacklevel=4,
+            )
+            return True
+
+
+def _held_here(path: Path) -> bool:
+    """Whether this process holds the lock file `path` through run_lock."""
+    return path.resolve() in _unprotected or _os_lock(path).is_locked
+
+
 def lock_holder(path: str | Path) -> dict[str, Any] | None:
     """Who holds the lock file `path` (pid, host, command, since), or None when it is free."""
     path = Path(path)
-    if path.resolve() in _held:
-        return _read_info(path)
     if not path.is_file():
         return None
+    if _held_here(path):
+        return _read_info(path)
     fd = os.open(path, os.O_RDONLY)
-    try:
+    try:  # a shared flock probe: it never holds the lock a holder could be taking
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _read_info(path) or {}
@@ -95,7 +177,7 @@ class FileLock:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._fd: int | None = None
+        self._lock: filelock.BaseFileLock | None = None
 
     def acquire(
         self,
@@ -107,37 +189,11 @@ class FileLock:
         """Take the lock and write who holds it; False when another holds it and not `wait`.
         While waiting, `on_wait(holder info)` is called before each poll."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    os.close(fd)
-                    return False
-                if on_wait is not None:
-                    on_wait(_read_info(self.path))
-                time.sleep(poll_s)
-            except OSError as err:
-                if err.errno not in NO_FLOCK:
-                    os.close(fd)
-                    raise
-                warnings.warn(
-                    f"{self.path}: this file system has no locks ({err}); nothing stops a "
-                    "second process from writing the same folder",
-                    stacklevel=2,
-                )
-                break
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": command or " ".join(sys.argv[:3]),
-            "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
+        lock = _os_lock(self.path, own=True)
+        if not _take(lock, self.path, wait, poll_s, on_wait):
+            return False
+        _write_info(self.path, command)
+        self._lock = lock
         return True
 
     def holder(self) -> str:
@@ -145,11 +201,12 @@ class FileLock:
         return describe(_read_info(self.path), since=False)
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._lock is None:
             return
-        fd, self._fd = self._fd, None
-        os.ftruncate(fd, 0)  # the file stays (removing it would race with a waiter's open)
-        os.close(fd)  # closing the descriptor drops the flock
+        lock, self._lock = self._lock, None
+        _clear_info(self.path)
+        if lock.is_locked:
+            lock.release()
 
 
 @contextlib.contextmanager
@@ -165,17 +222,14 @@ def run_lock(
     VITPLAS_WAIT_LOCK)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key = (folder / LOCK_FILE).resolve()
-    if key in _held:
-        _held[key][1] += 1
-        try:
+    path = folder / LOCK_FILE
+    key, lock = path.resolve(), _os_lock(path)
+    if key in _unprotected or lock.is_locked:  # this process owns it: enter again
+        with _entered_again(key, lock):
             yield
-        finally:
-            _held[key][1] -= 1
         return
     if wait is None:
         wait = os.environ.get(WAIT_ENV) == "1"
-    lock = FileLock(folder / LOCK_FILE)
     announced: list[bool] = []
 
     def announce(info: dict[str, Any] | None) -> None:
@@ -183,22 +237,42 @@ def run_lock(
             print(f"waiting for {folder}: held by {describe(info)}", file=sys.stderr, flush=True)
             announced.append(True)
 
-    if not lock.acquire(command, wait=wait, poll_s=poll_s, on_wait=announce):
+    if not _take(lock, path, wait, poll_s, announce):
         raise RunLockedError(
-            f"{folder} is in use by {describe(_read_info(lock.path))}; wait for it to finish, "
+            f"{folder} is in use by {describe(_read_info(path))}; wait for it to finish, "
             "rerun with --wait, or use another run folder"
         )
-    _held[key] = [lock, 1]
+    _write_info(path, command)
+    if not lock.is_locked:  # no flock here: counted by hand
+        _unprotected[key] = 1
     try:
         yield
     finally:
-        del _held[key]
-        lock.release()
+        _clear_info(path)
+        _unprotected.pop(key, None)
+        if lock.is_locked:
+            lock.release()
+
+
+@contextlib.contextmanager
+def _entered_again(key: Path, lock: filelock.BaseFileLock) -> Iterator[None]:
+    """One more level of a run_lock this process holds (filelock's count, or the hand count)."""
+    if key in _unprotected:
+        _unprotected[key] += 1
+    else:
+        lock.acquire(blocking=False)
+    try:
+        yield
+    finally:
+        if key in _unprotected:
+            _unprotected[key] -= 1
+        else:
+            lock.release()
 
 
 def holds(folder: str | Path) -> bool:
     """Whether this process owns run folder `folder` (run_lock, re-entrant)."""
-    return (Path(folder) / LOCK_FILE).resolve() in _held
+    return _held_here(Path(folder) / LOCK_FILE)
 
 
 def is_main_process() -> bool:

@@ -153,7 +153,7 @@ class LauncherStopped(KeyboardInterrupt):
 
 
 @contextmanager
-def _stop_on_signals():
+def stop_on_signals():
     """Turn SIGTERM and SIGHUP into LauncherStopped (main thread only; restored after)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -211,7 +211,7 @@ def run_sweep(
     if kind not in ("local", "slurm"):
         raise ValueError(f"executor '{kind}' is unknown; choose local or slurm")
     parallel = max_parallel or spec.executor.max_parallel
-    with _stop_on_signals():
+    with stop_on_signals():
         lock = _take_launcher_lock(root, wait, progress, poll_s, spec, runs)
         if lock is None:
             busy = FileLock(root / LAUNCHER_LOCK).holder()
@@ -272,7 +272,7 @@ def _job_args(spec: SweepSpec, item: RunState, kind: str) -> tuple:
     return (runner.function, runner.config, str(item.folder), item.run.config, kind, threads)
 
 
-def _reaped_python(folder: Path) -> str:
+def reaped_python(folder: Path) -> str:
     """The worker's interpreter command, through the reaper that records how it ended."""
     python = shlex.quote(sys.executable)
     return f"{python} -m vitplas.experiments.reaper {shlex.quote(str(folder))} -- "
@@ -304,7 +304,7 @@ def _run_local(
                     continue
                 # queued before submit: a job that ends at once must not be overwritten
                 write_status(item.folder, "queued", executor="local", host=socket.gethostname())
-                executor.python = _reaped_python(item.folder)
+                executor.python = reaped_python(item.folder)
                 job = executor.submit(RunJob(), *_job_args(spec, item, "local"))
                 write_status(item.folder, None, controller_pid=int(job.job_id))
                 active[item.run.run_id] = job
@@ -327,6 +327,26 @@ def _submit_slurm(
     """One SLURM job array for all runs to launch (array parallelism = `parallel`)."""
     if not todo:
         return []
+    executor = slurm_executor(spec, folder, parallel)
+    for item in todo:
+        write_status(item.folder, "queued", executor="slurm")
+    # one array per time limit: the spec's, or each run's estimated cost with a margin
+    limits = _time_limits(spec, todo)
+    jobs: dict[str, submitit.Job] = {}
+    for minutes in sorted(set(limits.values())):
+        group = [item for item in todo if limits[item.run.run_id] == minutes]
+        executor.update_parameters(timeout_min=minutes)
+        with executor.batch():
+            submitted = [executor.submit(RunJob(), *_job_args(spec, i, "slurm")) for i in group]
+        jobs |= {item.run.run_id: job for item, job in zip(group, submitted, strict=True)}
+    for item in todo:
+        write_status(item.folder, None, job_id=jobs[item.run.run_id].job_id)
+    return [jobs[item.run.run_id] for item in todo]
+
+
+def slurm_executor(spec: SweepSpec, folder: Path, parallel: int) -> submitit.AutoExecutor:
+    """submitit's SLURM executor with the spec's settings (executor.slurm) for one job each:
+    the study's runs (as job arrays of parallelism `parallel`) and its analysis jobs alike."""
     slurm = spec.executor.slurm
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = {
@@ -347,20 +367,7 @@ def _submit_slurm(
     if not slurm.gpus_per_node:
         params.pop("gpus_per_node")
     executor.update_parameters(**params)
-    for item in todo:
-        write_status(item.folder, "queued", executor="slurm")
-    # one array per time limit: the spec's, or each run's estimated cost with a margin
-    limits = _time_limits(spec, todo)
-    jobs: dict[str, submitit.Job] = {}
-    for minutes in sorted(set(limits.values())):
-        group = [item for item in todo if limits[item.run.run_id] == minutes]
-        executor.update_parameters(timeout_min=minutes)
-        with executor.batch():
-            submitted = [executor.submit(RunJob(), *_job_args(spec, i, "slurm")) for i in group]
-        jobs |= {item.run.run_id: job for item, job in zip(group, submitted, strict=True)}
-    for item in todo:
-        write_status(item.folder, None, job_id=jobs[item.run.run_id].job_id)
-    return [jobs[item.run.run_id] for item in todo]
+    return executor
 
 
 def _time_limits(spec: SweepSpec, todo: list[RunState]) -> dict[str, int]:

@@ -1,11 +1,14 @@
 """`vitplas reproduce SPEC`: analysis jobs (plasticity, bounds, probes) + sweep + aggregate +
 report, resumable (every stage skips what is done), with one progress view.
 
-Analysis jobs run in this process, one folder each under <root>/analysis/<kind>/<job id>/,
-through the same RunJob wrapper as the sweep (status, traceback, DONE). Each entry of the
-spec's `analysis.<kind>` list is the config of that kind's runner; an entry may name another
-runner with `function:` / `config:` import paths, and `for_each_dataset: true` makes it one job
-per dataset of the grid.
+Analysis jobs go through the study's executor, like its runs (experiments.analysis_launch):
+local processes, or SLURM jobs, one folder each under <root>/analysis/<kind>/<job id>/, in
+the order their dependencies set. Locally, the jobs that need no run of the sweep run first,
+then the sweep, then the jobs that read its runs; on SLURM all are submitted at once, the
+ones that need runs (or other jobs) with a SLURM dependency on them, and the launcher waits
+for everything before the tables. Each entry of the spec's `analysis.<kind>` list is the
+config of that kind's runner; an entry may name another runner with `function:` / `config:`
+import paths, and `for_each_dataset: true` makes it one job per dataset of the grid.
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vitplas.experiments.analysis_launch import (  # noqa: F401  (progress_hooks: its home)
+    progress_hooks,
+    run_local,
+    submit_slurm,
+    wait_for,
+)
+from vitplas.experiments.analysis_plan import check, needs_runs, plan
 from vitplas.experiments.spec import (  # noqa: F401  (what a study is: its home is spec)
     AnalysisJob,
     SweepSpec,
@@ -22,59 +32,21 @@ from vitplas.experiments.spec import (  # noqa: F401  (what a study is: its home
     check_runs,
     expand,
 )
-from vitplas.jobs.registry import ANALYSIS_RUNNERS, import_path
 
 Stage = Callable[[str, int, int], None]  # (stage name, done, total)
 
 
-def progress_hooks(job: AnalysisJob, on_stage: Stage | None) -> dict[str, Any] | None:
-    """Progress inside a plasticity job (its bounds, then its pairs) or a probe job (its
-    features, then its fits) as stages of their own, e.g. 'plasticity cifar10: pairs'; None for
-    other jobs and runners."""
-    if on_stage is None or job.function != ANALYSIS_RUNNERS.get(job.kind, ("",))[0]:
-        return None
-    if job.kind == "probes":
-        probe_name = f"probes {job.config.get('dataset', '')}:"
-        return {
-            "on_phase": lambda phase, done, total: on_stage(f"{probe_name} {phase}", done, total)
-        }
-    if job.kind != "plasticity":
-        return None
-    from vitplas.config import config_from_dict
-
-    pairs = config_from_dict(import_path(ANALYSIS_RUNNERS["plasticity"][1]), job.config).pairs
-    name = f"plasticity {job.config.get('target', '')}:"
-
-    def on_pairs(_batches: int, done: int) -> None:
-        on_stage(f"{name} pairs", min(done, pairs), pairs)
-
-    def on_phase(phase: str, done: int, total: int) -> None:
-        on_stage(f"{name} {phase}", done, total)
-
-    return {"progress": on_pairs, "on_phase": on_phase}
+def _failures(failed: dict[str, str]) -> list[str]:
+    """'kind/id: why' per failed or blocked analysis job, for the summary's one-line report."""
+    return [f"{name}: {why}" for name, why in failed.items()]
 
 
 def run_analysis(spec: SweepSpec, root: Path, on_stage: Stage | None = None) -> list[str]:
-    """Run the analysis jobs that are not done; returns the ids of the ones that failed."""
-    from vitplas.experiments.launch import RunJob
-    from vitplas.experiments.store import run_state
-
-    jobs, failed = check_analysis(spec), []
-    for i, job in enumerate(jobs):
-        folder = root / "analysis" / job.kind / job.job_id
-        if on_stage:
-            on_stage("analysis", i, len(jobs))
-        if folder.exists() and run_state(folder)[0] == "done":
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        hooks = progress_hooks(job, on_stage)
-        try:
-            RunJob()(job.function, job.config_class, str(folder), job.config, "inline", None, hooks)
-        except Exception:
-            failed.append(f"{job.kind}/{job.job_id}")
-    if on_stage:
-        on_stage("analysis", len(jobs), len(jobs))
-    return failed
+    """Run the analysis jobs that are not done as local processes (what they need done
+    first); 'kind/id: why' of each job that failed or is blocked."""
+    planned = plan(spec, root, expand(spec, with_presets=False))
+    check(planned, root)
+    return _failures(run_local(spec, planned, root, on_stage))
 
 
 def reproduce(
@@ -84,11 +56,11 @@ def reproduce(
     max_parallel: int | None = None,
     root: str | Path | None = None,
     on_stage: Stage | None = None,
+    poll_s: float = 0.5,
 ) -> dict[str, Any]:
     """All stages in order; each one resumes. Returns what happened per stage."""
     from vitplas.config import ConfigError
     from vitplas.experiments.aggregate import aggregate
-    from vitplas.experiments.launch import run_sweep
     from vitplas.experiments.report import write_report
 
     root = Path(root) if root is not None else spec.root_path
@@ -100,16 +72,12 @@ def reproduce(
             f"{len(bad)} of {len(runs)} runs have an invalid config, e.g. {rid}: {error}; "
             "`vitplas sweep SPEC --dry-run` lists each; nothing was run"
         )
-    summary: dict[str, Any] = {"analysis_failed": run_analysis(spec, root, on_stage)}
-
-    def sweep_progress(counts: dict[str, int]) -> None:
-        if on_stage:
-            on_stage("sweep", counts["done"] + counts["failed"], counts["total"])
-
-    outcome = run_sweep(
-        spec, runs, executor=executor, max_parallel=max_parallel, root=root,  # type: ignore[arg-type]
-        progress=sweep_progress,
-    )  # fmt: skip
+    planned = plan(spec, root, runs)
+    check(planned, root)
+    kind = executor or spec.executor.kind
+    launch = _on_slurm if kind == "slurm" else _locally
+    outcome, failed = launch(spec, runs, planned, root, max_parallel, on_stage, poll_s)
+    summary: dict[str, Any] = {"analysis_failed": _failures(failed)}
     summary["sweep"] = outcome.counts
     summary["launched"] = len(outcome.launched)
     summary["failed_runs"] = [(s.run.run_id, s.detail) for s in outcome.failed]
@@ -124,3 +92,47 @@ def reproduce(
     if on_stage:
         on_stage("report", 1, 1)
     return summary
+
+
+def _sweep_progress(on_stage: Stage | None):
+    def progress(counts: dict[str, int]) -> None:
+        if on_stage:
+            on_stage("sweep", counts["done"] + counts["failed"], counts["total"])
+
+    return progress
+
+
+def _locally(spec, runs, planned, root, max_parallel, on_stage, poll_s):
+    """The jobs that need no run, the sweep, then the jobs that read its runs."""
+    from vitplas.experiments.launch import run_sweep
+
+    first = [item for item in planned if not needs_runs(item, planned)]
+    then = [item for item in planned if item not in first]
+    counted = len(first), len(planned)
+    failed = run_local(spec, first, root, on_stage, poll_s=poll_s, counted=(0, len(planned)))
+    outcome = run_sweep(
+        spec, runs, executor="local", max_parallel=max_parallel, root=root,
+        progress=_sweep_progress(on_stage), poll_s=poll_s,
+    )  # fmt: skip
+    failed |= run_local(spec, then, root, on_stage, poll_s=poll_s, counted=counted)
+    return outcome, failed
+
+
+def _on_slurm(spec, runs, planned, root, max_parallel, on_stage, poll_s):
+    """Every job submitted at once (dependencies as SLURM dependencies), then wait for all."""
+    from vitplas.experiments.launch import run_sweep, wait_idle
+    from vitplas.experiments.store import scan
+
+    first = [item for item in planned if not needs_runs(item, planned)]
+    then = [item for item in planned if item not in first]
+    submitted, blocked = submit_slurm(spec, first, root)
+    progress = _sweep_progress(on_stage)
+    outcome = run_sweep(
+        spec, runs, executor="slurm", max_parallel=max_parallel, root=root, wait=False,
+        progress=progress, poll_s=poll_s,
+    )  # fmt: skip
+    blocked |= submit_slurm(spec, then, root, submitted)[1]
+    wait_idle(spec, runs, root, progress, poll_s)
+    failed = wait_for(planned, on_stage, poll_s=poll_s) | blocked
+    outcome.states = scan(spec, runs, root)
+    return outcome, failed
