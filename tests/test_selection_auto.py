@@ -36,12 +36,13 @@ SELECT_EXTRA = {"pairs": 8, "grad_batches": 1, "batch_size": 8}
 
 def test_auto_resolves_records_and_trains(tmp_path):
     # params: mha (2 x 9,408) > fc1 (2 x 7,056) = fc2 > ln1 = ln2 (2 x 96); total 47,424.
-    # budget 0.45 (21,340): mha (18,816), then ln1 and ln2 fit; fc1 and fc2 do not.
+    # budget 0.45 (21,340): mha (18,816) fits, fc1 does not: the prefix stops there, so ln1
+    # and ln2, ranked below fc1, stay out
     cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45"])
     result = finetune(cfg, tmp_path)
-    assert result["train"] == ["ln1", "mha", "ln2"]
+    assert result["train"] == ["mha"]
     stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert stored["train"] == ["ln1", "mha", "ln2"]
+    assert stored["train"] == ["mha"]
     assert stored["select"]["criterion"] == "params" and stored["select"]["resolved"] is True
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["selected_by"]["budget"] == 0.45
@@ -49,7 +50,22 @@ def test_auto_resolves_records_and_trains(tmp_path):
     assert set(frame["criterion"]) == {"params"}
     # a rerun reuses the stored pick (the finished run is skipped)
     again = resolve_auto(cfg, tmp_path)
-    assert again.train == ["ln1", "mha", "ln2"]
+    assert again.train == ["mha"]
+    # a pick scored by an earlier version of the criteria is not reused
+    record = json.loads((tmp_path / "picks.json").read_text())
+    (tmp_path / "picks.json").write_text(json.dumps({**record, "criteria_version": 1}))
+    with pytest.raises(ConfigError, match="criteria scored before version 2"):
+        resolve_auto(cfg, tmp_path)
+
+
+def test_auto_fill_rule_and_a_pick_of_nothing(tmp_path):
+    extra = "select.extra={grad_batches: 1, batch_size: 8, pairs: 8, rule: fill}"
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45", extra])
+    assert resolve_auto(cfg, tmp_path / "fill").train == ["ln1", "mha", "ln2"]
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.2"])
+    with pytest.raises(ConfigError, match=r"picks nothing at budget 0.2: its first-ranked unit, "
+                       r"mha, needs 0\.3984"):  # fmt: skip
+        resolve_auto(cfg, tmp_path / "none")
 
 
 def test_auto_with_an_unknown_criterion_says_so(tmp_path):
@@ -64,12 +80,19 @@ def test_select_command_writes_ranking_and_picks(tmp_path):
     result = CliRunner().invoke(app, [*args, "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(tmp_path / "selection.csv")
-    assert list(frame.columns) == ["criterion", "layer", "component", "score", "rank", "params"]
-    assert len(frame) == 8 * (2 * 5 + 5)
-    assert "rule: in rank order, take each component" in result.output
+    assert list(frame.columns) == ["criterion", "layer", "component", "score", "rank", "params",
+                                   "matrix", "note"]  # fmt: skip
+    assert len(frame) == 9 * (2 * 5 + 5)  # the 9 default criteria
+    assert "rule: prefix (the longest prefix of the ranking that fits)" in result.output
+    assert "    out fc1        rank 2   share 0.2988  does not fit: 0.3984 + 0.2988 > 0.4" in (
+        result.output
+    )
     picks = json.loads((tmp_path / "picks.json").read_text())["picks"]
     assert picks["params"] == ["mha"]  # 0.4 x 47,424 = 18,970: mha (18,816) + ln1 (192) is over
     assert "params       mha > fc1 > fc2 > ln1 > ln2" in result.output
+    assert "    out fc2, ln1, ln2 (ranks 3-5, share 0.3028): ranked below fc1 (rank 2)" in (
+        result.output
+    )
 
 
 @pytest.mark.slow
@@ -107,7 +130,7 @@ def test_finetune_command_resolves_auto(tmp_path):
     args = ["finetune", *BASE, "train=[auto:params]", "select.budget=0.45", "--no-progress"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "result.json").read_text())["train"] == ["ln1", "mha", "ln2"]
+    assert json.loads((tmp_path / "result.json").read_text())["train"] == ["mha"]
 
 
 def test_auto_token_carries_criterion_and_budget(tmp_path):

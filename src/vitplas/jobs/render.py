@@ -123,7 +123,7 @@ def probe(result: dict[str, Any], cfg: Any) -> None:
 def selection(result: dict[str, Any], cfg: Any) -> None:
     from vitplas.selection.select import summary
 
-    print(summary(result["frame"], result["picks"], cfg.budget, cfg.granularity))
+    print(summary(result["frame"], result["picks"], cfg.budget, cfg.granularity, cfg.rule))
     print(f"wrote {result['run_dir']}/selection.csv")
     _read_back_note(result)
 

@@ -8,21 +8,25 @@
 `auto` uses select.criterion and select.budget; `auto:fisher` names the criterion and
 `auto:fisher:0.2` the budget too, in the train list itself, so a sweep grids over criteria and
 budgets with its `train` axis. The choice is scored on the run's model and
-dataset (target train split for gradients, test split for plasticity pairs) by
+dataset (its train split, for every criterion) by
 vitplas.selection.select with select.extra's SelectConfig keys, and written to the run folder
 (selection.csv, picks.json). The resolved config (config.yaml) holds the picked set and the
-select block; a rerun of the same run folder reuses the stored pick instead of scoring again.
+select block; a rerun of the same run folder reuses the stored pick instead of scoring again,
+unless an earlier version of the criteria scored it (picks.json's criteria_version). A
+criterion whose first-ranked unit does not fit the budget picks nothing: a ConfigError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from vitplas.config import ConfigError, config_from_dict, read_yaml
+from vitplas.selection.budget import decide, nothing_picked
 from vitplas.selection.config import SelectConfig
-from vitplas.selection.criteria import parse_criteria
+from vitplas.selection.criteria import CRITERIA_VERSION, parse_criteria
 from vitplas.selection.select import picks, score_config, write_selection
 from vitplas.training.trainsets import AUTO, is_auto
 
@@ -68,7 +72,14 @@ def _stored(run_dir: Path, cfg) -> list[str] | None:
     want = dataclasses.asdict(cfg.select)
     got = stored.get("select", {})
     same = all(got.get(k) == v for k, v in want.items() if k != "resolved")
-    return list(stored["train"]) if same and got.get("resolved") else None
+    return list(stored["train"]) if same and got.get("resolved") and _current(run_dir) else None
+
+
+def _current(run_dir: Path) -> bool:
+    """Whether the run folder's picks.json was scored by this version of the criteria."""
+    path = run_dir / "picks.json"
+    version = json.loads(path.read_text()).get("criteria_version") if path.is_file() else None
+    return version == CRITERIA_VERSION
 
 
 def resolve_auto(cfg, run_dir: str | Path):
@@ -81,14 +92,21 @@ def resolve_auto(cfg, run_dir: str | Path):
     train = _stored(Path(run_dir), resolved)
     if train is None and (Path(run_dir) / "DONE").exists():
         raise ConfigError(
-            f"{run_dir} holds a finished run of another selection; use another run folder "
+            f"{run_dir} holds a finished run of another selection (other select settings, or "
+            f"criteria scored before version {CRITERIA_VERSION}); use another run folder "
             "(--out) for these settings, or delete it to replace that run"
         )
     if train is None:
         scfg = select_config(dataclasses.replace(cfg, select=select), criterion)
         frame = score_config(scfg)
-        chosen = picks(frame, scfg.budget, scfg.granularity)
-        write_selection(run_dir, frame, chosen, scfg.budget, scfg.granularity)
+        chosen = picks(frame, scfg.budget, scfg.granularity, scfg.rule)
+        if not chosen[criterion]:
+            decided = decide(frame, criterion, scfg.budget, scfg.granularity, scfg.rule)
+            raise ConfigError(
+                f"train=[auto:{criterion}] picks nothing at budget {scfg.budget:g}: "
+                f"{nothing_picked(decided, scfg.budget)}"
+            )
+        write_selection(run_dir, frame, chosen, scfg.budget, scfg.granularity, scfg.rule)
         train = chosen[criterion]
     resolved.train = train
     resolved.validate()

@@ -24,15 +24,19 @@ class SelectConfig:
     budget: float = 0.35  # trained fraction of the blocks' parameters, in (0, 1]
     granularity: Literal["component", "layer"] = "component"  # pick component types, or
     # (layer, component) units
-    reference: str = "photos"  # plasticity: the reference stream paired with the target's test
+    rule: Literal["prefix", "fill"] = "prefix"  # prefix: the longest prefix of the ranking that
+    # fits; fill: a greedy knapsack fill (may train units ranked below one left out)
+    reference: str = "photos"  # plasticity: the reference stream paired with the target's train
     inputs: Literal["embedding", "hidden"] = "embedding"  # plasticity inputs
     pairs: int = 128  # plasticity: image pairs
-    grad_batches: int = 2  # gradient criteria: target train batches through a fresh head
+    grad_batches: int = 2  # gradient and FPS criteria: target train batches (gradients one
+    # image at a time) through a fresh head
     batch_size: int = 16  # images per batch
     seed: int = 0  # seed of the data draws, the fresh head and the random control
     device: str = "auto"  # auto, cpu or cuda
 
     def validate(self) -> None:
+        from vitplas.selection.budget import RULES
         from vitplas.selection.criteria import parse_criteria
 
         try:
@@ -41,5 +45,7 @@ class SelectConfig:
             raise ConfigError(f"criteria: {err}") from err
         if not 0 < self.budget <= 1:
             raise ConfigError(f"budget is a fraction in (0, 1], got {self.budget}")
+        if self.rule not in RULES:
+            raise ConfigError(f"rule '{self.rule}' is unknown; choose {' or '.join(RULES)}")
         if min(self.pairs, self.grad_batches, self.batch_size) < 1:
             raise ConfigError("pairs, grad_batches and batch_size must be >= 1")

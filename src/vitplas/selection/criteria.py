@@ -1,55 +1,106 @@
 """Criteria for choosing what to finetune, scored per unit: a (layer, component) of the blocks,
 or a component type over all layers (layer = 'all').
 
-    plasticity   mean ratio ||f(x) - f(y)|| / ||x - y|| (vitplas.analysis, either input mode)
-    grad_norm    ||g|| of the mean loss gradient over a few target batches, fresh head
-    rgn          ||g|| / ||w||: Auto-RGN's relative gradient norm (surgical finetuning)
-    fisher       mean over the unit's parameters of the batch-mean squared gradient (as SPT)
-    condition    condition number sigma_max / sigma_min of the unit's weight matrices, averaged
-                 (as peft's KappaTune selector, which trains the LOWEST first)
-    stable_rank  ||W||_F^2 / ||W||_2^2 of the unit's weight matrices, averaged
-    params       number of parameters (control)
-    random       a uniform draw from a fixed seed (control)
+Every criterion is one record of TABLE: its name, the kind of data it needs, its direction,
+whether `vitplas select` scores it by default, and what it computes. The defaults are the
+criteria whose scores can be compared across component types of very different sizes: a
+per-parameter mean or a ratio, never a total that grows with the parameter count (the totals
+are there by name, e.g. `grad_norm`, `fisher_total`).
 
-A weight matrix is every 2-D parameter of the unit (biases aside); a unit with none (LayerNorm,
-LayerScale) is scored on its 1-D weight read as a diagonal matrix. For a component type the
-spectrum is the mean of its layers' values, the gradient norms are over all its parameters.
-Every criterion ranks the higher score first except `condition` (HIGHER_FIRST).
+Gradient criteria (vitplas.selection.gradients) are scored on the target's TRAIN split through
+the fresh head finetuning starts from, one image at a time: g_s is the gradient of image s's
+cross-entropy, g_bar = mean_s g_s the gradient of the mean loss, over S images of a unit with n
+parameters w:
+    grad_rms      sqrt(||g_bar||^2 / n)     per parameter (default)
+    grad_norm     ||g_bar||                 total: grows as sqrt(n)
+    rgn           ||g_bar|| / ||w||         Auto-RGN's relative gradient norm (default; a ratio
+                                            of two totals, so already per parameter)
+    fisher        (1/n) sum_i (1/S) sum_s g_s,i^2   the empirical Fisher's diagonal, averaged
+                                            over the unit's parameters (default)
+    fisher_total  (1/S) sum_s ||g_s||^2     its trace over the unit
+A component type pools the sums over its layers before the formula (its n is the total).
+`fps` (forward only, same train images): FPS's importance |w| E|a_in| (arXiv 2510.27359) per
+multiplicative parameter, averaged over the unit (vitplas.selection.gradients.fps_scores).
+
+Spectral criteria read the unit's weight matrices (the 2-D `*.weight` parameters); a unit
+without one (LayerNorm, LayerScale) gets NaN with the reason in `note`, and ranks last:
+    condition     sigma_max / sigma_min, averaged over the unit's matrices (lowest first, as
+                  peft's KappaTune selector)
+    stable_rank   ||W||_F^2 / ||W||_2^2, averaged
+`plasticity` is the estimator's mean ratio (vitplas.analysis; pairs of reference and target
+TRAIN images); `params` and `random` are controls. A NaN score ranks last and is never picked.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vitplas.models.components import ComponentMap, UnknownComponentError
 
-CRITERIA = (
-    "plasticity",
-    "grad_norm",
-    "rgn",
-    "fisher",
-    "condition",
-    "stable_rank",
-    "params",
-    "random",
-)
-HIGHER_FIRST = {c: c != "condition" for c in CRITERIA}
+# what the scores mean changed with version 2 (per-sample Fisher, per-parameter defaults,
+# spectra of matrices only, plasticity on the train split): a pick scored by another version
+# is not reused (picks.json records it)
+CRITERIA_VERSION = 2
+NO_MATRIX = "no weight matrix (a norm or layer scale)"
+
+Sums = dict[str, float]  # per unit: g2 = ||g_bar||^2, w2 = ||w||^2, f = (1/S) sum_s ||g_s||^2, n
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    kind: str  # plasticity | gradient | forward | spectrum | control: the data it needs
+    higher_first: bool  # rank 1 = the highest score (False: the lowest)
+    default: bool  # scored when no criteria are named
+    what: str  # one line: what the score is (select's summary, the README table)
+    formula: Callable[[Sums], float] | None = None  # gradient kind: the score from the sums
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+TABLE = (
+    Criterion("plasticity", "plasticity", True, True, "mean ratio ||f(x)-f(y)|| / ||x-y||"),
+    Criterion("grad_rms", "gradient", True, True, "RMS of the mean-loss gradient per "
+              "parameter, ||g|| / sqrt(n)", lambda s: math.sqrt(_ratio(s["g2"], s["n"]))),
+    Criterion("grad_norm", "gradient", True, False, "norm of the mean-loss gradient, ||g|| "
+              "(total: grows as sqrt(n))", lambda s: math.sqrt(s["g2"])),
+    Criterion("rgn", "gradient", True, True, "relative gradient norm ||g|| / ||w|| (Auto-RGN)",
+              lambda s: math.sqrt(_ratio(s["g2"], s["w2"]))),
+    Criterion("fisher", "gradient", True, True, "empirical Fisher: per-image squared "
+              "gradients, mean over images and parameters", lambda s: _ratio(s["f"], s["n"])),
+    Criterion("fisher_total", "gradient", True, False, "empirical Fisher's trace over the unit "
+              "(total: grows as n)", lambda s: s["f"]),
+    Criterion("fps", "forward", True, True, "FPS: |w| E|a_in| per weight or gain, mean over "
+              "the unit (forward only)"),
+    Criterion("condition", "spectrum", False, True, "condition number of the weight matrices "
+              "(lowest first, as KappaTune)"),
+    Criterion("stable_rank", "spectrum", True, True, "||W||_F^2 / ||W||_2^2 of the weight "
+              "matrices"),
+    Criterion("params", "control", True, True, "number of parameters (control)"),
+    Criterion("random", "control", True, True, "a uniform draw from the seed (control)"),
+)  # fmt: skip
+BY_NAME = {c.name: c for c in TABLE}
+CRITERIA = tuple(BY_NAME)
+DEFAULT_CRITERIA = tuple(c.name for c in TABLE if c.default)
+HIGHER_FIRST = {c.name: c.higher_first for c in TABLE}
 ALL = "all"  # the layer label of a component type's row
-COLUMNS = ["criterion", "layer", "component", "score", "params"]
+COLUMNS = ["criterion", "layer", "component", "score", "params", "matrix", "note"]
 
 Unit = tuple[int, str]
 
 
 def parse_criteria(names: Iterable[str] | str | None) -> list[str]:
-    """Validate criterion names (comma lists allowed); None/empty = all of them."""
+    """Validate criterion names (comma lists allowed); None/empty = the default ones."""
     if names is None or names == "" or names == []:
-        return list(CRITERIA)
+        return list(DEFAULT_CRITERIA)
     if isinstance(names, str):
         names = [names]
     out = [n.strip().lower() for raw in names for n in str(raw).split(",") if n.strip()]
@@ -57,6 +108,11 @@ def parse_criteria(names: Iterable[str] | str | None) -> list[str]:
     if unknown:
         raise ValueError(f"criterion '{unknown[0]}' is unknown; known: {', '.join(CRITERIA)}")
     return list(dict.fromkeys(out))
+
+
+def of_kind(criteria: Sequence[str], kind: str) -> list[str]:
+    """The criteria of `criteria` whose TABLE kind is `kind`, in TABLE order."""
+    return [c.name for c in TABLE if c.kind == kind and c.name in criteria]
 
 
 def scored_components(cmap: ComponentMap) -> list[str]:
@@ -77,45 +133,53 @@ def unit_parameters(cmap: ComponentMap) -> dict[Unit, list[tuple[str, nn.Paramet
     return out
 
 
-def _rows(criterion: str, values: dict[Unit, float], counts: dict[Unit, int]) -> list[dict]:
-    """Per-unit rows plus the component-type rows (the mean over layers of `values`)."""
-    rows = [
-        {"criterion": criterion, "layer": i, "component": c, "score": v, "params": counts[(i, c)]}
-        for (i, c), v in values.items()
-    ]
+def is_matrix(name: str, param: torch.Tensor) -> bool:
+    """A weight matrix: a 2-D `*.weight` parameter (a Linear's; not a position-bias table)."""
+    return param.ndim == 2 and name.endswith("weight")
+
+
+def has_matrix(units: dict[Unit, list]) -> dict[Unit, bool]:
+    return {u: any(is_matrix(n, p) for n, p in ps) for u, ps in units.items()}
+
+
+def counts(units: dict[Unit, list]) -> dict[Unit, int]:
+    return {u: sum(p.numel() for _, p in ps) for u, ps in units.items()}
+
+
+def row(criterion: str, layer, component: str, score: float, params: int, matrix: bool,
+        note: str = "") -> dict:  # fmt: skip
+    return {"criterion": criterion, "layer": layer, "component": component, "score": score,
+            "params": params, "matrix": matrix, "note": note}  # fmt: skip
+
+
+def unit_rows(
+    criterion: str, values: dict[Unit, float], units: dict[Unit, list], notes=None
+) -> list[dict]:
+    """Per-unit rows plus the component-type rows (the mean over layers of `values`, NaN
+    layers left out: a NaN says 'not scored', an inf stays in the mean)."""
+    notes, n, mat = notes or {}, counts(units), has_matrix(units)
+    rows = [row(criterion, i, c, v, n[(i, c)], mat[(i, c)], notes.get((i, c), ""))
+            for (i, c), v in values.items()]  # fmt: skip
     for comp in dict.fromkeys(c for _, c in values):
-        layers = [v for (_, c), v in values.items() if c == comp]
-        n = sum(k for (_, c), k in counts.items() if c == comp)
+        layers = [u for u in values if u[1] == comp]
         rows.append(
-            {
-                "criterion": criterion,
-                "layer": ALL,
-                "component": comp,
-                "score": _mean(layers),
-                "params": n,
-            }
-        )
+            row(criterion, ALL, comp, _mean([values[u] for u in layers]),
+                sum(n[u] for u in layers), any(mat[u] for u in layers),
+                next((notes[u] for u in layers if u in notes), ""))
+        )  # fmt: skip
     return rows
 
 
 def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def _counts(units: dict[Unit, list]) -> dict[Unit, int]:
-    return {u: sum(p.numel() for _, p in ps) for u, ps in units.items()}
+    scored = [v for v in values if not math.isnan(v)]
+    return sum(scored) / len(scored) if scored else math.nan
 
 
 # ---- weight spectrum ------------------------------------------------------------------------
 def singular_values(params: list[tuple[str, nn.Parameter]]) -> list[torch.Tensor]:
     """Descending singular values of each weight matrix of a unit (float32 SVD, computed once
-    for both spectrum criteria); a 1-D weight is a diagonal matrix: its sorted |entries|."""
-    mats = [p.detach().float() for _, p in params if p.ndim == 2]
-    if mats:
-        return [torch.linalg.svdvals(m) for m in mats]
-    vecs = [p.detach().float() for n, p in params if p.ndim == 1 and "bias" not in n]
-    return [v.abs().sort(descending=True).values for v in vecs]
+    for both spectrum criteria); [] for a unit without one."""
+    return [torch.linalg.svdvals(p.detach().float()) for n, p in params if is_matrix(n, p)]
 
 
 def condition_number(s: torch.Tensor) -> float:
@@ -129,110 +193,33 @@ def stable_rank(s: torch.Tensor) -> float:
 
 
 def spectrum_scores(cmap: ComponentMap, criteria: Sequence[str]) -> list[dict]:
-    wanted = [c for c in ("condition", "stable_rank") if c in criteria]
+    """condition and stable_rank per unit (NaN with NO_MATRIX for a unit without a matrix)."""
+    wanted = of_kind(criteria, "spectrum")
     if not wanted:
         return []
-    units = unit_parameters(cmap)
-    counts, rows = _counts(units), []
+    units, rows = unit_parameters(cmap), []
     spectra = {u: singular_values(ps) for u, ps in units.items()}
+    notes = {u: NO_MATRIX for u, ss in spectra.items() if not ss}
     for name in wanted:
         fn = condition_number if name == "condition" else stable_rank
-        rows += _rows(name, {u: _mean([fn(s) for s in ss]) for u, ss in spectra.items()}, counts)
+        values = {u: _mean([fn(s) for s in ss]) for u, ss in spectra.items()}
+        rows += unit_rows(name, values, units, notes)
     return rows
 
 
 # ---- controls -------------------------------------------------------------------------------
 def control_scores(cmap: ComponentMap, criteria: Sequence[str], seed: int = 0) -> list[dict]:
-    counts, rows = _counts(unit_parameters(cmap)), []
+    units, rows = unit_parameters(cmap), []
+    n = counts(units)
     if "params" in criteria:
-        rows += _rows("params", {u: float(n) for u, n in counts.items()}, counts)
-        for row in rows:  # a component type's count is the sum, not the mean, of its layers
-            row["score"] = float(row["params"])
+        rows += unit_rows("params", {u: float(k) for u, k in n.items()}, units)
+        for r in rows:  # a component type's count is the sum, not the mean, of its layers
+            r["score"] = float(r["params"])
     if "random" in criteria:
         gen = torch.Generator().manual_seed(seed)
-        draws = torch.rand(len(counts), generator=gen, dtype=torch.float64).tolist()
-        rows += _rows("random", dict(zip(counts, draws, strict=True)), counts)
+        draws = torch.rand(len(n), generator=gen, dtype=torch.float64).tolist()
+        rows += unit_rows("random", dict(zip(n, draws, strict=True)), units)
     return rows
-
-
-# ---- gradients at the start of finetuning ---------------------------------------------------
-def gradient_scores(
-    cmap: ComponentMap,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    criteria: Sequence[str],
-    device: torch.device | str = "cpu",
-) -> list[dict]:
-    """grad_norm, rgn and fisher from (images (B, 3, H, W), labels (B,)) batches; the model's
-    head is the fresh one finetuning starts from. Each batch's loss is its mean cross-entropy;
-    g is the mean of the batch gradients, fisher the mean of their squares."""
-    units = unit_parameters(cmap)
-    model, counts = cmap.model, _counts(units)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    names = [n for ps in units.values() for n, _ in ps]
-    params = dict(model.named_parameters())
-    g_sum = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
-    g2_sum = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
-    was_training, nb = model.training, 0
-    model.eval()  # no dropout: the score does not depend on a dropout draw
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for n in names:
-            params[n].requires_grad_(True)
-        for images, labels in batches:
-            model.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(images.to(device)).float(), labels.to(device))
-            loss.backward()
-            for n in names:
-                g = params[n].grad.double()
-                g_sum[n] += g
-                g2_sum[n] += g * g
-            nb += 1
-    finally:
-        model.zero_grad(set_to_none=True)
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
-    if nb == 0:
-        raise ValueError("no batches were given to the gradient criteria")
-    return _gradient_rows(units, counts, g_sum, g2_sum, nb, criteria)
-
-
-def _gradient_rows(units, counts, g_sum, g2_sum, nb, criteria) -> list[dict]:
-    sums: dict[Unit, dict[str, float]] = {}
-    for unit, ps in units.items():
-        sums[unit] = {
-            "g2": sum(float((g_sum[n] / nb).pow(2).sum()) for n, _ in ps),
-            "w2": sum(float(p.detach().double().pow(2).sum()) for _, p in ps),
-            "f": sum(float(g2_sum[n].sum() / nb) for n, _ in ps),
-        }
-    per_type: dict[str, dict[str, float]] = {}
-    for (_, comp), s in sums.items():
-        acc = per_type.setdefault(comp, {"g2": 0.0, "w2": 0.0, "f": 0.0})
-        for k in acc:
-            acc[k] += s[k]
-    formulas = {
-        "grad_norm": lambda s, n: math.sqrt(s["g2"]),
-        "rgn": lambda s, n: math.sqrt(s["g2"]) / math.sqrt(s["w2"]) if s["w2"] else math.nan,
-        "fisher": lambda s, n: s["f"] / n,
-    }
-    rows = []
-    for name, fn in formulas.items():
-        if name not in criteria:
-            continue
-        for (layer, comp), s in sums.items():
-            rows.append(
-                _row(name, layer, comp, fn(s, counts[(layer, comp)]), counts[(layer, comp)])
-            )
-        for comp, s in per_type.items():
-            n = sum(k for (_, c), k in counts.items() if c == comp)
-            rows.append(_row(name, ALL, comp, fn(s, n), n))
-    return rows
-
-
-def _row(criterion: str, layer, component: str, score: float, params: int) -> dict:
-    return {"criterion": criterion, "layer": layer, "component": component, "score": score,
-            "params": params}  # fmt: skip
 
 
 # ---- plasticity -----------------------------------------------------------------------------
@@ -246,30 +233,32 @@ def plasticity_scores(
     """Mean plasticity per (layer, component) and pooled per component, from image pairs."""
     from vitplas.analysis.estimate import estimate
 
-    comps = scored_components(cmap)
-    measured = [c for c in comps if c in cmap.block_components]
+    measured = scored_components(cmap)
     if not measured:
         raise UnknownComponentError("this model has no block component plasticity can score")
     est = estimate(cmap, pairs, components=measured, inputs=inputs, device=device)
-    counts = _counts(unit_parameters(cmap))
     values = {
         (int(r.layer), r.component): float(r.mean) for r in est.frame().itertuples(index=False)
     }
-    rows = _rows("plasticity", values, counts)
+    rows = unit_rows("plasticity", values, unit_parameters(cmap))
     pooled = {r.component: float(r.mean) for r in est.frame(pooled=True).itertuples(index=False)}
-    for row in rows:  # the estimator's own pooling: the per-pair mean over layers
-        if row["layer"] == ALL:
-            row["score"] = pooled[row["component"]]
+    for r in rows:  # the estimator's own pooling: the per-pair mean over layers
+        if r["layer"] == ALL:
+            r["score"] = pooled[r["component"]]
     return rows
 
 
 def rank(frame: pd.DataFrame) -> pd.DataFrame:
     """Add `rank` (1 = picked first) within each (criterion, granularity); NaN scores last."""
     frame = frame.copy()
+    for column, empty in (("matrix", False), ("note", "")):
+        if column not in frame:  # a selection.csv of an earlier version
+            frame[column] = empty
+    frame["note"] = frame["note"].fillna("")
     kind = frame["layer"].astype(str).eq(ALL)
     frame["rank"] = 0
     for (crit, _), group in frame.groupby([frame["criterion"], kind], sort=False):
         asc = not HIGHER_FIRST[crit]
         order = group["score"].rank(method="first", ascending=asc, na_option="bottom")
         frame.loc[group.index, "rank"] = order.astype(int)
-    return frame[[*COLUMNS[:4], "rank", "params"]]
+    return frame[[*COLUMNS[:4], "rank", *COLUMNS[4:]]]

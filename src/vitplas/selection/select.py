@@ -3,8 +3,10 @@
     compute_select(cfg, run) -> (scores, picks): the select job's compute (vitplas.jobs)
 
 Files in a run folder: selection.csv (criterion, layer ('all' for a component type), component,
-score, rank, params), picks.json (per criterion the train set under the budget), besides the
-config, manifest, result and seal of every job (vitplas.jobs.lifecycle).
+score, rank, params, matrix (the unit has a weight matrix), note (why a score is NaN)),
+picks.json (per criterion the train set under the budget and rule, and the criteria's version),
+besides the config, manifest, result and seal of every job (vitplas.jobs.lifecycle). Every
+data-driven criterion reads the target's train split (no test image is scored).
 Defaults are the embedded offline default (DINOv2 ViT-S/14, photos vs Fashion-MNIST), sized to
 finish in about three minutes on a 2-core CPU.
 """
@@ -20,7 +22,7 @@ import torch
 
 from vitplas.runs import Computed
 from vitplas.selection import criteria as C
-from vitplas.selection.budget import choose, train_set
+from vitplas.selection.budget import budget_warning, decide, nothing_picked, train_set
 from vitplas.selection.config import SelectConfig
 
 UNIT = {"component": "component", "layer": "(layer, component)"}
@@ -38,11 +40,15 @@ def score_model(
 ) -> pd.DataFrame:
     """Ranked scores of `criteria` on a model (its component map) with data already loaded:
     train_batches (images, labels) for the gradient criteria, pairs (x, y) for plasticity."""
+    from vitplas.selection.gradients import fps_scores, gradient_scores
+
     rows = C.spectrum_scores(cmap, criteria) + C.control_scores(cmap, criteria, seed)
-    if {"grad_norm", "rgn", "fisher"} & set(criteria):
-        if train_batches is None:
-            raise ValueError("the gradient criteria need train batches of the target")
-        rows += C.gradient_scores(cmap, train_batches, criteria, device)
+    data_driven = C.of_kind(criteria, "gradient") + C.of_kind(criteria, "forward")
+    if data_driven and train_batches is None:
+        raise ValueError(f"{', '.join(data_driven)} need train batches of the target")
+    rows += gradient_scores(cmap, train_batches or [], criteria, device)
+    if "fps" in criteria:
+        rows += fps_scores(cmap, train_batches, device)
     if "plasticity" in criteria:
         if pairs is None:
             raise ValueError("the plasticity criterion needs image pairs")
@@ -55,10 +61,17 @@ def score_model(
     ).reset_index(drop=True)
 
 
-def picks(frame: pd.DataFrame, budget: float, granularity: str) -> dict[str, list[str]]:
-    """{criterion: train set} under the budget rule of vitplas.selection.budget."""
+def picks(
+    frame: pd.DataFrame, budget: float, granularity: str, rule: str = "prefix"
+) -> dict[str, list[str]]:
+    """{criterion: train set} under the budget rule of vitplas.selection.budget ([] when the
+    criterion's first unit does not fit)."""
     crits = list(dict.fromkeys(frame["criterion"]))
-    return {c: train_set(choose(frame, c, budget, granularity)) for c in crits}
+    out = {}
+    for crit in crits:
+        decided = decide(frame, crit, budget, granularity, rule)
+        out[crit] = train_set(decided[decided["picked"]])
+    return out
 
 
 def _data(cfg: SelectConfig, loaded):
@@ -73,26 +86,32 @@ def _data(cfg: SelectConfig, loaded):
     pairs = None
     if "plasticity" in cfg.criteria:
         reference = open_stream(cfg.reference, "val", transform, cfg.data_root, False)
-        target = open_stream(cfg.target, "test", transform, cfg.data_root, False)
+        target = open_stream(cfg.target, "train", transform, cfg.data_root, False)
         batch = min(32, cfg.pairs)
         pairs = pair_batches(reference, target, pairs=cfg.pairs, batch_size=batch, seed=cfg.seed)
     return batches, pairs
+
+
+def load_for(cfg: SelectConfig):
+    """The model `cfg` scores, with a fresh head for its target's classes (LoadedModel)."""
+    from vitplas.data import dataset_info
+    from vitplas.models import load_model
+
+    num_classes = dataset_info(cfg.target).num_classes
+    torch.manual_seed(cfg.seed)  # the fresh head's initialisation
+    return load_model(
+        cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
+    )
 
 
 def score_config(cfg: SelectConfig, with_model: bool = False):
     """Load the model (with a fresh head) and the data `cfg` names; its ranked scores (and the
     LoadedModel, with_model=True)."""
     from vitplas.analysis.setup import resolve_device
-    from vitplas.data import dataset_info
-    from vitplas.models import load_model
     from vitplas.models.components import component_map
 
     device = resolve_device(cfg.device)
-    num_classes = dataset_info(cfg.target).num_classes
-    torch.manual_seed(cfg.seed)  # the fresh head's initialisation
-    loaded = load_model(
-        cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
-    )
+    loaded = load_for(cfg)
     cmap = component_map(loaded.model.to(device).eval())
     batches, pairs = _data(cfg, loaded)
     frame = score_model(
@@ -108,11 +127,22 @@ def score_config(cfg: SelectConfig, with_model: bool = False):
 
 
 def read_select(run) -> dict:
-    """A finished selection's scores and picks, verified."""
+    """A finished selection's scores and picks, verified; one scored by an earlier version of
+    the criteria (picks.json's criteria_version) is refused: its scores mean something else."""
     import io
 
+    from vitplas.config import ConfigError
+
+    record = run.read_json("picks.json")
+    version = record.get("criteria_version", 1)  # picks.json named no version before v2
+    if version != C.CRITERIA_VERSION:
+        raise ConfigError(
+            f"{run.path} holds a selection scored by criteria version {version} (this vitplas "
+            f"scores version {C.CRITERIA_VERSION}: other definitions, other split); select "
+            f"into another folder (--out), or delete {run.path} to replace it"
+        )
     frame = pd.read_csv(io.BytesIO(run.read_verified("selection.csv")))
-    return {"frame": frame, "picks": run.read_json("picks.json")["picks"]}
+    return {"frame": frame, "picks": record["picks"]}
 
 
 def compute_select(cfg: SelectConfig, run) -> Computed:
@@ -120,38 +150,88 @@ def compute_select(cfg: SelectConfig, run) -> Computed:
     from vitplas.analysis.setup import model_checksum_of
 
     frame, loaded = score_config(cfg, with_model=True)
-    chosen = picks(frame, cfg.budget, cfg.granularity)
-    write_selection(run.path, frame, chosen, cfg.budget, cfg.granularity)
+    chosen = picks(frame, cfg.budget, cfg.granularity, cfg.rule)
+    write_selection(run.path, frame, chosen, cfg.budget, cfg.granularity, cfg.rule)
     checksum, checksum_of = model_checksum_of(loaded)
     manifest = {"model": loaded.description, "seed": cfg.seed, "model_checksum": checksum}
-    manifest |= {"model_checksum_of": checksum_of, "criteria": list(cfg.criteria)}
-    result = {"budget": cfg.budget, "granularity": cfg.granularity, "picks": chosen}
+    manifest |= {"model_checksum_of": checksum_of, "criteria": list(cfg.criteria),
+                 "criteria_version": C.CRITERIA_VERSION}  # fmt: skip
+    result = {"budget": cfg.budget, "granularity": cfg.granularity, "rule": cfg.rule,
+              "picks": chosen, "criteria_version": C.CRITERIA_VERSION}  # fmt: skip
     return Computed(result, manifest, {"frame": frame})
 
 
-def write_selection(out, frame: pd.DataFrame, chosen: dict, budget: float, granularity: str):
+def write_selection(
+    out, frame: pd.DataFrame, chosen: dict, budget: float, granularity: str, rule: str = "prefix"
+):
     """selection.csv and picks.json in folder `out`."""
     from vitplas.runs import atomic_write_json, atomic_write_text
 
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(out) / "selection.csv", frame.to_csv(index=False))
-    record = {"budget": budget, "granularity": granularity, "picks": chosen}
+    record = {"budget": budget, "granularity": granularity, "rule": rule, "picks": chosen,
+              "criteria_version": C.CRITERIA_VERSION}  # fmt: skip
     atomic_write_json(Path(out) / "picks.json", record)
 
 
 def summary(
-    frame: pd.DataFrame, chosen: dict[str, list[str]], budget: float, granularity: str
+    frame: pd.DataFrame,
+    chosen: dict[str, list[str]],
+    budget: float,
+    granularity: str,
+    rule: str = "prefix",
 ) -> str:
-    """Per criterion: its ranking (component types) and the train set it picks."""
+    """Per criterion: its ranking (component types), the train set it picks, and why each unit
+    is in or out (runs of units out for one reason are shown together)."""
+    from vitplas.selection.budget import RULES
+
     lines = [
-        f"rule: in rank order, take each {UNIT[granularity]} whose parameters still fit in "
-        f"{budget:g} of the block parameters (head and final norm are trained besides)"
+        f"rule: {rule} ({RULES[rule]}), each {UNIT[granularity]} against {budget:g} of the "
+        "block parameters (head and final norm are trained besides)"
     ]
+    warning = budget_warning(frame, budget, granularity)
+    if warning:
+        lines.append(warning)
     types = frame[frame["layer"].astype(str) == C.ALL]
     for crit, group in types.groupby("criterion", sort=False):
         ranking = " > ".join(group.sort_values("rank")["component"])
         direction = "high first" if C.HIGHER_FIRST[crit] else "low first"
-        lines.append(
-            f"{crit:<12} {ranking:<40} ({direction})  picks train={json.dumps(chosen[crit])}"
-        )
+        lines.append(f"{crit:<12} {ranking}  ({direction})")
+        decided = decide(frame, crit, budget, granularity, rule)
+        if chosen[crit]:
+            lines.append(f"  picks train={json.dumps(chosen[crit])}")
+        else:
+            lines.append(f"  picks nothing: {nothing_picked(decided, budget)}")
+        lines += _reasons(decided, grouped_in=granularity == "layer")
     return "\n".join(lines)
+
+
+def _reasons(decided: pd.DataFrame, grouped_in: bool) -> list[str]:
+    """'in'/'out' lines of decide's rows; consecutive rows out for one shared reason (ranked
+    below the same unit, not scored), or in at layer granularity, make one line."""
+    from vitplas.selection.budget import unit_label
+
+    groups: list[list] = []
+    for _, r in decided.iterrows():
+        shared = r["reason"].startswith(("ranked below", "not scored")) or (
+            grouped_in and r["picked"]
+        )
+        key = ("in" if r["picked"] else r["reason"]) if shared else None
+        if groups and key is not None and groups[-1][0] == key:
+            groups[-1][1].append(r)
+        else:
+            groups.append([key, [r]])
+    lines = []
+    for key, rows in groups:
+        word = "in " if rows[0]["picked"] else "out"
+        if len(rows) == 1:
+            r = rows[0]
+            lines.append(f"    {word} {unit_label(r):<10} rank {int(r['rank']):<3} share "
+                         f"{float(r['share']):.4f}  {r['reason']}")  # fmt: skip
+            continue
+        names = ", ".join(unit_label(r) for r in rows)
+        ranks = f"ranks {int(rows[0]['rank'])}-{int(rows[-1]['rank'])}"
+        share = sum(float(r["share"]) for r in rows)
+        why = f"fits: {rows[-1]['reason'].split(': ', 1)[1]}" if key == "in" else key
+        lines.append(f"    {word} {names} ({ranks}, share {share:.4f}): {why}")
+    return lines
