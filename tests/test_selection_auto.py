@@ -77,6 +77,7 @@ def test_auto_with_an_unknown_criterion_says_so(tmp_path):
 def test_select_command_writes_ranking_and_picks(tmp_path):
     args = ["select", "--model", "tiny-random", "--random-init", "--target", "digits"]
     args += ["--pairs", "8", "--grad-batches", "1", "--batch-size", "8", "--budget", "0.4"]
+    args += ["--export", "names"]
     result = CliRunner().invoke(app, [*args, "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(tmp_path / "selection.csv")
@@ -89,6 +90,10 @@ def test_select_command_writes_ranking_and_picks(tmp_path):
     )
     picks = json.loads((tmp_path / "picks.json").read_text())["picks"]
     assert picks["params"] == ["mha"]  # 0.4 x 47,424 = 18,970: mha (18,816) + ln1 (192) is over
+    names = json.loads((tmp_path / "export" / "params" / "names.json").read_text())
+    assert names["train"] == ["mha"] and set(names["groups"]) == {"mha", "head", "norm"}
+    assert "blocks.1.attn.qkv.weight" in names["parameters"]
+    assert f"exported params: {tmp_path / 'export' / 'params' / 'names.json'}" in result.output
     assert "params       mha > fc1 > fc2 > ln1 > ln2" in result.output
     assert "    out fc2, ln1, ln2 (ranks 3-5, share 0.3028): ranked below fc1 (rank 2)" in (
         result.output

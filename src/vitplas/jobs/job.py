@@ -9,6 +9,10 @@ table (the command line's --help, a sweep spec's check) imports no torch. Its fu
                                                      verified (vitplas.runs.RunDir.read_verified)
     prepare(cfg, run_dir) -> cfg                     optional: settle the config inside the lock
                                                      before its check (train=[auto]'s pick)
+    extend(cfg, run, result) -> (more, records)      optional: after the compute or the
+                                                     read-back, inside the lock, the records a
+                                                     runtime key asks for (select's export);
+                                                     they join the seal
     render(result, cfg) -> None                      the command line's printout of a result
 
 vitplas.jobs.lifecycle.run_job gives every job the rest: the lock, the config check, read-back
@@ -43,6 +47,9 @@ class Job:
     manifest: bool = True  # the lifecycle writes manifest.json (finetune's own at its start)
     prepare: str | None = None  # "module:function"(cfg, run_dir) -> cfg, inside the lock
     after_done: str | None = None  # "module:function"(cfg, run) once DONE (prune train state)
+    extend: str | None = None  # "module:function"(cfg, run, result) -> (result additions,
+    # records written), inside the lock after the compute or the read-back: what a runtime key
+    # asks of a finished run too (select's export formats); the lifecycle seals those records
     on_finished_run: tuple[str, str] | None = None  # (kind, what its work is called) of the
     # job in whose finished run it works (evaluate: ("finetune", "finetuning")): no folder of
     # its own; its tables extend that run's seal, and a damaged record is that job's to repair

@@ -10,6 +10,8 @@
    a DamagedRecordError, unless `repair`, which clears the folder and recomputes
 4. write the resolved config, compute (job.compute), then the manifest and result.json
 5. seal every record (checksums.json) and write DONE; job.after_done (e.g. prune train state)
+6. job.extend, after the compute or the read-back alike: records a runtime key asks for
+   (select's export), added to the seal
 
 A job that works in another job's finished run (evaluate: job.on_finished_run) owns that
 folder the same way, checks that it is finished and verified, and extends its seal with the
@@ -66,14 +68,27 @@ def _in_own_folder(job: Job, cfg: Any, run: RunDir, owner: bool, repair, wait, h
             cfg = import_path(job.prepare)(cfg, run.path)
         if run.begin(cfg, job.runtime_keys, repair=repair and owner):
             back = import_path(job.read_back)(run)
-            return {**back, "run_dir": str(run.path), "skipped": True}
+            result = {**back, "run_dir": str(run.path), "skipped": True}
+            return _extended(job, cfg, run, result) if owner else result
         if owner:
             run.start(cfg, job.runtime_keys)
         t0 = time.perf_counter()
         computed: Computed = import_path(job.compute)(cfg, run, **hooks)
+        result = {**computed.result, **computed.returned, "run_dir": str(run.path)}
         if owner:
             _finish(job, cfg, run, computed, time.perf_counter() - t0)
-    return {**computed.result, **computed.returned, "run_dir": str(run.path)}
+            result = _extended(job, cfg, run, result)
+    return result
+
+
+def _extended(job: Job, cfg: Any, run: RunDir, result: dict[str, Any]) -> dict[str, Any]:
+    """Step 6: job.extend's records in the finished run, sealed; its additions to `result`."""
+    if not job.extend:
+        return result
+    more, names = import_path(job.extend)(cfg, run, result)
+    if names:
+        run.seal(list(names))
+    return {**result, **more}
 
 
 START_FILES = ("config.yaml", "manifest.json")  # what a start writes before any work

@@ -124,6 +124,8 @@ def selection(result: dict[str, Any], cfg: Any) -> None:
     from vitplas.selection.select import summary
 
     print(summary(result["frame"], result["picks"], cfg.budget, cfg.granularity, cfg.rule))
+    for criterion, paths in result.get("exported", {}).items():
+        print(f"exported {criterion}: {', '.join(str(p) for p in paths)}")
     print(f"wrote {result['run_dir']}/selection.csv")
     _read_back_note(result)
 

@@ -195,12 +195,18 @@ JOBS: tuple[Job, ...] = (
         read_back="vitplas.selection.select:read_select",
         summary="Rank components by every criterion; pick train sets.",
         records=("selection.csv", "picks.json"),
+        runtime_keys=ANALYSIS_RUNTIME_KEYS | {"export"},  # a format changes no score or pick
+        extend="vitplas.selection.export:export_run",
         render="vitplas.jobs.render:selection",
-        examples=(f"vitplas select {TINY} --target digits --pairs 16 grad_batches=1 batch_size=8",),
+        examples=(
+            f"vitplas select {TINY} --target digits --pairs 16 grad_batches=1 batch_size=8 "
+            "--export peft",
+        ),
         flags={
             **_COMMON,
             **{k: "--" + k.replace("_", "-") for k in ("target", "data_root", "criteria")},
-            **{k: "--" + k.replace("_", "-") for k in ("budget", "granularity", "inputs")},
+            **{k: "--" + k.replace("_", "-") for k in ("budget", "granularity", "rule", "export")},
+            "inputs": "--inputs",
             **{k: "--" + k.replace("_", "-") for k in ("pairs", "grad_batches", "batch_size")},
             **{k: "--" + k.replace("_", "-") for k in ("seed", "device")},
         },

@@ -34,10 +34,13 @@ class SelectConfig:
     batch_size: int = 16  # images per batch
     seed: int = 0  # seed of the data draws, the fresh head and the random control
     device: str = "auto"  # auto, cpu or cuda
+    export: list[str] = field(default_factory=list)  # also write each pick for peft, timm
+    # and/or names under export/<criterion>/ (vitplas.selection.export); a rerun may add formats
 
     def validate(self) -> None:
         from vitplas.selection.budget import RULES
         from vitplas.selection.criteria import parse_criteria
+        from vitplas.selection.export import parse_formats
 
         try:
             self.criteria = parse_criteria(self.criteria)
@@ -47,5 +50,9 @@ class SelectConfig:
             raise ConfigError(f"budget is a fraction in (0, 1], got {self.budget}")
         if self.rule not in RULES:
             raise ConfigError(f"rule '{self.rule}' is unknown; choose {' or '.join(RULES)}")
+        try:
+            self.export = parse_formats(self.export)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if min(self.pairs, self.grad_batches, self.batch_size) < 1:
             raise ConfigError("pairs, grad_batches and batch_size must be >= 1")
