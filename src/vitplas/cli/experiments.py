@@ -123,6 +123,10 @@ def sweep(
             console.print(line, markup=False, highlight=False)
         hint = "" if per_run else " (--runs lists each)"
         console.print(f"{len(runs)} runs{hint}", highlight=False)
+        from vitplas.experiments.axes import grid_by_lines
+
+        for line in grid_by_lines(spec):  # axes whose values depend on another's (lr per set)
+            console.print(line, markup=False, highlight=False)
         if cost is not None:
             _print_cost(cost, json_path)
     elif bad:
@@ -257,6 +261,7 @@ def reproduce(
         spec_path, overrides, {"executor.kind": executor, "executor.max_parallel": max_parallel}
     )
     if dry_run:
+        from vitplas.experiments.axes import grid_by_lines
         from vitplas.experiments.spec import expand
 
         runs = expand(spec)
@@ -265,6 +270,8 @@ def reproduce(
         for run in runs if per_run else []:
             console.print(f"{run.run_id}{per_run_text.get(run.run_id, '')}", markup=False)
         console.print(f"{len(runs)} runs{'' if per_run else ' (--runs lists each)'}")
+        for line in grid_by_lines(spec):  # as the sweep's dry run
+            console.print(line, markup=False, highlight=False)
         _print_cost(cost, json_path)
         return
     with progress_view(console) as on_stage:

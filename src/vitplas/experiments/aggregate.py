@@ -24,8 +24,9 @@ from typing import Any
 import pandas as pd
 
 from vitplas.experiments import stats
+from vitplas.experiments.axes import train_label
 from vitplas.experiments.evidence import study_evidence
-from vitplas.experiments.spec import Run, SweepSpec, train_label
+from vitplas.experiments.spec import Run, SweepSpec
 from vitplas.experiments.store import RunState, key_values, result_rows, scan
 from vitplas.jobs.table import aggregate_cells
 from vitplas.runs import RunDir, write_table

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitplas.experiments.axes import train_label
 from vitplas.experiments.flops import (
     forward_flops,
     input_side,
@@ -41,7 +42,7 @@ from vitplas.experiments.flops import (
     pair_flops,
     train_step_flops,
 )
-from vitplas.experiments.spec import Run, SweepSpec, expand, train_label
+from vitplas.experiments.spec import Run, SweepSpec, expand
 
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
 DEFAULT_MFU = 0.4

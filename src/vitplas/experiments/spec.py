@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, read_yaml
+from vitplas.experiments.axes import check_grid_by, slug_value, split_by
 from vitplas.jobs.registry import ANALYSIS_RUNNERS, DATASET_KEY, check_job, import_path
 
 HASH_LEN = 8
@@ -103,7 +104,11 @@ class SweepSpec:
     # combination is one run
     grid_by_dataset: dict[str, dict[str, list]] = field(default_factory=dict)  # axis overrides
     base_by: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # see expand()
+    grid_by: dict[str, dict[str, dict[str, list]]] = field(default_factory=dict)  # axis ->
+    # value label -> {other axis: values}: an axis whose values depend on another's (e.g. the lr
+    # grid per train set, `grid_by: {train: {ln1: {lr: [0.1, 0.3, 1.0]}}}`); see expand()
     select_by: Literal["test_acc", "best_val_acc"] = "test_acc"  # the paper picks the lr by test
+    # (a selection study, with train=[auto:...] runs, must choose on validation)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
@@ -123,7 +128,9 @@ class SweepSpec:
         for axis, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"grid axis '{axis}' must be a non-empty list, got {values!r}")
-        for value in [*self.grid.get("lr", []), self.base.get("lr", 0.0)]:
+        check_grid_by(self)
+        by_lrs = [v for by in self.grid_by.values() for ax in by.values() for v in ax.get("lr", [])]
+        for value in [*self.grid.get("lr", []), *by_lrs, self.base.get("lr", 0.0)]:
             if isinstance(value, str):
                 raise ConfigError(
                     f"lr {value!r} is text; write it as a number (YAML reads 1e-3 as text: "
@@ -183,13 +190,6 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return config_from_dict(SweepSpec, data)
 
 
-def train_label(train: Any) -> str:
-    """`[mha, fc1]` -> 'mha+fc1'; 'all' stays 'all'. The name of a train set in tables."""
-    if isinstance(train, list | tuple):
-        return "+".join(str(t) for t in train)
-    return str(train)
-
-
 def trained_label(train: Any) -> str:
     """What a run trained (its resolved train list), in one canonical order so that equal sets
     read the same (training.trainsets.canonical_train). `[fc1, mha@8-11]` -> 'mha@8-11+fc1'."""
@@ -199,22 +199,13 @@ def trained_label(train: Any) -> str:
     return "+".join(canonical_train(tokens))
 
 
-def _slug_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return "+".join(_slug_value(v) for v in value)
-    text = str(value)
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in text)
-
-
 def run_id(params: dict[str, Any], config: dict[str, Any]) -> str:
     """Readable slug of the axis values + a short hash of the whole resolved config.
 
     The id depends on values only (never on positions in the grid), so reordering a spec's
     axes or values keeps every id; changing any config value makes a new id.
     """
-    slug = "_".join(f"{_slug_value(params[k])}" for k in sorted(params))
+    slug = "_".join(f"{slug_value(params[k])}" for k in sorted(params))
     canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LEN]
     return f"{slug}_{digest}"
@@ -246,9 +237,11 @@ def _read_preset(spec: SweepSpec, dataset: Any) -> dict[str, Any]:
 def expand(spec: SweepSpec, with_presets: bool = True) -> list[Run]:
     """All runs of a spec: preset(dataset) <- base <- base_by[axis][value] <- grid values.
 
-    One Run per grid point; `grid_by_dataset[d]` replaces grid axes for dataset d, and
-    `base_by[axis][value]` adds config keys to the runs where that axis takes that value
-    (e.g. a smaller micro batch for a larger model).
+    One Run per grid point; `grid_by_dataset[d]` replaces grid axes for dataset d,
+    `grid_by[axis][label]` replaces other grid axes where `axis` takes the value of that label
+    (after grid_by_dataset: e.g. each train set's own lr grid), and `base_by[axis][value]` adds
+    config keys to the runs where that axis takes that value (e.g. a smaller micro batch for
+    a larger model).
 
     `with_presets=False` skips reading the per-dataset preset files (counting runs only).
     """
@@ -261,7 +254,9 @@ def expand(spec: SweepSpec, with_presets: bool = True) -> list[Run]:
             axes["dataset"] = [dataset]
         preset = _read_preset(spec, dataset) if with_presets else {}
         names = list(axes)
-        for values in itertools.product(*(axes[n] for n in names)):
+        grid = (values for v in split_by(axes, spec) for values in
+                itertools.product(*(v[n] for n in names)))  # fmt: skip
+        for values in grid:
             params = dict(zip(names, values, strict=True))
             config = {**preset, **spec.base}
             for axis, by_value in spec.base_by.items():

@@ -3,11 +3,14 @@ command's --help, which lists every key from this class, stays fast."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from vitplas import protocol as protocols
 from vitplas.config import ConfigError
+
+FORMATS = ("peft", "timm", "names")  # the export formats (vitplas.selection.export)
 
 
 @dataclass
@@ -40,7 +43,6 @@ class SelectConfig:
     def validate(self) -> None:
         from vitplas.selection.budget import RULES
         from vitplas.selection.criteria import parse_criteria
-        from vitplas.selection.export import parse_formats
 
         try:
             self.criteria = parse_criteria(self.criteria)
@@ -56,3 +58,16 @@ class SelectConfig:
             raise ConfigError(str(err)) from err
         if min(self.pairs, self.grad_batches, self.batch_size) < 1:
             raise ConfigError("pairs, grad_batches and batch_size must be >= 1")
+
+
+def parse_formats(text: str | Sequence[str] | None) -> list[str]:
+    """'peft,timm' -> ['peft', 'timm']; a ValueError naming the known formats otherwise."""
+    if not text:
+        return []
+    items = [text] if isinstance(text, str) else list(text)
+    out = [f.strip().lower() for raw in items for f in str(raw).split(",") if f.strip()]
+    unknown = [f for f in out if f not in FORMATS]
+    if unknown:
+        known = ", ".join(FORMATS)
+        raise ValueError(f"export format '{unknown[0]}' is unknown; choose from {known}")
+    return list(dict.fromkeys(out))

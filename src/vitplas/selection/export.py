@@ -38,6 +38,7 @@ from typing import Any
 from torch import nn
 
 from vitplas.runs import atomic_write_json
+from vitplas.selection.config import FORMATS, parse_formats
 
 HEAD_GROUPS = ("head", "norm")  # trained besides the pick, as in every finetuning run
 
@@ -156,26 +157,12 @@ def write_export(
     return folder
 
 
-FORMATS = ("peft", "timm", "names")
 FILES = {  # the records each format writes in a criterion's folder; the path a user is shown
     "names": (("names.json",), "names.json"),
     "timm": (("timm.json",), "timm.json"),
     "peft": (("peft/adapter_config.json", "peft/vitplas_export.json"), "peft"),
 }
 EXPORT_DIR = "export"
-
-
-def parse_formats(text: str | Sequence[str] | None) -> list[str]:
-    """'peft,timm' -> ['peft', 'timm']; a ValueError naming the known formats otherwise."""
-    if not text:
-        return []
-    items = [text] if isinstance(text, str) else list(text)
-    out = [f.strip().lower() for raw in items for f in str(raw).split(",") if f.strip()]
-    unknown = [f for f in out if f not in FORMATS]
-    if unknown:
-        known = ", ".join(FORMATS)
-        raise ValueError(f"export format '{unknown[0]}' is unknown; choose from {known}")
-    return list(dict.fromkeys(out))
 
 
 def export_picks(
