@@ -120,7 +120,14 @@ JOBS: tuple[Job, ...] = (
         compute="vitplas.training.finetune:compute_finetune",
         read_back="vitplas.training.finetune:read_finetune",
         summary="Finetune the components named in `train`; resumable.",
-        records=("metrics.jsonl", "picks.json", "*.csv", "*.parquet", "checkpoints/*.safetensors"),
+        records=(
+            "metrics.jsonl",
+            "picks.json",
+            "test_predictions.csv",
+            "*.csv",
+            "*.parquet",
+            "checkpoints/*.safetensors",
+        ),
         runtime_keys=frozenset(
             {"num_workers", "device", "compile", "tensorboard", "eval_batch_size"}
             | {"log_every", "keep_state"}

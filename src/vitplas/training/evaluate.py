@@ -27,15 +27,18 @@ def evaluate_model(
     *,
     amp: str = "none",
     dist: DistInfo | None = None,
-) -> dict[str, float]:
+    per_image: bool = False,
+) -> dict[str, Any]:
     """{"loss": mean cross-entropy, "acc": accuracy in %, "n": images} over the loader
-    (summed over processes when `dist` is given), in float32 unless `amp` asks for bf16.
+    (summed over processes when `dist` is given), in float32 unless `amp` asks for bf16;
+    with `per_image`, also "pred" and "label" (this process's images, in loader order).
 
     Accuracy is per image (correct / images); the original averages per-batch accuracies,
     which over-weights a last partial batch (README: protocol choices)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
@@ -45,13 +48,38 @@ def evaluate_model(
         totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         totals[1] += (logits.argmax(dim=1) == labels).sum()
         totals[2] += labels.numel()
+        if per_image:
+            seen.append((logits.argmax(dim=1), labels))
     model.train(was_training)
     if dist is not None:
         all_reduce_sum(totals, dist)
     loss, correct, n = totals.tolist()
     if n == 0:
         raise ValueError("evaluation set is empty")
-    return {"loss": loss / n, "acc": 100.0 * correct / n, "n": int(n)}
+    out: dict[str, Any] = {"loss": loss / n, "acc": 100.0 * correct / n, "n": int(n)}
+    if per_image:
+        out["pred"] = torch.cat([p for p, _ in seen])
+        out["label"] = torch.cat([y for _, y in seen])
+    return out
+
+
+def predictions_table(loader: DataLoader, scores: dict[str, Any], dist: DistInfo | None = None):
+    """The per-image record of an evaluation with `per_image` (pandas: index, label, pred; one
+    row per image of the split, by its index in the split, gathered over processes): what a
+    bootstrap over test images resamples (vitplas.experiments.evidence)."""
+    import pandas as pd
+
+    shard = loader.dataset  # eval_loader's Subset: this process's indices into the split
+    indices = torch.as_tensor(shard.indices, device=scores["pred"].device)
+    total = len(shard.dataset)
+    full = torch.zeros(2, total, dtype=torch.long, device=indices.device)  # pred + 1, label + 1
+    full[0, indices] = scores["pred"] + 1
+    full[1, indices] = scores["label"] + 1
+    if dist is not None:
+        all_reduce_sum(full, dist)
+    keep = (full[0] > 0).nonzero().flatten().cpu()
+    pred, label = (full[:, keep] - 1).cpu().tolist()
+    return pd.DataFrame({"index": keep.tolist(), "label": label, "pred": pred})
 
 
 def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:

@@ -6,6 +6,7 @@
         run resumes from its checkpoint)
 
 A finished run folder holds config.yaml, manifest.json, metrics.jsonl, result.json,
+test_predictions.csv (per test image: index, label, pred of the best-validation weights),
 checkpoints/best.safetensors, checksums.json and DONE (the resumable train state,
 checkpoints/step_*, is pruned once DONE unless keep_state: true). One process owns the folder
 (vitplas.locks); the config is checked before anything is returned or computed. A run whose
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from vitplas.config import ConfigError, config_to_dict
 from vitplas.locks import is_main_process
 from vitplas.models.components import count_parameters
-from vitplas.runs import Computed, RunDir, atomic_write_json, fault_point
+from vitplas.runs import Computed, RunDir, atomic_write_json, atomic_write_text, fault_point
 from vitplas.training import checkpoint as ckpt
 from vitplas.training.config import FinetuneConfig
 from vitplas.training.distributed import (
@@ -38,7 +39,7 @@ from vitplas.training.distributed import (
 )
 from vitplas.training.distributed import cleanup as dist_cleanup
 from vitplas.training.divergence import TrainingDivergedError, watch_divergence
-from vitplas.training.evaluate import autocast, evaluate_model
+from vitplas.training.evaluate import autocast, evaluate_model, predictions_table
 from vitplas.training.logger import TrainLogger, truncate_metrics
 from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at, set_lr
 from vitplas.training.sources import Sources, load_sources
@@ -46,6 +47,7 @@ from vitplas.training.stream import device_augment, eval_loader, mix_seed, train
 from vitplas.training.trainsets import build_trainable, few_shot
 
 __all__ = ["FinetuneConfig", "Finetuner", "TrainingDivergedError", "compute_finetune"]
+PREDICTIONS = "test_predictions.csv"  # per test image: index (in the split), label, pred
 
 
 Callback = Callable[["Finetuner", int], None]
@@ -320,7 +322,9 @@ class Finetuner:
             self.logger.log(record)
 
     # ---- evaluate / save -----------------------------------------------------------------
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str, per_image: bool = False) -> dict[str, Any]:
+        """Loss and accuracy on `split`; with `per_image`, also "table": its per-image record
+        (evaluate.predictions_table)."""
         data = getattr(self.sources, split)
         cfg = self.cfg
         loader = eval_loader(
@@ -331,7 +335,12 @@ class Finetuner:
             max_samples=cfg.max_eval_samples,
             num_workers=cfg.num_workers,
         )
-        return evaluate_model(self.model, loader, self.device, amp=cfg.amp, dist=self.dist)
+        scores = evaluate_model(
+            self.model, loader, self.device, amp=cfg.amp, dist=self.dist, per_image=per_image
+        )
+        if per_image:
+            scores["table"] = predictions_table(loader, scores, self.dist)
+        return scores
 
     def validate(self, step: int) -> None:
         scores = self.evaluate("val")
@@ -374,7 +383,7 @@ class Finetuner:
         """Best-validation weights -> test split -> best.safetensors, result.json."""
         cfg, best = self.cfg, self.state["best"]
         self.model.load_state_dict(best["weights"], strict=False)
-        test = self.evaluate("test")
+        test = self.evaluate("test", per_image=True)
         fault_point("test")
         result = {
             "best_val_acc": best["val_acc"],
@@ -406,6 +415,7 @@ class Finetuner:
                     "test_acc": test["acc"],
                 }
             )
+            atomic_write_text(self.run / PREDICTIONS, test["table"].to_csv(index=False))
             atomic_write_json(self.run / "result.json", result)
             fault_point("after_result")
         barrier(self.dist)  # the lifecycle (vitplas.jobs.lifecycle) seals the run next
