@@ -109,6 +109,7 @@ def test_selection_study_end_to_end(tmp_path):
             "num_workers": 0, "device": "cpu", "tensorboard": False,
             "select": {"budget": 0.45, "extra": SELECT_EXTRA}}  # fmt: skip
     spec = {"name": "tiny-selection", "root": str(tmp_path / "study"), "base": base,
+            "select_by": "best_val_acc",
             "grid": {"dataset": ["digits"], "seed": [0], "lr": [0.05],
                      "train": ["ln1", "mha", "fc1", "fc2", "auto:params", "auto:plasticity",
                                "bitfit"]},
@@ -121,14 +122,15 @@ def test_selection_study_end_to_end(tmp_path):
     tables = tmp_path / "study" / "tables"
     evidence = pd.read_csv(tables / "evidence.csv").set_index("criterion")
     assert set(evidence.index) == {"params", "plasticity"}
-    assert evidence.loc["params", "pick"] == "auto:params" and evidence.loc["params", "n"] == 4
-    # the row keeps its grid label and says what the run trained (its resolved config.yaml)
+    # the run row keeps its grid label; the evidence names what the pick's run trained
     runs = pd.read_csv(tables / "runs.csv").set_index("train")
     trained = runs.loc["auto:params", "trained"]
-    assert evidence.loc["params", "pick_trained"] == trained and not trained.startswith("auto")
-    assert runs.loc["mha", "trained"] == "mha"
+    assert evidence.loc["params", "pick"] == trained and not trained.startswith("auto")
+    assert evidence.loc["params", "n"] == 4 and runs.loc["mha", "trained"] == "mha"
+    # every run recorded its test images: the intervals resample them
+    assert evidence.loc["params", "resampled"] == "1 seeds and 32 test images"
     text = (tmp_path / "study" / "report" / "report.md").read_text()
-    assert "Criteria across datasets" in text and "criteria_regret.png" in text
+    assert "What the evidence says, in words" in text and "criteria_regret.png" in text
 
 
 def test_finetune_command_resolves_auto(tmp_path):

@@ -147,3 +147,79 @@ def _test_pair(ref: np.ndarray, other: np.ndarray) -> dict[str, float]:
         w = stats.wilcoxon(ref, other, alternative="greater")
         out.update(w_stat=float(w.statistic), w_p=float(w.pvalue))
     return out
+
+
+# ---- resampling statistics of a selection study (vitplas.experiments.evidence) ---------------
+def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho of two vectors; NaN below 3 points or when one side is constant."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def partial_rank_correlation(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
+    """Spearman's rho of x and y with z partialled out: the Pearson correlation of the ranks'
+    residuals after a least-squares fit on z's ranks (with intercept). NaN below 4 points or
+    when a residual is constant (z explains one side entirely)."""
+    if len(x) < 4:
+        return float("nan")
+    rx, ry, rz = (stats.rankdata(v) for v in (x, y, z))
+    design = np.column_stack([np.ones(len(rz)), rz])
+    res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+    if min(np.ptp(r) for r in res) < 1e-9:
+        return float("nan")
+    return float(np.corrcoef(res[0], res[1])[0, 1])
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap replicates (NaN replicates left
+    out); (NaN, NaN) when fewer than 100 replicates are finite."""
+    finite = np.asarray(samples, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) < 100:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(finite, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN ones stay NaN and do not count
+    in the family): p_(i) * (m - i + 1), made monotone, capped at 1."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(len(p), np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    running, m = 0.0, len(order)
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, p[k] * (m - i)))
+        out[k] = running
+    return out.tolist()
+
+
+def permutation_p(units, permutations: int = 9999, seed: int = 0) -> float:
+    """Two-sided Monte-Carlo p-value of the mean Spearman over `units` (score vector, accuracy
+    vector; e.g. one per (dataset, seed)): the accuracies permuted among the components within
+    each unit, independently (the null: the scores say nothing about the order in any unit);
+    (1 + extreme) / (1 + permutations). NaN without a unit of 3+ components that vary."""
+    units = [(s, a) for s, a in units
+             if len(s) >= 3 and np.all(np.isfinite(a)) and np.ptp(a) and np.ptp(s)]  # fmt: skip
+    if not units:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    observed = np.mean([rank_correlation(s, a) for s, a in units])
+    null = np.zeros(permutations)
+    for s, a in units:
+        rs = stats.rankdata(s)
+        shuffled = rng.permuted(np.tile(a, (permutations, 1)), axis=1)
+        ra = stats.rankdata(shuffled, axis=1)
+        null += _row_corr(rs, ra) / len(units)
+    extreme = np.sum(np.abs(null) >= abs(observed) - 1e-12)
+    return float((1 + extreme) / (1 + permutations))
+
+
+def _row_corr(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Pearson correlation of vector x with each row of `rows`."""
+    xc = x - x.mean()
+    rc = rows - rows.mean(axis=1, keepdims=True)
+    return (rc @ xc) / (np.linalg.norm(rc, axis=1) * np.linalg.norm(xc))
