@@ -4,8 +4,9 @@ Gradients are taken one image at a time (a per-sample loop: a forward and a back
 1-image batch, in eval mode, so that no dropout draw enters), because the empirical Fisher is
 the mean of per-image squared gradients, not the square of a batch's mean gradient (which is
 smaller by a factor that depends on the batch size and on the component). The loop keeps
-memory fixed by the model: per parameter one float64 sum of g_s (for g_bar), and per unit one
-scalar sum of ||g_s||^2; S images cost S small backward passes.
+memory fixed by the model: per parameter one float32 sum of g_s (for g_bar), and per unit one
+float64 scalar sum of ||g_s||^2; S images cost S small backward passes (about the CPU time of
+one batched pass of S images at one thread).
 
 FPS (arXiv 2510.27359) scores a weight by |w| times the magnitude of the input it multiplies,
 averaged over the data: I(W_jk) = |W_jk| E|a_k| for a Linear's weight (a: its input, E over
@@ -53,7 +54,8 @@ def gradient_scores(
     units = unit_parameters(cmap)
     model = cmap.model
     tensors = [p for ps in units.values() for _, p in ps]
-    g_sum = [torch.zeros_like(p, dtype=torch.float64) for p in tensors]
+    g_sum = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]  # float64 copies of
+    # every gradient would cost more than its backward pass
     f_sum = {u: 0.0 for u in units}
     slots = _slots(units)
     flags = [p.requires_grad for p in model.parameters()]
@@ -69,10 +71,11 @@ def gradient_scores(
                 logits = model(x[None].to(device)).float()  # (1, classes)
                 loss = F.cross_entropy(logits, torch.as_tensor(y).view(1).to(device))
                 grads = torch.autograd.grad(loss, tensors)
+                squares = [float(torch.dot(g.flatten(), g.flatten())) for g in grads]
                 for total, g in zip(g_sum, grads, strict=True):
-                    total += g.double()
+                    total.add_(g.float())
                 for u, idx in slots.items():
-                    f_sum[u] += sum(float(grads[i].double().pow(2).sum()) for i in idx)
+                    f_sum[u] += sum(squares[i] for i in idx)
                 images_seen += 1
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
@@ -82,7 +85,7 @@ def gradient_scores(
         raise ValueError("no images were given to the gradient criteria")
     sums = {}
     for u, idx in slots.items():
-        g2 = sum(float((g_sum[i] / images_seen).pow(2).sum()) for i in idx)
+        g2 = sum(float((g_sum[i].double() / images_seen).pow(2).sum()) for i in idx)
         w2 = sum(float(tensors[i].detach().double().pow(2).sum()) for i in idx)
         sums[u] = {"g2": g2, "w2": w2, "f": f_sum[u] / images_seen}
     return _pooled_rows(wanted, units, sums)
