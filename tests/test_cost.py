@@ -90,7 +90,8 @@ def test_device_time_and_bad_options_say_what_to_give():
 def test_run_cost_counts_validations_disk_and_a_slurm_limit(tmp_path):
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(
-        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
+        "name: t\nselect_by: best_val_acc\n"
+        "base: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
         "warmup_steps: 0, eval_every: 4, max_eval_samples: 50, dataset: mnist-5k, "
         "tensorboard: false}\ngrid: {train: [all, ln1]}\n"
     )
@@ -238,7 +239,8 @@ def test_slurm_submission_sends_one_array_per_estimated_limit(tmp_path, monkeypa
 def test_auto_and_rival_runs_are_counted_and_leave_the_shared_model_clean(tmp_path):
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(
-        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
+        "name: t\nselect_by: best_val_acc\n"
+        "base: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
         "warmup_steps: 0, eval_every: 5, dataset: digits, tensorboard: false}\n"
         "grid: {train: [lora, 'auto:fisher', all, bitfit]}\n"
         "runner: {function: 'vitplas.selection.auto:finetune'}\n"

@@ -297,10 +297,11 @@ def select(
     out: str | Path | None = None,
     **options: Any,
 ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """Rank the components by every criterion and pick a train set per criterion, as
-    `vitplas select` does: (scores table: criterion, layer, component, score, rank, params;
-    {criterion: train set}). options are SelectConfig keys (criteria, budget, granularity,
-    pairs, ...); with `out`, the run folder the CLI writes (locked, config checked first)."""
+    """Rank the components by the criteria and pick a train set per criterion, as
+    `vitplas select` does: (scores table: criterion, layer, component, score, rank, params,
+    matrix, note; {criterion: train set}). options are SelectConfig keys (criteria, budget,
+    granularity, rule, pairs, export, ...); with `out`, the run folder the CLI writes (locked,
+    config checked first; `export` formats go under out/export/<criterion>/)."""
     from vitplas.jobs.runners import run_select
     from vitplas.selection.config import SelectConfig
     from vitplas.selection.select import picks, score_config
@@ -308,8 +309,10 @@ def select(
     cfg = _config(SelectConfig, None, {"model": model, "target": target, **options})
     if out is not None:
         return run_select(cfg, out)
+    if cfg.export:
+        raise ValueError("export writes files into a run folder: pass out=... as well")
     frame = score_config(cfg)
-    return frame, picks(frame, cfg.budget, cfg.granularity)
+    return frame, picks(frame, cfg.budget, cfg.granularity, cfg.rule)
 
 
 def _config(cls: type, config: Any, overrides: dict[str, Any]):
