@@ -53,3 +53,6 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             if isinstance(value, float):
                 assert abs(value - rb[key]) <= 1e-5 * max(1.0, abs(value)), (key, ra, rb)
     assert RunDir(ddp).read_manifest()["world_size"] == 2
+    # the per-image test record, gathered over the two processes' shards, is one process's
+    single_pred, ddp_pred = ((d / "test_predictions.csv").read_text() for d in (single, ddp))
+    assert ddp_pred == single_pred and len(single_pred.splitlines()) == 1 + 32
