@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from vitplas.cli import app
 from vitplas.config import ConfigError
-from vitplas.jobs.runners import run_finetune
+from vitplas.jobs.runners import run_finetune, run_probe
 from vitplas.runs import DamagedRecordError, RunDir, read_verified
 from vitplas.training.evaluate import load_best_model
 from vitplas.training.finetune import TrainingDivergedError
@@ -140,13 +140,13 @@ def test_probe_checks_its_folder_before_computing(tmp_path, monkeypatch):
     args += ["layers=[-1]", "components=[block]", "max_train=64", "max_test=32"]
     args += ["num_workers=0", "device=cpu"]
     cfg = load_config(probe.ProbeConfig, None, args)
-    first = probe.run_probe(cfg, tmp_path)
+    first = run_probe(cfg, tmp_path)
 
     def no_work(_cfg):
         raise AssertionError("the probe was computed again")
 
     monkeypatch.setattr(probe, "_probe_table", no_work)
-    again = probe.run_probe(cfg, tmp_path)  # read back, verified
+    again = run_probe(cfg, tmp_path)  # read back, verified
     assert again["acc"].tolist() == first["acc"].tolist()
     with pytest.raises(ConfigError, match=r"different config \(C: 1.0 -> 2.0\)"):
-        probe.run_probe(load_config(probe.ProbeConfig, None, [*args, "C=2.0"]), tmp_path)
+        run_probe(load_config(probe.ProbeConfig, None, [*args, "C=2.0"]), tmp_path)

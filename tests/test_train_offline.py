@@ -26,6 +26,7 @@ def _need_assets():
         pytest.fail(f"Fashion-MNIST is missing ({where}); run `bash scripts/offline-assets`")
 
 
+@pytest.mark.timeout(2400)  # minutes on an idle CPU; a shared, loaded one is far slower
 def test_dinov2_mha_finetuning_beats_random_feature_probe(tmp_path):
     _need_assets()
     cfg = load_finetune_config(
