@@ -176,7 +176,7 @@ def test_titles_name_inputs_protocol_and_pairs_so_two_measurements_differ():
     facts = {"reference": "imagenet [val]", "target": "pet [test]", "protocol": "paper"}
     depth = pp.depth_figure(frame, facts)._suptitle.get_text()
     assert depth.splitlines() == [
-        "Plasticity per layer (95% CI bands)",
+        "Plasticity per layer (95% CI bands, at most ±2.5% of the mean)",  # 0.05 on 2.0
         "vit-b16 · imagenet [val] vs pet [test] · embedding inputs · protocol paper · 64 pairs",
     ]
     hidden = frame.assign(inputs="hidden", n=128)
@@ -219,3 +219,157 @@ def test_a_plasticity_run_titles_its_figures_from_its_config(tmp_path, monkeypat
         "plasticity_box": line,
         "plasticity_depth": line,
     }
+
+
+def _notes(fig) -> list[str]:
+    return [t.get_text() for t in fig.texts if t is not fig._suptitle]
+
+
+def _visible(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+def test_a_component_without_a_finite_bound_gets_a_note_not_an_empty_legend_entry():
+    from vitplas.analysis.bounds import DATA_UNDEFINED, ONCE_MEASURED
+
+    frame = _bounds()[lambda f: f["radius"] == 2].assign(definition="||W||_2")
+    ln1 = frame["component"] == "ln1"
+    frame.loc[ln1, "bound"] = np.nan
+    frame.loc[ln1, "definition"] = DATA_UNDEFINED + ONCE_MEASURED + "max|gamma| / s_min, ..."
+    fig = pp.bounds_figure(frame)
+    assert sorted(_lines(_visible(fig)[0])) == ["FC1", "MHA"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MHA", "FC1"]
+    assert _notes(fig) == [f"LN1: no line, no finite bound ({DATA_UNDEFINED})"]
+    assert "--" not in _notes(fig)[0]  # keys, not flags: the API draws it too
+    assert _notes(pp.bounds_figure(frame.dropna())) == []  # all drawn: no note
+
+
+def _model_level_curves() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """train=all: MHA, and the embedding and final norm with equal norms, the head 300x."""
+    values = {"mha": 0.5, "emb": 0.01, "norm": 0.01, "head": 3.0}
+    rows = [{"dataset": "d", "train": "all", "lr": 0.01, "seed": 0, "step": step,
+             "metric": f"grad_norm/{comp}", "value": v * step}
+            for step in (1, 2, 3) for comp, v in values.items()]  # fmt: skip
+    best = pd.DataFrame({"dataset": ["d"], "train": ["all"], "best_lr": [0.01], "mean": [90.0],
+                         "std": [0.0]})  # fmt: skip
+    return pd.DataFrame(rows), best
+
+
+def test_gradient_norms_of_every_component_are_told_apart_even_when_equal():
+    fig = rp.component_grads_figure(*_model_level_curves())
+    ax = _visible(fig)[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["MHA", "Embedding", "Head", "Final norm"]  # theory rank, then a-z
+    looks = {(to_hex(ln.get_color()), ln.get_linestyle(), ln.get_marker()) for ln in lines.values()}
+    assert len(looks) == 4  # no two look alike: colour, dashes and marker
+    greys = {
+        c
+        for c in map(to_hex, (ln.get_color() for ln in lines.values()))
+        if c[1:3] == c[3:5] == c[5:]
+    }
+    assert len(greys) <= 1  # at most one grey (the final norm is black)
+    emb, norm = lines["Embedding"], lines["Final norm"]
+    np.testing.assert_allclose(emb.get_ydata(), norm.get_ydata())  # drawn on each other ...
+    assert emb.get_linewidth() > norm.get_linewidth()  # ... the one beneath shows a rim
+    assert ax.get_yscale() == "log"  # 0.01 and 3: a linear axis would lay the small on 0
+
+
+def test_every_figure_takes_its_text_sizes_from_the_one_style():
+    from vitplas.plots.style import RC
+
+    runs = pd.DataFrame({"dataset": "cifar10", "train": ["mha", "fc1"], "lr": 0.01, "seed": 0,
+                         "test_acc": [90.0, 89.0]})  # fmt: skip
+    figures = [pp.depth_figure(_plasticity()), pp.box_figure(_plasticity()),
+               pp.bounds_figure(_bounds()), rp.gain_figure(_components([0.1, 0.0, -0.1])),
+               rp.lrs_figure(runs), rp.component_grads_figure(*_model_level_curves())]  # fmt: skip
+    for fig in figures:
+        fig.canvas.draw()  # outside the style's context: what a notebook shows
+        for ax in _visible(fig):
+            assert ax.title.get_fontsize() == RC["axes.titlesize"]
+            assert ax.xaxis.label.get_fontsize() == RC["axes.labelsize"]
+            sizes = {t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()}
+            assert sizes == {RC["xtick.labelsize"]}
+        if fig._suptitle is not None:
+            assert fig._suptitle.get_fontsize() == RC["figure.titlesize"]
+        for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]:
+            assert {t.get_fontsize() for t in legend.get_texts()} == {RC["legend.fontsize"]}
+
+
+def test_depth_bands_say_how_wide_they_are_and_show():
+    frame = _plasticity().assign(ci95=lambda f: 0.1 * f["mean"])
+    fig = pp.depth_figure(frame)
+    assert "95% CI bands, at most ±10% of the mean" in fig._suptitle.get_text()
+    bands = _visible(fig)[0].collections
+    assert len(bands) == 3 and all(band.get_alpha() >= 0.3 for band in bands)
+
+
+def _compare() -> pd.DataFrame:
+    means = (("ln1", 7.0), ("mha", 0.1))
+    rows = [{"layer": layer, "component": comp, "base_mean": base + layer, "base_ci95": 0.01,
+             "finetuned_mean": (base + layer) * (2.0 if comp == "mha" else 1.0),
+             "finetuned_ci95": 0.01} for layer in range(3) for comp, base in means]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_compare_base_draws_base_against_finetuned_per_component_and_layer(tmp_path):
+    facts = {"model": "runs/ft", "reference": "photos", "target": "digits", "pairs": 32}
+    fig = pp.compare_base_figure(_compare(), "[mha]", facts)
+    panels = _visible(fig)
+    assert [ax.get_title() for ax in panels] == [
+        "MHA: finetuned / base 2", "LN1: finetuned / base 1",
+    ]  # fmt: skip
+    mha = {ln.get_label(): ln for ln in panels[0].get_lines()}
+    np.testing.assert_allclose(mha["base"].get_ydata(), [0.1, 1.1, 2.1])
+    np.testing.assert_allclose(mha["finetuned"].get_ydata(), [0.2, 2.2, 4.2])
+    ln1 = {ln.get_label(): ln for ln in panels[1].get_lines()}
+    np.testing.assert_allclose(ln1["base"].get_ydata(), ln1["finetuned"].get_ydata())
+    assert ln1["base"].get_linewidth() > ln1["finetuned"].get_linewidth()  # both show
+    assert ln1["base"].get_linestyle() != ln1["finetuned"].get_linestyle()
+    title = fig._suptitle.get_text()
+    assert "the run trained [mha]" in title and "runs/ft · photos vs digits" in title
+    assert fig.legends[0].get_texts()[0].get_text() == "base (before)"
+    paths = pp.compare_base(_compare(), tmp_path / "c", "[mha]", facts)
+    assert all(path.stat().st_size > 1000 for path in paths)
+
+
+def _landscape(extent: float):
+    grid = pd.DataFrame([{"component": "ln1", "i": i, "j": j, "a": a, "b": b, "loss": a + b,
+                          "rate": a * b} for i, a in enumerate((-0.5, 0.0, 0.5))
+                         for j, b in enumerate((-0.5, 0.0, 0.5))])  # fmt: skip
+    steps = np.linspace(extent, 0.0, 5)
+    path = pd.DataFrame({"component": "ln1", "step": range(5), "a": steps, "b": -steps})
+    return grid, path
+
+
+def test_landscape_explains_its_marks_and_zooms_into_a_short_path():
+    from vitplas.plots.landscape import landscape_figure
+
+    fig = landscape_figure(*_landscape(0.002), title="t")
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["SGD path (4 steps)", "last step (the plane's origin)"]
+    loss_panel = fig.axes[0]
+    insets = [child for child in loss_panel.child_axes]
+    assert len(insets) == 1  # the path spans 0.002 of a 1.0-wide grid: drawn again, zoomed
+    np.testing.assert_allclose(insets[0].get_lines()[0].get_xdata(), np.linspace(0.002, 0, 5))
+    assert "0.002 wide" in insets[0].texts[0].get_text()
+    assert landscape_figure(*_landscape(0.3)).axes[0].child_axes == []  # a long path: no zoom
+
+
+def test_rank_grid_shows_each_criterions_ranks_and_frames_its_pick():
+    from matplotlib.patches import Rectangle
+
+    from vitplas.plots.selection import ranks_figure
+
+    rows = [{"criterion": crit, "layer": "all", "component": comp, "rank": rank}
+            for crit, order in (("plasticity", ["ln1", "fc1", "mha"]),
+                                ("grad_norm", ["mha", "fc1", "ln1"]))
+            for rank, comp in enumerate(order, start=1)]  # fmt: skip
+    rows.append({"criterion": "plasticity", "layer": 0, "component": "mha", "rank": 9})
+    fig = ranks_figure(pd.DataFrame(rows), {"plasticity": ["ln1"], "grad_norm": ["mha", "fc1"]})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["MHA", "FC1", "LN1"]  # theory order
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["plasticity", "grad_norm"]
+    assert [t.get_text() for t in ax.texts] == ["3", "2", "1", "1", "2", "3"]  # layer 0 left out
+    framed = sorted((p.get_x() + 0.5, p.get_y() + 0.5) for p in ax.patches
+                    if isinstance(p, Rectangle) and not p.get_fill())  # fmt: skip
+    assert framed == [(0.0, 1.0), (1.0, 1.0), (2.0, 0.0)]  # (column, row) of each picked cell

@@ -6,7 +6,9 @@ gets one panel per series, never one zig-zag line through them; one legend sits 
 panels. Components appear in the order of their theoretical rank (THEORETICAL_RANK), then any
 others (LayerScale) in table order. Axis limits come from the data; layer ticks are integers.
 Under each title, one line names the measurement (model, data, inputs mode, protocol, pairs:
-`title`), so figures of different runs never read alike.
+`title`), so figures of different runs never read alike. A component with no finite value gets
+no line and a note under the figure saying why (`undrawn_note`). `compare_base_figure` draws a
+finetuned run against its base, from `--compare-base`'s joined table.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from vitplas.plots.style import (
     integer_ticks,
     label,
     legend_outside,
+    line_style,
     new_figure,
+    note,
+    styled,
     titled,
     write,
 )
@@ -99,30 +104,58 @@ def _panels(n: int, size: tuple[float, float], **kw):
     return fig, axes
 
 
+def _finite_components(frame: pd.DataFrame, value: str) -> list[str]:
+    return list(frame.loc[np.isfinite(frame[value].to_numpy(dtype=float)), "component"])
+
+
+def undrawn_note(frame: pd.DataFrame, value: str) -> str:
+    """'' when every component has a finite `value`; else which have none (not drawn) and,
+    from the table's `definition` column, why: its text up to the first '; ' without a
+    leading 'undefined: ' (the bounds tables say why first, then the formula)."""
+    finite = set(_finite_components(frame, value))
+    missing = [c for c in component_order(frame["component"]) if c not in finite]
+    if not missing:
+        return ""
+    lines = []
+    for comp in missing:
+        rows = frame[frame["component"] == comp]
+        why = ""
+        if "definition" in rows and isinstance(rows["definition"].iloc[0], str):
+            why = rows["definition"].iloc[0].split("; ")[0].removeprefix("undefined: ")
+        lines.append(f"{label(comp)}: no line, no finite {value}" + (f" ({why})" if why else ""))
+    return "\n".join(lines)
+
+
 def _lines(frame, value: str, what: str, ylabel: str, band: str | None = None, facts=None):
-    """One panel per series, one line per component over layers (CI band from `band`)."""
+    """One panel per series, one line per component over layers (CI band from `band`); a
+    component with no finite value gets no line and a note under the figure saying why."""
     groups = series(frame)
     fig, axes = _panels(len(groups), (5.0, 3.6), sharey=True)
     for ax, (name, part) in zip(axes.flat, groups, strict=False):
-        for comp in component_order(part["component"]):
+        finite = set(_finite_components(part, value))
+        drawn = [c for c in component_order(part["component"]) if c in finite]
+        for k, comp in enumerate(drawn):
             rows = part[part["component"] == comp].sort_values("layer")
             x, y = rows["layer"].to_numpy(dtype=float), rows[value].to_numpy(dtype=float)
-            ax.plot(x, y, "-o", ms=3, color=color(comp), label=label(comp))
+            ax.plot(x, y, **line_style(comp, k))
             if band is not None:
                 ci = rows[band].to_numpy(dtype=float)
-                ax.fill_between(x, y - ci, y + ci, color=color(comp), alpha=0.2, lw=0)
+                ax.fill_between(x, y - ci, y + ci, color=color(comp), alpha=0.3, lw=0)
         integer_ticks(ax)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name)
         ax.set_xlabel("layer (block index)")
     if _wide_range(frame[value].to_numpy(dtype=float)):
         axes.flat[0].set_yscale("log")
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
-    fig.suptitle(title(frame, what, facts), fontsize=10)
+    fig.suptitle(title(frame, what, facts))
     legend_outside(fig, axes)
+    if undrawn := undrawn_note(frame, value):
+        note(fig, undrawn)
     return fig
 
 
+@styled
 def box_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     """A box per component of the per-layer means, pooled over whatever else varies in
     `frame` (targets, models), as the paper's figure pools them; the y label says so."""
@@ -141,22 +174,28 @@ def box_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     per = " and ".join(["layer", *pooled])
     ax.set_ylabel(f"plasticity (mean over pairs;\none point per {per})")
     ax.set_xlabel("component, by theoretical rank")
-    ax.set_title(title(frame, "Plasticity by component", facts), fontsize=9)
+    ax.set_title(title(frame, "Plasticity by component", facts))
     return fig
 
 
+@styled
 def depth_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
-    """Plasticity against layer depth, one line per component, 95% CI bands."""
-    what = "Plasticity per layer (95% CI bands)"
+    """Plasticity against layer depth, one line per component, 95% CI bands; the title says
+    the widest band relative to its mean, so a band too thin to see reads as a narrow CI."""
+    relative = (frame["ci95"] / frame["mean"].abs()).replace(np.inf, np.nan).max()
+    widest = f", at most ±{100 * relative:.2g}% of the mean" if np.isfinite(relative) else ""
+    what = f"Plasticity per layer (95% CI bands{widest})"
     return _lines(frame, "mean", what, "plasticity (mean over pairs)", "ci95", facts)
 
 
+@styled
 def bounds_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     """Theoretical bound per layer and component."""
     what = "Upper bound on plasticity per layer"
     return _lines(frame, "bound", what, "upper bound", facts=facts)
 
 
+@styled
 def bound_ratio_figure(frame: pd.DataFrame, facts: Mapping[str, object] | None = None):
     """Measured plasticity divided by its bound, per layer and component (1 = the bound)."""
     what = "Measured plasticity / bound"
@@ -182,3 +221,49 @@ def bounds_per_layer(frame: pd.DataFrame, stem: str | Path, facts=None) -> list[
 
 def bound_ratio(frame: pd.DataFrame, stem: str | Path, facts=None) -> list[Path]:
     return write(bound_ratio_figure(frame, facts), stem)
+
+
+@styled
+def compare_base_figure(frame: pd.DataFrame, trained: str = "", facts=None):
+    """Base against finetuned plasticity per layer, one panel per component, from the joined
+    table of `--compare-base` (layer, component, base_mean, base_ci95, finetuned_mean,
+    finetuned_ci95): the base grey, dashed and wider (it shows where the two coincide), the
+    finetuned solid in the component's colour, 95% CI bands. Each panel's title gives the
+    pooled finetuned / base (as the pooled table); `trained` (the run's train list) goes in
+    the figure's title."""
+    order = component_order(frame["component"])
+    fig, axes = _panels(len(order), (4.2, 3.2))
+    for ax, comp in zip(axes.flat, order, strict=False):
+        rows = frame[frame["component"] == comp].sort_values("layer")
+        x = rows["layer"].to_numpy(dtype=float)
+        for k, (kind, ls) in enumerate((("base", "--"), ("finetuned", "-"))):
+            y = rows[f"{kind}_mean"].to_numpy(dtype=float)
+            ci = rows[f"{kind}_ci95"].to_numpy(dtype=float)
+            style = {**line_style(comp, k), "ls": ls, "label": kind}
+            if kind == "base":
+                style["color"] = "#888888"
+            ax.plot(x, y, **style)
+            ax.fill_between(x, y - ci, y + ci, color=style["color"], alpha=0.25, lw=0)
+        ratio = rows["finetuned_mean"].mean() / rows["base_mean"].mean()  # the pooled table's
+        ax.set_title(f"{label(comp)}: finetuned / base {ratio:.3g}")
+        integer_ticks(ax)
+        ax.set_xlabel("layer (block index)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("plasticity (mean over pairs)")
+    what = "Plasticity before (base) and after finetuning, per layer (95% CI bands)"
+    what += f"; the run trained {trained}" if trained else ""
+    fig.suptitle(title(frame, what, facts))
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color="#888888", ls="--", lw=2.8, label="base (before)"),
+        Line2D([], [], color="black", lw=2.3, label="finetuned\n(the component's colour)"),
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def compare_base(
+    frame: pd.DataFrame, stem: str | Path, trained: str = "", facts=None
+) -> list[Path]:
+    return write(compare_base_figure(frame, trained, facts), stem)

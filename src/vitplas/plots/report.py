@@ -56,10 +56,11 @@ def _bars(table, value, ylabel, what, scale, best=None, context=""):
     ax.set_ylabel(ylabel)
     ax.set_xlabel("trained component (by theoretical plasticity rank)")
     note = "; error bars: seed std of the mean over datasets" if err is not None else ""
-    ax.set_title(what + (f"\n{context}" if context else "") + note, fontsize=9)
+    ax.set_title(what + (f"\n{context}" if context else "") + note)
     return fig
 
 
+@style.styled
 def accuracy_figure(components: pd.DataFrame, best: pd.DataFrame | None = None, context=""):
     """Bars of `mean_acc` (mean over datasets of the best-lr seed-mean) per train set, from 0,
     with seed error bars from `best` (columns train, std) when given."""
@@ -67,6 +68,7 @@ def accuracy_figure(components: pd.DataFrame, best: pd.DataFrame | None = None, 
     return _bars(components, "mean_acc", "test accuracy (%)", what, 1.0, best, context)
 
 
+@style.styled
 def gain_figure(components: pd.DataFrame, context: str = ""):
     """Bars of `mean_gain` ((finetune - probe) / probe, mean over datasets), 0 on the axis."""
     what = "Relative gain over the linear probe"
@@ -91,10 +93,11 @@ def _panels(n: int, context: str, what: str):
     fig, axes = style.new_figure(nrows, ncols, size=(4.0 * ncols, 3.2 * nrows))
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    fig.suptitle(what + (f"\n{context}" if context else ""), fontsize=10)
+    fig.suptitle(what + (f"\n{context}" if context else ""))
     return fig, axes
 
 
+@style.styled
 def lrs_figure(runs: pd.DataFrame, metric: str = "test_acc", context: str = ""):
     """Per dataset, seed-mean `metric` (%) vs lr (log axis), one line per train set."""
     datasets = list(dict.fromkeys(runs["dataset"]))
@@ -109,7 +112,7 @@ def lrs_figure(runs: pd.DataFrame, metric: str = "test_acc", context: str = ""):
         lrs = sorted(part["lr"].unique())  # ticks at the swept lrs, not at decades
         ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
         ax.minorticks_off()
-        ax.set_title(str(dataset), fontsize=9)
+        ax.set_title(str(dataset))
         ax.set_xlabel("learning rate")
         ax.set_ylabel("test accuracy (%)")
     style.legend_outside(fig, axes)
@@ -128,6 +131,7 @@ def _best_rows(curves: pd.DataFrame, best: pd.DataFrame, dataset: str, train: st
     return lr, sel[np.isclose(sel["lr"].astype(float), lr)]
 
 
+@style.styled
 def curves_figure(curves: pd.DataFrame, best: pd.DataFrame, metric: str, context: str = ""):
     """Per dataset, the seed-mean curve of `metric` (e.g. grad_norm, val_loss) over steps for
     each train set at its best lr (from the `best` table)."""
@@ -141,10 +145,10 @@ def curves_figure(curves: pd.DataFrame, best: pd.DataFrame, metric: str, context
             line = sel.groupby("step")["value"].mean().sort_index()
             ax.plot(line.index, line.to_numpy(), color=style.color(train),
                     label=f"{style.label(train)} (lr {lr:g})")  # fmt: skip
-        ax.set_title(str(dataset), fontsize=9)
+        ax.set_title(str(dataset))
         ax.set_xlabel("step")
         ax.set_ylabel(metric.replace("_", " "))
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # lrs differ per panel
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # lrs differ per panel
     return fig
 
 
@@ -152,6 +156,7 @@ def curves(curves, best, metric: str, stem, context: str = "") -> list[Path]:
     return style.write(curves_figure(curves, best, metric, context), Path(stem))
 
 
+@style.styled
 def component_grads_figure(curves: pd.DataFrame, best: pd.DataFrame, context: str = ""):
     """Per train set, the gradient norm of each component (metrics `grad_norm/<component>`)
     over steps: mean over seeds at each dataset's best lr, then over datasets."""
@@ -165,15 +170,25 @@ def component_grads_figure(curves: pd.DataFrame, best: pd.DataFrame, context: st
             if ((best["dataset"] == dataset) & (best["train"] == train)).any():
                 lines.append(_best_rows(part, best, dataset, train)[1])
         rows = pd.concat(lines) if lines else part.iloc[:0]
-        for metric, sel in rows.groupby("metric", sort=False):
-            comp = metric.split("/", 1)[1]
-            line = sel.groupby("step")["value"].mean().sort_index()
-            ax.plot(line.index, line.to_numpy(), color=style.color(comp), label=style.label(comp))
-        ax.set_title(f"trained: {style.label(train)}", fontsize=9)
+        means = rows.groupby(["metric", "step"])["value"].mean()
+        names = component_order(m.split("/", 1)[1] for m in means.index.get_level_values(0))
+        for k, comp in enumerate(names):
+            line = means.loc[f"grad_norm/{comp}"].sort_index()
+            ax.plot(line.index, line.to_numpy(), **style.line_style(comp, k))
+        _log_if_wide(ax, means.to_numpy())
+        ax.set_title(f"trained: {style.label(train)}")
         ax.set_xlabel("step")
         ax.set_ylabel("gradient norm")
     style.legend_outside(fig, axes)
     return fig
+
+
+def _log_if_wide(ax, values: np.ndarray) -> None:
+    """A log y axis when the panel's positive values span over 20x (small curves would lie
+    flat on 0 beside the large ones)."""
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) > 1 and values.max() / values.min() > 20:
+        ax.set_yscale("log")
 
 
 def component_grads(curves, best, stem, context: str = "") -> list[Path]:

@@ -2,7 +2,10 @@
 
     criterion_heatmap(matrix, title)   criterion x dataset heat map of a correlation or regret,
                                        each cell annotated with its value
-Takes DataFrames and a file stem, writes PNG + PDF, returns the paths.
+    ranks_figure(scores, picks)        criterion x component grid of the ranks `vitplas select`
+                                       gives (1 = chosen first), each criterion's pick framed
+The heat map takes DataFrames and a file stem, writes PNG + PDF, returns the paths; the rank
+grid is a builder (an open Figure; `style.write` saves it).
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Rectangle
 
 from vitplas.plots import style
+from vitplas.plots.plasticity import component_order
 
 
 def criterion_heatmap(
@@ -34,8 +39,37 @@ def criterion_heatmap(
         for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
                 dark = abs(value) > 0.6 * limit  # white text on the deep colours
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="small",
                         color="white" if dark else "black")  # fmt: skip
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
         fig.colorbar(image, ax=ax, shrink=0.8)
         return style.save(fig, stem)
+
+
+@style.styled
+def ranks_figure(scores: pd.DataFrame, picks=None, title: str = ""):
+    """Rows: criteria; columns: components (theoretical rank first); cell: the component's
+    rank under that criterion (1 = first), darker when better, from the `selection` table
+    (criterion, layer, component, rank) at component granularity (layer 'all'). A criterion's
+    picked train set (`picks`: criterion -> components) is framed in black."""
+    rows = scores[scores["layer"].astype(str) == "all"]
+    ranks = rows.pivot(index="criterion", columns="component", values="rank")
+    ranks = ranks.reindex(index=list(dict.fromkeys(rows["criterion"])),
+                          columns=component_order(rows["component"]))  # fmt: skip
+    values = ranks.to_numpy(dtype=np.float64)
+    fig, axes = style.new_figure(size=(1.6 + 0.75 * ranks.shape[1], 1.3 + 0.45 * ranks.shape[0]))
+    ax = axes[0, 0]
+    image = ax.imshow(values, cmap="Blues_r", vmin=1, vmax=np.nanmax(values) + 1, aspect="auto")
+    ax.grid(False)
+    ax.set_xticks(range(ranks.shape[1]), [style.label(c) for c in ranks.columns])
+    ax.set_yticks(range(ranks.shape[0]), list(ranks.index))
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            dark = value <= 0.4 * np.nanmax(values)
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center",
+                    color="white" if dark else "black")  # fmt: skip
+        if picks and ranks.columns[j] in picks.get(ranks.index[i], ()):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+    fig.colorbar(image, ax=ax, shrink=0.8, label="rank (1 = chosen first)")
+    ax.set_title(title or "Rank of each component by criterion (framed: the picked train set)")
+    return fig
