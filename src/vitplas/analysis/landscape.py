@@ -151,7 +151,7 @@ def compute_landscape(cfg: LandscapeConfig, run: RunDir, progress=None) -> Compu
 
 def _compute(cfg: LandscapeConfig, run: RunDir, progress) -> Computed:
     from vitplas.plots.landscape import landscape_figure
-    from vitplas.plots.style import write
+    from vitplas.plots.style import titled, write
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -174,7 +174,12 @@ def _compute(cfg: LandscapeConfig, run: RunDir, progress) -> Computed:
     grid = pd.concat(grids, ignore_index=True).assign(model=cfg.model, layer=cfg.layer)
     path = pd.concat(paths, ignore_index=True)
     files = [*write_table(grid, run / "landscape"), *write_table(path, run / "trajectory")]
-    title = f"{cfg.model} · block {cfg.layer} · {cfg.dataset} (rate: {cfg.reference} vs test)"
+    title = titled(
+        f"Loss and rate of change of block {cfg.layer}'s components, on the plane of each SGD path",
+        [cfg.model, f"{cfg.img_size} px" if cfg.img_size else "",
+         f"loss: {cfg.eval_images} {cfg.dataset} train images",
+         f"rate: {cfg.pairs} pairs ({cfg.reference} image, {cfg.dataset} test image)"],
+    )  # fmt: skip
     files += write(landscape_figure(grid, path, title), run / "figures" / "landscape")
     result = {
         "model": cfg.model,
