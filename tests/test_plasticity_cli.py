@@ -140,13 +140,16 @@ def test_bounds_without_a_plasticity_run_say_why_the_data_norm_bound_is_missing(
     result = run("bounds", *args)
     assert result.exit_code == 0, result.output
     why = (
-        "the data bound needs the token scale of a plasticity run: pass --plasticity RUN, or"
-        " --ln-bound abs|signed"
+        "undefined without measured pairs: the data bound divides max|gamma| by their smallest"
+        " token scale (measure plasticity with bounds on, or give the bounds a plasticity run), or"
+        " set ln_bound to abs or signed"
     )
-    assert f"ln1: undefined: {why}" in result.stdout and f"ln2: undefined: {why}" in result.stdout
+    flags = " (here: --plasticity RUN, or --ln-bound abs|signed)"  # the CLI's words only
+    assert f"ln1: {why}{flags}" in result.stdout and f"ln2: {why}{flags}" in result.stdout
     bounds = pd.read_csv(tmp_path / "bounds.csv")
     ln = bounds[bounds["component"].isin(["ln1", "ln2"])]
-    assert ln["bound"].isna().all() and ln["definition"].str.startswith(f"undefined: {why}").all()
+    assert ln["bound"].isna().all() and ln["definition"].str.startswith(why).all()
+    assert not ln["definition"].str.contains("--").any()  # the table (and the API) name keys
     assert bounds.loc[bounds["component"] == "fc1", "bound"].notna().all()
 
 

@@ -57,10 +57,12 @@ from vitplas.models.components import ComponentMap
 LN_BOUNDS = ("data", "abs", "signed")  # the first is the default
 MHA_SLICINGS = ("rows", "columns")
 SCALE_PENDING = "measured with the pairs"  # in a data-scale definition until filled
-# a data-scale norm row before its s_min is known (NaN bound): why, then the formula to fill in
+# a data-scale norm row before its s_min is known (NaN bound): why, then the formula to fill in.
+# Said in config keys, not command-line flags: the API and the CLI share it.
 DATA_UNDEFINED = (
-    "undefined: the data bound needs the token scale of a plasticity run: pass --plasticity RUN,"
-    " or --ln-bound abs|signed"
+    "undefined without measured pairs: the data bound divides max|gamma| by their smallest token"
+    " scale (measure plasticity with bounds on, or give the bounds a plasticity run), or set"
+    " ln_bound to abs or signed"
 )
 ONCE_MEASURED = "; once measured: "
 # each bound's assumption in words (printed with its exceedances)
