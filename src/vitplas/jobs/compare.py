@@ -2,7 +2,8 @@
 
 Its run folder holds base/ and finetuned/ (two plasticity jobs, each with its own lifecycle) and
 the joined tables compare_base.{csv,parquet} (per layer) and compare_base_pooled.* (per
-component), sealed with the folder's config and manifest like every job's.
+component) and the figure figures/compare_base.{png,pdf} (base against finetuned per component
+and layer), sealed with the folder's config and manifest like every job's.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def compute_compare_base(cfg, run: RunDir, progress=None, on_phase=None) -> Comp
 
     from vitplas.jobs.runners import run_plasticity
     from vitplas.models.finetuned import BASE_SUFFIX, run_folder
+    from vitplas.plots.plasticity import compare_base as compare_figure
 
     if run_folder(cfg.model) is None or cfg.model.endswith(BASE_SUFFIX):
         raise ConfigError(
@@ -52,9 +54,19 @@ def compute_compare_base(cfg, run: RunDir, progress=None, on_phase=None) -> Comp
     )
     write_table(layers, run / "compare_base")
     write_table(pooled, run / "compare_base_pooled")
+    compare_figure(layers, run / "figures" / "compare_base", *_figure_labels(cfg))
     described = results["finetuned"]["model_description"]
     result = {"model": cfg.model, "model_description": described, "parts": ["base", "finetuned"]}
     return Computed(result, result, {"pooled": pooled})
+
+
+def _figure_labels(cfg) -> tuple[str, dict[str, Any]]:
+    """(the run's train list, the facts of the figure's title) of comparison `cfg`."""
+    from vitplas.models.finetuned import read_run_config, run_folder
+
+    trained = "[" + ", ".join(map(str, read_run_config(run_folder(cfg.model))["train"])) + "]"
+    keys = ("reference", "target", "inputs", "protocol", "pairs", "model")
+    return trained, {k: getattr(cfg, k) for k in keys}
 
 
 def read_compare_base(run: RunDir) -> dict[str, Any]:

@@ -75,12 +75,16 @@ def comparison(result: dict[str, Any], cfg: Any) -> None:
         table.add_row(row.component, base, tuned, f"{row.ratio:.3g}")
     out.print(f"model: {result['model_description']}", markup=False)
     out.print(table)
-    out.print(f"run folder: {result['run_dir']}  (base/, finetuned/, compare_base[_pooled].csv)")
+    out.print(
+        f"run folder: {result['run_dir']}  (base/, finetuned/, compare_base[_pooled].csv, "
+        "figures/compare_base.png)",
+        markup=False,
+    )
 
 
 def bounds(result: dict[str, Any], cfg: Any) -> None:
     """r, each component's bound range over layers, and why a bound is undefined."""
-    from vitplas.analysis.bounds import ONCE_MEASURED
+    from vitplas.analysis.bounds import DATA_UNDEFINED, ONCE_MEASURED
 
     out = console()
     frame = result["bounds"]
@@ -90,6 +94,8 @@ def bounds(result: dict[str, Any], cfg: Any) -> None:
     undefined = frame[frame["bound"].isna()].drop_duplicates(["component", "definition"])
     for name, definition in undefined[["component", "definition"]].itertuples(index=False):
         why = definition.split(ONCE_MEASURED)[0]  # the data bound: why, not the formula
+        if why.endswith(DATA_UNDEFINED):  # the table names config keys; the command its flags
+            why += " (here: --plasticity RUN, or --ln-bound abs|signed)"
         out.print(f"{name}: {why}", markup=False)
     out.print(f"run folder: {result['run_dir']}", markup=False)
     _read_back_note(result)

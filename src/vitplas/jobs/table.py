@@ -64,7 +64,12 @@ JOBS: tuple[Job, ...] = (
         compute="vitplas.jobs.compare:compute_compare_base",
         read_back="vitplas.jobs.compare:read_compare_base",
         summary="Plasticity of a finetuned run beside its base's.",
-        records=("compare_base.csv", "compare_base.parquet", "compare_base_pooled.*"),
+        records=(
+            "compare_base.csv",
+            "compare_base.parquet",
+            "compare_base_pooled.*",
+            "figures/compare_base.*",
+        ),
         render="vitplas.jobs.render:comparison",
         progress="pairs",
         runner="vitplas.jobs.runners:run_compare_base",

@@ -2,9 +2,10 @@
 
 Spec kinds, tried in this order:
     preset            'vit-b16-in21k', 'vit-l16-in21k', 'vit-h14-in21k', 'dinov2-s14', 'tiny-random'
-    ARCH@FILE         a local weights file (.safetensors, .pth/.pt/.bin) for timm arch ARCH,
-                      e.g. 'vit_base_patch16_224@runs/x/model.safetensors' (a bare file has
-                      no architecture, so it must be named this way)
+    ARCH@FILE         a local file of a whole model's weights (.safetensors, .pth/.pt/.bin)
+                      for timm arch ARCH, e.g. 'vit_base_patch16_224@exported.safetensors'
+                      (another bare file has no architecture; a finetuned run's
+                      best.safetensors holds only its trained parameters: name the run)
     folder            a local Hugging Face ViT folder (config.json + weights)
     finetuned run     a finished `vitplas finetune` run folder (or its
                       checkpoints/best.safetensors): base model + trained weights;
@@ -94,6 +95,12 @@ def _dispatch(spec: str, *, random_init: bool, img_size: int | None) -> Built:
         return from_run(run, random_init=random_init, base_only=base_only)
     if "@" in spec:
         arch, _, path = spec.partition("@")
+        if (run := finetuned.run_folder(path)) is not None:
+            raise ModelError(
+                f"{path} holds only the parameters that run {run} trained, not a whole model; "
+                f"name the run instead ('{run}' or '{path}'): its base is rebuilt from the run's "
+                f"config and they are applied. `vitplas export {run}` writes a whole model"
+            )
         return sources.from_file(arch, Path(path).expanduser(), random_init=random_init)
     path = Path(spec).expanduser()
     if path.exists() or spec.lower().endswith(checkpoints.WEIGHT_SUFFIXES):
