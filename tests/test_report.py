@@ -69,3 +69,34 @@ def test_report_reruns_do_no_work_and_are_identical(tmp_path):
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before} == before
     write_report(spec, tmp_path, force=True)  # redrawn: same bytes (PDF dates pinned)
     assert {p: p.read_bytes() for p in before} == {p: v[1] for p, v in before.items()}
+
+
+def _nested_parentheses(line: str) -> bool:
+    depth = 0
+    for char in line:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth > 1:
+            return True
+    return False
+
+
+def test_report_text_defines_its_columns_and_ranks_plasticity_by_value(tmp_path):
+    spec, _ = _tables(tmp_path)
+    plasticity = pd.DataFrame({"target": "cifar10", "layer": [0, 0, 0, 1, 1, 1],
+                               "component": ["mha", "fc1", "ln1"] * 2,
+                               "mean": [0.1, 1.0, 7.0, 0.3, 2.0, 9.0], "ci95": 0.01,
+                               "std": 0.1, "n": 64})  # fmt: skip
+    write_table(plasticity, tmp_path / "tables" / "plasticity")
+    text = write_report(spec, tmp_path).read_text()
+    prose = [line for line in text.splitlines() if not line.startswith("|")]
+    assert not [line for line in prose if _nested_parentheses(line)]
+    assert "mean_gap" not in text and "mean_acc" not in text and "mean_gain" not in text
+    assert "| train set | test accuracy (%) | datasets | lr sensitivity (points) |" in text
+    assert "Lr sensitivity: the best minus the worst seed-mean test accuracy" in text
+    assert "the median over every (dataset, layer) of its mean plasticity" in text
+    section = text.split("## Plasticity per component")[1].split("## ")[0]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0] == ["rank", "component", "median plasticity", "theory rank",
+                       "paper's median (approx.)"]  # fmt: skip
+    assert rows[1:] == [["1", "LN1", "8", "5", "0.25"], ["2", "FC1", "1.5", "2", "4.4"],
+                        ["3", "MHA", "0.2", "1", "7.5"]]  # fmt: skip

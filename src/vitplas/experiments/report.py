@@ -17,6 +17,7 @@ from vitplas.experiments import evidence, stats
 from vitplas.experiments.aggregate import CELLS, check_jobs_apart, read_tables
 from vitplas.experiments.published import published_accuracy, published_plasticity
 from vitplas.experiments.spec import SweepSpec
+from vitplas.models.components import THEORETICAL_RANK
 from vitplas.plots import report as figs
 from vitplas.plots.report import component_order
 from vitplas.runs import atomic_write_text
@@ -98,15 +99,51 @@ def _section(title: str, body: str) -> list[str]:
     return [f"## {title}", "", body, ""]
 
 
+PLASTICITY_NOTE = (
+    "Per component, the median over every (dataset, layer) of its mean plasticity over the"
+    " pairs, ranked from the most plastic; `theory rank` is the rank the paper's bounds give"
+    " (1 = least smooth)."
+)
+
+
 def plasticity_summary(plasticity: pd.DataFrame, study: str) -> pd.DataFrame:
-    """Median over (targets, layers) of the per-layer mean plasticity, per component."""
-    med = plasticity.groupby("component")["mean"].median()
-    order = component_order(med.index)
-    out = pd.DataFrame({"component": order, "median plasticity": [med[c] for c in order]})
+    """Per component, ranked by it: the median over (targets, layers) of the per-layer mean
+    plasticity, and its theoretical rank ('-' where the theory ranks none)."""
+    med = plasticity.groupby("component")["mean"].median().sort_values(ascending=False)
+    out = pd.DataFrame({
+        "rank": range(1, len(med) + 1),
+        "component": [figs.style.label(c) for c in med.index],
+        "median plasticity": med.to_numpy(),
+        "theory rank": [str(THEORETICAL_RANK.get(c, "-")) for c in med.index],
+    })  # fmt: skip
     if study == "paper":
         pub = published_plasticity().set_index("component")["median"]
-        out["paper (approx.)"] = [pub.get(c, float("nan")) for c in order]
+        out["paper's median (approx.)"] = [pub.get(c, float("nan")) for c in med.index]
     return out
+
+
+COMPONENT_COLUMNS = {  # the per-train-set table: column -> header
+    "train": "train set",
+    "mean_acc": "test accuracy (%)",
+    "n_datasets": "datasets",
+    "mean_gap": "lr sensitivity (points)",
+    "mean_gain": "gain over the probe (%)",
+    "trained": "trained",
+}
+COMPONENT_NOTE = (
+    "Means over datasets. Test accuracy: at each dataset's best lr, the seed mean."
+    " Lr sensitivity: the best minus the worst seed-mean test accuracy over the swept lrs."
+    " Gain over the probe: finetuned minus linear-probe accuracy, over the probe's."
+)
+
+
+def components_table(components: pd.DataFrame) -> pd.DataFrame:
+    """The per-train-set table with readable headers, gains in %."""
+    comp = components.copy()
+    if "mean_gain" in comp:
+        comp["mean_gain"] = comp["mean_gain"] * 100  # a ratio, shown in %
+    comp["train"] = [figs.style.label(t) for t in comp["train"]]
+    return comp.rename(columns=COMPONENT_COLUMNS)
 
 
 def figure_context(spec: SweepSpec, tables: dict[str, pd.DataFrame]) -> str:
@@ -193,20 +230,15 @@ def build_markdown(
         lines += [selection_rule(spec), ""]
         for key, part in _by_model(best):
             acc = accuracy_table(part, _published_for(spec, part))
-            title = "Test accuracy (%) at the best lr (seed mean ± std)" + key
+            title = "Test accuracy at the best lr, in %: seed mean ± std" + key
             lines += _section(title, markdown_table(acc))
     if "components" in tables:
-        comp = tables["components"].copy()
-        if "mean_gain" in comp:
-            comp["mean_gain"] = comp["mean_gain"] * 100  # a ratio, shown in %
-        comp["train"] = [figs.style.label(t) for t in comp["train"]]
-        lines += _section(
-            "Per train set, averaged over datasets (accuracy and gap in points, gain in %)",
-            markdown_table(comp),
-        )
+        table = markdown_table(components_table(tables["components"]))
+        lines += _section("Per train set, over datasets", f"{COMPONENT_NOTE}\n\n{table}")
     if "tests" in tables and len(tables["tests"]):
         lines += _section(
-            "MHA vs each train set across datasets (paired t-test two-sided; Wilcoxon one-sided)",
+            "MHA against each train set across datasets: paired t-test, two-sided; Wilcoxon,"
+            " one-sided",
             markdown_table(tables["tests"]),
         )
     exceeded = _exceedances(tables)
@@ -215,10 +247,8 @@ def build_markdown(
     for title, frame in evidence.report_sections(tables):
         lines += _section(title, markdown_table(frame))
     if "plasticity" in tables:
-        lines += _section(
-            "Plasticity per component",
-            markdown_table(plasticity_summary(tables["plasticity"], spec.study)),
-        )
+        table = markdown_table(plasticity_summary(tables["plasticity"], spec.study))
+        lines += _section("Plasticity per component", f"{PLASTICITY_NOTE}\n\n{table}")
     lines += ["## Figures", ""]
     for name, paths in figures.items():
         png = paths[0].relative_to(out)
@@ -227,8 +257,8 @@ def build_markdown(
 
 
 SELECT_BY = {
-    "test_acc": "the test accuracy, as the paper (optimistic: the test set picks the lr)",
-    "best_val_acc": "the best validation accuracy (the test set stays unseen)",
+    "test_acc": "the test accuracy, as in the paper; optimistic, since the test set picks the lr",
+    "best_val_acc": "the best validation accuracy; the test set stays unseen",
 }
 
 
@@ -236,7 +266,7 @@ def selection_rule(spec: SweepSpec) -> str:
     """The sentence that says how the best lr was picked (the spec's `select_by`)."""
     what = SELECT_BY.get(spec.select_by, f"`{spec.select_by}`")
     return (
-        f"Best lr per cell: the highest seed-mean of `{spec.select_by}` ({what}); a tie goes "
+        f"Best lr per cell: the highest seed-mean of `{spec.select_by}`, {what}. A tie goes "
         "to the smallest lr. Std over seeds is the population std; the tables' `ci95` is a "
         f"95% CI half-width with Student's t quantile below {stats.T_UNTIL} seeds."
     )
