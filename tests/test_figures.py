@@ -270,7 +270,8 @@ def test_gradient_norms_of_every_component_are_told_apart_even_when_equal():
     assert len(greys) <= 1  # at most one grey (the final norm is black)
     emb, norm = lines["Embedding"], lines["Final norm"]
     np.testing.assert_allclose(emb.get_ydata(), norm.get_ydata())  # drawn on each other ...
-    assert emb.get_linewidth() > norm.get_linewidth()  # ... the one beneath shows a rim
+    assert emb.get_markersize() > norm.get_markersize()  # ... the one beneath shows around
+    assert emb.get_marker() != norm.get_marker()
     assert ax.get_yscale() == "log"  # 0.01 and 3: a linear axis would lay the small on 0
 
 
@@ -316,7 +317,7 @@ def test_compare_base_draws_base_against_finetuned_per_component_and_layer(tmp_p
     fig = pp.compare_base_figure(_compare(), "[mha]", facts)
     panels = _visible(fig)
     assert [ax.get_title() for ax in panels] == [
-        "MHA: finetuned / base 2", "LN1: finetuned / base 1",
+        "MHA: finetuned / base 2", "LN1: unchanged",
     ]  # fmt: skip
     mha = {ln.get_label(): ln for ln in panels[0].get_lines()}
     np.testing.assert_allclose(mha["base"].get_ydata(), [0.1, 1.1, 2.1])
@@ -324,7 +325,7 @@ def test_compare_base_draws_base_against_finetuned_per_component_and_layer(tmp_p
     ln1 = {ln.get_label(): ln for ln in panels[1].get_lines()}
     np.testing.assert_allclose(ln1["base"].get_ydata(), ln1["finetuned"].get_ydata())
     assert ln1["base"].get_linewidth() > ln1["finetuned"].get_linewidth()  # both show
-    assert ln1["base"].get_linestyle() != ln1["finetuned"].get_linestyle()
+    assert to_hex(ln1["base"].get_color()) != to_hex(ln1["finetuned"].get_color())
     title = fig._suptitle.get_text()
     assert "the run trained [mha]" in title and "runs/ft · photos vs digits" in title
     assert fig.legends[0].get_texts()[0].get_text() == "base (before)"

@@ -35,6 +35,8 @@ from vitplas.plots.style import (
 )
 
 SERIES = ["model", "reference", "target", "dataset", "inputs"]  # what can tell series apart
+BASE_LOOK = {"color": "#bbbbbb", "lw": 6.0, "solid_capstyle": "round"}  # a wide grey under the
+# finetuned line: where the two agree it is a halo around it
 
 
 def component_order(components) -> list[str]:
@@ -227,25 +229,23 @@ def bound_ratio(frame: pd.DataFrame, stem: str | Path, facts=None) -> list[Path]
 def compare_base_figure(frame: pd.DataFrame, trained: str = "", facts=None):
     """Base against finetuned plasticity per layer, one panel per component, from the joined
     table of `--compare-base` (layer, component, base_mean, base_ci95, finetuned_mean,
-    finetuned_ci95): the base grey, dashed and wider (it shows where the two coincide), the
-    finetuned solid in the component's colour, 95% CI bands. Each panel's title gives the
-    pooled finetuned / base (as the pooled table); `trained` (the run's train list) goes in
-    the figure's title."""
+    finetuned_ci95): the base a wide grey line (a halo where the two agree), the finetuned a
+    thin one in the component's colour, 95% CI bands. Each panel's title gives the pooled
+    finetuned / base (as the pooled table), or says the component is unchanged; `trained`
+    (the run's train list) goes in the figure's title."""
     order = component_order(frame["component"])
     fig, axes = _panels(len(order), (4.2, 3.2))
     for ax, comp in zip(axes.flat, order, strict=False):
         rows = frame[frame["component"] == comp].sort_values("layer")
         x = rows["layer"].to_numpy(dtype=float)
-        for k, (kind, ls) in enumerate((("base", "--"), ("finetuned", "-"))):
+        for kind, look in (("base", BASE_LOOK), ("finetuned", {**line_style(comp, 3), "lw": 1.6})):
             y = rows[f"{kind}_mean"].to_numpy(dtype=float)
             ci = rows[f"{kind}_ci95"].to_numpy(dtype=float)
-            style = {**line_style(comp, k), "ls": ls, "label": kind}
-            if kind == "base":
-                style["color"] = "#888888"
-            ax.plot(x, y, **style)
-            ax.fill_between(x, y - ci, y + ci, color=style["color"], alpha=0.25, lw=0)
+            ax.plot(x, y, **{**look, "label": kind})
+            ax.fill_between(x, y - ci, y + ci, color=look["color"], alpha=0.3, lw=0)
         ratio = rows["finetuned_mean"].mean() / rows["base_mean"].mean()  # the pooled table's
-        ax.set_title(f"{label(comp)}: finetuned / base {ratio:.3g}")
+        change = "unchanged" if ratio == 1 else f"finetuned / base {ratio:.4g}"
+        ax.set_title(f"{label(comp)}: {change}")
         integer_ticks(ax)
         ax.set_xlabel("layer (block index)")
     for ax in axes[:, 0]:
@@ -256,8 +256,8 @@ def compare_base_figure(frame: pd.DataFrame, trained: str = "", facts=None):
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], color="#888888", ls="--", lw=2.8, label="base (before)"),
-        Line2D([], [], color="black", lw=2.3, label="finetuned\n(the component's colour)"),
+        Line2D([], [], **{**BASE_LOOK, "label": "base (before)"}),
+        Line2D([], [], color="black", lw=1.6, label="finetuned\n(the component's colour)"),
     ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig

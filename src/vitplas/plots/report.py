@@ -147,6 +147,7 @@ def curves_figure(curves: pd.DataFrame, best: pd.DataFrame, metric: str, context
                     label=f"{style.label(train)} (lr {lr:g})")  # fmt: skip
         ax.set_title(str(dataset))
         ax.set_xlabel("step")
+        style.integer_ticks(ax)
         ax.set_ylabel(metric.replace("_", " "))
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # lrs differ per panel
     return fig
@@ -178,6 +179,7 @@ def component_grads_figure(curves: pd.DataFrame, best: pd.DataFrame, context: st
         _log_if_wide(ax, means.to_numpy())
         ax.set_title(f"trained: {style.label(train)}")
         ax.set_xlabel("step")
+        style.integer_ticks(ax)
         ax.set_ylabel("gradient norm")
     style.legend_outside(fig, axes)
     return fig

@@ -5,8 +5,8 @@ Every figure is built inside `plt.rc_context(RC)` (`new_figure` and `figure` ope
 keeps it for a builder's whole body), so every text of every figure takes its size from RC:
 no builder passes a font size. Components that share a plot never share a look: the block
 components have Dark2 colours and solid lines, the model-level ones (embedding, final norm,
-head) their own colours and dashes, and `line` draws earlier lines wider so that a line drawn
-exactly on another still shows beneath it.
+head) their own colours and dashes, and `line_style` gives each line of a panel its own marker,
+larger for earlier lines, so that a line drawn exactly on another still shows beneath it.
 """
 
 from __future__ import annotations
@@ -98,14 +98,15 @@ def label(component: str) -> str:
 
 def line_style(component: str, index: int = 0) -> dict:
     """Keyword arguments of `ax.plot` for the `index`-th line of a panel: the component's colour
-    and dashes, a marker of its own, and a width that shrinks with `index` (a line drawn on an
-    earlier one leaves a rim of it visible)."""
+    and dashes, and a marker of its own whose size shrinks with `index` (a line drawn on an
+    earlier one leaves that one's larger markers visible around its own). One line width for
+    all: a wider line would read as a more important one."""
     return {
         "color": color(component),
         "ls": COMPONENT_DASHES.get(component, "-"),
         "marker": MARKERS[index % len(MARKERS)],
-        "ms": 4,
-        "lw": max(2.8 - 0.45 * index, 1.0),
+        "ms": max(8.0 - index, 3.5),
+        "lw": 1.8,
         "label": label(component),
     }
 
