@@ -239,9 +239,13 @@ def test_a_component_without_a_finite_bound_gets_a_note_not_an_empty_legend_entr
     fig = pp.bounds_figure(frame)
     assert sorted(_lines(_visible(fig)[0])) == ["FC1", "MHA"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["MHA", "FC1"]
-    assert _notes(fig) == [f"LN1: no line, no finite bound ({DATA_UNDEFINED})"]
+    assert _notes(fig) == [f"LN1: no line, {DATA_UNDEFINED}"]
     assert "--" not in _notes(fig)[0]  # keys, not flags: the API draws it too
     assert _notes(pp.bounds_figure(frame.dropna())) == []  # all drawn: no note
+    frame.loc[frame["component"] == "mha", ["bound", "definition"]] = np.nan, "undefined: rope"
+    frame.loc[frame["component"] == "fc1", ["bound", "definition"]] = np.nan, DATA_UNDEFINED
+    assert _notes(pp.bounds_figure(frame))[0].splitlines() == [  # a line per reason
+        "MHA: no line, rope", f"FC1, LN1: no line, {DATA_UNDEFINED}"]  # fmt: skip
 
 
 def _model_level_curves() -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -112,20 +112,17 @@ def _finite_components(frame: pd.DataFrame, value: str) -> list[str]:
 
 def undrawn_note(frame: pd.DataFrame, value: str) -> str:
     """'' when every component has a finite `value`; else which have none (not drawn) and,
-    from the table's `definition` column, why: its text up to the first '; ' without a
-    leading 'undefined: ' (the bounds tables say why first, then the formula)."""
+    from the table's `definition` column, why: its text up to the first '; ' (the bounds
+    tables say why first, then the formula), one line per reason."""
     finite = set(_finite_components(frame, value))
-    missing = [c for c in component_order(frame["component"]) if c not in finite]
-    if not missing:
-        return ""
-    lines = []
-    for comp in missing:
-        rows = frame[frame["component"] == comp]
-        why = ""
-        if "definition" in rows and isinstance(rows["definition"].iloc[0], str):
-            why = rows["definition"].iloc[0].split("; ")[0].removeprefix("undefined: ")
-        lines.append(f"{label(comp)}: no line, no finite {value}" + (f" ({why})" if why else ""))
-    return "\n".join(lines)
+    reasons: dict[str, list[str]] = {}
+    for comp in component_order(frame["component"]):
+        if comp in finite:
+            continue
+        why = frame.loc[frame["component"] == comp].get("definition", pd.Series([None])).iloc[0]
+        why = why.split("; ")[0].removeprefix("undefined: ") if isinstance(why, str) else ""
+        reasons.setdefault(why or f"no finite {value}", []).append(label(comp))
+    return "\n".join(f"{', '.join(names)}: no line, {why}" for why, names in reasons.items())
 
 
 def _lines(frame, value: str, what: str, ylabel: str, band: str | None = None, facts=None):
