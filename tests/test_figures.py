@@ -274,8 +274,7 @@ def test_gradient_norms_of_every_component_are_told_apart_even_when_equal():
     assert len(greys) <= 1  # at most one grey (the final norm is black)
     emb, norm = lines["Embedding"], lines["Final norm"]
     np.testing.assert_allclose(emb.get_ydata(), norm.get_ydata())  # drawn on each other ...
-    assert emb.get_markersize() > norm.get_markersize()  # ... the one beneath shows around
-    assert emb.get_marker() != norm.get_marker()
+    assert emb.get_marker() != norm.get_marker()  # ... both marker shapes show
     assert ax.get_yscale() == "log"  # 0.01 and 3: a linear axis would lay the small on 0
 
 
@@ -378,3 +377,19 @@ def test_rank_grid_shows_each_criterions_ranks_and_frames_its_pick():
     framed = sorted((p.get_x() + 0.5, p.get_y() + 0.5) for p in ax.patches
                     if isinstance(p, Rectangle) and not p.get_fill())  # fmt: skip
     assert framed == [(0.0, 1.0), (1.0, 1.0), (2.0, 0.0)]  # (column, row) of each picked cell
+
+
+def test_a_component_looks_the_same_in_every_panel_and_the_legend_is_in_rank_order():
+    curves, best = _model_level_curves()
+    ln1 = curves[curves["metric"] == "grad_norm/mha"].assign(train="ln1", metric="grad_norm/ln1")
+    head = curves[curves["metric"] == "grad_norm/head"].assign(train="ln1")
+    curves = pd.concat([curves, ln1, head], ignore_index=True)
+    best = pd.concat([best, best.assign(train="ln1")], ignore_index=True)
+    fig = rp.component_grads_figure(curves, best)
+    looks = {}
+    for ax in _visible(fig):
+        for line in ax.get_lines():
+            look = (to_hex(line.get_color()), line.get_linestyle(), line.get_marker())
+            assert looks.setdefault(line.get_label(), look) == look  # one look per component
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["MHA", "LN1", "Embedding", "Head", "Final norm"]

@@ -133,10 +133,10 @@ def _lines(frame, value: str, what: str, ylabel: str, band: str | None = None, f
     for ax, (name, part) in zip(axes.flat, groups, strict=False):
         finite = set(_finite_components(part, value))
         drawn = [c for c in component_order(part["component"]) if c in finite]
-        for k, comp in enumerate(drawn):
+        for comp in drawn:
             rows = part[part["component"] == comp].sort_values("layer")
             x, y = rows["layer"].to_numpy(dtype=float), rows[value].to_numpy(dtype=float)
-            ax.plot(x, y, **line_style(comp, k))
+            ax.plot(x, y, **line_style(comp))
             if band is not None:
                 ci = rows[band].to_numpy(dtype=float)
                 ax.fill_between(x, y - ci, y + ci, color=color(comp), alpha=0.3, lw=0)
@@ -235,7 +235,10 @@ def compare_base_figure(frame: pd.DataFrame, trained: str = "", facts=None):
     for ax, comp in zip(axes.flat, order, strict=False):
         rows = frame[frame["component"] == comp].sort_values("layer")
         x = rows["layer"].to_numpy(dtype=float)
-        for kind, look in (("base", BASE_LOOK), ("finetuned", {**line_style(comp, 3), "lw": 1.6})):
+        for kind, look in (
+            ("base", BASE_LOOK),
+            ("finetuned", {**line_style(comp), "lw": 1.6, "ms": 4}),
+        ):
             y = rows[f"{kind}_mean"].to_numpy(dtype=float)
             ci = rows[f"{kind}_ci95"].to_numpy(dtype=float)
             ax.plot(x, y, **{**look, "label": kind})

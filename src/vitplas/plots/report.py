@@ -173,15 +173,16 @@ def component_grads_figure(curves: pd.DataFrame, best: pd.DataFrame, context: st
         rows = pd.concat(lines) if lines else part.iloc[:0]
         means = rows.groupby(["metric", "step"])["value"].mean()
         names = component_order(m.split("/", 1)[1] for m in means.index.get_level_values(0))
-        for k, comp in enumerate(names):
+        for comp in names:
             line = means.loc[f"grad_norm/{comp}"].sort_index()
-            ax.plot(line.index, line.to_numpy(), **style.line_style(comp, k))
+            ax.plot(line.index, line.to_numpy(), **style.line_style(comp))
         _log_if_wide(ax, means.to_numpy())
         ax.set_title(f"trained: {style.label(train)}")
         ax.set_xlabel("step")
         style.integer_ticks(ax)
         ax.set_ylabel("gradient norm")
-    style.legend_outside(fig, axes)
+    every = component_order(m.split("/", 1)[1] for m in part["metric"].unique())
+    style.legend_outside(fig, axes, order=[style.label(c) for c in every])
     return fig
 
 

@@ -5,8 +5,8 @@ Every figure is built inside `plt.rc_context(RC)` (`new_figure` and `figure` ope
 keeps it for a builder's whole body), so every text of every figure takes its size from RC:
 no builder passes a font size. Components that share a plot never share a look: the block
 components have Dark2 colours and solid lines, the model-level ones (embedding, final norm,
-head) their own colours and dashes, and `line_style` gives each line of a panel its own marker,
-larger for earlier lines, so that a line drawn exactly on another still shows beneath it.
+head) their own colours and dashes, and each component its own marker shape (`line_style`), so
+that a line drawn exactly on another still shows beneath it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ COMPONENT_COLORS = {
 }
 # dashes tell the model-level components from the block components (solid)
 COMPONENT_DASHES = {"emb": "--", "norm": ":", "head": "-."}
-MARKERS = "osD^vP*Xph"  # one per line of a panel, in drawing order
+# one marker shape per component, the same in every panel: lines drawn on each other still
+# show both shapes at their points
+COMPONENT_MARKERS = {
+    "mha": "o", "fc1": "s", "fc2": "D", "ln2": "^", "ln1": "v", "ls1": "P", "ls2": "*",
+    "all": "h", "emb": "X", "norm": "p", "head": "d",
+}  # fmt: skip
 COMPONENT_LABELS = {
     "mha": "MHA",
     "fc1": "FC1",
@@ -96,16 +101,16 @@ def label(component: str) -> str:
     return COMPONENT_LABELS.get(component, component)
 
 
-def line_style(component: str, index: int = 0) -> dict:
-    """Keyword arguments of `ax.plot` for the `index`-th line of a panel: the component's colour
-    and dashes, and a marker of its own whose size shrinks with `index` (a line drawn on an
-    earlier one leaves that one's larger markers visible around its own). One line width for
-    all: a wider line would read as a more important one."""
+def line_style(component: str) -> dict:
+    """Keyword arguments of `ax.plot` for a component's line: its colour, dashes and marker
+    shape, the same in every figure and panel (a line drawn exactly on another leaves that
+    one's marker shape visible around its own). One line width for all: a wider line would
+    read as a more important one."""
     return {
         "color": color(component),
         "ls": COMPONENT_DASHES.get(component, "-"),
-        "marker": MARKERS[index % len(MARKERS)],
-        "ms": max(8.0 - index, 3.5),
+        "marker": COMPONENT_MARKERS.get(component, "."),
+        "ms": 6,
         "lw": 1.8,
         "label": label(component),
     }
@@ -167,16 +172,19 @@ def integer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def legend_outside(fig, axes) -> None:
-    """One legend for the figure, right of the last axes, never over the data."""
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    for ax in axes.flat[1:]:
-        for h, t in zip(*ax.get_legend_handles_labels(), strict=True):
-            if t not in labels:
-                handles.append(h)
-                labels.append(t)
-    if handles:
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5))
+def legend_outside(fig, axes, order=None) -> None:
+    """One legend for the figure, right of the last axes, never over the data: every label
+    of every panel once, in `order` (labels) when given, else as first drawn."""
+    entries: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(text, handle)
+    names = list(entries)
+    if order is not None:
+        names = [n for n in order if n in entries] + [n for n in names if n not in order]
+    if names:
+        fig.legend([entries[n] for n in names], names, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5))  # fmt: skip
 
 
 def save(fig, stem: str | Path) -> list[Path]:
