@@ -104,3 +104,25 @@ def test_help_and_argument_errors_import_no_torch(argv):
                          text=True, timeout=120)  # fmt: skip
     line = [x for x in out.stdout.splitlines() if x.startswith("HEAVY")]
     assert line and line[0].startswith("HEAVY []"), (out.stdout[-400:], out.stderr[-400:])
+
+
+def test_config_show_help_lists_every_kind_of_the_job_table():
+    """`config show --help` names every job kind that is a command of its own (the table's,
+    not a hand list) and sweep; the kind of a flag (compare-base) is its command's."""
+    import re
+
+    from vitplas.jobs.table import JOBS
+
+    listed = re.search(
+        r"every key of KIND \(([^)]*)\)", " ".join(_help(["config", "show"]).split())
+    )
+    assert listed, _help(["config", "show"])
+    expected = [job.kind for job in JOBS if job.flag_of is None] + ["sweep"]
+    assert [k.strip() for k in listed.group(1).split(",")] == expected
+    assert {"plasticity", "bounds", "radius", "finetune", "evaluate", "probe", "select",
+            "landscape"} <= set(expected)  # fmt: skip
+    assert "compare-base" not in expected and {job.kind for job in JOBS} - set(expected) == {
+        "compare-base"
+    }
+    refused = runner.invoke(app, ["config", "show", "compare-base"])
+    assert refused.exit_code == 2 and "config kind 'compare-base' is unknown" in refused.output

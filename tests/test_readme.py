@@ -266,7 +266,7 @@ def test_the_python_block_calls_api_functions_that_take_its_keywords():
 def test_the_config_show_kinds_the_readme_lists_are_the_programs():
     listed = re.search(r"every config key of KIND \(([^)]*)\)", README)
     assert listed, "the README's `vitplas config show KIND` row is gone"
-    kinds = {k.strip() for k in listed.group(1).split(",")}
+    kinds = {k.strip() for k in listed.group(1).rpartition(":")[2].split(",")}  # after a lead-in
     refused = runner.invoke(app, ["config", "show", "no-such-kind"])
     known = re.search(r"choose (.*)$", refused.output.strip(), re.M)
     assert refused.exit_code != 0 and known, refused.output

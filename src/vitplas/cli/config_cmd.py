@@ -16,8 +16,9 @@ from vitplas.cli.app import app
 from vitplas.cli.experiments import SPEC_FLAGS
 from vitplas.jobs.table import JOBS
 
-# config kind -> its dataclass ("module:Class"): every job of the table, and the sweep spec
-KINDS = {job.kind: job.config for job in JOBS if job.kind != "compare-base"}
+# config kind -> its dataclass ("module:Class"): every job of the table that is a command of its
+# own (a flag's job, Job.flag_of, takes its command's config), and the sweep spec
+KINDS = {job.kind: job.config for job in JOBS if job.flag_of is None}
 KINDS["sweep"] = "vitplas.experiments.spec:SweepSpec"
 # command -> the kind whose keys it takes
 COMMAND_KIND = {kind: kind for kind in KINDS if kind != "sweep"}
@@ -121,7 +122,9 @@ config_app = typer.Typer(help="Config files: print every key with its default an
 app.add_typer(config_app, name="config")
 
 
-@config_app.command("show", cls=KeysCommand)
+@config_app.command(
+    "show", cls=KeysCommand, short_help="Every key of a config KIND with its default, as YAML."
+)
 def show_command(
     kind: str = typer.Argument(
         ..., help="a job kind (vitplas.jobs.table) or sweep", metavar="KIND"

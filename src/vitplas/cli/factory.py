@@ -279,7 +279,7 @@ def register(job: Job) -> None:
 
 
 def register_all() -> None:
-    """Every job of the table that is a command of its own (compare-base is a plasticity flag)."""
+    """Every job of the table that is a command of its own (not another's flag: Job.flag_of)."""
     for job in JOBS:
-        if job.kind != "compare-base":
+        if job.flag_of is None:
             register(job)

@@ -54,6 +54,8 @@ class Job:
     # job in whose finished run it works (evaluate: ("finetune", "finetuning")): no folder of
     # its own; its tables extend that run's seal, and a damaged record is that job's to repair
     render: str | None = None  # "module:function"(result, cfg): the CLI's printout
+    flag_of: str | None = None  # the job kind whose command runs it by a flag (compare-base:
+    # `plasticity --compare-base`, with plasticity's config): no command or config kind of its own
     examples: tuple[str, ...] = ()  # offline command lines for its --help (tests run them)
     flags: Mapping[str, str] = field(default_factory=dict)  # config key -> its --flag
     presets: str | None = None  # "module:NAME" of {preset: keys it sets} (--preset NAME)

@@ -71,6 +71,7 @@ JOBS: tuple[Job, ...] = (
             "figures/compare_base.*",
         ),
         render="vitplas.jobs.render:comparison",
+        flag_of="plasticity",
         progress="pairs",
         runner="vitplas.jobs.runners:run_compare_base",
     ),
