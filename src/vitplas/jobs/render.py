@@ -62,8 +62,11 @@ def plasticity(result: dict[str, Any], cfg: Any) -> None:
 
 
 def comparison(result: dict[str, Any], cfg: Any) -> None:
-    """Base against finetuned, per component, pooled over layers."""
+    """Base against finetuned, per component, pooled over layers; the ratio with the digits
+    that tell a change from none (vitplas.numbers.ratio_text)."""
     from rich.table import Table
+
+    from vitplas.numbers import ratio_text
 
     out = console()
     table = Table(title=f"Plasticity before and after finetuning ({cfg.model}), pooled over layers")
@@ -72,7 +75,7 @@ def comparison(result: dict[str, Any], cfg: Any) -> None:
     for row in result["pooled"].itertuples(index=False):
         base = f"{row.base_mean:.4g} ± {row.base_ci95:.2g}"
         tuned = f"{row.finetuned_mean:.4g} ± {row.finetuned_ci95:.2g}"
-        table.add_row(row.component, base, tuned, f"{row.ratio:.3g}")
+        table.add_row(row.component, base, tuned, ratio_text(row.ratio))
     out.print(f"model: {result['model_description']}", markup=False)
     out.print(table)
     out.print(

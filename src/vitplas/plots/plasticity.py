@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from vitplas.constants import THEORETICAL_RANK
+from vitplas.numbers import ratio_text
 from vitplas.plots.style import (
     MEDIAN_PROPS,
     color,
@@ -244,7 +245,7 @@ def compare_base_figure(frame: pd.DataFrame, trained: str = "", facts=None):
             ax.plot(x, y, **{**look, "label": kind})
             ax.fill_between(x, y - ci, y + ci, color=look["color"], alpha=0.3, lw=0)
         ratio = rows["finetuned_mean"].mean() / rows["base_mean"].mean()  # the pooled table's
-        change = "unchanged" if ratio == 1 else f"finetuned / base {ratio:.4g}"
+        change = "unchanged" if ratio == 1 else f"finetuned / base {ratio_text(ratio)}"
         ax.set_title(f"{label(comp)}: {change}")
         integer_ticks(ax)
         ax.set_xlabel("layer (block index)")
