@@ -208,6 +208,10 @@ def test_plasticity_compare_base_side_by_side(run_copy, tmp_path):
     assert pooled.loc["mha", "base_mean"] == base.loc["mha", "mean"]
     assert (out / "figures" / "compare_base.png").stat().st_size > 10_000
     assert "figures/compare_base.png" in result.output
+    sealed = json.loads((out / "checksums.json").read_text())  # the figure is a sealed record
+    assert {"figures/compare_base.png", "figures/compare_base.pdf"} <= set(sealed)
+    again = CliRunner().invoke(app, args, catch_exceptions=False)  # read back, not recomputed
+    assert again.exit_code == 0 and "figures/compare_base.png" in again.output, again.output
     refused = CliRunner().invoke(app, ["plasticity", "--model", "tiny-random", "--compare-base"])
     assert refused.exit_code == 2
     assert "--compare-base needs a finished finetuning run folder" in refused.output
