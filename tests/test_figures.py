@@ -379,6 +379,22 @@ def test_rank_grid_shows_each_criterions_ranks_and_frames_its_pick():
     assert framed == [(0.0, 1.0), (1.0, 1.0), (2.0, 0.0)]  # (column, row) of each picked cell
 
 
+def test_rank_grid_leaves_an_unscored_component_blank_and_says_why():
+    """condition scores no norm: its LN1 row is '-', not the last rank its NaN sorts to."""
+    from vitplas.plots.selection import ranks_figure
+
+    why = "no weight matrix (a norm or layer scale)"
+    rows = [{"criterion": crit, "layer": "all", "component": comp, "rank": rank, "score": score,
+             "note": note}
+            for crit, ranked in (("plasticity", [("ln1", 3.0, ""), ("mha", 1.0, "")]),
+                                 ("condition", [("mha", 5.0, ""), ("ln1", None, why)]))
+            for rank, (comp, score, note) in enumerate(ranked, start=1)]  # fmt: skip
+    fig = ranks_figure(pd.DataFrame(rows))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["2", "1", "1", "-"]  # MHA, LN1 per row
+    assert [t.get_text() for t in fig.texts] == [f"-: not scored by condition: {why}"]
+
+
 def test_a_component_looks_the_same_in_every_panel_and_the_legend_is_in_rank_order():
     curves, best = _model_level_curves()
     ln1 = curves[curves["metric"] == "grad_norm/mha"].assign(train="ln1", metric="grad_norm/ln1")

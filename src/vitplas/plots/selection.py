@@ -51,12 +51,17 @@ def ranks_figure(scores: pd.DataFrame, picks=None, title: str = ""):
     """Rows: criteria; columns: components (theoretical rank first); cell: the component's
     rank under that criterion (1 = first), darker when better, from the `selection` table
     (criterion, layer, component, rank) at component granularity (layer 'all'). A criterion's
-    picked train set (`picks`: criterion -> components) is framed in black."""
+    picked train set (`picks`: criterion -> components) is framed in black. A component the
+    criterion cannot score (score NaN, e.g. a spectrum of a norm) is a blank cell marked '-',
+    not its last-place rank, and the table's `note` says why below the grid."""
     rows = scores[scores["layer"].astype(str) == "all"]
+    if "score" in rows:
+        rows = rows.assign(rank=rows["rank"].where(rows["score"].notna()))
     ranks = rows.pivot(index="criterion", columns="component", values="rank")
     ranks = ranks.reindex(index=list(dict.fromkeys(rows["criterion"])),
                           columns=component_order(rows["component"]))  # fmt: skip
     values = ranks.to_numpy(dtype=np.float64)
+    unscored = rows[rows["rank"].isna()]
     fig, axes = style.new_figure(size=(1.6 + 0.75 * ranks.shape[1], 1.3 + 0.45 * ranks.shape[0]))
     ax = axes[0, 0]
     image = ax.imshow(values, cmap="Blues_r", vmin=1, vmax=np.nanmax(values) + 1, aspect="auto")
@@ -68,8 +73,22 @@ def ranks_figure(scores: pd.DataFrame, picks=None, title: str = ""):
             dark = value <= 0.4 * np.nanmax(values)
             ax.text(j, i, f"{value:.0f}", ha="center", va="center",
                     color="white" if dark else "black")  # fmt: skip
+        else:
+            ax.text(j, i, "-", ha="center", va="center", color="#888888")
         if picks and ranks.columns[j] in picks.get(ranks.index[i], ()):
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
     fig.colorbar(image, ax=ax, shrink=0.8, label="rank (1 = chosen first)")
     ax.set_title(title or "Rank of each component by criterion (framed: the picked train set)")
+    if not unscored.empty:
+        style.note(fig, _unscored_note(unscored))
     return fig
+
+
+def _unscored_note(unscored: pd.DataFrame) -> str:
+    """One line per reason: '-: not scored by CRITERIA: REASON' (the rows' `note`)."""
+    why = unscored["note"].fillna("") if "note" in unscored else ""
+    lines = []
+    for reason, group in unscored.assign(why=why).groupby("why", sort=False):
+        criteria = ", ".join(dict.fromkeys(group["criterion"]))
+        lines.append(f"-: not scored by {criteria}" + (f": {reason}" if reason else ""))
+    return "\n".join(lines)
