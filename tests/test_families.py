@@ -1,6 +1,8 @@
 """Every family of the registry on real timm architectures (random weights, 2 blocks, width 64,
 2x2 or 3x3 patch grids): the partition, plasticity in both input modes, bounds (a value or NaN
-with its reason), one SGD step of train=[all] and of each component, and the refusals."""
+with its reason), one SGD step of train=[all] and of each component, and the refusals.
+tests/test_families_stock.py keeps one instance of every block and embedding kind at timm's
+stock configuration."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ MODELS = {
     "vit_base_patch16_siglip_224.v2_webli": ("vit", {}),  # SigLIP2
     "vit_base_patch16_224.mae": ("vit", {}),
     "flexivit_small": ("vit", {}),
-    "vit_base_mci_224": ("vit", {"embed_dim": 768, "num_heads": 12}),  # no stem proj
+    "vit_base_mci_224": ("vit", {"embed_dim": 768, "num_heads": 12}),  # no proj: D = stem width
     "vit_base_r50_s16_224": ("vit", {}),
     "test_vit": ("vit", {}),
     "test_vit2": ("vit", {}),
@@ -49,7 +51,8 @@ MODELS = {
     "vit_base_patch16_xp_224": ("vit", {}),
     "vit_large_patch14_xp_224": ("vit", {"qk_norm": False, "qkv_bias": True}),
     "vit_tiny_r_s16_p8_224": ("vit", {}),
-    "vit_small_r26_s32_224": ("vit", {"embed_dim": 768, "num_heads": 12}),  # no stem proj
+    "vit_small_r26_s32_224": ("vit", {}),
+    "vit_base_patch16_rpn_224": ("vit", {}),  # ResPostBlock
     "deit_tiny_distilled_patch16_224": ("deit-distilled", {}),
     "deit_small_distilled_patch16_224": ("deit-distilled", {}),
     "vit_relpos_small_patch16_224": ("vit-relpos", {}),
@@ -62,6 +65,7 @@ MODELS = {
     "vit_small_patch16_dinov3_qkvb": ("eva", {}),
     "vit_huge_plus_patch16_dinov3": ("eva", {}),
     "eva02_base_patch14_224": ("eva", {}),
+    "eva02_enormous_patch14_clip_224": ("eva", {}),  # EvaBlockPostNorm
     "vit_pe_core_tiny_patch16_384": ("eva", {}),
     "vit_pe_spatial_tiny_patch16_512": ("eva", {}),
     "vit_base_patch16_rope_224": ("eva", {}),

@@ -49,10 +49,17 @@ def patch_size(cmap: ComponentMap) -> tuple[int, int]:
 
 
 def embed_images(cmap: ComponentMap, images: torch.Tensor) -> torch.Tensor:
-    """Embedding output (B, N, D) of images (B, C, H, W); a size the model cannot take is a
-    ValueError that says so (timm would crop a ragged border silently, or assert)."""
+    """Embedding output (B, N, D) of images (B, C, H, W), as the model's forward_features
+    computes it. Images the model cannot take are a ValueError that says why (channels, a
+    ragged size: timm would crop a border silently, or assert); a failure at the model's own
+    input size is no fault of the images and is raised as a RuntimeError (an internal error)."""
     if images.ndim != 4:
         raise ValueError(f"images must be a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+    channels, own_h, own_w = cmap.input_shape()
+    if images.shape[1] != channels:
+        raise ValueError(
+            f"images have {images.shape[1]} channels; this model reads {channels}-channel images"
+        )
     (height, width), (ph, pw) = images.shape[-2:], patch_size(cmap)
     if height % ph or width % pw:
         raise ValueError(
@@ -64,11 +71,27 @@ def embed_images(cmap: ComponentMap, images: torch.Tensor) -> torch.Tensor:
     except torch.OutOfMemoryError:
         raise  # not a size problem: smaller batches help, other sizes do not
     except (AssertionError, RuntimeError) as err:
-        raise ValueError(
-            f"images of shape {tuple(images.shape)} do not fit this model ({err}); resize them "
-            "to the model's input size (the CLI does, from the model's config) or load the "
-            "model with img_size=..."
+        if (height, width) != (own_h, own_w) and _embeds(cmap, images, (own_h, own_w)):
+            raise ValueError(
+                f"images of size {height}x{width} do not fit this model ({err}); resize them to "
+                f"its input size {own_h}x{own_w} (the CLI does, from the model's config) or "
+                "load the model with img_size=..."
+            ) from err
+        raise RuntimeError(
+            f"the {cmap.family.name} embedding fails on images of this model's own input size "
+            f"{channels}x{own_h}x{own_w} ({err})"
         ) from err
+
+
+def _embeds(cmap: ComponentMap, images: torch.Tensor, size: tuple[int, int]) -> bool:
+    """Whether one zero image of `size` (H, W), like `images` otherwise, embeds without error."""
+    probe = torch.zeros(1, images.shape[1], *size, dtype=images.dtype, device=images.device)
+    try:
+        with torch.no_grad():
+            cmap.embed(probe)
+    except (AssertionError, RuntimeError):
+        return False
+    return True
 
 
 @dataclass

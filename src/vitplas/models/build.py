@@ -28,6 +28,7 @@ from torch import nn
 from vitplas import protocol as protocols
 from vitplas.models import checkpoints, finetuned, hf, sources, timm_models
 from vitplas.models.errors import ModelError
+from vitplas.models.families_ops import input_shape, set_input_size
 from vitplas.models.registry import (
     NORMALIZATIONS,
     PAPER_MEAN_STD,
@@ -130,8 +131,8 @@ def _unknown(spec: str) -> ModelError:
 
 def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int | None):
     model = built.model
-    if img_size is not None and tuple(model.patch_embed.img_size) != (img_size, img_size):
-        model.set_input_size(img_size=(img_size, img_size))  # resamples pos_embed
+    if img_size is not None and input_shape(model)[1:] != (img_size, img_size):
+        set_input_size(model, (img_size, img_size))  # resamples pos_embed
     if num_classes is not None and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
         if num_classes > 0:  # timm's / HF's ViT head init, so every spec kind starts alike
@@ -141,14 +142,13 @@ def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int |
     description = built.description
     if built.random_init and RANDOM_INIT not in description:
         description = f"{RANDOM_INIT} {description}"
-    height, width = model.patch_embed.img_size
     return LoadedModel(
         model=model,
         spec=spec,
         description=description,
         mean=tuple(float(v) for v in built.mean),
         std=tuple(float(v) for v in built.std),
-        input_size=(int(model.patch_embed.proj.in_channels), int(height), int(width)),
+        input_size=input_shape(model),  # the image's channels, not a hybrid stem's
         random_init=built.random_init,
         checksum=built.checksum,
         num_classes=int(model.num_classes),

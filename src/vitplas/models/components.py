@@ -184,8 +184,11 @@ class ComponentMap:
 
     def patch_size(self) -> tuple[int, int]:
         """(height, width) in pixels of one patch token."""
-        embed = getattr(self.model, "patch_embed", None) or getattr(self.model, "embeds", None)
-        return ops.patch_size(embed)
+        return ops.patch_size(ops.embedding_module(self.model))
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the model is built for."""
+        return ops.input_shape(self.model)
 
     def block_kwargs(self, layer: int, n_tokens: int) -> dict[str, Any]:
         """Extra arguments block `layer` takes for a sequence of n_tokens (rope, shared bias),

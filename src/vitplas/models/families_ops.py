@@ -9,6 +9,8 @@ modules the plasticity estimator calls on a (2B, N, D) token batch.
 - GammaScale(gamma, source): EVA/BEiT's gamma_1/gamma_2 as a LayerScale-like module.
 - Forward hooks registered on any of these fire during the model's own forward pass (on the
   module the model really calls), with this component's output: probes read them.
+- input_shape(model): the (C, H, W) images a model reads (a hybrid's C is the image's, not its
+  stem's); set_input_size(model, (H, W)) rebuilds it for another size.
 - stacked_linear(a, b): SwiGLU's fc1_g and fc1_x as one nn.Linear [W_g; W_x] (a copy):
   f(x) - f(y) = [W_g; W_x](x - y), so FC1's plasticity and bound read both projections.
 """
@@ -175,6 +177,44 @@ PROBES: dict[str, Callable[[nn.Module], nn.Module]] = {
 }
 
 
+def embedding_module(model: nn.Module) -> nn.Module:
+    """The module that turns images into patch tokens: `patch_embed` (PatchEmbed, a hybrid's
+    HybridEmbed) or NaFlexViT's `embeds`."""
+    embed = getattr(model, "patch_embed", None) or getattr(model, "embeds", None)
+    if embed is None:
+        raise TypeError(f"{type(model).__name__} has no patch_embed or embeds module")
+    return embed
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) of the images `model` is built for. Channels are the image's,
+    not the first conv's input: a hybrid's projection reads its stem's 1,024-2,048 channels (or
+    is an Identity), so they come from `in_chans` where the embedding keeps it."""
+    embed = embedding_module(model)
+    channels = getattr(embed, "in_chans", None)
+    if channels is None:
+        channels = embed.proj.in_channels  # PatchEmbed: its conv reads the image
+    size = getattr(embed, "img_size", None) or getattr(embed, "default_img_size", None)
+    if size is None:  # NaFlexViT built from a position grid only
+        grid = zip(embed.pos_embed_grid_size, embed.patch_size, strict=True)
+        size = tuple(g * p for g, p in grid)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return int(channels), int(height), int(width)
+
+
+def set_input_size(model: nn.Module, size: tuple[int, int]) -> None:
+    """Build `model` for (H, W) images: timm's set_input_size (resamples the position
+    embedding; a hybrid's stem grid is recomputed). NaFlexViT resamples its position grid for
+    every image it reads and has no such method: only its default size is recorded."""
+    if hasattr(model, "set_input_size"):
+        model.set_input_size(img_size=size)
+        return
+    embed = embedding_module(model)
+    if not hasattr(embed, "default_img_size"):
+        raise TypeError(f"{type(model).__name__} cannot be built for another input size")
+    embed.default_img_size = tuple(size)
+
+
 def patch_size(embed: nn.Module) -> tuple[int, int]:
     """(height, width) in pixels of one token of a timm patch embedding (a hybrid's stride
     included: its backbone's reduction times its own patch)."""
@@ -234,7 +274,7 @@ def token_grid(model: nn.Module, n_tokens: int) -> tuple[int, int]:
     """The (rows, cols) patch grid of a sequence of n_tokens (prefix tokens excluded): the
     model's own grid if the count matches, else a square one."""
     n_patches = n_tokens - int(getattr(model, "num_prefix_tokens", 0))
-    embed = getattr(model, "patch_embed", None) or getattr(model, "embeds", None)
+    embed = embedding_module(model)
     grid = getattr(embed, "grid_size", None) or getattr(embed, "pos_embed_grid_size", None)
     if grid is not None and math.prod(grid) == n_patches:
         return int(grid[0]), int(grid[1])

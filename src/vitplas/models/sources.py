@@ -19,6 +19,7 @@ from torch import nn
 
 from vitplas.models import checkpoints, hf, timm_models
 from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
+from vitplas.models.families_ops import patch_size
 from vitplas.models.registry import Preset
 from vitplas.paths import vitplas_home
 from vitplas.runs import file_sha256
@@ -126,7 +127,7 @@ def from_file(arch: str, path: Path, *, random_init: bool) -> Built:
     model = timm_models.create(arch, pretrained=False, on_meta=True, num_classes=num_classes)
     grid = _grid_of(model, state)
     if grid is not None:  # weights for another input size: build the model for that size
-        patch = model.patch_embed.patch_size
+        patch = patch_size(model.patch_embed)  # a hybrid's stem stride included
         size = (grid[0] * patch[0], grid[1] * patch[1])
         model = timm_models.create(
             arch, pretrained=False, on_meta=True, num_classes=num_classes, img_size=size
