@@ -1,5 +1,5 @@
 """Every family of the registry on real timm architectures (random weights, 2 blocks, width 64,
-2x2 or 3x3 patch grids): the partition, plasticity in both input modes, bounds (a value or NaN
+2x2 or 3x3 patch grids): the partition, plasticity in every input mode, bounds (a value or NaN
 with its reason), one SGD step of train=[all] and of each component, and the refusals.
 tests/test_families_stock.py keeps one instance of every block and embedding kind at timm's
 stock configuration."""
@@ -20,7 +20,7 @@ from vitplas.models.components import (
     resolve_train_set,
     set_trainable,
 )
-from vitplas.models.families import FAMILIES
+from vitplas.models.families import FAMILIES, INPUT_MODES
 
 SMALL = dict(depth=2, embed_dim=64, num_heads=4, num_classes=5)
 # name -> (family, extra timm kwargs); img_size is 2 patches (3 for relpos / beit windows)
@@ -134,8 +134,8 @@ def test_embed_and_blocks_reproduce_forward_features(built):
     assert patch_size(cmap)[0] * (3 if cmap.family.name in WINDOWED else 2) == images.shape[-1]
 
 
-@pytest.mark.parametrize("inputs", ["embedding", "hidden"])
-def test_plasticity_both_input_modes(built, inputs):
+@pytest.mark.parametrize("inputs", INPUT_MODES)
+def test_plasticity_every_input_mode(built, inputs):
     _, _, model, images = built
     cmap = component_map(model)
     ratios = pair_ratios(cmap, images[:2], images[2:], inputs=inputs)

@@ -1,8 +1,8 @@
 """Every block and embedding kind of the family registry at its stock timm configuration
 (timm's own depth, width and stem; random weights; images of 2x2 patches, 3x3 for windowed
 relative position), built as `--model NAME --random-init --img-size S` builds it (load_model,
-setup_loaded): embedding plus blocks reproduce forward_features, plasticity in both input
-modes, bounds at the measured radius (first and last block), a one-step finetune of
+setup_loaded): embedding plus blocks reproduce forward_features, plasticity in every input
+mode, bounds at the measured radius (first and last block), a one-step finetune of
 train=[all], and of every component on issue 24's two hybrids. tests/test_families.py runs
 the same checks on 2-block, 64-wide instances of every family entry; this file keeps one stock
 instance of each kind they stand for."""
@@ -21,7 +21,7 @@ from vitplas.analysis.plasticity import LinearFactors, embed_images, pair_ratios
 from vitplas.analysis.setup import setup_loaded
 from vitplas.models import load_model
 from vitplas.models.components import component_map, resolve_train_set, set_trainable
-from vitplas.models.families import FAMILIES, type_key
+from vitplas.models.families import FAMILIES, INPUT_MODES, type_key
 from vitplas.models.families_ops import EMBEDDERS
 
 # name -> the kind it is the stock instance of (block type, embedding, hybrid stem)
@@ -105,11 +105,11 @@ def test_stock_embedding_and_blocks_reproduce_forward_features(stock):
     assert torch.allclose(model.norm(h), reference, atol=1e-5, rtol=1e-5)
 
 
-def test_stock_plasticity_both_input_modes_and_bounds(stock):
+def test_stock_plasticity_every_input_mode_and_bounds(stock):
     _, setup, images = stock
     cmap, factors = setup.cmap, LinearFactors()
     components = cmap.block_components
-    for inputs in ("embedding", "hidden"):
+    for inputs in INPUT_MODES:
         ratios = pair_ratios(cmap, images[:2], images[2:], inputs=inputs, factors=factors)
         assert ratios.shape == (2, cmap.depth, len(components))
         assert torch.isfinite(ratios).all() and (ratios > 0).all(), inputs

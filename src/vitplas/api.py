@@ -37,7 +37,9 @@ from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
+    bound_width,
     dataset_radius,
+    mode_radius,
     open_stream,
     resolve_device,
     setup_loaded,
@@ -141,7 +143,7 @@ def plasticity(
     image), and asking for more pairs than tensors hold is refused (no pair counted twice).
     The defaults are the CLI's (vitplas.analysis.configs.PlasticityConfig): bounds on (r
     measured on `radius_images` target images unless given, one r per layer for inputs
-    "hidden"; the pairs above each bound counted), ln_bound "data", protocol "model".
+    "hidden" and "insitu"; the pairs above each bound counted), ln_bound "data", protocol "model".
     save_pairs: a file path: also write every pair's ratios there as Parquet, streamed (pair,
     reference_index and target_index for named datasets, layer, component, ratio: the columns
     of a run's pairs.parquet, vitplas.analysis.pair_file).
@@ -162,10 +164,10 @@ def plasticity(
         images = min(radius_images, _size(y_data) or radius_images)
         r = radius
         if r is None:  # as the plasticity job: in pair batches, per layer for hidden inputs
-            per_layer = inputs == "hidden"
-            r = _radius_of(setup, y_data, images=images, seed=seed, per_layer=per_layer,
+            r = _radius_of(setup, y_data, images=images, seed=seed, inputs=inputs,
                            batch_size=batch_size)  # fmt: skip
-        bound_frame = _layer_bounds(setup, names, r, ln_bound=ln_bound, mha_slicing=mha_slicing)
+        bound_frame = _layer_bounds(setup, names, r, inputs, ln_bound=ln_bound,
+                                    mha_slicing=mha_slicing)  # fmt: skip
         matrix = bounds_matrix(bound_frame, setup.cmap.depth, names)
         gains = bounds_matrix(bound_frame, setup.cmap.depth, names, "norm_gain")
     stream_names = (_name(reference), _name(target))
@@ -219,7 +221,7 @@ def bounds(
     """Per-layer theoretical bounds (layer, component, bound, bound_padded, radius,
     definition). The token count and width come from the model; the token radius r is
     `radius` when given, else measured on `images` images of `data` (one r per layer for
-    inputs "hidden"). The defaults are `vitplas bounds`' (vitplas.analysis.configs
+    inputs "hidden" or "insitu"). The defaults are `vitplas bounds`' (vitplas.analysis.configs
     .BoundsConfig): the sound LayerNorm bound "data", which needs measured pairs (NaN here,
     its definition saying why; vitplas.plasticity with bounds=True fills it)."""
     setup = _setup(model, device, seed, **model_options)
@@ -228,9 +230,9 @@ def bounds(
         if data is None:
             raise ValueError("bounds need a token radius: pass radius=... or data=...")
         data = _dataset(data, split, setup.transform(protocol), protocol)
-        radius = _radius_of(setup, data, images=images, seed=seed,
-                            per_layer=inputs == "hidden", batch_size=batch_size)  # fmt: skip
-    return _layer_bounds(setup, names, radius, ln_bound=ln_bound, mha_slicing=mha_slicing)
+        radius = _radius_of(setup, data, images=images, seed=seed, inputs=inputs,
+                            batch_size=batch_size)  # fmt: skip
+    return _layer_bounds(setup, names, radius, inputs, ln_bound=ln_bound, mha_slicing=mha_slicing)
 
 
 def radius(
@@ -251,7 +253,8 @@ def radius(
     each block's input (a list of depth floats)."""
     setup = _setup(model, device, seed, **model_options)
     data = _dataset(data, split, setup.transform(protocol), protocol)
-    return _radius_of(setup, data, images=images, seed=seed, per_layer=per_layer,
+    inputs = "hidden" if per_layer else "embedding"
+    return _radius_of(setup, data, images=images, seed=seed, inputs=inputs,
                       batch_size=batch_size)  # fmt: skip
 
 
@@ -477,22 +480,21 @@ def _zip_loaders(xs: Iterator, ys: Iterator, pairs: int) -> Iterator:
             return
 
 
-def _radius_of(setup: ModelSetup, data, *, images, seed, per_layer=False, batch_size=32):
+def _radius_of(setup: ModelSetup, data, *, images, seed, inputs="embedding", batch_size=32):
     if isinstance(data, DataLoader):
-        from vitplas.analysis.bounds import token_radius
-
-        r, _ = token_radius(
-            setup.cmap, _images(data), max_images=images, per_layer=per_layer, device=setup.device
+        r, _ = mode_radius(
+            setup.cmap, _images(data), max_images=images, inputs=inputs, device=setup.device
         )
     else:
         size = min(images, len(data))
         r = dataset_radius(
-            setup, data, images=size, batch_size=batch_size, seed=seed, per_layer=per_layer
+            setup, data, images=size, batch_size=batch_size, seed=seed, inputs=inputs
         )
     return r.tolist() if r.ndim else float(r)
 
 
-def _layer_bounds(setup: ModelSetup, names, radius, **options) -> pd.DataFrame:
+def _layer_bounds(setup: ModelSetup, names, radius, inputs, **options) -> pd.DataFrame:
+    width = bound_width(setup, inputs)
     return layer_bounds(
-        setup.cmap, names, n_tokens=setup.n_tokens, radius=radius, width=setup.width, **options
+        setup.cmap, names, n_tokens=setup.n_tokens, radius=radius, width=width, **options
     )

@@ -38,8 +38,12 @@ MHA  with A_h = W_Q^h W_K^h^T / sqrt(d_h), the paper's
     Heads: rows [h d_h, (h+1) d_h) of the q, k and v blocks of the fused qkv weight, and the
     matching columns of the output projection (`mha_slicing="rows"`). The original slices the
     q, k, v weights by input columns (`"columns"`), kept for comparison only.
-Radius r: mean over images of sqrt(mean over tokens of ||token||^2) of the embedding output
-    (or, for `inputs="hidden"`, of each block's input).
+Radius r: mean over images of sqrt(mean over tokens of ||token||^2) of MHA's input: the
+    embedding output (`inputs="embedding"`), each block's input (`"hidden"`), or what MHA
+    receives in the model's forward (`"insitu"`: LN1's output; analysis.setup.RADIUS_AT).
+    In situ, every bound reads the component's real input: a norm's s_min is over the tokens of
+    its own input (the block input for LN1, the residual after attention for LN2), and FC2's
+    probe is not zero-padded, so ||W||_2 is its tight bound (no bound_padded).
 """
 
 from __future__ import annotations
@@ -203,7 +207,7 @@ def component_bound(
     layer: int,
     name: str,
     *,
-    width: int,
+    width: int | None,
     n_tokens: int,
     radius: float,
     ln_bound: str = "data",
@@ -226,7 +230,8 @@ def component_bound(
         return value, math.nan, norm_definition(module, ln_bound)
     if name in ("fc1", "fc2"):
         full = spectral_norm(module.weight)
-        tight = spectral_norm(padded_weight(module, width)) if name == "fc2" else math.nan
+        padded = name == "fc2" and width is not None  # None: FC2 reads its real input
+        tight = spectral_norm(padded_weight(module, width)) if padded else math.nan
         return full, tight, "||W||_2"
     if name in ("ls1", "ls2"):
         return float(module.gamma.detach().double().abs().max()), math.nan, "max|gamma|"
@@ -239,7 +244,7 @@ def layer_bounds(
     *,
     n_tokens: int,
     radius: float | Sequence[float],
-    width: int,
+    width: int | None,
     ln_bound: str = "data",
     mha_slicing: str = "rows",
     progress: Callable[[int, int], None] | None = None,
@@ -247,10 +252,11 @@ def layer_bounds(
     """Tidy bounds: layer, component, bound, bound_padded, radius, definition, assumption,
     norm_gain, norm_scale.
 
-    radius: one value, or one per layer (inputs="hidden"). With ln_bound="data", a norm's
-    bound is NaN here and norm_gain holds max|gamma|: fill_norm_bounds divides it by the
-    smallest token scale measured with the pairs (norm_scale). progress(layers done, depth)
-    is called after each layer (the spectral norms of a large model take a while)."""
+    radius: one value, or one per layer (inputs hidden, insitu). width: the token width FC2's
+    probe zero-pads (its tight bound_padded); None in situ (no padding). With ln_bound="data",
+    a norm's bound is NaN here and norm_gain holds max|gamma|: fill_norm_bounds divides it by
+    the smallest token scale measured with the pairs (norm_scale). progress(layers done,
+    depth) is called after each layer (the spectral norms of a large model take a while)."""
     radii = [float(radius)] * cmap.depth if isinstance(radius, int | float) else list(radius)
     if len(radii) != cmap.depth:
         raise ValueError(f"need {cmap.depth} radii (one per layer), got {len(radii)}")

@@ -19,6 +19,7 @@ from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bound
 from vitplas.analysis.configs import BoundsConfig
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
+    bound_width,
     measured_radius,
     model_checksum,
     open_stream,
@@ -55,7 +56,7 @@ def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
         images=cfg.radius_images,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        per_layer=cfg.inputs == "hidden",
+        inputs=cfg.inputs,
     )
 
 
@@ -90,7 +91,7 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
         components,
         n_tokens=setup.n_tokens,
         radius=radius,
-        width=setup.width,
+        width=bound_width(setup, cfg.inputs),
         ln_bound=cfg.ln_bound,
         mha_slicing=cfg.mha_slicing,
         progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),

@@ -33,8 +33,9 @@ class PlasticityConfig:
     target_split: str = "test"  # split of the target dataset
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     download: bool = False  # download missing datasets where a download exists
-    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding: every block fed the embedding
-    # output (the paper); hidden: each block's own input
+    inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # embedding: every block fed
+    # the embedding output (the paper); hidden: each block's own input; insitu: each component's
+    # own input in the model's forward
     components: list[str] = field(default_factory=list)  # empty: every block component
     pairs: int = DEFAULT_PAIRS  # (reference, target) pairs to average over (the paper: 12800)
     batch_size: int = 32  # pairs per forward pass
@@ -82,8 +83,8 @@ class BoundsConfig:
     radius: float | None = None  # token radius r (None: measured on dataset/split)
     radius_images: int = 256  # images the radius r is measured on
     batch_size: int = 32  # images per forward pass while measuring r
-    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding (the paper) or hidden (each
-    # block's input, r per layer)
+    inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # embedding (the paper), hidden
+    # (each block's input, r per layer) or insitu (each component's own input, r at MHA's)
     components: list[str] | None = None  # components to bound (None: every block component)
     ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
     # (max|gamma| / smallest token scale of a plasticity run's pairs), abs (max|gamma|) or signed
@@ -140,8 +141,8 @@ class RadiusConfig:
     split: str = "test"  # split of that dataset
     images: int = 256  # images r is averaged over
     batch_size: int = 32  # images per forward pass
-    inputs: Literal["embedding", "hidden"] = "embedding"  # embedding output, or each block's
-    # input (one r per layer)
+    inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # embedding output, each
+    # block's input, or MHA's own input in the model's forward (one r per layer for both)
     device: str = "auto"  # auto, cpu or cuda
     seed: int = 0  # seed of the image sample and of random_init weights
     protocol: protocols.Name = protocols.DEFAULT  # preprocessing: the checkpoint's, or the

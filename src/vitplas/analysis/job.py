@@ -31,6 +31,7 @@ from vitplas.analysis.pairs import pair_batches
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
+    bound_width,
     measured_radius,
     model_checksum,
     open_stream,
@@ -55,7 +56,7 @@ def _radius(cfg: PlasticityConfig, setup: ModelSetup, target) -> tuple[Any, str]
         images=cfg.radius_images,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        per_layer=cfg.inputs == "hidden",
+        inputs=cfg.inputs,
         num_workers=cfg.num_workers,
     )
 
@@ -69,7 +70,7 @@ def _bounds(cfg, setup, components, target, on_phase) -> tuple[pd.DataFrame | No
         components,
         n_tokens=setup.n_tokens,
         radius=radius,
-        width=setup.width,
+        width=bound_width(setup, cfg.inputs),
         ln_bound=cfg.ln_bound,
         mha_slicing=cfg.mha_slicing,
         progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),

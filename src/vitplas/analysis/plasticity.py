@@ -2,9 +2,18 @@
 
     ratio = ||f(x) - f(y)||_F / ||x - y||_F      over the whole (N tokens, D) matrix.
 
-Inputs of block l's components: the embedding output (`inputs="embedding"`, the paper's
-protocol) or the hidden state entering block l (`inputs="hidden"`). MHA is applied without
-LN1 in front; FC2 reads the D-dim tokens zero-padded to its input width.
+Inputs of block l's components (`inputs`, models.families.INPUT_MODES):
+    embedding  the embedding output, for every block (the paper's protocol);
+    hidden     the hidden state entering block l.
+  In both, every component reads that one (N, D) input: MHA is applied without LN1 in front,
+  FC2 reads the D-dim tokens zero-padded to its input width.
+    insitu     what each component receives in the model's own forward pass on x and y (one
+  block forward of the (2B, N, D) batch with a hook at each component's input site,
+  families_ops.input_site): LN1 the block input, MHA LN1's output, LayerScale its branch's
+  output, LN2 the residual after attention, FC1 LN2's output, FC2 the MLP's activation at full
+  width (after gating and the inner norm, if any: no zero padding); rope, relative position
+  bias, post-norm and parallel blocks as the model computes them. The denominator is then the
+  difference of that component's own inputs. The block output feeds block l + 1.
 
 Why it is cheap. x and y go through each non-linear module (norms, attention) together as one
 (2B, N, D) batch. The linear components (FC1, FC2, LayerScale) satisfy f(x) - f(y) = W (x - y)
@@ -24,7 +33,7 @@ leaves the device; RatioStats keeps shifted sums in float64 there.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,8 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitplas.models.components import ComponentMap, parse_components
-
-INPUT_MODES = ("embedding", "hidden")
 
 
 def resolve_components(cmap: ComponentMap, names: Sequence[str] | str | None = None) -> list[str]:
@@ -252,30 +259,56 @@ def component_numerator(
     return _frob(fx - fy)
 
 
+Shared = _Inputs | Mapping[str, _Inputs]  # one input for all components, or one per component
+
+
+def _input_of(inp: Shared, name: str) -> _Inputs:
+    return inp[name] if isinstance(inp, Mapping) else inp
+
+
 def block_ratios(
     cmap: ComponentMap,
     layer: int,
     components: Sequence[str],
-    inp: _Inputs,
+    inp: Shared,
     factors: LinearFactors | None = None,
 ) -> torch.Tensor:
-    """(B, C) ratios of block `layer`'s components on the shared input `inp`."""
-    cols = [component_numerator(cmap.module(layer, c), c, inp, factors) for c in components]
-    return torch.stack(cols, dim=1) / inp.norm[:, None]
+    """(B, C) ratios of block `layer`'s components on the shared input `inp` (or on each
+    component's own input, in situ)."""
+    cols = []
+    for name in components:
+        own = _input_of(inp, name)
+        cols.append(component_numerator(cmap.module(layer, name), name, own, factors) / own.norm)
+    return torch.stack(cols, dim=1)
 
 
 def block_scales(
-    cmap: ComponentMap, layer: int, components: Sequence[str], inp: _Inputs
+    cmap: ComponentMap, layer: int, components: Sequence[str], inp: Shared
 ) -> torch.Tensor:
     """(B, C) float64: for each norm component, the smallest scale s_t over the tokens of x
-    and y (what its Lipschitz constant divides by, bounds.py); NaN for other components."""
-    nan = torch.full_like(inp.norm, float("nan"))
+    and y of its input (what its Lipschitz constant divides by, bounds.py); NaN for others."""
     cols = []
     for name in components:
-        module = cmap.module(layer, name)
+        module, own = cmap.module(layer, name), _input_of(inp, name)
         kind = norm_kind(module)
-        cols.append(nan if kind is None else inp.smallest_scale(module.eps, kind == "layer"))
+        nan = torch.full_like(own.norm, float("nan"))
+        cols.append(nan if kind is None else own.smallest_scale(module.eps, kind == "layer"))
     return torch.stack(cols, dim=1)
+
+
+def insitu_inputs(
+    cmap: ComponentMap, layer: int, names: Sequence[str], h: torch.Tensor
+) -> tuple[dict[str, _Inputs], torch.Tensor]:
+    """({component: its input in block `layer`'s own forward on h (2B, N, D)}, the block's
+    output). Components that read the same tensor share one _Inputs (and its caches)."""
+    captured, out = cmap.insitu_inputs(layer, names, h)
+    shared: dict[int, _Inputs] = {}
+    inputs = {}
+    for name, tensor in captured.items():
+        if id(tensor) not in shared:
+            shared[id(tensor)] = _Inputs(tensor)
+        inputs[name] = shared[id(tensor)]
+    return inputs, out
 
 
 def pair_ratios(
@@ -310,8 +343,9 @@ def token_ratios(
     factors: LinearFactors | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Like pair_ratios, from token matrices h (2B, N, D): x = h[:B], y = h[B:]."""
-    if inputs not in INPUT_MODES:
-        raise ValueError(f"inputs '{inputs}' is unknown; choose one of {', '.join(INPUT_MODES)}")
+    if inputs not in cmap.family.input_modes:
+        modes = ", ".join(cmap.family.input_modes)
+        raise ValueError(f"inputs '{inputs}' is unknown; choose one of {modes}")
     if h.ndim != 3 or h.shape[0] % 2:
         raise ValueError(f"h must be (2B, N, D) with x then y, got {tuple(h.shape)}")
     names = resolve_components(cmap, components)
@@ -319,7 +353,10 @@ def token_ratios(
         shared = _Inputs(h) if inputs == "embedding" else None
         per_layer, scales = [], []
         for layer in range(cmap.depth):
-            inp = shared if shared is not None else _Inputs(h)
+            if inputs == "insitu":  # each component's own input; h becomes the block's output
+                inp, h = insitu_inputs(cmap, layer, names, h)
+            else:
+                inp = shared if shared is not None else _Inputs(h)
             per_layer.append(block_ratios(cmap, layer, names, inp, factors))
             if with_scales:
                 scales.append(block_scales(cmap, layer, names, inp))

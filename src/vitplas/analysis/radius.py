@@ -1,5 +1,6 @@
 """The radius job: the token radius r of a model on a dataset (the bounds' r), in its own run
-folder: radius.json (r, one per layer with inputs hidden) beside its config and manifest.
+folder: radius.json (r, one per layer with inputs hidden or insitu) beside its config and
+manifest.
 The lifecycle is vitplas.jobs.lifecycle's; this module is the compute and the read-back."""
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ def compute_radius(cfg: RadiusConfig, run: RunDir, progress=None) -> Computed:
         images=cfg.images,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        per_layer=cfg.inputs == "hidden",
+        inputs=cfg.inputs,
     )
     values = r.tolist() if r.ndim else [float(r)]
-    per_layer = cfg.inputs == "hidden"
+    per_layer = cfg.inputs != "embedding"
     record = {"radius": values if per_layer else values[0], "per_layer": per_layer}
     record["images_measured"] = counted.total
     record |= {"n_tokens": setup.n_tokens, "width": setup.width, **config_to_dict(cfg)}

@@ -4,6 +4,7 @@ honest stream labels, and a model checksum."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,8 @@ def open_stream(
 def measured_radius(
     setup: ModelSetup, data: Dataset, name: str, split: str, *, images: int, **kwargs
 ) -> tuple[float | list[float], str]:
-    """(r as a number, or a list with per_layer=True; where it was measured) on `images`
-    images of dataset `name` [`split`]; kwargs go to dataset_radius."""
+    """(r as a number, or a list per layer for hidden / insitu inputs; where it was measured)
+    on `images` images of dataset `name` [`split`]; kwargs go to dataset_radius."""
     r = dataset_radius(setup, data, images=images, **kwargs)
     return (r.tolist() if r.ndim else float(r)), f"measured on {name} [{split}], {images} images"
 
@@ -89,12 +90,12 @@ def dataset_radius(
     images: int,
     batch_size: int,
     seed: int = 0,
-    per_layer: bool = False,
+    inputs: str = "embedding",
     num_workers: int = 0,
 ) -> torch.Tensor:
-    """Token radius r on the first `images` images of `data` in the seed's target order
-    (the images the first pairs use), in float32: a number, or one per layer with
-    per_layer=True."""
+    """Token radius r of input mode `inputs` (RADIUS_AT) on the first `images` images of
+    `data` in the seed's target order (the images the first pairs use), in float32: a number
+    (embedding), or one per layer (hidden, insitu)."""
     loader = make_loader(
         data,
         min(batch_size, len(data)),
@@ -104,10 +105,61 @@ def dataset_radius(
     )
     batches = (x for x, _ in loader)
     with precision(setup.device, "float32"):  # r enters the bounds: no TF32 rounding
-        r, _ = token_radius(
-            setup.cmap, batches, max_images=images, per_layer=per_layer, device=setup.device
+        r, _ = mode_radius(
+            setup.cmap, batches, max_images=images, inputs=inputs, device=setup.device
         )
     return r
+
+
+# where each input mode measures the token radius r of the MHA bound (the ball MHA's input
+# tokens must lie in): MHA's own input, i.e. the embedding output (embedding: MHA reads it
+# without LN1), each block's input (hidden: likewise), or what MHA receives in the model's
+# forward (insitu: LN1's output in a pre-norm block, the block input in a post-norm one)
+RADIUS_AT = {
+    "embedding": "embedding output",
+    "hidden": "input of block {layer}",
+    "insitu": "MHA's input in block {layer}",
+}
+
+
+def mode_radius(
+    cmap: ComponentMap,
+    batches: Iterable[torch.Tensor],
+    *,
+    max_images: int,
+    inputs: str = "embedding",
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, int]:
+    """(r, n_tokens): the mean over images of the RMS token norm at RADIUS_AT[inputs], a 0-dim
+    tensor (embedding) or one per layer (L,)."""
+    if inputs not in RADIUS_AT:
+        raise ValueError(f"inputs '{inputs}' is unknown; choose one of {', '.join(RADIUS_AT)}")
+    if inputs != "insitu":
+        per_layer = inputs == "hidden"
+        return token_radius(
+            cmap, batches, max_images=max_images, per_layer=per_layer, device=device
+        )
+    total, seen, n_tokens = torch.zeros(cmap.depth, dtype=torch.float64), 0, 0
+    with torch.inference_mode():
+        for images in batches:
+            h = embed_images(cmap, images[: max_images - seen].to(device, non_blocking=True))
+            n_tokens = h.shape[1]
+            for layer in range(cmap.depth):
+                site, h = cmap.insitu_inputs(layer, ["mha"], h)
+                rms = site["mha"].double().square().sum(-1).mean(-1).sqrt()  # (B,)
+                total[layer] += rms.sum().cpu()
+            seen += h.shape[0]
+            if seen >= max_images:
+                break
+    if not seen:
+        raise ValueError("no images to measure the token radius on")
+    return total / seen, n_tokens
+
+
+def bound_width(setup: ModelSetup, inputs: str) -> int | None:
+    """The width of the tokens FC2's probe reads zero-padded (its tight bound ||W[:, :D]||_2),
+    or None in situ: FC2 reads its real, full-width input there, so ||W||_2 is the tight one."""
+    return None if inputs == "insitu" else setup.width
 
 
 def stream_label(name: str) -> str:

@@ -105,10 +105,12 @@ def bounds(result: dict[str, Any], cfg: Any) -> None:
 
 
 def radius(result: dict[str, Any], cfg: Any) -> None:
-    """r (one per block input with inputs hidden), on the images it was measured on."""
+    """r (one per layer with inputs hidden or insitu), on the images it was measured on."""
+    from vitplas.analysis.setup import RADIUS_AT
+
     images = result.get("images_measured", cfg.images)  # a record from before: cfg.images
     for layer, value in enumerate(result["values"]):
-        where = f"input of block {layer}" if cfg.inputs == "hidden" else "embedding output"
+        where = RADIUS_AT[cfg.inputs].format(layer=layer)
         print(f"r = {value:.6g}  ({where}, {cfg.dataset}/{cfg.split}, {images} images)")
     print(f"run folder: {result['run_dir']}")
     _read_back_note(result)

@@ -199,6 +199,15 @@ class ComponentMap:
         """Block `layer` on tokens h (B, N, D), with the arguments the model passes it."""
         return self.block(layer)(h, **self.block_kwargs(layer, h.shape[1]))
 
+    def insitu_inputs(
+        self, layer: int, names: Sequence[str], h: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({component: what it reads in block `layer`'s own forward on h (B, N, D)}, the
+        block's output): LN1 the block input, MHA LN1's output, FC2 the MLP's activation at
+        full width, ... (families_ops.input_site says where each is read)."""
+        sites = {name: ops.input_site(self.module(layer, name)) for name in names}
+        return ops.block_inputs(lambda: self.forward_block(layer, h), sites)
+
     def bound_issue(self, layer: int, name: str) -> str | None:
         """Why this family's structure puts component `name` outside its bound's formula."""
         if name not in BLOCK_COMPONENTS:

@@ -17,8 +17,9 @@ Canonical components (every parameter of a supported model is in exactly one):
           (2H, D) weight, and its bound is ||W||_2. `fc2` is the output projection, with the
           MLP's inner norm (EVA-02, `scale_mlp_norm`) if any. FC2's probe is the paper's for
           every MLP kind: D-dim tokens zero-padded to fc2's input width, which is the hidden
-          width H after gating for SwiGLU / packed GLU too, i.e. W_fc2[:, :D]; the inner norm
-          is trained with fc2 but is not part of the probe.
+          width H after gating for SwiGLU / packed GLU too, i.e. W_fc2[:, :D] (in situ: its
+          real H-wide input, after the inner norm); the inner norm is trained with fc2 but is
+          not part of the probe.
     norm  the final norm and `fc_norm`;  pool  an attention-pool head (SigLIP's `attn_pool`);
     head  the classifier(s), DeiT's `head_dist` included.
 
@@ -37,7 +38,9 @@ BLOCK_COMPONENTS = ("ln1", "mha", "ln2", "fc1", "fc2", "ls1", "ls2")
 # per-block components a family adds: a parallel block's fused q/k/v + fc1 projection
 EXTRA_BLOCK_COMPONENTS = ("in_proj",)
 GLOBAL_COMPONENTS = ("emb", "norm", "pool", "head")
-INPUT_MODES = ("embedding", "hidden")
+# plasticity inputs (analysis.plasticity): the embedding output (the paper), each block's input,
+# each component's own input in the model's forward (in situ)
+INPUT_MODES = ("embedding", "hidden", "insitu")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ modules the plasticity estimator calls on a (2B, N, D) token batch.
 - GammaScale(gamma, source): EVA/BEiT's gamma_1/gamma_2 as a LayerScale-like module.
 - Forward hooks registered on any of these fire during the model's own forward pass (on the
   module the model really calls), with this component's output: probes read them.
+- input_site(module) / block_inputs(...): where each component's input appears in the model's
+  own forward, and those inputs captured in one block forward (plasticity's in-situ mode).
 - input_shape(model): the (C, H, W) images a model reads (a hybrid's C is the image's, not its
   stem's); set_input_size(model, (H, W)) rebuilds it for another size.
 - stacked_linear(a, b): SwiGLU's fc1_g and fc1_x as one nn.Linear [W_g; W_x] (a copy):
@@ -50,6 +52,9 @@ class BoundCall(nn.Module):
     def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
         return self.inner.register_forward_hook(hook, *args, **kwargs)
 
+    def input_site(self) -> tuple[nn.Module, str]:
+        return self.inner, "input"
+
 
 def _hook_via(owner: nn.Module, source: nn.Module, view: Callable, hook, *args, **kwargs):
     """Register `hook` so that it fires when the model runs `source`, seeing `owner` and the
@@ -77,6 +82,9 @@ class GammaScale(nn.Module):
         view = lambda _inputs, out: out * self.gamma  # noqa: E731
         return _hook_via(self, self._source[0], view, hook, *args, **kwargs)
 
+    def input_site(self) -> tuple[nn.Module, str]:
+        return self._source[0], "output"  # gamma scales what the attention / MLP returns
+
 
 class ViewLinear(nn.Linear):
     """A linear map copied out of a model (no gradient) whose forward hooks fire when the model
@@ -91,6 +99,9 @@ class ViewLinear(nn.Linear):
 
     def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
         return _hook_via(self, *self._hook, hook, *args, **kwargs)
+
+    def input_site(self) -> tuple[nn.Module, str]:
+        return self._hook[0], "input"  # the model's linear that computes this map's rows
 
 
 def stacked_linear(first: nn.Linear, second: nn.Linear) -> nn.Linear:
@@ -139,6 +150,9 @@ class ParallelAttention(nn.Module):
         view = lambda _inputs, out: out  # noqa: E731  the output projection's output
         return _hook_via(self, self.block.attn_out_proj, view, hook, *args, **kwargs)
 
+    def input_site(self) -> tuple[nn.Module, str]:
+        return self.block.in_proj, "input"  # the norm's output, read by the fused in_proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blk, (b, n, _) = self.block, x.shape
         qkv, proj, heads = self.attention_parts()
@@ -169,6 +183,57 @@ def parallel_fc1(block: nn.Module) -> nn.Linear:
         return mlp + block.mlp_bias if block.mlp_bias is not None else mlp
 
     return ViewLinear(proj.weight.detach()[:hidden], bias, proj, view)
+
+
+def input_site(module: nn.Module) -> tuple[nn.Module, str]:
+    """(module the model calls, "input" | "output"): where the input of the component that
+    `module` measures appears in the model's own forward, i.e. the first argument of the module
+    itself, or of the model's module that a wrapper stands for (BoundCall: the attention;
+    SwiGLU's stacked fc1: fc1_x; a parallel block's attention and fc1: in_proj), or the output
+    of the attention / MLP that EVA's gamma scales (GammaScale)."""
+    site = getattr(type(module), "input_site", None)
+    return site(module) if site is not None else (module, "input")
+
+
+def _keep(store: list, kind: str) -> Callable:
+    """A hook appending the site's tensor (first argument, or output) to `store`."""
+
+    def keep_input(_module, args, kwargs) -> None:
+        store.append(args[0] if args else next(iter(kwargs.values())))
+
+    def keep_output(_module, _args, output) -> None:
+        store.append(output)
+
+    return keep_input if kind == "input" else keep_output
+
+
+def block_inputs(
+    block_forward: Callable[[], torch.Tensor], sites: dict[str, tuple[nn.Module, str]]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """({component: the tensor at its site}, block output) from one call of block_forward()
+    with a hook at every site. A site the forward runs never or twice is a RuntimeError: its
+    component has no single input in this block."""
+    stores: dict[tuple[nn.Module, str], list] = {site: [] for site in sites.values()}
+    handles = []
+    for (module, kind), store in stores.items():
+        if kind == "input":
+            handles.append(module.register_forward_pre_hook(_keep(store, kind), with_kwargs=True))
+        else:
+            handles.append(module.register_forward_hook(_keep(store, kind)))
+    try:
+        out = block_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    inputs = {}
+    for name, site in sites.items():
+        if len(stores[site]) != 1:
+            raise RuntimeError(
+                f"{name}'s {type(site[0]).__name__} ran {len(stores[site])} times in the block's "
+                "forward: it has no single in-situ input"
+            )
+        inputs[name] = stores[site][0]
+    return inputs, out
 
 
 PROBES: dict[str, Callable[[nn.Module], nn.Module]] = {

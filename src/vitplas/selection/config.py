@@ -30,7 +30,7 @@ class SelectConfig:
     rule: Literal["prefix", "fill"] = "prefix"  # prefix: the longest prefix of the ranking that
     # fits; fill: a greedy knapsack fill (may train units ranked below one left out)
     reference: str = "photos"  # plasticity: the reference stream paired with the target's train
-    inputs: Literal["embedding", "hidden"] = "embedding"  # plasticity inputs
+    inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # plasticity inputs
     pairs: int = 128  # plasticity: image pairs
     grad_batches: int = 2  # gradient and FPS criteria: target train batches (gradients one
     # image at a time) through a fresh head
