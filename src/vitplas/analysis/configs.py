@@ -57,6 +57,9 @@ class PlasticityConfig:
     figures: bool = True  # draw the figures (PNG + PDF)
     save_pairs: bool = False  # also keep every pair's ratios (pair, its images' dataset indices,
     # layer, component, ratio) in pairs.parquet, for custom analyses
+    check_invariance: bool = False  # also apply the function-preserving rescalings the family
+    # allows (norm against the next linear, LayerScale against its projection) and report how
+    # far each component's plasticity and the ranking move (invariance.csv; analysis.invariance)
 
     def validate(self) -> None:
         if self.pairs < 1:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from vitplas.analysis import tables
+from vitplas.analysis import invariance, tables
 from vitplas.analysis.bounds import bounds_matrix, layer_bounds
 from vitplas.analysis.configs import DEFAULT_PAIRS as DEFAULT_PAIRS  # re-exported
 from vitplas.analysis.configs import PlasticityConfig
@@ -38,7 +38,14 @@ from vitplas.analysis.setup import (
     setup_for,
     stream_label,
 )
-from vitplas.runs import Computed, RunDir, atomic_write_bytes, atomic_write_text, fault_point
+from vitplas.runs import (
+    Computed,
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_text,
+    fault_point,
+    write_table,
+)
 
 STATE_FILE = "estimate_state.pt"  # resumable streaming statistics; deleted once DONE
 SAVE_EVERY = 8  # batches between two saves of the statistics
@@ -202,6 +209,11 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
         "pairs": est.pairs,
     }
     written = tables.write_all(run, est, labels, bounds, cfg.figures, facts)
+    checked = None
+    if cfg.check_invariance:  # on the run's first pairs, the same for every rescaled model
+        checked = invariance.check_run(cfg, setup, components, reference, target)
+        paths = write_table(checked.pop("table"), run / "invariance")
+        written["files"] += [str(p.relative_to(run.path)) for p in paths]
     timings = {
         "setup_s": t_setup - t0,
         "bounds_s": t_bounds - t_setup,
@@ -226,8 +238,13 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
         "timings": timings,
         "files": written["files"] + ([PAIRS_FILE] if writer is not None else []),
     }
+    if checked is not None:
+        result["invariance"] = checked
     sizes = {"reference_size": len(reference), "target_size": len(target)}
-    atomic_write_text(run / "summary.txt", tables.summary_text(result, written["pooled"]))
+    summary = tables.summary_text(result, written["pooled"])
+    if checked is not None:
+        summary += "\n" + "\n".join(checked["summary"]) + "\n"
+    atomic_write_text(run / "summary.txt", summary)
     (run / STATE_FILE).unlink(missing_ok=True)  # a kill from here recomputes: still right
     if writer is not None:
         writer.remove_parts()

@@ -54,6 +54,8 @@ def plasticity(result: dict[str, Any], cfg: Any) -> None:
         out.print("bounds exceeded (the bound's assumption does not hold for those pairs):")
         for line in result["exceedances"]:
             out.print(f"  {line}", markup=False)
+    for line in result.get("invariance", {}).get("summary", []):
+        out.print(line, markup=False, highlight=False)
     stop = " (stopped early: CIs narrow enough)" if result["stopped_early"] else ""
     out.print(f"{result['pairs']} pairs in {result['timings']['total_s']:.1f} s{stop}")
     out.print(f"run folder: {result['run_dir']}  (figures in {result['run_dir']}/figures)")

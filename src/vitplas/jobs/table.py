@@ -50,6 +50,7 @@ JOBS: tuple[Job, ...] = (
             "num_workers": "--workers",
             **{k: "--" + k.replace("_", "-") for k in ("bounds", "radius", "ln_bound")},
             **{k: "--" + k.replace("_", "-") for k in ("mha_slicing", "protocol", "save_pairs")},
+            "check_invariance": "--check-invariance",
         },
         progress="pairs",
         analysis="plasticity",

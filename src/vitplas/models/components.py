@@ -80,6 +80,10 @@ def _present(root: nn.Module, paths: Sequence[str]) -> list[str]:
     return [p for p in paths if _is_present(_get(root, p))]
 
 
+def _params(part: nn.Module | nn.Parameter) -> list[nn.Parameter]:
+    return [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+
+
 class ComponentMap:
     """Components of one model. `block_components` lists those its blocks have."""
 
@@ -207,6 +211,20 @@ class ComponentMap:
         full width, ... (families_ops.input_site says where each is read)."""
         sites = {name: ops.input_site(self.module(layer, name)) for name in names}
         return ops.block_inputs(lambda: self.forward_block(layer, h), sites)
+
+    def rescaling_parts(self, layer: int, name: str) -> tuple[list[nn.Parameter], list[nn.Linear]]:
+        """(the parameters of component `name` in block `layer` that a function-preserving
+        rescaling multiplies by c, the linears that absorb 1/c), from the block's `rescale`
+        entry; a block or component that allows none is a ValueError saying why."""
+        spec, block = self.specs[layer], self.block(layer)
+        if name not in spec.rescale:
+            why = spec.no_rescale or f"no linear of this {spec.type} absorbs a rescaled {name}"
+            raise ValueError(f"{name} cannot be rescaled: {why}")
+        params = [p for path in self.paths[layer][name] for p in _params(_get(block, path))]
+        linears = [_get(block, p) for p in _present(block, spec.rescale[name])]
+        if not params or not linears:
+            raise ValueError(f"{name} of block {layer} has no gain or no linear to rescale")
+        return params, linears
 
     def bound_issue(self, layer: int, name: str) -> str | None:
         """Why this family's structure puts component `name` outside its bound's formula."""

@@ -25,9 +25,10 @@ Canonical components (every parameter of a supported model is in exactly one):
 
 Each entry says where the parts live (`parts`: component -> attribute paths, the first present
 one is the module the estimator calls), how the embedding output is computed (`embed`), which
-extra arguments the blocks take (`context`: rotary embeddings, a shared relative position bias)
-and which bounds are unavailable and why. Adding a family is one entry here plus one row in
-tests/test_families.py (README: "How to add a model family").
+extra arguments the blocks take (`context`: rotary embeddings, a shared relative position bias),
+which function-preserving rescalings its blocks allow (`rescale`: a norm or LayerScale against
+the linears that absorb 1/c) and which bounds are unavailable and why. Adding a family is one
+entry here plus one row in tests/test_families.py (README: "How to add a model family").
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class BlockSpec:
     probes: dict[str, str] = field(default_factory=dict)  # component -> families_ops.PROBES kind
     not_trainable: dict[str, str] = field(default_factory=dict)  # component -> why not alone
     refuse_if: tuple[tuple[str, str], ...] = ()  # (attribute present, why it is refused)
+    # function-preserving rescalings (analysis.invariance): component scaled by c -> the linears
+    # that absorb 1/c (every present path); see _RESCALE below
+    rescale: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    no_rescale: str = ""  # why the block allows none
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,23 @@ GAMMA_SOURCES = {"ls1": "attn", "ls2": "mlp"}  # the module whose output gamma_1
 _HEAD = {"norm": ("norm", "fc_norm"), "pool": ("attn_pool",), "head": ("head",)}
 _VIT_EMB = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
 
+# A norm's gain and bias times c, with the weights of the linears that read its output times
+# 1/c: W (c u) / c = W u, their biases unchanged. A LayerScale's gamma times c, with the weight
+# and bias of the projection whose output it scales times 1/c. Neither changes the function.
+_RESCALE = {
+    "ln1": ("attn.qkv", "attn.q_proj", "attn.k_proj", "attn.v_proj"),
+    "ln2": ("mlp.fc1", "mlp.fc1_g", "mlp.fc1_x"),
+    "ls1": ("attn.proj",),
+    "ls2": ("mlp.fc2",),
+}
+_POST_NORM = "post-norm: the norms' outputs join the residual stream, no linear absorbs 1/c"
+
+
+def _post_norm(type_: str, parts: dict[str, tuple[str, ...]]) -> BlockSpec:
+    """A block whose norms follow attention / MLP (ResPost): ln1/ln2 read their outputs."""
+    return BlockSpec(type_, parts, post_norm=True, no_rescale=_POST_NORM)
+
+
 _IN_PROJ = "its weights are rows of the fused in_proj it shares with {}: train in_proj or all"
 PARALLEL_BLOCK = BlockSpec(
     "vision_transformer.ParallelScalingBlock",
@@ -102,16 +124,17 @@ PARALLEL_BLOCK = BlockSpec(
     probes={"mha": "parallel_mha", "fc1": "parallel_fc1"},
     not_trainable={"mha": _IN_PROJ.format("fc1"), "fc1": _IN_PROJ.format("mha")},
     refuse_if=(("out_proj", "attention and MLP share one fused output projection (out_proj)"),),
+    rescale={"ln1": ("in_proj",), "ls1": ("attn_out_proj", "mlp_out_proj")},
 )
 
 VIT_BLOCKS = (
-    BlockSpec("vision_transformer.Block", {**_PRE, **_LS}),
-    BlockSpec("vision_transformer.ResPostBlock", {**_PRE, **_LS}, post_norm=True),
+    BlockSpec("vision_transformer.Block", {**_PRE, **_LS}, rescale=_RESCALE),
+    _post_norm("vision_transformer.ResPostBlock", {**_PRE, **_LS}),
     PARALLEL_BLOCK,
 )
 EVA_BLOCKS = (
-    BlockSpec("eva.EvaBlock", {**_PRE, **_GAMMA}),
-    BlockSpec("eva.EvaBlockPostNorm", {**_PRE}, post_norm=True),
+    BlockSpec("eva.EvaBlock", {**_PRE, **_GAMMA}, rescale=_RESCALE),
+    _post_norm("eva.EvaBlockPostNorm", {**_PRE}),
 )
 
 FAMILIES: tuple[Family, ...] = (
@@ -150,8 +173,8 @@ FAMILIES: tuple[Family, ...] = (
         name="vit-relpos",
         model_types=("vision_transformer_relpos.VisionTransformerRelPos",),
         blocks=(
-            BlockSpec("vision_transformer_relpos.RelPosBlock", {**_PRE, **_LS}),
-            BlockSpec("vision_transformer_relpos.ResPostRelPosBlock", _PRE, post_norm=True),
+            BlockSpec("vision_transformer_relpos.RelPosBlock", {**_PRE, **_LS}, rescale=_RESCALE),
+            _post_norm("vision_transformer_relpos.ResPostRelPosBlock", _PRE),
         ),
         parts={"emb": ("patch_embed", "cls_token"), "mha": ("shared_rel_pos",), **_HEAD},
         embed="relpos",
@@ -180,7 +203,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="beit",
         model_types=("beit.Beit",),
-        blocks=(BlockSpec("beit.Block", {**_PRE, **_GAMMA}),),
+        blocks=(BlockSpec("beit.Block", {**_PRE, **_GAMMA}, rescale=_RESCALE),),
         parts={
             "emb": ("patch_embed", "cls_token", "pos_embed"),
             "mha": ("rel_pos_bias",),
