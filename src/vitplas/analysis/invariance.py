@@ -31,6 +31,7 @@ from vitplas.models.components import ComponentMap, component_map
 
 SCALE = 0.02  # c: e.g. LN2's gain and bias times 0.02, FC1's weight times 50
 CHECK_PAIRS = 64  # pairs of a run's stream the check reads (each model reads the same ones)
+OUTPUT_PAIRS = 8  # pairs of the first batch whose x and y images the output change is taken on
 # the largest output change, relative to the largest |output|, that float rounding explains
 # (float32 through 12 blocks: ~2e-6); above it the rescaling changed the function: refused
 FUNCTION_TOL = 1e-3
@@ -90,7 +91,7 @@ def rescaled(model: nn.Module, rescaling: Rescaling) -> nn.Module:
 @dataclass
 class InvarianceCheck:
     """table: one row per (rescaling, component) (COLUMNS); output_change: rescaling -> the
-    largest |output difference| over the check's images; base_scale: the largest |output|;
+    largest |output difference| over the check's `images`; base_scale: the largest |output|;
     rankings: rescaling -> (ranking before, after, Kendall tau); refused: why a norm or
     LayerScale has no rescaling; pairs: the pairs every estimate read."""
 
@@ -100,10 +101,12 @@ class InvarianceCheck:
     rankings: dict[str, tuple[list[str], list[str], float]]
     refused: list[str]
     pairs: int
+    images: int
 
     def to_dict(self) -> dict:
         return {
             "pairs": self.pairs,
+            "images": self.images,
             "output_change": self.output_change,
             "base_scale": self.base_scale,
             "rankings": {k: list(v) for k, v in self.rankings.items()},
@@ -138,9 +141,10 @@ def check(
 ) -> InvarianceCheck:
     """Plasticity (pooled over layers) of `components` on `batches` (a list of (x, y, ...) pair
     batches, read once per model) for cmap's model and for each rescaled copy, and the largest
-    change of the model's output on the x and y images of the first batch."""
+    change of the model's output on the x and y images of the first OUTPUT_PAIRS pairs."""
     allowed, refused = rescalings(cmap, c)
-    images = torch.cat(list(batches[0][:2])).to(device)
+    x, y = batches[0][0][:OUTPUT_PAIRS], batches[0][1][:OUTPUT_PAIRS]
+    images = torch.cat([x, y]).to(device)
     base_out = _outputs(cmap.model, images)
     base = _pooled(cmap, batches, components, inputs, device, dtype)
     rows, change, rankings = [], {}, {}
@@ -165,15 +169,15 @@ def check(
         del model
     pairs = sum(int(batch[0].shape[0]) for batch in batches)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return InvarianceCheck(table, change, scale, rankings, refused, pairs)
+    return InvarianceCheck(table, change, scale, rankings, refused, pairs, images.shape[0])
 
 
 def summary_lines(table: pd.DataFrame, facts: dict) -> list[str]:
     """The check in words: per rescaling, the output change, each component that moved by more
     than 1% (before -> after, x factor), and the ranking before -> after."""
     lines = [
-        f"invariance check ({facts['pairs']} pairs, the same for every model; largest |output| "
-        f"{facts['base_scale']:.4g}):"
+        f"invariance check ({facts['pairs']} pairs, the same for every model; outputs on "
+        f"{facts['images']} of their images, largest |output| {facts['base_scale']:.4g}):"
     ]
     for label, rows in table.groupby("rescaling", sort=False):
         before, after, tau = facts["rankings"][label]
