@@ -8,9 +8,10 @@ tie; the paired t-test is two-sided and the Wilcoxon signed-rank test one-sided 
 other).
 
 The 95% confidence interval of a seed-mean (`ci95`, a half-width) is q * s / sqrt(n) with s the
-sample std (ddof=1). Over a few seeds the normal quantile 1.96 is too narrow, so q is Student's
-t quantile with n - 1 degrees of freedom whenever n < T_UNTIL (4.30 at n = 3, 3.18 at n = 4),
-and 1.96 from n = T_UNTIL on (where the two differ by under 4%); n = 1 has no interval (NaN).
+sample std (ddof=1), by the one CI rule of vitplas.intervals: over a few seeds the normal
+quantile 1.96 is too narrow, so q is Student's t quantile with n - 1 degrees of freedom
+whenever n < T_UNTIL (4.30 at n = 3, 3.18 at n = 4), and 1.96 from n = T_UNTIL on (where the
+two differ by under 4%); n = 1 has no interval (NaN).
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-T_UNTIL = 30  # below this many seeds the CI uses Student's t quantile, from it on 1.96
-Z95 = 1.96
+from vitplas.intervals import T_BELOW, quantile95  # the one CI rule
+
+T_UNTIL = T_BELOW  # below this many seeds the CI uses Student's t quantile, from it on 1.96
 
 
 def ci95_quantile(n: int) -> float:
-    """The two-sided 95% quantile for a mean of n values: t(0.975, n - 1) below T_UNTIL,
-    1.96 from it on; NaN for n < 2."""
-    if n < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, n - 1)) if n < T_UNTIL else Z95
+    """The two-sided 95% quantile for a mean of n values (vitplas.intervals.quantile95):
+    t(0.975, n - 1) below T_UNTIL, 1.96 from it on; NaN for n < 2."""
+    return float(quantile95(n))
 
 
 def ci95_halfwidth(values: np.ndarray) -> float:
