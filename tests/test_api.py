@@ -65,7 +65,12 @@ def test_in_memory_model_tensors_and_loaders_agree():
 def test_bounds_derive_tokens_and_width_and_need_a_radius():
     frame = vitplas.bounds("tiny-random", radius=2.0, components=["mha", "fc2"], **TINY)
     assert set(frame["component"]) == {"mha", "fc2"} and (frame["radius"] == 2.0).all()
-    assert frame["bound"].gt(0).all()
+    mha = frame["component"] == "mha"  # the sound MHA bound needs the largest token norm
+    assert frame[mha]["bound"].isna().all() and frame[~mha]["bound"].gt(0).all()
+    assert frame[mha]["definition"].str.startswith("undefined: the data MHA bound needs").all()
+    sound = vitplas.bounds("tiny-random", radius=2.0, r_max=3.0, components=["mha"], **TINY)
+    paper = vitplas.bounds("tiny-random", radius=2.0, mha_bound="paper", components=["mha"], **TINY)
+    assert sound["bound"].gt(0).all() and paper["bound"].gt(0).all()
     with pytest.raises(ValueError, match=r"pass radius=\.\.\. or data"):
         vitplas.bounds("tiny-random", data=None, **TINY)
     r = vitplas.radius("tiny-random", "digits", images=16, **TINY)

@@ -10,11 +10,10 @@ import pytest
 import torch
 from test_plasticity import tiny_vit
 
+from vitplas.analysis.bound_table import bounds_matrix, layer_bounds
 from vitplas.analysis.bounds import (
-    bounds_matrix,
-    layer_bounds,
     layernorm_bound,
-    mha_bound,
+    mha_paper,
     qk_norm,
     token_radius,
 )
@@ -46,11 +45,11 @@ def per_head_formula(qkv_w, proj_w, heads, n, r, slicing="rows"):
 def test_mha_bound_equals_independent_per_head_formula(slicing):
     cmap = component_map(tiny_vit())
     qkv, proj, heads = cmap.attention_parts(1)
-    got = mha_bound(qkv, proj, heads, n_tokens=17, radius=2.5, slicing=slicing)
+    got = mha_paper(qkv, proj, heads, n_tokens=17, radius=2.5, slicing=slicing)
     want = per_head_formula(qkv.weight.detach(), proj.weight.detach(), heads, 17, 2.5, slicing)
     assert got == pytest.approx(want, rel=1e-10)
     other = "columns" if slicing == "rows" else "rows"
-    assert got != pytest.approx(mha_bound(qkv, proj, heads, 17, 2.5, other), rel=1e-3)
+    assert got != pytest.approx(mha_paper(qkv, proj, heads, 17, 2.5, other), rel=1e-3)
 
 
 def test_qk_norm_through_qr_equals_direct():
@@ -79,7 +78,7 @@ def test_mha_bound_holds_for_tokens_within_radius_and_no_query_bias():
     for r in (0.5, 3.0):
         h = _ball_tokens(64, 17, 48, r, seed=int(r * 10))
         ratios = token_ratios(cmap, h, ["mha"])[:, 0, 0]
-        bound = mha_bound(qkv, proj, heads, n_tokens=17, radius=r)
+        bound = mha_paper(qkv, proj, heads, n_tokens=17, radius=r)
         assert torch.isfinite(ratios).all() and (ratios <= bound).all()
         assert ratios.max() > 1e-3 * bound  # the test is not vacuous
 
@@ -151,9 +150,9 @@ def test_bad_bound_arguments():
     cmap = component_map(tiny_vit())
     qkv, proj, heads = cmap.attention_parts(0)
     with pytest.raises(ValueError, match="radius > 0"):
-        mha_bound(qkv, proj, heads, n_tokens=17, radius=0.0)
+        mha_paper(qkv, proj, heads, n_tokens=17, radius=0.0)
     with pytest.raises(ValueError, match="mha_slicing 'diag' is unknown"):
-        mha_bound(qkv, proj, heads, n_tokens=17, radius=1.0, slicing="diag")
+        mha_paper(qkv, proj, heads, n_tokens=17, radius=1.0, slicing="diag")
     with pytest.raises(ValueError, match="ln_bound 'max' is unknown"):
         layernorm_bound(cmap.module(0, "ln1"), "max")
     with pytest.raises(ValueError, match="need 2 radii"):
@@ -174,5 +173,5 @@ def test_no_mha_bound_for_attention_the_formula_does_not_model(tmp_path):
     assert frame.loc[frame["component"] == "fc1", "bound"].gt(0).all()
     assert all(p.exists() for p in bounds_per_layer(frame.assign(model="m"), tmp_path / "b"))
     plain = layer_bounds(component_map(VisionTransformer(**kwargs)), ["mha"], n_tokens=17,
-                         radius=1.0, width=48)  # fmt: skip
+                         radius=1.0, width=48, r_max=1.0)  # fmt: skip
     assert plain["bound"].gt(0).all()

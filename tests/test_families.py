@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from vitplas.analysis.bounds import layer_bounds
+from vitplas.analysis.bound_table import layer_bounds
 from vitplas.analysis.plasticity import pair_ratios, patch_size
 from vitplas.models.components import (
     UnknownComponentError,
@@ -291,7 +291,7 @@ def test_parallel_block_measures_mha_and_fc1_apart_and_trains_them_only_together
         assert torch.allclose(by_parts, block(x), atol=1e-5)
     with pytest.raises(UnknownComponentError, match=r"'mha' of this .* cannot be trained alone"):
         set_trainable(model, ["mha"])
-    frame = layer_bounds(cmap, cmap.block_components, n_tokens=5, radius=1.0, width=64)
+    frame = layer_bounds(cmap, cmap.block_components, n_tokens=5, radius=1.0, width=64, r_max=1.0)
     bound = frame.set_index(["layer", "component"]).bound
     assert bound[(0, "mha")] > 0 and bound[(0, "fc1")] > 0  # no q/k norm: the formula holds
     assert math.isnan(bound[(0, "in_proj")]) and math.isnan(bound[(0, "ln1")])  # RmsNorm

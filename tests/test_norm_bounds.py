@@ -13,15 +13,8 @@ from test_plasticity import tiny_vit
 from timm.layers import RmsNorm
 from torch import nn
 
-from vitplas.analysis.bounds import (
-    ASSUMPTIONS,
-    DATA_UNDEFINED,
-    bounds_matrix,
-    fill_norm_bounds,
-    layer_bounds,
-    layernorm_bound,
-    norm_bound,
-)
+from vitplas.analysis.bound_table import bounds_matrix, fill_data_bounds, layer_bounds
+from vitplas.analysis.bounds import ASSUMPTIONS, DATA_UNDEFINED, layernorm_bound, norm_bound
 from vitplas.analysis.estimate import estimate
 from vitplas.analysis.plasticity import norm_kind, token_ratios, token_scale
 from vitplas.analysis.tables import bound_ratio_table, exceedance_lines, summary_text
@@ -109,7 +102,7 @@ def test_estimator_checks_each_pair_and_the_table_bound_holds_for_all():
             pending = frame[frame["component"] == "ln1"]
             assert pending["bound"].isna().all()
             assert pending["definition"].str.startswith(DATA_UNDEFINED).all()  # says why
-            frame = fill_norm_bounds(frame, est.norm_scale, names)
+            frame = fill_data_bounds(frame, names, est.norm_scale)
             ln1 = frame[frame["component"] == "ln1"]["definition"]
             assert ln1.str.match(r"max\|gamma\| / s_min, s_min = 0\.\d+ \(smallest token").all()
         labels = {"model": "m", "reference": "a", "target": "b", "inputs": "embedding"}

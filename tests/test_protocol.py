@@ -187,9 +187,8 @@ def test_analysis_commands_take_the_protocol(tmp_path):
     result = runner.invoke(app, [*bounds, str(out), "--out", str(tmp_path / "b")])
     assert result.exit_code != 0  # --no-bounds: no token scales for the default data LN bound
     assert "has no bounds.csv (run with --no-bounds)" in result.output
-    result = runner.invoke(
-        app, [*bounds, str(out), "--ln-bound", "abs", "--out", str(tmp_path / "b")]
-    )
+    kinds = ["--ln-bound", "abs", "--mha-bound", "paper"]  # bounds that need no pairs
+    result = runner.invoke(app, [*bounds, str(out), *kinds, "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     radius = ["radius", *tiny[:3], "--dataset", "digits", "--images", "8"]
     result = runner.invoke(app, [*radius, "--protocol", "paper", "--out", str(tmp_path / "r")])

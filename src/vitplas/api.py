@@ -29,11 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vitplas.analysis import tables
-from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bounds
+from vitplas.analysis.bound_table import estimate_bounds, fill_data_bounds, layer_bounds
 from vitplas.analysis.configs import BoundsConfig, PlasticityConfig, RadiusConfig
 from vitplas.analysis.estimate import Estimate, estimate
 from vitplas.analysis.pair_file import PairWriter
-from vitplas.analysis.pairs import pair_batches
+from vitplas.analysis.pairs import pair_batches, pair_units
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
@@ -126,6 +126,7 @@ def plasticity(
     radius: float | None = None,
     radius_images: int = _CLI.radius_images,
     ln_bound: str = _CLI.ln_bound,
+    mha_bound: str = _CLI.mha_bound,
     mha_slicing: str = _CLI.mha_slicing,
     protocol: str = _CLI.protocol,
     until_ci: float | None = None,
@@ -143,7 +144,10 @@ def plasticity(
     image), and asking for more pairs than tensors hold is refused (no pair counted twice).
     The defaults are the CLI's (vitplas.analysis.configs.PlasticityConfig): bounds on (r
     measured on `radius_images` target images unless given, one r per layer for inputs
-    "hidden" and "insitu"; the pairs above each bound counted), ln_bound "data", protocol "model".
+    "hidden" and "insitu"; the pairs above each bound counted), ln_bound and mha_bound "data",
+    protocol "model". CIs over the independent units of named datasets and Datasets
+    (pairs.PairUnits); tensors and DataLoaders carry no image ids, so there every pair is its
+    own unit.
     save_pairs: a file path: also write every pair's ratios there as Parquet, streamed (pair,
     reference_index and target_index for named datasets, layer, component, ratio: the columns
     of a run's pairs.parquet, vitplas.analysis.pair_file).
@@ -159,19 +163,21 @@ def plasticity(
     named = isinstance(reference, str) and isinstance(target, str)
     pairs = _CLI.pairs if pairs is None and named else _pair_count(pairs, x_data, y_data)
     batch_size = min(batch_size, pairs)
-    bound_frame, r, matrix, gains = None, None, None, None
+    bound_frame, r = None, None
     if bounds:
         images = min(radius_images, _size(y_data) or radius_images)
         r = radius
         if r is None:  # as the plasticity job: in pair batches, per layer for hidden inputs
             r = _radius_of(setup, y_data, images=images, seed=seed, inputs=inputs,
                            batch_size=batch_size)  # fmt: skip
-        bound_frame = _layer_bounds(setup, names, r, inputs, ln_bound=ln_bound,
-                                    mha_slicing=mha_slicing)  # fmt: skip
-        matrix = bounds_matrix(bound_frame, setup.cmap.depth, names)
-        gains = bounds_matrix(bound_frame, setup.cmap.depth, names, "norm_gain")
+        options = {"ln_bound": ln_bound, "mha_bound": mha_bound, "mha_slicing": mha_slicing}
+        bound_frame = _layer_bounds(setup, names, r, inputs, **options)
+    checks = {} if bound_frame is None else estimate_bounds(bound_frame, setup.cmap.depth, names)
     stream_names = (_name(reference), _name(target))
-    stream = _pairs(x_data, y_data, pairs, batch_size, seed, stream_names, save_pairs is not None)
+    # datasets pair through the CLI's streams, with the images' indices: their units (the CI's)
+    units = None if any(isinstance(d, DataLoader | _Images) for d in (x_data, y_data)) else (
+        pair_units(x_data, y_data))  # fmt: skip
+    stream = _pairs(x_data, y_data, pairs, batch_size, seed, stream_names, units is not None)
     with _pair_writer(save_pairs, names) as writer, _api_names():
         est = estimate(
             setup.cmap,
@@ -180,8 +186,8 @@ def plasticity(
             inputs=inputs,
             device=setup.device,
             dtype=dtype,
-            bounds=matrix,
-            norm_gains=gains,
+            **checks,
+            units=units,
             until_ci=until_ci,
             on_ratios=None if writer is None else writer.add,
         )
@@ -193,9 +199,9 @@ def plasticity(
     }
     table = tables.plasticity_table(est, labels)
     result = PlasticityResult(table, tables.pooled_table(est, labels), est, bound_frame, r)
-    if bound_frame is not None:  # as the job's tables (analysis.tables.write_all)
-        if est.norm_scale is not None:  # data-scale norm bounds: s_min came with the pairs
-            result.bounds = fill_norm_bounds(bound_frame, est.norm_scale, est.components)
+    if bound_frame is not None:  # as the job's tables (analysis.tables.write_all): the data
+        # bounds at the pairs' token extremes
+        result.bounds = fill_data_bounds(bound_frame, names, est.norm_scale, est.token_max)
         result.bound_ratio = tables.bound_ratio_table(est, labels, result.bounds)
         result.exceedances = tables.exceedance_lines(result.bound_ratio)
     return result
@@ -208,6 +214,8 @@ def bounds(
     radius: float | Sequence[float] | None = None,
     components: Sequence[str] | None = None,
     ln_bound: str = _BOUNDS.ln_bound,
+    mha_bound: str = _BOUNDS.mha_bound,
+    r_max: float | Sequence[float] | None = None,
     mha_slicing: str = _BOUNDS.mha_slicing,
     inputs: str = _BOUNDS.inputs,
     protocol: str = _BOUNDS.protocol,
@@ -218,12 +226,13 @@ def bounds(
     device: str = _BOUNDS.device,
     **model_options: Any,
 ) -> pd.DataFrame:
-    """Per-layer theoretical bounds (layer, component, bound, bound_padded, radius,
-    definition). The token count and width come from the model; the token radius r is
-    `radius` when given, else measured on `images` images of `data` (one r per layer for
-    inputs "hidden" or "insitu"). The defaults are `vitplas bounds`' (vitplas.analysis.configs
-    .BoundsConfig): the sound LayerNorm bound "data", which needs measured pairs (NaN here,
-    its definition saying why; vitplas.plasticity with bounds=True fills it)."""
+    """Per-layer theoretical bounds (bound_table.BOUND_COLUMNS: layer, component, bound,
+    bound_padded, radius, definition, ...). The token count and width come from the model; the
+    token radius r is `radius` when given, else measured on `images` images of `data` (one r
+    per layer for inputs "hidden" or "insitu"). The defaults are `vitplas bounds`' (vitplas
+    .analysis.configs.BoundsConfig): the sound bounds, which need measured pairs: the LayerNorm
+    bound "data" and the MHA bound "data" (tokens within `r_max`) are NaN here unless given,
+    their definitions saying why (vitplas.plasticity with bounds=True fills them)."""
     setup = _setup(model, device, seed, **model_options)
     names = resolve_components(setup.cmap, components)
     if radius is None:
@@ -232,7 +241,8 @@ def bounds(
         data = _dataset(data, split, setup.transform(protocol), protocol)
         radius = _radius_of(setup, data, images=images, seed=seed, inputs=inputs,
                             batch_size=batch_size)  # fmt: skip
-    return _layer_bounds(setup, names, radius, inputs, ln_bound=ln_bound, mha_slicing=mha_slicing)
+    options = {"ln_bound": ln_bound, "mha_bound": mha_bound, "mha_slicing": mha_slicing}
+    return _layer_bounds(setup, names, radius, inputs, r_max=r_max, **options)
 
 
 def radius(

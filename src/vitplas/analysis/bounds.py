@@ -21,45 +21,73 @@ Linear (FC1, FC2, LayerScale)  f(x) - f(y) = W (x - y): ratio <= ||W||_2, no ass
     cancels). FC2 reads zero-padded tokens, i.e. only W[:, :D], so ||W[:, :D]||_2 <= ||W||_2 is
     the tight bound of the probe (`bound_padded`); the paper's bound is the full ||W||_2.
     LayerScale is diagonal: ||diag(gamma)||_2 = max|gamma|.
-MHA  with A_h = W_Q^h W_K^h^T / sqrt(d_h), the paper's
-        sum_h ||W_O^h||_2 ||W_V^h||_2 sqrt(3n + (12n + 3) r^4 ||A_h||_2^2).
-    For one head g(X) = softmax(X A X^T) X, the Jacobian in direction E is dP X + P E.
-    |(P E)_i|^2 <= sum_j p_ij |e_j|^2 gives ||P E||_F <= sqrt(n) ||E||_F. Row i of dP X is a
-    covariance under p_i between the score change ds_ij = e_i^T A x_j + x_i^T A e_j and x_j, so
-    |(dP X)_i|^2 <= r^2 E_p[ds^2] <= 2 r^4 ||A||^2 (|e_i|^2 + sum_j p_ij |e_j|^2), and
-    ||dP X||_F <= sqrt(2 (n + 1)) r^2 ||A|| ||E||_F. Hence ||J|| <= sqrt(2n + 4(n + 1) r^4 ||A||^2),
-    which is below the paper's constant; the mean value theorem on the segment from X to Y
-    finishes. ASSUMPTIONS: every token of x and y has norm <= r (the ball is convex, so the
-    segment stays in it), and the query bias is zero (a key bias is constant along a row of
-    scores and cancels in softmax; value and output biases cancel in f(x) - f(y); a query bias
-    adds b_q^T W_k e_j / sqrt(d_h) to the score change, which the formula ignores). The paper's r
-    is the MEAN over images of the RMS token norm, so real tokens often exceed it: the run
-    reports the fraction of pairs above each bound instead of assuming it holds.
-    Heads: rows [h d_h, (h+1) d_h) of the q, k and v blocks of the fused qkv weight, and the
-    matching columns of the output projection (`mha_slicing="rows"`). The original slices the
-    q, k, v weights by input columns (`"columns"`), kept for comparison only.
+MHA  One head h: g_h(X) = softmax(S) X, s_ij = q_i^T k_j / sqrt(d_h), q_i = W_Q x_i + b_q,
+    k_j = W_K x_j + b_k (head h's rows of the fused qkv weight and bias), and
+        f(X) = sum_h g_h(X) (W_O^h W_V^h)^T + constants:
+    the value bias passes through (each row of P sums to 1) and, like the output bias, cancels
+    in f(x) - f(y). In s_ij the terms x_i^T W_Q^T b_k / sqrt(d_h) and b_q^T b_k / sqrt(d_h) do
+    not depend on j: a key bias shifts a whole row of scores, which softmax ignores. What stays:
+        s_ij = x_i^T A x_j + c^T x_j + (row constants),
+        A = W_Q^T W_K / sqrt(d_h),  c = W_K^T b_q / sqrt(d_h)  (the query bias's score).
+    The Jacobian of g in a direction E (n x D) at X whose tokens have norm <= r: dg = dP X + P E.
+    (a) |(P E)_i|^2 <= sum_j p_ij |e_j|^2 (Jensen) and sum_i p_ij <= n, so
+        ||P E||_F <= sqrt(n) ||E||_F.
+    (b) softmax's exact Jacobian, dp_ij = p_ij (ds_ij - E_p ds_i), makes row i of dP X the
+        covariance Cov_p(ds_i, x) over j ~ p_i, and |Cov_p(a, x)| <= sqrt(E_p a^2) r. Here
+        ds_ij = e_i^T A x_j + u_i^T e_j with u_i = A^T x_i + c, |u_i| <= ||A|| r + |c|, so
+        |(dP X)_i| <= ||A|| r^2 |e_i| + (||A|| r + |c|) r sqrt(sum_j p_ij |e_j|^2), and by
+        Minkowski over i and (a)'s column sums ||dP X||_F <= (||A|| r^2 + sqrt(n) r (||A|| r +
+        |c|)) ||E||_F.
+    Hence ||J_h|| <= L_h(r) = sqrt(n) + (1 + sqrt(n)) ||A_h||_2 r^2 + sqrt(n) |c_h| r, and the
+    mean value theorem on the segment from X to Y (its token i lies between x_i and y_i, so
+    within the ball of radius r when both are: the ball is convex) gives, w_h = ||W_O^h W_V^h||_2,
+        ||f(X) - f(Y)||_F / ||X - Y||_F <= sum_h w_h L_h(r) = k0 + k1 r + k2 r^2,
+    k0 = sqrt(n) sum_h w_h, k1 = sqrt(n) sum_h w_h |c_h|, k2 = (1 + sqrt(n)) sum_h w_h ||A_h||_2
+    (`mha_coefficients`). The bounds (`mha_bound`):
+    "data" (default)  r = r_max, the largest token norm of x and y: each pair is checked against
+        its own bound, and the table's uses r_max over every token of every pair the run
+        measures (measured with the ratios, kept across resumes). NO ASSUMPTION: the key, value
+        and output biases cancel exactly, the query bias is in c_h, softmax's Jacobian is exact
+        (no Lipschitz constant of softmax is assumed), n is the model's real token count (class
+        and register tokens included; a mask that hides keys only narrows the rows' supports,
+        so every step holds). Heads are always the rows of the fused weight.
+    "paper"  sum_h ||W_O^h||_2 ||W_V^h||_2 sqrt(3n + (12n + 3) r^4 ||A_h||_2^2) with the paper's
+        r, the MEAN over images of the RMS token norm. ASSUMPTIONS: every token of x and y has
+        norm <= r, and no query bias. Where both hold it is a bound: at c = 0 each L_h is below
+        its constant (sqrt(n) <= sqrt(1.5 n), 1 + sqrt(n) <= sqrt(6n + 1.5), and
+        ||W_O W_V|| <= ||W_O|| ||W_V||). Real tokens often exceed the mean radius (DINOv2 at
+        56 px: r = 3.0, largest norm 6.0) and real models have query biases: the run checks
+        both per layer (`held`) and counts the pairs above it.
+    Attention outside softmax(q k^T / sqrt(d_h)) v + proj (q/k norms, another scale, rope, a
+    relative position bias) gets no bound (NaN with the reason). Heads for "paper": rows
+    [h d_h, (h+1) d_h) of the q, k and v blocks and the matching columns of the output
+    projection (`mha_slicing="rows"`), or the original's input-column slices (`"columns"`).
 Radius r: mean over images of sqrt(mean over tokens of ||token||^2) of MHA's input: the
     embedding output (`inputs="embedding"`), each block's input (`"hidden"`), or what MHA
     receives in the model's forward (`"insitu"`: LN1's output; analysis.setup.RADIUS_AT).
     In situ, every bound reads the component's real input: a norm's s_min is over the tokens of
-    its own input (the block input for LN1, the residual after attention for LN2), and FC2's
-    probe is not zero-padded, so ||W||_2 is its tight bound (no bound_padded).
+    its own input (the block input for LN1, the residual after attention for LN2), MHA's r_max
+    over LN1's output, and FC2's probe is not zero-padded, so ||W||_2 is its tight bound (no
+    bound_padded).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-import pandas as pd
 import torch
 from torch import nn
 
+from vitplas.analysis.configs import (  # noqa: F401 (re-exported: the options' home)
+    LN_BOUNDS,
+    MHA_BOUNDS,
+    MHA_SLICINGS,
+    check_bound_options,
+)
 from vitplas.analysis.plasticity import embed_images, norm_kind, padded_weight
 from vitplas.models.components import ComponentMap
 
-LN_BOUNDS = ("data", "abs", "signed")  # the first is the default
-MHA_SLICINGS = ("rows", "columns")
 SCALE_PENDING = "measured with the pairs"  # in a data-scale definition until filled
 # a data-scale norm row before its s_min is known (NaN bound): why, then the formula to fill in.
 # Said in config keys, not command-line flags: the API and the CLI share it.
@@ -68,15 +96,21 @@ DATA_UNDEFINED = (
     " scale (measure plasticity with bounds on, or give the bounds a plasticity run), or set"
     " ln_bound to abs or signed"
 )
+MHA_UNDEFINED = (
+    "undefined: the data MHA bound needs the largest token norm of the pairs: pass "
+    "--plasticity RUN, or --mha-bound paper"
+)
 ONCE_MEASURED = "; once measured: "
-# each bound's assumption in words (printed with its exceedances)
+# each bound's assumption in words, by the row's `kind` (printed with its exceedances)
 ASSUMPTIONS = {
     "data": "none (s_min measured on the same pairs)",
     "abs": "every token's sqrt(var + eps) >= 1",
     "signed": "every token's sqrt(var + eps) >= 1 and the largest |gain| positive",
     "linear": "none",
-    "mha": "every token's norm <= r (the radius) and no query bias",
+    "mha-data": "none (r_max, the largest token norm, measured on the same pairs)",
+    "mha-paper": "every token's norm <= r (the mean radius) and no query bias",
 }
+ASSUMPTIONS["mha"] = ASSUMPTIONS["mha-paper"]  # the name of earlier versions
 
 
 def spectral_norm(weight: torch.Tensor) -> float:
@@ -171,7 +205,7 @@ def attention_extras(attn: nn.Module) -> list[str]:
     return extras
 
 
-def mha_bound(
+def mha_paper(
     qkv: nn.Linear,
     proj: nn.Linear,
     num_heads: int,
@@ -190,6 +224,52 @@ def mha_bound(
     return total
 
 
+def query_bias(qkv: nn.Linear) -> torch.Tensor:
+    """The (A,) float64 query bias of a fused qkv linear (zeros when it has no bias)."""
+    width = qkv.weight.shape[0] // 3
+    if qkv.bias is None:
+        return torch.zeros(width, dtype=torch.float64)
+    return qkv.bias.detach().double()[:width].cpu()
+
+
+def mha_coefficients(
+    qkv: nn.Linear, proj: nn.Linear, num_heads: int, n_tokens: int
+) -> tuple[float, float, float]:
+    """(k0, k1, k2) of the data MHA bound k0 + k1 r + k2 r^2 (module docstring), heads sliced
+    by rows: w_h = ||W_O^h W_V^h||_2, ||A_h||_2 and |c_h| = |W_K^h^T b_q^h| / sqrt(d_h)."""
+    if n_tokens < 1:
+        raise ValueError(f"need n_tokens >= 1, got {n_tokens}")
+    bias = query_bias(qkv).to(qkv.weight.device)
+    root = math.sqrt(n_tokens)
+    k0 = k1 = k2 = 0.0
+    for h, (q, k, v, o) in enumerate(head_weights(qkv, proj, num_heads, "rows")):
+        dh = q.shape[0]
+        w = qk_norm(o.T, v)  # ||O_h V_h||_2: O_h is (D, d_h), V_h (d_h, D)
+        a = qk_norm(q, k) / math.sqrt(dh)
+        c = float((k.T @ bias[h * dh : (h + 1) * dh]).norm()) / math.sqrt(dh)
+        k0, k1, k2 = k0 + root * w, k1 + root * w * c, k2 + (1 + root) * w * a
+    return k0, k1, k2
+
+
+def mha_data_bound(coefficients: Sequence[float], r_max: float) -> float:
+    """The data MHA bound at token radius r_max: k0 + k1 r_max + k2 r_max^2."""
+    k0, k1, k2 = coefficients
+    return k0 + k1 * r_max + k2 * r_max**2
+
+
+def mha_definition(kind: str, n_tokens: int, radius: float, slicing: str, r_max=None) -> str:
+    """The definition of an MHA bound in words; the data bound without r_max: why it is
+    undefined yet, then the formula that fill_data_bounds completes."""
+    if kind == "paper":
+        return f"the paper's MHA formula, n={n_tokens}, r={radius:.4g} (mean radius), {slicing}"
+    value = SCALE_PENDING if r_max is None else f"{r_max:.4g}"
+    formula = (
+        f"k0 + k1 r_max + k2 r_max^2 (query bias included), n={n_tokens}, r_max = {value} "
+        "(largest token norm of the pairs)"
+    )
+    return formula if r_max is not None else MHA_UNDEFINED + ONCE_MEASURED + formula
+
+
 def bound_unavailable_reason(cmap: ComponentMap, layer: int, name: str) -> str | None:
     """Why no formula above covers component `name` of block `layer` (None: one does): what the
     family registry says (rope, relative position bias) or a norm that is neither a LayerNorm
@@ -202,6 +282,32 @@ def bound_unavailable_reason(cmap: ComponentMap, layer: int, name: str) -> str |
     return None
 
 
+def _mha_row(cmap, layer, n_tokens, radius, mha_bound, mha_slicing, r_max) -> dict:
+    qkv, proj, heads = cmap.attention_parts(layer)
+    paper = mha_paper(qkv, proj, heads, n_tokens, radius, mha_slicing)
+    qbias = float(query_bias(qkv).norm())
+    coefs = mha_coefficients(qkv, proj, heads, n_tokens)
+    row = {"paper_bound": paper, "query_bias": qbias, "kind": f"mha-{mha_bound}"}
+    row |= dict(zip(("mha_k0", "mha_k1", "mha_k2"), coefs, strict=True))
+    row["paper_held"] = False if qbias > 0 else None  # the data decide r_max <= r
+    if mha_bound == "paper":
+        definition = mha_definition("paper", n_tokens, radius, mha_slicing)
+        return row | {"bound": paper, "held": row["paper_held"], "definition": definition}
+    value = math.nan if r_max is None else mha_data_bound(coefs, r_max)
+    definition = mha_definition("data", n_tokens, radius, "rows", r_max)
+    return row | {"bound": value, "held": True, "definition": definition, "r_max": r_max}
+
+
+def _norm_row(module: nn.Module, ln_bound: str) -> dict:
+    gain, signed = layernorm_bound(module, "abs"), layernorm_bound(module, "signed")
+    sign_ok = None if signed == gain else False  # the signed max assumes the largest |gain| > 0
+    held = {"data": True, "abs": None, "signed": sign_ok}[ln_bound]
+    value = math.nan if ln_bound == "data" else layernorm_bound(module, ln_bound)
+    row = {"bound": value, "definition": norm_definition(module, ln_bound), "kind": ln_bound}
+    row |= {"held": held, "paper_bound": signed, "paper_held": sign_ok}
+    return row | {"norm_gain": gain if ln_bound == "data" else math.nan}
+
+
 def component_bound(
     cmap: ComponentMap,
     layer: int,
@@ -211,126 +317,35 @@ def component_bound(
     n_tokens: int,
     radius: float,
     ln_bound: str = "data",
+    mha_bound: str = "data",
     mha_slicing: str = "rows",
-) -> tuple[float, float, str]:
-    """(bound, tight bound of the probe or NaN, definition) of one component of one block."""
+    r_max: float | None = None,
+) -> dict:
+    """One row of a bounds table (BOUND_COLUMNS but layer/component/radius/assumption; what
+    is left out is NaN): bound, bound_padded, definition, kind, paper_bound, held and
+    paper_held as far as the weights decide them (None: the measured data will), and the
+    data bounds' inputs (norm_gain; mha_k0..2, query_bias, r_max)."""
+    undefined = {"bound": math.nan, "kind": "", "held": None, "paper_held": None}
     if (why := bound_unavailable_reason(cmap, layer, name)) is not None:
-        return math.nan, math.nan, f"undefined: {why}"
+        return undefined | {"definition": f"undefined: {why}"}
     module = cmap.module(layer, name)
     if name == "mha":
         extras = attention_extras(module)
-        if extras:  # no bound (NaN): the formula does not cover this attention
-            return math.nan, math.nan, f"undefined: attention with {', '.join(extras)}"
-        qkv, proj, heads = cmap.attention_parts(layer)
-        value = mha_bound(qkv, proj, heads, n_tokens, radius, mha_slicing)
-        return value, math.nan, f"MHA formula, n={n_tokens}, r={radius:.4g}, {mha_slicing}"
+        if extras:  # no bound (NaN): the formulas do not cover this attention
+            return undefined | {"definition": f"undefined: attention with {', '.join(extras)}"}
+        return _mha_row(cmap, layer, n_tokens, radius, mha_bound, mha_slicing, r_max)
     if norm_kind(module) is not None or name in ("ln1", "ln2"):
-        gain = layernorm_bound(module, ln_bound)
-        value = math.nan if ln_bound == "data" else gain  # data: known once pairs are measured
-        return value, math.nan, norm_definition(module, ln_bound)
+        return _norm_row(module, ln_bound)
+    row = {"kind": "linear", "held": True, "paper_held": True, "definition": "||W||_2"}
     if name in ("fc1", "fc2"):
         full = spectral_norm(module.weight)
         padded = name == "fc2" and width is not None  # None: FC2 reads its real input
         tight = spectral_norm(padded_weight(module, width)) if padded else math.nan
-        return full, tight, "||W||_2"
+        return row | {"bound": full, "bound_padded": tight, "paper_bound": full}
     if name in ("ls1", "ls2"):
-        return float(module.gamma.detach().double().abs().max()), math.nan, "max|gamma|"
+        gain = float(module.gamma.detach().double().abs().max())
+        return row | {"bound": gain, "paper_bound": gain, "definition": "max|gamma|"}
     raise ValueError(f"no bound is defined for component '{name}'")
-
-
-def layer_bounds(
-    cmap: ComponentMap,
-    components: Sequence[str],
-    *,
-    n_tokens: int,
-    radius: float | Sequence[float],
-    width: int | None,
-    ln_bound: str = "data",
-    mha_slicing: str = "rows",
-    progress: Callable[[int, int], None] | None = None,
-) -> pd.DataFrame:
-    """Tidy bounds: layer, component, bound, bound_padded, radius, definition, assumption,
-    norm_gain, norm_scale.
-
-    radius: one value, or one per layer (inputs hidden, insitu). width: the token width FC2's
-    probe zero-pads (its tight bound_padded); None in situ (no padding). With ln_bound="data",
-    a norm's bound is NaN here and norm_gain holds max|gamma|: fill_norm_bounds divides it by
-    the smallest token scale measured with the pairs (norm_scale). progress(layers done,
-    depth) is called after each layer (the spectral norms of a large model take a while)."""
-    radii = [float(radius)] * cmap.depth if isinstance(radius, int | float) else list(radius)
-    if len(radii) != cmap.depth:
-        raise ValueError(f"need {cmap.depth} radii (one per layer), got {len(radii)}")
-    rows = []
-    for layer in range(cmap.depth):
-        for name in components:
-            value, tight, definition = component_bound(
-                cmap,
-                layer,
-                name,
-                width=width,
-                n_tokens=n_tokens,
-                radius=radii[layer],
-                ln_bound=ln_bound,
-                mha_slicing=mha_slicing,
-            )
-            module = cmap.module(layer, name)
-            is_norm = norm_kind(module) is not None or name in ("ln1", "ln2")
-            gain = layernorm_bound(module, "abs") if is_norm and ln_bound == "data" else math.nan
-            assumption = _assumption(name, is_norm, ln_bound, definition)
-            rows.append(
-                (layer, name, value, tight, radii[layer], definition, assumption, gain, math.nan)
-            )
-        if progress is not None:
-            progress(layer + 1, cmap.depth)
-    return pd.DataFrame(rows, columns=BOUND_COLUMNS)
-
-
-BOUND_COLUMNS = [
-    "layer", "component", "bound", "bound_padded", "radius", "definition", "assumption",
-    "norm_gain", "norm_scale",
-]  # fmt: skip
-
-
-def _assumption(name: str, is_norm: bool, ln_bound: str, definition: str) -> str:
-    if is_norm:
-        return ASSUMPTIONS[ln_bound]
-    if name == "mha":
-        return "" if definition.startswith("undefined") else ASSUMPTIONS["mha"]
-    return ASSUMPTIONS["linear"]
-
-
-def fill_norm_bounds(frame: pd.DataFrame, scale: torch.Tensor, components: Sequence[str]):
-    """A copy of a layer_bounds table whose data-scale norm rows (norm_gain set) get
-    bound = norm_gain / s_min, s_min = scale[layer, component] ((L, C), NaN elsewhere)."""
-    out = frame.copy()
-    col = {c: i for i, c in enumerate(components)}
-    for i, (layer, name, gain) in enumerate(
-        out[["layer", "component", "norm_gain"]].itertuples(index=False)
-    ):
-        if math.isnan(gain) or name not in col:
-            continue
-        s = float(scale[int(layer), col[name]])
-        if not s > 0:  # no scale measured for this row: it stays undefined
-            continue
-        out.loc[out.index[i], ["bound", "norm_scale"]] = gain / s, s
-        formula = out.loc[out.index[i], "definition"].split(ONCE_MEASURED)[-1]
-        out.loc[out.index[i], "definition"] = formula.replace(SCALE_PENDING, f"{s:.4g}")
-    return out
-
-
-def bounds_matrix(
-    frame: pd.DataFrame, depth: int, components: Sequence[str], column: str = "bound"
-) -> torch.Tensor:
-    """(depth, C) tensor of `column` (bound, norm_gain) from a layer_bounds table (NaN where
-    none)."""
-    out = torch.full((depth, len(components)), math.nan, dtype=torch.float64)
-    col = {c: i for i, c in enumerate(components)}
-    if column not in frame:
-        return out
-    for layer, name, value in frame[["layer", "component", column]].itertuples(index=False):
-        if name in col:
-            out[int(layer), col[name]] = float(value)
-    return out
 
 
 def token_radius(

@@ -3,8 +3,10 @@
 Given the folder of a plasticity run (`plasticity`), the measured means are divided by the
 bounds too. The fraction of pairs above a bound needs the per-pair ratios, so it comes from
 the plasticity run itself (its bound_ratio table), not from here. The default LayerNorm bound
-("data", max|gamma| / s_min) needs the smallest token scale of the pairs it covers: it is taken
-from that plasticity run (its bounds table); without one it stays NaN, its definition saying why.
+("data", max|gamma| / s_min) needs the smallest token scale of the pairs it covers, and the
+default MHA bound ("data") their largest token norm r_max: both are taken from that plasticity
+run (its bounds table; r_max may also be given); without one they stay NaN, their definitions
+saying why.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from vitplas.analysis.bounds import bounds_matrix, fill_norm_bounds, layer_bounds
+from vitplas.analysis.bound_table import bounds_matrix, fill_data_bounds, layer_bounds
 from vitplas.analysis.configs import BoundsConfig
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
@@ -35,11 +37,13 @@ def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:
     return frame
 
 
-def _norm_scales(bounds: pd.DataFrame, run: str, depth: int, components) -> pd.DataFrame:
-    """Data-scale norm bounds from the smallest token scales a plasticity run measured."""
-    measured = pd.read_csv(Path(run) / "bounds.csv")
+def _measured(bounds: pd.DataFrame, cfg: BoundsConfig, depth: int, components) -> pd.DataFrame:
+    """Data bounds from the token extremes a plasticity run measured (s_min; r_max unless
+    given)."""
+    measured = pd.read_csv(Path(cfg.plasticity) / "bounds.csv")
     scale = bounds_matrix(measured, depth, components, "norm_scale")
-    return fill_norm_bounds(bounds, scale, components)
+    largest = None if cfg.r_max is not None else bounds_matrix(measured, depth, components, "r_max")
+    return fill_data_bounds(bounds, components, scale, largest)
 
 
 def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
@@ -93,11 +97,13 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
         radius=radius,
         width=bound_width(setup, cfg.inputs),
         ln_bound=cfg.ln_bound,
+        mha_bound=cfg.mha_bound,
         mha_slicing=cfg.mha_slicing,
+        r_max=cfg.r_max,
         progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
     )
-    if cfg.ln_bound == "data" and cfg.plasticity is not None:
-        bounds = _norm_scales(bounds, cfg.plasticity, setup.cmap.depth, components)
+    if cfg.plasticity is not None and (Path(cfg.plasticity) / "bounds.csv").is_file():
+        bounds = _measured(bounds, cfg, setup.cmap.depth, components)
     bounds.insert(0, "model", cfg.model)
     files = list(write_table(bounds, run / "bounds"))
     if cfg.plasticity is not None:
@@ -112,6 +118,7 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
         "radius_source": source,
         "n_tokens": setup.n_tokens,
         "ln_bound": cfg.ln_bound,
+        "mha_bound": cfg.mha_bound,
         "mha_slicing": cfg.mha_slicing,
         "files": [str(Path(p).relative_to(run.path)) for p in files],
         "timings": {"total_s": time.perf_counter() - t0},

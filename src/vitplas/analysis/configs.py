@@ -15,6 +15,25 @@ from vitplas.config import ConfigError
 # The embedded default (DESIGN.md): DINOv2 ViT-S/14, photos vs Fashion-MNIST test, ~2 min on a
 # 2-core CPU. Its pooled CIs already stand apart at 128 pairs; 512 leave a wide margin.
 DEFAULT_PAIRS = 512
+LN_BOUNDS = ("data", "abs", "signed")  # the first is the default (analysis/bounds.py)
+MHA_BOUNDS = ("data", "paper")  # the first is the default
+MHA_SLICINGS = ("rows", "columns")
+
+
+def check_bound_options(ln_bound: str, mha_bound: str, mha_slicing: str) -> None:
+    """A clear error (ConfigError, a ValueError) for bad bound options, before any work."""
+    for value, known, key in (
+        (ln_bound, LN_BOUNDS, "ln_bound"),
+        (mha_bound, MHA_BOUNDS, "mha_bound"),
+        (mha_slicing, MHA_SLICINGS, "mha_slicing"),
+    ):
+        if value not in known:
+            raise ConfigError(f"{key} '{value}' is unknown; choose one of {', '.join(known)}")
+    if mha_bound == "data" and mha_slicing != "rows":
+        raise ConfigError(
+            f"mha_slicing '{mha_slicing}' is the original's formula only: use it with "
+            "mha_bound paper (the data bound always slices heads by rows)"
+        )
 
 
 @dataclass
@@ -52,8 +71,11 @@ class PlasticityConfig:
     ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
     # (max|gamma| / the smallest token scale of the measured pairs: holds for every pair), abs
     # (max|gamma|) or signed (the original's)
-    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
-    # columns (the original's)
+    mha_bound: Literal["data", "paper"] = "data"  # MHA bound: data (tokens within r_max, the
+    # largest token norm of the pairs, query bias included: holds for every pair) or paper (the
+    # paper's formula at the mean radius r: assumes every token within r and no query bias)
+    mha_slicing: Literal["rows", "columns"] = "rows"  # heads of the paper's MHA formula: rows
+    # (per-head rows) or columns (the original's; mha_bound paper only)
     figures: bool = True  # draw the figures (PNG + PDF)
     save_pairs: bool = False  # also keep every pair's ratios (pair, its images' dataset indices,
     # layer, component, ratio) in pairs.parquet, for custom analyses
@@ -70,6 +92,7 @@ class PlasticityConfig:
             raise ConfigError(f"until_ci is a fraction of the mean in (0, 1), got {self.until_ci}")
         if self.radius is not None and not self.radius > 0:
             raise ConfigError(f"radius must be > 0, got {self.radius}")
+        check_bound_options(self.ln_bound, self.mha_bound, self.mha_slicing)
 
 
 @dataclass
@@ -92,8 +115,12 @@ class BoundsConfig:
     ln_bound: Literal["data", "abs", "signed"] = "data"  # LayerNorm/RmsNorm bound: data
     # (max|gamma| / smallest token scale of a plasticity run's pairs), abs (max|gamma|) or signed
     # (the original's)
-    mha_slicing: Literal["rows", "columns"] = "rows"  # MHA bound slicing: rows (per-head rows) or
-    # columns (the original's)
+    mha_bound: Literal["data", "paper"] = "data"  # MHA bound: data (tokens within r_max, query
+    # bias included: no assumption) or paper (the paper's formula at r)
+    r_max: float | None = None  # largest token norm the data MHA bound covers (None: the
+    # plasticity run's, measured on its pairs)
+    mha_slicing: Literal["rows", "columns"] = "rows"  # heads of the paper's MHA formula: rows
+    # (per-head rows) or columns (the original's; mha_bound paper only)
     plasticity: str | None = None  # a plasticity run folder to divide by the bounds
     seed: int = 0  # seed of the images r is measured on, and of random_init weights
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
@@ -104,6 +131,9 @@ class BoundsConfig:
             raise ConfigError(f"radius must be > 0, got {self.radius}")
         if self.radius_images < 1 or self.batch_size < 1:
             raise ConfigError("radius_images and batch_size must be >= 1")
+        if self.r_max is not None and not self.r_max > 0:
+            raise ConfigError(f"r_max must be > 0, got {self.r_max}")
+        check_bound_options(self.ln_bound, self.mha_bound, self.mha_slicing)
         if self.plasticity is not None:
             _check_plasticity_run(Path(self.plasticity), self)
 
@@ -125,11 +155,12 @@ def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
             f"{k}: {measured.get(k)!r} there, {getattr(cfg, k)!r} here" for k in other
         )
         raise ConfigError(f"the plasticity run '{folder}' measured another setting ({details})")
-    if cfg.ln_bound == "data" and not (folder / "bounds.csv").is_file():
+    needs = cfg.ln_bound == "data" or (cfg.mha_bound == "data" and cfg.r_max is None)
+    if needs and not (folder / "bounds.csv").is_file():
         raise ConfigError(
             f"the plasticity run '{folder}' has no bounds.csv (run with --no-bounds), so no token "
-            "scales for the data LayerNorm bound: rerun it with bounds, or pass --ln-bound "
-            "abs|signed"
+            "scales or norms for the data bounds: rerun it with bounds, or pass --ln-bound "
+            "abs|signed and --mha-bound paper"
         )
 
 

@@ -4,6 +4,13 @@ Everything stays on the device: the ratios of a batch go straight into RatioStat
 final summary (and, for the sequential stop, a (L + 1, C) check every few batches) reaches the
 host. Row L of the statistics is the per-pair mean over layers ("pooled"), whose CI is honest
 although the layers of one pair are correlated.
+
+The CIs count independent units (ratio_stats.py): given the pairs' units (pairs.PairUnits),
+each batch's unit ids go with its ratios, and `until_ci` stops on that clustered interval.
+With bounds, each pair is checked against the configured bounds and against the paper's
+(counted beside), a data bound against the pair's own value (bound_table.py), and the token
+statistics the data bounds need (smallest token scale per norm, largest token norm per MHA)
+are kept over all pairs, across resumes.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from vitplas.device import precision
 from vitplas.models.components import ComponentMap
 
 POOLED = "all"  # the layer label of the pooled rows
+STATE_VERSION = 2  # of the resumable state; a state of another version is started over
+FRAME_COLUMNS = ["mean", "std", "n", "units", "ci95", "max", "exceed_frac", "paper_exceed_frac"]
 
 
 @dataclass
@@ -38,14 +47,18 @@ class Estimate:
     stopped_early: bool
     seconds: float
     norm_scale: torch.Tensor | None = None  # (L, C) smallest token scale of norm components
+    token_max: torch.Tensor | None = None  # (L, C) largest token norm at MHA components
+    units: dict | None = None  # per stream ("reference", "target"): (units seen, what they are)
 
     @property
     def pairs_per_s(self) -> float:
         return self.pairs / self.seconds if self.seconds > 0 else math.nan
 
     def frame(self, pooled: bool = False) -> pd.DataFrame:
-        """Tidy rows (layer, component, mean, std, n, ci95, max, exceed_frac): the per-layer
-        rows, or with pooled=True one row per component with layer = 'all'."""
+        """Tidy rows (layer, component, mean, std, n, units, ci95, max, exceed_frac,
+        paper_exceed_frac; NaN where not measured): the per-layer rows, or with pooled=True
+        one row per component with layer = 'all'. units: the independent units the CI rests
+        on (ratio_stats.py)."""
         layers = [POOLED] if pooled else list(range(self.depth))
         offset = self.depth if pooled else 0
         rows = []
@@ -53,9 +66,9 @@ class Estimate:
             for c, name in enumerate(self.components):
                 stats = {k: float(v[offset + i, c]) for k, v in self.summary.items()}
                 stats["n"] = int(stats["n"])
+                stats["units"] = int(stats.get("units", stats["n"]))
                 rows.append({"layer": layer, "component": name, **stats})
-        columns = ["layer", "component", "mean", "std", "n", "ci95", "max", "exceed_frac"]
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=["layer", "component", *FRAME_COLUMNS])
 
 
 def _with_pooled(ratios: torch.Tensor) -> torch.Tensor:
@@ -64,15 +77,93 @@ def _with_pooled(ratios: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_bounds(
-    fixed: torch.Tensor | None, gains: torch.Tensor, scales: torch.Tensor
+    fixed: torch.Tensor, gains: torch.Tensor, coefs: torch.Tensor, stats: torch.Tensor
 ) -> torch.Tensor:
-    """(B, L + 1, C) bounds of this batch's pairs: gain / smallest token scale where a gain is
-    given (data-scale norm bounds), else the fixed (L + 1, C) bounds (NaN: none)."""
-    per_pair = _with_pooled(gains / scales)  # gains NaN -> NaN; the pooled row is NaN anyway
+    """(B, L + 1, C) configured bounds of this batch's pairs, from the (B, L, C) token
+    statistics of block_scales: gain / s_min(x, y) where a data norm bound's gain is given,
+    k0 + k1 r + k2 r^2 at r = r_max(x, y) where data MHA coefficients (L, C, 3) are, else the
+    fixed (L + 1, C) bounds (NaN: none; the pooled row has none)."""
+    per_pair = gains / stats  # gains NaN -> NaN
+    poly = coefs[..., 0] + coefs[..., 1] * stats + coefs[..., 2] * stats.square()
+    per_pair = torch.where(torch.isfinite(coefs[..., 0]), poly, per_pair)
+    per_pair = _with_pooled(per_pair)
     per_pair[:, -1] = math.nan
-    if fixed is None:
-        return per_pair
     return torch.where(torch.isnan(per_pair), fixed, per_pair)
+
+
+class _Extremes:
+    """Smallest token scale (norm columns) and largest token norm (MHA columns) over every
+    pair: what the data bounds of the table use, so they hold for every pair measured."""
+
+    def __init__(self, names: Sequence[str], depth: int, device: torch.device) -> None:
+        self.is_mha = torch.tensor([n == "mha" for n in names], device=device)
+        shape = (depth, len(names))
+        self.smallest = torch.full(shape, math.inf, dtype=torch.float64, device=device)
+        self.largest = torch.full(shape, -math.inf, dtype=torch.float64, device=device)
+
+    def update(self, stats: torch.Tensor) -> None:
+        """stats (B, L, C): block_scales per pair (NaN where a column has none)."""
+        low = torch.where(self.is_mha, math.inf, stats).amin(0)
+        high = torch.where(self.is_mha, stats, -math.inf).amax(0)
+        self.smallest = torch.fmin(self.smallest, low)
+        self.largest = torch.fmax(self.largest, high)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"smallest": self.smallest.cpu(), "largest": self.largest.cpu()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.smallest = state["smallest"].to(self.smallest)
+        self.largest = state["largest"].to(self.largest)
+
+    def results(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm_scale, token_max), (L, C) on the host, NaN where not measured."""
+        nan = torch.full_like(self.smallest, math.nan)
+        small = torch.where(torch.isfinite(self.smallest), self.smallest, nan)
+        large = torch.where(torch.isfinite(self.largest), self.largest, nan)
+        return small.cpu(), large.cpu()
+
+
+class _Checks:
+    """What each pair is checked against (bounds, from bound_table.estimate_bounds) and the
+    token extremes kept for the data bounds; all on the device."""
+
+    def __init__(self, names, depth, device, bounds, norm_gains, mha_coefs, paper_bounds):
+        shape = (depth, len(names))
+        nan = torch.full(shape, math.nan, dtype=torch.float64)
+
+        def given(t, extra=()):
+            t = torch.full((*shape, *extra), math.nan) if t is None else t
+            return t.to(device=device, dtype=torch.float64)
+
+        pad = torch.full((1, len(names)), math.nan, dtype=torch.float64)
+        self.fixed = torch.cat([nan if bounds is None else bounds.double().cpu(), pad]).to(device)
+        self.paper = None
+        if paper_bounds is not None:
+            self.paper = torch.cat([paper_bounds.double().cpu(), pad]).to(device)
+        self.gains, self.coefs = given(norm_gains), given(mha_coefs, (3,))
+        self.per_pair = bool(torch.isfinite(self.gains).any() or torch.isfinite(self.coefs).any())
+        self.extremes = _Extremes(names, depth, device)
+
+    def named(self) -> dict[str, torch.Tensor]:
+        """The fixed bound sets RatioStats counts exceedances of."""
+        return {"bound": self.fixed} | ({} if self.paper is None else {"paper": self.paper})
+
+    def pair_bounds(self, stats: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """This batch's per-pair configured bounds (None: the fixed ones serve)."""
+        self.extremes.update(stats)
+        if not self.per_pair:
+            return None
+        return {"bound": _pair_bounds(self.fixed, self.gains, self.coefs, stats)}
+
+
+def _resumable(resume: dict | None, checks: _Checks | None) -> dict | None:
+    """The saved state if this version can continue it, else None (start over: recomputing
+    is always correct)."""
+    if resume is None or resume.get("version") != STATE_VERSION:
+        return None
+    if (checks is None) != (resume.get("extremes") is None):
+        return None
+    return resume
 
 
 def estimate(
@@ -85,6 +176,9 @@ def estimate(
     dtype: str = "float32",
     bounds: torch.Tensor | None = None,
     norm_gains: torch.Tensor | None = None,
+    mha_coefs: torch.Tensor | None = None,
+    paper_bounds: torch.Tensor | None = None,
+    units=None,
     until_ci: float | None = None,
     check_every: int = 4,
     on_batch: Callable[[int, int], None] | None = None,
@@ -96,12 +190,15 @@ def estimate(
     """Stream `batches` of (x, y, *extra) images through pair_ratios into on-device statistics.
 
     The model must already be on `device`, its weights fixed until this returns. bounds: (L, C)
-    per-layer bounds whose exceedances are counted. norm_gains: (L, C) gains g (NaN elsewhere)
-    of data-scale norm bounds: each pair is checked against g / (its smallest token scale), and
-    Estimate.norm_scale keeps the smallest scale over all pairs, so that g / norm_scale bounds
-    every pair measured. until_ci: stop once every (layer, component) CI half-width is below
-    this fraction of its mean (checked every `check_every` batches), else at the end of
-    `batches`.
+    per-layer configured bounds whose exceedances are counted; norm_gains (L, C) and mha_coefs
+    (L, C, 3): the inputs of data bounds (NaN elsewhere), each pair checked against its own
+    (g / its smallest token scale; k0 + k1 r + k2 r^2 at its largest token norm r);
+    paper_bounds (L, C): the paper's, counted beside (paper_exceed_frac). bound_table.
+    estimate_bounds makes all four from a bounds table. With any of them, Estimate.norm_scale
+    and .token_max keep the token extremes over all pairs. units: a pairs.PairUnits; each
+    batch's extras must then hold the images' dataset indices, and the CIs (and until_ci)
+    count those units (ratio_stats.py). until_ci: stop once every (layer, component) CI
+    half-width is below this fraction of its mean (checked every `check_every` batches).
     on_batch(batches_done, pairs_done) is called after each batch (progress display).
     on_ratios(ratios (B, L, C), extra) receives each batch's per-pair ratios (on the device)
     with the batch's extra entries (e.g. the images' dataset indices), before any save.
@@ -110,38 +207,35 @@ def estimate(
     """
     device = torch.device(device)
     names = resolve_components(cmap, components)
+    given = (bounds, norm_gains, mha_coefs, paper_bounds)
+    checks = None
+    if any(t is not None for t in given):
+        checks = _Checks(names, cmap.depth, device, *given)
     shape = (cmap.depth + 1, len(names))
-    if bounds is not None:
-        pad = torch.full((1, len(names)), math.nan, dtype=torch.float64)
-        bounds = torch.cat([bounds.to(torch.float64).cpu(), pad])
-    stats = RatioStats(shape, device=device, bounds=bounds)
-    scaled = norm_gains is not None and bool(torch.isfinite(norm_gains).any())
-    if scaled:
-        gains = norm_gains.to(device=device, dtype=torch.float64)
-        fixed = None if bounds is None else bounds.to(device)
-        smallest = torch.full(gains.shape, math.inf, dtype=torch.float64, device=device)
+    sizes = None if units is None else units.sizes
+    stats = RatioStats(shape, device, None if checks is None else checks.named(), sizes)
     done = pairs = 0
     stopped = False
     factors = LinearFactors()  # FC1's QR factor once per run: the weights are fixed while it runs
     start = time.perf_counter()
-    if resume is not None:
+    if (resume := _resumable(resume, checks)) is not None:
         stats.load_state_dict(resume["stats"])
         done, pairs = int(resume["batches"]), int(resume["pairs"])
         start -= float(resume["seconds"])
-        if scaled:  # the smallest token scale of the pairs already counted
-            smallest = resume["smallest"].to(device=device, dtype=torch.float64)
+        if checks is not None:  # the token extremes of the pairs already counted
+            checks.extremes.load(resume["extremes"])
         batches = itertools.islice(batches, done, None)  # the same stream, past what is counted
     with precision(device, dtype):
         for x, y, *extra in batches:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            if scaled:
+            ids = None if units is None else units.ids(tuple(extra))
+            if checks is not None:
                 ratios, scales = pair_ratios(cmap, x, y, names, inputs, True, factors)
-                stats.update(_with_pooled(ratios), _pair_bounds(fixed, gains, scales))
-                smallest = torch.fmin(smallest, scales.amin(0))
+                stats.update(_with_pooled(ratios), checks.pair_bounds(scales), ids)
             else:
                 ratios = pair_ratios(cmap, x, y, names, inputs, factors=factors)
-                stats.update(_with_pooled(ratios))
+                stats.update(_with_pooled(ratios), unit_ids=ids)
             if on_ratios is not None:
                 on_ratios(ratios, tuple(extra))
             done, pairs = done + 1, pairs + x.shape[0]
@@ -154,11 +248,19 @@ def estimate(
             if save is not None and done % save_every == 0:
                 elapsed = time.perf_counter() - start
                 state = {"stats": stats.state_dict(), "batches": done, "pairs": pairs}
-                state |= {"seconds": elapsed, "smallest": smallest.cpu() if scaled else None}
-                save(state)
+                extremes = None if checks is None else checks.extremes.state()
+                save(state | {"seconds": elapsed, "extremes": extremes, "version": STATE_VERSION})
     if pairs == 0:
         raise ValueError("no pairs were given to the estimator")
     summary = stats.to_host()  # the one copy to the host (synchronises the device)
     seconds = time.perf_counter() - start
-    scale = torch.where(torch.isfinite(gains), smallest, math.nan).cpu() if scaled else None
-    return Estimate(names, cmap.depth, summary, pairs, done, stopped, seconds, scale)
+    scale, largest = (None, None) if checks is None else checks.extremes.results()
+    seen = None if units is None else _units_seen(stats, units)
+    return Estimate(names, cmap.depth, summary, pairs, done, stopped, seconds, scale, largest, seen)
+
+
+def _units_seen(stats: RatioStats, units) -> dict[str, tuple[int, str]]:
+    """Per stream: (units with a ratio, what they are), from the clustered statistics."""
+    streams = (("reference", units.reference), ("target", units.target))
+    seen = [int(sums.seen().max()) for sums in stats.units]
+    return {name: (count, u.what) for (name, u), count in zip(streams, seen, strict=True)}

@@ -22,12 +22,12 @@ import pandas as pd
 import torch
 
 from vitplas.analysis import invariance, tables
-from vitplas.analysis.bounds import bounds_matrix, layer_bounds
+from vitplas.analysis.bound_table import estimate_bounds, layer_bounds
 from vitplas.analysis.configs import DEFAULT_PAIRS as DEFAULT_PAIRS  # re-exported
 from vitplas.analysis.configs import PlasticityConfig
 from vitplas.analysis.estimate import Estimate, estimate
 from vitplas.analysis.pair_file import PAIRS_FILE, PARTS_DIR, PairWriter
-from vitplas.analysis.pairs import pair_batches
+from vitplas.analysis.pairs import pair_batches, pair_units
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
@@ -79,6 +79,7 @@ def _bounds(cfg, setup, components, target, on_phase) -> tuple[pd.DataFrame | No
         radius=radius,
         width=bound_width(setup, cfg.inputs),
         ln_bound=cfg.ln_bound,
+        mha_bound=cfg.mha_bound,
         mha_slicing=cfg.mha_slicing,
         progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
     )
@@ -118,16 +119,13 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run, 
         seed=cfg.seed,
         num_workers=cfg.num_workers,
         names=(cfg.reference, cfg.target),
-        with_indices=writer is not None,
+        with_indices=True,  # the images' indices: their units (the CI's) and the pair file's
     )
     resume = _saved(run)
     if writer is not None:
         done = (0, 0) if resume is None else (int(resume["batches"]), int(resume["pairs"]))
         writer.resume(*done)
-    matrix = gains = None
-    if bounds is not None:
-        matrix = bounds_matrix(bounds, setup.cmap.depth, components)
-        gains = bounds_matrix(bounds, setup.cmap.depth, components, "norm_gain")
+    checks = {} if bounds is None else estimate_bounds(bounds, setup.cmap.depth, components)
     return estimate(
         setup.cmap,
         batches,
@@ -135,8 +133,8 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run, 
         inputs=cfg.inputs,
         device=setup.device,
         dtype=cfg.dtype,
-        bounds=matrix,
-        norm_gains=gains,
+        **checks,
+        units=pair_units(reference, target),
         until_ci=cfg.until_ci,
         check_every=cfg.check_every,
         on_batch=_with_fault(progress),
@@ -235,6 +233,9 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
         "ranking": written["ranking"],
         "settled": written["settled"],
         "exceedances": written["exceedances"],
+        "bound_lines": written["bound_lines"],
+        "notes": written["notes"],
+        "units": written["units"],
         "timings": timings,
         "files": written["files"] + ([PAIRS_FILE] if writer is not None else []),
     }

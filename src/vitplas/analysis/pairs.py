@@ -4,11 +4,15 @@ Each stream is shuffled by its own generator derived from (seed, stream, pass), 
 gives the same pairs and another seed different ones. When more pairs are asked for than a
 stream holds, the stream starts a new pass in a new order (the paper's 12,800 pairs exceed
 CIFAR's 10,000 test images); the number of passes is reported.
+
+The independent units of a stream (`stream_units`) are what a confidence interval may count:
+its images, or for a stream cut from a few sources (the photo stream's crops), the sources.
+A pair belongs to two units, its reference image's and its target image's (`PairUnits`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +118,56 @@ def _zip(xs: Iterator, ys: Iterator, pairs: int, with_indices: bool) -> Iterator
         take = min(left, x.shape[0])
         yield (x[:take], y[:take], ix[:take], iy[:take]) if with_indices else (x[:take], y[:take])
         left -= take
+
+
+@dataclass(frozen=True)
+class StreamUnits:
+    """The independent units of one stream: `count` of them; `of(items)` maps dataset
+    indices (B,) int64 to unit ids (B,) in [0, count); `what` names them for people."""
+
+    count: int
+    of: Callable[[np.ndarray], np.ndarray]
+    what: str
+
+
+def stream_units(dataset: Dataset) -> StreamUnits:
+    """Units of a stream: the source each item is cut from where its records name one (the
+    photo stream's `source_of`: 17 photos), else each image its own unit."""
+    records = getattr(dataset, "records", None)
+    rows = getattr(dataset, "indices", None)
+    if records is not None and rows is not None and hasattr(records, "source_of"):
+        count = len(records.sources)
+        return StreamUnits(count, lambda items: records.source_of(rows[items]), "photos")
+    if hasattr(dataset, "source_of"):  # the records themselves
+        return StreamUnits(len(dataset.sources), dataset.source_of, "photos")
+    return StreamUnits(len(dataset), lambda items: np.asarray(items, dtype=np.int64), "images")
+
+
+@dataclass(frozen=True)
+class PairUnits:
+    """The units of both streams of the pairs; `ids` maps a batch's dataset indices (the
+    extras of pair_batches(with_indices=True)) to the pairs' unit ids."""
+
+    reference: StreamUnits
+    target: StreamUnits
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        return self.reference.count, self.target.count
+
+    def ids(self, extra: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B,), (B,)) int64 unit ids of the pairs whose images have indices extra[:2]."""
+        if len(extra) < 2:
+            raise ValueError("clustering by units needs each pair's image indices (with_indices)")
+        out = []
+        for units, items in zip((self.reference, self.target), extra[:2], strict=True):
+            ids = np.asarray(units.of(np.asarray(items, dtype=np.int64)), dtype=np.int64)
+            if ids.size and (ids.min() < 0 or ids.max() >= units.count):
+                raise ValueError(f"unit ids outside [0, {units.count}) for {units.what}")
+            out.append(torch.from_numpy(ids))
+        return out[0], out[1]
+
+
+def pair_units(reference: Dataset, target: Dataset) -> PairUnits:
+    """PairUnits of two datasets (stream_units of each)."""
+    return PairUnits(stream_units(reference), stream_units(target))

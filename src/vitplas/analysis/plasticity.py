@@ -111,6 +111,7 @@ class _Inputs:
     _sq: torch.Tensor | None = None  # (B, D): sum over tokens of (x - y)^2
     _ln: dict = field(default_factory=dict)  # eps -> (B, D) sums of (x_hat - y_hat)^2
     _scale: dict = field(default_factory=dict)  # (eps, centred) -> (B,) smallest token scale
+    _largest: torch.Tensor | None = None  # (B,) largest token norm of x and y
 
     def __post_init__(self) -> None:
         # differences in float32 at least: bf16 outputs would lose them to cancellation
@@ -137,6 +138,16 @@ class _Inputs:
             sx, sy = s.chunk(2)
             self._scale[eps, centred] = torch.minimum(sx, sy)
         return self._scale[eps, centred]
+
+    def largest_norm(self) -> torch.Tensor:
+        """(B,) float64: max over the tokens of x and of y of the token norm (the radius the
+        MHA bound needs, bounds.py)."""
+        if self._largest is None:
+            norms = torch.linalg.vector_norm(self.xy, dim=-1, dtype=torch.float64)  # (2B, N)
+            r = norms.amax(1)  # (2B,)
+            rx, ry = r.chunk(2)
+            self._largest = torch.maximum(rx, ry)
+        return self._largest
 
 
 def norm_kind(module: nn.Module) -> str | None:
@@ -285,14 +296,18 @@ def block_ratios(
 def block_scales(
     cmap: ComponentMap, layer: int, components: Sequence[str], inp: Shared
 ) -> torch.Tensor:
-    """(B, C) float64: for each norm component, the smallest scale s_t over the tokens of x
-    and y of its input (what its Lipschitz constant divides by, bounds.py); NaN for others."""
+    """(B, C) float64, what each component's data bound depends on (bounds.py), over the
+    tokens of x and y of the component's own input: for a norm, the smallest scale s_t (its
+    Lipschitz constant divides by it); for MHA, the largest token norm; NaN for others."""
     cols = []
     for name in components:
         module, own = cmap.module(layer, name), _input_of(inp, name)
         kind = norm_kind(module)
         nan = torch.full_like(own.norm, float("nan"))
-        cols.append(nan if kind is None else own.smallest_scale(module.eps, kind == "layer"))
+        if name == "mha":
+            cols.append(own.largest_norm())
+        else:
+            cols.append(nan if kind is None else own.smallest_scale(module.eps, kind == "layer"))
     return torch.stack(cols, dim=1)
 
 
@@ -324,7 +339,8 @@ def pair_ratios(
 
     x, y: (B, 3, H, W) image batches, pair i = (x[i], y[i]). A pair with x == y at a block's
     input has no defined ratio there: NaN, left out by RatioStats. with_scales: also return
-    the (B, L, C) smallest token scales of the norm components (block_scales). factors: one
+    the (B, L, C) token statistics the data bounds need (block_scales: the smallest token
+    scale for norms, the largest token norm for MHA). factors: one
     LinearFactors shared by the calls of one estimate (weights fixed); None: factored anew.
     """
     if x.shape != y.shape:

@@ -3,6 +3,10 @@
 Stands in for ImageNet val as the "close to pretraining" stream when offline (ASSETS.md); every
 output that uses it must say so. Crop i of a split depends only on (seed, split, i) and on the
 photos that load here (listed in `PhotoStream.sources`); crops are cut on access.
+
+The crops are not independent images: all crops of one photo share it, so a statistic over the
+stream rests on the photos (17 here), not on its crops. `source_of` names each crop's photo:
+the unit a confidence interval clusters by (analysis/ratio_stats.py).
 """
 
 from __future__ import annotations
@@ -76,12 +80,21 @@ class PhotoStream:
     def __len__(self) -> int:
         return self.length
 
-    def crop_box(self, index: int) -> tuple[int, int, int, int, bool]:
-        """(photo index, top, left, side, flip) of crop `index`."""
+    def _draws(self, index: int) -> np.random.Generator:
+        """The generator of crop `index`; its first draw is the photo."""
         if not 0 <= index < self.length:
             raise IndexError(f"crop {index} out of range for {self.length} crops")
+        return np.random.default_rng([self.seed, self.salt, index])
+
+    def source_of(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) int64: the photo (index into `sources`) each crop row is cut from."""
+        count = len(self.sources)
+        return np.array([int(self._draws(int(i)).integers(count)) for i in rows], dtype=np.int64)
+
+    def crop_box(self, index: int) -> tuple[int, int, int, int, bool]:
+        """(photo index, top, left, side, flip) of crop `index`."""
         photos = load_photos()
-        rng = np.random.default_rng([self.seed, self.salt, index])
+        rng = self._draws(index)
         k = int(rng.integers(len(photos)))
         height, width = photos[k][1].shape[:2]
         side = max(MIN_SIDE, int(rng.uniform(*SIDE_RANGE) * min(height, width)))

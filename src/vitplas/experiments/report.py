@@ -241,6 +241,12 @@ def build_markdown(
             " one-sided",
             markdown_table(tables["tests"]),
         )
+    if "bound_ratio" in tables:  # every bound, exceeded or not, with the paper's beside
+        from vitplas.analysis.tables import bound_lines
+
+        checked = "\n".join(f"- {line}" for line in bound_lines(tables["bound_ratio"]))
+        if checked:
+            lines += _section("Bounds: pairs above each, assumptions checked on the pairs", checked)
     exceeded = _exceedances(tables)
     if exceeded:
         lines += _section("Bounds exceeded (their assumption fails for those pairs)", exceeded)

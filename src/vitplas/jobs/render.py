@@ -32,24 +32,32 @@ def _read_back_note(result: dict[str, Any]) -> None:
 
 
 def plasticity(result: dict[str, Any], cfg: Any) -> None:
-    """Ranking table, its CIs, exceedances and the run folder."""
+    """Ranking table, its CIs (and their units), the bounds' lines, exceedances and the run
+    folder; a note (stderr) where a stream has few independent units."""
     import pandas as pd
     from rich.table import Table
 
     out = console()
     table = Table(title=f"Plasticity of {result['model']}, pooled over layers (ranked)")
-    for column in ("rank", "component", "mean", "95% CI", "std", "n", "theory rank"):
+    for column in ("rank", "component", "mean", "95% CI", "std", "n", "units", "theory rank"):
         table.add_column(column, justify="right" if column != "component" else "left")
     for row in result["pooled"].itertuples(index=False):
         theory = "-" if pd.isna(row.theory_rank) else str(int(row.theory_rank))
+        units = str(getattr(row, "units", row.n))  # the independent units the CI rests on
         table.add_row(str(row.rank), row.component, f"{row.mean:.4g}", f"± {row.ci95:.2g}",
-                      f"{row.std:.3g}", str(row.n), theory)  # fmt: skip
+                      f"{row.std:.3g}", str(row.n), units, theory)  # fmt: skip
     out.print(f"model: {result['model_description']}", markup=False)
     out.print(f"reference: {result['reference_label']}", markup=False)
     out.print(f"target: {result['target_label']}", markup=False)
     out.print(table)
     settled = "yes" if result["settled"] else "no: neighbouring CIs overlap (raise --pairs)"
     out.print(f"ranking settled by the 95% CIs: {settled}")
+    for note in result.get("notes") or []:  # once per run: few independent units
+        console(stderr=True).print(f"note: {note}", markup=False)
+    if result.get("bound_lines"):
+        out.print("bounds (pairs above each; assumptions checked on the measured data):")
+        for line in result["bound_lines"]:
+            out.print(f"  {line}", markup=False)
     if result.get("exceedances"):
         out.print("bounds exceeded (the bound's assumption does not hold for those pairs):")
         for line in result["exceedances"]:

@@ -20,7 +20,7 @@ _FT = (  # a tiny finetune that makes a finished run for the examples that need 
 )
 _BOUNDS_TABLES = {
     "bound_ratio": ((*PLASTICITY_LABELS, "layer", "component"), "ratio"),
-    "bounds": (("model", "radius", "norm_scale", "layer", "component"), "bound"),
+    "bounds": (("model", "radius", "norm_scale", "r_max", "layer", "component"), "bound"),
 }
 
 JOBS: tuple[Job, ...] = (
@@ -49,7 +49,8 @@ JOBS: tuple[Job, ...] = (
             **{k: "--" + k.replace("_", "-") for k in ("seed", "device", "dtype", "until_ci")},
             "num_workers": "--workers",
             **{k: "--" + k.replace("_", "-") for k in ("bounds", "radius", "ln_bound")},
-            **{k: "--" + k.replace("_", "-") for k in ("mha_slicing", "protocol", "save_pairs")},
+            **{k: "--" + k.replace("_", "-") for k in ("mha_bound", "mha_slicing", "protocol")},
+            "save_pairs": "--save-pairs",
             "check_invariance": "--check-invariance",
         },
         progress="pairs",
@@ -91,6 +92,7 @@ JOBS: tuple[Job, ...] = (
             **{k: "--" + k.replace("_", "-") for k in ("dataset", "split", "radius", "inputs")},
             "radius_images": "--radius-images",
             **{k: "--" + k.replace("_", "-") for k in ("components", "ln_bound", "mha_slicing")},
+            **{k: "--" + k.replace("_", "-") for k in ("mha_bound", "r_max")},
             **{k: "--" + k.replace("_", "-") for k in ("plasticity", "device", "seed")},
             "protocol": "--protocol",
         },
