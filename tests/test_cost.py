@@ -79,12 +79,30 @@ def test_split_sizes_follow_the_split_rules(dataset, sizes):
 
 def test_device_time_and_bad_options_say_what_to_give():
     device = cost.declared_device(100.0, 0.5, 10.0)
-    assert device.seconds(100e12 * 0.5 * 30, jobs=2) == pytest.approx(30 + 20)
-    with pytest.raises(ValueError, match="neither a number nor 'cpu'"):
+    assert device.seconds(100e12 * 0.5 * 30, "fp32", jobs=2) == pytest.approx(30 + 20)
+    assert device.peak("fp32") == device.peak("bf16") == 100.0  # one number: every precision
+    with pytest.raises(ValueError, match=r"neither a device \(h100, h200, a100, l40s, cpu\)"):
         cost.declared_device("fast")
     with pytest.raises(ValueError, match="0 < mfu <= 1"):
         cost.Device(mfu=1.5)
-    assert cost.declared_device().peak_tflops == cost.H100_BF16_TFLOPS
+    assert cost.declared_device() == cost.DEVICES["h100"]
+
+
+@pytest.mark.parametrize(
+    ("name", "peaks"),
+    [
+        ("h100", (67.0, 494.5, 989.5)),
+        ("H200", (67.0, 494.5, 989.5)),
+        ("a100", (19.5, 156.0, 312.0)),
+        ("l40s", (91.6, 183.0, 362.0)),
+    ],
+)
+def test_the_device_table_holds_dense_peaks_per_precision(name, peaks):
+    device = cost.declared_device(name, mfu=0.5)
+    assert (device.peak("fp32"), device.peak("tf32"), device.peak("bf16")) == peaks
+    assert device.peak("fp16") == peaks[2] and device.kind == "cuda" and device.mfu == 0.5
+    flops_ = 1e15
+    assert device.seconds(flops_, "fp32", jobs=0) == pytest.approx(flops_ / (peaks[0] * 0.5e12))
 
 
 def test_run_cost_counts_validations_disk_and_a_slurm_limit(tmp_path):
@@ -96,7 +114,7 @@ def test_run_cost_counts_validations_disk_and_a_slurm_limit(tmp_path):
         "tensorboard: false}\ngrid: {train: [all, ln1]}\n"
     )
     spec = load_spec(spec_file)
-    study = cost.study_cost(spec, cost.Device(peak_tflops=1.0, mfu=1.0, startup_s=0.0))
+    study = cost.study_cost(spec, cost.declared_device(1.0, 1.0, 0.0))
     full = study.runs[0]
     assert full.flops["val"] == 2 * FORWARD * 50 * 2  # 2 validations (steps 4 and 8)
     assert full.flops["test"] == 2 * FORWARD * 50
@@ -118,6 +136,11 @@ def test_dry_run_of_the_paper_main_study_prints_its_count_and_totals(tmp_path):
     n_runs = len(expand(load_spec(spec_path), with_presets=False))
     assert f"{n_runs} runs: train " in result.output
     assert "total" in result.output and "EFLOP" in result.output
+    # the paper trains in float32: timed at the fp32 peak, with the bf16 alternative beside
+    assert f"precision: {n_runs} of {n_runs} runs train without bf16 ({n_runs} in fp32" in (
+        result.output
+    )
+    assert "with amp: bf16 " in result.output and "14.1x faster" in result.output
     first = result.output.splitlines()[0]  # each run: id, state, its FLOPs and time
     assert "[missing]" in first and "PFLOP" in first and first.endswith("min")
     estimate = json.loads(out.read_text())
@@ -146,11 +169,64 @@ def test_slurm_limits_come_from_the_spec_when_it_sets_one(tmp_path):
 
 
 def test_a_cpu_device_is_measured_with_cpu_defaults(monkeypatch):
+    from vitplas.experiments import devices
+
     assert cost.measure_cpu_tflops(n=64, seconds=0.01) > 0
-    monkeypatch.setattr(cost, "measure_cpu_tflops", lambda: 0.1)
+    assert cost.measure_cpu_tflops(n=64, seconds=0.01, precision="bf16") > 0
+    with pytest.raises(ValueError, match="precision 'tf32' is not measured on a CPU"):
+        cost.measure_cpu_tflops(n=8, precision="tf32")
+    rates = {"fp32": 0.1, "bf16": 0.3}
+    monkeypatch.setattr(devices, "measure_cpu_tflops", lambda precision="fp32": rates[precision])
     device = cost.declared_device("cpu")
-    assert (device.peak_tflops, device.mfu, device.startup_s) == (0.1, 0.5, 10.0)
+    assert (device.peak("fp32"), device.peak("tf32"), device.peak("bf16")) == (0.1, 0.1, 0.3)
+    assert (device.mfu, device.startup_s, device.kind) == (0.5, 10.0, "cpu")
     assert cost.declared_device("CPU", mfu=0.3).mfu == 0.3
+
+
+def _precision_spec(tmp_path, extra: str = ""):
+    spec_file = tmp_path / "p.yaml"
+    spec_file.write_text(
+        "name: t\nbase: {model: tiny-random, img_size: 32, batch_size: 4, steps: 10, "
+        "warmup_steps: 0, eval_every: 5, dataset: digits, tensorboard: false" + extra + "}\n"
+        "grid: {amp: [auto, none, tf32, bf16]}\n"
+    )
+    return load_spec(spec_file)
+
+
+def test_each_run_is_timed_at_the_precision_it_resolves_to(tmp_path):
+    """amp auto: bf16 on a GPU under protocol model, float32 under paper (the original) and
+    on a CPU; tf32 only on a GPU; each divides by its own peak."""
+    gpu, paper = cost.declared_device("a100", 1.0, 0.0), ", protocol: paper"
+    for extra, want in (("", ["bf16", "fp32", "tf32", "bf16"]), (paper, ["fp32"] * 3 + ["bf16"])):
+        want[2] = "tf32"  # amp tf32 stays tf32 on a GPU under either protocol
+        study = cost.study_cost(_precision_spec(tmp_path, extra), gpu)
+        assert [job.precision for job in study.runs] == want
+        for job in study.runs:
+            assert job.seconds == pytest.approx(job.total_flops / (gpu.peak(job.precision) * 1e12))
+    cpu = cost.Device("cpu", 1.0, 1.0, 2.0, 1.0, 0.0, kind="cpu")
+    study = cost.study_cost(_precision_spec(tmp_path), cpu)
+    assert [job.precision for job in study.runs] == ["fp32", "fp32", "fp32", "bf16"]
+
+
+def test_the_table_says_the_precision_and_how_much_faster_bf16_would_be(tmp_path):
+    from vitplas.experiments.cost_text import format_table
+
+    gpu = cost.declared_device("h100", 1.0, 0.0)
+    spec = _precision_spec(tmp_path, ", protocol: paper")
+    study = cost.study_cost(spec, gpu)
+    text = format_table(study)
+    assert "  fp32  " in text and "  tf32  " in text and "  bf16  " in text
+    slow = [j for j in study.runs if j.precision != "bf16"]  # fp32 none, auto; tf32
+    now = study.totals()["seconds"]
+    bf16 = now - sum(j.seconds - gpu.seconds(j.total_flops, "bf16") for j in slow)
+    assert "precision: 3 of 4 runs train without bf16 (2 in fp32 and 1 in tf32" in text
+    assert f"with amp: bf16 {cost.human(bf16, 's')} ({now / bf16:.1f}x faster)" in text
+    bf16_only = load_spec(spec.source, ["grid.amp=[bf16]"])
+    assert "precision:" not in format_table(cost.study_cost(bf16_only, gpu))
+    limited = load_spec(spec.source, ["executor.slurm.time_min=1"])
+    assert "SLURM: the spec's time_min 1 min is below the estimate" in format_table(
+        cost.study_cost(limited, gpu)
+    )
 
 
 @pytest.fixture
@@ -246,7 +322,7 @@ def test_auto_and_rival_runs_are_counted_and_leave_the_shared_model_clean(tmp_pa
         "runner: {function: 'vitplas.selection.auto:finetune'}\n"
     )
     spec = load_spec(spec_file)
-    study = cost.study_cost(spec, cost.Device(peak_tflops=1.0, mfu=1.0, startup_s=0.0))
+    study = cost.study_cost(spec, cost.declared_device(1.0, 1.0, 0.0))
     by_label = {job.shape.split(" b4 ")[1]: job for job in study.runs}
     assert set(by_label) == {"lora", "all (auto)", "all", "bitfit"}
     assert by_label["all (auto)"].flops == by_label["all"].flops  # the upper bound: all

@@ -3,8 +3,17 @@
     resolve_device('auto' | 'cpu' | 'cuda' | 'cuda:1', local_rank=None) -> torch.device
     check_device(name)        a ValueError (one line, what to do) when CUDA is asked and absent
     precision(device, dtype)  the estimator's compute precision (float32, tf32, bf16, fp16)
-    autocast(device, amp)     training's and evaluation's bf16 autocast ('auto', 'bf16', 'none')
+    autocast(device, amp)     training's and evaluation's precision ('auto', 'bf16', 'tf32',
+                              'none')
+    amp_precision(amp, type)  what a run's `amp` computes its matmuls in on a device type:
+    dtype_precision(...)      fp32, tf32, bf16 or fp16, the peak a cost estimate divides by
     default_workers(cap)      DataLoader workers this machine can feed (its CPUs, at most cap)
+
+Precisions: fp32 = true float32 (on CUDA, TF32 off: the original release trains this way);
+tf32 = float32 tensors, TF32 tensor-core matmuls (CUDA; on a CPU it is fp32); bf16 = bfloat16
+autocast (float32 master weights); fp16 = float16 autocast (the estimator's dtype float16; its
+peak is bf16's). Training's `amp`: none = fp32, tf32, bf16, and auto = bf16 on CUDA, fp32 on a
+CPU (FinetuneConfig.validate makes auto float32 under `protocol: paper`).
 
 torch is imported inside the functions: the command line's --help imports none of it.
 """
@@ -17,6 +26,9 @@ from collections.abc import Iterator
 from typing import Any
 
 DTYPES = ("float32", "tf32", "bfloat16", "float16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+AMP_MODES = ("auto", "bf16", "tf32", "none")
+DTYPE_PRECISION = {"float32": "fp32", "tf32": "tf32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def check_device(name: str | None) -> None:
@@ -64,11 +76,21 @@ def precision(device: Any, dtype: str) -> Iterator[None]:
         with torch.autocast(device.type, dtype=getattr(torch, dtype)):
             yield
         return
+    with tf32_matmuls(device, dtype == "tf32"):
+        yield
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: Any, enabled: bool) -> Iterator[None]:
+    """On CUDA, TF32 for matmuls and convolutions on (enabled) or off (true float32), restored
+    afterwards; elsewhere nothing."""
+    import torch
+
     if device.type != "cuda":
         yield
         return
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
@@ -76,14 +98,32 @@ def precision(device: Any, dtype: str) -> Iterator[None]:
 
 
 def autocast(device: Any, amp: str) -> Any:
-    """bf16 autocast on CUDA ('auto' or 'bf16'); on CPU only with 'bf16'; else nothing."""
+    """bf16 autocast on CUDA ('auto' or 'bf16') and on CPU ('bf16'); TF32 matmuls on CUDA
+    ('tf32'); else nothing ('none': float32 with PyTorch's defaults)."""
     import torch
 
+    if amp == "tf32":
+        return tf32_matmuls(device, True)
     if device.type == "cuda" and amp in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and amp == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def amp_precision(amp: str, device_type: str) -> str:
+    """The precision `amp` computes in on a device of type `device_type` ('cuda' or 'cpu')."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp '{amp}' is unknown; choose one of {', '.join(AMP_MODES)}")
+    if amp == "bf16" or (amp == "auto" and device_type == "cuda"):
+        return "bf16"
+    return "tf32" if amp == "tf32" and device_type == "cuda" else "fp32"
+
+
+def dtype_precision(dtype: str, device_type: str) -> str:
+    """The precision of the estimator's `dtype` on a device of type `device_type`."""
+    precision = DTYPE_PRECISION[dtype]
+    return "fp32" if precision == "tf32" and device_type != "cuda" else precision
 
 
 def default_workers(cap: int = 4) -> int:

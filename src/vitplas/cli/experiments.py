@@ -16,8 +16,8 @@ SpecArg = typer.Argument(..., exists=True, dir_okay=False, help="sweep spec YAML
 OverridesArg = typer.Argument(None, help="spec overrides key=value, e.g. base.steps=5")
 RootOpt = typer.Option(None, "--root", help="study folder (default: the spec's root)")
 PeakOpt = typer.Option(
-    None, "--device-peak-tflops", help="dry run: the device's dense peak TFLOP/s (default an "
-    "H100's bf16, 989) or 'cpu' to measure this CPU's matmul rate",
+    None, "--device-peak-tflops", help="dry run: the device, h100 (default), h200, a100, l40s "
+    "(their fp32/tf32/bf16 peaks), cpu (measured), or one dense peak in TFLOP/s",
 )  # fmt: skip
 MfuOpt = typer.Option(None, "--mfu", help="dry run: assumed utilisation of the peak (0.4)")
 JsonOpt = typer.Option(None, "--json", help="dry run: also write the estimate as JSON here")
@@ -54,7 +54,7 @@ def _print_cost(cost, json_path: Path | None) -> None:
     """The estimate's table, and its JSON form if asked."""
     import json
 
-    from vitplas.experiments.cost import format_table
+    from vitplas.experiments.cost_text import format_table
 
     if cost is None:
         return

@@ -12,9 +12,13 @@ radius images; probes = one forward pass over the train and test images they rea
 the radius images (spectral norms are negligible).
 
 Time = FLOPs / (peak x MFU) + a fixed start-up per job (process start, imports, model and data
-loading), on a declared device: by default an H100's dense bf16 peak at 40% utilisation.
-`measure_cpu_tflops` measures this machine's matmul rate (per CPU second, so a shared machine
-reads as an idle one) for a CPU estimate.
+loading), on a declared device (experiments/devices.py: H100 by default, at 40% utilisation),
+where the peak is that of the precision each job computes in (vitplas.device): a
+finetuning run's resolved `amp` (`protocol: paper` trains in float32, as the original: the
+fp32 peak, 15x below an H100's bf16), a plasticity job's `dtype`, a probe's `amp`. `cpu`
+measures this machine's float32 and bf16 matmul rates (per CPU second, so a shared machine
+reads as an idle one). Where runs train in float32 or TF32 on a GPU, the table says how
+much faster bf16 would be.
 
 Disk kept by a finished run: best.safetensors (the trained parameters, float32) and its records
 (config, manifest, metrics, result, TensorBoard). While a run is in flight its resumable train
@@ -26,15 +30,20 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
+from vitplas.device import amp_precision, dtype_precision
 from vitplas.experiments.axes import train_label
+from vitplas.experiments.devices import (  # noqa: F401 (declared_device: the CLI's)
+    DEVICES,
+    Device,
+    declared_device,
+    measure_cpu_tflops,
+)
 from vitplas.experiments.flops import (
     forward_flops,
     input_side,
@@ -44,9 +53,6 @@ from vitplas.experiments.flops import (
 )
 from vitplas.experiments.spec import Run, SweepSpec, expand
 
-H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
-DEFAULT_MFU = 0.4
-DEFAULT_STARTUP_S = 60.0  # per job on a cluster: python + torch imports, model, data loaders
 SLURM_MARGIN = 1.5  # a job's time limit = estimate x margin + SLURM_SLACK_MIN
 SLURM_SLACK_MIN = 15
 UNCOUNTED_TIME_MIN = 240  # SLURM limit of a custom runner's job (no estimate possible)
@@ -79,42 +85,6 @@ PART_SIZES: dict[str, dict[str, int]] = {
     "digits": {"all": 1_797},
 }
 ASSUMED_SPLIT = 10_000  # a split of unknown size (a folder: dataset) is assumed this large
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where the estimate's time is spent: peak TFLOP/s, utilisation, start-up per job."""
-
-    name: str = "H100 dense bf16 (declared)"
-    peak_tflops: float = H100_BF16_TFLOPS
-    mfu: float = DEFAULT_MFU
-    startup_s: float = DEFAULT_STARTUP_S
-
-    def __post_init__(self) -> None:
-        if not self.peak_tflops > 0 or not 0 < self.mfu <= 1 or self.startup_s < 0:
-            raise ValueError(
-                f"device peak {self.peak_tflops} TFLOP/s, mfu {self.mfu}, startup "
-                f"{self.startup_s} s: use a peak > 0, 0 < mfu <= 1 and a startup >= 0"
-            )
-
-    def seconds(self, flops: float, jobs: int = 1) -> float:
-        return flops / (self.peak_tflops * 1e12 * self.mfu) + jobs * self.startup_s
-
-
-def measure_cpu_tflops(n: int = 1024, seconds: float = 1.0) -> float:
-    """This CPU's float32 matmul rate in TFLOP/s with torch's threads, as if it ran alone.
-
-    The rate is taken per second of CPU time (the process's, all threads) times the number
-    of threads: on a machine shared with other work, wall-clock rates measure the neighbours,
-    while CPU time counts only the cycles this process was given."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    done, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
-    while time.perf_counter() - wall0 < seconds:
-        a @ b
-        done += 1
-    cpu = max(time.process_time() - cpu0, 1e-9)
-    return done * 2 * n**3 / cpu * torch.get_num_threads() / 1e12
 
 
 # ---- dataset sizes ---------------------------------------------------------------------------
@@ -158,6 +128,9 @@ class JobCost:
     peak_disk_bytes: int
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # what its matmuls compute in (vitplas.device): its peak
+    device_type: str = "cuda"  # where it computes: the declared device's type, or cpu when
+    # its config says device: cpu
 
     @property
     def total_flops(self) -> float:
@@ -235,7 +208,9 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
             "train=[auto] runs (label 'all (auto)') are counted as train=[all], an upper "
             "bound: the pick is made when the run starts; their selection scoring is not counted"
         )
-    cost.seconds = device.seconds(cost.total_flops)
+    cost.device_type = "cpu" if cfg.device == "cpu" else device.kind  # a cpu run stays there
+    cost.precision = amp_precision(cfg.amp, cost.device_type)  # cfg.amp resolved by validate()
+    cost.seconds = device.seconds(cost.total_flops, cost.precision)
     return cost
 
 
@@ -256,7 +231,7 @@ def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
     if cfg is None or not hasattr(cfg, "model"):
         cost = JobCost(job.job_id, job.kind, "custom", {"analysis": 0.0}, ANALYSIS_BYTES, 0)
         cost.notes.append(f"{job.kind} job {job.job_id}: a custom runner, start-up only")
-        cost.seconds = device.seconds(0.0)
+        cost.seconds = device.seconds(0.0, cost.precision)
         return cost
     model = counter.model(cfg.model, cfg.img_size, 0)
     fwd = counter.get(("fwd", cfg.model, cfg.img_size, 0), lambda: forward_flops(model))
@@ -273,8 +248,20 @@ def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
         flops = float(fwd) * radius_images
     label = f"{cfg.model}@{input_side(model)}"
     cost = JobCost(job.job_id, job.kind, label, {"analysis": flops}, ANALYSIS_BYTES, ANALYSIS_BYTES)
-    cost.seconds = device.seconds(cost.total_flops)
+    cost.precision = _analysis_precision(job.kind, cfg, device.kind)
+    cost.seconds = device.seconds(cost.total_flops, cost.precision)
     return cost
+
+
+def _analysis_precision(kind: str, cfg: Any, device_type: str) -> str:
+    """A plasticity job computes in its `dtype`, a probe in its `amp`; the bounds' radius is
+    measured in float32."""
+    device_type = "cpu" if getattr(cfg, "device", None) == "cpu" else device_type
+    if kind == "plasticity" and hasattr(cfg, "dtype"):
+        return dtype_precision(cfg.dtype, device_type)
+    if hasattr(cfg, "amp"):
+        return amp_precision(cfg.amp, device_type)
+    return "fp32"
 
 
 @dataclass
@@ -284,6 +271,7 @@ class StudyCost:
     name: str
     device: Device
     jobs: list[JobCost]
+    time_min: int | None = None  # the spec's SLURM time limit per run, when it sets one
 
     @property
     def runs(self) -> list[JobCost]:
@@ -330,7 +318,7 @@ def study_cost(
         runs = []
     jobs = [run_cost(run, counter, device) for run in runs]
     jobs += [analysis_cost(job, counter, device) for job in analysis_jobs(spec)]
-    return StudyCost(spec.name, device, jobs)
+    return StudyCost(spec.name, device, jobs, spec.executor.slurm.time_min)
 
 
 def slurm_minutes(cost: JobCost) -> int:
@@ -350,82 +338,6 @@ def human(value: float, unit: str) -> str:
         if value >= 10**power:
             return f"{value / 10**power:.2f} {prefix}{unit}"
     return f"{value:.0f} {unit}"
-
-
-def _sums(totals: dict[str, float]) -> tuple[str, str, str]:
-    return (
-        human(totals["flops"], "FLOP"),
-        human(totals["seconds"], "s"),
-        human(totals["disk_bytes"], "B"),
-    )
-
-
-def format_table(cost: StudyCost) -> str:
-    """Jobs grouped by shape (count, FLOPs and time per job and in all, disk kept), totals."""
-    groups: dict[tuple[str, str], list[JobCost]] = {}
-    for job in cost.jobs:
-        groups.setdefault((job.kind, job.shape), []).append(job)
-    header = ("kind", "shape", "jobs", "FLOP/job", "time/job", "FLOP", "time", "disk")
-    rows = [header]
-    for (kind, shape), jobs in groups.items():
-        tot, n = cost.totals(jobs), len(jobs)
-        per_job = (human(tot["flops"] / n, "FLOP"), human(tot["seconds"] / n, "s"))
-        rows.append((kind, shape, str(n), *per_job, *_sums(tot)))
-    tot = cost.totals()
-    rows.append(("total", "", str(len(cost.jobs)), "", "", *_sums(tot)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(-1, lines[1])
-    dev = cost.device
-    runs = cost.totals(cost.runs)
-    lines.append(
-        f"{len(cost.runs)} runs: train {human(runs['train_flops'], 'FLOP')}, validation "
-        f"{human(runs['val_flops'], 'FLOP')}, test {human(runs['test_flops'], 'FLOP')}; "
-        f"analyses {human(tot['analysis_flops'], 'FLOP')}"
-    )
-    lines.append(
-        f"device: {dev.name}, {dev.peak_tflops:g} TFLOP/s peak x MFU {dev.mfu:g} + "
-        f"{dev.startup_s:g} s start-up per job; disk while runs are in flight: up to "
-        f"{human(tot['peak_disk_bytes'], 'B')} per run (resumable train states, pruned when "
-        "a run finishes)"
-    )
-    notes = sorted({n for j in cost.jobs for n in j.notes})
-    lines += [f"note: {n}" for n in notes]
-    return "\n".join(lines)
-
-
-CPU_MFU = 0.5  # a ViT step on a CPU reaches about half the matmul benchmark's rate
-CPU_STARTUP_S = 10.0  # per job on a CPU: process start, imports, model and data loading
-
-
-def declared_device(
-    peak_tflops: str | float | None = None, mfu: float | None = None, startup_s: float | None = None
-) -> Device:
-    """The device of an estimate from the CLI's options: a peak in TFLOP/s (default an H100's
-    dense bf16) or 'cpu' (this machine's matmul rate, measured now, with CPU defaults)."""
-    if isinstance(peak_tflops, str) and peak_tflops.strip().lower() == "cpu":
-        measured = measure_cpu_tflops()
-        return Device(
-            f"this CPU ({torch.get_num_threads()} threads, matmul measured)",
-            measured,
-            CPU_MFU if mfu is None else mfu,
-            CPU_STARTUP_S if startup_s is None else startup_s,
-        )
-    try:
-        peak = H100_BF16_TFLOPS if peak_tflops is None else float(peak_tflops)
-    except ValueError as err:
-        raise ValueError(
-            f"--device-peak-tflops '{peak_tflops}' is neither a number nor 'cpu'; give the "
-            "device's dense peak in TFLOP/s (an H100's bf16: 989) or 'cpu' to measure this CPU"
-        ) from err
-    name = "H100 dense bf16 (declared)" if peak_tflops is None else "declared device"
-    return Device(
-        name,
-        peak,
-        DEFAULT_MFU if mfu is None else mfu,
-        DEFAULT_STARTUP_S if startup_s is None else startup_s,
-    )
 
 
 def slurm_time_limits(

@@ -14,7 +14,7 @@ The plain default is `model`, right for any checkpoint; `paper` reproduces the o
                      CenterCrop at crop 1                    interpolation and crop_pct
     warmup           lr * k / W (update 0 uses lr 0)         lr * (k + 1) / W
     new head         torch.nn.Linear's default init          timm's (trunc normal 0.02, bias 0)
-    amp: auto        float32                                 bf16 autocast on CUDA
+    amp: auto        float32 (bf16 / tf32: faster choices)   bf16 autocast on CUDA
     CIFAR-10-C,      NumPy global seed 42 permutation,       our fixed generator (splits.py)
     DomainNet test   first 80% train
     val_split: auto  seeded (random_split with the run's     fixed (never moves with the seed)
@@ -110,9 +110,10 @@ class FinetuneConfig:
     seed: int = 0  # seed of init, data order, augmentation and (seeded) val split
     num_workers: int = 4  # DataLoader worker processes
     device: str = "auto"  # auto = cuda if available, else cpu
-    amp: Literal["auto", "bf16", "none"] = "auto"  # auto: float32 under protocol paper (the
-    # original); bf16 autocast on cuda under model. validate() resolves auto, so the run
-    # folder's config states what ran
+    amp: Literal["auto", "bf16", "tf32", "none"] = "auto"  # auto: float32 under protocol paper
+    # (the original); bf16 autocast on cuda under model. bf16 / tf32 (TF32 matmuls on cuda):
+    # faster on a GPU, not the original's numerics (vitplas.device). validate() resolves
+    # auto, so the run folder's config states what ran
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)
 
