@@ -26,21 +26,12 @@ import timm
 import torch
 from torch.utils.data import TensorDataset
 
+from vitplas.experiments.devices import device_named
 from vitplas.runs import RunDir
 from vitplas.training.config import IMAGENET_MEAN, IMAGENET_STD, load_finetune_config
 from vitplas.training.finetune import Finetuner
 from vitplas.training.sources import Sources
 from vitplas.training.stream import device_augment
-
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name prefix.
-PEAK_BF16 = {
-    "NVIDIA H200": 989.4,
-    "NVIDIA H100 PCIe": 756.0,
-    "NVIDIA H100": 989.4,  # SXM
-    "NVIDIA A100": 312.0,
-    "NVIDIA L40S": 362.1,
-    "NVIDIA GeForce RTX 4090": 165.2,
-}
 
 
 def vit_forward_flops(model: torch.nn.Module, img_size: int) -> float:
@@ -57,26 +48,13 @@ def vit_forward_flops(model: torch.nn.Module, img_size: int) -> float:
     return flops + 2 * dim * model.num_classes
 
 
-# Dense fp32 (CUDA cores) and tf32 (tensor cores) peaks, TFLOP/s, from the same data sheets.
-PEAK_TF32 = {k: v / 2 for k, v in PEAK_BF16.items()}
-PEAK_FP32 = {
-    "NVIDIA H200": 66.9,
-    "NVIDIA H100 PCIe": 51.2,
-    "NVIDIA H100": 66.9,
-    "NVIDIA A100": 19.5,
-    "NVIDIA L40S": 91.6,
-    "NVIDIA GeForce RTX 4090": 82.6,
-}
-PEAKS = {"bf16": PEAK_BF16, "tf32": PEAK_TF32, "fp32": PEAK_FP32}
-
-
 def peak_tflops(name: str, given: float | None, precision: str = "bf16") -> float | None:
+    """The given peak, else the dense peak of `precision` on the CUDA device `name` from
+    vitplas's device table (experiments/devices.py), else None."""
     if given:
         return given
-    for prefix, value in PEAKS[precision].items():
-        if name.startswith(prefix):
-            return value
-    return None
+    device = device_named(name)
+    return None if device is None else device.peak(precision)
 
 
 def make_trainer(args, micro: int, root: str) -> Finetuner:

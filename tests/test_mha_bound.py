@@ -57,6 +57,10 @@ def test_coefficients_equal_a_direct_per_head_computation():
     with torch.no_grad():
         attn.qkv.bias[24:].mul_(100.0)  # key and value biases cancel: no coefficient moves
     assert mha_coefficients(attn.qkv, attn.proj, 3, 10) == pytest.approx(got, rel=1e-10)
+    apart = attn.qkv.bias[:24].detach().clone()  # a query bias kept apart (EVA, BEiT)
+    attn.qkv.bias = None
+    assert mha_coefficients(attn.qkv, attn.proj, 3, 10, apart) == pytest.approx(got, rel=1e-10)
+    assert mha_coefficients(attn.qkv, attn.proj, 3, 10)[1] == 0.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

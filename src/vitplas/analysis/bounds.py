@@ -1,5 +1,6 @@
 """Theoretical upper bounds on each component's plasticity (PAPER.md section 2), and the token
-radius r they use. Each bound, with the assumption under which it holds:
+radius r they use (the per-layer table and its checks on the measured pairs: bound_table.py).
+Each bound, with the assumption under which it holds:
 
 LayerNorm  LN(x_t) = gamma * (x_t - mean) / s_t + beta,  s_t = sqrt(var(x_t) + eps).
     Write g(u) = u / sqrt(|u|^2 / D + eps) for a centred token u. Lifting u to
@@ -224,22 +225,30 @@ def mha_paper(
     return total
 
 
-def query_bias(qkv: nn.Linear) -> torch.Tensor:
-    """The (A,) float64 query bias of a fused qkv linear (zeros when it has no bias)."""
+def query_bias(qkv: nn.Linear, q_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The (A,) float64 query bias of a fused qkv linear, or the attention's own `q_bias`
+    parameter where it keeps one apart (EVA, BEiT); zeros when there is none."""
     width = qkv.weight.shape[0] // 3
+    if q_bias is not None:
+        return q_bias.detach().double().reshape(-1)[:width].cpu()
     if qkv.bias is None:
         return torch.zeros(width, dtype=torch.float64)
     return qkv.bias.detach().double()[:width].cpu()
 
 
 def mha_coefficients(
-    qkv: nn.Linear, proj: nn.Linear, num_heads: int, n_tokens: int
+    qkv: nn.Linear,
+    proj: nn.Linear,
+    num_heads: int,
+    n_tokens: int,
+    q_bias: torch.Tensor | None = None,
 ) -> tuple[float, float, float]:
     """(k0, k1, k2) of the data MHA bound k0 + k1 r + k2 r^2 (module docstring), heads sliced
-    by rows: w_h = ||W_O^h W_V^h||_2, ||A_h||_2 and |c_h| = |W_K^h^T b_q^h| / sqrt(d_h)."""
+    by rows: w_h = ||W_O^h W_V^h||_2, ||A_h||_2 and |c_h| = |W_K^h^T b_q^h| / sqrt(d_h).
+    q_bias: the attention's separate query bias, if it keeps one (query_bias)."""
     if n_tokens < 1:
         raise ValueError(f"need n_tokens >= 1, got {n_tokens}")
-    bias = query_bias(qkv).to(qkv.weight.device)
+    bias = query_bias(qkv, q_bias).to(qkv.weight.device)
     root = math.sqrt(n_tokens)
     k0 = k1 = k2 = 0.0
     for h, (q, k, v, o) in enumerate(head_weights(qkv, proj, num_heads, "rows")):
@@ -284,9 +293,11 @@ def bound_unavailable_reason(cmap: ComponentMap, layer: int, name: str) -> str |
 
 def _mha_row(cmap, layer, n_tokens, radius, mha_bound, mha_slicing, r_max) -> dict:
     qkv, proj, heads = cmap.attention_parts(layer)
+    separate = getattr(cmap.module(layer, "mha"), "q_bias", None)  # EVA/BEiT keep it apart
+    separate = separate if isinstance(separate, torch.Tensor) else None
     paper = mha_paper(qkv, proj, heads, n_tokens, radius, mha_slicing)
-    qbias = float(query_bias(qkv).norm())
-    coefs = mha_coefficients(qkv, proj, heads, n_tokens)
+    qbias = float(query_bias(qkv, separate).norm())
+    coefs = mha_coefficients(qkv, proj, heads, n_tokens, separate)
     row = {"paper_bound": paper, "query_bias": qbias, "kind": f"mha-{mha_bound}"}
     row |= dict(zip(("mha_k0", "mha_k1", "mha_k2"), coefs, strict=True))
     row["paper_held"] = False if qbias > 0 else None  # the data decide r_max <= r

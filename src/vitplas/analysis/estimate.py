@@ -230,12 +230,10 @@ def estimate(
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             ids = None if units is None else units.ids(tuple(extra))
-            if checks is not None:
-                ratios, scales = pair_ratios(cmap, x, y, names, inputs, True, factors)
-                stats.update(_with_pooled(ratios), checks.pair_bounds(scales), ids)
-            else:
-                ratios = pair_ratios(cmap, x, y, names, inputs, factors=factors)
-                stats.update(_with_pooled(ratios), unit_ids=ids)
+            measured = pair_ratios(cmap, x, y, names, inputs, checks is not None, factors)
+            ratios, scales = measured if checks is not None else (measured, None)
+            pair_bounds = None if checks is None else checks.pair_bounds(scales)
+            stats.update(_with_pooled(ratios), pair_bounds, ids)
             if on_ratios is not None:
                 on_ratios(ratios, tuple(extra))
             done, pairs = done + 1, pairs + x.shape[0]
@@ -246,10 +244,7 @@ def estimate(
                 break
             # saved after the stop check: a resumed run never skips a check an unbroken one made
             if save is not None and done % save_every == 0:
-                elapsed = time.perf_counter() - start
-                state = {"stats": stats.state_dict(), "batches": done, "pairs": pairs}
-                extremes = None if checks is None else checks.extremes.state()
-                save(state | {"seconds": elapsed, "extremes": extremes, "version": STATE_VERSION})
+                save(_state(stats, checks, done, pairs, time.perf_counter() - start))
     if pairs == 0:
         raise ValueError("no pairs were given to the estimator")
     summary = stats.to_host()  # the one copy to the host (synchronises the device)
@@ -257,6 +252,13 @@ def estimate(
     scale, largest = (None, None) if checks is None else checks.extremes.results()
     seen = None if units is None else _units_seen(stats, units)
     return Estimate(names, cmap.depth, summary, pairs, done, stopped, seconds, scale, largest, seen)
+
+
+def _state(stats: RatioStats, checks: _Checks | None, done: int, pairs: int, seconds: float):
+    """The resumable state after `done` batches (CPU tensors, weights_only-safe)."""
+    extremes = None if checks is None else checks.extremes.state()
+    state = {"stats": stats.state_dict(), "batches": done, "pairs": pairs, "seconds": seconds}
+    return state | {"extremes": extremes, "version": STATE_VERSION}
 
 
 def _units_seen(stats: RatioStats, units) -> dict[str, tuple[int, str]]:

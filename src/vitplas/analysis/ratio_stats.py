@@ -24,9 +24,9 @@ Student's t with min(G, H) - 1 degrees of freedom (vitplas.intervals, the one CI
   exactly the one-way cluster-robust (CR1) variance by reference unit.
 - The exact intersection term clusters by (u, v) cell; V_N takes each pair as its own cell.
   They differ only where a cell repeats (the same reference source and the same target image
-  in two pairs); the covariance of two such pairs, left out, is non-negative, so the interval
-  is then wider, never narrower. Cells would need memory that grows with the pairs; units do
-  not.
+  in two pairs); the covariance of two such pairs, left out, is non-negative in expectation
+  (they share both images), so the interval is then wider on average, not narrower. Cells
+  would need memory that grows with the pairs; units do not.
 - Without unit ids (tensors or loaders from the API) every pair is its own unit: the naive
   interval, and the `units` column says it rests on the pairs.
 """

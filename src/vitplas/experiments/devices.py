@@ -1,10 +1,12 @@
 """The devices a study's cost is estimated on: dense peak TFLOP/s per precision, one record
 per device (vitplas.device names the precisions), and this CPU, measured.
 
-Peaks are the vendors' dense figures (the sparsity figures are twice these): H100 and H200
-SXM 67 (fp32), 494.5 (tf32), 989.5 (bf16); A100 SXM 19.5, 156, 312; L40S 91.6, 183, 362.
-float16 runs at the bf16 peak. A run that trains in float32 (the original's `amp: none`)
-divides by the fp32 peak, 15x below an H100's bf16: its time says so.
+Peaks are the vendors' dense figures (the sparsity figures are twice the tensor-core ones):
+H100 and H200 SXM 66.9 (fp32), 494.7 (tf32), 989.4 (bf16); A100 SXM 19.5, 156, 312; L40S 91.6,
+181.05, 362.1. float16 runs at the bf16 peak. A run that trains in float32 (the original's
+`amp: none`) divides by the fp32 peak, 15x below an H100's bf16: its time says so. `cuda` names
+the start of `torch.cuda.get_device_name()` on each (benchmarks/train_gpu.py reads the table
+through `device_named`).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ class Device:
     what `amp: auto` computes in there)."""
 
     name: str = "H100 SXM"
-    fp32: float = 67.0
-    tf32: float = 494.5
-    bf16: float = 989.5
+    fp32: float = 66.9
+    tf32: float = 494.7
+    bf16: float = 989.4
     mfu: float = DEFAULT_MFU
     startup_s: float = DEFAULT_STARTUP_S
     kind: str = "cuda"
+    cuda: str = "NVIDIA H100"  # prefix of its torch.cuda.get_device_name() ("": none)
 
     def __post_init__(self) -> None:
         peaks = (self.fp32, self.tf32, self.bf16)
@@ -53,12 +56,21 @@ class Device:
 
 
 DEVICES: dict[str, Device] = {
-    "h100": Device("H100 SXM", 67.0, 494.5, 989.5),
-    "h200": Device("H200 SXM", 67.0, 494.5, 989.5),
-    "a100": Device("A100 SXM", 19.5, 156.0, 312.0),
-    "l40s": Device("L40S", 91.6, 183.0, 362.0),
+    "h100": Device("H100 SXM", 66.9, 494.7, 989.4, cuda="NVIDIA H100"),
+    "h200": Device("H200 SXM", 66.9, 494.7, 989.4, cuda="NVIDIA H200"),
+    "a100": Device("A100 SXM", 19.5, 156.0, 312.0, cuda="NVIDIA A100"),
+    "l40s": Device("L40S", 91.6, 181.05, 362.1, cuda="NVIDIA L40S"),
+    "h100-pcie": Device("H100 PCIe", 51.2, 378.0, 756.0, cuda="NVIDIA H100 PCIe"),
+    "rtx4090": Device("RTX 4090", 82.6, 82.6, 165.2, cuda="NVIDIA GeForce RTX 4090"),
 }
 DEFAULT_DEVICE = "h100"
+
+
+def device_named(cuda_name: str) -> Device | None:
+    """The table's record of a CUDA device by its torch.cuda.get_device_name() (the longest
+    matching prefix: "NVIDIA H100 PCIe" before "NVIDIA H100"), or None."""
+    matches = [d for d in DEVICES.values() if d.cuda and cuda_name.startswith(d.cuda)]
+    return max(matches, key=lambda d: len(d.cuda), default=None)
 
 
 def measure_cpu_tflops(n: int = 1024, seconds: float = 1.0, precision: str = "fp32") -> float:
@@ -98,6 +110,7 @@ def cpu_device(mfu: float | None = None, startup_s: float | None = None) -> Devi
         CPU_MFU if mfu is None else mfu,
         CPU_STARTUP_S if startup_s is None else startup_s,
         kind="cpu",
+        cuda="",
     )
 
 
@@ -122,5 +135,5 @@ def declared_device(
             "cpu) nor a number; name the GPU, give its dense peak in TFLOP/s (then used at "
             "every precision) or 'cpu' to measure this CPU"
         ) from err
-    return Device(f"declared device, {peak:g} TFLOP/s at every precision", peak, peak, peak,
-                  **options)  # fmt: skip
+    name = f"declared device, {peak:g} TFLOP/s at every precision"
+    return Device(name, peak, peak, peak, cuda="", **options)
