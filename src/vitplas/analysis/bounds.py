@@ -147,7 +147,8 @@ def norm_bound(module: nn.Module, kind: str = "data", scale: float | None = None
 
 def norm_definition(module: nn.Module, kind: str, scale: float | None = None) -> str:
     """The definition of a norm's bound in words, for tables. kind "data" without `scale`:
-    why the bound is undefined yet, then the formula that fill_norm_bounds completes."""
+    why the bound is undefined yet, then the formula that bound_table.fill_data_bounds
+    completes."""
     if kind == "abs":
         return "max|gamma|"
     if kind == "signed":
