@@ -62,7 +62,7 @@ def layer_bounds(
     (inputs "hidden", "insitu"). width: the token width FC2's probe zero-pads (its tight
     bound_padded); None in situ (no padding). With ln_bound="data", a norm's bound is NaN
     here and norm_gain holds max|gamma|; with mha_bound="data" and no r_max, MHA's bound is
-    NaN and mha_k0..2 hold its coefficients: fill_data_bounds completes both from the measured pairs.
+    NaN and mha_k0..2 hold its coefficients: fill_data_bounds completes both from the pairs.
     paper_bound is the paper's formula beside (signed max gamma, the MHA formula at the mean
     radius, ||W||_2); held / paper_held say whether each one's assumptions hold (None: not
     known before the data). progress(layers done, depth) is called after each layer."""
