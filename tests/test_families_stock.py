@@ -118,7 +118,8 @@ def test_stock_plasticity_every_input_mode_and_bounds(stock):
     sizes = {"n_tokens": n_tokens, "radius": float(radius), "width": setup.width}
     for layer in (0, cmap.depth - 1):  # the blocks are alike; all 12-24 take a minute
         for name in components:
-            bound, _, definition = component_bound(cmap, layer, name, **sizes, ln_bound="abs")
+            row = component_bound(cmap, layer, name, **sizes, ln_bound="abs", mha_bound="paper")
+            bound, definition = row["bound"], row["definition"]
             assert bound > 0 or (math.isnan(bound) and definition.startswith("undefined"))
             assert bound > 0 or name not in ("fc1", "fc2", "ls1", "ls2")  # linear: always one
 

@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from vitplas.analysis.bounds import layer_bounds
+from vitplas.analysis.bound_table import layer_bounds
 from vitplas.analysis.plasticity import pair_ratios
 from vitplas.analysis.setup import mode_radius
 from vitplas.models.components import component_map
