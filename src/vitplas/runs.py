@@ -23,9 +23,9 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import socket
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,20 +68,62 @@ class DamagedRecordError(ValueError):
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temp file in the same folder and a rename."""
+    """Write `data` to `path` through a temp file in the same folder and a rename. The file
+    gets the mode a plain open() gives (0o666 less the umask: a group may read a shared
+    study); an OSError (a full disk) names `path`, not the temp file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = _open_temp(path)
+    except OSError as err:
+        raise _naming(err, path) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
     return path
+
+
+def temp_beside(path: str | Path) -> Path:
+    """A new empty file beside `path` (.NAME.<random>.tmp) with a plain open()'s mode, for a
+    writer that fills it by name and renames it over `path` (os.replace)."""
+    path = Path(path)
+    try:
+        fd, tmp = _open_temp(path)
+    except OSError as err:
+        raise _naming(err, path) from None
+    os.close(fd)
+    return tmp
+
+
+def _open_temp(path: Path) -> tuple[int, Path]:
+    """(fd, name) of a new file beside `path`, created exclusively with mode 0o666 (the
+    kernel applies the umask, as for open(); tempfile.mkstemp would give 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name beside {path}")
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err` as an OSError of `path` when it names no file or only the temp file."""
+    named = err.filename is not None and not Path(str(err.filename)).name.startswith(
+        f".{path.name}."
+    )
+    if named or err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror, str(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

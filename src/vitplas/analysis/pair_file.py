@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,16 +26,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from vitplas.deletion import link_out
+from vitplas.runs import temp_beside
+
 PAIRS_FILE = "pairs.parquet"
 PARTS_DIR = "pairs"
 
 
 def _replace_with(path: Path, write) -> Path:
     """Call write(tmp) on a temp name in path's folder, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_beside(path)  # a plain open()'s mode: the group may read a shared study
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,6 +60,12 @@ class PairWriter:
     def resume(self, batches: int, pairs: int) -> None:
         """Continue after `batches` batches (`pairs` pairs): parts from there on are dropped."""
         self.parts.mkdir(parents=True, exist_ok=True)
+        if (link := link_out(self.path.parent, self.parts / PAIRS_FILE)) is not None:
+            raise ValueError(
+                f"{link} is a symlink out of the run folder (to {link.resolve()}): a resume "
+                "deletes the parts past its resume point, and vitplas deletes nothing outside "
+                f"a run folder; replace the link by a folder, or delete {self.path.parent}"
+            )
         for path in self.parts.iterdir():
             if path.name.endswith(".tmp") or _first_batch(path) >= batches:
                 path.unlink()
@@ -91,9 +98,9 @@ class PairWriter:
             raise ValueError(f"no pair ratios were written under {self.parts}")
 
         def merge(tmp: str) -> None:
-            with pq.ParquetWriter(tmp, pq.read_schema(parts[0])) as writer:
+            with pq.ParquetWriter(tmp, _read_part(pq.read_schema, parts[0])) as writer:
                 for part in parts:
-                    writer.write_table(pq.read_table(part))
+                    writer.write_table(_read_part(pq.read_table, part))
 
         return _replace_with(self.path, merge)
 
@@ -113,6 +120,21 @@ class PairWriter:
         columns["component"] = np.tile(np.array(self.components, dtype=object), n * depth)
         columns["ratio"] = ratios.reshape(-1).astype(np.float64)
         return pa.table({k: pa.array(v) for k, v in columns.items()})
+
+
+def _read_part(read, part: Path):
+    """read(part) (its schema or table); a part that cannot be read is a ValueError naming it
+    and what to do: its pairs are already counted in the saved statistics, so only a run from
+    the start gives them again."""
+    try:
+        return read(part)
+    except (pa.ArrowException, OSError) as err:
+        folder = part.parent.parent
+        raise ValueError(
+            f"{part} is damaged ({err}): a part of the per-pair ratios (--save-pairs) that the "
+            f"saved statistics already count; delete the run folder {folder} and rerun the same "
+            "command to measure the pairs again"
+        ) from err
 
 
 def _first_batch(path: Path) -> int:

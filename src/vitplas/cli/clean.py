@@ -3,7 +3,8 @@
 A finished run (DONE) never reads its resumable state again: the train state step folders of
 a finetuning run (checkpoints/step_*, optimizer and RNG included) and the saved statistics of
 a plasticity run. Results, records, curves, tables and best.safetensors stay. Unfinished runs
-(they resume from that state) and runs another process owns are left alone.
+(they resume from that state) and runs another process owns are left alone, and so is
+anything a symlink in a run folder leads to outside it (vitplas.deletion; said on stderr).
 """
 
 from __future__ import annotations
@@ -31,27 +32,21 @@ def finished_runs(target: Path) -> list[Path]:
     return sorted(p.parent for p in target.rglob(DONE_MARKER) if p.is_file())
 
 
-def prune_run(folder: Path, dry_run: bool = False) -> int | None:
-    """Bytes of resumable state under the finished run `folder` (deleted unless dry_run);
-    None when another process owns the folder."""
-    import shutil
-
+def prune_run(folder: Path, dry_run: bool = False):
+    """The vitplas.deletion.Removal of the resumable state under the finished run `folder`
+    (deleted unless dry_run; never through a symlink out of the folder); None when another
+    process owns the folder."""
     from vitplas.analysis.job import STATE_FILE
     from vitplas.analysis.pair_file import PARTS_DIR
+    from vitplas.deletion import remove_within
     from vitplas.locks import RunLockedError, run_lock
-    from vitplas.training.checkpoint import prune_state
+    from vitplas.training.checkpoint import state_paths
 
     try:
         with run_lock(folder, command="clean"):
-            ckpts = folder / "checkpoints"
-            state = [*ckpts.glob("step_*"), *ckpts.glob(".tmp-step_*"), folder / STATE_FILE]
-            state += [folder / PARTS_DIR] if (folder / PARTS_DIR).is_dir() else []
-            size = sum(f.stat().st_size for p in state for f in [p, *p.rglob("*")] if f.is_file())
-            if not dry_run:
-                prune_state(ckpts)
-                (folder / STATE_FILE).unlink(missing_ok=True)
-                shutil.rmtree(folder / PARTS_DIR, ignore_errors=True)  # pairs.parquet's parts
-            return size
+            state = [*state_paths(folder / "checkpoints"), folder / STATE_FILE]
+            state.append(folder / PARTS_DIR)  # pairs.parquet's parts
+            return remove_within(folder, state, dry_run)
     except RunLockedError:
         return None
 
@@ -67,14 +62,17 @@ def clean(
     except (FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    freed, busy = 0, []
+    freed, busy, kept = 0, [], []
     for folder in runs:
-        size = prune_run(folder, dry_run)
-        if size is None:
+        removal = prune_run(folder, dry_run)
+        if removal is None:
             busy.append(folder)
         else:
-            freed += size
+            freed += removal.freed
+            kept += removal.lines()
     verb = "would free" if dry_run else "freed"
     typer.echo(f"{len(runs)} finished run(s): {verb} {freed / 2**20:.1f} MiB")
     for folder in busy:
         typer.echo(f"skipped {folder}: another process owns it", err=True)
+    for line in kept:
+        typer.echo(line, err=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitplas.deletion import Removal, remove_within
 from vitplas.runs import atomic_write_bytes, atomic_write_json, fault_point
 
 STATE_FILE = "state.pt"
@@ -33,8 +34,9 @@ META_FILE = "meta.json"
 BEST_FILE = "best.safetensors"
 
 
-class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was expected."""
+class CheckpointError(ValueError):
+    """No usable checkpoint where one was expected: the user's data, not a bug of vitplas (the
+    command line's exit 2, naming the files and what to do)."""
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -70,17 +72,20 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], keep: in
     return final
 
 
-def prune_state(root: str | Path) -> int:
-    """Delete the resumable train state under `root` (step folders and temp folders), keeping
-    best.safetensors; returns the bytes freed."""
-    freed = 0
+def state_paths(root: str | Path) -> list[Path]:
+    """The resumable train state under the checkpoints folder `root`: its step folders and
+    the temp folders of interrupted writes (best.safetensors is not state)."""
     root = Path(root)
     if not root.is_dir():
-        return 0
-    for path in sorted(root.glob("step_*")) + sorted(root.glob(".tmp-step_*")):
-        freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        shutil.rmtree(path, ignore_errors=True)
-    return freed
+        return []
+    return sorted(root.glob("step_*")) + sorted(root.glob(".tmp-step_*"))
+
+
+def prune_state(run_dir: str | Path, dry_run: bool = False) -> Removal:
+    """Delete the resumable train state of the run folder `run_dir` (its checkpoints/ step
+    and temp folders), keeping best.safetensors; never through a symlink out of the run
+    folder (vitplas.deletion: what it left is in the returned Removal)."""
+    return remove_within(run_dir, state_paths(Path(run_dir) / "checkpoints"), dry_run)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -106,15 +111,18 @@ def load_latest(
 
     A corrupt checkpoint is skipped with a warning; when every one is corrupt, CheckpointError.
     """
-    candidates = list_checkpoints(root)
+    candidates, problems = list_checkpoints(root), []
     for path in reversed(candidates):
         try:
             return load_checkpoint(path, map_location), path
         except CheckpointError as err:
+            problems.append(str(err))
             warnings.warn(f"{err}; falling back to the previous checkpoint", stacklevel=2)
     if candidates:
+        names = ", ".join(p.name for p in candidates)
         raise CheckpointError(
-            f"every checkpoint under {root} is corrupt; delete that folder to restart the run"
+            f"no checkpoint under {root} can be resumed from ({names}): {'; '.join(problems)}; "
+            f"delete their step folders ({root}/step_*) to restart the run from step 0"
         )
     return None
 

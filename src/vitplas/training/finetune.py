@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,7 +89,19 @@ def compute_finetune(
 def after_done(cfg: FinetuneConfig, run: RunDir) -> None:
     """Once DONE: the resumable train state is pruned unless keep_state."""
     if not cfg.keep_state:
-        ckpt.prune_state(run / "checkpoints")
+        for line in ckpt.prune_state(run.path).lines():
+            warnings.warn(f"the train state was not pruned: {line}", stacklevel=2)
+
+
+def _check_batch(cfg: FinetuneConfig, images: int) -> None:
+    """A ConfigError when one update's batch holds more images than the train split: every
+    image would be in it several times, each update taking epochs of compute."""
+    if cfg.batch_size > images:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the train split of {cfg.dataset} "
+            f"({images} images): every update would hold each image "
+            f"{cfg.batch_size / images:.1f} times; use batch_size={images} or less"
+        )
 
 
 class Finetuner:
@@ -122,6 +135,7 @@ class Finetuner:
             self.sources = load_sources(cfg)
         if cfg.train_per_class is not None:
             self.sources.train = few_shot(self.sources.train, cfg.train_per_class)
+        _check_batch(cfg, len(self.sources.train))
         self._setup_model(self.sources.model.to(self.device))
         self.state = {"step": 0, "elapsed_s": 0.0, "train_s": 0.0, "best": None}
         self.state |= {"start_loss": None, "above": 0}  # divergence watch
