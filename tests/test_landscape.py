@@ -49,7 +49,7 @@ def test_run_writes_grid_trajectory_and_figure(tmp_path):
 def test_config_checks():
     with pytest.raises(ConfigError, match="layer 2 is not among the first 1 blocks"):
         LandscapeConfig(layer=2, blocks=1).validate()
-    with pytest.raises(ConfigError, match="steps and grid must be >= 2"):
+    with pytest.raises(ConfigError, match="grid must be >= 2, got 1"):
         LandscapeConfig(grid=1).validate()
 
 

@@ -164,7 +164,7 @@ def test_bounds_without_a_plasticity_run_say_why_the_data_norm_bound_is_missing(
         (["--target", "cifar11"], "dataset 'cifar11' is unknown"),
         (["--pairs", "0"], "pairs must be >= 1, got 0"),
         (["--reference", "photos/4", "--batch-size", "8"], "has 4 images, fewer than one batch"),
-        (["--img-size", "36"], "not a multiple of this model's 8x8 patches"),
+        (["--img-size", "36"], "img_size=36 is not a multiple of this model's 8-pixel patches"),
         (["--inputs", "residual"], "'inputs' is 'residual'"),
         (["--dtype", "float8"], "'dtype' is 'float8'"),
     ],

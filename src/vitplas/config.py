@@ -1,13 +1,17 @@
 """Strict configs: dataclass defaults, merged with YAML, then with `key=value` overrides.
 
-An unknown key anywhere is an error naming the known keys. Nested dataclasses are merged
-field by field. A config class may define `validate(self)` for cross-field checks; it runs
-once after the merge.
+An unknown key anywhere is an error naming the known keys; so is a key given twice on one
+command line (check_repeated), a float that is not finite (nan, inf), and an integer out of
+range (a seed, a key named `seed` or `*_seed`: [0, 2**32 - 1], numpy's; any other: int64).
+Nested dataclasses are merged field by field. A config class may define `validate(self)` for
+cross-field checks (`check_range`: one message per key out of range); it runs once after the
+merge.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -58,6 +62,18 @@ def parse_override(item: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+def check_repeated(overrides: Sequence[str]) -> None:
+    """A ConfigError naming the first key given twice among the `key=value` items of one
+    command line (the last would win silently; vitplas.cli.keys.merge_flags calls it). Python
+    callers may still override a list of defaults, later items winning (load_config)."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in seen:
+            raise ConfigError(f"'{key}' is given twice, as {seen[key]} and as {item}; give it once")
+        seen[key] = item
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -134,11 +150,19 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     return _coerce_scalar(hint, value, where)
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what torch and numpy take as an integer
+SEED_RANGE = (0, 2**32 - 1)  # what every seed must fit: numpy's seed, the narrowest taker
+
+
 def _coerce_scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"'{where}' is {value}; give a finite number")
         return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return _in_int_range(value, where)
     if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if hint is Path and isinstance(value, str):
@@ -146,6 +170,31 @@ def _coerce_scalar(hint: Any, value: Any, where: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"'{where}' must be {hint.__name__}, got {value!r}")
     return value
+
+
+def _in_int_range(value: int, where: str) -> int:
+    """`value` when it fits its key: a seed (a key named `seed` or `*_seed`) SEED_RANGE, any
+    other integer INT64."""
+    name = where.rsplit(".", 1)[-1]
+    low, high = SEED_RANGE if name == "seed" or name.endswith("_seed") else INT64
+    if not low <= value <= high:
+        what = "a seed" if (low, high) == SEED_RANGE else "an integer"
+        raise ConfigError(f"'{where}' is {value}; {what} must be in [{low}, {high}]")
+    return value
+
+
+def check_range(key: str, value: Any, ok: bool, rule: str) -> None:
+    """A ConfigError naming `key` alone (its own message) when `ok` is false:
+    "select.budget must be in (0, 1], got 1.5"."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def at_least(cfg: Any, low: int | float, *keys: str, prefix: str = "") -> None:
+    """check_range of each of `keys` of `cfg` (None passes: 'no limit') against `low`."""
+    for key in keys:
+        value = getattr(cfg, key)
+        check_range(prefix + key, value, value is None or value >= low, f">= {low}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitplas import protocol as protocols
-from vitplas.config import ConfigError
+from vitplas.config import ConfigError, at_least, check_range
 
 # The embedded default (DESIGN.md): DINOv2 ViT-S/14, photos vs Fashion-MNIST test, ~2 min on a
 # 2-core CPU. Its pooled CIs already stand apart at 128 pairs; 512 leave a wide margin.
@@ -86,8 +86,7 @@ class PlasticityConfig:
     def validate(self) -> None:
         if self.pairs < 1:
             raise ConfigError(f"pairs must be >= 1, got {self.pairs}")
-        if self.batch_size < 1 or self.check_every < 1 or self.radius_images < 1:
-            raise ConfigError("batch_size, check_every and radius_images must be >= 1")
+        at_least(self, 1, "batch_size", "check_every", "radius_images")
         if self.until_ci is not None and not 0 < self.until_ci < 1:
             raise ConfigError(f"until_ci is a fraction of the mean in (0, 1), got {self.until_ci}")
         if self.radius is not None and not self.radius > 0:
@@ -129,8 +128,7 @@ class BoundsConfig:
     def validate(self) -> None:
         if self.radius is not None and not self.radius > 0:
             raise ConfigError(f"radius must be > 0, got {self.radius}")
-        if self.radius_images < 1 or self.batch_size < 1:
-            raise ConfigError("radius_images and batch_size must be >= 1")
+        at_least(self, 1, "radius_images", "batch_size")
         if self.r_max is not None and not self.r_max > 0:
             raise ConfigError(f"r_max must be > 0, got {self.r_max}")
         check_bound_options(self.ln_bound, self.mha_bound, self.mha_slicing)
@@ -213,10 +211,9 @@ class LandscapeConfig:
     # own (model), or the original release's (paper; vitplas.protocol)
 
     def validate(self) -> None:
-        if self.steps < 2 or self.grid < 2:
-            raise ConfigError(f"steps and grid must be >= 2, got {self.steps}, {self.grid}")
-        if self.span <= 0 or self.lr <= 0:
-            raise ConfigError("span and lr must be > 0")
+        at_least(self, 2, "steps", "grid")
+        for key in ("span", "lr"):
+            check_range(key, getattr(self, key), getattr(self, key) > 0, "> 0")
         if self.blocks is not None and not 0 <= self.layer < self.blocks:
             raise ConfigError(f"layer {self.layer} is not among the first {self.blocks} blocks")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from vitplas.config import ConfigError
+from vitplas.config import ConfigError, check_repeated
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,9 @@ def merge_flags(
     """key=value overrides plus the flags given (value not None) as more key=value items.
 
     `flags` maps config keys to flag values; `names` maps a key to its flag's spelling, for
-    messages (default --key-with-dashes). A key given both ways is a ConfigError."""
+    messages (default --key-with-dashes). A key given both ways, or twice as key=value, is a
+    ConfigError."""
+    check_repeated(overrides)
     given = {item.split("=", 1)[0].strip(): item for item in overrides}
     merged = list(overrides)
     for key, value in flags.items():

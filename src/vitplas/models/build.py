@@ -28,7 +28,7 @@ from torch import nn
 from vitplas import protocol as protocols
 from vitplas.models import checkpoints, finetuned, hf, sources, timm_models
 from vitplas.models.errors import ModelError
-from vitplas.models.families_ops import input_shape, set_input_size
+from vitplas.models.families_ops import embedding_module, input_shape, patch_size, set_input_size
 from vitplas.models.registry import (
     NORMALIZATIONS,
     PAPER_MEAN_STD,
@@ -129,8 +129,25 @@ def _unknown(spec: str) -> ModelError:
     )
 
 
+def check_patch_grid(model: nn.Module, img_size: int | None) -> None:
+    """A ModelError when the input side (img_size, else the model's own) is not a multiple of
+    the model's patch: timm would drop the ragged border of every image silently."""
+    (height, width) = (img_size, img_size) if img_size else input_shape(model)[1:]
+    ph, pw = patch_size(embedding_module(model))  # a hybrid's stem stride included
+    if height % ph == 0 and width % pw == 0:
+        return
+    kept = (height // ph * ph) * (width // pw * pw) / (height * width)
+    lower, upper = max(ph, height // ph * ph), (height // ph + 1) * ph
+    raise ModelError(
+        f"img_size={height} is not a multiple of this model's {ph}-pixel patches: its "
+        f"{height // ph}x{width // pw} patch grid would drop {1 - kept:.0%} of every image; use "
+        f"img_size={lower} or {upper}"
+    )
+
+
 def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int | None):
     model = built.model
+    check_patch_grid(model, img_size)
     if img_size is not None and input_shape(model)[1:] != (img_size, img_size):
         set_input_size(model, (img_size, img_size))  # resamples pos_embed
     if num_classes is not None and num_classes != model.num_classes:

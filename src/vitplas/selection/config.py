@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vitplas import protocol as protocols
-from vitplas.config import ConfigError
+from vitplas.config import ConfigError, at_least
 
 FORMATS = ("peft", "timm", "names")  # the export formats (vitplas.selection.export)
 
@@ -56,8 +56,7 @@ class SelectConfig:
             self.export = parse_formats(self.export)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        if min(self.pairs, self.grad_batches, self.batch_size) < 1:
-            raise ConfigError("pairs, grad_batches and batch_size must be >= 1")
+        at_least(self, 1, "pairs", "grad_batches", "batch_size")
 
 
 def parse_formats(text: str | Sequence[str] | None) -> list[str]:

@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vitplas import protocol as protocols
-from vitplas.config import ConfigError, config_from_dict, parse_override, read_yaml, set_dotted
+from vitplas.config import (
+    ConfigError,
+    at_least,
+    check_range,
+    config_from_dict,
+    parse_override,
+    read_yaml,
+    set_dotted,
+)
 from vitplas.device import default_workers
 from vitplas.training.options import LoraOptions, SelectOptions
 
@@ -99,7 +107,8 @@ class FinetuneConfig:
     keep_checkpoints: int = 2  # step checkpoints kept (the best one is kept besides)
     keep_state: bool = False  # keep the resumable train state (step folders) after DONE
     diverge_factor: float | None = 10.0  # stop as diverged when the loss stays above this x the
-    # first step's loss for diverge_window steps after warmup (null: only NaN/inf stops a run)
+    # first step's loss for diverge_window steps after warmup, or is above it at the last step
+    # (null: only NaN/inf stops a run)
     diverge_window: int = 100  # steps the loss must stay above diverge_factor x its first value
     log_every: int = 10  # steps between two metrics lines
     eval_batch_size: int | None = None  # None = micro batch (or batch) size
@@ -165,8 +174,11 @@ class FinetuneConfig:
             raise ConfigError(f"train: {err}") from err
         if self.train_per_class is not None and self.train_per_class < 1:
             raise ConfigError(f"train_per_class must be >= 1 or null, got {self.train_per_class}")
-        if not 0 < self.select.budget <= 1 or self.lora.r < 1:
-            raise ConfigError("select.budget must be in (0, 1] and lora.r >= 1")
+        budget = self.select.budget
+        check_range("select.budget", budget, 0 < budget <= 1, "a fraction in (0, 1]")
+        at_least(self.lora, 1, "r", "alpha", prefix="lora.")
+        dropout = self.lora.dropout
+        check_range("lora.dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)")
 
     @property
     def warmup(self) -> str:
@@ -230,8 +242,8 @@ class ProbeConfig:
     def validate(self) -> None:
         if self.max_iter is None:
             self.max_iter = protocols.get(self.protocol).probe_max_iter
-        if self.C <= 0 or self.batch_size <= 0 or self.max_iter <= 0:
-            raise ConfigError("C, batch_size and max_iter must be positive")
+        check_range("C", self.C, self.C > 0, "> 0")
+        at_least(self, 1, "batch_size", "max_iter")
         for key in ("max_train", "max_test"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: use 1 or more (or null for all)")
@@ -258,11 +270,8 @@ class EvaluateConfig:
     def validate(self) -> None:
         """Cross-field checks; a failure says what to change (`run` is checked by the command:
         a config file may leave it to the command line)."""
-        if self.batch_size <= 0 or self.num_workers < 0:
-            raise ConfigError(
-                f"batch_size must be positive and num_workers >= 0, got {self.batch_size} and "
-                f"{self.num_workers}"
-            )
+        check_range("batch_size", self.batch_size, self.batch_size > 0, "positive")
+        at_least(self, 0, "num_workers")
 
 
 def _check_crops(scale: list[float], ratio: list[float]) -> None:
