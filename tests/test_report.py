@@ -37,6 +37,9 @@ def _tables(root) -> dict[str, pd.DataFrame]:
                            "component": ["block", "block"], "acc": [80.0, 85.0]})  # fmt: skip
     tables = summarize(pd.DataFrame(rows), spec, probes)
     tables["curves"] = pd.DataFrame(curves)
+    tables["coverage"] = pd.DataFrame(  # what aggregate records: every run of the study done
+        {"kind": "run", "name": [r["run_id"] for r in rows], "state": "done", "detail": ""}
+    )
     for name, frame in tables.items():
         write_table(frame, root / "tables" / name)
     return spec, tables

@@ -34,8 +34,8 @@ EXAMPLES = {job.kind: list(job.examples) for job in JOBS if job.examples}
 EXAMPLES |= {
     "sweep": [f"vitplas sweep {MINI} --dry-run"],
     "status": [f"vitplas status {MINI}"],
-    "aggregate": [f"vitplas aggregate {MINI}"],
-    "report": [f"vitplas report {MINI}"],
+    "aggregate": [f"vitplas aggregate {MINI} --partial"],  # --partial: a study not yet run
+    "report": [f"vitplas report {MINI} --partial"],
     "reproduce": [f"vitplas reproduce {MINI} --dry-run"],
     "clean": [f"{_FT} --out runs/ex-clean && vitplas clean runs/ex-clean --dry-run"],
     "export": [f"{_FT} --out runs/ex-export && vitplas export runs/ex-export --out ex.safetensors"],

@@ -173,7 +173,13 @@ def sweep(
 def _exit_unless_complete(counts: dict[str, int], waited: bool) -> None:
     """Exit 1 while a run is failed or damaged, or (after waiting) missing."""
     if counts["failed"]:
-        console.print("rerun the failed runs with --retry-failed")
+        console.print(
+            f"{counts['failed']} failed run(s), listed above, are not rerun by a plain `vitplas "
+            "sweep`: their failure is their own (diverged, an error in their config or data, a "
+            "bug), not one a rerun resumes (killed, a full disk); fix the cause, then rerun with "
+            "--retry-failed",
+            markup=False, highlight=False,
+        )  # fmt: skip
     if counts["failed"] or counts["damaged"] or (waited and counts["missing"]):
         raise typer.Exit(1)
 
@@ -202,12 +208,23 @@ def status(
     _print_failed(states, verbose)
 
 
+PartialOpt = typer.Option(
+    False, "--partial", help="accept an incomplete study (runs or analysis jobs not done): "
+    "exit 0, and the report says it is partial on its first line",
+)  # fmt: skip
+
+
 @app.command()
 def aggregate(
-    spec_path: Path = SpecArg, overrides: list[str] = OverridesArg, root: Path = RootOpt
+    spec_path: Path = SpecArg,
+    overrides: list[str] = OverridesArg,
+    root: Path = RootOpt,
+    partial: bool = PartialOpt,
 ) -> None:
-    """Tidy table of all runs + the paper's summaries, written to <root>/tables."""
+    """Tidy table of all runs + the paper's summaries, written to <root>/tables (exit 1 for an
+    incomplete study, unless --partial)."""
     from vitplas.experiments.aggregate import aggregate as run_aggregate
+    from vitplas.experiments.coverage import COVERAGE, is_complete, summary
     from vitplas.experiments.report import accuracy_table, markdown_table
     from vitplas.experiments.spec import expand
     from vitplas.experiments.store import scan
@@ -223,7 +240,19 @@ def aggregate(
     if damaged:
         _print_failed(damaged, verbose=False)
         console.print(f"{len(damaged)} damaged runs are not in the tables", highlight=False)
-        raise typer.Exit(1)
+    if is_complete(tables[COVERAGE]):
+        return
+    what = summary(tables[COVERAGE])
+    if partial:
+        console.print(f"partial: {what}", markup=False, highlight=False)
+        return
+    console.print(
+        f"the study is incomplete: {what}; the tables cover what is done only; finish it "
+        "(`vitplas sweep SPEC`, `vitplas status SPEC -v` says why a run is not done), or pass "
+        "--partial to accept a partial study",
+        markup=False, highlight=False,
+    )  # fmt: skip
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -232,11 +261,18 @@ def report(
     overrides: list[str] = OverridesArg,
     force: bool = typer.Option(False, help="redraw even if the tables did not change"),
     root: Path = RootOpt,
+    partial: bool = PartialOpt,
 ) -> None:
-    """Figures (PNG + PDF) and report.md / report.html from the aggregated tables."""
+    """Figures (PNG + PDF) and report.md / report.html from the aggregated tables (exit 1
+    for an incomplete study, unless --partial)."""
+    from vitplas.experiments.coverage import IncompleteStudyError
     from vitplas.experiments.report import write_report
 
-    path = write_report(_load(spec_path, overrides), root, force=force)
+    try:
+        path = write_report(_load(spec_path, overrides), root, force=force, partial=partial)
+    except IncompleteStudyError as err:
+        console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     console.print(f"report: {path} (and {path.with_suffix('.html')})")
 
 
@@ -283,6 +319,8 @@ def reproduce(
         console.print(f"[red]FAILED[/red] {rid}: {detail}")
     for job in summary["analysis_failed"]:
         console.print(f"[red]FAILED analysis[/red] {job}")
+    if summary["incomplete"]:
+        console.print(f"partial report: {summary['incomplete']}", markup=False, highlight=False)
     console.print(f"report: {summary['report']}")
-    if summary["failed_runs"] or summary["analysis_failed"]:
+    if summary["failed_runs"] or summary["analysis_failed"] or summary["incomplete"]:
         raise typer.Exit(1)

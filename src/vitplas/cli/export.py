@@ -18,13 +18,8 @@ def export_command(
 
     Prints the timm.create_model call that loads it back.
     """
-    from vitplas.models.errors import ModelError
     from vitplas.models.export import export_model
 
-    try:
-        exported = export_model(model, out)
-    except (ModelError, OSError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    exported = export_model(model, out)  # errors: one line, exit 2 (vitplas.cli.app)
     typer.echo(f"wrote {exported.path} (timm {exported.arch})", err=True)
     typer.echo(exported.timm_call())

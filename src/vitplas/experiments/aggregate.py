@@ -11,6 +11,8 @@ Tables (CSV + Parquet):
     components  per train set: mean over datasets of best accuracy (and of gain)
     tests       reference (MHA) vs each train set across datasets: paired t-test, Wilcoxon
     curves      training/validation curves (step, loss, grad_norm, val_loss, val_acc) per run
+    coverage    every run and analysis job of the spec and its state (experiments.coverage):
+                whether the tables are those of the whole study
 plus the analysis tables (plasticity, bounds, probe, ...) found in the study's analysis runs,
 each row naming its job (`job`: '<kind>/<job id>'); two jobs that would give one number (the
 same labels, other settings) are refused (check_jobs_apart).
@@ -243,6 +245,7 @@ def aggregate(
 ) -> dict[str, pd.DataFrame]:
     """Scan the store, summarise, write every table to <root>/tables; returns the tables."""
     root = Path(root) if root is not None else spec.root_path
+    from vitplas.experiments.coverage import COVERAGE, coverage_table
     from vitplas.experiments.spec import analysis_jobs
 
     states = scan(spec, runs, root)
@@ -251,6 +254,7 @@ def aggregate(
     tables["curves"] = curve_table(states)
     tables.update(study_evidence(states, spec, tables))  # selection studies (train=[auto])
     tables.update(extra)
+    tables[COVERAGE] = coverage_table(spec, states, root)  # what the tables cover
     for name, frame in tables.items():
         write_table(frame, root / "tables" / name)
     return tables

@@ -1,7 +1,9 @@
 """Launching a sweep through submitit: local processes (default) or SLURM job arrays.
 
 Idempotent: finished runs are skipped, runs in flight are left alone, failed runs are listed
-(with their tracebacks in error.txt) and rerun only when asked. A preempted or timed-out job
+(with their tracebacks in error.txt) and rerun only when asked (--retry-failed); a run stopped
+by what a rerun resumes (killed, a full disk, a SLURM job gone) is launched again by a plain
+rerun. A preempted or timed-out job
 requeues itself (submitit Checkpointable) and the runner resumes from its own checkpoint.
 
 No double work: one launcher per study at a time (an OS lock on <root>/launcher.lock; a second
@@ -39,6 +41,7 @@ from vitplas.experiments.store import (
     counts,
     prepare,
     read_result,
+    resumable_reason,
     run_state,
     scan,
     write_status,
@@ -109,9 +112,13 @@ class RunJob(submitit.helpers.Checkpointable):
                 atomic_write_json(path / "result.json", record)
             if not (path / DONE_MARKER).exists():
                 RunDir(path, create=False).mark_done()  # seals result.json and the records
-        except Exception:
-            atomic_write_text(path / "error.txt", traceback.format_exc())
-            write_status(path, "failed", ended_at=now_iso())
+        except Exception as err:
+            resumable = resumable_reason(err)
+            with contextlib.suppress(OSError):  # a full disk may refuse these too: the reaper
+                # then records the worker's end, which counts as missing (resumed) as well
+                atomic_write_text(path / "error.txt", traceback.format_exc())
+                extra = {"resumable": resumable} if resumable else {}
+                write_status(path, "failed", ended_at=now_iso(), **extra)
             raise
         (path / "error.txt").unlink(missing_ok=True)
         write_status(path, "done", ended_at=now_iso())

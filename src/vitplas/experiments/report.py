@@ -1,6 +1,8 @@
 """The report of a sweep: figures (PNG + PDF) and a Markdown + HTML page with the tables.
 
-Reads only the tidy tables of <root>/tables (written by aggregate). For the paper's studies
+Reads only the tidy tables of <root>/tables (written by aggregate); the tables of an incomplete
+study (their `coverage` table, experiments.coverage) are refused unless a partial report is
+asked for, which then says so on its first line. For the paper's studies
 (`study: paper`) our numbers stand beside the published ones (PAPER.md section 5). The report
 is a pure function of the tables: when they have not changed, nothing is redrawn.
 """
@@ -15,6 +17,7 @@ import pandas as pd
 
 from vitplas.experiments import evidence, stats
 from vitplas.experiments.aggregate import CELLS, check_jobs_apart, read_tables
+from vitplas.experiments.coverage import check_complete
 from vitplas.experiments.published import published_accuracy, published_plasticity
 from vitplas.experiments.spec import SweepSpec
 from vitplas.models.components import THEORETICAL_RANK
@@ -311,14 +314,18 @@ def to_html(markdown_text: str, title: str) -> str:
     )
 
 
-def write_report(spec: SweepSpec, root: str | Path | None = None, force: bool = False) -> Path:
+def write_report(
+    spec: SweepSpec, root: str | Path | None = None, force: bool = False, partial: bool = False
+) -> Path:
     """Figures + report.md + report.html under <root>/report; returns report.md's path.
 
-    Skips all work when the tables are unchanged since the last report (unless `force`).
+    The tables of an incomplete study (their `coverage` table) are an IncompleteStudyError
+    unless `partial`, and the report of such tables says so on its first line. Skips all work
+    when the tables are unchanged since the last report (unless `force`).
     """
     root = Path(root) if root is not None else spec.root_path
     out = root / "report"
-    digest = tables_digest(root)
+    digest = tables_digest(root) + ("+partial" if partial else "")
     marker = out / DIGEST_FILE
     if not force and marker.exists() and marker.read_text().strip() == digest:
         return out / "report.md"
@@ -326,8 +333,11 @@ def write_report(spec: SweepSpec, root: str | Path | None = None, force: bool = 
     tables = read_tables(root)
     for name in CELLS.keys() & tables.keys():  # as read: a table made elsewhere may mix jobs
         check_jobs_apart(tables[name], name, where=root / "analysis")
+    note = check_complete(tables, partial, root / "tables")
     figures = render_figures(tables, out / "figures", figure_context(spec, tables))
     text = build_markdown(spec, tables, figures, out)
+    if note:
+        text = f"**{note}**\n\n{text}"
     atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.html", to_html(text, spec.name))
     atomic_write_text(marker, digest + "\n")

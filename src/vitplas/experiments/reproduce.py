@@ -61,6 +61,8 @@ def reproduce(
     """All stages in order; each one resumes. Returns what happened per stage."""
     from vitplas.config import ConfigError
     from vitplas.experiments.aggregate import aggregate
+    from vitplas.experiments.coverage import COVERAGE, is_complete
+    from vitplas.experiments.coverage import summary as summary_of
     from vitplas.experiments.report import write_report
 
     root = Path(root) if root is not None else spec.root_path
@@ -85,10 +87,12 @@ def reproduce(
         on_stage("aggregate", 0, 1)
     tables = aggregate(spec, runs, root)
     summary["tables"] = sorted(tables)
+    summary["incomplete"] = "" if is_complete(tables[COVERAGE]) else summary_of(tables[COVERAGE])
     if on_stage:
         on_stage("aggregate", 1, 1)
         on_stage("report", 0, 1)
-    summary["report"] = str(write_report(spec, root))
+    summary["report"] = str(write_report(spec, root, partial=True))  # marked partial when a
+    # run or job failed (reproduce then exits 1, listing them)
     if on_stage:
         on_stage("report", 1, 1)
     return summary

@@ -3,6 +3,8 @@
 Each run folder holds
     sweep.json    run id, grid values and the finetune config (written before launch)
     status.json   queued | running | failed | killed | done, with pid/host/job id and times
+                  (a failure a rerun resumes, a full disk, says so: `resumable`, and counts as
+                  missing, so a plain rerun of the sweep launches the run again)
     error.txt     the traceback of the last failure (failed.json: the runner's own reason,
                   e.g. {"reason": "diverged", "step", "loss"})
     result.json + DONE   written by the runner when it finishes
@@ -182,6 +184,9 @@ def _unfinished_state(folder: Path, slurm_live: set[str] | None) -> tuple[str, s
     state = status.get("state")
     if state == "killed":
         return "missing", _end_reason(status)
+    if state == "failed" and status.get("resumable"):  # a full disk: a rerun resumes it
+        when = f" at {status['ended_at']}" if status.get("ended_at") else ""
+        return "missing", f"stopped by {status['resumable']}{when}; rerun the sweep to resume it"
     if state == "failed":
         return "failed", failure_reason(folder)
     if state in ("queued", "running"):
@@ -203,6 +208,20 @@ def _unfinished_state(folder: Path, slurm_live: set[str] | None) -> tuple[str, s
             "(killed with its launcher, SIGKILL or out of memory?); rerun the sweep to resume it"
         )
     return "missing", NOT_LAUNCHED if not status else f"status {state!r}"
+
+
+def resumable_reason(err: BaseException) -> str | None:
+    """What stopped a run that a plain rerun resumes (a full disk, in `err` or what caused
+    it), or None: the failure is the run's own (diverged, a bad config, a bug)."""
+    import errno
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "a full disk" + (f" (writing {err.filename})" if err.filename else "")
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def failure_reason(folder: Path) -> str:

@@ -12,6 +12,7 @@ that a line drawn exactly on another still shows beneath it.
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files
 
 import matplotlib.pyplot as plt
+
+from vitplas.runs import atomic_write_bytes
 
 COMPONENT_COLORS = {
     "mha": "#1b9e77",
@@ -193,6 +196,8 @@ def save(fig, stem: str | Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight")  # keeps a legend placed outside the axes
+    for path in paths:  # through an atomic write: a full disk names the file, leaves no stub
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], bbox_inches="tight")  # keeps a legend
+        atomic_write_bytes(path, buffer.getvalue())  # placed outside the axes
     return paths

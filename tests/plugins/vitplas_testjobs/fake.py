@@ -3,6 +3,8 @@
 `fake_finetune(cfg, run_dir)` takes the finetune config as a plain dict (spec runner.config:
 null), writes metrics.jsonl, result.json and DONE like a real run, and is deterministic in its
 config values. Knobs read from cfg: `sleep_s` (seconds per run), `fail` (raise), `base_acc`,
+`disk_full_while` (a path: while it exists, the run stops as a full disk would), `write_mib`
+(write a record of that many MiB),
 `slots_dir` (a folder shared by the runs of a test: each run line in executions.log then says
 how many fake runs were alive when it started, so tests can check `max_parallel`).
 It never trains anything: its numbers only exercise launching, aggregation and reports.
@@ -10,6 +12,7 @@ It never trains anything: its numbers only exercise launching, aggregation and r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitplas.runs import RunDir, atomic_write_json
+from vitplas.runs import RunDir, atomic_write_bytes, atomic_write_json
 
 # A made-up, fixed preference so that fake studies have structure to find (not a result).
 _FAKE_OFFSET = {"mha": 0.02, "fc1": 0.015, "fc2": 0.01, "ln2": 0.0, "ln1": -0.005, "all": 0.025}
@@ -75,7 +78,11 @@ def _leave_slot(cfg: dict[str, Any]) -> None:
 def _fake_run(cfg: dict[str, Any], run: RunDir) -> dict[str, Any]:
     if cfg.get("fail"):
         raise RuntimeError(f"fake run asked to fail (dataset={cfg.get('dataset')})")
+    if cfg.get("disk_full_while") and Path(cfg["disk_full_while"]).exists():
+        raise OSError(errno.ENOSPC, "No space left on device", str(run.path / "metrics.jsonl"))
     time.sleep(float(cfg.get("sleep_s", 0.0)))
+    if cfg.get("write_mib"):  # a record of this size (a real full disk on a small tmpfs)
+        atomic_write_bytes(run.path / "weights.bin", b"\0" * int(cfg["write_mib"] * 2**20))
     train = cfg.get("train", ["all"])
     train = train[0] if isinstance(train, list) and len(train) == 1 else str(train)
     lr = float(cfg.get("lr", 0.01))
