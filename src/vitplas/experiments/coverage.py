@@ -61,7 +61,7 @@ def check_complete(tables: dict[str, pd.DataFrame], partial: bool, where: Path) 
     if coverage is None:
         problem = f"{where / COVERAGE}.parquet is missing (not written by `vitplas aggregate`)"
         if not partial:
-            raise IncompleteStudyError(f"{problem}; run `vitplas aggregate SPEC` again")
+            raise IncompleteStudyError(f"{problem}; run `vitplas aggregate SPEC` first")
         return f"Partial report: {problem}, so what they cover is unknown."
     if is_complete(coverage):
         return None
