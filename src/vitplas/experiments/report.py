@@ -325,15 +325,15 @@ def write_report(
     """
     root = Path(root) if root is not None else spec.root_path
     out = root / "report"
-    digest = tables_digest(root) + ("+partial" if partial else "")
+    tables = read_tables(root)
+    for name in CELLS.keys() & tables.keys():  # as read: a table made elsewhere may mix jobs
+        check_jobs_apart(tables[name], name, where=root / "analysis")
+    note = check_complete(tables, partial, root / "tables")  # refused unless complete/partial
+    digest = tables_digest(root) + ("+partial" if note else "")
     marker = out / DIGEST_FILE
     if not force and marker.exists() and marker.read_text().strip() == digest:
         return out / "report.md"
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")  # PDFs without a creation date: reproducible
-    tables = read_tables(root)
-    for name in CELLS.keys() & tables.keys():  # as read: a table made elsewhere may mix jobs
-        check_jobs_apart(tables[name], name, where=root / "analysis")
-    note = check_complete(tables, partial, root / "tables")
     figures = render_figures(tables, out / "figures", figure_context(spec, tables))
     text = build_markdown(spec, tables, figures, out)
     if note:
