@@ -90,8 +90,9 @@ def test_same_config_check_ignores_runtime_keys_and_new_keys_at_default(tmp_path
 
     stored = config_to_dict(Job(steps=5))
     del stored["seed"]  # a key added to the dataclass after this run started
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
-    check_same_config(tmp_path, Job(steps=5))  # seed=None is the default: same config
-    check_same_config(tmp_path, Job(steps=5, model="other"), runtime_keys={"model"})
+    stored = yaml.safe_load(yaml.safe_dump(stored))  # as the run folder's config.yaml holds it
+    check_same_config(tmp_path, Job(steps=5), old=stored)  # seed=None is the default: same
+    check_same_config(tmp_path, Job(steps=5, model="other"), {"model"}, stored)
+    check_same_config(tmp_path, Job(steps=6, seed=3), old=None)  # no config yet: nothing to check
     with pytest.raises(ConfigError, match=r"different config \(seed: None -> 3, steps: 5 -> 6\)"):
-        check_same_config(tmp_path, Job(steps=6, seed=3))
+        check_same_config(tmp_path, Job(steps=6, seed=3), old=stored)

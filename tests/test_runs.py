@@ -8,6 +8,7 @@ import os
 import pandas as pd
 import pytest
 
+from vitplas.records import read_json, read_metrics
 from vitplas.runs import RunDir, atomic_write_json, atomic_write_text, file_sha256, write_table
 
 
@@ -28,13 +29,13 @@ def test_atomic_write_leaves_no_temp_and_keeps_old_file_on_failure(tmp_path, mon
 def test_manifest_metrics_and_done(tmp_path):
     run = RunDir(tmp_path / "run")
     run.write_manifest({"seed": 3})
-    manifest = run.read_manifest()
+    manifest = read_json(run.path, "manifest.json", unfinished=True)
     assert manifest["seed"] == 3
     assert {"torch", "vitplas", "python"} <= set(manifest["versions"])
     run.append_metrics({"step": 1, "loss": 0.5})
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write('{"step": 2, "lo')  # a line torn by a kill
-    assert run.read_metrics() == [{"step": 1, "loss": 0.5}]
+    assert read_metrics(run.path, unfinished=True) == [{"step": 1, "loss": 0.5}]
     assert not run.is_done()
     run.mark_done()
     assert run.is_done()
@@ -177,19 +178,41 @@ def test_a_seal_rewritten_to_match_an_edited_record_is_damage(tmp_path):
         read_verified(run.path)
 
 
-def test_a_done_marker_older_than_its_seal_record_still_needs_the_seal(tmp_path):
-    from vitplas.runs import CHECKSUMS, DONE_MARKER, DamagedRecordError, read_verified
+@pytest.mark.parametrize(
+    "done",
+    [b"", b"2026-11-01T10:00:00+00:00\n", b'{"finished_at": "now"}', b"\xff\xfe"],
+    ids=["empty", "a timestamp line", "no seal named", "not text"],
+)
+def test_a_done_that_names_no_seal_is_damage_never_a_run_without_checks(tmp_path, done):
+    from vitplas.experiments.store import run_state
+    from vitplas.runs import DONE_MARKER, DamagedRecordError, read_verified
 
     run = _sealed_run(tmp_path / "run")
-    atomic_write_text(run / DONE_MARKER, "2026-11-01T10:00:00+00:00\n")  # before DONE named it
-    assert run.done_record() == {"finished_at": "2026-11-01T10:00:00+00:00"}
-    assert read_verified(run.path)["test_acc"] == 91.5  # verified against checksums.json
-    (run / "result.json").write_text('{"test_acc": 1.0}')
-    with pytest.raises(DamagedRecordError, match=r"result\.json is damaged: its content was"):
+    (run / "result.json").write_text('{"test_acc": 99.9, "best_val_acc": 90.0}')  # edited
+    (run / DONE_MARKER).write_bytes(done)
+    message = rf"{run / DONE_MARKER} is damaged: .*it names no seal \(checksums_sha256\)"
+    with pytest.raises(DamagedRecordError, match=message):
         read_verified(run.path)
-    (run / CHECKSUMS).unlink()
-    with pytest.raises(DamagedRecordError, match=r"checksums\.json is damaged: the file is miss"):
-        read_verified(run.path, "config.yaml")
+    with pytest.raises(DamagedRecordError, match=message):
+        run.begin({"lr": 0.1})
+    state, detail = run_state(run.path)
+    assert state == "damaged" and f"{run / DONE_MARKER} is damaged" in detail
+    assert run.begin({"lr": 0.1}, repair=True) is False  # --repair recomputes from zero
+    assert sorted(p.name for p in run.path.iterdir()) == []
+
+
+def test_a_finished_run_reads_only_the_records_it_sealed(tmp_path):
+    from vitplas.records import read_table
+    from vitplas.runs import DamagedRecordError, RunNotFinishedError, read_record
+
+    run = _sealed_run(tmp_path / "run")
+    atomic_write_text(run / "extra.csv", "a\n1\n")  # written after DONE
+    with pytest.raises(DamagedRecordError, match=r"extra\.csv is damaged: the run's seal does"):
+        read_table(run.path, "extra.csv")
+    atomic_write_text(tmp_path / "going" / "plasticity.csv", "a\n1\n")
+    with pytest.raises(RunNotFinishedError, match=r"going is not a finished run \(no DONE"):
+        read_table(tmp_path / "going", "plasticity.csv")
+    assert read_record(tmp_path / "going", "plasticity.csv", unfinished=True) == b"a\n1\n"
 
 
 def test_extending_a_finished_seal_survives_a_kill_between_its_writes(tmp_path, monkeypatch):

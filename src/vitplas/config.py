@@ -220,20 +220,18 @@ def dump_config(cfg: Any) -> str:
 
 
 def check_same_config(
-    folder: Path, cfg: Any, runtime_keys: frozenset[str] | set[str] = frozenset()
+    folder: Path,
+    cfg: Any,
+    runtime_keys: frozenset[str] | set[str] = frozenset(),
+    old: Any = None,
 ):
-    """A ConfigError when `folder`/config.yaml holds other settings than `cfg` (keys in
+    """A ConfigError when `old`, the config `folder` holds (its config.yaml parsed, read by the
+    run-folder layer: vitplas.runs; None: none yet), has other settings than `cfg` (keys in
     `runtime_keys`, hardware and display only, aside): a run folder never mixes two configs.
     A key the stored config lacks (added to vitplas since) counts as its default value."""
     path = Path(folder) / "config.yaml"
-    if not path.exists():
+    if old is None:
         return
-    try:
-        old = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(
-            f"{path} is not valid YAML ({err}); restore it, or delete {folder} to start over"
-        ) from err
     if not isinstance(old, dict):
         raise ConfigError(f"{path} holds no mapping; restore it, or delete {folder}")
     new = config_to_dict(cfg)

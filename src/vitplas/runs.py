@@ -9,11 +9,15 @@ Every run of vitplas writes into one folder:
     DONE            written last: a run folder with DONE is finished; it records the sha256 of
                     checksums.json, so that the seal itself is checked
 
-A finished run's records are read through `read_verified` / `verify`: a file whose checksum
-differs from the sealed one (truncated, edited, flipped bytes) is a DamagedRecordError naming
-the file and the fix, never a silently different number. So is a missing checksums.json, or
-one whose sha256 differs from DONE's (replaced to match an edited record). A DONE written
-before DONE named its seal (a timestamp line) still needs checksums.json, trusted as it is.
+Every read of a run's record goes through one function, `read_record(run_dir, name)` (the
+typed readers of vitplas.records parse what it returns): a finished run's record is checked
+against its seal, and a file whose checksum differs from the sealed one (truncated, edited,
+flipped bytes), or that the seal does not cover, is a DamagedRecordError naming the file and
+the fix, never a silently different number. So is a missing checksums.json, one whose sha256
+differs from DONE's (replaced to match an edited record), and a DONE that names no seal (empty,
+unreadable, or of another format). An unfinished run's files are refused
+(RunNotFinishedError), unless the caller asks for the unfinished state on purpose
+(`unfinished=True`: a resume, `vitplas status`).
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ class DamagedRecordError(ValueError):
             "start over"
         )
         super().__init__(f"{Path(run) / name} is damaged: {problem}; {fix}")
+
+
+class RunNotFinishedError(FileNotFoundError):
+    """A record of a run that has not finished (no DONE) was asked for as a finished one's."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -252,8 +260,25 @@ class RunDir:
         """Write `cfg` as this run's config; a folder holding other settings is a ConfigError."""
         from vitplas.config import check_same_config
 
-        check_same_config(self.path, cfg, runtime_keys)
+        check_same_config(self.path, cfg, runtime_keys, self._stored_config())
         return self.write_config(cfg)
+
+    def _stored_config(self) -> Any:
+        """The folder's config.yaml parsed (verified when the run is finished), or None."""
+        import yaml
+
+        from vitplas.config import ConfigError
+
+        if not (self.path / "config.yaml").is_file() and not self.is_done():
+            return None
+        data = read_record(self.path, "config.yaml", unfinished=True)
+        try:
+            return yaml.safe_load(data) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"{self.path / 'config.yaml'} is not valid YAML ({err}); restore it, or delete "
+                f"{self.path} to start over"
+            ) from err
 
     def begin(
         self,
@@ -267,17 +292,22 @@ class RunDir:
         unless `repair`, which clears the folder so that the run is recomputed."""
         from vitplas.config import check_same_config
 
-        if self.is_done():
-            try:
-                self.verify()
-                self.read_verified("config.yaml")
-            except DamagedRecordError:
-                if not repair:
-                    raise
-                self.clear()
-                return False
-        check_same_config(self.path, cfg, runtime_keys)
+        self.check_seal(repair)
+        check_same_config(self.path, cfg, runtime_keys, self._stored_config())
         return self.is_done()
+
+    def check_seal(self, repair: bool = False) -> None:
+        """A finished run's records verified (none: nothing to check): a damaged one is a
+        DamagedRecordError, unless `repair`, which clears the folder to recompute the run."""
+        if not self.is_done():
+            return
+        try:
+            self.verify()
+            self.read_verified("config.yaml")
+        except DamagedRecordError:
+            if not repair:
+                raise
+            self.clear()
 
     def clear(self) -> None:
         """Delete everything in the folder but its lock (a --repair recomputes from zero)."""
@@ -296,26 +326,11 @@ class RunDir:
         manifest = {"written_at": now_iso(), **environment_manifest(), **dict(extra)}
         return atomic_write_json(self.path / "manifest.json", manifest)
 
-    def read_manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / "manifest.json").read_text())
-
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl (flushed; a torn last line is ignored on read)."""
         with open(self.path / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(dict(record), default=_json_default) + "\n")
             handle.flush()
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill
-        return records
 
     def is_done(self) -> bool:
         return (self.path / DONE_MARKER).exists()
@@ -329,14 +344,24 @@ class RunDir:
         self._write_done({"finished_at": now_iso(), SEAL_KEY: digest})
 
     def done_record(self) -> dict[str, Any]:
-        """DONE's record: {"finished_at", SEAL_KEY: sha256 of checksums.json} ({"finished_at"}
-        alone for a DONE written before DONE named its seal)."""
-        text = (self.path / DONE_MARKER).read_bytes().decode(errors="replace")
+        """DONE's record: {"finished_at", SEAL_KEY: sha256 of checksums.json}. A DONE that
+        names no seal (empty, unreadable, not this record) is a DamagedRecordError: the run
+        says it finished, and nothing it says can be checked."""
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
+            data = (self.path / DONE_MARKER).read_bytes()
+        except FileNotFoundError:
+            raise DamagedRecordError(self.path, DONE_MARKER, "the file is missing") from None
+        except OSError as err:
+            raise DamagedRecordError(self.path, DONE_MARKER, f"unreadable ({err})") from err
+        try:
+            record = json.loads(data) if data.strip() else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
             record = None
-        return record if isinstance(record, dict) else {"finished_at": text.strip()}
+        if not isinstance(record, dict) or not isinstance(record.get(SEAL_KEY), str):
+            what = "empty" if not data.strip() else "not the record vitplas writes"
+            problem = f"{what}: it names no seal ({SEAL_KEY}), so no record can be checked"
+            raise DamagedRecordError(self.path, DONE_MARKER, problem)
+        return record
 
     def _write_done(self, record: Mapping[str, Any]) -> None:
         atomic_write_json(self.path / DONE_MARKER, dict(record))
@@ -390,7 +415,7 @@ class RunDir:
             record = self.done_record()
             data = self._read_seal()
             accepted = {record.get(SEAL_KEY), record.get(PENDING_KEY)} - {None}
-            if not accepted or hashlib.sha256(data).hexdigest() in accepted:
+            if hashlib.sha256(data).hexdigest() in accepted:
                 return self._parse_checksums(data)
             if self.done_record() == record:
                 break
@@ -419,15 +444,21 @@ class RunDir:
             raise DamagedRecordError(self.path, CHECKSUMS, "not a mapping of checksums")
         return sums
 
-    def read_verified(self, name: str) -> bytes:
-        """The bytes of record `name`, checked against its sealed checksum."""
+    def _sealed_bytes(self, name: str) -> bytes:
+        """The bytes of record `name` of this finished run, checked against its seal."""
+        expected = self.checksums().get(name)
         path = self.path / name
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise DamagedRecordError(self.path, name, "the file is missing") from None
-        expected = self.checksums().get(name)
-        if expected is not None and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        except OSError as err:
+            raise DamagedRecordError(self.path, name, f"unreadable ({err})") from err
+        if expected is None:
+            raise DamagedRecordError(
+                self.path, name, "the run's seal does not cover it (written after the run "
+                "finished, or by another run)")  # fmt: skip
+        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
             what = "truncated" if len(data) < expected["bytes"] else "changed"
             raise DamagedRecordError(
                 self.path,
@@ -437,12 +468,13 @@ class RunDir:
             )
         return data
 
+    def read_verified(self, name: str) -> bytes:
+        """read_record(this folder, name): a finished run's record, verified."""
+        return read_record(self.path, name)
+
     def read_json(self, name: str = "result.json") -> Any:
         """A verified JSON record; unparsable JSON is a DamagedRecordError too."""
-        try:
-            return json.loads(self.read_verified(name))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DamagedRecordError(self.path, name, f"not valid JSON ({err})") from err
+        return parse_json(self.path, name, self.read_verified(name))
 
     def verify(self, names: list[str] | None = None) -> None:
         """Check `names` (default: every sealed record); the first damaged one is raised."""
@@ -450,22 +482,46 @@ class RunDir:
             self.read_verified(name)
 
 
+def read_record(run_dir: str | Path, name: str, *, unfinished: bool = False) -> bytes:
+    """The bytes of record `name` (a path relative to the run folder) of the run in `run_dir`:
+    the one reader of a run's records (module docstring).
+
+    A finished run (DONE): checked against its seal, else a DamagedRecordError naming the
+    file, the problem and the fix. An unfinished run: a RunNotFinishedError, unless
+    `unfinished` (the caller reads the state of a run in progress on purpose: a resume, a
+    status); then the file as it is (FileNotFoundError when absent)."""
+    run = RunDir(run_dir, create=False)
+    if run.is_done():
+        return run._sealed_bytes(name)
+    if not unfinished:
+        raise RunNotFinishedError(
+            f"{run.path} is not a finished run (no {DONE_MARKER}: still going, or stopped); "
+            f"finish it (rerun its command) before using {name}"
+        )
+    return (run.path / name).read_bytes()
+
+
+def parse_json(run_dir: str | Path, name: str, data: bytes) -> Any:
+    """`data` (record `name` of `run_dir`) as JSON; unparsable JSON is a DamagedRecordError."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedRecordError(run_dir, name, f"not valid JSON ({err})") from err
+
+
 def read_verified(run_dir: str | Path, name: str = "result.json") -> Any:
     """A finished run's record, verified: JSON (.json) parsed, YAML (.yaml) parsed, else bytes.
-    DamagedRecordError when damaged; FileNotFoundError when the run is not finished."""
-    run = RunDir(run_dir, create=False)
-    if not run.is_done():
-        raise FileNotFoundError(f"{run.path} is not a finished run (no {DONE_MARKER})")
+    DamagedRecordError when damaged; RunNotFinishedError when the run is not finished."""
+    data = read_record(run_dir, name)
     if name.endswith(".json"):
-        return run.read_json(name)
-    data = run.read_verified(name)
+        return parse_json(run_dir, name, data)
     if name.endswith((".yaml", ".yml")):
         import yaml
 
         try:
             return yaml.safe_load(data)
         except yaml.YAMLError as err:
-            raise DamagedRecordError(run.path, name, f"not valid YAML ({err})") from err
+            raise DamagedRecordError(run_dir, name, f"not valid YAML ({err})") from err
     return data
 
 
