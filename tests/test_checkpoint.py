@@ -9,10 +9,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_train_support import params, toy_config, toy_sources, without_timing
 
 from vitplas.jobs.runners import run_finetune
-from vitplas.runs import RunDir
+from vitplas.records import read_metrics
 from vitplas.training import checkpoint as ckpt
 
 CFG = ("steps=10", "ckpt_every=3", "eval_every=2", "keep_checkpoints=2", "train=[mha,fc1]")
@@ -43,8 +44,8 @@ def _assert_same_run(a_dir, a_sources, a_result, b_dir, b_sources, b_result):
     assert {k: v for k, v in a_result.items() if k not in drop} == {
         k: v for k, v in b_result.items() if k not in drop
     }
-    assert without_timing(RunDir(a_dir).read_metrics()) == without_timing(
-        RunDir(b_dir).read_metrics()
+    assert without_timing(read_metrics(a_dir, unfinished=True)) == without_timing(
+        read_metrics(b_dir, unfinished=True)
     )
 
 
@@ -60,7 +61,7 @@ def test_interrupted_then_rerun_equals_uninterrupted(tmp_path, uninterrupted, ki
     with pytest.raises(Interrupted):
         _finished(tmp_path, "run", _interrupt_at(kill_at))
     # the killed run left metrics past its last checkpoint (step 3 or 6): they must go
-    assert max(r["step"] for r in RunDir(tmp_path / "run").read_metrics()) == kill_at
+    assert max(r["step"] for r in read_metrics(tmp_path / "run", unfinished=True)) == kill_at
     sources, result = _finished(tmp_path, "run")
     _assert_same_run(*uninterrupted, tmp_path / "run", sources, result)
 
@@ -155,10 +156,8 @@ def test_sigkill_mid_training_then_rerun_equals_uninterrupted(tmp_path):
     assert {k: v for k, v in resumed.items() if k not in drop} == {
         k: v for k, v in plain.items() if k not in drop
     }
-    assert without_timing(RunDir(killed).read_metrics()) == without_timing(
-        RunDir(tmp_path / "plain").read_metrics()
+    assert without_timing(read_metrics(killed, unfinished=True)) == without_timing(
+        read_metrics(tmp_path / "plain", unfinished=True)
     )
-    best = [
-        ckpt.load_weights(d / "checkpoints" / ckpt.BEST_FILE) for d in (killed, tmp_path / "plain")
-    ]
+    best = [load_file(d / "checkpoints" / ckpt.BEST_FILE) for d in (killed, tmp_path / "plain")]
     assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])

@@ -7,11 +7,12 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file as load_weights
 from test_train_support import toy_config, toy_sources, without_timing
 
 from vitplas.jobs.runners import run_finetune
-from vitplas.runs import RunDir
-from vitplas.training.checkpoint import BEST_FILE, load_weights
+from vitplas.records import read_json, read_metrics
+from vitplas.training.checkpoint import BEST_FILE
 
 CFG = ("steps=4", "warmup_steps=1", "eval_every=4", "batch_size=16", "train=[mha,ln2]")
 
@@ -45,14 +46,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert set(a) == set(b) and a
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
-    ma = without_timing(RunDir(single).read_metrics())
-    mb = without_timing(RunDir(ddp).read_metrics())
+    ma = without_timing(read_metrics(single, unfinished=True))
+    mb = without_timing(read_metrics(ddp, unfinished=True))
     assert [r["step"] for r in ma] == [r["step"] for r in mb]
     for ra, rb in zip(ma, mb, strict=True):
         for key, value in ra.items():
             if isinstance(value, float):
                 assert abs(value - rb[key]) <= 1e-5 * max(1.0, abs(value)), (key, ra, rb)
-    assert RunDir(ddp).read_manifest()["world_size"] == 2
+    assert read_json(ddp, "manifest.json", unfinished=True)["world_size"] == 2
     # the per-image test record, gathered over the two processes' shards, is one process's
     single_pred, ddp_pred = ((d / "test_predictions.csv").read_text() for d in (single, ddp))
     assert ddp_pred == single_pred and len(single_pred.splitlines()) == 1 + 32

@@ -17,6 +17,7 @@ from test_train_support import without_timing
 
 from vitplas.jobs.runners import run_finetune
 from vitplas.locks import holder, run_lock
+from vitplas.records import read_metrics
 from vitplas.runs import RunDir
 from vitplas.training import checkpoint as ckpt
 from vitplas.training.config import load_finetune_config
@@ -73,7 +74,9 @@ def same_run(a: Path, b: Path) -> None:
     assert {k: v for k, v in ra.items() if k not in TIMING} == {
         k: v for k, v in rb.items() if k not in TIMING
     }
-    assert without_timing(RunDir(a).read_metrics()) == without_timing(RunDir(b).read_metrics())
+    assert without_timing(read_metrics(a, unfinished=True)) == without_timing(
+        read_metrics(b, unfinished=True)
+    )
     best = [(d / "checkpoints" / ckpt.BEST_FILE).read_bytes() for d in (a, b)]
     assert best[0] == best[1]
 
@@ -131,7 +134,7 @@ def test_two_concurrent_finetunes_do_the_work_once(tmp_path, plain):
     assert [p.returncode for p in procs] == [0, 0], outputs
     printed = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
     assert printed[0]["test_acc"] == printed[1]["test_acc"]
-    keys = [(r["kind"], r["step"]) for r in RunDir(out).read_metrics()]
+    keys = [(r["kind"], r["step"]) for r in read_metrics(out, unfinished=True)]
     assert len(keys) == len(set(keys)), "a metrics record was written twice"
     same_run(out, plain)
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from vitplas.cli import app
 from vitplas.config import ConfigError
 from vitplas.jobs.runners import run_finetune, run_probe
+from vitplas.records import read_metrics
 from vitplas.runs import DamagedRecordError, RunDir, read_verified
 from vitplas.training.evaluate import load_best_model
 from vitplas.training.finetune import TrainingDivergedError
@@ -80,6 +81,30 @@ def test_read_verified_parses_and_refuses_unfinished(tmp_path, finished):
         read_verified(broken)
 
 
+def test_an_empty_done_is_damage_and_never_turns_the_seal_off(tmp_path, finished):
+    from vitplas.experiments.store import run_state
+    from vitplas.runs import file_sha256
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished[0], run_dir)
+    result = run_dir / "result.json"
+    result.write_text(json.dumps({**finished[1], "test_acc": 99.9}))  # edited, and the seal
+    sums = json.loads((run_dir / "checksums.json").read_text())  # rewritten to match it
+    sums["result.json"] = {"sha256": file_sha256(result), "bytes": result.stat().st_size}
+    (run_dir / "checksums.json").write_text(json.dumps(sums))
+    (run_dir / "DONE").write_text("")  # what DONE's record of the seal would give away
+    with pytest.raises(DamagedRecordError) as info:
+        run_finetune(toy_config("steps=4"), run_dir, sources=toy_sources())
+    assert info.value.name == "DONE"
+    assert f"{run_dir / 'DONE'} is damaged: empty: it names no seal" in str(info.value)
+    with pytest.raises(DamagedRecordError, match="DONE is damaged"):
+        load_best_model(run_dir)
+    state, detail = run_state(run_dir)
+    assert state == "damaged" and "DONE is damaged: empty" in detail
+    repaired = run_finetune(toy_config("steps=4"), run_dir, sources=toy_sources(), repair=True)
+    assert repaired["test_acc"] == finished[1]["test_acc"] != 99.9
+
+
 def test_repair_recomputes_a_damaged_run_to_the_same_result(tmp_path, finished):
     run_dir = tmp_path / "run"
     shutil.copytree(finished[0], run_dir)
@@ -122,7 +147,7 @@ def test_divergence_under_clipping_stops_the_run_marked_failed(tmp_path):
         run_finetune(cfg, tmp_path, sources=toy_sources())
     failed = json.loads((tmp_path / "failed.json").read_text())
     assert failed["reason"] == "diverged" and failed["step"] >= 3
-    assert failed["loss"] > 10 * RunDir(tmp_path).read_metrics()[0]["loss"]
+    assert failed["loss"] > 10 * read_metrics(tmp_path, unfinished=True)[0]["loss"]
     assert f"reaching {failed['loss']:.4g} at step {failed['step']}" in str(info.value)
     assert not RunDir(tmp_path).is_done()
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from vitplas.cli import app
 from vitplas.experiments.launch import run_sweep
 from vitplas.experiments.spec import expand, load_spec
 from vitplas.experiments.store import counts, read_json, scan
+from vitplas.runs import RunDir
 
 FAKE = {"function": "vitplas_testjobs.fake:fake_finetune", "config": None}
 
@@ -158,11 +160,14 @@ def test_damaged_results_are_counted_apart_and_never_aggregated(tmp_path):
     folders = [s.folder for s in scan(spec, runs)]
     good = json.loads((folders[0] / "result.json").read_text())
     (folders[0] / "result.json").write_text(json.dumps(good)[:25])  # truncated
-    (folders[1] / "result.json").write_text("[1, 2]")  # valid JSON, not a record
+    (folders[1] / "result.json").write_text("[1, 2]")  # valid JSON, not a record: sealed so
     (folders[2] / "result.json").write_text(json.dumps({**good, "test_acc": float("nan")}))
+    for folder in folders[1:3]:  # as a runner that wrote them would have sealed them
+        (folder / "DONE").unlink()
+        RunDir(folder).mark_done()
     status = CliRunner().invoke(app, ["status", str(path)])
     assert "done 1, running 0, failed 0, damaged 3, missing 0, total 4" in status.output
-    assert f"{folders[0] / 'result.json'} is damaged: unreadable" in status.output
+    assert f"{folders[0] / 'result.json'} is damaged: its content was truncated" in status.output
     assert "is damaged: a list, not a record" in status.output
     assert "is damaged: non-finite value in test_acc" in status.output
     result = CliRunner().invoke(app, ["aggregate", str(path)])
@@ -173,6 +178,29 @@ def test_damaged_results_are_counted_apart_and_never_aggregated(tmp_path):
     assert len(table) == 2 and "nan" not in table[1].lower()
     sweep = CliRunner().invoke(app, ["sweep", str(path)])
     assert sweep.exit_code == 1 and "launched 0" in sweep.output
+
+
+def test_an_edited_curve_or_config_of_a_finished_run_is_damage_never_a_curve(tmp_path):
+    path = write_spec(tmp_path, sleep_s=0, seeds=3, max_parallel=2)
+    spec = load_spec(path)
+    runs = expand(spec)
+    run_sweep(spec, runs, poll_s=0.1)
+    folders = [s.folder for s in scan(spec, runs)]
+    config = folders[1] / "config.yaml"
+    config.write_text("lr: 0.01\ntrain: [mha]\n")  # a run that sealed its config, as real
+    (folders[1] / "DONE").unlink()  # finetuning runs do
+    RunDir(folders[1]).mark_done()
+    metrics = folders[0] / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().replace('"loss": ', '"loss": 1', 1))  # one value
+    config.write_text(config.read_text().replace("mha", "fc1"))
+    status = CliRunner().invoke(app, ["status", str(path)])
+    assert "done 1, running 0, failed 0, damaged 2, missing 0, total 3" in status.output
+    assert f"{metrics} is damaged: its content was changed since the run" in status.output
+    assert f"{config} is damaged: its content was changed since the run" in status.output
+    result = CliRunner().invoke(app, ["aggregate", str(path)])
+    assert result.exit_code == 1 and "2 damaged runs are not in the tables" in result.output
+    curves = pd.read_csv(tmp_path / "study" / "tables" / "curves.csv")
+    assert set(curves["run_id"]) == {runs[2].run_id}  # the edited curve is in no table
 
 
 def test_a_sweep_that_must_not_wait_returns_at_once_while_another_launches(tmp_path):

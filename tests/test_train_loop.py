@@ -12,6 +12,7 @@ from test_train_support import params, toy_config, toy_sources
 from vitplas.config import ConfigError
 from vitplas.jobs.runners import run_finetune
 from vitplas.models.components import component_map
+from vitplas.records import read_metrics
 from vitplas.runs import RunDir
 from vitplas.training.checkpoint import list_checkpoints
 from vitplas.training.finetune import TrainingDivergedError
@@ -71,11 +72,11 @@ def test_run_folder_contract_and_learning(tmp_path):
     keys |= {"images_per_s", "trainable_params", "train", "lr", "seed", "dataset", "model"}
     assert keys <= set(result)
     assert result["best_step"] in (4, 8, 12, 16, 20, 24) and result["steps"] == 24
-    vals = [r for r in run.read_metrics() if r["kind"] == "val"]
+    vals = [r for r in read_metrics(run.path, unfinished=True) if r["kind"] == "val"]
     assert [r["step"] for r in vals] == [4, 8, 12, 16, 20, 24]
     assert result["best_val_acc"] == max(r["val_acc"] for r in vals)
     assert result["best_val_acc"] > 40.0  # 4 classes, colour-coded: well above 25% chance
-    train = [r for r in run.read_metrics() if r["kind"] == "train"]
+    train = [r for r in read_metrics(run.path, unfinished=True) if r["kind"] == "train"]
     assert {"grad_norm", "grad_norm/mha", "grad_norm/head", "grad_norm/norm"} <= set(train[0])
     # total norm^2 = sum of component norms^2 (before clipping)
     parts = sum(train[0][f"grad_norm/{c}"] ** 2 for c in ("mha", "head", "norm"))

@@ -11,7 +11,7 @@ from test_train_support import tiny_vit, toy_config, toy_data, toy_sources
 
 from vitplas.jobs.runners import run_finetune
 from vitplas.models.components import set_trainable
-from vitplas.runs import RunDir
+from vitplas.records import read_metrics
 from vitplas.training.optim import build_optimizer, clip_gradients, grad_norms, lr_at
 
 
@@ -27,7 +27,7 @@ def test_warmup_then_cosine_matches_hand_values():
 def test_training_uses_the_schedule(tmp_path):
     cfg = toy_config("steps=8", "warmup_steps=2", "lr=0.2")
     run_finetune(cfg, tmp_path, sources=toy_sources())
-    logged = [r["lr"] for r in RunDir(tmp_path).read_metrics() if r["kind"] == "train"]
+    logged = [r["lr"] for r in read_metrics(tmp_path, unfinished=True) if r["kind"] == "train"]
     expected = [lr_at(s, base_lr=0.2, warmup_steps=2, total_steps=8) for s in range(8)]
     assert logged == pytest.approx(expected, abs=1e-12)
 

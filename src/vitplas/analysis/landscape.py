@@ -35,6 +35,7 @@ from vitplas.analysis.setup import open_stream, resolve_device
 from vitplas.data import dataset_info, make_loader, transform_for
 from vitplas.models import load_model
 from vitplas.models.components import ComponentMap, component_map
+from vitplas.records import read_table
 from vitplas.runs import Computed, RunDir, write_table
 
 
@@ -49,7 +50,11 @@ class _Setup:
 def _setup(cfg: LandscapeConfig, num_classes: int) -> tuple[_Setup, Any]:
     """The model with a new head of `num_classes`, truncated to cfg.blocks, and its record."""
     loaded = load_model(
-        cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
+        cfg.model,
+        num_classes=num_classes,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        allow_unfinished=cfg.allow_unfinished,
     )
     model = loaded.model
     if cfg.blocks is not None:
@@ -129,10 +134,8 @@ def surfaces(setup, cfg, name, center, directions, loss_batch, h) -> pd.DataFram
 
 def read_landscape(run: RunDir) -> dict[str, Any]:
     """A finished landscape run's result, grid and trajectory, verified."""
-    import io
-
-    grid = pd.read_csv(io.BytesIO(run.read_verified("landscape.csv")))
-    path = pd.read_csv(io.BytesIO(run.read_verified("trajectory.csv")))
+    grid = read_table(run.path, "landscape.csv")
+    path = read_table(run.path, "trajectory.csv")
     return {**run.read_json(), "grid": grid, "trajectory": path}
 
 

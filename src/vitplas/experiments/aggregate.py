@@ -25,13 +25,14 @@ from typing import Any
 
 import pandas as pd
 
+from vitplas import records
 from vitplas.experiments import stats
 from vitplas.experiments.axes import train_label
 from vitplas.experiments.evidence import study_evidence
 from vitplas.experiments.spec import Run, SweepSpec
 from vitplas.experiments.store import RunState, key_values, result_rows, scan
 from vitplas.jobs.table import aggregate_cells
-from vitplas.runs import RunDir, write_table
+from vitplas.runs import write_table
 
 REFERENCE = "mha"  # the component the paper compares every other one with
 CURVE_KEYS = ("loss", "grad_norm", "val_loss", "val_acc")
@@ -63,7 +64,7 @@ def curve_table(states: list[RunState]) -> pd.DataFrame:
             continue
         params = {**key_values(item), **item.run.params}  # lr is a column even off the grid
         params = {k: train_label(v) if k == "train" else v for k, v in params.items()}
-        for record in RunDir(item.folder).read_metrics():
+        for record in records.read_metrics(item.folder):  # verified against the run's seal
             if not isinstance(record, dict) or "step" not in record:
                 continue
             keys = [*CURVE_KEYS, *(k for k in record if k.startswith("grad_norm/"))]
@@ -169,17 +170,14 @@ def analysis_tables(root: Path, jobs: set[str] | None = None) -> dict[str, pd.Da
 
 def _job_tables(folder: Path) -> dict[str, pd.DataFrame]:
     """{table name: table with its JOB column} of one finished analysis job ({} if not done)."""
-    import io
-
     if not (folder / "DONE").exists():
         return {}
-    run = RunDir(folder, create=False)
     job = f"{folder.parent.name}/{folder.name}"
     out = {}
     for path in sorted(folder.glob("*.parquet")):
         if path.stem == "pairs":  # --save-pairs: per pair, not a summary table
             continue
-        data = pd.read_parquet(io.BytesIO(run.read_verified(path.name)))
+        data = records.read_table(folder, path.name)
         out[path.stem] = data.assign(**{JOB: job})
     return out
 

@@ -30,8 +30,6 @@ best_val_acc; the test split is only measured), whatever the spec's select_by.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from scipy import stats as sps
 
 from vitplas.experiments import stats
 from vitplas.experiments.resample import REPLICATES, Cube, build_cube, resample
+from vitplas.records import read_json, read_table
 from vitplas.selection.budget import choose, train_set
 from vitplas.selection.criteria import ALL, CRITERIA_VERSION, HIGHER_FIRST
 
@@ -57,15 +56,12 @@ def selection_table(folders: list[tuple[dict, Path]]) -> pd.DataFrame:
     """selection.csv of finished runs, each with its (model, dataset) keys, read verified;
     duplicates dropped (the scores do not depend on the run's seed or lr). A selection scored
     by another version of the criteria is refused (its scores mean something else)."""
-    from vitplas.runs import RunDir
-
     parts = []
     for keys, folder in folders:
         if not (Path(folder) / "selection.csv").is_file():
             continue
-        run = RunDir(folder, create=False)
         picks = Path(folder) / "picks.json"
-        version = json.loads(run.read_verified(picks.name)).get("criteria_version") if (
+        version = read_json(folder, picks.name).get("criteria_version") if (
             picks.is_file()) else None  # fmt: skip
         if version != CRITERIA_VERSION:
             raise ValueError(
@@ -73,7 +69,7 @@ def selection_table(folders: list[tuple[dict, Path]]) -> pd.DataFrame:
                 "(fisher was the squared batch gradient, spectra read norms, plasticity pairs "
                 "the test split); delete that run folder and launch the study again"
             )
-        frame = pd.read_csv(io.BytesIO(run.read_verified("selection.csv")))
+        frame = read_table(folder, "selection.csv")  # verified against the run's seal
         parts.append(frame.assign(**{k: keys[k] for k in ("model", "dataset") if k in keys}))
     if not parts:
         return pd.DataFrame()
@@ -335,14 +331,12 @@ def study_evidence(states, spec, tables: dict[str, pd.DataFrame]) -> dict[str, p
 
 def read_predictions(done) -> dict[str, pd.DataFrame]:
     """{run_id: per-image test record} of the finished runs that wrote one (read verified)."""
-    from vitplas.runs import RunDir
     from vitplas.training.finetune import PREDICTIONS
 
     out = {}
     for item in done:
         if (Path(item.folder) / PREDICTIONS).is_file():
-            data = RunDir(item.folder, create=False).read_verified(PREDICTIONS)
-            out[item.run.run_id] = pd.read_csv(io.BytesIO(data))
+            out[item.run.run_id] = read_table(item.folder, PREDICTIONS)
     return out
 
 

@@ -10,9 +10,10 @@ Each run folder holds
     result.json + DONE   written by the runner when it finishes
 A run is found by the run id stored in sweep.json, never by parsing a folder name.
 
-A finished run whose result.json cannot be read as a record with finite accuracies, or differs
-from its sealed checksum (runs.read_verified), is `damaged` (runs.DamagedRecordError, naming the
-file): counted on its own, never folded into the results.
+A finished run (DONE) any of whose sealed records (result, config, manifest, curves, weights)
+differs from its sealed checksum (vitplas.records), whose DONE names no seal, or whose
+result.json is no record with finite accuracies, is `damaged` (runs.DamagedRecordError, naming
+the file): counted on its own, never folded into the results.
 """
 
 from __future__ import annotations
@@ -28,15 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitplas import records
 from vitplas.experiments.spec import Run, SweepSpec, trained_label
 from vitplas.locks import describe, holder
-from vitplas.runs import (
-    DONE_MARKER,
-    DamagedRecordError,
-    atomic_write_json,
-    now_iso,
-    read_verified,
-)
+from vitplas.runs import DONE_MARKER, DamagedRecordError, RunDir, atomic_write_json, now_iso
 
 STATES = ("done", "running", "failed", "damaged", "missing")
 NOT_LAUNCHED = "not launched yet"
@@ -53,29 +49,34 @@ def run_dir(root: str | Path, run_id: str) -> Path:
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    """result.json of a finished run: a JSON object whose RESULT_METRICS are finite (the strict
-    parse, which also judges runs finished before vitplas sealed records), and whose bytes match
-    the run's sealed checksum (runs.read_verified).
+    """result.json of a finished run, read through its seal (vitplas.records): a JSON object
+    whose RESULT_METRICS are finite.
 
     Raises runs.DamagedRecordError naming the file, what is wrong and the sweep's fix.
     """
-    path = folder / "result.json"
     try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise _damaged(folder, "the file is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _damaged(folder, f"unreadable ({err})") from err
+        data = records.read_json(folder, "result.json")
+    except DamagedRecordError as err:
+        raise _damaged(folder, err.problem, err.name) from err
     if not isinstance(data, dict):
         raise _damaged(folder, f"a {type(data).__name__}, not a record")
     values = {k: data.get(k) for k in RESULT_METRICS}
     bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise _damaged(folder, f"non-finite value in {', '.join(bad)}")
+    return data
+
+
+def check_finished(folder: Path) -> dict[str, Any]:
+    """The result of finished run `folder`, after every record its seal covers was checked
+    (the config, manifest, curves and weights as well as result.json: what aggregate reads).
+    A DamagedRecordError with the sweep's fix names the first damaged one."""
+    result = read_result(folder)
     try:
-        return read_verified(folder, "result.json")
+        RunDir(folder, create=False).verify()
     except DamagedRecordError as err:
         raise _damaged(folder, err.problem, err.name) from err
+    return result
 
 
 def _damaged(folder: Path, problem: str, name: str = "result.json") -> DamagedRecordError:
@@ -166,9 +167,9 @@ def run_state(folder: Path, slurm_live: set[str] | None = None) -> tuple[str, st
     """(state, detail) of one run folder, from its files; detail says why a run is not done.
     A folder that another process owns (vitplas.locks: a `vitplas finetune --out` there, say)
     is running, whatever its status file says."""
-    if (folder / DONE_MARKER).exists() and (folder / "result.json").exists():
+    if (folder / DONE_MARKER).exists():
         try:
-            read_result(folder)
+            check_finished(folder)
         except DamagedRecordError as err:
             return "damaged", str(err)
         return "done", ""
@@ -282,13 +283,11 @@ ROW_KEYS = ("model", "dataset", "optimizer", "train", "lr")  # columns of every 
 
 
 def _resolved_config(folder: Path) -> dict[str, Any]:
-    """The runner's resolved config.yaml (defaults included), or {} (fake runs write none)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+    """The resolved config.yaml (defaults included) of finished run `folder`, verified, or {}
+    (fake runs write none)."""
+    if not (folder / "config.yaml").is_file():
         return {}
+    data = records.read_yaml(folder)
     return data if isinstance(data, dict) else {}
 
 

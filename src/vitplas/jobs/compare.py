@@ -9,10 +9,10 @@ and layer), sealed with the folder's config and manifest like every job's.
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Any
 
 from vitplas.config import ConfigError
+from vitplas.records import read_json, read_table
 from vitplas.runs import Computed, RunDir, write_table
 
 JOINED = ("base_mean", "base_ci95", "finetuned_mean", "finetuned_ci95", "ratio")
@@ -34,8 +34,6 @@ def joined_plasticity(base, tuned):
 def compute_compare_base(cfg, run: RunDir, progress=None, on_phase=None) -> Computed:
     """Plasticity of finetuned run cfg.model (run/finetuned) and of its base (run/base, the
     spec RUN#base), then the joined tables in `run`."""
-    import pandas as pd
-
     from vitplas.jobs.runners import run_plasticity
     from vitplas.models.finetuned import BASE_SUFFIX, run_folder
     from vitplas.plots.plasticity import compare_base as compare_figure
@@ -50,7 +48,7 @@ def compute_compare_base(cfg, run: RunDir, progress=None, on_phase=None) -> Comp
         results[kind] = run_plasticity(part, run / kind, progress=progress, on_phase=on_phase)
     pooled = joined_plasticity(results["base"]["pooled"], results["finetuned"]["pooled"])
     layers = joined_plasticity(
-        *(pd.read_csv(run / kind / "plasticity.csv") for kind in ("base", "finetuned"))
+        *(read_table(run / kind, "plasticity.csv") for kind in ("base", "finetuned"))
     )
     write_table(layers, run / "compare_base")
     write_table(pooled, run / "compare_base_pooled")
@@ -71,7 +69,4 @@ def _figure_labels(cfg) -> tuple[str, dict[str, Any]]:
 
 def read_compare_base(run: RunDir) -> dict[str, Any]:
     """A finished comparison's result and pooled table, verified."""
-    import pandas as pd
-
-    pooled = pd.read_csv(io.BytesIO(run.read_verified("compare_base_pooled.csv")))
-    return {**run.read_json(), "pooled": pooled}
+    return {**read_json(run.path), "pooled": read_table(run.path, "compare_base_pooled.csv")}

@@ -129,9 +129,8 @@ def score_config(cfg: SelectConfig, with_model: bool = False):
 def read_select(run) -> dict:
     """A finished selection's scores and picks, verified; one scored by an earlier version of
     the criteria (picks.json's criteria_version) is refused: its scores mean something else."""
-    import io
-
     from vitplas.config import ConfigError
+    from vitplas.records import read_table
 
     record = run.read_json("picks.json")
     version = record.get("criteria_version", 1)  # picks.json named no version before v2
@@ -141,7 +140,7 @@ def read_select(run) -> dict:
             f"scores version {C.CRITERIA_VERSION}: other definitions, other split); select "
             f"into another folder (--out), or delete {run.path} to replace it"
         )
-    frame = pd.read_csv(io.BytesIO(run.read_verified("selection.csv")))
+    frame = read_table(run.path, "selection.csv")
     return {"frame": frame, "picks": record["picks"]}
 
 

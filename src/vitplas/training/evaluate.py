@@ -90,6 +90,7 @@ def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]
     (so `data.transform_for(loaded)` is the run's eval transform). Every record read is first
     checked against the checksums sealed at DONE."""
     from vitplas.models import load_model
+    from vitplas.records import read_yaml
     from vitplas.runs import RunDir
     from vitplas.training.checkpoint import BEST_FILE
     from vitplas.training.config import load_finetune_config
@@ -103,7 +104,7 @@ def load_best_model(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]
         )
     RunDir(run_dir).verify(["config.yaml", "manifest.json", f"checkpoints/{BEST_FILE}"])
     try:
-        cfg = load_finetune_config(run_dir / "config.yaml")
+        cfg = load_finetune_config(None, data=read_yaml(run_dir) or {})
     except ConfigError as err:
         raise ConfigError(f"{run_dir}/config.yaml cannot be read: {err}") from err
     loaded = load_model(str(run_dir))
@@ -134,11 +135,9 @@ def expand_datasets(patterns: Sequence[str]) -> list[str]:
 
 def read_evaluation(run) -> dict[str, Any]:
     """A finished run's evaluation table (verified)."""
-    import io
+    from vitplas.records import read_table
 
-    import pandas as pd
-
-    return {"table": pd.read_csv(io.BytesIO(run.read_verified("evaluation.csv")))}
+    return {"table": read_table(run.path, "evaluation.csv")}
 
 
 def compute_evaluation(cfg, run) -> Computed:

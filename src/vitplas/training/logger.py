@@ -18,7 +18,10 @@ def truncate_metrics(run: RunDir, step: int) -> None:
         return
     import json
 
-    kept = [r for r in run.read_metrics() if r.get("step", 0) <= step and r["kind"] != "test"]
+    from vitplas.records import read_metrics
+
+    records = read_metrics(run.path, unfinished=True)  # a resume: the state as it is
+    kept = [r for r in records if r.get("step", 0) <= step and r.get("kind") != "test"]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -271,11 +271,9 @@ def _widths(model, points, loader, device) -> dict[Point, int]:
 
 def read_probe(run) -> dict[str, Any]:
     """A finished probe run's result and table, verified."""
-    import io
+    from vitplas.records import read_table
 
-    import pandas as pd
-
-    table = pd.read_csv(io.BytesIO(run.read_verified("probe.csv")))
+    table = read_table(run.path, "probe.csv")
     return {**run.read_json(), "table": table}
 
 
@@ -381,6 +379,7 @@ def _as_finetune(cfg: ProbeConfig):
     return FinetuneConfig(
         model=cfg.model,
         random_init=cfg.random_init,
+        allow_unfinished=cfg.allow_unfinished,
         img_size=cfg.img_size,
         seed=cfg.seed,
         protocol=cfg.protocol,
