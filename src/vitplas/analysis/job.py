@@ -7,9 +7,10 @@ every pair, layer and component, vitplas.analysis.pair_file), checksums.json, DO
 
 The job's lifecycle (lock, config check, read-back, manifest, seal) is vitplas.jobs.lifecycle's;
 this module is its compute and read-back (the config: analysis.configs). While it runs, the
-streaming statistics
-and the position in the pair stream are saved every SAVE_EVERY batches (estimate_state.pt), so
-a killed run resumes to the same final numbers as an unbroken one.
+streaming statistics and the position in the pair stream are saved every SAVE_EVERY batches
+(estimate_state.pt, with the settings they were computed under and the pair parts they cover),
+so a killed run resumes to the same final numbers as an unbroken one; a state of other
+settings (another seed, copied from another run) is refused, naming the keys that differ.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from vitplas.analysis.setup import (
     setup_for,
     stream_label,
 )
+from vitplas.records import read_state, read_table, settings_of, stamp
 from vitplas.runs import (
+    ANALYSIS_RUNTIME_KEYS,
     Computed,
     RunDir,
     atomic_write_bytes,
@@ -86,28 +89,31 @@ def _bounds(cfg, setup, components, target, on_phase) -> tuple[pd.DataFrame | No
     return frame, radius, source
 
 
-def _saver(run: RunDir, writer: PairWriter | None):
+def _settings(cfg: PlasticityConfig) -> dict[str, Any]:
+    """What the saved statistics must have been computed under: the config, runtime keys
+    aside (vitplas.records.settings_of)."""
+    return settings_of(cfg, ANALYSIS_RUNTIME_KEYS)
+
+
+def _resume_fix(run: RunDir) -> str:
+    return (
+        f"delete {run / STATE_FILE} to compute the statistics from the first pair (a run "
+        "started elsewhere belongs in a folder of its own, --out)"
+    )
+
+
+def _saver(run: RunDir, writer: PairWriter | None, settings: dict[str, Any]):
     def save(state: dict) -> None:
         if writer is not None:  # the pairs up to this state, before the state itself
             writer.flush()
             fault_point("plasticity_pairs_saved")
+            state = {**state, "pair_parts": list(writer.written)}
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(stamp(state, settings), buffer)
         atomic_write_bytes(run / STATE_FILE, buffer.getvalue())
         fault_point("plasticity_saved")
 
     return save
-
-
-def _saved(run: RunDir) -> dict | None:
-    """The statistics a killed run saved, or None (none, or unreadable: start over)."""
-    path = run / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a torn or foreign file: recomputing is always correct
-        return None
 
 
 def _estimate(cfg, setup, components, reference, target, bounds, progress, run, writer) -> Estimate:
@@ -121,10 +127,11 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run, 
         names=(cfg.reference, cfg.target),
         with_indices=True,  # the images' indices: their units (the CI's) and the pair file's
     )
-    resume = _saved(run)
+    settings = _settings(cfg)
+    resume = read_state(run.path, STATE_FILE, settings, _resume_fix(run))
     if writer is not None:
         done = (0, 0) if resume is None else (int(resume["batches"]), int(resume["pairs"]))
-        writer.resume(*done)
+        writer.resume(*done, parts=[] if resume is None else resume.get("pair_parts", []))
     checks = {} if bounds is None else estimate_bounds(bounds, setup.cmap.depth, components)
     return estimate(
         setup.cmap,
@@ -139,7 +146,7 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run, 
         check_every=cfg.check_every,
         on_batch=_with_fault(progress),
         on_ratios=None if writer is None else writer.add,
-        save=_saver(run, writer),
+        save=_saver(run, writer, settings),
         save_every=SAVE_EVERY,
         resume=resume,
     )
@@ -169,7 +176,7 @@ def _manifest(cfg: PlasticityConfig, setup: ModelSetup, result: dict) -> dict[st
 def read_plasticity(run: RunDir) -> dict[str, Any]:
     """The stored result of a finished run, with its pooled table, every record verified."""
     result = run.read_json("result.json")
-    pooled = pd.read_csv(io.BytesIO(run.read_verified("plasticity_pooled.csv")))
+    pooled = read_table(run.path, "plasticity_pooled.csv")
     return {**result, "pooled": pooled}
 
 
@@ -189,7 +196,7 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
     t_bounds = time.perf_counter()
     writer = None
     if cfg.save_pairs:
-        writer = PairWriter(run / PAIRS_FILE, components, run / PARTS_DIR)
+        writer = PairWriter(run / PAIRS_FILE, components, run / PARTS_DIR, _resume_fix(run))
     est = _estimate(cfg, setup, components, reference, target, bounds, progress, run, writer)
     if writer is not None:
         writer.finish()

@@ -8,14 +8,19 @@ plasticity table's mean.
 
 Layout while a run goes: the ratios of each chunk of batches between two saves of the
 resumable statistics go to pairs/part-NNNNN.parquet (NNNNN = the chunk's first batch), written
-before the statistics at the chunk's end are saved. A resumed run deletes every part that
-starts at or past its resume point, so no pair is written twice or lost. At the end the parts
-are streamed one at a time into pairs.parquet (a temp name, then a rename); the parts folder
-is deleted once the run is DONE. Memory holds one chunk, never all the pairs.
+before the statistics at the chunk's end are saved; the saved statistics list the parts they
+cover (`parts`: name, first batch, batches, pairs, sha256). A resumed run checks that those
+parts cover exactly the batches before its resume point, each with its recorded sha256 (a
+missing or changed one is an error naming it: the pairs it held are lost), and deletes every
+other part, so no pair is written twice or lost. At the end the listed parts are streamed one
+at a time into pairs.parquet (a temp name, then a rename), which must then hold every pair;
+the parts folder is deleted once the run is DONE. Memory holds one chunk, never all the pairs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
 from collections.abc import Sequence
@@ -27,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vitplas.deletion import link_out
-from vitplas.runs import temp_beside
+from vitplas.runs import DamagedRecordError, atomic_write_bytes, read_record, temp_beside
 
 PAIRS_FILE = "pairs.parquet"
 PARTS_DIR = "pairs"
@@ -47,18 +52,28 @@ def _replace_with(path: Path, write) -> Path:
 
 class PairWriter:
     """Streams (B, L, C) ratio batches into the Parquet file `path` through part files in the
-    folder `parts` (module doc); a run folder's are pairs.parquet and pairs/."""
+    folder `parts` (module doc); a run folder's are pairs.parquet and pairs/. `fix` says what to
+    do when the parts a resume needs are lost."""
 
-    def __init__(self, path: str | Path, components: Sequence[str], parts: str | Path):
+    def __init__(
+        self, path: str | Path, components: Sequence[str], parts: str | Path, fix: str = ""
+    ):
         self.path = Path(path)
         self.parts = Path(parts)
         self.components = list(components)
+        self.fix = fix or f"delete {self.parts} and the saved statistics to start over"
         self.batches = self.pairs = 0
+        self.written: list[dict] = []  # the parts flushed: what a saved state covers
         self._pending: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
         self._first_batch = self._first_pair = 0
 
-    def resume(self, batches: int, pairs: int) -> None:
-        """Continue after `batches` batches (`pairs` pairs): parts from there on are dropped."""
+    def resume(self, batches: int, pairs: int, parts: Sequence[dict] = ()) -> None:
+        """Continue after `batches` batches (`pairs` pairs), whose ratios the part files
+        `parts` (the saved state's list) hold: checked, kept; every other part is deleted."""
+        self._check_cover(list(parts), batches, pairs)
+        for part in parts:
+            self._part_bytes(part)
+        keep = {part["name"] for part in parts}
         self.parts.mkdir(parents=True, exist_ok=True)
         if (link := link_out(self.path.parent, self.parts / PAIRS_FILE)) is not None:
             raise ValueError(
@@ -67,11 +82,41 @@ class PairWriter:
                 f"a run folder; replace the link by a folder, or delete {self.path.parent}"
             )
         for path in self.parts.iterdir():
-            if path.name.endswith(".tmp") or _first_batch(path) >= batches:
+            if path.name not in keep:
                 path.unlink()
+        self.written = [dict(part) for part in parts]
         self.batches = self._first_batch = batches
         self.pairs = self._first_pair = pairs
         self._pending = []
+
+    def _check_cover(self, parts: list[dict], batches: int, pairs: int) -> None:
+        """The parts must follow each other from batch 0 to `batches` (`pairs` pairs)."""
+        edge = counted = 0
+        for part in parts:
+            if part["first_batch"] != edge:
+                break
+            edge, counted = edge + part["batches"], counted + part["pairs"]
+        if (edge, counted) != (batches, pairs):
+            raise DamagedRecordError(
+                self.path.parent, self.parts.name, f"its parts hold the first {edge} batches "
+                f"({counted} pairs) in a row, not the {batches} batches ({pairs} pairs) that the "
+                "saved statistics count", self.fix)  # fmt: skip
+
+    def _part_bytes(self, part: dict) -> bytes:
+        """Part `part` (a record of `written`) as written: a missing or changed one is a
+        DamagedRecordError naming it, the batches it held, and `fix`."""
+        name = (self.parts / part["name"]).relative_to(self.path.parent).as_posix()
+        span = f"batches {part['first_batch']}-{part['first_batch'] + part['batches'] - 1}"
+        try:
+            data = read_record(self.path.parent, name, unfinished=True)
+        except FileNotFoundError:
+            problem = f"the file is missing (it held the ratios of {span}, which the saved " \
+                "statistics count)"  # fmt: skip
+            raise DamagedRecordError(self.path.parent, name, problem, self.fix) from None
+        if hashlib.sha256(data).hexdigest() != part["sha256"]:
+            problem = f"its content changed since it was written (the ratios of {span})"
+            raise DamagedRecordError(self.path.parent, name, problem, self.fix)
+        return data
 
     def add(self, ratios: torch.Tensor, indices: Sequence[torch.Tensor] = ()) -> None:
         """One batch: ratios (B, L, C) on any device; indices () or (reference, target) (B,)."""
@@ -83,24 +128,37 @@ class PairWriter:
         """Write the batches added since the last flush as one part (nothing when none)."""
         if not self._pending:
             return
-        self.parts.mkdir(parents=True, exist_ok=True)
-        table = self._table()
-        path = self.parts / f"part-{self._first_batch:05d}.parquet"
-        _replace_with(path, lambda tmp: pq.write_table(table, tmp))
+        buffer = io.BytesIO()
+        pq.write_table(self._table(), buffer)
+        data = buffer.getvalue()
+        name = f"part-{self._first_batch:05d}.parquet"
+        atomic_write_bytes(self.parts / name, data)
+        self.written.append({
+            "name": name, "first_batch": self._first_batch, "pairs": self.pairs - self._first_pair,
+            "batches": self.batches - self._first_batch,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        })  # fmt: skip
         self._pending = []
         self._first_batch, self._first_pair = self.batches, self.pairs
 
     def finish(self) -> Path:
-        """Flush, then stream the parts in order into pairs.parquet; returns its path."""
+        """Flush, then stream the parts in order into pairs.parquet (read through the run
+        folder's reader); returns its path. It must hold every pair added."""
         self.flush()
-        parts = sorted(self.parts.glob("part-*.parquet"), key=_first_batch)
-        if not parts:
+        if not self.written:
             raise ValueError(f"no pair ratios were written under {self.parts}")
+        self._check_cover(self.written, self.batches, self.pairs)
 
         def merge(tmp: str) -> None:
-            with pq.ParquetWriter(tmp, _read_part(pq.read_schema, parts[0])) as writer:
-                for part in parts:
-                    writer.write_table(_read_part(pq.read_table, part))
+            writer = None
+            try:
+                for part in self.written:
+                    table = pq.read_table(pa.BufferReader(self._part_bytes(part)))
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+            finally:
+                if writer is not None:
+                    writer.close()
 
         return _replace_with(self.path, merge)
 
@@ -120,25 +178,3 @@ class PairWriter:
         columns["component"] = np.tile(np.array(self.components, dtype=object), n * depth)
         columns["ratio"] = ratios.reshape(-1).astype(np.float64)
         return pa.table({k: pa.array(v) for k, v in columns.items()})
-
-
-def _read_part(read, part: Path):
-    """read(part) (its schema or table); a part that cannot be read is a ValueError naming it
-    and what to do: its pairs are already counted in the saved statistics, so only a run from
-    the start gives them again."""
-    try:
-        return read(part)
-    except (pa.ArrowException, OSError) as err:
-        folder = part.parent.parent
-        raise ValueError(
-            f"{part} is damaged ({err}): a part of the per-pair ratios (--save-pairs) that the "
-            f"saved statistics already count; delete the run folder {folder} and rerun the same "
-            "command to measure the pairs again"
-        ) from err
-
-
-def _first_batch(path: Path) -> int:
-    """The first batch of part file `path` (part-NNNNN.parquet); any other name counts as
-    past every resume point (a resume deletes it)."""
-    stem = path.name.removeprefix("part-").removesuffix(".parquet")
-    return int(stem) if stem.isdigit() else 1 << 62

@@ -64,7 +64,8 @@ def _in_own_folder(job: Job, cfg: Any, run: RunDir, owner: bool, repair, wait, h
     """Steps 1-5 of the module docstring in `run`, the job's own folder."""
     lock = run_lock(run.path, command=job.kind, wait=wait) if owner else contextlib.nullcontext()
     with lock:
-        if job.prepare:
+        if job.prepare:  # it may read the folder's records: damage first, and --repair
+            run.check_seal(repair and owner)
             cfg = import_path(job.prepare)(cfg, run.path)
         if run.begin(cfg, job.runtime_keys, repair=repair and owner):
             back = import_path(job.read_back)(run)

@@ -19,11 +19,11 @@ criterion whose first-ranked unit does not fit the budget picks nothing: a Confi
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-from vitplas.config import ConfigError, config_from_dict, read_yaml
+from vitplas.config import ConfigError, config_from_dict
+from vitplas.records import read_json, read_yaml
 from vitplas.selection.budget import decide, nothing_picked
 from vitplas.selection.config import SelectConfig
 from vitplas.selection.criteria import CRITERIA_VERSION, parse_criteria
@@ -50,6 +50,7 @@ def select_config(cfg, criterion: str) -> SelectConfig:
     data: dict[str, Any] = {
         "model": cfg.model,
         "random_init": cfg.random_init,
+        "allow_unfinished": cfg.allow_unfinished,
         "img_size": cfg.img_size,
         "protocol": cfg.protocol,  # scored on the inputs the run trains on
         "target": cfg.dataset,
@@ -65,10 +66,11 @@ def select_config(cfg, criterion: str) -> SelectConfig:
 
 def _stored(run_dir: Path, cfg) -> list[str] | None:
     """The train set a previous resolution of this run folder stored, if its select matches."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not (run_dir / "config.yaml").is_file():
         return None
-    stored = read_yaml(path)
+    stored = read_yaml(run_dir, unfinished=True)  # the folder's state, finished or not
+    if not isinstance(stored, dict):
+        return None  # not a config: the config check names it
     want = dataclasses.asdict(cfg.select)
     got = stored.get("select", {})
     same = all(got.get(k) == v for k, v in want.items() if k != "resolved")
@@ -77,9 +79,10 @@ def _stored(run_dir: Path, cfg) -> list[str] | None:
 
 def _current(run_dir: Path) -> bool:
     """Whether the run folder's picks.json was scored by this version of the criteria."""
-    path = run_dir / "picks.json"
-    version = json.loads(path.read_text()).get("criteria_version") if path.is_file() else None
-    return version == CRITERIA_VERSION
+    if not (run_dir / "picks.json").is_file():
+        return False
+    record = read_json(run_dir, "picks.json", unfinished=True)  # verified once the run is done
+    return isinstance(record, dict) and record.get("criteria_version") == CRITERIA_VERSION
 
 
 def resolve_auto(cfg, run_dir: str | Path):

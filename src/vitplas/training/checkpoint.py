@@ -8,8 +8,10 @@ Once a run is DONE, `prune_state` deletes the step folders (the resumable state:
 RNG, trained weights of the last steps), which a finished run never reads again.
 
 A step folder is written under a temporary name and renamed when complete, so a kill leaves
-either the whole folder or none. Loading verifies the checksum and uses weights_only=True; a
-corrupt newest checkpoint falls back to the previous one with a warning.
+either the whole folder or none. Loading reads through the run folder's reader
+(vitplas.runs.read_record), verifies the checksum and uses weights_only=True; a corrupt newest
+checkpoint falls back to the previous one with a warning. The state records the settings it was
+trained under (vitplas.records.stamp), which the finetuning checks before it resumes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from vitplas.deletion import Removal, remove_within
-from vitplas.runs import atomic_write_bytes, atomic_write_json, fault_point
+from vitplas.runs import atomic_write_bytes, atomic_write_json, fault_point, read_record
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -92,9 +94,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load one step folder; a wrong checksum or unreadable file is a CheckpointError."""
     path = Path(path)
     try:
-        meta = json.loads((path / META_FILE).read_text())
-        data = (path / STATE_FILE).read_bytes()
-    except (OSError, json.JSONDecodeError) as err:
+        meta = json.loads(_read(path, META_FILE))
+        data = _read(path, STATE_FILE)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupt: its checksum does not match")
@@ -102,6 +104,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a damaged pickle
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {err}") from err
+
+
+def _read(step: Path, name: str) -> bytes:
+    """File `name` of step folder `step` (<run>/checkpoints/step_N) through the run folder's
+    reader: the state of an unfinished run, read on purpose (a resume)."""
+    run = step.parent.parent
+    return read_record(run, (step / name).relative_to(run).as_posix(), unfinished=True)
 
 
 def load_latest(
@@ -133,12 +142,6 @@ def save_weights(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     return atomic_write_bytes(path, data)
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def rng_state() -> dict[str, Any]:

@@ -9,7 +9,9 @@ A finished run folder holds config.yaml, manifest.json, metrics.jsonl, result.js
 test_predictions.csv (per test image: index, label, pred of the best-validation weights),
 checkpoints/best.safetensors, checksums.json and DONE (the resumable train state,
 checkpoints/step_*, is pruned once DONE unless keep_state: true). One process owns the folder
-(vitplas.locks); the config is checked before anything is returned or computed. A run whose
+(vitplas.locks); the config is checked before anything is returned or computed, and a
+checkpoint saved under other settings (another lr, seed, log_every ...: one copied from another
+run) is refused before it is resumed from, naming the keys that differ. A run whose
 loss stays above diverge_factor x its first loss for diverge_window steps after warmup stops
 as diverged (failed.json says where). Run under torchrun for DDP.
 """
@@ -28,9 +30,10 @@ import torch.nn.functional as F
 from vitplas.config import ConfigError, config_to_dict
 from vitplas.locks import is_main_process
 from vitplas.models.components import count_parameters
+from vitplas.records import check_settings, settings_of, stamp
 from vitplas.runs import Computed, RunDir, atomic_write_json, atomic_write_text, fault_point
 from vitplas.training import checkpoint as ckpt
-from vitplas.training.config import FinetuneConfig
+from vitplas.training.config import RUNTIME_KEYS, FinetuneConfig
 from vitplas.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -120,6 +123,11 @@ class Finetuner:
         self._owns_group = not torch.distributed.is_initialized()
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
+        # what a checkpoint must have been trained under to be resumed from: the config but its
+        # runtime keys, log_every included (one logging rhythm per curve), and the processes
+        # (each draws its own share of every batch)
+        self.settings = settings_of(cfg, RUNTIME_KEYS, keep=("log_every",))
+        self.settings["world_size"] = self.dist.world_size
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(
                 f"batch_size {cfg.batch_size} not divisible by {self.dist.world_size}"
@@ -210,6 +218,11 @@ class Finetuner:
                 truncate_metrics(self.run, 0)  # a run killed before its first checkpoint
             return
         state, path = found
+        fix = (
+            f"rerun with the settings its checkpoints were saved under, give these settings a "
+            f"folder of their own (--out), or delete {self.run / 'checkpoints'} to start over"
+        )
+        check_settings(state, self.settings, path / ckpt.STATE_FILE, fix)
         if state["frozen_digest"] != self.frozen_digest:
             raise ckpt.CheckpointError(
                 f"{path}: the frozen weights differ from those this run started from "
@@ -388,8 +401,9 @@ class Finetuner:
                 "samples_seen": step * self.cfg.batch_size,
             }
             ckpt.save_checkpoint(
-                self.run / "checkpoints", step, state, keep=self.cfg.keep_checkpoints
-            )
+                self.run / "checkpoints", step, stamp(state, self.settings),
+                keep=self.cfg.keep_checkpoints,
+            )  # fmt: skip
         barrier(self.dist)
 
     # ---- finish / cleanup ----------------------------------------------------------------
