@@ -1,12 +1,14 @@
 """`vitplas bounds` and `vitplas radius`: theoretical bounds per layer, in their own run folder.
 
 Given the folder of a plasticity run (`plasticity`), the measured means are divided by the
-bounds too. The fraction of pairs above a bound needs the per-pair ratios, so it comes from
-the plasticity run itself (its bound_ratio table), not from here. The default LayerNorm bound
-("data", max|gamma| / s_min) needs the smallest token scale of the pairs it covers, and the
-default MHA bound ("data") their largest token norm r_max: both are taken from that plasticity
-run (its bounds table; r_max may also be given); without one they stay NaN, their definitions
-saying why.
+bounds too: a finished plasticity run, its tables read through its seal, of the same model (its
+weights' checksum), input size, protocol, inputs mode and components (a ConfigError naming the
+difference otherwise). The fraction of pairs above a bound needs the per-pair ratios, so it
+comes from the plasticity run itself (its bound_ratio table), not from here. The default
+LayerNorm bound ("data", max|gamma| / s_min) needs the smallest token scale of the pairs it
+covers, and the default MHA bound ("data") their largest token norm r_max: both are taken from
+that plasticity run (its bounds table; r_max may also be given); without one they stay NaN,
+their definitions saying why.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from vitplas.analysis.bound_table import bounds_matrix, fill_data_bounds, layer_bounds
-from vitplas.analysis.configs import BoundsConfig
+from vitplas.analysis.configs import BoundsConfig, needs_measured_bounds, plasticity_damaged
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     bound_width,
@@ -27,20 +29,51 @@ from vitplas.analysis.setup import (
     open_stream,
     setup_for,
 )
-from vitplas.runs import Computed, RunDir, write_table
+from vitplas.config import ConfigError
+from vitplas.records import read_json, read_table
+from vitplas.runs import Computed, DamagedRecordError, RunDir, write_table
 
 
-def _ratio_table(bounds: pd.DataFrame, run: str) -> pd.DataFrame:
-    measured = pd.read_csv(Path(run) / "plasticity.csv")
+def _measured(cfg: BoundsConfig, setup, components) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(plasticity.csv, bounds.csv or an empty table) of the plasticity run cfg.plasticity,
+    read through its seal and checked to be of this model (its weights' checksum), of these
+    components and of its depth: a ConfigError naming the difference."""
+    folder = cfg.plasticity
+    try:
+        manifest = read_json(folder, "manifest.json")
+        measured = read_table(folder, "plasticity.csv")
+        needed = needs_measured_bounds(cfg)
+        bounds = read_table(folder, "bounds.csv") if needed else pd.DataFrame()
+    except DamagedRecordError as err:
+        raise plasticity_damaged(err) from None
+    what = f"the plasticity run '{folder}'"
+    checksum, of = model_checksum(setup)
+    if manifest.get("model_checksum") != checksum:
+        raise ConfigError(
+            f"{what} measured other weights (its model's sha256 "
+            f"{str(manifest.get('model_checksum'))[:12]}..., this one's {checksum[:12]}..., of "
+            f"its {of}); bound the model it measured, or measure this one"
+        )
+    there, here = sorted(set(measured["component"])), sorted(components)
+    if there != here:
+        raise ConfigError(f"{what} measured components {', '.join(there)}; these bounds are of "
+                          f"{', '.join(here)}: set components=[{','.join(there)}]")  # fmt: skip
+    depth = measured["layer"].nunique()
+    if depth != setup.cmap.depth:
+        raise ConfigError(f"{what} measured {depth} layers; this model has {setup.cmap.depth}")
+    return measured, bounds
+
+
+def _ratio_table(bounds: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     frame = measured.merge(bounds.drop(columns=["model"]), on=["layer", "component"])
     frame["ratio"] = frame["mean"] / frame["bound"]
     return frame
 
 
-def _measured(bounds: pd.DataFrame, cfg: BoundsConfig, depth: int, components) -> pd.DataFrame:
-    """Data bounds from the token extremes a plasticity run measured (s_min; r_max unless
-    given)."""
-    measured = pd.read_csv(Path(cfg.plasticity) / "bounds.csv")
+def _data_bounds(bounds: pd.DataFrame, measured: pd.DataFrame, cfg: BoundsConfig, depth: int,
+                 components) -> pd.DataFrame:  # fmt: skip
+    """Data bounds from the token extremes a plasticity run measured (its bounds table: s_min;
+    r_max unless given)."""
     scale = bounds_matrix(measured, depth, components, "norm_scale")
     largest = None if cfg.r_max is not None else bounds_matrix(measured, depth, components, "r_max")
     return fill_data_bounds(bounds, components, scale, largest)
@@ -75,10 +108,7 @@ def _facts(cfg: BoundsConfig, radius) -> dict[str, str]:
 
 def read_bounds(run: RunDir) -> dict[str, Any]:
     """A finished bounds run's result and bounds table, verified."""
-    import io
-
-    bounds = pd.read_csv(io.BytesIO(run.read_verified("bounds.csv")))
-    return {**run.read_json(), "bounds": bounds}
+    return {**run.read_json(), "bounds": read_table(run.path, "bounds.csv")}
 
 
 def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
@@ -102,12 +132,15 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
         r_max=cfg.r_max,
         progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
     )
-    if cfg.plasticity is not None and (Path(cfg.plasticity) / "bounds.csv").is_file():
-        bounds = _measured(bounds, cfg, setup.cmap.depth, components)
+    measured = None
+    if cfg.plasticity is not None:
+        measured, scales = _measured(cfg, setup, components)
+        if not scales.empty:
+            bounds = _data_bounds(bounds, scales, cfg, setup.cmap.depth, components)
     bounds.insert(0, "model", cfg.model)
     files = list(write_table(bounds, run / "bounds"))
-    if cfg.plasticity is not None:
-        files += write_table(_ratio_table(bounds, cfg.plasticity), run / "bound_ratio")
+    if measured is not None:
+        files += write_table(_ratio_table(bounds, measured), run / "bound_ratio")
     if cfg.figures:
         files += plots.bounds_per_layer(bounds, run / "figures" / "bounds", _facts(cfg, radius))
     checksum, checksum_of = model_checksum(setup)

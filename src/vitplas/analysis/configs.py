@@ -42,6 +42,8 @@ class PlasticityConfig:
 
     model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
     random_init: bool = False  # random weights on purpose (a baseline; the model says RANDOM INIT)
+    allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
+    # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
     img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
     protocol: protocols.Name = protocols.DEFAULT  # preprocessing and splits: model = the
     # checkpoint's own (the default, any model); paper = the original release's (ImageNet
@@ -100,6 +102,8 @@ class BoundsConfig:
 
     model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
     random_init: bool = False  # random weights on purpose (a baseline)
+    allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
+    # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
     img_size: int | None = None  # input side in px, a multiple of the patch (None: the model's own)
     protocol: protocols.Name = protocols.DEFAULT  # preprocessing and splits (vitplas.protocol)
     dataset: str = "fashion-mnist"  # dataset the radius r is measured on
@@ -136,29 +140,59 @@ class BoundsConfig:
             _check_plasticity_run(Path(self.plasticity), self)
 
 
-# what a plasticity run must share with the bounds it is divided by
+def plasticity_damaged(err: Any) -> Any:
+    """A DamagedRecordError of a plasticity run that another job reads, with that run's fix."""
+    from vitplas.runs import DamagedRecordError
+
+    fix = (f"recompute it (`vitplas plasticity` with its config, `--out {err.run} --repair`), "
+           "or name another plasticity run")  # fmt: skip
+    return DamagedRecordError(err.run, err.name, err.problem, fix=fix)
+
+
+# what a plasticity run must share with the bounds it is divided by (the seed too when the
+# weights are random: they are drawn from it)
 SAME_AS_PLASTICITY = ("model", "random_init", "img_size", "protocol", "inputs")
 
 
-def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
-    """`folder` is a finished plasticity run of the same model, input size and inputs mode."""
-    import yaml
+def needs_measured_bounds(cfg: BoundsConfig) -> bool:
+    """Whether the bounds need a plasticity run's token extremes: the data LayerNorm bound
+    (s_min), or the data MHA bound without a given r_max."""
+    return cfg.ln_bound == "data" or (cfg.mha_bound == "data" and cfg.r_max is None)
 
-    if not (folder / "plasticity.csv").is_file() or not (folder / "config.yaml").is_file():
-        raise ConfigError(f"'{folder}' holds no plasticity.csv and config.yaml (a plasticity run)")
-    measured = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    other = [k for k in SAME_AS_PLASTICITY if measured.get(k) != getattr(cfg, k)]
+
+def _check_plasticity_run(folder: Path, cfg: BoundsConfig) -> None:
+    """`folder` is a finished plasticity run (its records verified) of the same model, input
+    size, protocol and inputs mode (and seed, for random weights); else a ConfigError naming
+    the difference. Its tables are checked against the bounds' model when they are read."""
+    from vitplas.records import read_json, read_yaml
+    from vitplas.runs import DamagedRecordError, RunNotFinishedError
+
+    what = f"the plasticity run '{folder}'"
+    try:
+        job = read_json(folder, "manifest.json").get("job")
+        measured = read_yaml(folder) or {}
+    except RunNotFinishedError:
+        raise ConfigError(
+            f"{what} is not a finished run (no DONE: still going, stopped, or no run folder); "
+            "finish it (rerun its command) or name a finished plasticity run"
+        ) from None
+    except DamagedRecordError as err:
+        raise plasticity_damaged(err) from None
+    if job != "plasticity" or not (folder / "plasticity.csv").is_file():
+        raise ConfigError(f"'{folder}' is a {job or 'non-vitplas'} run, not a plasticity run")
+    keys = SAME_AS_PLASTICITY + (("seed",) if cfg.random_init else ())
+    other = [k for k in keys if measured.get(k) != getattr(cfg, k)]
     if other:
         details = ", ".join(
             f"{k}: {measured.get(k)!r} there, {getattr(cfg, k)!r} here" for k in other
         )
-        raise ConfigError(f"the plasticity run '{folder}' measured another setting ({details})")
-    needs = cfg.ln_bound == "data" or (cfg.mha_bound == "data" and cfg.r_max is None)
-    if needs and not (folder / "bounds.csv").is_file():
+        raise ConfigError(f"{what} measured another setting ({details}); give the bounds the "
+                          "same settings, or name a plasticity run of these")  # fmt: skip
+    if needs_measured_bounds(cfg) and not measured.get("bounds", True):
         raise ConfigError(
-            f"the plasticity run '{folder}' has no bounds.csv (run with --no-bounds), so no token "
-            "scales or norms for the data bounds: rerun it with bounds, or pass --ln-bound "
-            "abs|signed and --mha-bound paper"
+            f"{what} has no bounds.csv (run with --no-bounds), so no token scales or norms for "
+            "the data bounds: rerun it with bounds, or pass --ln-bound abs|signed and "
+            "--mha-bound paper"
         )
 
 
@@ -168,6 +202,8 @@ class RadiusConfig:
 
     model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
     random_init: bool = False  # random weights on purpose (never a silent fallback)
+    allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
+    # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
     img_size: int | None = None  # input size (None: the model's own)
     dataset: str = "fashion-mnist"  # dataset the radius r is measured on
     split: str = "test"  # split of that dataset
@@ -187,6 +223,8 @@ class LandscapeConfig:
 
     model: str = "dinov2-s14"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
     random_init: bool = False  # random weights on purpose (a baseline)
+    allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
+    # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
     img_size: int | None = 42  # input side in px (None: the model's own)
     blocks: int | None = 1  # keep the first N blocks (None: all; the paper)
     dataset: str = "fashion-mnist"  # SGD steps and the loss batch: its train split

@@ -38,10 +38,18 @@ class ModelSetup:
 
 
 def setup_model(
-    spec: str, *, random_init: bool, img_size: int | None, device: torch.device
+    spec: str,
+    *,
+    random_init: bool,
+    img_size: int | None,
+    device: torch.device,
+    allow_unfinished: bool = False,
 ) -> ModelSetup:
     """Load `spec`, check its input size against its patches, move it to `device`."""
-    return setup_loaded(load_model(spec, random_init=random_init, img_size=img_size), device)
+    loaded = load_model(
+        spec, random_init=random_init, img_size=img_size, allow_unfinished=allow_unfinished
+    )
+    return setup_loaded(loaded, device)
 
 
 def setup_for(cfg) -> ModelSetup:
@@ -53,6 +61,7 @@ def setup_for(cfg) -> ModelSetup:
         random_init=cfg.random_init,
         img_size=cfg.img_size,
         device=resolve_device(cfg.device),
+        allow_unfinished=getattr(cfg, "allow_unfinished", False),
     )
 
 

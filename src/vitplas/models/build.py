@@ -9,7 +9,8 @@ Spec kinds, tried in this order:
     folder            a local Hugging Face ViT folder (config.json + weights)
     finetuned run     a finished `vitplas finetune` run folder (or its
                       checkpoints/best.safetensors): base model + trained weights;
-                      RUN#base: that run's base model alone
+                      RUN#base: that run's base model alone (an unfinished run: refused,
+                      unless allow_unfinished)
     timm name         'vit_base_patch16_224.orig_in21k' (timm downloads / reads its cache)
     Hugging Face id   'google/vit-base-patch16-224-in21k' (converted to timm's layout)
 A model whose weights cannot be had is an error (never a silent random init); pass
@@ -38,6 +39,10 @@ from vitplas.models.registry import (
     preset_names,
 )
 from vitplas.models.sources import RANDOM_INIT, Built, build_preset
+from vitplas.runs import DONE_MARKER
+
+# a finetuning run used before it finished (allow_unfinished): what its description starts with
+UNFINISHED = "UNFINISHED (no DONE, allow_unfinished)"
 
 
 @dataclass
@@ -75,25 +80,36 @@ def load_model(
     num_classes: int | None = None,
     random_init: bool = False,
     img_size: int | None = None,
+    allow_unfinished: bool = False,
 ) -> LoadedModel:
     """Build the model named by `spec` (see the module docstring for the spec kinds).
 
     num_classes: None keeps the checkpoint's head (0 = no head for the in21k backbones);
     N gives a new head of N outputs (trunc-normal std 0.02, zero bias), unless the head
     already has N outputs. img_size: input side in pixels; the position embedding is
-    resampled to the new patch grid. random_init: random weights, never a download.
+    resampled to the new patch grid (a finetuned run: only its own size). random_init: random
+    weights, never a download. allow_unfinished: a finetuning run without DONE is used as it
+    is (its description says UNFINISHED) instead of refused.
     """
     spec = spec.strip()
-    built = _dispatch(spec, random_init=random_init, img_size=img_size)
+    built = _dispatch(
+        spec, random_init=random_init, img_size=img_size, allow_unfinished=allow_unfinished
+    )
     return _finish(spec, built, num_classes=num_classes, img_size=img_size)
 
 
-def _dispatch(spec: str, *, random_init: bool, img_size: int | None) -> Built:
+def _dispatch(spec: str, *, random_init: bool, img_size: int | None, allow_unfinished: bool):
     if is_preset(spec):
         return build_preset(get_preset(spec), random_init=random_init, img_size=img_size)
     if (run := finetuned.run_folder(spec)) is not None:
         base_only = spec.endswith(finetuned.BASE_SUFFIX)
-        return from_run(run, random_init=random_init, base_only=base_only)
+        return from_run(
+            run,
+            random_init=random_init,
+            base_only=base_only,
+            img_size=img_size,
+            allow_unfinished=allow_unfinished,
+        )
     if "@" in spec:
         arch, _, path = spec.partition("@")
         if (run := finetuned.run_folder(path)) is not None:
@@ -193,29 +209,53 @@ def start_model(
     img_size: int | None,
     seed: int,
     protocol: str,
+    allow_unfinished: bool = False,
 ):
     """The LoadedModel a finetuning run starts from: `spec` with a new `num_classes` head drawn
     from `seed` (global torch RNG): timm's init under protocol model, torch.nn.Linear's under
     paper (the original's)."""
     torch.manual_seed(seed)
-    loaded = load_model(spec, num_classes=num_classes, random_init=random_init, img_size=img_size)
+    loaded = load_model(
+        spec,
+        num_classes=num_classes,
+        random_init=random_init,
+        img_size=img_size,
+        allow_unfinished=allow_unfinished,
+    )
     if protocols.get(protocol).head_init == "torch":
         torch.manual_seed(seed)  # the same head whatever loading drew
         reset_head(loaded.model)
     return loaded
 
 
-def from_run(run: Path, *, random_init: bool, base_only: bool = False):
+def from_run(
+    run: Path,
+    *,
+    random_init: bool,
+    base_only: bool = False,
+    img_size: int | None = None,
+    allow_unfinished: bool = False,
+) -> Built:
     """A `Built` (vitplas.models.sources) of finetuning run `run`: base model + trained weights
-    (base_only: the base alone; the trained file is still verified and read for the head)."""
+    (base_only: the base alone; the trained file is still verified and read for the head).
+    A finished run only (its records read through its seal), unless `allow_unfinished`; at
+    its own input size only (`img_size` None or the run's)."""
     if random_init:
         raise ModelError(
             f"{run} is a finetuned run: its weights are the point; drop random_init (--random-init)"
         )
-    cfg = finetuned.read_run_config(run)
-    prep = finetuned.run_preprocessing(run, cfg)
-    path, checksum = finetuned.verify_weights(run)
-    trained = finetuned.read_trained(path, run)
+    unfinished = not (run / DONE_MARKER).exists()
+    if unfinished and not allow_unfinished:
+        raise finetuned.unfinished_error(run)
+    cfg = finetuned.read_run_config(run, unfinished)
+    if img_size is not None and cfg.get("img_size") not in (None, img_size):
+        raise ModelError(
+            f"{run} trained at img_size {cfg['img_size']}; at {img_size} its position embedding "
+            f"would be resampled into another model: set img_size={cfg['img_size']} (or leave "
+            "it unset)"
+        )
+    prep = finetuned.run_preprocessing(run, cfg, unfinished)
+    trained, checksum = finetuned.read_trained(run, unfinished)
     with torch.random.fork_rng(devices=[]):
         base = start_model(
             str(cfg["model"]),
@@ -225,7 +265,7 @@ def from_run(run: Path, *, random_init: bool, base_only: bool = False):
             seed=int(cfg.get("seed", 0)),
             protocol=finetuned.run_protocol(run, cfg),
         )
-    recorded = finetuned.read_manifest(run).get("model_checksum")
+    recorded = finetuned.read_manifest(run, unfinished).get("model_checksum")
     if recorded and base.checksum and recorded != base.checksum:
         raise ModelError(
             f"base model '{cfg['model']}' has weights (sha256 {base.checksum[:12]}...) other than "
@@ -234,9 +274,10 @@ def from_run(run: Path, *, random_init: bool, base_only: bool = False):
     finetuned.with_preprocessing(base.model, prep)
     mean, std = prep["mean"], prep["std"]
     train = "+".join(cfg.get("train", []))
+    what = f"{UNFINISHED} finetuned run {run}" if unfinished else f"finetuned run {run}"
     if base_only:
-        desc = f"base model of finetuned run {run}: {base.description}"
+        desc = f"base model of {what}: {base.description}"
         return Built(base.model, desc, mean, std, base.checksum, base.random_init, base.arch)
     finetuned.apply_run_weights(base.model, cfg, trained, run)
-    desc = f"finetuned run {run} (train={train} on {cfg['dataset']}) of {base.description}"
+    desc = f"{what} (train={train} on {cfg['dataset']}) of {base.description}"
     return Built(base.model, desc, mean, std, checksum, base.random_init, base.arch)

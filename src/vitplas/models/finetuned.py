@@ -4,21 +4,23 @@ A run spec is a run folder (with config.yaml and checkpoints/best.safetensors) o
 that best.safetensors. The base model is rebuilt from the run's resolved config exactly as
 training built it (models.build.start_model: model spec, random_init, img_size, a new head of
 the dataset's class count drawn from the run's seed as its protocol says), then the trained
-parameters are applied after their file passed `verify_weights` (models.build.from_run puts
-these records together; this module reads and checks them). A base checkpoint other than
-the one the run trained on is refused. The model's mean/std, interpolation and crop fraction
-are the run's own (`run_preprocessing`: its protocol and its manifest), so every consumer's
-`transform_for(loaded)` feeds it what it trained and was evaluated on.
+parameters are applied (models.build.from_run puts these records together; this module reads
+and checks them). A base checkpoint other than the one the run trained on is refused, and so
+is an unfinished run (no DONE: still training, or stopped) unless allow_unfinished says
+otherwise: its description then says UNFINISHED, and so does the manifest of every job that
+uses it. The model's mean/std, interpolation and crop fraction are the run's own
+(`run_preprocessing`: its protocol and its manifest), so every consumer's `transform_for(loaded)`
+feeds it what it trained and was evaluated on.
 `RUN#base` names the run's base alone, rebuilt the same way (same random init, same new head,
 the run's preprocessing), so that before/after comparisons differ only in the trained weights.
-Records are checked against the run's seal (vitplas.runs) when it covers them.
+Every record is read through the run folder's reader (vitplas.runs.read_record): checked
+against the run's seal.
 A LoRA or LN-tuning run's adapters are rebuilt as training injected them (its `lora` options),
 given the trained tensors, then merged (models.adapters): the model is a plain timm model.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,14 +31,13 @@ from vitplas import protocol as protocols
 from vitplas.data.transforms import preprocessing_for
 from vitplas.models.adapters import ADAPTERS, LoraOptions, inject_adapters, merge_adapters
 from vitplas.models.errors import ModelError, short_list
-from vitplas.runs import DamagedRecordError, RunDir, atomic_write_text, file_sha256
+from vitplas.runs import DamagedRecordError, RunNotFinishedError, read_record
 
 CONFIG_FILE = "config.yaml"
 MANIFEST = "manifest.json"
 PREP_KEYS = ("mean", "std", "interpolation", "crop_pct")  # what run_preprocessing gives
 BEST = Path("checkpoints") / "best.safetensors"
 BASE_SUFFIX = "#base"  # RUN#base: the run's base model, without the trained weights
-SIDECAR_SUFFIX = ".sha256"  # recorded at first use for runs that recorded no checksum
 
 
 def run_folder(spec: str | Path) -> Path | None:
@@ -50,27 +51,37 @@ def run_folder(spec: str | Path) -> Path | None:
     return None
 
 
-def read_record(run: Path, name: str) -> bytes | None:
-    """Record `name` of `run`, checked against the run's seal when it covers it; a damaged one,
-    or one the seal covers that is gone, is a ModelError naming it. None when absent from an
-    unsealed run (a run in progress)."""
-    folder = RunDir(run, create=False)
+def run_record(run: Path, name: str, unfinished: bool = False) -> bytes | None:
+    """Record `name` of `run` through the run folder's reader (vitplas.runs.read_record):
+    checked against the seal of a finished run (a damaged one, or one the seal does not cover,
+    is a ModelError naming it); of an unfinished run only when `unfinished` (allow_unfinished),
+    then as it is, None when absent."""
     try:
-        if not (run / name).is_file() and not (folder.is_done() and name in folder.checksums()):
-            return None
-        return folder.read_verified(name)
+        return read_record(run, name, unfinished=unfinished)
+    except RunNotFinishedError:
+        raise unfinished_error(run) from None
     except DamagedRecordError as err:
         raise ModelError(
             f"{err.run / err.name} is damaged ({err.problem}); restore it or rerun the finetuning"
         ) from None
+    except FileNotFoundError:
+        return None
 
 
-def read_run_config(run: Path) -> dict[str, Any]:
+def unfinished_error(run: Path) -> ModelError:
+    return ModelError(
+        f"{run} is not a finished finetuning run (no DONE: still training, or stopped), so its "
+        "weights may not be its best ones; finish it (rerun its finetune command), or set "
+        "allow_unfinished=true to use the weights it holds now (the manifest then says so)"
+    )
+
+
+def read_run_config(run: Path, unfinished: bool = False) -> dict[str, Any]:
     """The run's resolved config.yaml as a dict (the keys a model needs are checked)."""
     import yaml
 
     try:
-        cfg = yaml.safe_load(read_record(run, CONFIG_FILE) or b"")
+        cfg = yaml.safe_load(run_record(run, CONFIG_FILE, unfinished) or b"")
     except yaml.YAMLError as err:
         raise ModelError(f"cannot read {run / CONFIG_FILE}: {err}") from err
     if not isinstance(cfg, dict) or not {"model", "dataset"} <= set(cfg):
@@ -78,9 +89,9 @@ def read_run_config(run: Path) -> dict[str, Any]:
     return cfg
 
 
-def read_manifest(run: Path) -> dict[str, Any]:
-    """The run's manifest.json ({} when there is none)."""
-    data = read_record(run, MANIFEST)
+def read_manifest(run: Path, unfinished: bool = False) -> dict[str, Any]:
+    """The run's manifest.json ({} when an unfinished run has none yet)."""
+    data = run_record(run, MANIFEST, unfinished)
     try:
         manifest = json.loads(data) if data is not None else {}
     except ValueError as err:
@@ -100,11 +111,13 @@ def run_protocol(run: Path, cfg: dict[str, Any]) -> str:
     return protocol
 
 
-def run_preprocessing(run: Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_preprocessing(
+    run: Path, cfg: dict[str, Any] | None = None, unfinished: bool = False
+) -> dict[str, Any]:
     """build_transform's mean, std, crop_pct and interpolation that `run` trained and was
     evaluated with: data.transforms.preprocessing_for of its protocol and its manifest."""
-    cfg = read_run_config(run) if cfg is None else cfg
-    protocol, manifest = run_protocol(run, cfg), read_manifest(run)
+    cfg = read_run_config(run, unfinished) if cfg is None else cfg
+    protocol, manifest = run_protocol(run, cfg), read_manifest(run, unfinished)
     try:
         return preprocessing_for(protocol, manifest)
     except ValueError:
@@ -114,56 +127,27 @@ def run_preprocessing(run: Path, cfg: dict[str, Any] | None = None) -> dict[str,
         ) from None
 
 
-def verify_weights(run: Path) -> tuple[Path, str]:
-    """(path, sha256) of the run's best.safetensors, checked against its recorded checksum.
+def read_trained(run: Path, unfinished: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """(the trained tensors of `run`, the sha256 of its best.safetensors), read through the
+    run folder's reader: checked against the seal of a finished run (vitplas.records). A
+    missing, changed or unreadable file, or seal, is a ModelError naming it and the fix."""
+    from vitplas.records import read_weights
 
-    The expected value is the run's sealed checksum (vitplas.runs, checksums.json) when the
-    seal covers the file; only an unsealed (unfinished) run falls back to a
-    `best.safetensors.sha256` recorded at first use (written now when absent). A missing or
-    changed file, or a missing, changed or unreadable seal, is a ModelError naming it.
-    """
     path = run / BEST
-    if not path.is_file():
-        raise ModelError(f"{path} does not exist: is {run} a finished finetuning run (DONE)?")
-    actual, size = file_sha256(path), path.stat().st_size
+    fix = (f"rerun the finetuning (`vitplas finetune` with its config and `--out {run} "
+           "--repair`, or into a new folder)")  # fmt: skip
     try:
-        sealed = RunDir(run, create=False).checksums().get(BEST.as_posix())
+        return read_weights(run, BEST.as_posix(), unfinished=unfinished)
+    except RunNotFinishedError:
+        raise unfinished_error(run) from None
     except DamagedRecordError as err:
-        raise ModelError(
-            f"{err.run / err.name} is damaged ({err.problem}): {run}'s weights "
-            "cannot be checked; rerun the finetuning"
-        ) from None
-    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
-    expected = sealed.get("sha256") if isinstance(sealed, dict) else None
-    if expected is None and sidecar.is_file():
-        expected = sidecar.read_text().split()[0]
-    elif expected is None:
-        with contextlib.suppress(OSError):  # a read-only run folder: nothing recorded
-            atomic_write_text(sidecar, f"{actual}  {path.name}\n")
-    if expected is not None and expected != actual:
-        what = (
-            "truncated" if isinstance(sealed, dict) and size < sealed.get("bytes", 0) else "changed"
-        )
-        raise ModelError(
-            f"{path} is corrupt or {what}: sha256 {actual[:12]}... differs from the recorded "
-            f"{expected[:12]}...; restore the file or rerun the finetuning"
-        )
-    return path, actual
-
-
-def read_trained(path: Path, run: Path) -> dict[str, torch.Tensor]:
-    """The trained tensors of `run` (its best.safetensors); an unreadable file is a ModelError
-    naming it and the fix."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise ModelError(
-            f"{path} is damaged ({err}); rerun the finetuning (`vitplas finetune` with its "
-            f"config and `--out {run} --repair`, or into a new folder)"
-        ) from None
+        problem = err.problem
+        if err.name == BEST.as_posix() and "checksum differs" in problem:
+            what = "truncated" if "truncated" in problem else "changed"
+            problem = f"corrupt or {what}: {problem}"
+        raise ModelError(f"{err.run / err.name} is damaged ({problem}); {fix}") from None
+    except FileNotFoundError:
+        raise ModelError(f"{path} does not exist: {run} wrote no best weights yet") from None
 
 
 def apply_trained(model: torch.nn.Module, trained: dict[str, torch.Tensor], source: Path) -> None:

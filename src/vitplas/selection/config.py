@@ -19,6 +19,8 @@ class SelectConfig:
 
     model: str = "dinov2-s14"  # model spec (preset, timm name, ARCH@FILE, run folder, HF id)
     random_init: bool = False  # random weights on purpose (never a silent fallback)
+    allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
+    # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
     img_size: int | None = None  # input size (None: the model's own)
     protocol: protocols.Name = protocols.DEFAULT  # preprocessing: the model's or the original's
     target: str = "fashion-mnist"  # the downstream dataset the components are scored on

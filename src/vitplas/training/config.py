@@ -58,6 +58,8 @@ class FinetuneConfig:
     # what
     model: str = "vit-b16-in21k"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
     random_init: bool = False  # True only for baselines/tests: the model says "RANDOM INIT"
+    allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
+    # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
     dataset: str = "cifar10"  # dataset name (vitplas datasets)
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     download: bool = False  # download a missing dataset where a download exists
@@ -212,6 +214,8 @@ class ProbeConfig:
 
     model: str = "vit-b16-in21k"  # preset, timm name, HF id or ARCH@FILE (vitplas models)
     random_init: bool = False  # random weights on purpose (a baseline)
+    allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
+    # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
     dataset: str = "cifar10"  # dataset name (vitplas datasets)
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     skip_unreadable: bool = False  # leave out image files that cannot be decoded (counted in

@@ -47,6 +47,7 @@ def load_model_for(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, di
         img_size=cfg.img_size,
         seed=cfg.seed,
         protocol=cfg.protocol,
+        allow_unfinished=cfg.allow_unfinished,
     )
     pretrained = getattr(loaded.model, "pretrained_cfg", None) or {}
     info = {
