@@ -33,7 +33,7 @@ from vitplas.analysis.configs import LandscapeConfig
 from vitplas.analysis.plasticity import embed_images, token_ratios
 from vitplas.analysis.setup import open_stream, resolve_device
 from vitplas.data import dataset_info, make_loader, transform_for
-from vitplas.models import load_model
+from vitplas.models.build import load_configured
 from vitplas.models.components import ComponentMap, component_map
 from vitplas.records import read_table
 from vitplas.runs import Computed, RunDir, write_table
@@ -49,13 +49,7 @@ class _Setup:
 
 def _setup(cfg: LandscapeConfig, num_classes: int) -> tuple[_Setup, Any]:
     """The model with a new head of `num_classes`, truncated to cfg.blocks, and its record."""
-    loaded = load_model(
-        cfg.model,
-        num_classes=num_classes,
-        random_init=cfg.random_init,
-        img_size=cfg.img_size,
-        allow_unfinished=cfg.allow_unfinished,
-    )
+    loaded = load_configured(cfg, num_classes)
     model = loaded.model
     if cfg.blocks is not None:
         model.blocks = model.blocks[: cfg.blocks]  # shallow: the loss only needs these

@@ -18,6 +18,7 @@ from vitplas.data.splits import plan_for
 from vitplas.device import precision
 from vitplas.device import resolve_device as resolve_device  # re-exported
 from vitplas.models import LoadedModel, load_model
+from vitplas.models.build import load_configured
 from vitplas.models.components import ComponentMap, component_map
 
 
@@ -38,31 +39,17 @@ class ModelSetup:
 
 
 def setup_model(
-    spec: str,
-    *,
-    random_init: bool,
-    img_size: int | None,
-    device: torch.device,
-    allow_unfinished: bool = False,
+    spec: str, *, random_init: bool, img_size: int | None, device: torch.device
 ) -> ModelSetup:
     """Load `spec`, check its input size against its patches, move it to `device`."""
-    loaded = load_model(
-        spec, random_init=random_init, img_size=img_size, allow_unfinished=allow_unfinished
-    )
-    return setup_loaded(loaded, device)
+    return setup_loaded(load_model(spec, random_init=random_init, img_size=img_size), device)
 
 
 def setup_for(cfg) -> ModelSetup:
     """setup_model from a job config's model, random_init, img_size and device, seeded first
     from cfg.seed: random_init weights are the same each time the same run is computed."""
     torch.manual_seed(cfg.seed)
-    return setup_model(
-        cfg.model,
-        random_init=cfg.random_init,
-        img_size=cfg.img_size,
-        device=resolve_device(cfg.device),
-        allow_unfinished=getattr(cfg, "allow_unfinished", False),
-    )
+    return setup_loaded(load_configured(cfg), resolve_device(cfg.device))
 
 
 def setup_loaded(loaded: LoadedModel, device: torch.device) -> ModelSetup:

@@ -98,6 +98,17 @@ def load_model(
     return _finish(spec, built, num_classes=num_classes, img_size=img_size)
 
 
+def load_configured(cfg, num_classes: int | None = None) -> LoadedModel:
+    """load_model of a job config's model keys: model, random_init, img_size, allow_unfinished."""
+    return load_model(
+        cfg.model,
+        num_classes=num_classes,
+        random_init=cfg.random_init,
+        img_size=cfg.img_size,
+        allow_unfinished=getattr(cfg, "allow_unfinished", False),
+    )
+
+
 def _dispatch(spec: str, *, random_init: bool, img_size: int | None, allow_unfinished: bool):
     if is_preset(spec):
         return build_preset(get_preset(spec), random_init=random_init, img_size=img_size)

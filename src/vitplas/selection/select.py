@@ -95,13 +95,11 @@ def _data(cfg: SelectConfig, loaded):
 def load_for(cfg: SelectConfig):
     """The model `cfg` scores, with a fresh head for its target's classes (LoadedModel)."""
     from vitplas.data import dataset_info
-    from vitplas.models import load_model
+    from vitplas.models.build import load_configured
 
     num_classes = dataset_info(cfg.target).num_classes
     torch.manual_seed(cfg.seed)  # the fresh head's initialisation
-    return load_model(
-        cfg.model, num_classes=num_classes, random_init=cfg.random_init, img_size=cfg.img_size
-    )
+    return load_configured(cfg, num_classes)
 
 
 def score_config(cfg: SelectConfig, with_model: bool = False):
