@@ -209,13 +209,14 @@ def test_study_hook_reads_selection_files_and_refuses_an_old_version(tmp_path):
     from vitplas.experiments.evidence import report_sections, study_evidence
     from vitplas.runs import RunDir
 
+    SEALED = ("selection.csv", "picks.json")
     states = []
     for dataset, part in _selection(("a", "b")).groupby("dataset"):
         folder = tmp_path / dataset
         folder.mkdir()
         part.drop(columns=["model", "dataset"]).to_csv(folder / "selection.csv", index=False)
         (folder / "picks.json").write_text(json.dumps({"criteria_version": 2}))
-        RunDir(folder).mark_done()  # finished runs: their records read through the seal
+        RunDir(folder).mark_done(SEALED)  # finished runs: their records read through the seal
         run = SimpleNamespace(config={"model": "m", "dataset": dataset}, run_id=dataset)
         states += [SimpleNamespace(run=run, folder=folder, state="done")] * 2  # two seeds
     spec = SimpleNamespace(base={"select": {"budget": 0.5}})
@@ -227,6 +228,6 @@ def test_study_hook_reads_selection_files_and_refuses_an_old_version(tmp_path):
     titles = [t for t, _ in report_sections(tables)]
     assert titles[0].startswith("What the evidence says, in words")
     (tmp_path / "a" / "picks.json").write_text(json.dumps({"criteria_version": 1}))
-    RunDir(tmp_path / "a").mark_done()  # sealed as such: an old version, not a damaged file
+    RunDir(tmp_path / "a").mark_done(SEALED)  # sealed as such: an old version, not a damaged file
     with pytest.raises(ValueError, match="scored by criteria version 1, not 2"):
         study_evidence(states, spec, {"runs": runs})
