@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from vitplas.cli import app
 from vitplas.config import ConfigError
 from vitplas.jobs.runners import run_finetune as finetune
+from vitplas.runs import DamagedRecordError, RunDir
 from vitplas.selection.auto import resolve_auto
 from vitplas.training.config import load_finetune_config
 
@@ -54,6 +55,9 @@ def test_auto_resolves_records_and_trains(tmp_path):
     # a pick scored by an earlier version of the criteria is not reused
     record = json.loads((tmp_path / "picks.json").read_text())
     (tmp_path / "picks.json").write_text(json.dumps({**record, "criteria_version": 1}))
+    with pytest.raises(DamagedRecordError, match=r"picks\.json is damaged"):  # edited: unsealed
+        resolve_auto(cfg, tmp_path)
+    RunDir(tmp_path, create=False).seal(["picks.json"])  # as a finished run of version 1 has it
     with pytest.raises(ConfigError, match="criteria scored before version 2"):
         resolve_auto(cfg, tmp_path)
 
