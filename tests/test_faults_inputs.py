@@ -226,10 +226,9 @@ def test_a_truncated_pairs_part_is_exit_2_naming_it(tmp_path):
     args = ["--model", "tiny-random", "--random-init", "--target", "digits", "--pairs", "64",
             "--batch-size", "4", "--no-bounds", "--save-pairs", "figures=false"]  # fmt: skip
     line = one_error_line(run("plasticity", *args, "--out", str(out)))
-    assert line.startswith(f"error: {part} is damaged (")
-    assert line.endswith(
-        f"the saved statistics already count; delete the run folder {out} and rerun the same "
-        "command to measure the pairs again"
+    assert line.startswith(f"error: {part} is damaged: its content changed since it was written")
+    assert f"delete {out / 'estimate_state.pt'} to compute the statistics from the first pair" in (
+        line
     )
     assert not (out / "DONE").exists()
 

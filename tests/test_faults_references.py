@@ -91,8 +91,8 @@ def test_a_plasticity_run_of_other_weights_under_the_same_name_is_refused(tmp_pa
     state = model.model.state_dict()
     state["blocks.0.attn.qkv.weight"] *= 2  # the file behind the same spec changed
     torch.save(state, weights)
-    args = [*common, "--radius", "1.0", "--ln-bound", "abs", "--plasticity", str(run)]
-    result = invoke("bounds", *args, "--out", str(tmp_path / "b"))
+    args = [*common, "--radius", "1.0", "--ln-bound", "abs", "--mha-bound", "paper"]
+    result = invoke("bounds", *args, "--plasticity", str(run), "--out", str(tmp_path / "b"))
     assert result.exit_code == 2, result.output
     assert f"the plasticity run '{run}' measured other weights (its model's sha256" in (
         last_line(result)

@@ -111,7 +111,7 @@ class _Extremes:
     def state(self) -> dict[str, torch.Tensor]:
         return {"smallest": self.smallest.cpu(), "largest": self.largest.cpu()}
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
         self.smallest = state["smallest"].to(self.smallest)
         self.largest = state["largest"].to(self.largest)
 
@@ -223,7 +223,7 @@ def estimate(
         done, pairs = int(resume["batches"]), int(resume["pairs"])
         start -= float(resume["seconds"])
         if checks is not None:  # the token extremes of the pairs already counted
-            checks.extremes.load(resume["extremes"])
+            checks.extremes.restore(resume["extremes"])
         batches = itertools.islice(batches, done, None)  # the same stream, past what is counted
     with precision(device, dtype):
         for x, y, *extra in batches:

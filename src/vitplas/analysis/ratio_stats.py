@@ -81,7 +81,7 @@ class UnitSums:
     def state(self) -> dict[str, torch.Tensor]:
         return {"sum": self.sum.cpu().clone(), "count": self.count.cpu().clone()}
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
         if tuple(state["sum"].shape) != tuple(self.sum.shape):
             raise ValueError(
                 f"saved unit sums have shape {tuple(state['sum'].shape)}, these "
@@ -242,4 +242,4 @@ class RatioStats:
             for k, v in state["bounds"].items()
         }
         for sums, saved in zip(self.units or [], state["units"] or [], strict=True):
-            sums.load(saved)
+            sums.restore(saved)
