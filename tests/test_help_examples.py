@@ -126,3 +126,12 @@ def test_config_show_help_lists_every_kind_of_the_job_table():
     }
     refused = runner.invoke(app, ["config", "show", "compare-base"])
     assert refused.exit_code == 2 and "config kind 'compare-base' is unknown" in refused.output
+
+
+def test_every_command_says_what_it_does_in_one_uncut_line_at_80_columns():
+    result = runner.invoke(app, ["--help"], terminal_width=80)
+    listed = result.output.split("Commands:")[1].splitlines()[1:]
+    commands = [line for line in listed if line.startswith("  ") and line.strip()]
+    assert len(commands) >= 18
+    cut = [line.strip() for line in commands if line.rstrip().endswith("...")]
+    assert cut == []

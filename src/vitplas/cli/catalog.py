@@ -7,7 +7,7 @@ import typer
 from vitplas.cli.app import app
 
 
-@app.command("models")
+@app.command("models", short_help="Model presets, and whether their weights are here.")
 def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     families: bool = typer.Option(
@@ -65,7 +65,7 @@ def _print_families(as_json: bool) -> None:
     Console(width=max(Console().width, 160)).print(table)
 
 
-@app.command("datasets")
+@app.command("datasets", short_help="Datasets: classes, splits, source, files present.")
 def datasets_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     root: str | None = typer.Option(

@@ -51,7 +51,7 @@ def prune_run(folder: Path, dry_run: bool = False):
         return None
 
 
-@app.command()
+@app.command(short_help="Delete finished runs' resumable train state.")
 def clean(
     target: Path = typer.Argument(..., help="a run folder, a folder of runs, or a sweep spec"),
     dry_run: bool = typer.Option(False, "--dry-run", help="only say what would be freed"),

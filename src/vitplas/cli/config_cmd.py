@@ -118,7 +118,10 @@ def attach_key_help(application: typer.Typer) -> None:
             attach_key_help(group.typer_instance)
 
 
-config_app = typer.Typer(help="Config files: print every key with its default and help.")
+config_app = typer.Typer(
+    help="Config files: print every key with its default and help.",
+    rich_markup_mode=None,  # plain help, as the root app
+)
 app.add_typer(config_app, name="config")
 
 

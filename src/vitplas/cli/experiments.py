@@ -80,7 +80,7 @@ def _print_failed(states, verbose: bool) -> None:
             console.print(f"MISSING {item.run.run_id}: {item.detail}", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Launch a sweep's unfinished runs (local or SLURM).")
 def sweep(
     spec_path: Path = SpecArg,
     overrides: list[str] = OverridesArg,
@@ -189,7 +189,7 @@ def _counts_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {counts[k]}" for k in keys)
 
 
-@app.command()
+@app.command(short_help="Count a study's runs: done, running, failed, damaged.")
 def status(
     spec_path: Path = SpecArg,
     overrides: list[str] = OverridesArg,
@@ -214,7 +214,7 @@ PartialOpt = typer.Option(
 )  # fmt: skip
 
 
-@app.command()
+@app.command(short_help="Tidy tables of a study's runs, the paper's summaries.")
 def aggregate(
     spec_path: Path = SpecArg,
     overrides: list[str] = OverridesArg,
@@ -255,7 +255,7 @@ def aggregate(
     raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Figures and report.md/html from a study's tables.")
 def report(
     spec_path: Path = SpecArg,
     overrides: list[str] = OverridesArg,
@@ -276,7 +276,7 @@ def report(
     console.print(f"report: {path} (and {path.with_suffix('.html')})")
 
 
-@app.command()
+@app.command(short_help="A whole study, resumable: analyses, sweep, report.")
 def reproduce(
     spec_path: Path = SpecArg,
     overrides: list[str] = OverridesArg,

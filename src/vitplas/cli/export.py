@@ -9,7 +9,7 @@ import typer
 from vitplas.cli.app import app
 
 
-@app.command("export")
+@app.command("export", short_help="A model as a full timm checkpoint (and its config).")
 def export_command(
     model: str = typer.Argument(..., help="a finished finetuning run folder (or any model spec)"),
     out: Path = typer.Option(..., "--out", help="the .safetensors file to write"),
