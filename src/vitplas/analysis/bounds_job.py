@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from vitplas.analysis.bound_table import bounds_matrix, fill_data_bounds, layer_bounds
+from vitplas.analysis.bound_table import bounds_matrix, fill_data_bounds
 from vitplas.analysis.configs import BoundsConfig, needs_measured_bounds, plasticity_damaged
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
-    bound_width,
+    config_bounds,
     measured_radius,
     model_checksum,
     open_stream,
@@ -120,18 +120,7 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
     setup = setup_for(cfg)
     components = resolve_components(setup.cmap, cfg.components)
     radius, source = _radius(cfg, setup)
-    bounds = layer_bounds(
-        setup.cmap,
-        components,
-        n_tokens=setup.n_tokens,
-        radius=radius,
-        width=bound_width(setup, cfg.inputs),
-        ln_bound=cfg.ln_bound,
-        mha_bound=cfg.mha_bound,
-        mha_slicing=cfg.mha_slicing,
-        r_max=cfg.r_max,
-        progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
-    )
+    bounds = config_bounds(cfg, setup, components, radius, on_phase)
     measured = None
     if cfg.plasticity is not None:
         measured, scales = _measured(cfg, setup, components)

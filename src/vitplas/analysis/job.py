@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from vitplas.analysis import invariance, tables
-from vitplas.analysis.bound_table import estimate_bounds, layer_bounds
+from vitplas.analysis.bound_table import estimate_bounds
 from vitplas.analysis.configs import DEFAULT_PAIRS as DEFAULT_PAIRS  # re-exported
 from vitplas.analysis.configs import PlasticityConfig
 from vitplas.analysis.estimate import Estimate, estimate
@@ -32,7 +32,7 @@ from vitplas.analysis.pairs import pair_batches, pair_units
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
-    bound_width,
+    config_bounds,
     measured_radius,
     model_checksum,
     open_stream,
@@ -75,17 +75,7 @@ def _bounds(cfg, setup, components, target, on_phase) -> tuple[pd.DataFrame | No
     if not cfg.bounds:
         return None, None, "off"
     radius, source = _radius(cfg, setup, target)
-    frame = layer_bounds(
-        setup.cmap,
-        components,
-        n_tokens=setup.n_tokens,
-        radius=radius,
-        width=bound_width(setup, cfg.inputs),
-        ln_bound=cfg.ln_bound,
-        mha_bound=cfg.mha_bound,
-        mha_slicing=cfg.mha_slicing,
-        progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
-    )
+    frame = config_bounds(cfg, setup, components, radius, on_phase)
     return frame, radius, source
 
 

@@ -158,6 +158,26 @@ def bound_width(setup: ModelSetup, inputs: str) -> int | None:
     return None if inputs == "insitu" else setup.width
 
 
+def config_bounds(cfg, setup: ModelSetup, components, radius, on_phase=None):
+    """layer_bounds of `setup`'s model with a plasticity or bounds config's options (ln_bound,
+    mha_bound, mha_slicing, inputs; r_max where the config has one); on_phase("bounds", done,
+    total) follows the layers. The table: bound_table.BOUND_COLUMNS."""
+    from vitplas.analysis.bound_table import layer_bounds
+
+    return layer_bounds(
+        setup.cmap,
+        components,
+        n_tokens=setup.n_tokens,
+        radius=radius,
+        width=bound_width(setup, cfg.inputs),
+        ln_bound=cfg.ln_bound,
+        mha_bound=cfg.mha_bound,
+        mha_slicing=cfg.mha_slicing,
+        r_max=getattr(cfg, "r_max", None),
+        progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
+    )
+
+
 def stream_label(name: str) -> str:
     """'name: description' from the dataset registry (says when a stream is a stand-in)."""
     try:
