@@ -129,7 +129,12 @@ def unit_notes(units: dict | None) -> list[str]:
         return ["CIs take every pair as independent (no image ids: tensors or loaders)"]
     notes = []
     for stream, (count, what) in units.items():
-        if count < T_BELOW:
+        if count < 2:
+            notes.append(
+                f"the {stream} stream has {count} independent unit ({what}): no 95% CI (nan), "
+                "which needs 2 or more; draw its pairs from more sources"
+            )
+        elif count < T_BELOW:
             notes.append(
                 f"the {stream} stream has {count} independent units ({what}): the 95% CIs "
                 f"rest on them (Student's t, {count - 1} degrees of freedom), not on the pairs"
