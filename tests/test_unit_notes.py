@@ -19,6 +19,8 @@ def test_few_units_name_the_degrees_of_freedom_and_many_say_nothing():
         "the reference stream has 17 independent units (photos): the 95% CIs rest on them "
         "(Student's t, 16 degrees of freedom), not on the pairs"
     ]
+    both = unit_notes({"reference": (17, "photos"), "target": (12, "images")})
+    assert [n.split("(Student's t, ")[1][:2] for n in both] == ["11", "11"]  # min(G, H) - 1
     assert unit_notes(None) == [
         "CIs take every pair as independent (no image ids: tensors or loaders)"
     ]

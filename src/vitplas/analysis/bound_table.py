@@ -77,7 +77,7 @@ def layer_bounds(
                 r_max=maxima[layer],
             )  # fmt: skip
             row |= {"layer": layer, "component": name, "radius": radii[layer]}
-            row["assumption"] = ASSUMPTIONS[row["kind"]] if row["kind"] else ""
+            row.setdefault("assumption", ASSUMPTIONS[row["kind"]] if row["kind"] else "")
             rows.append(row)
         if progress is not None:
             progress(layer + 1, cmap.depth)

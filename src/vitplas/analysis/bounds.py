@@ -307,6 +307,9 @@ def _mha_row(cmap, layer, n_tokens, radius, mha_bound, mha_slicing, r_max) -> di
         return row | {"bound": paper, "held": row["paper_held"], "definition": definition}
     value = math.nan if r_max is None else mha_data_bound(coefs, r_max)
     definition = mha_definition("data", n_tokens, radius, "rows", r_max)
+    if r_max is not None:  # given, not measured: tokens within it are assumed, not checked
+        given = {"held": None, "assumption": "every token's norm <= r_max (given, not checked)"}
+        return row | given | {"bound": value, "definition": definition, "r_max": r_max}
     return row | {"bound": value, "held": True, "definition": definition, "r_max": r_max}
 
 

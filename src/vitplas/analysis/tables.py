@@ -128,6 +128,7 @@ def unit_notes(units: dict | None) -> list[str]:
     if units is None:
         return ["CIs take every pair as independent (no image ids: tensors or loaders)"]
     notes = []
+    df = min(count for count, _ in units.values()) - 1  # the CI's t: the smaller stream's
     for stream, (count, what) in units.items():
         if count < 2:
             notes.append(
@@ -137,7 +138,7 @@ def unit_notes(units: dict | None) -> list[str]:
         elif count < T_BELOW:
             notes.append(
                 f"the {stream} stream has {count} independent units ({what}): the 95% CIs "
-                f"rest on them (Student's t, {count - 1} degrees of freedom), not on the pairs"
+                f"rest on them (Student's t, {df} degrees of freedom), not on the pairs"
             )
     return notes
 
