@@ -342,3 +342,23 @@ def test_every_criterion_reads_the_target_train_split(monkeypatch):
     _data(cfg, loaded=None)
     assert ("digits", "train") in opened and all(s != "test" for _, s in opened)
     assert ("photos", "val") in opened  # the reference
+
+
+@pytest.mark.parametrize("name, inputs", [("plasticity_hidden", "hidden"),
+                                          ("plasticity_insitu", "insitu")])  # fmt: skip
+def test_input_mode_criteria_are_plasticity_in_that_mode(model, name, inputs):
+    """plasticity_hidden / _insitu score one stream as plasticity with inputs=hidden / insitu,
+    beside plasticity itself (the config's mode, embedding here) in one call."""
+    cmap = component_map(model)
+    gen = torch.Generator().manual_seed(1)
+    pairs = [(torch.randn(3, 3, 32, 32, generator=gen), torch.randn(3, 3, 32, 32, generator=gen))]
+    frame = score_model(cmap, ["plasticity", name], pairs=iter(pairs))
+    direct = pd.DataFrame(C.plasticity_scores(cmap, pairs, inputs=inputs))
+    base = pd.DataFrame(C.plasticity_scores(cmap, pairs, inputs="embedding"))
+    for comp in ("ln1", "mha", "fc1"):
+        got = _row(frame, name, 1, comp)["score"]
+        assert got == pytest.approx(_row(direct, "plasticity", 1, comp)["score"], rel=1e-6)
+        embedded = _row(frame, "plasticity", 1, comp)["score"]
+        assert embedded == pytest.approx(_row(base, "plasticity", 1, comp)["score"], rel=1e-6)
+    moved = _row(frame, name, 1, "fc1")["score"] - _row(frame, "plasticity", 1, "fc1")["score"]
+    assert abs(moved) > 1e-5  # block 1's real input is not the embedding output

@@ -62,6 +62,18 @@ def test_auto_resolves_records_and_trains(tmp_path):
         resolve_auto(cfg, tmp_path)
 
 
+def test_auto_scores_the_extra_criteria_and_trains_its_own_pick(tmp_path):
+    """select.extra's criteria are scored into selection.csv beside the run's criterion (a
+    study's evidence reads every ranking from one scoring); the run trains its own pick."""
+    extra = "select.extra={grad_batches: 1, batch_size: 8, pairs: 8, criteria: [random, params]}"
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45", extra])
+    assert finetune(cfg, tmp_path)["train"] == ["mha"]
+    frame = pd.read_csv(tmp_path / "selection.csv")
+    assert set(frame["criterion"]) == {"params", "random"}
+    picked = json.loads((tmp_path / "picks.json").read_text())
+    assert set(picked["picks"]) == {"params", "random"}
+
+
 def test_auto_fill_rule_and_a_pick_of_nothing(tmp_path):
     extra = "select.extra={grad_batches: 1, batch_size: 8, pairs: 8, rule: fill}"
     cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45", extra])

@@ -59,7 +59,9 @@ def select_config(cfg, criterion: str) -> SelectConfig:
         "granularity": cfg.select.granularity,
         "device": cfg.device,
         **cfg.select.extra,
-        "criteria": [criterion],
+        # the run's criterion first; select.extra's criteria are scored too (selection.csv),
+        # so that a study's evidence has every criterion's ranking from one scoring
+        "criteria": list(dict.fromkeys([criterion, *cfg.select.extra.get("criteria", [])])),
     }
     return config_from_dict(SelectConfig, data, where="select.extra")
 

@@ -60,6 +60,7 @@ class Criterion:
     default: bool  # scored when no criteria are named
     what: str  # one line: what the score is (select's summary, the README table)
     formula: Callable[[Sums], float] | None = None  # gradient kind: the score from the sums
+    inputs: str | None = None  # plasticity kind: its input mode (None: the config's `inputs`)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -68,6 +69,10 @@ def _ratio(a: float, b: float) -> float:
 
 TABLE = (
     Criterion("plasticity", "plasticity", True, True, "mean ratio ||f(x)-f(y)|| / ||x-y||"),
+    Criterion("plasticity_hidden", "plasticity", True, False, "plasticity with each block fed "
+              "its real input (inputs=hidden)", inputs="hidden"),
+    Criterion("plasticity_insitu", "plasticity", True, False, "plasticity with each component "
+              "fed its own input in the forward pass (inputs=insitu)", inputs="insitu"),
     Criterion("grad_rms", "gradient", True, True, "RMS of the mean-loss gradient per "
               "parameter, ||g|| / sqrt(n)", lambda s: math.sqrt(_ratio(s["g2"], s["n"]))),
     Criterion("grad_norm", "gradient", True, False, "norm of the mean-loss gradient, ||g|| "
@@ -229,8 +234,10 @@ def plasticity_scores(
     *,
     inputs: str = "embedding",
     device: torch.device | str = "cpu",
+    name: str = "plasticity",
 ) -> list[dict]:
-    """Mean plasticity per (layer, component) and pooled per component, from image pairs."""
+    """Mean plasticity per (layer, component) and pooled per component, from image pairs, as
+    criterion `name`'s rows."""
     from vitplas.analysis.estimate import estimate
 
     measured = scored_components(cmap)
@@ -240,7 +247,7 @@ def plasticity_scores(
     values = {
         (int(r.layer), r.component): float(r.mean) for r in est.frame().itertuples(index=False)
     }
-    rows = unit_rows("plasticity", values, unit_parameters(cmap))
+    rows = unit_rows(name, values, unit_parameters(cmap))
     pooled = {r.component: float(r.mean) for r in est.frame(pooled=True).itertuples(index=False)}
     for r in rows:  # the estimator's own pooling: the per-pair mean over layers
         if r["layer"] == ALL:

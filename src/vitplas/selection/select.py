@@ -49,10 +49,13 @@ def score_model(
     rows += gradient_scores(cmap, train_batches or [], criteria, device)
     if "fps" in criteria:
         rows += fps_scores(cmap, train_batches, device)
-    if "plasticity" in criteria:
-        if pairs is None:
-            raise ValueError("the plasticity criterion needs image pairs")
-        rows += C.plasticity_scores(cmap, pairs, inputs=inputs, device=device)
+    plastic = C.of_kind(criteria, "plasticity")
+    if plastic and pairs is None:
+        raise ValueError(f"{', '.join(plastic)} need image pairs")
+    pairs = list(pairs) if len(plastic) > 1 else pairs  # one stream, scored once per mode
+    for name in plastic:
+        mode = C.BY_NAME[name].inputs or inputs
+        rows += C.plasticity_scores(cmap, pairs, inputs=mode, device=device, name=name)
     frame = C.rank(pd.DataFrame(rows, columns=C.COLUMNS))
     order = {c: i for i, c in enumerate(C.CRITERIA)}
     return frame.sort_values(
@@ -84,7 +87,7 @@ def _data(cfg: SelectConfig, loaded):
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     batches = list(itertools.islice(iter(loader), cfg.grad_batches))
     pairs = None
-    if "plasticity" in cfg.criteria:
+    if C.of_kind(cfg.criteria, "plasticity"):
         reference = open_stream(cfg.reference, "val", transform, cfg.data_root, False)
         target = open_stream(cfg.target, "train", transform, cfg.data_root, False)
         batch = min(32, cfg.pairs)
