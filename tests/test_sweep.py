@@ -205,3 +205,20 @@ def test_a_killed_unreaped_run_process_is_not_running():
     assert not _pid_alive(child.pid)
     assert _pid_alive(os.getpid())
     child.wait()
+
+
+def test_base_by_and_grid_by_read_a_joint_train_set_by_its_label(tmp_path):
+    """A train value that is a list ([mha, ls1]) is named 'mha+ls1' in base_by and grid_by."""
+    from vitplas.experiments.spec import expand, load_spec
+
+    path = write_spec(
+        tmp_path,
+        grid={"dataset": ["a"], "train": [["mha", "ls1"], "fc1"], "lr": [0.1]},
+        base_by={"train": {"mha+ls1": {"steps": 3}}},
+        grid_by={"train": {"mha+ls1": {"lr": [0.5, 0.7]}}},
+    )
+    runs = expand(load_spec(path), with_presets=False)
+    joint = [r for r in runs if r.params["train"] == ["mha", "ls1"]]
+    assert sorted(r.params["lr"] for r in joint) == [0.5, 0.7]
+    assert all(r.config["steps"] == 3 for r in joint)
+    assert [r.config.get("steps") != 3 for r in runs if r.params["train"] == "fc1"] == [True]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitplas.config import ConfigError, config_from_dict, read_yaml
-from vitplas.experiments.axes import check_grid_by, slug_value, split_by
+from vitplas.experiments.axes import check_grid_by, slug_value, split_by, train_label
 from vitplas.jobs.registry import ANALYSIS_RUNNERS, DATASET_KEY, check_job, import_path
 
 HASH_LEN = 8
@@ -155,7 +155,8 @@ class SweepSpec:
                 raise ConfigError(
                     f"base_by names '{axis}', which is not a grid axis ({', '.join(self.grid)})"
                 )
-            stray = [v for v in by_value if v not in self.grid[axis]]
+            labels = [train_label(v) for v in self.grid[axis]]  # a list value reads 'mha+fc1'
+            stray = [v for v in by_value if train_label(v) not in labels]
             if stray:
                 raise ConfigError(f"base_by.{axis} names {stray}, not values of grid.{axis}")
 
@@ -260,7 +261,8 @@ def expand(spec: SweepSpec, with_presets: bool = True) -> list[Run]:
             params = dict(zip(names, values, strict=True))
             config = {**preset, **spec.base}
             for axis, by_value in spec.base_by.items():
-                config.update(by_value.get(params[axis], {}))
+                labelled = {train_label(k): v for k, v in by_value.items()}  # 1 -> '1'
+                config.update(labelled.get(train_label(params[axis]), {}))
             config.update(params)
             rid = run_id(params, config)
             if rid in seen:

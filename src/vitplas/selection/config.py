@@ -25,7 +25,7 @@ class SelectConfig:
     protocol: protocols.Name = protocols.DEFAULT  # preprocessing: the model's or the original's
     target: str = "fashion-mnist"  # the downstream dataset the components are scored on
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
-    criteria: list[str] = field(default_factory=list)  # criteria to score (empty: all of them)
+    criteria: list[str] = field(default_factory=list)  # criteria to score (empty: the defaults)
     budget: float = 0.35  # trained fraction of the blocks' parameters, in (0, 1]
     granularity: Literal["component", "layer"] = "component"  # pick component types, or
     # (layer, component) units
