@@ -113,6 +113,8 @@ def test_plasticity_cli_check_invariance_prints_and_reads_back(tmp_path):
     assert first.exit_code == 0, first.output
     assert "invariance check (8 pairs" in first.output
     assert "ln2 x0.02 / mlp.fc1 x50: max |output change|" in first.output
+    assert "(figures=false)" in first.output and "figures in" not in first.output
+    assert "Kendall tau nan" not in first.output
     table = pd.read_csv(tmp_path / "invariance.csv")
     row = table[(table.component == "fc1") & table.rescaling.str.startswith("ln2")].iloc[0]
     assert row.factor == pytest.approx(50, rel=1e-4)  # float32
@@ -130,3 +132,15 @@ def test_a_rescaling_that_changes_the_function_is_refused(monkeypatch):
     monkeypatch.setattr(invariance, "ABSORBS_BIAS", ())  # LS -> proj without the bias: wrong
     with pytest.raises(RuntimeError, match=r"rescaling ls1 x0.02 / attn.proj x50 changed"):
         check(cmap, [(images[:2], images[2:])], components=cmap.block_components)
+
+
+def test_summary_of_one_component_names_no_tau():
+    from vitplas.analysis.invariance import COLUMNS, summary_lines
+
+    table = pd.DataFrame([("ln2 x0.02 / mlp.fc1 x50", 0.02, "fc1", 0.7, 35.0, 50.0, 1, 1)],
+                         columns=COLUMNS)  # fmt: skip
+    facts = {"pairs": 8, "images": 8, "base_scale": 1.0, "refused": [],
+             "rankings": {"ln2 x0.02 / mlp.fc1 x50": (["fc1"], ["fc1"], float("nan"))},
+             "output_change": {"ln2 x0.02 / mlp.fc1 x50": 1e-7}}  # fmt: skip
+    text = "\n".join(summary_lines(table, facts))
+    assert "ranking fc1 unchanged (one component: no Kendall tau)" in text and "nan" not in text

@@ -190,7 +190,10 @@ def summary_lines(table: pd.DataFrame, facts: dict) -> list[str]:
                     f" (x{row.factor:.3g}), rank {row.rank_before} -> {row.rank_after}"
                 )
         moved = "unchanged" if before == after else f"-> {' > '.join(after)}"
-        lines.append(f"    ranking {' > '.join(before)} {moved} (Kendall tau {tau:.2f})")
+        tau_text = (
+            f"Kendall tau {tau:.2f}" if math.isfinite(tau) else "one component: no Kendall tau"
+        )
+        lines.append(f"    ranking {' > '.join(before)} {moved} ({tau_text})")
     lines += [f"  not rescaled: {why}" for why in facts["refused"]]
     return lines
 

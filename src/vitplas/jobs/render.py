@@ -66,7 +66,8 @@ def plasticity(result: dict[str, Any], cfg: Any) -> None:
         out.print(line, markup=False, highlight=False)
     stop = " (stopped early: CIs narrow enough)" if result["stopped_early"] else ""
     out.print(f"{result['pairs']} pairs in {result['timings']['total_s']:.1f} s{stop}")
-    out.print(f"run folder: {result['run_dir']}  (figures in {result['run_dir']}/figures)")
+    figures = f"  (figures in {result['run_dir']}/figures)" if cfg.figures else "  (figures=false)"
+    out.print(f"run folder: {result['run_dir']}{figures}")
     if result.get("skipped"):
         out.print("(a finished run of these settings: read back from its folder, not recomputed)")
 
