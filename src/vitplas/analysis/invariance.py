@@ -202,17 +202,9 @@ def check_run(cfg, setup, components: Sequence[str], reference, target) -> dict:
     """check() on the first min(cfg.pairs, CHECK_PAIRS) pairs of a plasticity run's stream
     (cfg: a PlasticityConfig; setup: its ModelSetup): {"table": the rows, "facts": to_dict(),
     "summary": summary_lines}."""
-    from vitplas.analysis.pairs import pair_batches
+    from vitplas.analysis.pairs import config_pairs
 
-    stream = pair_batches(
-        reference,
-        target,
-        pairs=min(cfg.pairs, CHECK_PAIRS),
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        names=(cfg.reference, cfg.target),
-    )
+    stream = config_pairs(cfg, reference, target, min(cfg.pairs, CHECK_PAIRS), False)
     batches = [tuple(t.to(setup.device) for t in batch[:2]) for batch in stream]
     found = check(
         setup.cmap,

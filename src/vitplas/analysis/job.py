@@ -28,7 +28,7 @@ from vitplas.analysis.configs import DEFAULT_PAIRS as DEFAULT_PAIRS  # re-export
 from vitplas.analysis.configs import PlasticityConfig
 from vitplas.analysis.estimate import Estimate, estimate
 from vitplas.analysis.pair_file import PAIRS_FILE, PARTS_DIR, PairWriter
-from vitplas.analysis.pairs import pair_batches, pair_units
+from vitplas.analysis.pairs import config_pairs, pair_units
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
@@ -107,16 +107,8 @@ def _saver(run: RunDir, writer: PairWriter | None, settings: dict[str, Any]):
 
 
 def _estimate(cfg, setup, components, reference, target, bounds, progress, run, writer) -> Estimate:
-    batches = pair_batches(
-        reference,
-        target,
-        pairs=cfg.pairs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        names=(cfg.reference, cfg.target),
-        with_indices=True,  # the images' indices: their units (the CI's) and the pair file's
-    )
+    # the images' indices go with each pair: their units (the CI's) and the pair file's
+    batches = config_pairs(cfg, reference, target, cfg.pairs, with_indices=True)
     settings = _settings(cfg)
     resume = read_state(run.path, STATE_FILE, settings, _resume_fix(run))
     if writer is not None:

@@ -171,3 +171,18 @@ class PairUnits:
 def pair_units(reference: Dataset, target: Dataset) -> PairUnits:
     """PairUnits of two datasets (stream_units of each)."""
     return PairUnits(stream_units(reference), stream_units(target))
+
+
+def config_pairs(cfg, reference: Dataset, target: Dataset, pairs: int, with_indices: bool):
+    """The pair stream of a plasticity config `cfg` (its batch size, seed, workers and stream
+    names): pair_batches of its first `pairs` pairs."""
+    return pair_batches(
+        reference,
+        target,
+        pairs=pairs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        names=(cfg.reference, cfg.target),
+        with_indices=with_indices,
+    )
