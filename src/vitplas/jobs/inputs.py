@@ -120,7 +120,7 @@ def check_inputs(run: RunDir, inputs: Fingerprints) -> None:
     for key in sorted(set(stored or {}) | set(inputs)):
         then, now = (stored or {}).get(key), inputs.get(key)
         if stored is None or _changed(then, now):
-            raise InputChangedError(_message(run.path, key, then, now, stored is None))
+            raise InputChangedError(_message(run.path, key, then, now))
 
 
 def check_unchanged(job: Job, cfg: Any, run: RunDir, inputs: Fingerprints) -> None:
@@ -141,15 +141,15 @@ def _changed(then: dict | None, now: dict | None) -> bool:
     return (then.get("state"), then.get("sha256")) != (now["state"], now["sha256"])
 
 
-def _message(path: Path, key: str, then: dict | None, now: dict | None, legacy: bool) -> str:
+def _message(path: Path, key: str, then: dict | None, now: dict | None) -> str:
+    """The one line of an InputChangedError; `then` None: the folder records no fingerprint."""
     fix = (f"use another run folder (--out) for a run of its content now, or delete {path} to "
            "replace that run")  # fmt: skip
-    if legacy:
-        assert now is not None
+    if then is None:
+        assert now is not None  # a key recorded neither then nor now is never asked about
         return (f"{path} records no fingerprint of the content of its {key} run {now['run']} "
                 f"(made before vitplas recorded one), so its numbers cannot be tied to that "
                 f"run as it is now; {fix}")  # fmt: skip
-    assert then is not None
     old = f"{then.get('state')} run, content sha256 {str(then.get('sha256'))[:12]}..."
     if now is None:
         what = "that folder holds no run now"
