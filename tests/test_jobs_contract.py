@@ -78,6 +78,15 @@ def test_every_job_of_the_table_has_a_contract_config():
     assert {job.kind for job in JOBS} <= covered
 
 
+@pytest.mark.parametrize("job", JOBS, ids=lambda job: job.kind)
+def test_the_input_run_keys_of_every_job_are_keys_of_its_config(job):
+    """What the lifecycle fingerprints (vitplas.jobs.inputs) is a key the config has."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(import_path(job.config))}
+    assert set(job.input_runs) <= fields
+
+
 @pytest.mark.parametrize("kind", OWN_FOLDER)
 def test_strict_config(kind):
     with pytest.raises(ConfigError, match="unknown config key"):

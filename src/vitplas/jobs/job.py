@@ -43,6 +43,9 @@ class Job:
     tables: Mapping[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)  # tidy
     # tables a study aggregates: name -> (the columns that name one number, that number's column)
     runtime_keys: frozenset[str] = ANALYSIS_RUNTIME_KEYS  # keys a rerun may change
+    input_runs: tuple[str, ...] = ("model",)  # config keys whose value may name another run
+    # folder (a model that is a finetuning run): the lifecycle checks that run's content
+    # (vitplas.jobs.inputs), not only its name, before a read-back or a resume
     result_file: bool = True  # the lifecycle writes result.json (finetune writes its own)
     manifest: bool = True  # the lifecycle writes manifest.json (finetune's own at its start)
     prepare: str | None = None  # "module:function"(cfg, run_dir) -> cfg, inside the lock

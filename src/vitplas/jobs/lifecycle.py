@@ -7,8 +7,12 @@
 2. settle the config inside the lock (job.prepare: train=[auto]'s pick)
 3. check the config first (RunDir.begin): a finished run of these settings is read back,
    every record verified (job.read_back); other settings are a ConfigError; a damaged record
-   a DamagedRecordError, unless `repair`, which clears the folder and recomputes
-4. write the resolved config, compute (job.compute), then the manifest and result.json
+   a DamagedRecordError, unless `repair`, which clears the folder and recomputes. The runs
+   the config names as inputs (job.input_runs: a model that is a finetuning run, bounds'
+   plasticity run) are checked by content too (vitplas.jobs.inputs): a folder computed from
+   an input run that has changed since is an InputChangedError, read back or resumed never
+4. write the input runs' fingerprints (inputs.json) and the resolved config, compute
+   (job.compute), check that no input run changed meanwhile, then the manifest and result.json
 5. seal every record (checksums.json) and write DONE; job.after_done (e.g. prune train state)
 6. job.extend, after the compute or the read-back alike: records a runtime key asks for
    (select's export), added to the seal
@@ -27,12 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from vitplas.jobs.folders import check_not_nested
+from vitplas.jobs.inputs import (
+    INPUTS_FILE,
+    check_inputs,
+    check_unchanged,
+    input_fingerprints,
+    write_inputs,
+)
 from vitplas.jobs.job import Computed, Job
 from vitplas.jobs.registry import import_path
 from vitplas.locks import is_main_process, run_lock
 from vitplas.runs import DamagedRecordError, RunDir, atomic_write_json
 
-COMMON_RECORDS = ("config.yaml", "manifest.json", "result.json")  # every job's run folder
+COMMON_RECORDS = ("config.yaml", "manifest.json", "result.json", INPUTS_FILE)  # every job's
 
 
 def records(job: Job) -> tuple[str, ...]:
@@ -67,16 +78,21 @@ def _in_own_folder(job: Job, cfg: Any, run: RunDir, owner: bool, repair, wait, h
         if job.prepare:  # it may read the folder's records: damage first, and --repair
             run.check_seal(repair and owner)
             cfg = import_path(job.prepare)(cfg, run.path)
-        if run.begin(cfg, job.runtime_keys, repair=repair and owner):
+        inputs = input_fingerprints(job, cfg)
+        done = run.begin(cfg, job.runtime_keys, repair=repair and owner)
+        check_inputs(run, inputs)  # after a --repair's clearing: nothing left to check then
+        if done:
             back = import_path(job.read_back)(run)
             result = {**back, "run_dir": str(run.path), "skipped": True}
             return _extended(job, cfg, run, result) if owner else result
         if owner:
+            write_inputs(run, inputs)  # before the config: a folder with one holds both
             run.start(cfg, job.runtime_keys)
         t0 = time.perf_counter()
         computed: Computed = import_path(job.compute)(cfg, run, **hooks)
         result = {**computed.result, **computed.returned, "run_dir": str(run.path)}
         if owner:
+            check_unchanged(job, cfg, run, inputs)
             _finish(job, cfg, run, computed, time.perf_counter() - t0)
             result = _extended(job, cfg, run, result)
     return result
@@ -92,13 +108,13 @@ def _extended(job: Job, cfg: Any, run: RunDir, result: dict[str, Any]) -> dict[s
     return {**result, **more}
 
 
-START_FILES = ("config.yaml", "manifest.json")  # what a start writes before any work
+START_FILES = ("config.yaml", "manifest.json", INPUTS_FILE)  # a start's, before any work
 
 
 @contextlib.contextmanager
 def removed_if_unused(path: Path) -> Iterator[Path]:
     """Yield `path`; when the job fails and `path` is a folder this call created that holds
-    nothing but lock files and what its start wrote (config, manifest), remove it again: a
+    nothing but lock files and what its start wrote (config, manifest, inputs), remove it: a
     failed start leaves no run folder behind, and no config that would refuse the corrected
     command. A folder with any work in it (statistics, checkpoints) stays, to resume."""
     existed = path.exists()

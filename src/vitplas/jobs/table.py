@@ -96,6 +96,7 @@ JOBS: tuple[Job, ...] = (
             **{k: "--" + k.replace("_", "-") for k in ("plasticity", "device", "seed")},
             "protocol": "--protocol",
         },
+        input_runs=("model", "plasticity"),  # the plasticity run it divides by the bounds
         analysis="bounds",
         dataset_key="dataset",
         runner="vitplas.jobs.runners:run_bounds",
@@ -170,6 +171,7 @@ JOBS: tuple[Job, ...] = (
         summary="A finished run's best weights on its and other datasets.",
         records=("evaluation.csv", "evaluation.parquet"),
         on_finished_run=("finetune", "finetuning"),
+        input_runs=(),  # its run is the folder it works in: computed afresh every time
         render="vitplas.jobs.render:evaluation",
         examples=(f"{_FT} && vitplas evaluate runs/ex-ft split=val batch_size=64",),
         flags={
