@@ -51,7 +51,7 @@ class TextRecords:
 class TextDataset(Dataset):
     """The rows `indices` of `records` as a torch Dataset of (text: str, label: int).
 
-    The default DataLoader collate makes a batch (list of N str, int64 labels (N,))."""
+    The default DataLoader collate makes a batch (tuple of N str, int64 labels (N,))."""
 
     records: TextRecords
     indices: np.ndarray

@@ -36,7 +36,6 @@ LEXNAMES = (
 )  # fmt: skip
 FIRST_LEXFILE = 3  # noun.Tops; 00-02 are adjectives and adverbs, 44 participial adjectives
 WORDNET_FILES = ("data.noun", "data.verb")
-_OVERSTRIKE = re.compile(".\x08")  # 'X<backspace>' pairs: a terminal's bold or underline
 
 
 def read_rotten_tomatoes(path: Path, classes: tuple[str, ...]) -> TextRecords:
@@ -87,7 +86,8 @@ def read_wordnet_glosses(folder: Path) -> TextRecords:
 
 def read_fortunes(folder: Path, topics: tuple[str, ...]) -> TextRecords:
     """The entries of each topic file (split on lines holding only '%'), label = its topic's
-    index; overstrikes ('X<backspace>') removed, blank entries dropped."""
+    index; overstruck text (backspaces: a terminal's bold or underline) as a terminal shows
+    it, blank entries dropped."""
     texts, labels = [], []
     for label, topic in enumerate(topics):
         path = folder / topic
@@ -96,11 +96,31 @@ def read_fortunes(folder: Path, topics: tuple[str, ...]) -> TextRecords:
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: not a UTF-8 fortune file ({err})") from err
         for entry in re.split(r"^%[ \t\r]*$", content, flags=re.MULTILINE):
-            entry = _OVERSTRIKE.sub("", entry).strip("\n")
+            entry = "\n".join(map(_overstrike, entry.split("\n"))).strip("\n")
             if entry.strip():
                 texts.append(entry)
                 labels.append(label)
     return TextRecords(texts, np.asarray(labels, dtype=np.int64), list(topics))
+
+
+def _overstrike(line: str) -> str:
+    """A line as a terminal prints it: a backspace steps back one column and the next character
+    is struck over the one there; the letter wins over an underline ('____\b\b\b\bonly' and
+    '_\bo' print as 'only' and 'o')."""
+    if "\b" not in line:
+        return line
+    cells: list[str] = []
+    column = 0
+    for char in line:
+        if char == "\b":
+            column = max(column - 1, 0)
+            continue
+        if column == len(cells):
+            cells.append(char)
+        elif cells[column] == "_" or char != "_":
+            cells[column] = char
+        column += 1
+    return "".join(cells)
 
 
 def read_ag_news(path: Path, classes: tuple[str, ...]) -> TextRecords:

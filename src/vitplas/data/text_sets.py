@@ -157,6 +157,10 @@ def _pooled(src: Source, part: str) -> TextRecords:
     return pool.subset(held if part == "test" else kept)
 
 
+def _locate_pooled(src: Source) -> tuple[bool, str]:
+    return _FILES[src.info.family].locate(src)
+
+
 _POOLED = dict(
     splits=("train", "val", "test"),
     split_rule="val-from-train",
@@ -175,7 +179,7 @@ register(
     description="Rotten Tomatoes review snippets (Pang and Lee's data): 13,835 texts labelled "
     "fresh 7,368 / rotten 5,384 / plot 1,083 (13,905 rows less 14 empty, 56 repeated); "
     "stratified 20% test (fixed seed), val 20% of the rest",
-    locate=_FILES["rotten-tomatoes"].locate,
+    locate=_locate_pooled,
     **_POOLED,
 )(_pooled)
 register(
@@ -189,7 +193,7 @@ register(
     description="WordNet 3.0 glosses of 82,115 noun and 13,767 verb synsets (95,882), labelled "
     "by lexicographer file (41: noun.artifact 11,587 ... verb.weather 81); stratified 20% "
     "test (fixed seed), val 20% of the rest",
-    locate=_FILES["wordnet-glosses"].locate,
+    locate=_locate_pooled,
     **_POOLED,
 )(_pooled)
 register(
@@ -203,7 +207,7 @@ register(
     description="fortune(6) quotations: 14,396 entries in 40 topic files (people 1,251 ... "
     "pratchett 2; noisy labels, offensive off/ files never read); stratified 20% test "
     "(fixed seed), val 20% of the rest",
-    locate=_FILES["fortunes"].locate,
+    locate=_locate_pooled,
     **_POOLED,
 )(_pooled)
 
@@ -279,6 +283,10 @@ def _published(src: Source, part: str) -> TextRecords:
     return _PUBLISHED[src.info.family].read(src, part)
 
 
+def _locate_published(src: Source) -> tuple[bool, str]:
+    return _PUBLISHED[src.info.family].locate(src)
+
+
 _ONLINE_HOW = "pass download=True, or put the published files under the data root: "
 register(
     "ag-news",
@@ -291,7 +299,7 @@ register(
     how_to_get=_ONLINE_HOW + f"{_AG_URL}{{train,test}}.csv",
     description="AG News: 120,000 train + 7,600 test news (title + description), 4 classes "
     "World / Sports / Business / Sci/Tech; val 20% of train",
-    locate=_PUBLISHED["ag-news"].locate,
+    locate=_locate_published,
     **_TEXT,
 )(_published)
 register(
@@ -306,7 +314,7 @@ register(
     how_to_get=_ONLINE_HOW + f"{_WIKITEXT_ZIP} unzipped",
     description="WikiText-103 (tokenised Wikipedia): unlabelled paragraphs (label -1), the "
     "blank and ' = heading = ' lines left out; val = wiki.valid.tokens",
-    locate=_PUBLISHED["wikitext-103"].locate,
+    locate=_locate_published,
     **_TEXT,
 )(_published)
 register(
@@ -320,6 +328,6 @@ register(
     how_to_get=_ONLINE_HOW + f"{_SST2_ZIP} unzipped",
     description="SST-2 (GLUE): 67,349 train sentences and phrases, 2 classes negative / "
     "positive; test = the 872 dev sentences (GLUE's test is unlabelled), val 20% of train",
-    locate=_PUBLISHED["sst2"].locate,
+    locate=_locate_published,
     **_TEXT,
 )(_published)
