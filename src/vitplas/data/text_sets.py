@@ -37,48 +37,14 @@ from vitplas.paths import vitplas_home
 
 RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 RT_CLASSES = ("fresh", "rotten", "plot")
+# the topic files of Debian's `fortunes` 1.99.1 (fortunes-min's three are not among them)
 FORTUNE_TOPICS = (
-    "art",
-    "ascii-art",
-    "computers",
-    "cookie",
-    "debian",
-    "definitions",
-    "disclaimer",
-    "drugs",
-    "education",
-    "ethnic",
-    "food",
-    "goedel",
-    "humorists",
-    "kids",
-    "knghtbrd",
-    "law",
-    "linux",
-    "linuxcookie",
-    "love",
-    "magic",
-    "medicine",
-    "men-women",
-    "miscellaneous",
-    "news",
-    "paradoxum",
-    "people",
-    "perl",
-    "pets",
-    "platitudes",
-    "politics",
-    "pratchett",
-    "science",
-    "songs-poems",
-    "sports",
-    "startrek",
-    "tao",
-    "translate-me",
-    "wisdom",
-    "work",
-    "zippy",
-)  # fmt: skip  (the topic files of Debian's `fortunes` 1.99.1; fortunes-min's are not here)
+    "art", "ascii-art", "computers", "cookie", "debian", "definitions", "disclaimer", "drugs",
+    "education", "ethnic", "food", "goedel", "humorists", "kids", "knghtbrd", "law", "linux",
+    "linuxcookie", "love", "magic", "medicine", "men-women", "miscellaneous", "news",
+    "paradoxum", "people", "perl", "pets", "platitudes", "politics", "pratchett", "science",
+    "songs-poems", "sports", "startrek", "tao", "translate-me", "wisdom", "work", "zippy",
+)  # fmt: skip
 AG_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 SST2_CLASSES = ("negative", "positive")
 _AG_URL = "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/"
@@ -90,7 +56,7 @@ _TEXT = dict(modality="text", image_size="", channels=0)
 @dataclass(frozen=True)
 class Files:
     """Where an offline text set's files are looked for, in order: the data root's
-    <location>/, then the installed asset's folders (`assets(src)`)."""
+    <location>/, then the installed asset's folders (`assets()`)."""
 
     names: tuple[str, ...]
     assets: Callable[[], list[Path]]
@@ -113,7 +79,10 @@ class Files:
     def require(self, src: Source) -> Path:
         folder = self.find(src)
         if folder is None:
-            raise src.missing(src.path, f"{', '.join(self.names)} in", self._elsewhere(src))
+            lacking = [n for n in self.names if not (src.path / n).is_file()]
+            shown = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
+            what = f"{len(lacking)} of its {len(self.names)} files ({shown}) in"
+            raise src.missing(src.path, what, self._elsewhere(src))
         return folder
 
     def _elsewhere(self, src: Source) -> str:
