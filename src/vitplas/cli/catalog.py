@@ -87,7 +87,7 @@ def datasets_command(
         caption=f"data root: {data_root_text(root)}. Missing files: see `vitplas datasets "
         "--json` (layout, how_to_get), or pass download=True where a download exists",
     )
-    for column in ("dataset", "classes", "splits", "source", "here", "description"):
+    for column in ("dataset", "modality", "classes", "splits", "source", "here", "description"):
         table.add_column(column, overflow="fold")
     for row in rows:
         name = row["name"]
@@ -96,5 +96,7 @@ def datasets_command(
         here = f"{'[green]yes[/green]' if row['present'] else '[red]no[/red]'}: {row['where']}"
         classes = "unlabelled" if not row["labelled"] else str(row["num_classes"] or "folders")
         splits = f"{'/'.join(row['splits'])} ({row['split_rule']})"
-        table.add_row(name, classes, splits, row["source"], here, row["description"])
+        table.add_row(
+            name, row["modality"], classes, splits, row["source"], here, row["description"]
+        )
     Console(width=max(Console().width, 160)).print(table)

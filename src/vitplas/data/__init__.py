@@ -3,6 +3,8 @@
 get_dataset("cifar10", "val", transform=build_transform(mean, std, 224, train=False))
 dataset_info("cifar10-c/snow/5").num_classes  # 10
 list_datasets()                               # every family, parametrised ones included
+get_dataset("rotten-tomatoes", "test")[0]     # (text, label): a text set (modality 'text')
+tokenize_texts(texts, tokenizer, 128)         # {input_ids, attention_mask}: (N, 128) int64
 """
 
 from vitplas.data.build import get_dataset, make_loader, skipped_report
@@ -18,7 +20,8 @@ from vitplas.data.registry import (
     parse_name,
     resolve_root,
 )
-from vitplas.data.splits import SPLIT_SEED, split_indices
+from vitplas.data.splits import SPLIT_SEED, split_indices, stratified_split
+from vitplas.data.text import TextDataset, TextRecords, tokenize_texts
 from vitplas.data.transforms import build_transform, eval_resize, transform_for
 
 __all__ = [
@@ -30,6 +33,8 @@ __all__ = [
     "ImageDataset",
     "Param",
     "PhotoStream",
+    "TextDataset",
+    "TextRecords",
     "build_transform",
     "dataset_info",
     "eval_resize",
@@ -41,5 +46,7 @@ __all__ = [
     "resolve_root",
     "skipped_report",
     "split_indices",
+    "stratified_split",
+    "tokenize_texts",
     "transform_for",
 ]

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from vitplas.data.records import ImageDataset
 from vitplas.data.registry import DataError, Source, dataset_info, entry_reader, resolve_root
 from vitplas.data.splits import FIXED, SPLIT_SEED, SplitPlan, part_for, select
+from vitplas.data.text import TextDataset
 
 
 def get_dataset(
@@ -27,8 +28,9 @@ def get_dataset(
     split_seed: int = SPLIT_SEED,
     plan: SplitPlan = FIXED,
     skip_unreadable: bool = False,
-) -> ImageDataset:
-    """Dataset `name` (see list_datasets) restricted to `split`: items (image, label: int).
+) -> ImageDataset | TextDataset:
+    """Dataset `name` (see list_datasets) restricted to `split`: items (image, label: int), or
+    (text: str, label: int) for a text dataset (modality 'text'; it takes no transform).
 
     Splits are the paper's: 'train' / 'val' / 'test', val carved from the official train split
     with `split_seed` (fixed; never the training seed), or as `plan` asks (splits.SplitPlan:
@@ -47,10 +49,17 @@ def get_dataset(
         )
     if split not in info.splits:
         raise DataError(f"dataset '{info.name}' has splits {', '.join(info.splits)}; got '{split}'")
+    if info.modality == "text" and transform is not None:
+        raise DataError(
+            f"dataset '{info.name}' is text (items are (str, label)): an image transform or "
+            "an image model cannot take it; tokenize with vitplas.data.text.tokenize_texts"
+        )
     source = Source(info, resolve_root(root), download, skip_unreadable)
     records = entry_reader(info)(source, part_for(info.split_rule, split))
     _check_labels(info.name, records.labels, info.num_classes, len(records.classes))
     indices = select(info.split_rule, split, len(records), split_seed, plan)
+    if info.modality == "text":
+        return TextDataset(records, indices, info.name, split, info.num_classes, info=info)
     return ImageDataset(records, indices, transform, info.name, split, info.num_classes, info=info)
 
 

@@ -26,6 +26,7 @@ def dataset_catalog(root: str | Path | None = None) -> list[dict[str, Any]]:
                 "split_rule": info.split_rule,
                 "source": info.source,
                 "labelled": info.labelled,
+                "modality": info.modality,
                 "image_size": info.image_size,
                 "channels": info.channels,
                 "choices": choices,

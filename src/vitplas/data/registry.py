@@ -3,6 +3,7 @@
 A dataset name is a family plus its parameters, separated by '/':
     cifar10                  a family without parameters
     cifar10-c/snow/5         family 'cifar10-c', corruption 'snow', severity '5'
+    rotten-tomatoes          a text family (modality 'text': items are (str, label))
     domainnet/clipart        family 'domainnet', domain 'clipart'
     photos/12800             family 'photos', length 12800 (the parameter has a default)
     folder:/data/my_images   the generic ImageFolder family, parameter 'path'
@@ -39,7 +40,8 @@ class Param:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is, where it lives and how it splits. `values` holds the parameters set."""
+    """What a dataset is, where it lives and how it splits. `values` holds the parameters set.
+    `modality`: 'image' (items (PIL image, label)) or 'text' (items (str, label), text.py)."""
 
     name: str
     family: str
@@ -56,6 +58,7 @@ class DatasetInfo:
     channels: int = 3
     params: tuple[Param, ...] = ()
     values: Mapping[str, str] = field(default_factory=dict)
+    modality: str = "image"
 
     @property
     def complete(self) -> bool:
@@ -142,7 +145,11 @@ def register(
 
 def _ensure_registered() -> None:
     # The families live in modules that register on import (in this order) on first use.
-    for module in ("vitplas.data.paper_sets", "vitplas.data.offline_sets"):
+    for module in (
+        "vitplas.data.paper_sets",
+        "vitplas.data.offline_sets",
+        "vitplas.data.text_sets",
+    ):
         importlib.import_module(module)
 
 

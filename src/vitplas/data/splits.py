@@ -7,6 +7,9 @@ Rules (a dataset's `split_rule`), with n images in the part read:
                     10,000 images -> 8,000 train+val / 2,000 test -> 6,400 / 1,600 / 2,000)
     stream          each split is its own stream read as is (ImageNet val, photo crops)
 
+A labelled pool with no split of its own (the offline text sets) has its test part carved by
+its reader with `stratified_split` (20% of each class, fixed seed), then val-from-train.
+
 Two choices change how a carving is drawn (a `SplitPlan`; the `paper` protocol picks the
 original's, PAPER.md section 7):
     test  fixed   from-all test = 20% drawn by our own generator (SPLIT_SEED)
@@ -103,6 +106,27 @@ def split_indices(
     order = np.random.default_rng([seed, salt]).permutation(n)
     n_held = round(n * held_fraction)
     return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+def stratified_split(
+    labels: np.ndarray, held_fraction: float = HELD_FRACTION, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split range(len(labels)) into (kept, held), each sorted int64, with round(n_c *
+    held_fraction) of each class c held: the class proportions survive in both parts.
+
+    One generator of (seed, salt) draws the classes in sorted order, so the split depends on
+    the labels and the seed only (not on the training seed)."""
+    if not 0.0 <= held_fraction <= 1.0:
+        raise ValueError(f"held_fraction must be in [0, 1], got {held_fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, _SALT_TEST])
+    held = [
+        rng.permutation(members)[: round(len(members) * held_fraction)]
+        for members in (np.flatnonzero(labels == c) for c in np.unique(labels))
+    ]
+    held_all = np.sort(np.concatenate(held or [np.empty(0, np.int64)])).astype(np.int64)
+    kept = np.setdiff1d(np.arange(len(labels), dtype=np.int64), held_all)
+    return kept, held_all
 
 
 def part_for(rule: str, split: str) -> str:
