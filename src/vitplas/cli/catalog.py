@@ -52,10 +52,10 @@ def _print_families(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(
-        title="vitplas model families (any timm model of these classes works)",
+        title="vitplas model families (any timm or transformers model of these classes works)",
         caption="components in brackets: where the model has them. bounds: NaN with the "
         "reason where the formula does not hold (also non-LayerNorm norms, q/k norms). "
-        "--json: timm classes and examples. README: 'How to add a model family'",
+        "--json: classes and examples. README: 'How to add a model family'",
     )
     columns = ("family", "supported", "components", "layerscale", "bounds", "input modes")
     for column in (*columns, "covers / why not"):
