@@ -108,8 +108,8 @@ def built(request):
 
 
 def test_registry_rows_cover_every_family_and_40_models():
-    assert len(MODELS) >= 40
-    assert {f for f, _ in MODELS.values()} == {f.name for f in FAMILIES}
+    assert len(MODELS) >= 40  # text families: tests/test_families_text.py
+    assert {f for f, _ in MODELS.values()} == {f.name for f in FAMILIES if f.modality == "image"}
 
 
 def test_partition_and_family(built):

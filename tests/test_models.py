@@ -74,7 +74,9 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 def test_presets_are_the_contract_names_and_unknown_names_error():
     names = [p.name for p in list_presets()]
-    assert names == ["vit-b16-in21k", "vit-l16-in21k", "vit-h14-in21k", "dinov2-s14", "tiny-random"]
+    images = ["vit-b16-in21k", "vit-l16-in21k", "vit-h14-in21k", "dinov2-s14", "tiny-random"]
+    texts = ["minilm-l6", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]  # test_models_text.py
+    assert names == images + texts
     with pytest.raises(ModelError) as info:
         load_model("vit-b16-in1k")
     text = str(info.value)
@@ -312,7 +314,7 @@ def test_cli_models_json_and_table(tmp_path, test_preset):
     for name in rows:
         assert name in table.output
     assert "DINOv2 ViT-S/14" in table.output and "yes:" in table.output
-    assert table.output.count("no:") == 3  # the three in21k presets: nothing cached here
+    assert table.output.count("no:") == 7  # the three in21k, the four GPT-2: none cached here
     assert "n/a: random init" in table.output
 
 

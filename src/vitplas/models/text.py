@@ -1,0 +1,52 @@
+"""Token streams of a text transformer: the embedding output and each block's input, from token
+ids and a padding mask, as the Hugging Face model's own forward computes them (plasticity's
+`embedding` and `hidden` input modes for the text families of models.families).
+
+input_ids (B, L) int64 and attention_mask (B, L) with 1 for a real token and 0 for padding
+(None: every token real). Positions are 0..L-1 as the model assigns them without position ids
+(RoBERTa: counted from its padding index), so sequences are right-padded as tokenizers pad
+them. Block l reads the attention mask the model makes of the padding mask (bidirectional for
+BERT, causal for GPT-2), families_ops.MASKS.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vitplas.models.components import ComponentMap
+
+
+def _check(cmap: ComponentMap, input_ids: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if cmap.family.modality != "text":
+        raise TypeError(f"this {cmap.family.name} model reads images, not token ids")
+    if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"input_ids must be a (B, L) integer batch, got {input_ids.dtype} "
+            f"{tuple(input_ids.shape)}"
+        )
+    if mask is not None and mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(mask.shape)} differs from input_ids {tuple(input_ids.shape)}"
+        )
+
+
+def embed_tokens(
+    cmap: ComponentMap, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The embedding output (B, L, D): what the first block reads (the mask is checked only:
+    the embeddings of a token do not depend on the others)."""
+    _check(cmap, input_ids, attention_mask)
+    return cmap.embed(input_ids)
+
+
+def block_inputs(
+    cmap: ComponentMap, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """[the input (B, L, D) of block l for l in 0..depth-1]: the embedding output, then each
+    block's output on the previous one with the model's attention mask."""
+    h = embed_tokens(cmap, input_ids, attention_mask)
+    inputs = [h]
+    for layer in range(cmap.depth - 1):
+        h = cmap.forward_block(layer, h, attention_mask)
+        inputs.append(h)
+    return inputs
