@@ -114,6 +114,14 @@ def _missing(repo: str, err: BaseException | None) -> ModelError:
     )
 
 
+def model_type(config: Path) -> str | None:
+    """The `model_type` of a config.json, None when it cannot be read."""
+    try:
+        return str(json.loads(config.read_text()).get("model_type"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())

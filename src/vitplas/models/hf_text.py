@@ -12,25 +12,17 @@ ModelError listing the keys; keys of another head (an LM head) are dropped and c
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from vitplas.models.errors import ModelError, reason, short_list
+from vitplas.models.hf import model_type
 from vitplas.models.registry import Preset
 
 TEXT_MODEL_TYPES = ("bert", "roberta", "gpt2")  # config.json model_type of the text families
 _MAY_BE_MISSING = ("pooler.",)  # BERT's pooler: absent from some checkpoints (RoBERTa's)
-
-
-def model_type(config: Path) -> str | None:
-    """The `model_type` of a config.json, None when it cannot be read."""
-    try:
-        return str(json.loads(config.read_text()).get("model_type"))
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def is_text_config(config: Path) -> bool:
