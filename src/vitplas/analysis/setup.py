@@ -119,6 +119,15 @@ def check_modality(setup: ModelSetup, *streams: str) -> None:
             )
 
 
+def refuse_text(setup: ModelSetup, command: str) -> None:
+    """A one-line ModelError: `vitplas <command>` takes no text model yet (plasticity does)."""
+    if setup.text:
+        raise ModelError(
+            f"vitplas {command} takes no text model yet; `vitplas plasticity` measures "
+            f"{setup.loaded.spec} with its bounds and token radius"
+        )
+
+
 def model_stream(setup: ModelSetup, cfg, name: str, split: str) -> Dataset:
     """Stream `name`/`split` of a job config (its data_root, download, protocol) as `setup`'s
     model reads it: images through its transform, texts tokenised to its n_tokens."""
