@@ -175,6 +175,6 @@ def test_models_families_lists_text_families_and_their_norm_names():
     rows = {row["family"]: row for row in json.loads(result.output)}
     assert rows["bert"]["modality"] == "text" and rows["vit"]["modality"] == "image"
     assert "post-LN: ln1 follows mha, ln2 the MLP" in rows["bert"]["components"]
-    assert rows["bert"]["input modes"] == "embedding, hidden"
+    assert rows["bert"]["input modes"] == "embedding, hidden, insitu"
     assert "modeling_gpt2.GPT2Block" in rows["gpt2"]["classes"]
     assert rows["gpt2"]["layerscale"] == "none"

@@ -264,6 +264,8 @@ def mha_coefficients(
 def mha_data_bound(coefficients: Sequence[float], r_max: float) -> float:
     """The data MHA bound at token radius r_max: k0 + k1 r_max + k2 r_max^2."""
     k0, k1, k2 = coefficients
+    if math.isinf(r_max):  # a text pair of different real lengths: no finite bound
+        return math.inf
     return k0 + k1 * r_max + k2 * r_max**2
 
 

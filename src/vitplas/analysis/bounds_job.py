@@ -27,6 +27,7 @@ from vitplas.analysis.setup import (
     measured_radius,
     model_checksum,
     open_stream,
+    refuse_text,
     setup_for,
 )
 from vitplas.config import ConfigError
@@ -118,6 +119,7 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
 
     t0 = time.perf_counter()
     setup = setup_for(cfg)
+    refuse_text(setup, "bounds")
     components = resolve_components(setup.cmap, cfg.components)
     radius, source = _radius(cfg, setup)
     bounds = config_bounds(cfg, setup, components, radius, on_phase)

@@ -58,6 +58,7 @@ class PlasticityConfig:
     # the embedding output (the paper); hidden: each block's own input; insitu: each component's
     # own input in the model's forward
     components: list[str] = field(default_factory=list)  # empty: every block component
+    max_length: int = 128  # text models: tokens per text (truncated, padded; the original's 128)
     pairs: int = DEFAULT_PAIRS  # (reference, target) pairs to average over (the paper: 12800)
     batch_size: int = 32  # pairs per forward pass
     seed: int = 0  # seed of the pairs' order
@@ -88,7 +89,7 @@ class PlasticityConfig:
     def validate(self) -> None:
         if self.pairs < 1:
             raise ConfigError(f"pairs must be >= 1, got {self.pairs}")
-        at_least(self, 1, "batch_size", "check_every", "radius_images")
+        at_least(self, 1, "batch_size", "check_every", "radius_images", "max_length")
         if self.until_ci is not None and not 0 < self.until_ci < 1:
             raise ConfigError(f"until_ci is a fraction of the mean in (0, 1), got {self.until_ci}")
         if self.radius is not None and not self.radius > 0:

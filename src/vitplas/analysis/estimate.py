@@ -85,6 +85,7 @@ def _pair_bounds(
     fixed (L + 1, C) bounds (NaN: none; the pooled row has none)."""
     per_pair = gains / stats  # gains NaN -> NaN
     poly = coefs[..., 0] + coefs[..., 1] * stats + coefs[..., 2] * stats.square()
+    poly = torch.where(torch.isposinf(stats), math.inf, poly)  # no finite bound (0 * inf)
     per_pair = torch.where(torch.isfinite(coefs[..., 0]), poly, per_pair)
     per_pair = _with_pooled(per_pair)
     per_pair[:, -1] = math.nan
@@ -119,7 +120,8 @@ class _Extremes:
         """(norm_scale, token_max), (L, C) on the host, NaN where not measured."""
         nan = torch.full_like(self.smallest, math.nan)
         small = torch.where(torch.isfinite(self.smallest), self.smallest, nan)
-        large = torch.where(torch.isfinite(self.largest), self.largest, nan)
+        # +inf stays: a text pair of different real lengths has no finite MHA bound
+        large = torch.where(self.largest > -math.inf, self.largest, nan)
         return small.cpu(), large.cpu()
 
 
@@ -187,7 +189,8 @@ def estimate(
     save_every: int = 8,
     resume: dict | None = None,
 ) -> Estimate:
-    """Stream `batches` of (x, y, *extra) images through pair_ratios into on-device statistics.
+    """Stream `batches` of (x, y, *extra) images (or packed texts, analysis.text_pairs) through
+    pair_ratios into on-device statistics.
 
     The model must already be on `device`, its weights fixed until this returns. bounds: (L, C)
     per-layer configured bounds whose exceedances are counted; norm_gains (L, C) and mha_coefs

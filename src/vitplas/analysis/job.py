@@ -32,10 +32,11 @@ from vitplas.analysis.pairs import config_pairs, pair_units
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
+    check_modality,
     config_bounds,
     measured_radius,
     model_checksum,
-    open_stream,
+    model_stream,
     setup_for,
     stream_label,
 )
@@ -168,11 +169,10 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
     progress(batches, pairs) follows the pairs; on_phase(name, done, total) the bounds."""
     t0 = time.perf_counter()
     setup = setup_for(cfg)
+    check_modality(setup, cfg.reference, cfg.target)  # before any data is read
     components = resolve_components(setup.cmap, cfg.components)
-    transform = setup.transform(cfg.protocol)
-    streams = (transform, cfg.data_root, cfg.download, cfg.protocol)
-    reference = open_stream(cfg.reference, cfg.reference_split, *streams)
-    target = open_stream(cfg.target, cfg.target_split, *streams)
+    reference = model_stream(setup, cfg, cfg.reference, cfg.reference_split)
+    target = model_stream(setup, cfg, cfg.target, cfg.target_split)
     t_setup = time.perf_counter()
     bounds, radius, radius_source = _bounds(cfg, setup, components, target, on_phase)
     t_bounds = time.perf_counter()

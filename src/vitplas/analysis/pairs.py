@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from vitplas.data import make_loader
 
 _STREAM_SALT = {"reference": 1, "target": 2}
+TEXTS = "distinct texts"  # the units of a text stream
 
 
 def stream_seed(seed: int, stream: str, epoch: int) -> int:
@@ -132,7 +133,8 @@ class StreamUnits:
 
 def stream_units(dataset: Dataset) -> StreamUnits:
     """Units of a stream: the source each item is cut from where its records name one (the
-    photo stream's `source_of`: 17 photos), else each image its own unit."""
+    photo stream's `source_of`: 17 photos), a text stream's distinct texts, else each image
+    its own unit."""
     records = getattr(dataset, "records", None)
     rows = getattr(dataset, "indices", None)
     if records is not None and rows is not None and hasattr(records, "source_of"):
@@ -140,6 +142,9 @@ def stream_units(dataset: Dataset) -> StreamUnits:
         return StreamUnits(count, lambda items: records.source_of(rows[items]), "photos")
     if hasattr(dataset, "source_of"):  # the records themselves
         return StreamUnits(len(dataset.sources), dataset.source_of, "photos")
+    if hasattr(dataset, "text_units"):  # analysis.text_pairs: one unit per distinct text
+        count, codes = dataset.text_units()
+        return StreamUnits(count, lambda items: codes[np.asarray(items, dtype=np.int64)], TEXTS)
     return StreamUnits(len(dataset), lambda items: np.asarray(items, dtype=np.int64), "images")
 
 

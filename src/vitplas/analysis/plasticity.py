@@ -15,6 +15,13 @@ Inputs of block l's components (`inputs`, models.families.INPUT_MODES):
   bias, post-norm and parallel blocks as the model computes them. The denominator is then the
   difference of that component's own inputs. The block output feeds block l + 1.
 
+Text models (BERT-style encoders, GPT-2). A pair is two token sequences of one length L with
+their attention masks. A ratio reads only the positions real in both sequences (the joint mask
+m = mask_x & mask_y, token_inputs.py): ||m * (f(x) - f(y))||_F / ||m * (x - y)||_F, norms per
+token; attention receives each sequence's own mask as the model builds it (bidirectional for
+BERT, causal for GPT-2; models.text_ops.MaskedAttention); hidden and insitu inputs come from
+block forwards with the masks. FC2 is probed as for images (zero-padded D-dim tokens).
+
 Why it is cheap. x and y go through each non-linear module (norms, attention) together as one
 (2B, N, D) batch. The linear components (FC1, FC2, LayerScale) satisfy f(x) - f(y) = W (x - y)
 exactly (the bias cancels), so they cost one matmul on the difference instead of two forward
@@ -34,13 +41,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitplas.analysis.token_inputs import Inputs as _Inputs
+from vitplas.analysis.token_inputs import frob as _frob
+from vitplas.analysis.token_inputs import token_scale as token_scale  # re-exported
 from vitplas.models.components import ComponentMap, parse_components
+from vitplas.models.text import embed_tokens
+from vitplas.models.text_ops import MaskedAttention
 
 
 def resolve_components(cmap: ComponentMap, names: Sequence[str] | str | None = None) -> list[str]:
@@ -101,55 +112,6 @@ def _embeds(cmap: ComponentMap, images: torch.Tensor, size: tuple[int, int]) -> 
     return True
 
 
-@dataclass
-class _Inputs:
-    """One input (x, y) of a block's components; caches what several components share."""
-
-    xy: torch.Tensor  # (2B, N, D): x then y
-    diff: torch.Tensor = field(init=False)  # (B, N, D) float32: x - y
-    norm: torch.Tensor = field(init=False)  # (B,) ||x - y||_F
-    _sq: torch.Tensor | None = None  # (B, D): sum over tokens of (x - y)^2
-    _ln: dict = field(default_factory=dict)  # eps -> (B, D) sums of (x_hat - y_hat)^2
-    _scale: dict = field(default_factory=dict)  # (eps, centred) -> (B,) smallest token scale
-    _largest: torch.Tensor | None = None  # (B,) largest token norm of x and y
-
-    def __post_init__(self) -> None:
-        # differences in float32 at least: bf16 outputs would lose them to cancellation
-        x, y = self.xy.to(torch.promote_types(self.xy.dtype, torch.float32)).chunk(2)
-        self.diff = x - y
-        self.norm = _frob(self.diff)
-
-    def diff_sq(self) -> torch.Tensor:
-        if self._sq is None:
-            self._sq = self.diff.double().square().sum(1)
-        return self._sq
-
-    def normalized_sq(self, eps: float, width: int) -> torch.Tensor:
-        if eps not in self._ln:
-            hat = F.layer_norm(self.xy.to(self.diff.dtype), (width,), None, None, eps)
-            hx, hy = hat.chunk(2)
-            self._ln[eps] = (hx - hy).double().square().sum(1)
-        return self._ln[eps]
-
-    def smallest_scale(self, eps: float, centred: bool) -> torch.Tensor:
-        """(B,) float64: min over the tokens of x and of y of token_scale (see there)."""
-        if (eps, centred) not in self._scale:
-            s = token_scale(self.xy, eps, centred).amin(1)  # (2B,)
-            sx, sy = s.chunk(2)
-            self._scale[eps, centred] = torch.minimum(sx, sy)
-        return self._scale[eps, centred]
-
-    def largest_norm(self) -> torch.Tensor:
-        """(B,) float64: max over the tokens of x and of y of the token norm (the radius the
-        MHA bound needs, bounds.py)."""
-        if self._largest is None:
-            norms = torch.linalg.vector_norm(self.xy, dim=-1, dtype=torch.float64)  # (2B, N)
-            r = norms.amax(1)  # (2B,)
-            rx, ry = r.chunk(2)
-            self._largest = torch.maximum(rx, ry)
-        return self._largest
-
-
 def norm_kind(module: nn.Module) -> str | None:
     """'layer' (centred: nn.LayerNorm and subclasses), 'rms' (timm RmsNorm, torch RMSNorm: no
     centring), or None when `module` is no per-token norm with an `eps`."""
@@ -158,25 +120,6 @@ def norm_kind(module: nn.Module) -> str | None:
     if isinstance(module, nn.LayerNorm):
         return "layer"
     return "rms" if "rmsnorm" in type(module).__name__.lower() else None
-
-
-def token_scale(h: torch.Tensor, eps: float | None, centred: bool) -> torch.Tensor:
-    """(..., N) float64 per-token scale s_t that a norm divides by: sqrt(var(h_t) + eps)
-    (LayerNorm, centred) or sqrt(mean(h_t^2) + eps) (RmsNorm), for tokens h (..., N, D).
-    eps None (torch's RMSNorm default) counts as 0: a smaller s_t, so the bound stays valid."""
-    h = h.double()
-    spread = h.var(-1, unbiased=False) if centred else h.square().mean(-1)
-    return (spread + (eps or 0.0)).sqrt()
-
-
-def _frob(diff: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm per pair (B,) float64 of a (B, N, *) difference: a float32 sum of squares
-    per token (a few thousand terms), summed over tokens in float64. One float32 norm over all
-    10^5-10^6 elements drifts by up to 1e-5 relative on CPU (and torch's float32 vector_norm
-    is ten times slower there than this dot product)."""
-    flat = diff.flatten(2)
-    per_token = torch.linalg.vecdot(flat, flat)  # (B, N)
-    return per_token.double().sum(1).sqrt()
 
 
 def _is_layerscale(module: nn.Module) -> bool:
@@ -265,9 +208,11 @@ def component_numerator(
         if module.weight is None:
             return sq.sum(1).sqrt()
         return (sq @ module.weight.to(sq.dtype).square()).sqrt()
-    out = module(inp.xy)  # any other module: call it on x and y at once
+    # any other module: call it on x and y at once (attention with each sequence's own mask)
+    masked = isinstance(module, MaskedAttention) and inp.masks is not None
+    out = module(inp.xy, attention_mask=inp.masks) if masked else module(inp.xy)
     fx, fy = out.to(inp.diff.dtype).chunk(2)
-    return _frob(fx - fy)
+    return _frob(inp.keep(fx - fy))
 
 
 Shared = _Inputs | Mapping[str, _Inputs]  # one input for all components, or one per component
@@ -298,30 +243,39 @@ def block_scales(
 ) -> torch.Tensor:
     """(B, C) float64, what each component's data bound depends on (bounds.py), over the
     tokens of x and y of the component's own input: for a norm, the smallest scale s_t (its
-    Lipschitz constant divides by it); for MHA, the largest token norm; NaN for others."""
+    Lipschitz constant divides by it); for MHA, the largest token norm, +inf for a text pair
+    whose sequences have different real tokens (x's own tokens move f(x) at the shared
+    positions with those equal: no finite bound); NaN for others."""
     cols = []
     for name in components:
         module, own = cmap.module(layer, name), _input_of(inp, name)
         kind = norm_kind(module)
         nan = torch.full_like(own.norm, float("nan"))
         if name == "mha":
-            cols.append(own.largest_norm())
+            same = own.same_masks
+            r = own.largest_norm()
+            cols.append(r if same is None else r.masked_fill(~same, float("inf")))
         else:
             cols.append(nan if kind is None else own.smallest_scale(module.eps, kind == "layer"))
     return torch.stack(cols, dim=1)
 
 
 def insitu_inputs(
-    cmap: ComponentMap, layer: int, names: Sequence[str], h: torch.Tensor
+    cmap: ComponentMap,
+    layer: int,
+    names: Sequence[str],
+    h: torch.Tensor,
+    masks: torch.Tensor | None = None,
 ) -> tuple[dict[str, _Inputs], torch.Tensor]:
     """({component: its input in block `layer`'s own forward on h (2B, N, D)}, the block's
-    output). Components that read the same tensor share one _Inputs (and its caches)."""
-    captured, out = cmap.insitu_inputs(layer, names, h)
+    output). Components that read the same tensor share one _Inputs (and its caches). masks
+    (2B, N): a text pair's real tokens, which the block's attention reads."""
+    captured, out = cmap.insitu_inputs(layer, names, h, masks)
     shared: dict[int, _Inputs] = {}
     inputs = {}
     for name, tensor in captured.items():
         if id(tensor) not in shared:
-            shared[id(tensor)] = _Inputs(tensor)
+            shared[id(tensor)] = _Inputs(tensor, masks)
         inputs[name] = shared[id(tensor)]
     return inputs, out
 
@@ -337,15 +291,22 @@ def pair_ratios(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Ratios of every (pair, layer, component): a (B, L, C) float64 tensor on x's device.
 
-    x, y: (B, 3, H, W) image batches, pair i = (x[i], y[i]). A pair with x == y at a block's
-    input has no defined ratio there: NaN, left out by RatioStats. with_scales: also return
-    the (B, L, C) token statistics the data bounds need (block_scales: the smallest token
-    scale for norms, the largest token norm for MHA). factors: one
-    LinearFactors shared by the calls of one estimate (weights fixed); None: factored anew.
+    x, y: (B, 3, H, W) image batches, pair i = (x[i], y[i]); for a text model (B, 2, L)
+    int64 batches, row 0 the token ids and row 1 the attention mask (analysis.text_pairs),
+    each ratio over the positions real in both sequences (token_inputs.py). A pair with
+    x == y at a block's input has no defined ratio there: NaN, left out by RatioStats.
+    with_scales: also return the (B, L, C) token statistics the data bounds need
+    (block_scales: the smallest token scale for norms, the largest token norm for MHA).
+    factors: one LinearFactors shared by the calls of one estimate (weights fixed); None:
+    factored anew.
     """
     if x.shape != y.shape:
         raise ValueError(f"x and y batches differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
     with torch.inference_mode():
+        if cmap.family.modality == "text":
+            ids, masks = torch.cat([x, y]).unbind(1)  # (2B, L) each
+            h = embed_tokens(cmap, ids, masks)  # (2B, L, D)
+            return token_ratios(cmap, h, components, inputs, with_scales, factors, masks)
         h = embed_images(cmap, torch.cat([x, y]))  # (2B, N, D)
         return token_ratios(cmap, h, components, inputs, with_scales, factors)
 
@@ -357,8 +318,10 @@ def token_ratios(
     inputs: str = "embedding",
     with_scales: bool = False,
     factors: LinearFactors | None = None,
+    masks: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Like pair_ratios, from token matrices h (2B, N, D): x = h[:B], y = h[B:]."""
+    """Like pair_ratios, from token matrices h (2B, N, D): x = h[:B], y = h[B:]; masks
+    (2B, N): a text pair's attention masks (1 a real token), None for images."""
     if inputs not in cmap.family.input_modes:
         modes = ", ".join(cmap.family.input_modes)
         raise ValueError(f"inputs '{inputs}' is unknown; choose one of {modes}")
@@ -366,17 +329,17 @@ def token_ratios(
         raise ValueError(f"h must be (2B, N, D) with x then y, got {tuple(h.shape)}")
     names = resolve_components(cmap, components)
     with torch.inference_mode():
-        shared = _Inputs(h) if inputs == "embedding" else None
+        shared = _Inputs(h, masks) if inputs == "embedding" else None
         per_layer, scales = [], []
         for layer in range(cmap.depth):
             if inputs == "insitu":  # each component's own input; h becomes the block's output
-                inp, h = insitu_inputs(cmap, layer, names, h)
+                inp, h = insitu_inputs(cmap, layer, names, h, masks)
             else:
-                inp = shared if shared is not None else _Inputs(h)
+                inp = shared if shared is not None else _Inputs(h, masks)
             per_layer.append(block_ratios(cmap, layer, names, inp, factors))
             if with_scales:
                 scales.append(block_scales(cmap, layer, names, inp))
             if inputs == "hidden" and layer + 1 < cmap.depth:
-                h = cmap.forward_block(layer, h)  # the real input of the next block
+                h = cmap.forward_block(layer, h, masks)  # the real input of the next block
         ratios = torch.stack(per_layer, dim=1)  # (B, L, C)
         return (ratios, torch.stack(scales, dim=1)) if with_scales else ratios

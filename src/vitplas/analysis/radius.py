@@ -8,7 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from vitplas.analysis.configs import RadiusConfig
-from vitplas.analysis.setup import dataset_radius, model_checksum, open_stream, setup_for
+from vitplas.analysis.setup import (
+    dataset_radius,
+    model_checksum,
+    open_stream,
+    refuse_text,
+    setup_for,
+)
 from vitplas.config import config_to_dict
 from vitplas.runs import Computed, DamagedRecordError, RunDir, atomic_write_json
 
@@ -50,6 +56,7 @@ def compute_radius(cfg: RadiusConfig, run: RunDir, progress=None) -> Computed:
     """Measure r as `cfg` says and write radius.json (with `images_measured`: cfg.images, or
     fewer when the split holds fewer); progress(images read, images measured) per image."""
     setup = setup_for(cfg)
+    refuse_text(setup, "radius")
     transform = setup.transform(cfg.protocol)
     data = open_stream(cfg.dataset, cfg.split, transform, None, False, cfg.protocol)
     counted = _Counted(data, progress, cfg.images)

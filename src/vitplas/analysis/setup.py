@@ -1,11 +1,13 @@
-"""What the analysis commands share: device choice, model and datasets with their transform,
-honest stream labels, and a model checksum."""
+"""What the analysis commands share: device choice, model and datasets with their transform
+(for a text model: its tokenizer, analysis.text_pairs), honest stream labels, and a model
+checksum."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -13,6 +15,7 @@ from torch.utils.data import Dataset
 from vitplas.analysis.bounds import token_radius
 from vitplas.analysis.pairs import stream_seed
 from vitplas.analysis.plasticity import embed_images
+from vitplas.analysis.text_pairs import TokenizedTexts, text_assumptions, text_radius
 from vitplas.data import dataset_info, get_dataset, make_loader, transform_for
 from vitplas.data.splits import plan_for
 from vitplas.device import precision
@@ -20,21 +23,40 @@ from vitplas.device import resolve_device as resolve_device  # re-exported
 from vitplas.models import LoadedModel, load_model
 from vitplas.models.build import load_configured
 from vitplas.models.components import ComponentMap, component_map
+from vitplas.models.errors import ModelError
+from vitplas.models.text import load_tokenizer
+
+DEFAULT_MAX_LENGTH = 128  # tokens per text where a config has no max_length (the original's)
 
 
 @dataclass
 class ModelSetup:
-    """A loaded model on its device, its component map and token shape (n_tokens, width)."""
+    """A loaded model on its device, its component map and token shape (n_tokens, width);
+    a text model's n_tokens is the padded sequence length L (max_length), with its tokenizer."""
 
     loaded: LoadedModel
     cmap: ComponentMap
     device: torch.device
     n_tokens: int
     width: int
+    tokenizer: Any = None
+
+    @property
+    def text(self) -> bool:
+        return self.loaded.modality == "text"
 
     def transform(self, protocol: str = "model"):
         """Eval transform of `protocol` (data.transforms): paper = the original's, model = the
-        checkpoint's own mean/std, interpolation and crop fraction."""
+        checkpoint's own mean/std, interpolation and crop fraction. A text model: None (its
+        tokenizer turns texts into tensors); protocol paper, the original's image crops, is
+        refused."""
+        if self.text:
+            if protocol != "model":
+                raise ModelError(
+                    f"protocol '{protocol}' is the original's image preprocessing (resize and "
+                    f"crops): {self.loaded.spec} is a text model; use protocol model"
+                )
+            return None
         return transform_for(self.loaded, train=False, protocol=protocol)
 
 
@@ -49,17 +71,71 @@ def setup_for(cfg) -> ModelSetup:
     """setup_model from a job config's model, random_init, img_size and device, seeded first
     from cfg.seed: random_init weights are the same each time the same run is computed."""
     torch.manual_seed(cfg.seed)
-    return setup_loaded(load_configured(cfg), resolve_device(cfg.device))
+    max_length = getattr(cfg, "max_length", DEFAULT_MAX_LENGTH)
+    return setup_loaded(load_configured(cfg), resolve_device(cfg.device), max_length)
 
 
-def setup_loaded(loaded: LoadedModel, device: torch.device) -> ModelSetup:
-    """A loaded model on `device` in eval mode, with its map and token shape (N, D)."""
+def setup_loaded(
+    loaded: LoadedModel, device: torch.device, max_length: int = DEFAULT_MAX_LENGTH
+) -> ModelSetup:
+    """A loaded model on `device` in eval mode, with its map and token shape (N, D); a text
+    model reads sequences of `max_length` tokens (checked against its positions) and gets its
+    tokenizer."""
     model = loaded.model.to(device).eval()
     cmap = component_map(model)
+    if loaded.modality == "text":
+        return _text_setup(loaded, cmap, device, max_length)
     with torch.inference_mode():
         probe = torch.zeros(1, *loaded.input_size, device=device)
         n_tokens, width = embed_images(cmap, probe).shape[1:]  # refuses a ragged image size
     return ModelSetup(loaded, cmap, device, int(n_tokens), int(width))
+
+
+def _text_setup(loaded: LoadedModel, cmap: ComponentMap, device, max_length: int) -> ModelSetup:
+    config = loaded.model.config
+    positions = getattr(config, "max_position_embeddings", None) or config.n_positions
+    positions -= getattr(config, "pad_token_id", 0) + 1 if config.model_type == "roberta" else 0
+    if not 1 <= max_length <= positions:
+        raise ModelError(
+            f"max_length {max_length}: {loaded.spec} reads sequences of 1 to {positions} tokens"
+        )
+    tokenizer = load_tokenizer(loaded)
+    with torch.inference_mode():
+        probe = torch.zeros(1, max_length, dtype=torch.long, device=device)
+        width = cmap.embed(probe).shape[-1]
+    return ModelSetup(loaded, cmap, device, max_length, int(width), tokenizer)
+
+
+def check_modality(setup: ModelSetup, *streams: str) -> None:
+    """A one-line ModelError when a stream (a dataset name) is not of the model's modality."""
+    for name in streams:
+        kind = dataset_info(name).modality
+        if kind != setup.loaded.modality:
+            reads = "token ids" if setup.text else "images"
+            raise ModelError(
+                f"dataset '{name}' is {kind} but {setup.loaded.spec} reads {reads}; pair a "
+                f"{setup.loaded.modality} model with {setup.loaded.modality} datasets "
+                "(vitplas datasets lists each one's modality)"
+            )
+
+
+def refuse_text(setup: ModelSetup, command: str) -> None:
+    """A one-line ModelError: `vitplas <command>` takes no text model yet (plasticity does)."""
+    if setup.text:
+        raise ModelError(
+            f"vitplas {command} takes no text model yet; `vitplas plasticity` measures "
+            f"{setup.loaded.spec} with its bounds and token radius"
+        )
+
+
+def model_stream(setup: ModelSetup, cfg, name: str, split: str) -> Dataset:
+    """Stream `name`/`split` of a job config (its data_root, download, protocol) as `setup`'s
+    model reads it: images through its transform, texts tokenised to its n_tokens."""
+    check_modality(setup, name)
+    data = open_stream(
+        name, split, setup.transform(cfg.protocol), cfg.data_root, cfg.download, cfg.protocol
+    )
+    return TokenizedTexts(data, setup.tokenizer, setup.n_tokens) if setup.text else data
 
 
 def open_stream(
@@ -100,10 +176,9 @@ def dataset_radius(
         num_workers=num_workers,
     )
     batches = (x for x, _ in loader)
+    measure = text_radius if setup.text else mode_radius
     with precision(setup.device, "float32"):  # r enters the bounds: no TF32 rounding
-        r, _ = mode_radius(
-            setup.cmap, batches, max_images=images, inputs=inputs, device=setup.device
-        )
+        r, _ = measure(setup.cmap, batches, max_images=images, inputs=inputs, device=setup.device)
     return r
 
 
@@ -164,7 +239,7 @@ def config_bounds(cfg, setup: ModelSetup, components, radius, on_phase=None):
     total) follows the layers. The table: bound_table.BOUND_COLUMNS."""
     from vitplas.analysis.bound_table import layer_bounds
 
-    return layer_bounds(
+    frame = layer_bounds(
         setup.cmap,
         components,
         n_tokens=setup.n_tokens,
@@ -176,6 +251,7 @@ def config_bounds(cfg, setup: ModelSetup, components, radius, on_phase=None):
         r_max=getattr(cfg, "r_max", None),
         progress=None if on_phase is None else lambda done, n: on_phase("bounds", done, n),
     )
+    return text_assumptions(frame, setup.n_tokens) if setup.text else frame
 
 
 def stream_label(name: str) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from vitplas.analysis.bound_table import fill_data_bounds
 from vitplas.analysis.estimate import Estimate
+from vitplas.analysis.pairs import TEXTS
 from vitplas.constants import THEORETICAL_RANK
 from vitplas.intervals import T_BELOW
 from vitplas.runs import RunDir, write_table
@@ -115,6 +117,11 @@ def bound_lines(ratio: pd.DataFrame) -> list[str]:
         kind = rows["kind"].iloc[0] if "kind" in rows else ""
         held = None if kind in FREE_KINDS else "held"
         line = f"{', '.join(map(str, key))} ({kind or 'bound'}): "
+        if infinite := int(np.isposinf(rows["bound"].astype(float)).sum()):
+            line += (
+                f"no finite bound in {infinite} of {len(rows)} layers (text pairs of different "
+                "real lengths: x's own tokens move f(x) where x and y agree); "
+            )
         line += _one_bound(rows, "exceed_frac", held)
         if kind not in PAPER_KINDS and "paper_exceed_frac" in rows:
             line += "; the paper's: " + _one_bound(rows, "paper_exceed_frac", "paper_held")
@@ -130,6 +137,11 @@ def unit_notes(units: dict | None) -> list[str]:
     notes = []
     df = min(count for count, _ in units.values()) - 1  # the CI's t: the smaller stream's
     for stream, (count, what) in units.items():
+        if what == TEXTS:
+            notes.append(
+                f"the {stream} stream's CI units are its distinct texts ({count} in the pairs): "
+                "a text it holds twice is one unit"
+            )
         if count < 2:
             notes.append(
                 f"the {stream} stream has {count} independent unit ({what}): no 95% CI (nan), "

@@ -219,13 +219,18 @@ class ComponentMap:
         return self.block(layer)(h, **kwargs)
 
     def insitu_inputs(
-        self, layer: int, names: Sequence[str], h: torch.Tensor
+        self,
+        layer: int,
+        names: Sequence[str],
+        h: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """({component: what it reads in block `layer`'s own forward on h (B, N, D)}, the
         block's output): LN1 the block input, MHA LN1's output, FC2 the MLP's activation at
-        full width, ... (families_ops.input_site says where each is read)."""
+        full width, ... (families_ops.input_site says where each is read). attention_mask
+        (B, N): a text family's padding mask, as forward_block takes it."""
         sites = {name: ops.input_site(self.module(layer, name)) for name in names}
-        return ops.block_inputs(lambda: self.forward_block(layer, h), sites)
+        return ops.block_inputs(lambda: self.forward_block(layer, h, attention_mask), sites)
 
     def rescaling_parts(self, layer: int, name: str) -> tuple[list[nn.Parameter], list[nn.Linear]]:
         """(the parameters of component `name` in block `layer` that a function-preserving

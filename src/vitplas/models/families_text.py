@@ -39,8 +39,8 @@ GPT2_BLOCK = BlockSpec(
     refuse_if=(("crossattention", _CROSS),),
     rescale={"ln1": ("attn.c_attn",), "ln2": ("mlp.c_fc",)},
 )  # fmt: skip
-_TEXT = dict(modality="text", input_modes=("embedding", "hidden"))
-_TEXT_NOTES = "plasticity, bounds and finetuning commands for text: not wired yet (issue 22)"
+_TEXT = dict(modality="text", input_modes=("embedding", "hidden", "insitu"))
+_TEXT_NOTES = "plasticity and bounds: padding masked (analysis.token_inputs); finetuning: issue 22"
 BERT = Family(
     name="bert",
     model_types=("modeling_bert.BertModel", "modeling_roberta.RobertaModel"),

@@ -1,0 +1,128 @@
+"""Text streams for the plasticity estimator: a text dataset's items tokenised by the model's
+own tokenizer to `max_length` tokens, packed as one (2, L) int64 tensor per text (row 0 the
+token ids, row 1 the attention mask), so that analysis.pairs draws text pairs exactly as it
+draws image pairs (seeds, passes, dataset indices, units) and a batch is (B, 2, L).
+
+The independent units of a text stream (the CIs') are its distinct texts: a text the stream
+holds twice is one unit (WordNet repeats some glosses).
+The token radius of a text stream counts real tokens only (pad positions are read by nobody).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vitplas.analysis.bounds import ASSUMPTIONS
+from vitplas.data.text import tokenize_texts
+from vitplas.models.components import ComponentMap
+from vitplas.models.text import embed_tokens
+
+
+class TokenizedTexts(Dataset):
+    """`texts` (a text dataset: items (str, label)) as items ((2, L) int64, label): row 0 the
+    token ids, row 1 the attention mask (1 a real token), L = max_length."""
+
+    def __init__(self, texts: Dataset, tokenizer: Any, max_length: int) -> None:
+        self.texts, self.tokenizer, self.max_length = texts, tokenizer, max_length
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        text, label = self.texts[index]
+        batch = tokenize_texts([text], self.tokenizer, self.max_length)
+        packed = torch.stack([batch["input_ids"][0], batch["attention_mask"][0]])  # (2, L)
+        return packed, label
+
+    def text_units(self) -> tuple[int, np.ndarray]:
+        """(number of distinct texts, (N,) int64 id of each item's text): the CI's units, a
+        text repeated in the stream being one unit (analysis.pairs.stream_units)."""
+        first: dict[str, int] = {}
+        codes = [first.setdefault(text, len(first)) for text, _ in _items(self.texts)]
+        return len(first), np.asarray(codes, dtype=np.int64)
+
+    def __getattr__(self, name: str) -> Any:  # name, split, info... of the text dataset
+        if name == "texts":
+            raise AttributeError(name)
+        return getattr(self.texts, name)
+
+
+def _items(data: Dataset):
+    """(text, label) of every item; a TextDataset's texts without a per-item call."""
+    texts = getattr(data, "texts", None)
+    return ((t, None) for t in texts) if texts is not None else (data[i] for i in range(len(data)))
+
+
+def unpack(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids (B, L), attention_mask (B, L)) of a packed (B, 2, L) batch."""
+    if batch.ndim != 3 or batch.shape[1] != 2:
+        raise ValueError(f"a text batch is (B, 2, L) ids and mask, got {tuple(batch.shape)}")
+    ids, mask = batch.unbind(1)
+    return ids, mask
+
+
+def _rms(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) float64 sqrt(mean over the real tokens of ||token||^2) of h (B, L, D)."""
+    keep = mask.bool()
+    sq = h.double().square().sum(-1).masked_fill(~keep, 0.0)  # (B, L)
+    return (sq.sum(-1) / keep.sum(-1).clamp(min=1)).sqrt()
+
+
+def text_radius(
+    cmap: ComponentMap,
+    batches: Iterable[torch.Tensor],
+    *,
+    max_images: int,
+    inputs: str = "embedding",
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, int]:
+    """(r, L) as setup.mode_radius for text: the mean over texts of the RMS norm of the real
+    tokens at MHA's input in each mode (embedding output; each block's input; in situ MHA's
+    own input), a 0-dim tensor (embedding) or (depth,); L the padded sequence length.
+    `max_images` counts texts (the name is the image radius's)."""
+    layers = 1 if inputs == "embedding" else cmap.depth
+    total, seen, length = torch.zeros(layers, dtype=torch.float64), 0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            ids, mask = (t.to(device) for t in unpack(batch[: max_images - seen]))
+            h, length = embed_tokens(cmap, ids, mask), ids.shape[1]
+            for layer in range(layers):
+                if inputs == "insitu":
+                    site, out = cmap.insitu_inputs(layer, ["mha"], h, mask)
+                    total[layer] += _rms(site["mha"], mask).sum().cpu()
+                    h = out
+                else:
+                    total[layer] += _rms(h, mask).sum().cpu()
+                    if layer + 1 < layers:
+                        h = cmap.forward_block(layer, h, mask)
+            seen += ids.shape[0]
+            if seen >= max_images:
+                break
+    if not seen:
+        raise ValueError("no texts to measure the token radius on")
+    r = total / seen
+    return (r[0] if inputs == "embedding" else r), length
+
+
+def text_assumptions(frame: Any, length: int) -> Any:
+    """A bounds table (bound_table.BOUND_COLUMNS) of a text model with its MHA rows' token count
+    and padding in their assumptions: n = L = `length`, the padded sequence length (a pair's
+    real length is at most L, and the bound grows with n); a pair whose sequences have
+    different real tokens has no finite MHA bound (x's own tokens move f(x) at the shared
+    positions while those are equal): inf, per pair and in the table."""
+    out = frame.copy()
+    notes = {
+        "mha-data": f"none for a pair of equal real lengths (n = L = {length}, the padded "
+        "length); a pair of different real lengths has no finite bound (inf)",
+        "mha-paper": f"every token's norm <= r (the mean radius), no query bias, and x, y of "
+        f"equal real lengths (n = L = {length}, the padded length)",
+    }
+    for kind, text in notes.items():  # a given r_max keeps its own (not checked) assumption
+        rows = (out["kind"] == kind) & (out["assumption"] == ASSUMPTIONS[kind])
+        out.loc[rows, "assumption"] = text
+    return out
