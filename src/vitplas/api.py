@@ -201,7 +201,9 @@ def plasticity(
     result = PlasticityResult(table, tables.pooled_table(est, labels), est, bound_frame, r)
     if bound_frame is not None:  # as the job's tables (analysis.tables.write_all): the data
         # bounds at the pairs' token extremes
-        result.bounds = fill_data_bounds(bound_frame, names, est.norm_scale, est.token_max)
+        result.bounds = fill_data_bounds(
+            bound_frame, names, est.norm_scale, est.token_max, est.longest
+        )
         result.bound_ratio = tables.bound_ratio_table(est, labels, result.bounds)
         result.exceedances = tables.exceedance_lines(result.bound_ratio)
     return result

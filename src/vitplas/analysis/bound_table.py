@@ -7,7 +7,9 @@ signed, linear, mha-data, mha-paper; '' when undefined), held (did the bound's a
 hold on the measured data: True / False / None before the data), paper_bound and paper_held
 (the paper's formula beside: signed max gamma, the MHA formula at r, ||W||_2), and the data
 bounds' inputs and measurements: norm_gain and norm_scale (s_min), r_max (largest token norm),
-query_bias (||b_q||), mha_k0..2 (the data MHA bound k0 + k1 r_max + k2 r_max^2).
+query_bias (||b_q||), mha_k0..2 (the data MHA bound k0 + k1 r_max + k2 r_max^2) and n_tokens
+(the token count n they are at: the model's for images; for text, L until the pairs are
+measured, then the largest real length of the pairs, each pair checked at its own).
 
 A data bound's value needs the pairs: layer_bounds leaves it NaN (its definition says why),
 the estimator checks each pair against its own bound (gain / s_min(x, y), or the polynomial at
@@ -30,15 +32,18 @@ from vitplas.analysis.bounds import (
     SCALE_PENDING,
     check_bound_options,
     component_bound,
+    mha_coefficients_at,
     mha_data_bound,
+    mha_definition,
 )
 from vitplas.models.components import ComponentMap
 
 MHA_COEFFICIENTS = ("mha_k0", "mha_k1", "mha_k2")
+TEXT_N = " (n: the largest real length of the pairs, at most L; each pair checked at its own)"
 BOUND_COLUMNS = [
     "layer", "component", "bound", "bound_padded", "radius", "definition", "assumption",
     "norm_gain", "norm_scale", "kind", "held", "paper_bound", "paper_held", "r_max",
-    "query_bias", *MHA_COEFFICIENTS,
+    "query_bias", *MHA_COEFFICIENTS, "n_tokens",
 ]  # fmt: skip
 
 
@@ -115,7 +120,8 @@ def bounds_matrix(
 def estimate_bounds(frame: pd.DataFrame, depth: int, components: Sequence[str]) -> dict:
     """The estimator's keyword arguments from a layer_bounds table, (L, C) float64 tensors:
     bounds (the configured bounds), norm_gains (the data norm bounds' max|gamma|), mha_coefs
-    ((L, C, 3): the data MHA bounds' k0..2) and paper_bounds (the paper's, counted beside).
+    ((L, C, 3): the data MHA bounds' k0..2), mha_tokens (the n they are at) and paper_bounds
+    (the paper's, counted beside).
     Where a data bound's inputs are given, each pair is checked against its own bound."""
     data_mha = frame["kind"] == "mha-data"
     masked = frame.assign(**{k: frame[k].where(data_mha) for k in MHA_COEFFICIENTS})
@@ -124,6 +130,7 @@ def estimate_bounds(frame: pd.DataFrame, depth: int, components: Sequence[str]) 
         "bounds": bounds_matrix(frame, depth, components),
         "norm_gains": bounds_matrix(frame, depth, components, "norm_gain"),
         "mha_coefs": torch.stack(coefs, dim=-1),
+        "mha_tokens": bounds_matrix(masked, depth, components, "n_tokens"),
         "paper_bounds": bounds_matrix(frame, depth, components, "paper_bound"),
     }
 
@@ -133,10 +140,12 @@ def fill_data_bounds(
     components: Sequence[str],
     norm_scale: torch.Tensor | None = None,
     token_max: torch.Tensor | None = None,
+    longest: float | None = None,
 ) -> pd.DataFrame:
     """A copy of a layer_bounds table completed with what the pairs measured, (L, C) each
     (NaN where none): norm_scale, the smallest token scale s_min of each norm; token_max,
-    the largest token norm r_max at each MHA. Data bounds get their values (max|gamma| / s_min,
+    the largest token norm r_max at each MHA; longest (text pairs): their largest real length,
+    the n of the data MHA bound. Data bounds get their values (max|gamma| / s_min,
     k0 + k1 r_max + k2 r_max^2), every row its held / paper_held."""
     out = frame.copy()
     col = {c: i for i, c in enumerate(components)}
@@ -150,7 +159,7 @@ def fill_data_bounds(
         if row.kind in LN_BOUNDS and s > 0:
             _fill_norm(out, index, row, s)
         elif row.kind in ("mha-data", "mha-paper") and r > 0:
-            _fill_mha(out, index, row, r)
+            _fill_mha(out, index, row, r, longest)
     return out
 
 
@@ -169,15 +178,23 @@ def _fill_norm(out: pd.DataFrame, index, row, s: float) -> None:
         out.at[index, "held"] = row.held is not False and scale_ok
 
 
-def _fill_mha(out: pd.DataFrame, index, row, r: float) -> None:
-    """An MHA row at the measured r_max: the data bound's value, the paper's r_max <= r."""
+def _fill_mha(out: pd.DataFrame, index, row, r: float, longest: float | None) -> None:
+    """An MHA row at the measured r_max: the data bound's value (for text pairs at n = their
+    largest real length, and held only when every pair had x and y of one real length: r_max
+    finite), the paper's r_max <= r."""
     out.at[index, "r_max"] = r
     paper_ok = row.paper_held is not False and r <= row.radius  # and no query bias
     out.at[index, "paper_held"] = paper_ok
-    if row.kind == "mha-data":
-        coefs = (row.mha_k0, row.mha_k1, row.mha_k2)
-        out.at[index, "bound"] = mha_data_bound(coefs, r)
-        formula = row.definition.split(ONCE_MEASURED)[-1]
-        out.at[index, "definition"] = formula.replace(SCALE_PENDING, f"{r:.4g}")
-    else:
+    if row.kind != "mha-data":
         out.at[index, "held"] = paper_ok
+        return
+    coefs, n = (row.mha_k0, row.mha_k1, row.mha_k2), int(row.n_tokens)
+    if longest is not None and longest > 0:  # text: the pairs' own real lengths, not L
+        coefs, n = mha_coefficients_at(coefs, row.n_tokens, longest), int(longest)
+        out.loc[index, [*MHA_COEFFICIENTS, "n_tokens"]] = [*coefs, n]
+    out.at[index, "bound"] = mha_data_bound(coefs, r)
+    out.at[index, "held"] = math.isfinite(r)
+    formula = mha_definition("data", n, row.radius, "rows", r)
+    if longest is not None:
+        formula += TEXT_N
+    out.at[index, "definition"] = formula

@@ -261,6 +261,15 @@ def mha_coefficients(
     return k0, k1, k2
 
 
+def mha_coefficients_at(coefficients, n_from, n_to):
+    """(k0, k1, k2) at token count n_to from those at n_from (numbers or tensors alike):
+    k0 and k1 grow as sqrt(n), k2 as 1 + sqrt(n) (mha_coefficients). A text pair of real
+    length n is bounded at its own n (analysis.length_pairs)."""
+    k0, k1, k2 = coefficients
+    root = (n_to / n_from) ** 0.5
+    return k0 * root, k1 * root, k2 * (1 + n_to**0.5) / (1 + n_from**0.5)
+
+
 def mha_data_bound(coefficients: Sequence[float], r_max: float) -> float:
     """The data MHA bound at token radius r_max: k0 + k1 r_max + k2 r_max^2."""
     k0, k1, k2 = coefficients
@@ -302,6 +311,7 @@ def _mha_row(cmap, layer, n_tokens, radius, mha_bound, mha_slicing, r_max) -> di
     qbias = float(query_bias(qkv, separate).norm())
     coefs = mha_coefficients(qkv, proj, heads, n_tokens, separate)
     row = {"paper_bound": paper, "query_bias": qbias, "kind": f"mha-{mha_bound}"}
+    row["n_tokens"] = n_tokens
     row |= dict(zip(("mha_k0", "mha_k1", "mha_k2"), coefs, strict=True))
     row["paper_held"] = False if qbias > 0 else None  # the data decide r_max <= r
     if mha_bound == "paper":

@@ -59,6 +59,9 @@ class PlasticityConfig:
     # own input in the model's forward
     components: list[str] = field(default_factory=list)  # empty: every block component
     max_length: int = 128  # text models: tokens per text (truncated, padded; the original's 128)
+    pair_lengths: Literal["any", "equal"] = "any"  # text models: any (pairs as drawn; a pair
+    # of different real lengths has no finite MHA bound) or equal (each pair's two texts of one
+    # real length, lengths only one stream has skipped: a finite MHA bound at that length)
     pairs: int = DEFAULT_PAIRS  # (reference, target) pairs to average over (the paper: 12800)
     batch_size: int = 32  # pairs per forward pass
     seed: int = 0  # seed of the pairs' order

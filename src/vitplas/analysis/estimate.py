@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from vitplas.analysis.bounds import mha_coefficients_at
 from vitplas.analysis.plasticity import LinearFactors, pair_ratios, resolve_components
 from vitplas.analysis.ratio_stats import RatioStats
 from vitplas.device import DTYPES as DTYPES  # re-exported (their home: vitplas.device)
@@ -31,7 +32,7 @@ from vitplas.device import precision
 from vitplas.models.components import ComponentMap
 
 POOLED = "all"  # the layer label of the pooled rows
-STATE_VERSION = 2  # of the resumable state; a state of another version is started over
+STATE_VERSION = 3  # of the resumable state; a state of another version is started over
 FRAME_COLUMNS = ["mean", "std", "n", "units", "ci95", "max", "exceed_frac", "paper_exceed_frac"]
 
 
@@ -48,6 +49,7 @@ class Estimate:
     seconds: float
     norm_scale: torch.Tensor | None = None  # (L, C) smallest token scale of norm components
     token_max: torch.Tensor | None = None  # (L, C) largest token norm at MHA components
+    longest: float | None = None  # text pairs: their largest real length (the MHA bound's n)
     units: dict | None = None  # per stream ("reference", "target"): (units seen, what they are)
 
     @property
@@ -77,14 +79,23 @@ def _with_pooled(ratios: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_bounds(
-    fixed: torch.Tensor, gains: torch.Tensor, coefs: torch.Tensor, stats: torch.Tensor
+    fixed: torch.Tensor,
+    gains: torch.Tensor,
+    coefs: torch.Tensor,
+    stats: torch.Tensor,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor | None,
 ) -> torch.Tensor:
     """(B, L + 1, C) configured bounds of this batch's pairs, from the (B, L, C) token
     statistics of block_scales: gain / s_min(x, y) where a data norm bound's gain is given,
-    k0 + k1 r + k2 r^2 at r = r_max(x, y) where data MHA coefficients (L, C, 3) are, else the
-    fixed (L + 1, C) bounds (NaN: none; the pooled row has none)."""
+    k0 + k1 r + k2 r^2 at r = r_max(x, y) where data MHA coefficients (L, C, 3) are (at the
+    token counts `tokens` (L, C); text pairs at their own real lengths (B,)), else the fixed
+    (L + 1, C) bounds (NaN: none; the pooled row has none)."""
     per_pair = gains / stats  # gains NaN -> NaN
-    poly = coefs[..., 0] + coefs[..., 1] * stats + coefs[..., 2] * stats.square()
+    k = coefs.unbind(-1)  # (L, C) each
+    if lengths is not None:  # (B, 1, 1) real length of each pair: its own n
+        k = mha_coefficients_at(k, tokens, lengths.to(stats)[:, None, None])
+    poly = k[0] + k[1] * stats + k[2] * stats.square()
     poly = torch.where(torch.isposinf(stats), math.inf, poly)  # no finite bound (0 * inf)
     per_pair = torch.where(torch.isfinite(coefs[..., 0]), poly, per_pair)
     per_pair = _with_pooled(per_pair)
@@ -101,35 +112,44 @@ class _Extremes:
         shape = (depth, len(names))
         self.smallest = torch.full(shape, math.inf, dtype=torch.float64, device=device)
         self.largest = torch.full(shape, -math.inf, dtype=torch.float64, device=device)
+        self.longest = torch.tensor(-math.inf, dtype=torch.float64, device=device)
 
-    def update(self, stats: torch.Tensor) -> None:
-        """stats (B, L, C): block_scales per pair (NaN where a column has none)."""
+    def update(self, stats: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """stats (B, L, C): block_scales per pair (NaN where a column has none); lengths
+        (B,): the real length of each text pair (None: images)."""
+        if lengths is not None:
+            self.longest = torch.maximum(self.longest, lengths.to(self.longest).max())
         low = torch.where(self.is_mha, math.inf, stats).amin(0)
         high = torch.where(self.is_mha, stats, -math.inf).amax(0)
         self.smallest = torch.fmin(self.smallest, low)
         self.largest = torch.fmax(self.largest, high)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"smallest": self.smallest.cpu(), "largest": self.largest.cpu()}
+        keys = ("smallest", "largest", "longest")
+        return {key: getattr(self, key).cpu() for key in keys}
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         self.smallest = state["smallest"].to(self.smallest)
         self.largest = state["largest"].to(self.largest)
+        self.longest = state["longest"].to(self.longest)
 
-    def results(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm_scale, token_max), (L, C) on the host, NaN where not measured."""
+    def results(self) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """(norm_scale, token_max), (L, C) on the host, NaN where not measured, and the
+        longest text pair's real length (None: images)."""
         nan = torch.full_like(self.smallest, math.nan)
         small = torch.where(torch.isfinite(self.smallest), self.smallest, nan)
         # +inf stays: a text pair of different real lengths has no finite MHA bound
         large = torch.where(self.largest > -math.inf, self.largest, nan)
-        return small.cpu(), large.cpu()
+        longest = float(self.longest)
+        return small.cpu(), large.cpu(), (longest if longest > 0 else None)
 
 
 class _Checks:
     """What each pair is checked against (bounds, from bound_table.estimate_bounds) and the
     token extremes kept for the data bounds; all on the device."""
 
-    def __init__(self, names, depth, device, bounds, norm_gains, mha_coefs, paper_bounds):
+    def __init__(self, names, depth, device, bounds, norm_gains, mha_coefs, mha_tokens,
+                 paper_bounds):  # fmt: skip
         shape = (depth, len(names))
         nan = torch.full(shape, math.nan, dtype=torch.float64)
 
@@ -143,6 +163,7 @@ class _Checks:
         if paper_bounds is not None:
             self.paper = torch.cat([paper_bounds.double().cpu(), pad]).to(device)
         self.gains, self.coefs = given(norm_gains), given(mha_coefs, (3,))
+        self.tokens = given(mha_tokens)
         self.per_pair = bool(torch.isfinite(self.gains).any() or torch.isfinite(self.coefs).any())
         self.extremes = _Extremes(names, depth, device)
 
@@ -150,12 +171,24 @@ class _Checks:
         """The fixed bound sets RatioStats counts exceedances of."""
         return {"bound": self.fixed} | ({} if self.paper is None else {"paper": self.paper})
 
-    def pair_bounds(self, stats: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """This batch's per-pair configured bounds (None: the fixed ones serve)."""
-        self.extremes.update(stats)
+    def pair_bounds(
+        self, stats: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor] | None:
+        """This batch's per-pair configured bounds (None: the fixed ones serve); lengths
+        (B,): the real length of each text pair (None: images)."""
+        self.extremes.update(stats, lengths)
         if not self.per_pair:
             return None
-        return {"bound": _pair_bounds(self.fixed, self.gains, self.coefs, stats)}
+        bound = _pair_bounds(self.fixed, self.gains, self.coefs, stats, self.tokens, lengths)
+        return {"bound": bound}
+
+
+def real_lengths(cmap: ComponentMap, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """(B,) the real length of each text pair, the longer of x's and y's (a pair of different
+    lengths has no finite MHA bound anyway); None for images."""
+    if cmap.family.modality != "text":
+        return None
+    return torch.maximum(x[:, 1].sum(-1), y[:, 1].sum(-1))
 
 
 def _resumable(resume: dict | None, checks: _Checks | None) -> dict | None:
@@ -179,6 +212,7 @@ def estimate(
     bounds: torch.Tensor | None = None,
     norm_gains: torch.Tensor | None = None,
     mha_coefs: torch.Tensor | None = None,
+    mha_tokens: torch.Tensor | None = None,
     paper_bounds: torch.Tensor | None = None,
     units=None,
     until_ci: float | None = None,
@@ -195,9 +229,11 @@ def estimate(
     The model must already be on `device`, its weights fixed until this returns. bounds: (L, C)
     per-layer configured bounds whose exceedances are counted; norm_gains (L, C) and mha_coefs
     (L, C, 3): the inputs of data bounds (NaN elsewhere), each pair checked against its own
-    (g / its smallest token scale; k0 + k1 r + k2 r^2 at its largest token norm r);
+    (g / its smallest token scale; k0 + k1 r + k2 r^2 at its largest token norm r, the
+    coefficients at token counts mha_tokens (L, C), a text pair's rescaled to its own real
+    length, Estimate.longest keeping the largest);
     paper_bounds (L, C): the paper's, counted beside (paper_exceed_frac). bound_table.
-    estimate_bounds makes all four from a bounds table. With any of them, Estimate.norm_scale
+    estimate_bounds makes all five from a bounds table. With any of them, Estimate.norm_scale
     and .token_max keep the token extremes over all pairs. units: a pairs.PairUnits; each
     batch's extras must then hold the images' dataset indices, and the CIs (and until_ci)
     count those units (ratio_stats.py). until_ci: stop once every (layer, component) CI
@@ -210,7 +246,7 @@ def estimate(
     """
     device = torch.device(device)
     names = resolve_components(cmap, components)
-    given = (bounds, norm_gains, mha_coefs, paper_bounds)
+    given = (bounds, norm_gains, mha_coefs, mha_tokens, paper_bounds)
     checks = None
     if any(t is not None for t in given):
         checks = _Checks(names, cmap.depth, device, *given)
@@ -235,7 +271,8 @@ def estimate(
             ids = None if units is None else units.ids(tuple(extra))
             measured = pair_ratios(cmap, x, y, names, inputs, checks is not None, factors)
             ratios, scales = measured if checks is not None else (measured, None)
-            pair_bounds = None if checks is None else checks.pair_bounds(scales)
+            lengths = real_lengths(cmap, x, y)
+            pair_bounds = None if checks is None else checks.pair_bounds(scales, lengths)
             stats.update(_with_pooled(ratios), pair_bounds, ids)
             if on_ratios is not None:
                 on_ratios(ratios, tuple(extra))
@@ -252,9 +289,11 @@ def estimate(
         raise ValueError("no pairs were given to the estimator")
     summary = stats.to_host()  # the one copy to the host (synchronises the device)
     seconds = time.perf_counter() - start
-    scale, largest = (None, None) if checks is None else checks.extremes.results()
+    scale, largest, longest = (None,) * 3 if checks is None else checks.extremes.results()
     seen = None if units is None else _units_seen(stats, units)
-    return Estimate(names, cmap.depth, summary, pairs, done, stopped, seconds, scale, largest, seen)
+    return Estimate(
+        names, cmap.depth, summary, pairs, done, stopped, seconds, scale, largest, longest, seen
+    )
 
 
 def _state(stats: RatioStats, checks: _Checks | None, done: int, pairs: int, seconds: float):

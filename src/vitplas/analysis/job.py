@@ -27,6 +27,7 @@ from vitplas.analysis.bound_table import estimate_bounds
 from vitplas.analysis.configs import DEFAULT_PAIRS as DEFAULT_PAIRS  # re-exported
 from vitplas.analysis.configs import PlasticityConfig
 from vitplas.analysis.estimate import Estimate, estimate
+from vitplas.analysis.length_pairs import stream_match
 from vitplas.analysis.pair_file import PAIRS_FILE, PARTS_DIR, PairWriter
 from vitplas.analysis.pairs import config_pairs, pair_units
 from vitplas.analysis.plasticity import resolve_components
@@ -135,6 +136,15 @@ def _estimate(cfg, setup, components, reference, target, bounds, progress, run, 
     )
 
 
+def _length_notes(cfg: PlasticityConfig, reference, target) -> list[str]:
+    """With pair_lengths equal: what the pairing keeps of each stream (checked here, before
+    the bounds: a stream too short, or of images, is refused in one line)."""
+    if cfg.pair_lengths != "equal":
+        return []
+    names = (cfg.reference, cfg.target)
+    return [stream_match(reference, target, cfg.batch_size, names).note(names, cfg.max_length)]
+
+
 def _with_fault(progress):
     def on_batch(batches: int, pairs: int) -> None:
         fault_point("plasticity_batch")
@@ -173,6 +183,7 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
     components = resolve_components(setup.cmap, cfg.components)
     reference = model_stream(setup, cfg, cfg.reference, cfg.reference_split)
     target = model_stream(setup, cfg, cfg.target, cfg.target_split)
+    length_notes = _length_notes(cfg, reference, target)
     t_setup = time.perf_counter()
     bounds, radius, radius_source = _bounds(cfg, setup, components, target, on_phase)
     t_bounds = time.perf_counter()
@@ -223,7 +234,7 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
         "settled": written["settled"],
         "exceedances": written["exceedances"],
         "bound_lines": written["bound_lines"],
-        "notes": written["notes"],
+        "notes": length_notes + written["notes"],
         "units": written["units"],
         "timings": timings,
         "files": written["files"] + ([PAIRS_FILE] if writer is not None else []),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vitplas.analysis.length_pairs import equal_length_batches
 from vitplas.data import make_loader
 
 _STREAM_SALT = {"reference": 1, "target": 2}
@@ -180,8 +181,10 @@ def pair_units(reference: Dataset, target: Dataset) -> PairUnits:
 
 def config_pairs(cfg, reference: Dataset, target: Dataset, pairs: int, with_indices: bool):
     """The pair stream of a plasticity config `cfg` (its batch size, seed, workers and stream
-    names): pair_batches of its first `pairs` pairs."""
-    return pair_batches(
+    names): pair_batches of its first `pairs` pairs, or with pair_lengths equal
+    length_pairs.equal_length_batches (every pair of one real length)."""
+    draw = equal_length_batches if getattr(cfg, "pair_lengths", "any") == "equal" else pair_batches
+    return draw(
         reference,
         target,
         pairs=pairs,

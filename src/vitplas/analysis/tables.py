@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from vitplas.analysis.bound_table import fill_data_bounds
+from vitplas.analysis.bounds import ASSUMPTIONS
 from vitplas.analysis.estimate import Estimate
 from vitplas.analysis.pairs import TEXTS
 from vitplas.constants import THEORETICAL_RANK
@@ -115,7 +116,9 @@ def bound_lines(ratio: pd.DataFrame) -> list[str]:
     for key, rows in defined.groupby([*runs, "component"], sort=False):
         key = key if isinstance(key, tuple) else (key,)
         kind = rows["kind"].iloc[0] if "kind" in rows else ""
-        held = None if kind in FREE_KINDS else "held"
+        said = rows["assumption"].iloc[0] if "assumption" in rows else ASSUMPTIONS.get(kind)
+        free = kind in FREE_KINDS and said == ASSUMPTIONS.get(kind)
+        held = None if free else "held"  # text MHA: one real length per pair, checked
         line = f"{', '.join(map(str, key))} ({kind or 'bound'}): "
         if infinite := int(np.isposinf(rows["bound"].astype(float)).sum()):
             line += (
@@ -198,7 +201,9 @@ def write_all(
     exceedances: list[str] = []
     checked: list[str] = []
     if bounds is not None:  # data bounds at the token extremes that came with the pairs
-        bounds = fill_data_bounds(bounds, est.components, est.norm_scale, est.token_max)
+        bounds = fill_data_bounds(
+            bounds, est.components, est.norm_scale, est.token_max, est.longest
+        )
         bound_frame = bounds.copy()
         for key in reversed(LABELS[:1]):
             bound_frame.insert(0, key, labels[key])

@@ -39,6 +39,20 @@ class TokenizedTexts(Dataset):
         packed = torch.stack([batch["input_ids"][0], batch["attention_mask"][0]])  # (2, L)
         return packed, label
 
+    def real_lengths(self, chunk: int = 1024) -> np.ndarray:
+        """(N,) int64 real token count of each text at max_length (its mask's sum: special
+        tokens included, truncation applied), tokenised once (analysis.length_pairs)."""
+        if getattr(self, "_lengths", None) is None:
+            texts = [text for text, _ in _items(self.texts)]
+            parts = [
+                tokenize_texts(texts[i : i + chunk], self.tokenizer, self.max_length)[
+                    "attention_mask"
+                ].sum(1)
+                for i in range(0, len(texts), chunk)
+            ]
+            self._lengths = torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)
+        return self._lengths
+
     def text_units(self) -> tuple[int, np.ndarray]:
         """(number of distinct texts, (N,) int64 id of each item's text): the CI's units, a
         text repeated in the stream being one unit (analysis.pairs.stream_units)."""
@@ -47,7 +61,7 @@ class TokenizedTexts(Dataset):
         return len(first), np.asarray(codes, dtype=np.int64)
 
     def __getattr__(self, name: str) -> Any:  # name, split, info... of the text dataset
-        if name == "texts":
+        if name in ("texts", "_lengths"):
             raise AttributeError(name)
         return getattr(self.texts, name)
 
@@ -111,16 +125,17 @@ def text_radius(
 
 def text_assumptions(frame: Any, length: int) -> Any:
     """A bounds table (bound_table.BOUND_COLUMNS) of a text model with its MHA rows' token count
-    and padding in their assumptions: n = L = `length`, the padded sequence length (a pair's
-    real length is at most L, and the bound grows with n); a pair whose sequences have
-    different real tokens has no finite MHA bound (x's own tokens move f(x) at the shared
-    positions while those are equal): inf, per pair and in the table."""
+    and padding in their assumptions. The data bound assumes x and y of one real length n (a
+    pair of different real lengths has no finite bound: x's own tokens move f(x) at the shared
+    positions while those are equal), checked per pair (inf where it fails, `held` False in the
+    table), each pair bounded at its own n, the table at the pairs' largest (at most L =
+    `length`; pair_lengths=equal draws only such pairs). The paper's formula is at n = L."""
     out = frame.copy()
     notes = {
-        "mha-data": f"none for a pair of equal real lengths (n = L = {length}, the padded "
-        "length); a pair of different real lengths has no finite bound (inf)",
+        "mha-data": "x and y of one real length n (checked per pair: a pair of different real "
+        f"lengths has no finite bound, inf); n = the pair's real length, at most L = {length}",
         "mha-paper": f"every token's norm <= r (the mean radius), no query bias, and x, y of "
-        f"equal real lengths (n = L = {length}, the padded length)",
+        f"one real length (n = L = {length}, the padded length: at least every pair's)",
     }
     for kind, text in notes.items():  # a given r_max keeps its own (not checked) assumption
         rows = (out["kind"] == kind) & (out["assumption"] == ASSUMPTIONS[kind])
