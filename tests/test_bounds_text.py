@@ -168,3 +168,78 @@ def test_mha_coefficients_rescale_to_a_pairs_own_length():
     coefs = tuple(torch.tensor(c, dtype=torch.float64) for c in at_l)
     k = mha_coefficients_at(coefs, torch.tensor(40.0, dtype=torch.float64), lengths)
     assert float(k[2][1, 0, 0]) == pytest.approx(mha_coefficients(qkv, proj, 2, 7)[2], rel=1e-12)
+
+
+def _radius_by_hand(folder, root, inputs):
+    """Mean over every fortunes [test] text of the RMS norm of its real tokens at the
+    embedding output (or each block's input), from the model's own hidden states."""
+    from vitplas.data import get_dataset
+    from vitplas.models import load_model
+    from vitplas.models.text import load_tokenizer
+
+    loaded = load_model(str(folder))
+    texts = [t for t, _ in get_dataset("fortunes", "test", root=str(root))]
+    encoded = load_tokenizer(loaded)(
+        texts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
+    mask = encoded["attention_mask"]
+    with torch.no_grad():
+        states = loaded.model(
+            input_ids=encoded["input_ids"], attention_mask=mask, output_hidden_states=True
+        ).hidden_states
+    layers = range(1 if inputs == "embedding" else len(states) - 1)
+    sq = [(states[i].double().square().sum(-1) * mask).sum(1) / mask.sum(1) for i in layers]
+    return [float(v.sqrt().mean()) for v in sq], len(texts)
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+@pytest.mark.parametrize("inputs", ["embedding", "hidden"])
+def test_radius_of_a_text_model_is_over_real_tokens(folders, name, inputs, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITPLAS_DATA", str(folders["data"]))
+    args = ["radius", "--model", str(folders[name]), "--dataset", "fortunes", "--images", "999"]
+    args += ["--inputs", inputs, f"max_length={MAX_LENGTH}", "--out", str(tmp_path)]
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "radius.json").read_text())
+    expected, count = _radius_by_hand(folders[name], folders["data"], inputs)
+    got = record["radius"] if inputs == "hidden" else [record["radius"]]
+    assert got == pytest.approx(expected, rel=1e-5) and len(got) == len(expected)
+    assert record["measured_on"] == "texts" and record["images_measured"] == count
+    assert f"fortunes/test, {count} texts)" in result.output
+
+
+def test_bounds_of_a_text_plasticity_run(folders, tmp_path):
+    measured = tmp_path / "plasticity"
+    assert _plasticity(folders, "gpt2", measured, "pair_lengths=equal").exit_code == 0
+    args = ["bounds", "--model", str(folders["gpt2"]), "--dataset", "fortunes"]
+    args += [f"data_root={folders['data']}", "radius_images=16", f"max_length={MAX_LENGTH}"]
+    args += ["figures=false", "--out"]
+    result = _invoke([*args, str(tmp_path / "bounds"), "--plasticity", str(measured)])
+    assert result.exit_code == 0, result.output
+    here = pd.read_csv(tmp_path / "bounds" / "bounds.csv").set_index(["layer", "component"])
+    there = pd.read_csv(measured / "bounds.csv").set_index(["layer", "component"])
+    for column in ("bound", "r_max", "n_tokens", "norm_scale"):
+        assert np.allclose(here[column], there[column], rtol=1e-9, equal_nan=True), column
+    assert np.isfinite(here.loc[(slice(None), "mha"), "bound"]).all()
+    ratio = pd.read_csv(tmp_path / "bounds" / "bound_ratio.csv")
+    assert np.allclose(ratio["ratio"], ratio["mean"] / ratio["bound"])
+    alone = _invoke([*args, str(tmp_path / "alone")])  # no pairs: the data bounds undefined
+    assert alone.exit_code == 0, alone.output
+    assert "mha: undefined: the data MHA bound needs the largest token norm" in alone.output
+    other = f"max_length={MAX_LENGTH - 1}"
+    refused = _invoke(
+        [*args[:-3], other, "--out", str(tmp_path / "x"), "--plasticity", str(measured)]
+    )
+    assert refused.exit_code == 2 and "tokenised its texts to max_length 16" in refused.output
+
+
+def test_bounds_of_a_run_of_any_lengths_say_why_mha_has_none(folders, tmp_path):
+    measured = tmp_path / "plasticity"
+    assert _plasticity(folders, "bert", measured).exit_code == 0
+    args = ["bounds", "--model", str(folders["bert"]), "--dataset", "fortunes"]
+    args += [f"data_root={folders['data']}", "radius_images=16", f"max_length={MAX_LENGTH}"]
+    args += ["figures=false", "--out", str(tmp_path / "b"), "--plasticity", str(measured)]
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "mha: no finite bound: some pairs' texts have different real lengths" in result.output
+    assert "measure with pair_lengths=equal" in result.output

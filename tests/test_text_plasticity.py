@@ -2,7 +2,8 @@
 real in both sequences, against a hand computation on tiny random BERT and GPT-2 (1e-6, both
 input modes), pad positions changing no ratio (padded further, other pad ids; every mode), the
 bounds' token statistics (joint tokens for s_min, own real tokens for r_max, inf for pairs of
-different real lengths), the real MiniLM end to end (skipped when absent) and the refusals."""
+different real lengths), the real MiniLM end to end (skipped when absent) and the refusals
+(radius and bounds of text models: tests/test_bounds_text.py)."""
 
 from __future__ import annotations
 
@@ -197,14 +198,3 @@ def test_an_image_model_refuses_a_text_stream(tmp_path):
     result = CliRunner().invoke(app, [*args, "--pairs", "4", "--out", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "dataset 'fortunes' is text but tiny-random reads images" in result.output
-
-
-@pytest.mark.parametrize("command", ["radius", "bounds"])
-def test_radius_and_bounds_commands_refuse_a_text_model_in_one_line(command, tmp_path):
-    from vitplas.cli.app import app
-
-    minilm_folder()
-    args = [command, "--model", "minilm-l6", "--dataset", "rotten-tomatoes", "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert f"vitplas {command} takes no text model yet; `vitplas plasticity`" in result.output

@@ -39,6 +39,10 @@ from vitplas.analysis.bounds import (
 from vitplas.models.components import ComponentMap
 
 MHA_COEFFICIENTS = ("mha_k0", "mha_k1", "mha_k2")
+NO_FINITE_MHA = (
+    "no finite bound: some pairs' texts have different real lengths (x's own tokens move f(x) "
+    "where x and y agree); measure with pair_lengths=equal"
+)
 TEXT_N = " (n: the largest real length of the pairs, at most L; each pair checked at its own)"
 BOUND_COLUMNS = [
     "layer", "component", "bound", "bound_padded", "radius", "definition", "assumption",
@@ -197,4 +201,4 @@ def _fill_mha(out: pd.DataFrame, index, row, r: float, longest: float | None) ->
     formula = mha_definition("data", n, row.radius, "rows", r)
     if longest is not None:
         formula += TEXT_N
-    out.at[index, "definition"] = formula
+    out.at[index, "definition"] = formula if math.isfinite(r) else NO_FINITE_MHA

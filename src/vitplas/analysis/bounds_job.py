@@ -26,12 +26,11 @@ from vitplas.analysis.setup import (
     config_bounds,
     measured_radius,
     model_checksum,
-    open_stream,
-    refuse_text,
+    open_model_stream,
     setup_for,
 )
 from vitplas.config import ConfigError
-from vitplas.records import read_json, read_table
+from vitplas.records import read_json, read_table, read_yaml
 from vitplas.runs import Computed, DamagedRecordError, RunDir, write_table
 
 
@@ -62,6 +61,9 @@ def _measured(cfg: BoundsConfig, setup, components) -> tuple[pd.DataFrame, pd.Da
     depth = measured["layer"].nunique()
     if depth != setup.cmap.depth:
         raise ConfigError(f"{what} measured {depth} layers; this model has {setup.cmap.depth}")
+    if setup.text and (there := (read_yaml(folder) or {}).get("max_length")) != cfg.max_length:
+        raise ConfigError(f"{what} tokenised its texts to max_length {there}; these bounds are at "
+                          f"{cfg.max_length}: set max_length={there}")  # fmt: skip
     return measured, bounds
 
 
@@ -71,21 +73,25 @@ def _ratio_table(bounds: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _data_bounds(bounds: pd.DataFrame, measured: pd.DataFrame, cfg: BoundsConfig, depth: int,
+def _data_bounds(bounds: pd.DataFrame, measured: pd.DataFrame, cfg: BoundsConfig, setup,
                  components) -> pd.DataFrame:  # fmt: skip
     """Data bounds from the token extremes a plasticity run measured (its bounds table: s_min;
-    r_max unless given)."""
+    r_max unless given; for text, the MHA bound's n: the pairs' largest real length)."""
+    depth = setup.cmap.depth
     scale = bounds_matrix(measured, depth, components, "norm_scale")
     largest = None if cfg.r_max is not None else bounds_matrix(measured, depth, components, "r_max")
-    return fill_data_bounds(bounds, components, scale, largest)
+    longest = None
+    if setup.text and largest is not None:  # NaN (a run from before n_tokens): n stays L
+        n = bounds_matrix(measured, depth, components, "n_tokens")
+        longest = float(n.nan_to_num(0).max()) or None
+    return fill_data_bounds(bounds, components, scale, largest, longest)
 
 
 def _radius(cfg: BoundsConfig, setup) -> tuple[Any, str]:
     """r (a number, or one per layer for hidden inputs) and where it came from."""
     if cfg.radius is not None:
         return cfg.radius, "given"
-    transform = setup.transform(cfg.protocol)
-    data = open_stream(cfg.dataset, cfg.split, transform, cfg.data_root, False, cfg.protocol)
+    data = open_model_stream(setup, cfg.dataset, cfg.split, cfg.data_root, False, cfg.protocol)
     return measured_radius(
         setup,
         data,
@@ -119,7 +125,6 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
 
     t0 = time.perf_counter()
     setup = setup_for(cfg)
-    refuse_text(setup, "bounds")
     components = resolve_components(setup.cmap, cfg.components)
     radius, source = _radius(cfg, setup)
     bounds = config_bounds(cfg, setup, components, radius, on_phase)
@@ -127,7 +132,7 @@ def compute_bounds(cfg: BoundsConfig, run: RunDir, on_phase=None) -> Computed:
     if cfg.plasticity is not None:
         measured, scales = _measured(cfg, setup, components)
         if not scales.empty:
-            bounds = _data_bounds(bounds, scales, cfg, setup.cmap.depth, components)
+            bounds = _data_bounds(bounds, scales, cfg, setup, components)
     bounds.insert(0, "model", cfg.model)
     files = list(write_table(bounds, run / "bounds"))
     if measured is not None:

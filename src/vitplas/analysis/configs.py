@@ -116,6 +116,7 @@ class BoundsConfig:
     radius: float | None = None  # token radius r (None: measured on dataset/split)
     radius_images: int = 256  # images the radius r is measured on
     batch_size: int = 32  # images per forward pass while measuring r
+    max_length: int = 128  # text models: tokens per text (a plasticity run's, with --plasticity)
     inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # embedding (the paper), hidden
     # (each block's input, r per layer) or insitu (each component's own input, r at MHA's)
     components: list[str] | None = None  # components to bound (None: every block component)
@@ -136,7 +137,7 @@ class BoundsConfig:
     def validate(self) -> None:
         if self.radius is not None and not self.radius > 0:
             raise ConfigError(f"radius must be > 0, got {self.radius}")
-        at_least(self, 1, "radius_images", "batch_size")
+        at_least(self, 1, "radius_images", "batch_size", "max_length")
         if self.r_max is not None and not self.r_max > 0:
             raise ConfigError(f"r_max must be > 0, got {self.r_max}")
         check_bound_options(self.ln_bound, self.mha_bound, self.mha_slicing)
@@ -211,8 +212,9 @@ class RadiusConfig:
     img_size: int | None = None  # input size (None: the model's own)
     dataset: str = "fashion-mnist"  # dataset the radius r is measured on
     split: str = "test"  # split of that dataset
-    images: int = 256  # images r is averaged over
+    images: int = 256  # images (or texts: their real tokens) r is averaged over
     batch_size: int = 32  # images per forward pass
+    max_length: int = 128  # text models: tokens per text (truncated, padded)
     inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # embedding output, each
     # block's input, or MHA's own input in the model's forward (one r per layer for both)
     device: str = "auto"  # auto, cpu or cuda

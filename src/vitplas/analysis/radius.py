@@ -10,9 +10,9 @@ from typing import Any
 from vitplas.analysis.configs import RadiusConfig
 from vitplas.analysis.setup import (
     dataset_radius,
+    measured_unit,
     model_checksum,
-    open_stream,
-    refuse_text,
+    open_model_stream,
     setup_for,
 )
 from vitplas.config import config_to_dict
@@ -22,7 +22,8 @@ RADIUS_FILE = "radius.json"
 
 
 class _Counted:
-    """A dataset that reports each image read (the radius loader reads in this process)."""
+    """A dataset that reports each image (or text) read (the radius loader reads in this
+    process)."""
 
     def __init__(self, data, advance, images: int) -> None:
         self.data, self.advance, self.read = data, advance, 0
@@ -54,11 +55,11 @@ def read_radius(run: RunDir) -> dict[str, Any]:
 
 def compute_radius(cfg: RadiusConfig, run: RunDir, progress=None) -> Computed:
     """Measure r as `cfg` says and write radius.json (with `images_measured`: cfg.images, or
-    fewer when the split holds fewer); progress(images read, images measured) per image."""
+    fewer when the split holds fewer); progress(images read, images measured) per image. A
+    text model's r is over each text's real tokens (analysis.text_pairs.text_radius;
+    `measured_on` says texts)."""
     setup = setup_for(cfg)
-    refuse_text(setup, "radius")
-    transform = setup.transform(cfg.protocol)
-    data = open_stream(cfg.dataset, cfg.split, transform, None, False, cfg.protocol)
+    data = open_model_stream(setup, cfg.dataset, cfg.split, None, False, cfg.protocol)
     counted = _Counted(data, progress, cfg.images)
     r = dataset_radius(
         setup,
@@ -71,7 +72,7 @@ def compute_radius(cfg: RadiusConfig, run: RunDir, progress=None) -> Computed:
     values = r.tolist() if r.ndim else [float(r)]
     per_layer = cfg.inputs != "embedding"
     record = {"radius": values if per_layer else values[0], "per_layer": per_layer}
-    record["images_measured"] = counted.total
+    record |= {"images_measured": counted.total, "measured_on": measured_unit(setup)}
     record |= {"n_tokens": setup.n_tokens, "width": setup.width, **config_to_dict(cfg)}
     atomic_write_json(run / RADIUS_FILE, record)
     checksum, hashed = model_checksum(setup)

@@ -119,23 +119,25 @@ def check_modality(setup: ModelSetup, *streams: str) -> None:
             )
 
 
-def refuse_text(setup: ModelSetup, command: str) -> None:
-    """A one-line ModelError: `vitplas <command>` takes no text model yet (plasticity does)."""
-    if setup.text:
-        raise ModelError(
-            f"vitplas {command} takes no text model yet; `vitplas plasticity` measures "
-            f"{setup.loaded.spec} with its bounds and token radius"
-        )
-
-
 def model_stream(setup: ModelSetup, cfg, name: str, split: str) -> Dataset:
     """Stream `name`/`split` of a job config (its data_root, download, protocol) as `setup`'s
-    model reads it: images through its transform, texts tokenised to its n_tokens."""
+    model reads it (open_model_stream)."""
+    return open_model_stream(setup, name, split, cfg.data_root, cfg.download, cfg.protocol)
+
+
+def open_model_stream(
+    setup: ModelSetup, name: str, split: str, root: str | None, download: bool, protocol: str
+) -> Dataset:
+    """Dataset `name`/`split` as `setup`'s model reads it: images through its transform,
+    texts tokenised to its n_tokens (TokenizedTexts); a stream of another modality refused."""
     check_modality(setup, name)
-    data = open_stream(
-        name, split, setup.transform(cfg.protocol), cfg.data_root, cfg.download, cfg.protocol
-    )
+    data = open_stream(name, split, setup.transform(protocol), root, download, protocol)
     return TokenizedTexts(data, setup.tokenizer, setup.n_tokens) if setup.text else data
+
+
+def measured_unit(setup: ModelSetup) -> str:
+    """What a radius is averaged over: "texts" (their real tokens only) or "images"."""
+    return "texts" if setup.text else "images"
 
 
 def open_stream(
@@ -152,7 +154,8 @@ def measured_radius(
     """(r as a number, or a list per layer for hidden / insitu inputs; where it was measured)
     on `images` images of dataset `name` [`split`]; kwargs go to dataset_radius."""
     r = dataset_radius(setup, data, images=images, **kwargs)
-    return (r.tolist() if r.ndim else float(r)), f"measured on {name} [{split}], {images} images"
+    where = f"measured on {name} [{split}], {images} {measured_unit(setup)}"
+    return (r.tolist() if r.ndim else float(r)), where
 
 
 def dataset_radius(

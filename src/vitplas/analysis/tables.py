@@ -123,7 +123,8 @@ def bound_lines(ratio: pd.DataFrame) -> list[str]:
         if infinite := int(np.isposinf(rows["bound"].astype(float)).sum()):
             line += (
                 f"no finite bound in {infinite} of {len(rows)} layers (text pairs of different "
-                "real lengths: x's own tokens move f(x) where x and y agree); "
+                "real lengths: x's own tokens move f(x) where x and y agree; pair_lengths=equal "
+                "pairs texts of one length); "
             )
         line += _one_bound(rows, "exceed_frac", held)
         if kind not in PAPER_KINDS and "paper_exceed_frac" in rows:

@@ -98,6 +98,8 @@ def comparison(result: dict[str, Any], cfg: Any) -> None:
 
 def bounds(result: dict[str, Any], cfg: Any) -> None:
     """r, each component's bound range over layers, and why a bound is undefined."""
+    import numpy as np
+
     from vitplas.analysis.bounds import DATA_UNDEFINED, ONCE_MEASURED
 
     out = console()
@@ -105,7 +107,8 @@ def bounds(result: dict[str, Any], cfg: Any) -> None:
     summary = frame.groupby("component", sort=False)["bound"].agg(["min", "median", "max"])
     out.print(f"radius r = {result['radius']} ({result['radius_source']})", markup=False)
     out.print(summary.to_string(float_format=lambda v: f"{v:.4g}"), markup=False)
-    undefined = frame[frame["bound"].isna()].drop_duplicates(["component", "definition"])
+    unbounded = frame["bound"].isna() | np.isposinf(frame["bound"].astype(float))
+    undefined = frame[unbounded].drop_duplicates(["component", "definition"])
     for name, definition in undefined[["component", "definition"]].itertuples(index=False):
         why = definition.split(ONCE_MEASURED)[0]  # the data bound: why, not the formula
         if why.endswith(DATA_UNDEFINED):  # the table names config keys; the command its flags
@@ -120,9 +123,10 @@ def radius(result: dict[str, Any], cfg: Any) -> None:
     from vitplas.analysis.setup import RADIUS_AT
 
     images = result.get("images_measured", cfg.images)  # a record from before: cfg.images
+    unit = result.get("measured_on", "images")  # texts: their real tokens only
     for layer, value in enumerate(result["values"]):
         where = RADIUS_AT[cfg.inputs].format(layer=layer)
-        print(f"r = {value:.6g}  ({where}, {cfg.dataset}/{cfg.split}, {images} images)")
+        print(f"r = {value:.6g}  ({where}, {cfg.dataset}/{cfg.split}, {images} {unit})")
     print(f"run folder: {result['run_dir']}")
     _read_back_note(result)
 
