@@ -12,6 +12,7 @@ BERT, causal for GPT-2), families_ops.MASKS.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from vitplas.models.components import ComponentMap
 
@@ -50,3 +51,17 @@ def block_inputs(
         h = cmap.forward_block(layer, h, attention_mask)
         inputs.append(h)
     return inputs
+
+
+def is_token_batch(x: torch.Tensor) -> bool:
+    """Whether `x` is a data.text.pack_tokens batch (N, 2, L) of integers (images: float)."""
+    return x.ndim == 3 and x.shape[1] == 2 and not torch.is_floating_point(x)
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class logits (N, classes) of `model` on a batch: images (N, C, H, W) through the model's
+    own call, a data.text.pack_tokens batch (N, 2, L) through a transformers sequence
+    classifier (or its DDP / compiled wrapper) as input_ids and attention_mask."""
+    if not is_token_batch(x):
+        return model(x)
+    return model(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
