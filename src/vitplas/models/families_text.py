@@ -40,7 +40,7 @@ GPT2_BLOCK = BlockSpec(
     rescale={"ln1": ("attn.c_attn",), "ln2": ("mlp.c_fc",)},
 )  # fmt: skip
 _TEXT = dict(modality="text", input_modes=("embedding", "hidden"))
-_TEXT_NOTES = "plasticity, bounds and finetuning commands for text: not wired yet (issue 22)"
+_TEXT_NOTES = "plasticity and bounds commands for text: not wired yet (issue 22)"
 BERT = Family(
     name="bert",
     model_types=("modeling_bert.BertModel", "modeling_roberta.RobertaModel"),
