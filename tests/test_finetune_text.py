@@ -151,11 +151,14 @@ def test_image_only_options_on_a_text_set_are_refused_in_one_line(world, more, m
     assert "\n" not in str(err.value)
 
 
-def test_an_image_model_on_a_text_set_is_refused(world):
+def test_an_image_model_on_a_text_set_and_back_are_refused(world):
     from vitplas.training.sources import load_sources
 
     cfg = _config(world, "bert", "model=tiny-random", "random_init=true")
     with pytest.raises(ConfigError, match="is a text set; model tiny-random reads images"):
+        load_sources(cfg)
+    cfg = _config(world, "bert", "model=minilm-l6", "random_init=true", "dataset=digits")
+    with pytest.raises(ConfigError, match="minilm-l6 is a text model; dataset digits holds"):
         load_sources(cfg)
 
 

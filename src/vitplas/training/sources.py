@@ -73,6 +73,11 @@ def start_loaded(cfg: FinetuneConfig, num_classes: int, text: bool = False):
             f"protocol=paper is the original's ViT recipe; {cfg.dataset} is a text set: "
             "finetune text models under protocol=model"
         )
+    if not text and _is_text_preset(cfg.model):
+        raise ConfigError(
+            f"model {cfg.model} is a text model; dataset {cfg.dataset} holds images: finetune "
+            "it on a text set (rotten-tomatoes, wordnet-glosses, fortunes, ...)"
+        )
     loaded = start_model(
         cfg.model,
         num_classes=num_classes,
@@ -153,6 +158,12 @@ def load_sources(
         std=prep["std"],
         description=description,
     )
+
+
+def _is_text_preset(spec: str) -> bool:
+    from vitplas.models.registry import get_preset, is_preset
+
+    return is_preset(spec) and get_preset(spec).modality == "text"
 
 
 def load_text_sources(cfg: FinetuneConfig, splits: tuple[str, ...]) -> Sources:
