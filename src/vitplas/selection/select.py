@@ -9,10 +9,17 @@ besides the config, manifest, result and seal of every job (vitplas.jobs.lifecyc
 data-driven criterion reads the target's train split (no test image is scored).
 Defaults are the embedded offline default (DINOv2 ViT-S/14, photos vs Fashion-MNIST), sized to
 finish in about three minutes on a 2-core CPU.
+
+A text model (a text target) is scored on its target's train texts tokenised by its own
+tokenizer to max_length, through a fresh sequence-classification head (finetuning's:
+models.hf_text.with_classifier); FPS averages its input magnitudes over real tokens only.
+The plasticity criteria are not wired for text yet: named, they are refused in one line; the
+default list leaves them out and says so (TEXT_LEFT_OUT).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -26,6 +33,25 @@ from vitplas.selection.budget import budget_warning, decide, nothing_picked, tra
 from vitplas.selection.config import SelectConfig
 
 UNIT = {"component": "component", "layer": "(layer, component)"}
+TEXT_LEFT_OUT = "the plasticity estimator does not read token batches yet (issue 22)"
+
+
+def text_criteria(criteria: list[str]) -> tuple[list[str], str]:
+    """(the criteria a text model is scored by, what was left out and why ('' if nothing)):
+    the default list without the plasticity criteria; a named plasticity criterion is a
+    ConfigError."""
+    from vitplas.config import ConfigError
+
+    plastic = C.of_kind(criteria, "plasticity")
+    if not plastic:
+        return criteria, ""
+    if list(criteria) != list(C.DEFAULT_CRITERIA):
+        raise ConfigError(
+            f"criteria {', '.join(plastic)} cannot score a text model: {TEXT_LEFT_OUT}; "
+            "name other criteria"
+        )
+    kept = [c for c in criteria if c not in plastic]
+    return kept, f"{', '.join(plastic)} left out of the defaults for a text model: {TEXT_LEFT_OUT}"
 
 
 def score_model(
@@ -77,11 +103,25 @@ def picks(
     return out
 
 
+def _text_batches(cfg: SelectConfig, loaded) -> list:
+    """grad_batches batches (tokens (B, 2, L), labels (B,)) of the target's train texts."""
+    from vitplas.data import TokenizedTexts, get_dataset, make_loader
+    from vitplas.models.hf_text import load_tokenizer
+
+    tokenizer = load_tokenizer(loaded.tokenizer, loaded.model)
+    texts = get_dataset(cfg.target, "train", root=cfg.data_root)
+    train = TokenizedTexts(texts, tokenizer, cfg.max_length)
+    loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    return list(itertools.islice(iter(loader), cfg.grad_batches))
+
+
 def _data(cfg: SelectConfig, loaded):
     from vitplas.analysis.pairs import pair_batches
     from vitplas.analysis.setup import open_stream
     from vitplas.data import make_loader, transform_for
 
+    if getattr(loaded, "modality", "image") == "text":  # text_criteria left out plasticity
+        return _text_batches(cfg, loaded), None
     transform = transform_for(loaded, train=False, protocol=cfg.protocol)  # as finetuning's
     train = open_stream(cfg.target, "train", transform, cfg.data_root, False)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
@@ -105,19 +145,24 @@ def load_for(cfg: SelectConfig):
     return load_configured(cfg, num_classes)
 
 
-def score_config(cfg: SelectConfig, with_model: bool = False):
+def score_config(cfg: SelectConfig, with_model: bool = False, notes: list | None = None):
     """Load the model (with a fresh head) and the data `cfg` names; its ranked scores (and the
-    LoadedModel, with_model=True)."""
+    LoadedModel, with_model=True). `notes` receives what was left out (text_criteria)."""
     from vitplas.analysis.setup import resolve_device
     from vitplas.models.components import component_map
 
     device = resolve_device(cfg.device)
     loaded = load_for(cfg)
+    criteria = list(cfg.criteria)
+    if loaded.modality == "text":
+        criteria, left_out = text_criteria(criteria)
+        if left_out and notes is not None:
+            notes.append(left_out)
     cmap = component_map(loaded.model.to(device).eval())
-    batches, pairs = _data(cfg, loaded)
+    batches, pairs = _data(dataclasses.replace(cfg, criteria=criteria), loaded)
     frame = score_model(
         cmap,
-        cfg.criteria,
+        criteria,
         train_batches=batches,
         pairs=pairs,
         inputs=cfg.inputs,
@@ -149,7 +194,8 @@ def compute_select(cfg: SelectConfig, run) -> Computed:
     """Score, rank and choose as `cfg` says; selection.csv and picks.json in `run`."""
     from vitplas.analysis.setup import model_checksum_of
 
-    frame, loaded = score_config(cfg, with_model=True)
+    notes: list[str] = []
+    frame, loaded = score_config(cfg, with_model=True, notes=notes)
     chosen = picks(frame, cfg.budget, cfg.granularity, cfg.rule)
     write_selection(run.path, frame, chosen, cfg.budget, cfg.granularity, cfg.rule)
     checksum, checksum_of = model_checksum_of(loaded)
@@ -158,6 +204,8 @@ def compute_select(cfg: SelectConfig, run) -> Computed:
                  "criteria_version": C.CRITERIA_VERSION}  # fmt: skip
     result = {"budget": cfg.budget, "granularity": cfg.granularity, "rule": cfg.rule,
               "picks": chosen, "criteria_version": C.CRITERIA_VERSION}  # fmt: skip
+    if notes:
+        result["left_out"] = manifest["left_out"] = "; ".join(notes)
     return Computed(result, manifest, {"frame": frame})
 
 
