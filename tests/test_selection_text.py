@@ -1,7 +1,7 @@
 """`vitplas select` and train=[auto:<criterion>] on text models, offline: the tiny random BERT and
 GPT-2 folders (text_fixtures) on Rotten Tomatoes texts in the real format, and the real
-MiniLM-L6 on the real Rotten Tomatoes (skipped when absent). Plasticity is not wired for text
-yet: the default list leaves it out and says so, naming it is refused in one line."""
+MiniLM-L6 on the real Rotten Tomatoes (skipped when absent). Plasticity pairs the reference's
+val texts with the target's train texts through the estimator's masked ratio."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from vitplas.config import ConfigError, config_from_dict
 from vitplas.selection.config import SelectConfig
 from vitplas.selection.select import score_config
 
-SMALL = dict(target="rotten-tomatoes", max_length=12, batch_size=4, grad_batches=1, device="cpu")
-SCORED = {"grad_rms", "rgn", "fisher", "fps", "condition", "stable_rank", "params", "random"}
+SMALL = dict(target="rotten-tomatoes", max_length=12, batch_size=4, grad_batches=1, device="cpu",
+             reference="rotten-tomatoes", pairs=4)  # fmt: skip
+SCORED = {"plasticity", "grad_rms", "rgn", "fisher", "fps", "condition", "stable_rank", "params",
+          "random"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +41,12 @@ def _types(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
-def test_every_criterion_but_plasticity_scores_a_text_model(world, family):
-    notes: list[str] = []
-    data = {**SMALL, "model": str(world[family]), "data_root": str(world["data"])}
-    frame = score_config(config_from_dict(SelectConfig, data), notes=notes)
+def test_every_default_criterion_scores_a_text_model(world, family):
+    frame = _scores(world, family)
     assert set(frame["criterion"]) == SCORED
-    assert notes == [
-        "plasticity left out of the defaults for a text model: the plasticity estimator does "
-        "not read token batches yet (issue 22)"
-    ]
     types = _types(frame)
     assert set(types.index) == {"ln1", "mha", "ln2", "fc1", "fc2"}
-    for criterion in ("grad_rms", "rgn", "fisher", "fps", "params"):  # GPT-2's Conv1D too
+    for criterion in ("plasticity", "grad_rms", "rgn", "fisher", "fps", "params"):  # GPT-2's Conv1D
         assert types[criterion].notna().all() and (types[criterion] > 0).all(), criterion
 
 
@@ -64,19 +60,41 @@ def test_fps_and_gradients_read_no_pad_position(world):
     pd.testing.assert_frame_equal(short, long, rtol=1e-5)
 
 
-def test_a_named_plasticity_criterion_is_refused_on_a_text_model(world):
-    with pytest.raises(ConfigError, match="criteria plasticity cannot score a text model") as e:
-        _scores(world, "bert", criteria=["plasticity", "fisher"])
-    assert "\n" not in str(e.value)
+def test_the_plasticity_criterion_is_the_estimators_masked_ratio_on_text(world):
+    """select's plasticity on a text model = the plasticity estimator on the same text pairs
+    (reference val x target train, tokenised alike), and it refuses an image reference."""
+    from vitplas.analysis.pairs import pair_batches
+    from vitplas.data import TokenizedTexts, get_dataset
+    from vitplas.models.build import load_model
+    from vitplas.models.components import component_map
+    from vitplas.models.hf_text import load_tokenizer
+    from vitplas.selection import criteria as C
+
+    frame = _scores(world, "bert", criteria=["plasticity", "plasticity_hidden"])
+    loaded = load_model(str(world["bert"]))
+    tokenizer = load_tokenizer(loaded.tokenizer, loaded.model)
+    root = str(world["data"])
+    ref, tgt = (TokenizedTexts(get_dataset("rotten-tomatoes", split, root=root), tokenizer, 12)
+                for split in ("val", "train"))  # fmt: skip
+    pairs = list(pair_batches(ref, tgt, pairs=4, batch_size=4, seed=0))
+    cmap = component_map(loaded.model.eval())
+    for name, inputs in (("plasticity", "embedding"), ("plasticity_hidden", "hidden")):
+        direct = pd.DataFrame(C.plasticity_scores(cmap, pairs, inputs=inputs))
+        got = frame[frame["criterion"] == name].set_index(["layer", "component"])["score"]
+        want = direct.set_index(["layer", "component"])["score"]
+        pd.testing.assert_series_equal(got.sort_index(), want.sort_index(), check_names=False,
+                                       rtol=1e-5)  # fmt: skip
+    with pytest.raises(ConfigError, match="reference 'photos' is image but the model reads text"):
+        _scores(world, "bert", criteria=["plasticity"], reference="photos")
 
 
 def test_select_command_on_a_text_model(world, tmp_path):
     args = ["select", "--model", str(world["bert"]), "--target", "rotten-tomatoes",
             "--data-root", str(world["data"]), "max_length=12", "grad_batches=1",
-            "batch_size=4", "--device", "cpu", "--out", str(tmp_path / "sel")]  # fmt: skip
+            "batch_size=4", "reference=rotten-tomatoes", "pairs=4", "--device", "cpu",
+            "--out", str(tmp_path / "sel")]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "note: plasticity left out of the defaults for a text model" in result.output
     frame = pd.read_csv(tmp_path / "sel" / "selection.csv")
     assert set(frame["criterion"]) == SCORED
     picks = json.loads((tmp_path / "sel" / "picks.json").read_text())["picks"]

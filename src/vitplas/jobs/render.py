@@ -145,8 +145,6 @@ def probe(result: dict[str, Any], cfg: Any) -> None:
 def selection(result: dict[str, Any], cfg: Any) -> None:
     from vitplas.selection.select import summary
 
-    if result.get("left_out"):
-        print(f"note: {result['left_out']}")
     print(summary(result["frame"], result["picks"], cfg.budget, cfg.granularity, cfg.rule))
     for criterion, paths in result.get("exported", {}).items():
         print(f"exported {criterion}: {', '.join(str(p) for p in paths)}")

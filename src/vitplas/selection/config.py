@@ -31,9 +31,10 @@ class SelectConfig:
     # (layer, component) units
     rule: Literal["prefix", "fill"] = "prefix"  # prefix: the longest prefix of the ranking that
     # fits; fill: a greedy knapsack fill (may train units ranked below one left out)
-    reference: str = "photos"  # plasticity: the reference stream paired with the target's train
+    reference: str | None = None  # plasticity: the reference stream paired with the target's
+    # train split (None: photos for an image model, wordnet-glosses for a text model)
     inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # plasticity inputs
-    pairs: int = 128  # plasticity: image pairs
+    pairs: int = 128  # plasticity: image (text) pairs
     grad_batches: int = 2  # gradient and FPS criteria: target train batches (gradients one
     # image at a time) through a fresh head
     batch_size: int = 16  # images (texts) per batch

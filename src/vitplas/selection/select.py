@@ -13,13 +13,13 @@ finish in about three minutes on a 2-core CPU.
 A text model (a text target) is scored on its target's train texts tokenised by its own
 tokenizer to max_length, through a fresh sequence-classification head (finetuning's:
 models.hf_text.with_classifier); FPS averages its input magnitudes over real tokens only.
-The plasticity criteria are not wired for text yet: named, they are refused in one line; the
-default list leaves them out and says so (TEXT_LEFT_OUT).
+The plasticity criteria pair the reference's val texts with the target's train texts, tokenised
+alike, through the estimator's masked ratio (analysis.token_inputs); the reference defaults to
+photos for an image model and wordnet-glosses for a text model (DEFAULT_REFERENCE).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -33,25 +33,7 @@ from vitplas.selection.budget import budget_warning, decide, nothing_picked, tra
 from vitplas.selection.config import SelectConfig
 
 UNIT = {"component": "component", "layer": "(layer, component)"}
-TEXT_LEFT_OUT = "the plasticity estimator does not read token batches yet (issue 22)"
-
-
-def text_criteria(criteria: list[str]) -> tuple[list[str], str]:
-    """(the criteria a text model is scored by, what was left out and why ('' if nothing)):
-    the default list without the plasticity criteria; a named plasticity criterion is a
-    ConfigError."""
-    from vitplas.config import ConfigError
-
-    plastic = C.of_kind(criteria, "plasticity")
-    if not plastic:
-        return criteria, ""
-    if list(criteria) != list(C.DEFAULT_CRITERIA):
-        raise ConfigError(
-            f"criteria {', '.join(plastic)} cannot score a text model: {TEXT_LEFT_OUT}; "
-            "name other criteria"
-        )
-    kept = [c for c in criteria if c not in plastic]
-    return kept, f"{', '.join(plastic)} left out of the defaults for a text model: {TEXT_LEFT_OUT}"
+DEFAULT_REFERENCE = {"image": "photos", "text": "wordnet-glosses"}  # by the model's modality
 
 
 def score_model(
@@ -103,35 +85,66 @@ def picks(
     return out
 
 
-def _text_batches(cfg: SelectConfig, loaded) -> list:
-    """grad_batches batches (tokens (B, 2, L), labels (B,)) of the target's train texts."""
-    from vitplas.data import TokenizedTexts, get_dataset, make_loader
+def _text_streams(cfg: SelectConfig, loaded, reference: str) -> tuple:
+    """(the target's train texts, the reference's val texts or None) tokenised by the model's
+    own tokenizer to max_length: datasets of (tokens (2, L), label)."""
+    from vitplas.data import TokenizedTexts, get_dataset
     from vitplas.models.hf_text import load_tokenizer
 
     tokenizer = load_tokenizer(loaded.tokenizer, loaded.model)
-    texts = get_dataset(cfg.target, "train", root=cfg.data_root)
-    train = TokenizedTexts(texts, tokenizer, cfg.max_length)
-    loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    return list(itertools.islice(iter(loader), cfg.grad_batches))
+
+    def tokenized(name: str, split: str):
+        return TokenizedTexts(get_dataset(name, split, root=cfg.data_root), tokenizer,
+                              cfg.max_length)  # fmt: skip
+
+    plastic = C.of_kind(cfg.criteria, "plasticity")
+    return tokenized(cfg.target, "train"), tokenized(reference, "val") if plastic else None
+
+
+def _image_streams(cfg: SelectConfig, loaded, reference: str) -> tuple:
+    """(the target's train images, the reference's val images or None) as finetuning
+    transforms them."""
+    from vitplas.analysis.setup import open_stream
+    from vitplas.data import transform_for
+
+    transform = transform_for(loaded, train=False, protocol=cfg.protocol)  # as finetuning's
+    train = open_stream(cfg.target, "train", transform, cfg.data_root, False)
+    plastic = C.of_kind(cfg.criteria, "plasticity")
+    ref = open_stream(reference, "val", transform, cfg.data_root, False) if plastic else None
+    return train, ref
+
+
+def reference_of(cfg: SelectConfig, modality: str) -> str:
+    """The plasticity reference stream: cfg.reference, else the modality's default; a stream of
+    another modality than the model's is a ConfigError."""
+    from vitplas.config import ConfigError
+    from vitplas.data import dataset_info
+
+    name = cfg.reference or DEFAULT_REFERENCE[modality]
+    kind = dataset_info(name).modality
+    if C.of_kind(cfg.criteria, "plasticity") and kind != modality:
+        raise ConfigError(
+            f"reference '{name}' is {kind} but the model reads {modality}: name a {modality} "
+            f"reference (e.g. reference={DEFAULT_REFERENCE[modality]})"
+        )
+    return name
 
 
 def _data(cfg: SelectConfig, loaded):
+    """(grad_batches target train batches (x, labels), plasticity pairs or None)."""
     from vitplas.analysis.pairs import pair_batches
-    from vitplas.analysis.setup import open_stream
-    from vitplas.data import make_loader, transform_for
+    from vitplas.data import make_loader
 
-    if getattr(loaded, "modality", "image") == "text":  # text_criteria left out plasticity
-        return _text_batches(cfg, loaded), None
-    transform = transform_for(loaded, train=False, protocol=cfg.protocol)  # as finetuning's
-    train = open_stream(cfg.target, "train", transform, cfg.data_root, False)
+    modality = getattr(loaded, "modality", "image")
+    reference = reference_of(cfg, modality)
+    streams = _text_streams if modality == "text" else _image_streams
+    train, ref = streams(cfg, loaded, reference)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     batches = list(itertools.islice(iter(loader), cfg.grad_batches))
     pairs = None
-    if C.of_kind(cfg.criteria, "plasticity"):
-        reference = open_stream(cfg.reference, "val", transform, cfg.data_root, False)
-        target = open_stream(cfg.target, "train", transform, cfg.data_root, False)
+    if ref is not None:
         batch = min(32, cfg.pairs)
-        pairs = pair_batches(reference, target, pairs=cfg.pairs, batch_size=batch, seed=cfg.seed)
+        pairs = pair_batches(ref, train, pairs=cfg.pairs, batch_size=batch, seed=cfg.seed)
     return batches, pairs
 
 
@@ -145,24 +158,19 @@ def load_for(cfg: SelectConfig):
     return load_configured(cfg, num_classes)
 
 
-def score_config(cfg: SelectConfig, with_model: bool = False, notes: list | None = None):
+def score_config(cfg: SelectConfig, with_model: bool = False):
     """Load the model (with a fresh head) and the data `cfg` names; its ranked scores (and the
-    LoadedModel, with_model=True). `notes` receives what was left out (text_criteria)."""
+    LoadedModel, with_model=True)."""
     from vitplas.analysis.setup import resolve_device
     from vitplas.models.components import component_map
 
     device = resolve_device(cfg.device)
     loaded = load_for(cfg)
-    criteria = list(cfg.criteria)
-    if loaded.modality == "text":
-        criteria, left_out = text_criteria(criteria)
-        if left_out and notes is not None:
-            notes.append(left_out)
     cmap = component_map(loaded.model.to(device).eval())
-    batches, pairs = _data(dataclasses.replace(cfg, criteria=criteria), loaded)
+    batches, pairs = _data(cfg, loaded)
     frame = score_model(
         cmap,
-        criteria,
+        cfg.criteria,
         train_batches=batches,
         pairs=pairs,
         inputs=cfg.inputs,
@@ -194,8 +202,7 @@ def compute_select(cfg: SelectConfig, run) -> Computed:
     """Score, rank and choose as `cfg` says; selection.csv and picks.json in `run`."""
     from vitplas.analysis.setup import model_checksum_of
 
-    notes: list[str] = []
-    frame, loaded = score_config(cfg, with_model=True, notes=notes)
+    frame, loaded = score_config(cfg, with_model=True)
     chosen = picks(frame, cfg.budget, cfg.granularity, cfg.rule)
     write_selection(run.path, frame, chosen, cfg.budget, cfg.granularity, cfg.rule)
     checksum, checksum_of = model_checksum_of(loaded)
@@ -204,8 +211,6 @@ def compute_select(cfg: SelectConfig, run) -> Computed:
                  "criteria_version": C.CRITERIA_VERSION}  # fmt: skip
     result = {"budget": cfg.budget, "granularity": cfg.granularity, "rule": cfg.rule,
               "picks": chosen, "criteria_version": C.CRITERIA_VERSION}  # fmt: skip
-    if notes:
-        result["left_out"] = manifest["left_out"] = "; ".join(notes)
     return Computed(result, manifest, {"frame": frame})
 
 
