@@ -5,6 +5,7 @@ dataset_info("cifar10-c/snow/5").num_classes  # 10
 list_datasets()                               # every family, parametrised ones included
 get_dataset("rotten-tomatoes", "test")[0]     # (text, label): a text set (modality 'text')
 tokenize_texts(texts, tokenizer, 128)         # {input_ids, attention_mask}: (N, 128) int64
+TokenizedTexts(texts, tokenizer, 128)[0]      # (tokens (2, 128) int64, label): pack_tokens
 """
 
 from vitplas.data.build import get_dataset, make_loader, skipped_report
@@ -21,7 +22,7 @@ from vitplas.data.registry import (
     resolve_root,
 )
 from vitplas.data.splits import SPLIT_SEED, split_indices, stratified_split
-from vitplas.data.text import TextDataset, TextRecords, tokenize_texts
+from vitplas.data.text import TextDataset, TextRecords, TokenizedTexts, pack_tokens, tokenize_texts
 from vitplas.data.transforms import build_transform, eval_resize, transform_for
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PhotoStream",
     "TextDataset",
     "TextRecords",
+    "TokenizedTexts",
     "build_transform",
     "dataset_info",
     "eval_resize",
@@ -42,6 +44,7 @@ __all__ = [
     "is_available",
     "list_datasets",
     "make_loader",
+    "pack_tokens",
     "parse_name",
     "resolve_root",
     "skipped_report",

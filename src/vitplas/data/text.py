@@ -120,3 +120,45 @@ def tokenize_texts(
         texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
     )
     return {key: encoded[key].long() for key in ("input_ids", "attention_mask")}
+
+
+def pack_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A tokenize_texts batch as one int64 tensor (N, 2, L): [:, 0] input_ids, [:, 1] the
+    attention mask. One tensor moves to a device, splits into micro-batches and goes through a
+    DataLoader as an image batch does (models.text.forward_logits unpacks it)."""
+    return torch.stack([batch["input_ids"], batch["attention_mask"]], dim=1).long()
+
+
+class TokenizedTexts(Dataset):
+    """A TextDataset tokenised once by a model's tokenizer to `max_length`: items
+    (tokens (2, L) int64 as pack_tokens packs them, label: int); `labels`, `classes` and
+    `texts` as the TextDataset's, so a few-shot draw and a per-example record read them."""
+
+    def __init__(self, texts: TextDataset, tokenizer: Any, max_length: int, chunk: int = 4096):
+        self.source = texts
+        rows = texts.texts
+        parts = [
+            pack_tokens(tokenize_texts(rows[i : i + chunk], tokenizer, max_length))
+            for i in range(0, len(rows), chunk)
+        ]
+        self.tokens = torch.cat(parts) if parts else torch.zeros(0, 2, max_length).long()
+        self.labels = texts.labels
+        self.num_classes = texts.num_classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        return self.tokens[item], int(self.labels[item])
+
+    @property
+    def classes(self) -> list[str]:
+        return self.source.classes
+
+    @property
+    def texts(self) -> list[str]:
+        return self.source.texts
+
+    @property
+    def skipped(self) -> tuple:
+        return ()

@@ -1,7 +1,8 @@
 """peft adapters on a timm model: the one rule for where LoRA and LN tuning go, and their merge.
 
 `inject_adapters` puts peft's adapters in place (the model stays a timm model): LoRA on every
-Linear of each block's attention (mha), LN tuning on ln1 and ln2. Training calls it to build
+Linear of each block's attention (mha; GPT-2's Conv1D c_attn and c_proj too, with peft's
+fan_in_fan_out for their (in, out) weights), LN tuning on ln1 and ln2. Training calls it to build
 the rivals; a finished run's loader (models.finetuned) calls it again to rebuild the same
 adapters, loads the trained tensors, then `merge_adapters` folds them into plain Linear and
 LayerNorm modules, so the component map sees an ordinary model.
@@ -18,7 +19,17 @@ from vitplas.models.options import LoraOptions
 
 ADAPTERS = ("lora", "lntuning")  # the train tokens that inject peft adapters
 _COMPONENTS = {"lora": ("mha",), "lntuning": ("ln1", "ln2")}
-_WANTED = {"lora": nn.Linear, "lntuning": nn.LayerNorm}
+_WANTED = {"lora": "Linear", "lntuning": "LayerNorm"}  # what `_adapted` accepts, by kind
+_ADAPTED = {"Linear": (nn.Linear,), "LayerNorm": (nn.LayerNorm,)}
+_CONV1D = "Conv1D"  # transformers.pytorch_utils.Conv1D (GPT-2): a Linear with weight (in, out)
+
+
+def _adapted(module: nn.Module, wanted: str) -> bool:
+    if wanted == "Linear" and type(module).__name__ == _CONV1D:
+        return True
+    return isinstance(module, _ADAPTED[wanted])
+
+
 _MARKER = {"lora": "lora_", "lntuning": "ln_tuning_layers"}  # in adapter parameter names
 
 
@@ -33,11 +44,9 @@ def adapter_targets(model: nn.Module, kind: str) -> list[str]:
                 root = f"{prefix}.{layer}.{path}"
                 module = model.get_submodule(root)
                 targets += [f"{root}.{n}".rstrip(".") for n, m in module.named_modules()
-                            if isinstance(m, wanted)]  # fmt: skip
+                            if _adapted(m, wanted)]  # fmt: skip
     if not targets:
-        raise ValueError(
-            f"train=[{kind}]: this {cmap.family.name} model has no {wanted.__name__} to adapt"
-        )
+        raise ValueError(f"train=[{kind}]: this {cmap.family.name} model has no {wanted} to adapt")
     return targets
 
 
@@ -49,9 +58,11 @@ def inject_adapters(model: nn.Module, kind: str, lora: LoraOptions | None = None
     targets = adapter_targets(model, kind)
     if kind == "lora":
         opts = lora or LoraOptions()
+        conv1d = any(type(model.get_submodule(t)).__name__ == _CONV1D for t in targets)
         config = LoraConfig(
-            r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets
-        )
+            r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets,
+            fan_in_fan_out=conv1d,
+        )  # fmt: skip
     else:
         config = LNTuningConfig(target_modules=targets)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}

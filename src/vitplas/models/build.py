@@ -209,28 +209,31 @@ def _finish(spec: str, built: Built, *, num_classes: int | None, img_size: int |
 
 
 def _finish_text(spec: str, built: Built, *, num_classes: int | None, img_size: int | None):
-    """A text model as loaded (its family checked); it has no image size and, for now, keeps
-    the head it has (a new one: issue 22's finetuning of text models)."""
+    """A text model as loaded (its family checked); num_classes N (other than the head it has)
+    makes it the *ForSequenceClassification of its config with a new N-class head and the
+    base weights (hf_text.with_classifier)."""
     from vitplas.models.components import component_map
+    from vitplas.models.hf_text import with_classifier
 
     if img_size is not None:
         raise ModelError(f"{spec} is a text model: it has no image size (drop img_size)")
+    model = built.model
     try:
-        component_map(built.model)  # one of the text families, every parameter in a component
+        component_map(model)  # one of the text families, every parameter in a component
+        has = int(model.config.num_labels) if _is_text_classifier(model) else 0
+        if num_classes is not None and num_classes != has:
+            if num_classes < 1:
+                raise ModelError(f"{spec}: a text model's head needs 1 class or more")
+            model = with_classifier(model, num_classes)
+            component_map(model)
+            has = num_classes
     except TypeError as err:
         raise ModelError(f"{spec}: {err}") from err
-    config = built.model.config
-    has = int(config.num_labels) if type(built.model).__name__.endswith("Classification") else 0
-    if num_classes is not None and num_classes != has:
-        raise ModelError(
-            f"{spec} is a text model with {has} classes: a new classification head on a text "
-            "model is not built yet (num_classes)"
-        )
     description = built.description
     if built.random_init and RANDOM_INIT not in description:
         description = f"{RANDOM_INIT} {description}"
     return LoadedModel(
-        model=built.model.cpu().eval(),
+        model=model.cpu().eval(),
         spec=spec,
         description=description,
         mean=(),
@@ -243,6 +246,10 @@ def _finish_text(spec: str, built: Built, *, num_classes: int | None, img_size: 
         modality="text",
         tokenizer=built.tokenizer,
     )
+
+
+def _is_text_classifier(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def reset_head(model: torch.nn.Module) -> None:

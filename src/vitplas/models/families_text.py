@@ -40,7 +40,10 @@ GPT2_BLOCK = BlockSpec(
     rescale={"ln1": ("attn.c_attn",), "ln2": ("mlp.c_fc",)},
 )  # fmt: skip
 _TEXT = dict(modality="text", input_modes=("embedding", "hidden", "insitu"))
-_TEXT_NOTES = "plasticity and bounds: padding masked (analysis.token_inputs); finetuning: issue 22"
+_TEXT_NOTES = (
+    "plasticity and bounds: padding masked (analysis.token_inputs); finetuning: sequence "
+    "classification (hf_text.with_classifier)"
+)
 BERT = Family(
     name="bert",
     model_types=("modeling_bert.BertModel", "modeling_roberta.RobertaModel"),

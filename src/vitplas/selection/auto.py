@@ -47,11 +47,15 @@ def _criterion(cfg) -> tuple[str, float]:
 
 def select_config(cfg, criterion: str) -> SelectConfig:
     """The SelectConfig that scores `criterion` for finetune config `cfg` (its select block)."""
+    from vitplas.data import dataset_info
+
+    text = dataset_info(cfg.dataset).modality == "text"
     data: dict[str, Any] = {
         "model": cfg.model,
         "random_init": cfg.random_init,
         "allow_unfinished": cfg.allow_unfinished,
-        "img_size": cfg.img_size,
+        "img_size": None if text else cfg.img_size,  # a text model has none
+        **({"max_length": cfg.max_length} if text else {}),
         "protocol": cfg.protocol,  # scored on the inputs the run trains on
         "target": cfg.dataset,
         "data_root": cfg.data_root,

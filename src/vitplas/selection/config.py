@@ -31,12 +31,15 @@ class SelectConfig:
     # (layer, component) units
     rule: Literal["prefix", "fill"] = "prefix"  # prefix: the longest prefix of the ranking that
     # fits; fill: a greedy knapsack fill (may train units ranked below one left out)
-    reference: str = "photos"  # plasticity: the reference stream paired with the target's train
+    reference: str | None = None  # plasticity: the reference stream paired with the target's
+    # train split (None: photos for an image model, wordnet-glosses for a text model)
     inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # plasticity inputs
-    pairs: int = 128  # plasticity: image pairs
+    pairs: int = 128  # plasticity: image (text) pairs
     grad_batches: int = 2  # gradient and FPS criteria: target train batches (gradients one
     # image at a time) through a fresh head
-    batch_size: int = 16  # images per batch
+    batch_size: int = 16  # images (texts) per batch
+    max_length: int = 128  # a text target: each text tokenised by the model's tokenizer to this
+    # many tokens (as finetuning's max_length)
     seed: int = 0  # seed of the data draws, the fresh head and the random control
     device: str = "auto"  # auto, cpu or cuda
     export: list[str] = field(default_factory=list)  # also write each pick for peft, timm
@@ -58,7 +61,7 @@ class SelectConfig:
             self.export = parse_formats(self.export)
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        at_least(self, 1, "pairs", "grad_batches", "batch_size")
+        at_least(self, 1, "pairs", "grad_batches", "batch_size", "max_length")
 
 
 def parse_formats(text: str | Sequence[str] | None) -> list[str]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitplas.models.components import ComponentMap
+from vitplas.models.text import forward_logits, is_token_batch
 from vitplas.selection.criteria import (
     ALL,
     BY_NAME,
@@ -40,7 +41,9 @@ from vitplas.selection.criteria import (
     unit_parameters,
 )
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images (B, C, H, W), labels (B,))
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images (B, C, H, W) or tokens
+# (B, 2, L), labels (B,))
+_CONV1D = "Conv1D"  # transformers' (GPT-2): y = x @ W + b, W (in, out)
 
 
 def gradient_scores(
@@ -68,7 +71,7 @@ def gradient_scores(
             p.requires_grad_(True)
         for images, labels in batches:
             for x, y in zip(images, labels, strict=True):
-                logits = model(x[None].to(device)).float()  # (1, classes)
+                logits = forward_logits(model, x[None].to(device)).float()  # (1, classes)
                 loss = F.cross_entropy(logits, torch.as_tensor(y).view(1).to(device))
                 grads = torch.autograd.grad(loss, tensors)
                 squares = [float(torch.dot(g.flatten(), g.flatten())) for g in grads]
@@ -126,6 +129,7 @@ def fps_scores(cmap: ComponentMap, batches: Batches, device="cpu") -> list[dict]
     units = unit_parameters(cmap)
     modules = dict(cmap.model.named_modules())
     stats, notes, hooks = {}, {}, []
+    real: list[torch.Tensor | None] = [None]  # the batch's real-token mask (B, L), text only
     for u, ps in units.items():
         for name, param in ps:
             if name.endswith("bias"):
@@ -137,19 +141,22 @@ def fps_scores(cmap: ComponentMap, batches: Batches, device="cpu") -> list[dict]
                 continue
             if reader is not None:
                 cell = stats.setdefault((u, name), [0.0, 0])  # sum of |a| per input, count
-                hooks.append(modules[owner].register_forward_hook(_hook(reader, cell)))
+                hooks.append(modules[owner].register_forward_hook(_hook(reader, cell, real)))
     model = cmap.model
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for images, _ in batches:
-                model(images.to(device))
+                images = images.to(device)
+                real[0] = images[:, 1].bool() if is_token_batch(images) else None
+                forward_logits(model, images)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return _fps_rows(units, stats, notes)
+    transposed = {name for (_u, name) in stats if _is_conv1d(modules, name)}
+    return _fps_rows(units, stats, notes, transposed)
 
 
 def _reader(module: nn.Module | None, attr: str, param: torch.Tensor, name: str):
@@ -157,6 +164,8 @@ def _reader(module: nn.Module | None, attr: str, param: torch.Tensor, name: str)
     Linear's weight, ('gain', bias) for an elementwise gain; a string says why it cannot."""
     if isinstance(module, nn.Linear) and attr == "weight":
         return ("input", None)
+    if type(module).__name__ == _CONV1D and attr == "weight":
+        return ("input_t", None)
     if param.ndim == 1 and module is not None:
         own = dict(module.named_parameters(recurse=False))
         bias = own.get("bias")
@@ -169,15 +178,18 @@ def _reader(module: nn.Module | None, attr: str, param: torch.Tensor, name: str)
     return None  # another tensor (a position table): not a weight FPS scores
 
 
-def _hook(reader, cell):
+def _hook(reader, cell, real):
     kind, bias = reader
 
     def hook(module, args, output):
-        if kind == "input":
+        if kind in ("input", "input_t"):
             a = args[0].detach().abs().double()  # (..., in)
         else:
             y = output.detach().double()
             a = (y - bias.detach().double()).abs() if bias is not None else y.abs()  # (..., D)
+        mask = real[0]
+        if mask is not None and a.shape[:2] == mask.shape:
+            a = a[mask]  # (real tokens, D): text, pad positions left out
         flat = a.reshape(-1, a.shape[-1])
         cell[0] = cell[0] + flat.sum(0)
         cell[1] += flat.shape[0]
@@ -185,7 +197,11 @@ def _hook(reader, cell):
     return hook
 
 
-def _fps_rows(units, stats, notes) -> list[dict]:
+def _is_conv1d(modules: dict[str, nn.Module], name: str) -> bool:
+    return type(modules.get(name.rpartition(".")[0])).__name__ == _CONV1D
+
+
+def _fps_rows(units, stats, notes, transposed=frozenset()) -> list[dict]:
     n, mat = counts(units), has_matrix(units)
     totals: dict[Unit, list[float]] = {u: [0.0, 0] for u in units}  # sum of I, weights scored
     params = {name: p for ps in units.values() for name, p in ps}
@@ -195,6 +211,7 @@ def _fps_rows(units, stats, notes) -> list[dict]:
             continue
         mean_a = abs_sum / tokens  # (in,) or (D,)
         w = params[name].detach().double().abs()
+        w = w.T if name in transposed else w  # a Conv1D's (in, out) as a Linear's (out, in)
         if mean_a.shape[0] != w.shape[-1]:
             notes.setdefault(u, f"fps: {name}'s module output is not elementwise in it")
             continue

@@ -9,6 +9,13 @@ besides the config, manifest, result and seal of every job (vitplas.jobs.lifecyc
 data-driven criterion reads the target's train split (no test image is scored).
 Defaults are the embedded offline default (DINOv2 ViT-S/14, photos vs Fashion-MNIST), sized to
 finish in about three minutes on a 2-core CPU.
+
+A text model (a text target) is scored on its target's train texts tokenised by its own
+tokenizer to max_length, through a fresh sequence-classification head (finetuning's:
+models.hf_text.with_classifier); FPS averages its input magnitudes over real tokens only.
+The plasticity criteria pair the reference's val texts with the target's train texts, tokenised
+alike, through the estimator's masked ratio (analysis.token_inputs); the reference defaults to
+photos for an image model and wordnet-glosses for a text model (DEFAULT_REFERENCE).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from vitplas.selection.budget import budget_warning, decide, nothing_picked, tra
 from vitplas.selection.config import SelectConfig
 
 UNIT = {"component": "component", "layer": "(layer, component)"}
+DEFAULT_REFERENCE = {"image": "photos", "text": "wordnet-glosses"}  # by the model's modality
 
 
 def score_model(
@@ -77,21 +85,66 @@ def picks(
     return out
 
 
-def _data(cfg: SelectConfig, loaded):
-    from vitplas.analysis.pairs import pair_batches
+def _text_streams(cfg: SelectConfig, loaded, reference: str) -> tuple:
+    """(the target's train texts, the reference's val texts or None) tokenised by the model's
+    own tokenizer to max_length: datasets of (tokens (2, L), label)."""
+    from vitplas.data import TokenizedTexts, get_dataset
+    from vitplas.models.hf_text import load_tokenizer
+
+    tokenizer = load_tokenizer(loaded.tokenizer, loaded.model)
+
+    def tokenized(name: str, split: str):
+        return TokenizedTexts(get_dataset(name, split, root=cfg.data_root), tokenizer,
+                              cfg.max_length)  # fmt: skip
+
+    plastic = C.of_kind(cfg.criteria, "plasticity")
+    return tokenized(cfg.target, "train"), tokenized(reference, "val") if plastic else None
+
+
+def _image_streams(cfg: SelectConfig, loaded, reference: str) -> tuple:
+    """(the target's train images, the reference's val images or None) as finetuning
+    transforms them."""
     from vitplas.analysis.setup import open_stream
-    from vitplas.data import make_loader, transform_for
+    from vitplas.data import transform_for
 
     transform = transform_for(loaded, train=False, protocol=cfg.protocol)  # as finetuning's
     train = open_stream(cfg.target, "train", transform, cfg.data_root, False)
+    plastic = C.of_kind(cfg.criteria, "plasticity")
+    ref = open_stream(reference, "val", transform, cfg.data_root, False) if plastic else None
+    return train, ref
+
+
+def reference_of(cfg: SelectConfig, modality: str) -> str:
+    """The plasticity reference stream: cfg.reference, else the modality's default; a stream of
+    another modality than the model's is a ConfigError."""
+    from vitplas.config import ConfigError
+    from vitplas.data import dataset_info
+
+    name = cfg.reference or DEFAULT_REFERENCE[modality]
+    kind = dataset_info(name).modality
+    if C.of_kind(cfg.criteria, "plasticity") and kind != modality:
+        raise ConfigError(
+            f"reference '{name}' is {kind} but the model reads {modality}: name a {modality} "
+            f"reference (e.g. reference={DEFAULT_REFERENCE[modality]})"
+        )
+    return name
+
+
+def _data(cfg: SelectConfig, loaded):
+    """(grad_batches target train batches (x, labels), plasticity pairs or None)."""
+    from vitplas.analysis.pairs import pair_batches
+    from vitplas.data import make_loader
+
+    modality = getattr(loaded, "modality", "image")
+    reference = reference_of(cfg, modality)
+    streams = _text_streams if modality == "text" else _image_streams
+    train, ref = streams(cfg, loaded, reference)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     batches = list(itertools.islice(iter(loader), cfg.grad_batches))
     pairs = None
-    if C.of_kind(cfg.criteria, "plasticity"):
-        reference = open_stream(cfg.reference, "val", transform, cfg.data_root, False)
-        target = open_stream(cfg.target, "train", transform, cfg.data_root, False)
+    if ref is not None:
         batch = min(32, cfg.pairs)
-        pairs = pair_batches(reference, target, pairs=cfg.pairs, batch_size=batch, seed=cfg.seed)
+        pairs = pair_batches(ref, train, pairs=cfg.pairs, batch_size=batch, seed=cfg.seed)
     return batches, pairs
 
 

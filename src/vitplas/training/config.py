@@ -87,6 +87,9 @@ class FinetuneConfig:
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # training crops:
     # aspect ratio (width / height), log-uniform in [min, max]
     hflip: bool = True  # training images flipped left-right with probability 0.5
+    # (img_size, load_size, crop_scale, crop_ratio, hflip: images only, not read for a text set)
+    max_length: int = 128  # a text set: every text tokenised by the model's tokenizer to this
+    # many tokens (truncated, padded, masked); not read for an image set
 
     # optimisation
     optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd (the paper) or adamw
@@ -130,7 +133,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Cross-field checks; a failure says what to change."""
-        positive = ("batch_size", "steps", "eval_every", "log_every", "img_size")
+        positive = ("batch_size", "steps", "eval_every", "log_every", "img_size", "max_length")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

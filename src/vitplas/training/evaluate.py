@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from vitplas.config import ConfigError
 from vitplas.device import autocast as autocast  # re-exported (its home: vitplas.device)
+from vitplas.models.text import forward_logits
 from vitplas.runs import Computed
 from vitplas.training.distributed import DistInfo, all_reduce_sum
 
@@ -43,7 +44,7 @@ def evaluate_model(
         images = images.to(device, non_blocking=True)
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         with autocast(device, amp):
-            logits = model(images)
+            logits = forward_logits(model, images)  # images, or tokens (B, 2, L)
         logits = logits.float()
         totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         totals[1] += (logits.argmax(dim=1) == labels).sum()

@@ -6,7 +6,8 @@
         run resumes from its checkpoint)
 
 A finished run folder holds config.yaml, manifest.json, metrics.jsonl, result.json,
-test_predictions.csv (per test image: index, label, pred of the best-validation weights),
+test_predictions.csv (per test image or text: index, label, pred of the best-validation
+weights),
 checkpoints/best.safetensors, checksums.json and DONE (the resumable train state,
 checkpoints/step_*, is pruned once DONE unless keep_state: true). One process owns the folder
 (vitplas.locks); the config is checked before anything is returned or computed, and a
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from vitplas.config import ConfigError, config_to_dict
 from vitplas.locks import is_main_process
 from vitplas.models.components import count_parameters
+from vitplas.models.text import forward_logits
 from vitplas.records import check_settings, settings_of, stamp
 from vitplas.runs import Computed, RunDir, atomic_write_json, atomic_write_text, fault_point
 from vitplas.training import checkpoint as ckpt
@@ -128,6 +130,8 @@ class Finetuner:
         # (each draws its own share of every batch)
         self.settings = settings_of(cfg, RUNTIME_KEYS, keep=("log_every",))
         self.settings["world_size"] = self.dist.world_size
+        if not _is_text(cfg.dataset):  # not read for images: an image run's state predates it
+            self.settings.pop("max_length", None)
         if cfg.batch_size % self.dist.world_size:
             raise ConfigError(
                 f"batch_size {cfg.batch_size} not divisible by {self.dist.world_size}"
@@ -313,7 +317,7 @@ class Finetuner:
         for i, (x, y) in enumerate(chunks):
             sync = i == len(chunks) - 1 or not self.dist.enabled
             with _no_sync(self.net, sync), autocast(self.device, cfg.amp):
-                logits = self.net(x)
+                logits = forward_logits(self.net, x)  # images, or tokens (B, 2, L)
                 loss = F.cross_entropy(logits.float(), y, reduction="sum")
                 (loss * scale).backward()
             loss_sum += loss.detach().double()
@@ -455,6 +459,17 @@ class Finetuner:
             self.logger = None
         if getattr(self, "_owns_group", False):
             dist_cleanup(self.dist)  # a group this run created (torchrun) ends with it
+
+
+def _is_text(dataset: str) -> bool:
+    """Whether `dataset` is a text set of the registry (a caller's own Sources may name
+    another: not a text set then)."""
+    from vitplas.data import DataError, dataset_info
+
+    try:
+        return dataset_info(dataset).modality == "text"
+    except DataError:
+        return False
 
 
 def _no_sync(net: torch.nn.Module, sync: bool):
