@@ -137,15 +137,15 @@ def test_bound_statistics_read_real_tokens_and_refuse_unequal_lengths(name):
 
 def test_minilm_ratios_are_finite_and_pad_free():
     from vitplas.analysis.setup import setup_loaded
-    from vitplas.analysis.text_pairs import TokenizedTexts
+    from vitplas.data.text import pack_tokens, tokenize_texts
     from vitplas.models import load_model
 
     minilm_folder()
     setup = setup_loaded(load_model("minilm-l6"), torch.device("cpu"), max_length=24)
     texts = [("a dog runs in the park", 0), ("it was a dull film", 1)]
     texts += [("the act of moving from one place to another quickly", 0), ("fine", 1)]
-    short = torch.stack([t for t, _ in TokenizedTexts(texts, setup.tokenizer, 24)])
-    longer = torch.stack([t for t, _ in TokenizedTexts(texts, setup.tokenizer, 40)])
+    rows = [text for text, _ in texts]
+    short, longer = (pack_tokens(tokenize_texts(rows, setup.tokenizer, n)) for n in (24, 40))
     for inputs in ("embedding", "hidden", "insitu"):
         a = pair_ratios(setup.cmap, short[:2], short[2:], inputs=inputs)
         b = pair_ratios(setup.cmap, longer[:2], longer[2:], inputs=inputs)

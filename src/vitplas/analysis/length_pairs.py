@@ -7,7 +7,7 @@ attention of every real query reads the same n real keys, and the MHA bound hold
 n, not the padded length L.
 
 How. Each stream's texts are bucketed by their real token count after tokenisation at
-max_length (analysis.text_pairs.TokenizedTexts.real_lengths). A length that only one stream
+max_length (data.text.TokenizedTexts.real_lengths). A length that only one stream
 has is skipped: its texts are lost (counted, `LengthMatch.lost`). The target stream is read
 pass after pass over its kept texts, each pass in its own seeded order (as pairs.pair_batches
 reads a stream), and each target text is paired with the next reference text of its length:

@@ -1,7 +1,8 @@
 """Text streams for the plasticity estimator: a text dataset's items tokenised by the model's
-own tokenizer to `max_length` tokens, packed as one (2, L) int64 tensor per text (row 0 the
-token ids, row 1 the attention mask), so that analysis.pairs draws text pairs exactly as it
-draws image pairs (seeds, passes, dataset indices, units) and a batch is (B, 2, L).
+own tokenizer to `max_length` tokens (data.text.TokenizedTexts, finetuning's too), packed as one
+(2, L) int64 tensor per text (row 0 the token ids, row 1 the attention mask), so that
+analysis.pairs draws text pairs exactly as it draws image pairs (seeds, passes, dataset
+indices, units) and a batch is (B, 2, L).
 
 The independent units of a text stream (the CIs') are its distinct texts: a text the stream
 holds twice is one unit (WordNet repeats some glosses).
@@ -13,63 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from vitplas.analysis.bounds import ASSUMPTIONS
-from vitplas.data.text import tokenize_texts
+from vitplas.data.text import TokenizedTexts as TokenizedTexts  # re-exported
 from vitplas.models.components import ComponentMap
 from vitplas.models.text import embed_tokens
-
-
-class TokenizedTexts(Dataset):
-    """`texts` (a text dataset: items (str, label)) as items ((2, L) int64, label): row 0 the
-    token ids, row 1 the attention mask (1 a real token), L = max_length."""
-
-    def __init__(self, texts: Dataset, tokenizer: Any, max_length: int) -> None:
-        self.texts, self.tokenizer, self.max_length = texts, tokenizer, max_length
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        text, label = self.texts[index]
-        batch = tokenize_texts([text], self.tokenizer, self.max_length)
-        packed = torch.stack([batch["input_ids"][0], batch["attention_mask"][0]])  # (2, L)
-        return packed, label
-
-    def real_lengths(self, chunk: int = 1024) -> np.ndarray:
-        """(N,) int64 real token count of each text at max_length (its mask's sum: special
-        tokens included, truncation applied), tokenised once (analysis.length_pairs)."""
-        if getattr(self, "_lengths", None) is None:
-            texts = [text for text, _ in _items(self.texts)]
-            parts = [
-                tokenize_texts(texts[i : i + chunk], self.tokenizer, self.max_length)[
-                    "attention_mask"
-                ].sum(1)
-                for i in range(0, len(texts), chunk)
-            ]
-            self._lengths = torch.cat(parts).numpy() if parts else np.zeros(0, np.int64)
-        return self._lengths
-
-    def text_units(self) -> tuple[int, np.ndarray]:
-        """(number of distinct texts, (N,) int64 id of each item's text): the CI's units, a
-        text repeated in the stream being one unit (analysis.pairs.stream_units)."""
-        first: dict[str, int] = {}
-        codes = [first.setdefault(text, len(first)) for text, _ in _items(self.texts)]
-        return len(first), np.asarray(codes, dtype=np.int64)
-
-    def __getattr__(self, name: str) -> Any:  # name, split, info... of the text dataset
-        if name in ("texts", "_lengths"):
-            raise AttributeError(name)
-        return getattr(self.texts, name)
-
-
-def _items(data: Dataset):
-    """(text, label) of every item; a TextDataset's texts without a per-item call."""
-    texts = getattr(data, "texts", None)
-    return ((t, None) for t in texts) if texts is not None else (data[i] for i in range(len(data)))
 
 
 def unpack(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

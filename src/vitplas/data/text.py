@@ -132,7 +132,10 @@ def pack_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class TokenizedTexts(Dataset):
     """A TextDataset tokenised once by a model's tokenizer to `max_length`: items
     (tokens (2, L) int64 as pack_tokens packs them, label: int); `labels`, `classes` and
-    `texts` as the TextDataset's, so a few-shot draw and a per-example record read them."""
+    `texts` as the TextDataset's, so a few-shot draw and a per-example record read them; its
+    other attributes (name, split, info) too. The one tokenised text stream of finetuning,
+    select and the plasticity estimator (its CI units: text_units; equal-length pairs:
+    real_lengths)."""
 
     def __init__(self, texts: TextDataset, tokenizer: Any, max_length: int, chunk: int = 4096):
         self.source = texts
@@ -162,3 +165,20 @@ class TokenizedTexts(Dataset):
     @property
     def skipped(self) -> tuple:
         return ()
+
+    def real_lengths(self) -> np.ndarray:
+        """(N,) int64 real token count of each text at max_length (its mask's sum: special
+        tokens included, truncation applied)."""
+        return self.tokens[:, 1].sum(1).numpy()
+
+    def text_units(self) -> tuple[int, np.ndarray]:
+        """(number of distinct texts, (N,) int64 id of each item's text): the CI's units, a
+        text repeated in the stream being one unit (analysis.pairs.stream_units)."""
+        first: dict[str, int] = {}
+        codes = [first.setdefault(text, len(first)) for text in self.texts]
+        return len(first), np.asarray(codes, dtype=np.int64)
+
+    def __getattr__(self, name: str) -> Any:  # name, split, info... of the text dataset
+        if name in ("source", "tokens", "labels", "num_classes"):
+            raise AttributeError(name)  # not set yet (unpickling): no recursion
+        return getattr(self.source, name)

@@ -138,8 +138,9 @@ def with_classifier(model: nn.Module, num_classes: int) -> nn.Module:
 
 
 def load_tokenizer(source: str | None, model: nn.Module) -> Any:
-    """The Hugging Face tokenizer in `source` (a folder or hub id: LoadedModel.tokenizer), with
-    a pad token: its own, else its eos token (GPT-2's has none; the attention mask hides it).
+    """The Hugging Face tokenizer in `source` (a folder or hub id: LoadedModel.tokenizer),
+    right-padding (the real tokens at positions 0..n-1, as models.text reads them), with a pad
+    token: its own, else its eos token (GPT-2's has none; the attention mask hides it).
     The model's config learns that pad id when it has none (GPT2ForSequenceClassification finds
     each sequence's last real token by it)."""
     from transformers import AutoTokenizer
@@ -157,6 +158,7 @@ def load_tokenizer(source: str | None, model: nn.Module) -> Any:
         if tokenizer.eos_token is None:
             raise ModelError(f"the tokenizer of {source} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer

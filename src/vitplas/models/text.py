@@ -57,27 +57,14 @@ def block_inputs(
 
 
 def load_tokenizer(loaded: Any) -> Any:
-    """The Hugging Face tokenizer of a text LoadedModel (its `tokenizer` folder or hub id),
-    right-padding; GPT-2's, which has no pad token, pads with its eos token (the mask hides
-    it). A model that names no tokenizer, or one that does not load, is a ModelError."""
-    from transformers import AutoTokenizer
+    """The Hugging Face tokenizer of a text LoadedModel (models.hf_text.load_tokenizer: its
+    `tokenizer` folder or hub id, right-padding, GPT-2's eos as its pad); an image model is a
+    ModelError."""
+    from vitplas.models.hf_text import load_tokenizer as from_source
 
     if loaded.modality != "text":
         raise ModelError(f"{loaded.spec} reads images: it has no tokenizer")
-    if not loaded.tokenizer:
-        raise ModelError(
-            f"{loaded.spec} names no tokenizer (a random-weight model built offline has none); "
-            "use a model folder or hub id that ships one"
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(loaded.tokenizer)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the tokenizer of {loaded.spec} from {loaded.tokenizer}: "
-                         f"{str(err).splitlines()[0]}") from err  # fmt: skip
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"  # positions 0..n-1 of the real tokens (module docstring)
-    return tokenizer
+    return from_source(loaded.tokenizer, loaded.model)
 
 
 def is_token_batch(x: torch.Tensor) -> bool:
