@@ -10,6 +10,10 @@ image x val images x number of validations; test = one pass over the test split.
 jobs: plasticity = its pairs through the real estimator (counted the same way) plus the
 radius images; probes = one forward pass over the train and test images they read; bounds =
 the radius images (spectral norms are negligible).
+A text run (a text set: the model is its sequence classifier) counts token batches of its
+max_length instead of images (every text padded to it, as training feeds them), a text
+plasticity job its pairs of max_length tokens and its token radius through the real
+analysis.text_pairs.text_radius; the table says tokens where images say px.
 
 Time = FLOPs / (peak x MFU) + a fixed start-up per job (process start, imports, model and data
 loading), on a declared device (experiments/devices.py: H100 by default, at 40% utilisation),
@@ -46,11 +50,14 @@ from vitplas.experiments.devices import (  # noqa: F401 (declared_device: the CL
 )
 from vitplas.experiments.flops import (
     forward_flops,
-    input_side,
+    input_label,
     meta_model,
     pair_flops,
+    text_config,
+    text_radius_flops,
     train_step_flops,
 )
+from vitplas.experiments.sizes import ASSUMED_SPLIT, split_sizes
 from vitplas.experiments.spec import Run, SweepSpec, expand
 
 SLURM_MARGIN = 1.5  # a job's time limit = estimate x margin + SLURM_SLACK_MIN
@@ -62,57 +69,6 @@ RECORD_LINE_BYTES = 400  # mean metrics.jsonl line (train lines with per-compone
 RUN_FILES_BYTES = 4_000  # config.yaml + manifest.json + result.json + status + DONE
 ANALYSIS_BYTES = 2_000_000  # tables (CSV + Parquet) and figures of one analysis job
 OPTIMIZER_SLOTS = {"sgd": 1, "adamw": 2}  # momentum; Adam's two moments
-
-# Images in the part of each dataset that its split rule cuts (data/splits.py). Families with
-# parameters are keyed by the full name where the size depends on it.
-PART_SIZES: dict[str, dict[str, int]] = {
-    "cifar10": {"train": 50_000, "test": 10_000},
-    "cifar100": {"train": 50_000, "test": 10_000},
-    "cifar10-c": {"all": 10_000},
-    "cifar100-c": {"all": 10_000},
-    "flowers102": {"train": 1_020, "val": 1_020, "test": 6_149},
-    "pet": {"train": 3_680, "test": 3_669},
-    "domainnet/clipart": {"all": 48_129},  # the cleaned DomainNet
-    "domainnet/infograph": {"all": 51_605},
-    "domainnet/painting": {"all": 72_266},
-    "domainnet/quickdraw": {"all": 172_500},
-    "domainnet/real": {"all": 172_947},
-    "domainnet/sketch": {"all": 69_128},
-    "imagenet": {"val": 50_000, "test": 50_000},
-    "imagenet-c": {"val": 50_000, "test": 50_000},
-    "fashion-mnist": {"train": 60_000, "test": 10_000},
-    "mnist-5k": {"all": 5_000},
-    "digits": {"all": 1_797},
-}
-ASSUMED_SPLIT = 10_000  # a split of unknown size (a folder: dataset) is assumed this large
-
-
-# ---- dataset sizes ---------------------------------------------------------------------------
-def split_sizes(dataset: str) -> tuple[dict[str, int], bool]:
-    """{train, val, test: images} of a dataset as its split rule cuts it, and whether the
-    sizes are known (False: ASSUMED_SPLIT each)."""
-    from vitplas.data.registry import dataset_info
-    from vitplas.data.splits import HELD_FRACTION
-
-    info = dataset_info(dataset)
-    parts = PART_SIZES.get(info.name.rstrip("/")) or PART_SIZES.get(info.family)
-    if info.family == "domainnet":
-        parts = PART_SIZES.get(f"domainnet/{info.values.get('domain')}")
-    if info.family == "photos":
-        length = int(info.values.get("length", ASSUMED_SPLIT))
-        parts = {"val": length, "test": length}
-    if parts is None:
-        return {s: ASSUMED_SPLIT for s in ("train", "val", "test")}, False
-    rule = info.split_rule
-    if rule in ("official", "stream"):
-        return {s: parts.get(s, 0) for s in ("train", "val", "test")}, True
-    if rule == "val-from-train":
-        rest, test = parts["train"], parts["test"]
-    else:  # from-all: test = 20% of everything, val = 20% of the rest
-        test = round(parts["all"] * HELD_FRACTION)
-        rest = parts["all"] - test
-    val = round(rest * HELD_FRACTION)
-    return {"train": rest - val, "val": val, "test": test}, True
 
 
 # ---- the estimate ----------------------------------------------------------------------------
@@ -162,6 +118,12 @@ def _classes(dataset: str) -> int:
     return dataset_info(dataset).num_classes or 10
 
 
+def _is_text_set(dataset: str) -> bool:
+    from vitplas.data.registry import dataset_info
+
+    return dataset_info(dataset).modality == "text"
+
+
 def _capped(n: int, cap: int | None) -> int:
     return n if cap is None else min(n, cap)
 
@@ -177,12 +139,15 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
     if auto:  # the pick is made when the run starts: count the most a pick can train
         cfg.train = ["all"]
     classes = _classes(cfg.dataset)
-    model = counter.model(cfg.model, cfg.img_size, classes)
-    fwd = counter.get(("fwd", cfg.model, cfg.img_size, classes), lambda: forward_flops(model))
+    text = _is_text_set(cfg.dataset)  # a text set: img_size is not read, max_length is
+    img_size, length = (None, cfg.max_length) if text else (cfg.img_size, None)
+    model = counter.model(cfg.model, img_size, classes)
+    key = (cfg.model, img_size, length, classes)
+    fwd = counter.get(("fwd", *key), lambda: forward_flops(model, length))
     if any(t in RIVALS for t in cfg.train):  # peft injects adapters: keep the shared model clean
         model = copy.deepcopy(model)
     trained = tuple(cfg.train)
-    shape = (cfg.model, cfg.img_size, cfg.batch_size, classes, trained, cfg.optimizer)
+    shape = (*key, cfg.batch_size, trained, cfg.optimizer)
     shape += (cfg.train_head, cfg.train_norm, cfg.lora.r if "lora" in trained else None)
     step, n_trained = counter.get(("train", *shape), lambda: train_step_flops(model, cfg))
     sizes, known = split_sizes(cfg.dataset)
@@ -198,11 +163,13 @@ def run_cost(run: Run, counter: _Counter, device: Device) -> JobCost:
     records = RUN_FILES_BYTES + lines * RECORD_LINE_BYTES * (2 if cfg.tensorboard else 1)
     # a train state holds the trained weights, the optimizer's slots and the best weights
     states = cfg.keep_checkpoints * best * (2 + OPTIMIZER_SLOTS.get(cfg.optimizer, 2))
-    label = f"{cfg.model}@{cfg.img_size} b{cfg.batch_size} {train_label(list(trained))}"
+    label = f"{cfg.model}@{input_label(model, length)} b{cfg.batch_size}"
+    label += f" {train_label(list(trained))}"
     label += " (auto)" if auto else ""
     cost = JobCost(run.run_id, "finetune", label, flops, best + records, best + records + states)
     if not known:
-        cost.notes.append(f"{cfg.dataset}: split sizes unknown, {ASSUMED_SPLIT} images assumed")
+        unit = "texts" if text else "images"
+        cost.notes.append(f"{cfg.dataset}: split sizes unknown, {ASSUMED_SPLIT} {unit} assumed")
     if auto:
         cost.notes.append(
             "train=[auto] runs (label 'all (auto)') are counted as train=[all], an upper "
@@ -233,6 +200,8 @@ def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
         cost.notes.append(f"{job.kind} job {job.job_id}: a custom runner, start-up only")
         cost.seconds = device.seconds(0.0, cost.precision)
         return cost
+    if text_config(cfg.model) is not None:
+        return _text_analysis_cost(job, cfg, counter, device)
     model = counter.model(cfg.model, cfg.img_size, 0)
     fwd = counter.get(("fwd", cfg.model, cfg.img_size, 0), lambda: forward_flops(model))
     radius_images = 0 if getattr(cfg, "radius", None) else getattr(cfg, "radius_images", 0)
@@ -246,11 +215,35 @@ def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
         flops = float(fwd) * images
     else:  # bounds: the radius images (spectral norms are negligible)
         flops = float(fwd) * radius_images
-    label = f"{cfg.model}@{input_side(model)}"
+    return _analysis_job(job, cfg, f"{cfg.model}@{input_label(model)}", flops, device)
+
+
+def _analysis_job(job: Any, cfg: Any, label: str, flops: float, device: Device) -> JobCost:
     cost = JobCost(job.job_id, job.kind, label, {"analysis": flops}, ANALYSIS_BYTES, ANALYSIS_BYTES)
     cost.precision = _analysis_precision(job.kind, cfg, device.kind)
     cost.seconds = device.seconds(cost.total_flops, cost.precision)
     return cost
+
+
+def _text_analysis_cost(job: Any, cfg: Any, counter: _Counter, device: Device) -> JobCost:
+    """A plasticity job of a text model: its pairs of max_length tokens through the estimator
+    and, with bounds, its radius texts through the token radius; other kinds are refused (they
+    read images only, as the jobs themselves refuse a text model)."""
+    from vitplas.config import ConfigError
+
+    if job.kind != "plasticity":
+        raise ConfigError(
+            f"{job.kind} job {job.job_id}: {cfg.model} is a text model and {job.kind} reads "
+            "images only; measure text models with plasticity"
+        )
+    length, model = cfg.max_length, counter.model(cfg.model, cfg.img_size, 0)
+    key = (cfg.model, length, cfg.inputs)
+    pair = counter.get(("pair", *key), lambda: pair_flops(model, cfg.inputs, length))
+    flops = float(pair) * cfg.pairs
+    if cfg.bounds and cfg.radius is None:
+        radius = counter.get(("radius", *key), lambda: text_radius_flops(model, cfg.inputs, length))
+        flops += float(radius) * cfg.radius_images
+    return _analysis_job(job, cfg, f"{cfg.model}@{input_label(model, length)}", flops, device)
 
 
 def _analysis_precision(kind: str, cfg: Any, device_type: str) -> str:

@@ -302,7 +302,8 @@ def from_run(
     """A `Built` (vitplas.models.sources) of finetuning run `run`: base model + trained weights
     (base_only: the base alone; the trained file is still verified and read for the head).
     A finished run only (its records read through its seal), unless `allow_unfinished`; at
-    its own input size only (`img_size` None or the run's)."""
+    its own input size only (`img_size` None or the run's). A run on a text set is its text
+    model's sequence classifier (modality text, its tokenizer; no image size, no mean/std)."""
     if random_init:
         raise ModelError(
             f"{run} is a finetuned run: its weights are the point; drop random_init (--random-init)"
@@ -311,20 +312,24 @@ def from_run(
     if unfinished and not allow_unfinished:
         raise finetuned.unfinished_error(run)
     cfg = finetuned.read_run_config(run, unfinished)
+    text = finetuned.is_text_run(cfg)  # a text set: the sequence classifier, no image size
+    if text and img_size is not None:
+        raise ModelError(f"{run} is a text model (trained on {cfg['dataset']}): it has no image "
+                         "size (drop img_size)")  # fmt: skip
     if img_size is not None and cfg.get("img_size") not in (None, img_size):
         raise ModelError(
             f"{run} trained at img_size {cfg['img_size']}; at {img_size} its position embedding "
             f"would be resampled into another model: set img_size={cfg['img_size']} (or leave "
             "it unset)"
         )
-    prep = finetuned.run_preprocessing(run, cfg, unfinished)
+    prep = None if text else finetuned.run_preprocessing(run, cfg, unfinished)
     trained, checksum = finetuned.read_trained(run, unfinished)
     with torch.random.fork_rng(devices=[]):
         base = start_model(
             str(cfg["model"]),
             num_classes=finetuned.num_classes_of(cfg, trained),
             random_init=bool(cfg.get("random_init", False)),
-            img_size=cfg.get("img_size"),
+            img_size=None if text else cfg.get("img_size"),
             seed=int(cfg.get("seed", 0)),
             protocol=finetuned.run_protocol(run, cfg),
         )
@@ -334,13 +339,17 @@ def from_run(
             f"base model '{cfg['model']}' has weights (sha256 {base.checksum[:12]}...) other than "
             f"those run {run} trained from ({recorded[:12]}...); restore them to use this run"
         )
-    finetuned.with_preprocessing(base.model, prep)
-    mean, std = prep["mean"], prep["std"]
+    if prep is not None:
+        finetuned.with_preprocessing(base.model, prep)
+    mean, std = (prep["mean"], prep["std"]) if prep is not None else ((), ())
+    modality = {"modality": base.modality, "tokenizer": base.tokenizer}  # text: its tokenizer
     train = "+".join(cfg.get("train", []))
     what = f"{UNFINISHED} finetuned run {run}" if unfinished else f"finetuned run {run}"
     if base_only:
         desc = f"base model of {what}: {base.description}"
-        return Built(base.model, desc, mean, std, base.checksum, base.random_init, base.arch)
+        return Built(
+            base.model, desc, mean, std, base.checksum, base.random_init, base.arch, **modality
+        )
     finetuned.apply_run_weights(base.model, cfg, trained, run)
     desc = f"{what} (train={train} on {cfg['dataset']}) of {base.description}"
-    return Built(base.model, desc, mean, std, checksum, base.random_init, base.arch)
+    return Built(base.model, desc, mean, std, checksum, base.random_init, base.arch, **modality)

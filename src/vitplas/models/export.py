@@ -53,6 +53,11 @@ def timm_arch(loaded: LoadedModel, spec: str) -> tuple[str, dict[str, Any]]:
 
     from vitplas.models.timm_models import split_name
 
+    if loaded.modality == "text":
+        raise ModelError(
+            f"{spec} is a text model ({type(loaded.model).__name__}): export writes timm ViT "
+            "checkpoints; use the run itself as a model spec (model: RUN, vitplas evaluate RUN)"
+        )
     base = _base_spec(spec)
     if is_preset(base) and get_preset(base).source == "random":
         kwargs = {k: v for k, v in get_preset(base).arch_kwargs.items() if k != "img_size"}

@@ -17,6 +17,8 @@ Every record is read through the run folder's reader (vitplas.runs.read_record):
 against the run's seal.
 A LoRA or LN-tuning run's adapters are rebuilt as training injected them (its `lora` options),
 given the trained tensors, then merged (models.adapters): the model is a plain timm model.
+A run on a text set (`is_text_run`) is rebuilt the same way as its text model's transformers
+sequence classifier (no image size, no mean/std: its tokenizer instead, read from the base).
 """
 
 from __future__ import annotations
@@ -87,6 +89,18 @@ def read_run_config(run: Path, unfinished: bool = False) -> dict[str, Any]:
     if not isinstance(cfg, dict) or not {"model", "dataset"} <= set(cfg):
         raise ModelError(f"{run / CONFIG_FILE} is not a finetuning config (needs model, dataset)")
     return cfg
+
+
+def is_text_run(cfg: dict[str, Any]) -> bool:
+    """Whether the run trained on a text set (its model then is a text classifier), as
+    training decides it: by the dataset's modality (a name the registry lacks, which a
+    caller's own Sources may carry, is no text set)."""
+    from vitplas.data import DataError, dataset_info  # a sibling layer, as in num_classes_of
+
+    try:
+        return dataset_info(str(cfg["dataset"])).modality == "text"
+    except DataError:
+        return False
 
 
 def read_manifest(run: Path, unfinished: bool = False) -> dict[str, Any]:

@@ -108,6 +108,20 @@ def package_folder(preset: Preset) -> Path:
     return folder
 
 
+def classifier_of(config: Any, num_classes: int) -> nn.Module:
+    """The transformers *ForSequenceClassification of `config` (copied) with `num_classes`
+    labels, its weights drawn by transformers' init (under `torch.device("meta")`: none)."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(config)
+    config.num_labels = num_classes
+    config.id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    return AutoModelForSequenceClassification.from_config(config)
+
+
 def with_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     """`model`'s transformers *ForSequenceClassification with a new `num_classes` head: the
     class its config maps to (BertForSequenceClassification: pooler output of the first token
@@ -116,15 +130,7 @@ def with_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     initializer_range, zero bias, from the global torch RNG) with every base weight copied in.
     A base parameter the classifier lacks is dropped only where it is BERT's pooler (RoBERTa's
     classifier has its own head); any other mismatch is a ModelError."""
-    import copy
-
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(model.config)
-    config.num_labels = num_classes
-    config.id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    classifier = AutoModelForSequenceClassification.from_config(config)
+    classifier = classifier_of(model.config, num_classes)
     base = model.base_model if _is_classifier(model.config) else model
     found = classifier.base_model.load_state_dict(base.state_dict(), strict=False)
     dropped = [k for k in found.unexpected_keys if not k.startswith(_MAY_BE_MISSING)]

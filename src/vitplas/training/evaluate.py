@@ -157,6 +157,21 @@ def compute_evaluation(cfg, run) -> Computed:
     return Computed({"datasets": list(table["dataset"])}, None, {"table": table})
 
 
+def _text_reader(loaded: Any, cfg: Any):
+    """(name, split, plan) -> that split of a text set tokenised as the run's training did:
+    by the run's tokenizer to its max_length (data.TokenizedTexts: (2, L) ids and mask)."""
+    from vitplas.data import TokenizedTexts, get_dataset
+    from vitplas.models.hf_text import load_tokenizer
+
+    tokenizer = load_tokenizer(loaded.tokenizer, loaded.model)  # GPT-2: pad id = eos
+
+    def read(name: str, split: str, plan: Any) -> TokenizedTexts:
+        texts = get_dataset(name, split, root=cfg.data_root, plan=plan)
+        return TokenizedTexts(texts, tokenizer, cfg.max_length)
+
+    return read
+
+
 def _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers):
     import pandas as pd
 
@@ -168,18 +183,22 @@ def _evaluate_locked(run_dir, datasets, split, device, batch_size, num_workers):
     loaded, cfg = load_best_model(run_dir, str(dev))
     names = [cfg.dataset, *[d for d in datasets if d != cfg.dataset]]
     _check_classes(cfg.dataset, names)  # before any work: a bad name loses nothing
-    transform = transform_for(loaded, train=False)  # the run's own (models.finetuned)
     plan = cfg.split_plan()  # the test carving the run's protocol uses
+    read = _text_reader(loaded, cfg) if loaded.modality == "text" else None
+    transform = None if read else transform_for(loaded, train=False)  # the run's own
     rows = []
     for name in names:
-        data = get_dataset(  # the files the run's own option left out stay out
-            name,
-            split,
-            transform=transform,
-            root=cfg.data_root,
-            plan=plan,
-            skip_unreadable=cfg.skip_unreadable,
-        )
+        if read is not None:
+            data = read(name, split, plan)
+        else:
+            data = get_dataset(  # the files the run's own option left out stay out
+                name,
+                split,
+                transform=transform,
+                root=cfg.data_root,
+                plan=plan,
+                skip_unreadable=cfg.skip_unreadable,
+            )
         loader = eval_loader(data, batch_size, num_workers=num_workers)
         scores = evaluate_model(loaded.model, loader, dev, amp=cfg.amp)
         rows.append(
