@@ -184,3 +184,14 @@ def test_one_step_of_each_component_on_the_real_minilm(tmp_path):
         want = {n for c in (comp, "head") for n, _ in cmap.named_parameters(c)}
         assert moved <= want and {cmap.owner[n] for n in moved} == {comp, "head"}
         assert result["test_n"] == 6
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_max_length_beyond_the_models_positions_is_one_line(world, family, tmp_path):
+    from vitplas.jobs.runners import run_finetune
+    from vitplas.models.errors import ModelError
+
+    cfg = _config(world, family, "train=[mha]", "max_length=1000")
+    with pytest.raises(ModelError, match=r"max_length 1000: .* reads sequences of 1 to \d+") as e:
+        run_finetune(cfg, tmp_path / "run")
+    assert "\n" not in str(e.value)

@@ -14,7 +14,7 @@ from vitplas.cli import app
 from vitplas.config import ConfigError
 from vitplas.jobs.runners import run_finetune as finetune
 from vitplas.runs import DamagedRecordError, RunDir
-from vitplas.selection.auto import resolve_auto
+from vitplas.selection.auto import resolve_auto, select_config
 from vitplas.training.config import load_finetune_config
 
 BASE = [
@@ -72,6 +72,9 @@ def test_auto_scores_the_extra_criteria_and_trains_its_own_pick(tmp_path):
     assert set(frame["criterion"]) == {"params", "random"}
     picked = json.loads((tmp_path / "picks.json").read_text())
     assert set(picked["picks"]) == {"params", "random"}
+    comma = "select.extra={grad_batches: 1, batch_size: 8, pairs: 8, criteria: 'random,params'}"
+    cfg = load_finetune_config(None, [*BASE, "train=[auto:params]", "select.budget=0.45", comma])
+    assert select_config(cfg, "params").criteria == ["params", "random"]  # a comma list too
 
 
 def test_auto_fill_rule_and_a_pick_of_nothing(tmp_path):

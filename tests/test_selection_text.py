@@ -129,3 +129,13 @@ def test_select_on_the_real_minilm_and_rotten_tomatoes():
     types = _types(score_config(config_from_dict(SelectConfig, data)))
     assert set(types.columns) == SCORED and len(types) == 5
     assert types[["grad_rms", "rgn", "fisher", "fps"]].notna().all().all()
+
+
+def test_select_refuses_what_a_text_model_cannot_read_in_one_line(world):
+    from vitplas.models.errors import ModelError
+
+    with pytest.raises(ConfigError, match=r"target 'digits' is image but .* reads text") as e:
+        _scores(world, "bert", target="digits", criteria=["grad_rms"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ModelError, match=r"max_length 1000: .* reads sequences of 1 to \d+"):
+        _scores(world, "gpt2", criteria=["grad_rms"], max_length=1000)

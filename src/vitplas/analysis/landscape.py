@@ -35,6 +35,7 @@ from vitplas.analysis.setup import open_stream, resolve_device
 from vitplas.data import dataset_info, make_loader, transform_for
 from vitplas.models.build import load_configured
 from vitplas.models.components import ComponentMap, component_map
+from vitplas.models.errors import ModelError
 from vitplas.records import read_table
 from vitplas.runs import Computed, RunDir, write_table
 
@@ -50,6 +51,8 @@ class _Setup:
 def _setup(cfg: LandscapeConfig, num_classes: int) -> tuple[_Setup, Any]:
     """The model with a new head of `num_classes`, truncated to cfg.blocks, and its record."""
     loaded = load_configured(cfg, num_classes)
+    if getattr(loaded, "modality", "image") == "text":
+        raise ModelError(f"vitplas landscape measures image models; {loaded.spec} reads text")
     model = loaded.model
     if cfg.blocks is not None:
         model.blocks = model.blocks[: cfg.blocks]  # shallow: the loss only needs these

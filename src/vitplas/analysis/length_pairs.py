@@ -10,9 +10,10 @@ How. Each stream's texts are bucketed by their real token count after tokenisati
 max_length (data.text.TokenizedTexts.real_lengths). A length that only one stream
 has is skipped: its texts are lost (counted, `LengthMatch.lost`). The target stream is read
 pass after pass over its kept texts, each pass in its own seeded order (as pairs.pair_batches
-reads a stream), and each target text is paired with the next reference text of its length:
-each length's reference texts in a seeded order, a new order each time the bucket is used
-up. So the targets are drawn as before and the references follow the targets' lengths. All
+reads a stream, but with salts of its own and over the kept texts only, so not the targets
+nor the order of pair_lengths=any), and each target text is paired with the next reference
+text of its length: each length's reference texts in a seeded order, a new order each time
+the bucket is used up; the references follow the targets' lengths. All
 of it is deterministic from the seed; the pairs' dataset indices are the streams' own, so the
 CI's units (pairs.stream_units) are unchanged.
 """

@@ -92,13 +92,9 @@ def setup_loaded(
 
 
 def _text_setup(loaded: LoadedModel, cmap: ComponentMap, device, max_length: int) -> ModelSetup:
-    config = loaded.model.config
-    positions = getattr(config, "max_position_embeddings", None) or config.n_positions
-    positions -= getattr(config, "pad_token_id", 0) + 1 if config.model_type == "roberta" else 0
-    if not 1 <= max_length <= positions:
-        raise ModelError(
-            f"max_length {max_length}: {loaded.spec} reads sequences of 1 to {positions} tokens"
-        )
+    from vitplas.models.hf_text import check_max_length
+
+    check_max_length(loaded.spec, loaded.model, max_length)
     tokenizer = load_tokenizer(loaded)
     with torch.inference_mode():
         probe = torch.zeros(1, max_length, dtype=torch.long, device=device)

@@ -72,8 +72,11 @@ class Inputs:
         self.norm = frob(self.diff)
 
     def keep(self, diff: torch.Tensor) -> torch.Tensor:
-        """A (B, N, *) difference with the positions outside the joint mask set to 0."""
-        return diff if self.joint is None else diff * self.joint[..., None]
+        """A (B, N, *) difference with the positions outside the joint mask set to 0 (set, not
+        multiplied: a non-finite value at a pad position is dropped too)."""
+        if self.joint is None:
+            return diff
+        return diff.masked_fill(~self.joint.bool()[..., None], 0.0)
 
     @property
     def same_masks(self) -> torch.Tensor | None:

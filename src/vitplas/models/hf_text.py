@@ -143,6 +143,17 @@ def with_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     return classifier
 
 
+def check_max_length(spec: str, model: nn.Module, max_length: int) -> None:
+    """A one-line ModelError unless 1 <= max_length <= the positions the model embeds
+    (RoBERTa's positions start after its padding index)."""
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None) or config.n_positions
+    positions -= getattr(config, "pad_token_id", 0) + 1 if config.model_type == "roberta" else 0
+    if not 1 <= max_length <= positions:
+        raise ModelError(f"max_length {max_length}: {spec} reads sequences of 1 to {positions} "
+                         "tokens")  # fmt: skip
+
+
 def load_tokenizer(source: str | None, model: nn.Module) -> Any:
     """The Hugging Face tokenizer in `source` (a folder or hub id: LoadedModel.tokenizer),
     right-padding (the real tokens at positions 0..n-1, as models.text reads them), with a pad

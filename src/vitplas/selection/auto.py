@@ -45,6 +45,15 @@ def _criterion(cfg) -> tuple[str, float]:
         raise ConfigError(f"train=[{token}]: {err}") from err
 
 
+def _extra_criteria(cfg) -> list[str]:
+    """select.extra's criteria (a list or a comma string; none when the key is absent)."""
+    named = cfg.select.extra.get("criteria")
+    try:
+        return parse_criteria(named) if named else []
+    except ValueError as err:
+        raise ConfigError(f"select.extra.criteria: {err}") from err
+
+
 def select_config(cfg, criterion: str) -> SelectConfig:
     """The SelectConfig that scores `criterion` for finetune config `cfg` (its select block)."""
     from vitplas.data import dataset_info
@@ -65,7 +74,7 @@ def select_config(cfg, criterion: str) -> SelectConfig:
         **cfg.select.extra,
         # the run's criterion first; select.extra's criteria are scored too (selection.csv),
         # so that a study's evidence has every criterion's ranking from one scoring
-        "criteria": list(dict.fromkeys([criterion, *cfg.select.extra.get("criteria", [])])),
+        "criteria": list(dict.fromkeys([criterion, *_extra_criteria(cfg)])),
     }
     return config_from_dict(SelectConfig, data, where="select.extra")
 

@@ -89,8 +89,9 @@ def _text_streams(cfg: SelectConfig, loaded, reference: str) -> tuple:
     """(the target's train texts, the reference's val texts or None) tokenised by the model's
     own tokenizer to max_length: datasets of (tokens (2, L), label)."""
     from vitplas.data import TokenizedTexts, get_dataset
-    from vitplas.models.hf_text import load_tokenizer
+    from vitplas.models.hf_text import check_max_length, load_tokenizer
 
+    check_max_length(loaded.spec, loaded.model, cfg.max_length)
     tokenizer = load_tokenizer(loaded.tokenizer, loaded.model)
 
     def tokenized(name: str, split: str):
@@ -133,9 +134,15 @@ def reference_of(cfg: SelectConfig, modality: str) -> str:
 def _data(cfg: SelectConfig, loaded):
     """(grad_batches target train batches (x, labels), plasticity pairs or None)."""
     from vitplas.analysis.pairs import pair_batches
-    from vitplas.data import make_loader
+    from vitplas.config import ConfigError
+    from vitplas.data import dataset_info, make_loader
 
     modality = getattr(loaded, "modality", "image")
+    if (kind := dataset_info(cfg.target).modality) != modality:
+        raise ConfigError(
+            f"target '{cfg.target}' is {kind} but {loaded.spec} reads {modality}: name a "
+            f"{modality} target (vitplas datasets lists each one's modality)"
+        )
     reference = reference_of(cfg, modality)
     streams = _text_streams if modality == "text" else _image_streams
     train, ref = streams(cfg, loaded, reference)

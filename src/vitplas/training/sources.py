@@ -169,12 +169,13 @@ def _is_text_preset(spec: str) -> bool:
 def load_text_sources(cfg: FinetuneConfig, splits: tuple[str, ...]) -> Sources:
     """load_sources of a text set (module docstring): a sequence classifier, tokenised splits."""
     from vitplas.data import TokenizedTexts, dataset_info, get_dataset
-    from vitplas.models.hf_text import load_tokenizer
+    from vitplas.models.hf_text import check_max_length, load_tokenizer
 
     if cfg.augment == "device":
         raise ConfigError(f"augment=device crops images; {cfg.dataset} is a text set: drop it")
     info = dataset_info(cfg.dataset)
     loaded = start_loaded(cfg, info.num_classes, text=True)
+    check_max_length(loaded.spec, loaded.model, cfg.max_length)
     tokenizer = load_tokenizer(loaded.tokenizer, loaded.model)
     plan = cfg.split_plan()
     data: dict[str, Dataset | None] = dict.fromkeys(("train", "val", "test"))
