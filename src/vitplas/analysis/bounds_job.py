@@ -82,7 +82,9 @@ def _data_bounds(bounds: pd.DataFrame, measured: pd.DataFrame, cfg: BoundsConfig
     largest = None if cfg.r_max is not None else bounds_matrix(measured, depth, components, "r_max")
     longest = None
     if setup.text and largest is not None:  # NaN (a run from before n_tokens): n stays L
-        n = bounds_matrix(measured, depth, components, "n_tokens")
+        # only the data rows hold the pairs' real lengths (the paper's rows keep n = L)
+        data_rows = measured[measured["kind"] == "mha-data"] if "kind" in measured else measured[:0]
+        n = bounds_matrix(data_rows, depth, components, "n_tokens")
         longest = float(n.nan_to_num(0).max()) or None
     return fill_data_bounds(bounds, components, scale, largest, longest)
 
