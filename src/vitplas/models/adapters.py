@@ -15,17 +15,17 @@ import warnings
 from torch import nn
 
 from vitplas.models.components import component_map
+from vitplas.models.hooks import is_hf_conv1d
 from vitplas.models.options import LoraOptions
 
 ADAPTERS = ("lora", "lntuning")  # the train tokens that inject peft adapters
 _COMPONENTS = {"lora": ("mha",), "lntuning": ("ln1", "ln2")}
 _WANTED = {"lora": "Linear", "lntuning": "LayerNorm"}  # what `_adapted` accepts, by kind
 _ADAPTED = {"Linear": (nn.Linear,), "LayerNorm": (nn.LayerNorm,)}
-_CONV1D = "Conv1D"  # transformers.pytorch_utils.Conv1D (GPT-2): a Linear with weight (in, out)
 
 
 def _adapted(module: nn.Module, wanted: str) -> bool:
-    if wanted == "Linear" and type(module).__name__ == _CONV1D:
+    if wanted == "Linear" and is_hf_conv1d(module):  # GPT-2: a Linear with weight (in, out)
         return True
     return isinstance(module, _ADAPTED[wanted])
 
@@ -58,7 +58,7 @@ def inject_adapters(model: nn.Module, kind: str, lora: LoraOptions | None = None
     targets = adapter_targets(model, kind)
     if kind == "lora":
         opts = lora or LoraOptions()
-        conv1d = any(type(model.get_submodule(t)).__name__ == _CONV1D for t in targets)
+        conv1d = any(is_hf_conv1d(model.get_submodule(t)) for t in targets)
         config = LoraConfig(
             r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, target_modules=targets,
             fan_in_fan_out=conv1d,

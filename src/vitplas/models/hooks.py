@@ -46,3 +46,14 @@ def frozen_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.
     if bias is not None:
         out.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
     return out
+
+
+def is_hf_conv1d(module: object) -> bool:
+    """Whether `module` is transformers' Conv1D (GPT-2's linear: y = x @ W + b, W (in, out)),
+    by its class, not only its name (another library's Conv1D is a convolution); the name is
+    checked first, so an image model never imports transformers for it."""
+    if type(module).__name__ != "Conv1D":
+        return False
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitplas.models.components import ComponentMap
+from vitplas.models.hooks import is_hf_conv1d
 from vitplas.models.text import forward_logits, is_token_batch
 from vitplas.selection.criteria import (
     ALL,
@@ -43,7 +44,6 @@ from vitplas.selection.criteria import (
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images (B, C, H, W) or tokens
 # (B, 2, L), labels (B,))
-_CONV1D = "Conv1D"  # transformers' (GPT-2): y = x @ W + b, W (in, out)
 
 
 def gradient_scores(
@@ -164,7 +164,7 @@ def _reader(module: nn.Module | None, attr: str, param: torch.Tensor, name: str)
     Linear's weight, ('gain', bias) for an elementwise gain; a string says why it cannot."""
     if isinstance(module, nn.Linear) and attr == "weight":
         return ("input", None)
-    if type(module).__name__ == _CONV1D and attr == "weight":
+    if is_hf_conv1d(module) and attr == "weight":  # GPT-2: y = x @ W + b, W (in, out)
         return ("input_t", None)
     if param.ndim == 1 and module is not None:
         own = dict(module.named_parameters(recurse=False))
@@ -198,7 +198,7 @@ def _hook(reader, cell, real):
 
 
 def _is_conv1d(modules: dict[str, nn.Module], name: str) -> bool:
-    return type(modules.get(name.rpartition(".")[0])).__name__ == _CONV1D
+    return is_hf_conv1d(modules.get(name.rpartition(".")[0]))
 
 
 def _fps_rows(units, stats, notes, transposed=frozenset()) -> list[dict]:
