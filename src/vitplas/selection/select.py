@@ -59,7 +59,9 @@ def score_model(
         rows += fps_scores(cmap, train_batches, device)
     plastic = C.of_kind(criteria, "plasticity")
     if plastic and pairs is None:
-        raise ValueError(f"{', '.join(plastic)} need pairs of the reference and the target (images or texts)")
+        raise ValueError(
+            f"{', '.join(plastic)} need pairs of the reference and the target (images or texts)"
+        )
     pairs = list(pairs) if len(plastic) > 1 else pairs  # one stream, scored once per mode
     for name in plastic:
         mode = C.BY_NAME[name].inputs or inputs
