@@ -250,10 +250,10 @@ class LandscapeConfig:
     lr: float = 0.01  # SGD learning rate of the trajectory
     momentum: float = 0.9  # SGD momentum
     grad_clip: float | None = 1.0  # total gradient norm, as the finetuning protocol clips
-    batch_size: int = 16  # images per SGD step
+    batch_size: int = 16  # images (texts) per SGD step
     grid: int = 20  # grid points per side of the plane (grid x grid evaluations)
     span: float = 0.5  # the grid covers [-span, span] along both PCA directions
-    eval_images: int = 16  # training images of the fixed loss batch
+    eval_images: int = 16  # training images (texts) of the fixed loss batch
     pairs: int = 16  # fixed (reference, dataset) pairs of the rate of change
     seed: int = 0  # seed of the head, the batches and the pairs
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
@@ -265,6 +265,10 @@ class LandscapeConfig:
     def validate(self) -> None:
         at_least(self, 2, "steps", "grid")
         at_least(self, 1, "max_length")
+        if self.reference is None:  # resolved here: the run's config names the stream it read
+            from vitplas.data import dataset_info
+
+            self.reference = DEFAULT_REFERENCE[dataset_info(self.dataset).modality]
         for key in ("span", "lr"):
             check_range(key, getattr(self, key), getattr(self, key) > 0, "> 0")
         if self.blocks is not None and not 0 <= self.layer < self.blocks:

@@ -38,7 +38,10 @@ from vitplas.models.build import load_configured
 from vitplas.models.components import ComponentMap
 from vitplas.models.errors import ModelError
 from vitplas.models.families import find_family
+from vitplas.models.registry import get_preset, is_preset
 from vitplas.models.text import embed_tokens
+
+HOLDS = {"image": "images", "text": "texts"}  # what a stream of each modality holds
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,9 @@ def reference_of(cfg: LandscapeConfig) -> str:
     name = cfg.reference or DEFAULT_REFERENCE[modality]
     if (kind := dataset_info(name).modality) != modality:
         raise ModelError(
-            f"reference '{name}' is {kind} but dataset '{cfg.dataset}' is {modality}: name a "
-            f"{modality} reference (e.g. reference={DEFAULT_REFERENCE[modality]})"
+            f"reference '{name}' holds {HOLDS[kind]} but dataset '{cfg.dataset}' holds "
+            f"{HOLDS[modality]}: name a reference of {HOLDS[modality]} (e.g. "
+            f"reference={DEFAULT_REFERENCE[modality]})"
         )
     return name
 
@@ -137,6 +141,8 @@ def load_for(cfg: LandscapeConfig, num_classes: int) -> tuple[Any, Modality]:
     """The configured model with a new `num_classes` head (a text model: its sequence
     classifier) and its modality's record; a model of the other modality refused."""
     modality = dataset_info(cfg.dataset).modality
+    if modality == "image" and is_preset(cfg.model) and get_preset(cfg.model).modality == "text":
+        raise ModelError(_other(cfg.dataset, modality, cfg.model, "text"))  # before img_size
     if modality == "text":
         if cfg.protocol == "paper":
             raise ModelError(
@@ -146,11 +152,15 @@ def load_for(cfg: LandscapeConfig, num_classes: int) -> tuple[Any, Modality]:
         cfg = replace(cfg, img_size=None)  # a text set: img_size is not read
     loaded = load_configured(cfg, num_classes)
     if (reads := getattr(loaded, "modality", "image")) != modality:
-        raise ModelError(
-            f"dataset '{cfg.dataset}' is {modality} but {loaded.spec} reads {reads}: name a "
-            f"{reads} dataset (vitplas datasets lists each one's modality)"
-        )
+        raise ModelError(_other(cfg.dataset, modality, loaded.spec, reads))
     return loaded, MODALITIES[modality]
+
+
+def _other(dataset: str, modality: str, spec: str, reads: str) -> str:
+    return (
+        f"dataset '{dataset}' holds {HOLDS[modality]} but {spec} reads {HOLDS[reads]}: name a "
+        f"dataset of {HOLDS[reads]} (vitplas datasets lists each one's modality)"
+    )
 
 
 def keep_blocks(model: nn.Module, blocks: int | None) -> None:
