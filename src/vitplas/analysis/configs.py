@@ -18,6 +18,8 @@ DEFAULT_PAIRS = 512
 LN_BOUNDS = ("data", "abs", "signed")  # the first is the default (analysis/bounds.py)
 MHA_BOUNDS = ("data", "paper")  # the first is the default
 MHA_SLICINGS = ("rows", "columns")
+# the reference stream of a modality where a config names none (`vitplas select`, landscape)
+DEFAULT_REFERENCE = {"image": "photos", "text": "wordnet-glosses"}
 
 
 def check_bound_options(ln_bound: str, mha_bound: str, mha_slicing: str) -> None:
@@ -231,10 +233,16 @@ class LandscapeConfig:
     random_init: bool = False  # random weights on purpose (a baseline)
     allow_unfinished: bool = False  # a model that is a finetuning run without DONE (still
     # training, stopped) is used as it is, marked UNFINISHED in the manifest, not refused
-    img_size: int | None = 42  # input side in px (None: the model's own)
-    blocks: int | None = 1  # keep the first N blocks (None: all; the paper)
-    dataset: str = "fashion-mnist"  # SGD steps and the loss batch: its train split
-    reference: str = "photos"  # rate of change: pairs (reference [val], dataset [test])
+    img_size: int | None = 42  # input side in px (None: the model's own); not read for a text set
+    max_length: int = 128  # a text set: each text tokenised by the model's tokenizer to this
+    # many tokens (truncated, padded, masked), as finetuning's max_length; not read for images
+    blocks: int | None = 1  # keep the first N blocks (None: all; the paper); BERT's encoder
+    # layers, GPT-2's h for a text model
+    dataset: str = "fashion-mnist"  # SGD steps and the loss batch: its train split; a text set
+    # (rotten-tomatoes, ...) needs a text model (minilm-l6, a BERT / GPT-2 folder)
+    reference: str | None = None  # rate of change: pairs (reference [val], dataset [test])
+    # (None: photos for an image set, wordnet-glosses for a text set)
+    data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     layer: int = 0  # the block whose components are studied
     components: list[str] = field(default_factory=lambda: ["ln1", "fc1", "mha"])  # components of
     # that block, one pair of surfaces each
@@ -242,10 +250,10 @@ class LandscapeConfig:
     lr: float = 0.01  # SGD learning rate of the trajectory
     momentum: float = 0.9  # SGD momentum
     grad_clip: float | None = 1.0  # total gradient norm, as the finetuning protocol clips
-    batch_size: int = 16  # images per SGD step
+    batch_size: int = 16  # images (texts) per SGD step
     grid: int = 20  # grid points per side of the plane (grid x grid evaluations)
     span: float = 0.5  # the grid covers [-span, span] along both PCA directions
-    eval_images: int = 16  # training images of the fixed loss batch
+    eval_images: int = 16  # training images (texts) of the fixed loss batch
     pairs: int = 16  # fixed (reference, dataset) pairs of the rate of change
     seed: int = 0  # seed of the head, the batches and the pairs
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda ...
@@ -256,6 +264,11 @@ class LandscapeConfig:
 
     def validate(self) -> None:
         at_least(self, 2, "steps", "grid")
+        at_least(self, 1, "max_length")
+        if self.reference is None:  # resolved here: the run's config names the stream it read
+            from vitplas.data import dataset_info
+
+            self.reference = DEFAULT_REFERENCE[dataset_info(self.dataset).modality]
         for key in ("span", "lr"):
             check_range(key, getattr(self, key), getattr(self, key) > 0, "> 0")
         if self.blocks is not None and not 0 <= self.layer < self.blocks:

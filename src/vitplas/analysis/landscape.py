@@ -6,12 +6,15 @@ recording c's parameters theta_0..theta_T; the top two PCA directions d1, d2 of 
 [-span, span]^2 the parameters are set to theta_T + a d1 + b d2 and two surfaces are measured:
 
     loss(a, b)  cross-entropy of the model on a fixed batch of `eval_images` training images
+                (texts: through the sequence classifier with their attention masks)
     rate(a, b)  c's plasticity at that point: mean over `pairs` fixed (reference, target)
-                pairs of ||c(x) - c(y)||_F / ||x - y||_F on the embedding output (PAPER.md 1)
+                pairs of ||c(x) - c(y)||_F / ||x - y||_F on the embedding output (PAPER.md 1);
+                for text pairs the estimator's masked ratio (positions real in both texts)
 
 Only c's parameters move on the grid: the embedding output is computed once. `blocks` keeps
 the first `blocks` blocks of the backbone (then the final norm and head), which makes the loss
-cheap enough for a CPU; None keeps them all (the paper preset).
+cheap enough for a CPU; None keeps them all (the paper preset). Images and texts differ only in
+what landscape_inputs reads (its MODALITIES table).
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from vitplas.analysis.configs import PRESETS as PRESETS  # re-exported
 from vitplas.analysis.configs import LandscapeConfig
-from vitplas.analysis.plasticity import embed_images, token_ratios
-from vitplas.analysis.setup import open_stream, resolve_device
-from vitplas.data import dataset_info, make_loader, transform_for
-from vitplas.models.build import load_configured
+from vitplas.analysis.landscape_inputs import Modality, Streams, keep_blocks, load_for
+from vitplas.analysis.landscape_inputs import reference_of as reference_of  # re-exported
+from vitplas.analysis.plasticity import token_ratios
+from vitplas.analysis.setup import resolve_device
+from vitplas.data import dataset_info, make_loader
 from vitplas.models.components import ComponentMap, component_map
-from vitplas.models.errors import ModelError
+from vitplas.models.text import forward_logits
 from vitplas.records import read_table
 from vitplas.runs import Computed, RunDir, write_table
 
@@ -46,31 +50,33 @@ class _Setup:
     cmap: ComponentMap
     device: torch.device
     description: str
+    modality: Modality
+
+    def params(self, layer: int, name: str) -> list[nn.Parameter]:
+        """Component `name`'s parameters in block `layer`: the ones the loss reads."""
+        return self.modality.params(self.cmap, layer, name)
 
 
 def _setup(cfg: LandscapeConfig, num_classes: int) -> tuple[_Setup, Any]:
     """The model with a new head of `num_classes`, truncated to cfg.blocks, and its record."""
-    loaded = load_configured(cfg, num_classes)
-    if getattr(loaded, "modality", "image") == "text":
-        raise ModelError(f"vitplas landscape measures image models; {loaded.spec} reads text")
+    loaded, modality = load_for(cfg, num_classes)
     model = loaded.model
-    if cfg.blocks is not None:
-        model.blocks = model.blocks[: cfg.blocks]  # shallow: the loss only needs these
+    keep_blocks(model, cfg.blocks)
     device = resolve_device(cfg.device)
     model = model.to(device).eval()  # eval: no dropout, the same function at every point
-    return _Setup(model, component_map(model), device, loaded.description), loaded
+    return _Setup(model, component_map(model), device, loaded.description, modality), loaded
 
 
-def _batches(cfg: LandscapeConfig, transform) -> tuple[list, tuple, torch.Tensor]:
-    """(SGD batches, loss batch (x, labels), pair tokens (2P, N, D) input) from the datasets."""
-    train = open_stream(cfg.dataset, "train", transform, None, False, cfg.protocol)
+def _batches(cfg: LandscapeConfig, streams: Streams) -> tuple[list, tuple, torch.Tensor]:
+    """(SGD batches, loss batch (x, labels), pair inputs (2P, ...): x then y) from the
+    streams: images (2P, 3, H, W) or tokens (2P, 2, L)."""
+    train = streams.train
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
     it = iter(loader)
     steps = [next(it) for _ in range(cfg.steps)]
     fixed = make_loader(train, cfg.eval_images, shuffle=True, seed=cfg.seed + 1)
     loss_batch = next(iter(fixed))
-    ref = open_stream(cfg.reference, "val", transform, None, False, cfg.protocol)
-    tgt = open_stream(cfg.dataset, "test", transform, None, False, cfg.protocol)
+    ref, tgt = streams.reference, streams.target
     xs = next(iter(make_loader(ref, cfg.pairs, shuffle=True, seed=cfg.seed)))[0]
     ys = next(iter(make_loader(tgt, cfg.pairs, shuffle=True, seed=cfg.seed)))[0]
     n = min(len(xs), len(ys))
@@ -80,8 +86,8 @@ def _batches(cfg: LandscapeConfig, transform) -> tuple[list, tuple, torch.Tensor
 def trajectory(setup: _Setup, cfg: LandscapeConfig, name: str, steps: list) -> torch.Tensor:
     """(T + 1, P) parameters of component `name` in block cfg.layer along `steps` SGD steps
     that train it and the head (the rest frozen); the model keeps the final point."""
-    params = list(setup.cmap.module(cfg.layer, name).parameters())
-    head = list(setup.model.head.parameters())
+    params = setup.params(cfg.layer, name)
+    head = setup.modality.head(setup.cmap)
     for p in setup.model.parameters():
         p.requires_grad_(False)
     for p in [*params, *head]:
@@ -89,7 +95,7 @@ def trajectory(setup: _Setup, cfg: LandscapeConfig, name: str, steps: list) -> t
     opt = torch.optim.SGD([*params, *head], lr=cfg.lr, momentum=cfg.momentum)
     points = [parameters_to_vector(params).detach().clone()]
     for x, y in steps:
-        loss = F.cross_entropy(setup.model(x.to(setup.device)), y.to(setup.device))
+        loss = F.cross_entropy(forward_logits(setup.model, x.to(setup.device)), y.to(setup.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -111,9 +117,10 @@ def pca_plane(points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return directions, (data - data[-1]) @ directions.T
 
 
-def surfaces(setup, cfg, name, center, directions, loss_batch, h) -> pd.DataFrame:
-    """Rows (i, j, a, b, loss, rate) over the grid around `center` (P,) in the plane."""
-    params = list(setup.cmap.module(cfg.layer, name).parameters())
+def surfaces(setup, cfg, name, center, directions, loss_batch, h, masks=None) -> pd.DataFrame:
+    """Rows (i, j, a, b, loss, rate) over the grid around `center` (P,) in the plane; h
+    (2P, N, D) the pairs' embedding output, masks (2P, N) their real tokens (text) or None."""
+    params = setup.params(cfg.layer, name)
     axis = np.linspace(-cfg.span, cfg.span, cfg.grid)
     d = torch.as_tensor(directions, dtype=center.dtype, device=center.device)
     x, y = (t.to(setup.device) for t in loss_batch)
@@ -122,8 +129,8 @@ def surfaces(setup, cfg, name, center, directions, loss_batch, h) -> pd.DataFram
         for i, a in enumerate(axis):
             for j, b in enumerate(axis):
                 vector_to_parameters(center + float(a) * d[0] + float(b) * d[1], params)
-                loss = float(F.cross_entropy(setup.model(x), y))
-                ratio = token_ratios(setup.cmap, h, [name])[:, cfg.layer, 0]  # (P,)
+                loss = float(F.cross_entropy(forward_logits(setup.model, x), y))
+                ratio = token_ratios(setup.cmap, h, [name], masks=masks)[:, cfg.layer, 0]  # (P,)
                 rows.append((i, j, float(a), float(b), loss, float(ratio.nanmean())))
         vector_to_parameters(center, params)
     return pd.DataFrame(rows, columns=["i", "j", "a", "b", "loss", "rate"])
@@ -156,16 +163,17 @@ def _compute(cfg: LandscapeConfig, run: RunDir, progress) -> Computed:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     setup, loaded = _setup(cfg, dataset_info(cfg.dataset).num_classes)
-    steps, loss_batch, images = _batches(cfg, transform_for(loaded, False, cfg.protocol))
+    steps, loss_batch, pairs = _batches(cfg, setup.modality.streams(cfg, loaded))
     with torch.inference_mode():
-        h = embed_images(setup.cmap, images.to(setup.device))  # (2P, N, D): c moves, h does not
+        h, masks = setup.modality.embed(setup.cmap, pairs.to(setup.device))  # (2P, N, D):
+        # c moves, h does not
     start = {k: v.clone() for k, v in setup.model.state_dict().items()}
     grids, paths = [], []
     for k, name in enumerate(cfg.components):
         setup.model.load_state_dict(start)  # every component from the same pretrained point
         points = trajectory(setup, cfg, name, steps)
         directions, coords = pca_plane(points)
-        grid = surfaces(setup, cfg, name, points[-1], directions, loss_batch, h)
+        grid = surfaces(setup, cfg, name, points[-1], directions, loss_batch, h, masks)
         grids.append(grid.assign(component=name))
         paths.append(pd.DataFrame({"component": name, "step": range(len(coords)),
                                    "a": coords[:, 0], "b": coords[:, 1]}))  # fmt: skip
@@ -174,11 +182,12 @@ def _compute(cfg: LandscapeConfig, run: RunDir, progress) -> Computed:
     grid = pd.concat(grids, ignore_index=True).assign(model=cfg.model, layer=cfg.layer)
     path = pd.concat(paths, ignore_index=True)
     files = [*write_table(grid, run / "landscape"), *write_table(path, run / "trajectory")]
+    unit, reference = setup.modality.unit, reference_of(cfg)
     title = titled(
         f"Loss and rate of change of block {cfg.layer}'s components, on the plane of each SGD path",
-        [cfg.model, f"{cfg.img_size} px" if cfg.img_size else "",
-         f"loss: {cfg.eval_images} {cfg.dataset} train images",
-         f"rate: {cfg.pairs} pairs ({cfg.reference} image, {cfg.dataset} test image)"],
+        [cfg.model, setup.modality.size(cfg),
+         f"loss: {cfg.eval_images} {cfg.dataset} train {unit}s",
+         f"rate: {cfg.pairs} pairs ({reference} {unit}, {cfg.dataset} test {unit})"],
     )  # fmt: skip
     files += write(landscape_figure(grid, path, title), run / "figures" / "landscape")
     result = {

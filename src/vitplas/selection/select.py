@@ -27,13 +27,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vitplas.analysis.configs import DEFAULT_REFERENCE  # by the model's modality
 from vitplas.runs import Computed
 from vitplas.selection import criteria as C
 from vitplas.selection.budget import budget_warning, decide, nothing_picked, train_set
 from vitplas.selection.config import SelectConfig
 
 UNIT = {"component": "component", "layer": "(layer, component)"}
-DEFAULT_REFERENCE = {"image": "photos", "text": "wordnet-glosses"}  # by the model's modality
 
 
 def score_model(
