@@ -15,11 +15,11 @@ import pytest
 import torch
 import transformers as tf
 from test_families_text import _BERT, _GPT2
+from text_fixtures import write_fortunes
 from typer.testing import CliRunner
 
 from vitplas.analysis.length_pairs import match_lengths, matched_indices
 from vitplas.config import ConfigError
-from vitplas.data.text_sets import FORTUNE_TOPICS
 
 WORDS = ["the", "film", "is", "good", "bad", "a", "dog", "runs", "slow", "fast", "very", "not"]
 MAX_LENGTH = 16
@@ -55,11 +55,7 @@ def folders(tmp_path_factory):
         out[name] = root / name
         out[name].mkdir()
         make(out[name])
-    (root / "data" / "fortunes").mkdir(parents=True)
-    gen = np.random.default_rng(0)
-    for topic in FORTUNE_TOPICS:
-        entries = [" ".join(gen.choice(WORDS, size=gen.integers(1, 11))) for _ in range(12)]
-        (root / "data" / "fortunes" / topic).write_text("\n%\n".join(entries) + "\n%\n")
+    write_fortunes(root / "data", WORDS)
     return out
 
 

@@ -61,6 +61,21 @@ def write_reviews(root: Path, per_class: int = 10) -> Path:
     return root
 
 
+def write_fortunes(root: Path, words: list[str], per_topic: int = 12) -> Path:
+    """fortunes under `root`: per_topic entries per topic file, each 1 to 10 of `words` drawn
+    from seed 0, so the real lengths differ within and across the splits."""
+    import numpy as np
+
+    from vitplas.data.text_sets import FORTUNE_TOPICS
+
+    (root / "fortunes").mkdir(parents=True)
+    gen = np.random.default_rng(0)
+    for topic in FORTUNE_TOPICS:
+        entries = [" ".join(gen.choice(words, size=gen.integers(1, 11))) for _ in range(per_topic)]
+        (root / "fortunes" / topic).write_text("\n%\n".join(entries) + "\n%\n")
+    return root
+
+
 def text_world(tmp: Path) -> dict[str, Path]:
     """{"bert": folder, "gpt2": folder, "data": data root} written under `tmp`."""
     return {

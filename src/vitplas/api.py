@@ -33,13 +33,14 @@ from vitplas.analysis.bound_table import estimate_bounds, fill_data_bounds, laye
 from vitplas.analysis.configs import BoundsConfig, PlasticityConfig, RadiusConfig
 from vitplas.analysis.estimate import Estimate, estimate
 from vitplas.analysis.pair_file import PairWriter
-from vitplas.analysis.pairs import pair_batches, pair_units
+from vitplas.analysis.pairs import draw_pairs, pair_units
 from vitplas.analysis.plasticity import resolve_components
 from vitplas.analysis.setup import (
     ModelSetup,
     bound_width,
     dataset_radius,
     mode_radius,
+    open_model_stream,
     open_stream,
     resolve_device,
     setup_loaded,
@@ -133,6 +134,8 @@ def plasticity(
     reference_split: str = _CLI.reference_split,
     target_split: str = _CLI.target_split,
     save_pairs: str | Path | None = None,
+    max_length: int = _CLI.max_length,
+    pair_lengths: str = _CLI.pair_lengths,
     **model_options: Any,
 ) -> PlasticityResult:
     """Plasticity of every component in every layer, as `vitplas plasticity` measures it.
@@ -151,15 +154,17 @@ def plasticity(
     save_pairs: a file path: also write every pair's ratios there as Parquet, streamed (pair,
     reference_index and target_index for named datasets, layer, component, ratio: the columns
     of a run's pairs.parquet, vitplas.analysis.pair_file).
+    A text model reads named text datasets tokenised by its tokenizer to `max_length` tokens,
+    as the CLI does; pair_lengths "equal" pairs texts of one real length (the CLI's
+    pair_lengths, analysis.length_pairs; named datasets and Datasets of texts only).
     model_options (random_init, img_size) apply to spec strings.
     """
     if "normalization" in model_options:
         raise TypeError("plasticity() takes protocol='model' or 'paper' (normalization is gone)")
-    setup = _setup(model, device, seed, **model_options)
+    setup = _setup(model, device, seed, max_length=max_length, **model_options)
     names = resolve_components(setup.cmap, components)
-    transform = setup.transform(protocol)
-    x_data = _dataset(reference, reference_split, transform, protocol)
-    y_data = _dataset(target, target_split, transform, protocol)
+    x_data = _model_dataset(setup, reference, reference_split, protocol)
+    y_data = _model_dataset(setup, target, target_split, protocol)
     named = isinstance(reference, str) and isinstance(target, str)
     pairs = _CLI.pairs if pairs is None and named else _pair_count(pairs, x_data, y_data)
     batch_size = min(batch_size, pairs)
@@ -177,7 +182,8 @@ def plasticity(
     # datasets pair through the CLI's streams, with the images' indices: their units (the CI's)
     units = None if any(isinstance(d, DataLoader | _Images) for d in (x_data, y_data)) else (
         pair_units(x_data, y_data))  # fmt: skip
-    stream = _pairs(x_data, y_data, pairs, batch_size, seed, stream_names, units is not None)
+    stream = _pairs(x_data, y_data, pairs, batch_size, seed, stream_names, units is not None,
+                    pair_lengths)  # fmt: skip
     with _pair_writer(save_pairs, names) as writer, _api_names():
         est = estimate(
             setup.cmap,
@@ -315,8 +321,8 @@ def select(
     """Rank the components by the criteria and pick a train set per criterion, as
     `vitplas select` does: (scores table: criterion, layer, component, score, rank, params,
     matrix, note; {criterion: train set}). options are SelectConfig keys (criteria, budget,
-    granularity, rule, pairs, export, ...); with `out`, the run folder the CLI writes (locked,
-    config checked first; `export` formats go under out/export/<criterion>/)."""
+    granularity, rule, pairs, pair_lengths, export, ...); with `out`, the run folder the CLI
+    writes (locked, config checked first; `export` formats go under out/export/<criterion>/)."""
     from vitplas.jobs.runners import run_select
     from vitplas.selection.config import SelectConfig
     from vitplas.selection.select import picks, score_config
@@ -371,10 +377,13 @@ def _as_loaded(model: ModelLike, img_size: int | None, **options: Any) -> Loaded
     )
 
 
-def _setup(model: ModelLike, device: str, seed: int, img_size=None, **options) -> ModelSetup:
+def _setup(
+    model: ModelLike, device: str, seed: int, img_size=None, max_length=None, **options
+) -> ModelSetup:
     if isinstance(model, str):
         torch.manual_seed(seed)  # as the CLI's entry point: the same random-init weights
-    return setup_loaded(_as_loaded(model, img_size, **options), resolve_device(device))
+    lengths = {} if max_length is None else {"max_length": max_length}
+    return setup_loaded(_as_loaded(model, img_size, **options), resolve_device(device), **lengths)
 
 
 def _name(obj: Any) -> str:
@@ -443,6 +452,14 @@ def _dataset(data: DataLike, split: str, transform, protocol: str = "model"):
     raise TypeError(f"data must be a dataset name, DataLoader or tensor, got {type(data).__name__}")
 
 
+def _model_dataset(setup: ModelSetup, data: DataLike, split: str, protocol: str):
+    """A named dataset as the CLI's plasticity reads it for `setup`'s model (a text stream
+    tokenised, a stream of the other modality refused); other data as _dataset."""
+    if isinstance(data, str):
+        return open_model_stream(setup, data, split, None, False, protocol)
+    return _dataset(data, split, setup.transform(protocol), protocol)
+
+
 def _images(loader: Iterable) -> Iterator[torch.Tensor]:
     for batch in loader:
         yield batch[0] if isinstance(batch, list | tuple) else batch
@@ -462,11 +479,15 @@ def _pair_writer(path: str | Path | None, components: list[str]) -> Iterator[Pai
         writer.finish()
 
 
-def _pairs(x_data, y_data, pairs: int, batch_size: int, seed: int, names, indices=False):
-    """Pair batches: the CLI's shuffled streams for datasets (with the images' indices when
-    `indices`); tensors and loaders in their own order (no indices)."""
+def _pairs(
+    x_data, y_data, pairs: int, batch_size: int, seed: int, names, indices=False, lengths="any"
+):
+    """Pair batches: the CLI's streams for datasets, as pair_lengths `lengths` draws them
+    (with the images' indices when `indices`); tensors and loaders in their own order (no
+    indices, pair_lengths "any" only)."""
     if not any(isinstance(d, DataLoader | _Images) for d in (x_data, y_data)):
-        return pair_batches(
+        return draw_pairs(
+            lengths,
             x_data,
             y_data,
             pairs=pairs,
@@ -474,6 +495,11 @@ def _pairs(x_data, y_data, pairs: int, batch_size: int, seed: int, names, indice
             seed=seed,
             names=names,
             with_indices=indices,
+        )
+    if lengths != "any":
+        raise ValueError(
+            f"pair_lengths='{lengths}' draws pairs from datasets (named, or Datasets of "
+            "texts); tensors and DataLoaders pair in their own order: use pair_lengths='any'"
         )
     xs, ys = (
         _images(d if isinstance(d, DataLoader) else DataLoader(d, batch_size))

@@ -12,6 +12,15 @@ components of one type across models or layers, not different types in one param
 unless the parametrisation is fixed by convention. check() shows it: for each rescaling, the
 largest change of the model's output and each component's plasticity before and after, on the
 same pairs.
+
+Text models are checked as images are: the pairs are the text plasticity run's (token batches
+(B, 2, L), masked ratios), and the output change is taken on the model's output at the real
+tokens of the first pairs' texts (a classifier's logits; models.text.real_outputs). GPT-2 is
+pre-LN: ln_1 against attn.c_attn, ln_2 against mlp.c_fc (Conv1D weights, (in, out): the whole
+weight times 1/c either way). A post-norm block (BERT, RoBERTa, MiniLM, timm's ResPost) allows
+none: a norm's output feeds the residual stream as well as the next linear, so a linear that
+absorbs 1/c leaves the residual scaled by c (tests/test_invariance_text.py shows the output
+move). check_run then says so in one line and writes no table.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from torch import nn
 
 from vitplas.analysis.estimate import estimate
 from vitplas.models.components import ComponentMap, component_map
+from vitplas.models.text import real_outputs
 
 SCALE = 0.02  # c: e.g. LN2's gain and bias times 0.02, FC1's weight times 50
 CHECK_PAIRS = 64  # pairs of a run's stream the check reads (each model reads the same ones)
@@ -54,18 +64,33 @@ class Rescaling:
 
 def rescalings(cmap: ComponentMap, c: float = SCALE) -> tuple[list[Rescaling], list[str]]:
     """(the rescalings this model's blocks allow, why each other norm / LayerScale has none)."""
-    allowed, refused = [], []
+    allowed, refused = _parts(cmap, c)
+    return allowed, [f"{name} cannot be rescaled: {why}" for name, why in refused.items()]
+
+
+def _parts(cmap: ComponentMap, c: float) -> tuple[list[Rescaling], dict[str, str]]:
+    """(the rescalings allowed, {norm / LayerScale: why it has none})."""
+    allowed, refused = [], {}
     for name in ("ln1", "ln2", "ls1", "ls2"):
         if name not in cmap.block_components:
             continue
         try:
             _, linears = cmap.rescaling_parts(0, name)
         except ValueError as err:
-            refused.append(str(err))
+            refused[name] = str(err).removeprefix(f"{name} cannot be rescaled: ")
             continue
         names = tuple(dict.fromkeys(_module_name(cmap.block(0), m) for m in linears))
         allowed.append(Rescaling(name, names, c))
     return allowed, refused
+
+
+def none_line(cmap: ComponentMap) -> str:
+    """The one line of a model whose blocks allow no rescaling: which norms, and why."""
+    by_why: dict[str, list[str]] = {}
+    for name, why in _parts(cmap, SCALE)[1].items():
+        by_why.setdefault(why, []).append(name)
+    why = "; ".join(f"{'/'.join(names)}: {text}" for text, names in by_why.items())
+    return f"invariance check: not run, no rescaling keeps this model's function ({why})"
 
 
 def _module_name(block: nn.Module, module: nn.Module) -> str:
@@ -73,7 +98,8 @@ def _module_name(block: nn.Module, module: nn.Module) -> str:
 
 
 def rescaled(model: nn.Module, rescaling: Rescaling) -> nn.Module:
-    """A copy of `model` with `rescaling` applied in every block."""
+    """A copy of `model` with `rescaling` applied in every block (an absorbing linear is an
+    nn.Linear or GPT-2's Conv1D: its whole weight times 1/c, whichever its layout)."""
     model = copy.deepcopy(model)
     cmap, c = component_map(model), rescaling.c
     with torch.no_grad():
@@ -93,7 +119,8 @@ class InvarianceCheck:
     """table: one row per (rescaling, component) (COLUMNS); output_change: rescaling -> the
     largest |output difference| over the check's `images`; base_scale: the largest |output|;
     rankings: rescaling -> (ranking before, after, Kendall tau); refused: why a norm or
-    LayerScale has no rescaling; pairs: the pairs every estimate read."""
+    LayerScale has no rescaling; pairs: the pairs every estimate read; images: the inputs
+    the output change is taken on, `unit` ("images" or "texts")."""
 
     table: pd.DataFrame
     output_change: dict[str, float]
@@ -102,11 +129,13 @@ class InvarianceCheck:
     refused: list[str]
     pairs: int
     images: int
+    unit: str = "images"
 
     def to_dict(self) -> dict:
         return {
             "pairs": self.pairs,
             "images": self.images,
+            "unit": self.unit,
             "output_change": self.output_change,
             "base_scale": self.base_scale,
             "rankings": {k: list(v) for k, v in self.rankings.items()},
@@ -125,8 +154,9 @@ def _ranking(means: pd.Series) -> list[str]:
 
 
 def _outputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The model's output on images, or at the real tokens of a token batch (N, 2, L)."""
     with torch.inference_mode():
-        return model(images).double()
+        return real_outputs(model, images).double()
 
 
 def check(
@@ -141,8 +171,11 @@ def check(
 ) -> InvarianceCheck:
     """Plasticity (pooled over layers) of `components` on `batches` (a list of (x, y, ...) pair
     batches, read once per model) for cmap's model and for each rescaled copy, and the largest
-    change of the model's output on the x and y images of the first OUTPUT_PAIRS pairs."""
+    change of the model's output on the x and y images (texts) of the first OUTPUT_PAIRS
+    pairs. A model whose blocks allow no rescaling is a ValueError (none_line)."""
     allowed, refused = rescalings(cmap, c)
+    if not allowed:
+        raise ValueError(none_line(cmap))
     x, y = batches[0][0][:OUTPUT_PAIRS], batches[0][1][:OUTPUT_PAIRS]
     images = torch.cat([x, y]).to(device)
     base_out = _outputs(cmap.model, images)
@@ -169,7 +202,8 @@ def check(
         del model
     pairs = sum(int(batch[0].shape[0]) for batch in batches)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return InvarianceCheck(table, change, scale, rankings, refused, pairs, images.shape[0])
+    unit = "texts" if cmap.family.modality == "text" else "images"
+    return InvarianceCheck(table, change, scale, rankings, refused, pairs, images.shape[0], unit)
 
 
 def summary_lines(table: pd.DataFrame, facts: dict) -> list[str]:
@@ -177,7 +211,8 @@ def summary_lines(table: pd.DataFrame, facts: dict) -> list[str]:
     than 1% (before -> after, x factor), and the ranking before -> after."""
     lines = [
         f"invariance check ({facts['pairs']} pairs, the same for every model; outputs on "
-        f"{facts['images']} of their images, largest |output| {facts['base_scale']:.4g}):"
+        f"{facts['images']} of their {facts.get('unit', 'images')}, largest |output| "
+        f"{facts['base_scale']:.4g}):"
     ]
     for label, rows in table.groupby("rescaling", sort=False):
         before, after, tau = facts["rankings"][label]
@@ -201,8 +236,13 @@ def summary_lines(table: pd.DataFrame, facts: dict) -> list[str]:
 def check_run(cfg, setup, components: Sequence[str], reference, target) -> dict:
     """check() on the first min(cfg.pairs, CHECK_PAIRS) pairs of a plasticity run's stream
     (cfg: a PlasticityConfig; setup: its ModelSetup): {"table": the rows, "facts": to_dict(),
-    "summary": summary_lines}."""
+    "summary": summary_lines}; a model that allows no rescaling: no table, no pair read, the
+    reasons in facts and one summary line (none_line)."""
     from vitplas.analysis.pairs import config_pairs
+
+    allowed, refused = rescalings(setup.cmap)
+    if not allowed:
+        return {"table": None, "facts": {"refused": refused}, "summary": [none_line(setup.cmap)]}
 
     stream = config_pairs(cfg, reference, target, min(cfg.pairs, CHECK_PAIRS), False)
     batches = [tuple(t.to(setup.device) for t in batch[:2]) for batch in stream]

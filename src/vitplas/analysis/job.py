@@ -210,8 +210,10 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
     checked = None
     if cfg.check_invariance:  # on the run's first pairs, the same for every rescaled model
         checked = invariance.check_run(cfg, setup, components, reference, target)
-        paths = write_table(checked.pop("table"), run / "invariance")
-        written["files"] += [str(p.relative_to(run.path)) for p in paths]
+        table = checked.pop("table")
+        if table is not None:  # None: no rescaling keeps this model's function (summary: why)
+            paths = write_table(table, run / "invariance")
+            written["files"] += [str(p.relative_to(run.path)) for p in paths]
     timings = {
         "setup_s": t_setup - t0,
         "bounds_s": t_bounds - t_setup,

@@ -154,11 +154,13 @@ def equal_length_batches(
     with_indices: bool = False,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """(x, y) packed text batches (B, 2, L) as pairs.pair_batches gives, every pair of one
-    real length (with_indices: (x, y, x_index, y_index), the texts' (B,) dataset indices)."""
+    real length (with_indices: (x, y, x_index, y_index), the texts' (B,) dataset indices).
+
+    Checked here, before any batch is read (as pair_batches checks): pairs >= 1, both streams
+    texts, each keeping a batch."""
     if pairs < 1:
         raise ValueError(f"pairs must be >= 1, got {pairs}")
     match = stream_match(reference, target, batch_size, names)
     paired = _Paired(reference, target, matched_indices(match, pairs, seed))
     loader = make_loader(paired, batch_size, shuffle=False, seed=seed, num_workers=num_workers)
-    for x, y, ix, iy in loader:
-        yield (x, y, ix, iy) if with_indices else (x, y)
+    return ((x, y, ix, iy) if with_indices else (x, y) for x, y, ix, iy in loader)

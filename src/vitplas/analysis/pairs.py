@@ -179,12 +179,25 @@ def pair_units(reference: Dataset, target: Dataset) -> PairUnits:
     return PairUnits(stream_units(reference), stream_units(target))
 
 
+# pair_lengths (length_pairs.PAIR_LENGTHS) -> how pairs are drawn: as the streams come, or
+# every pair of one real length; both take the same arguments and give the same batches
+PAIR_DRAWS = {"any": pair_batches, "equal": equal_length_batches}
+
+
+def draw_pairs(pair_lengths: str, reference: Dataset, target: Dataset, **kwargs) -> Iterator:
+    """The pair stream of `pair_lengths` (PAIR_DRAWS; kwargs: pairs, batch_size, seed, ...
+    of pair_batches); an unknown pair_lengths is a ValueError naming the known ones."""
+    if pair_lengths not in PAIR_DRAWS:
+        known = " or ".join(PAIR_DRAWS)
+        raise ValueError(f"pair_lengths '{pair_lengths}' is unknown; choose {known}")
+    return PAIR_DRAWS[pair_lengths](reference, target, **kwargs)
+
+
 def config_pairs(cfg, reference: Dataset, target: Dataset, pairs: int, with_indices: bool):
-    """The pair stream of a plasticity config `cfg` (its batch size, seed, workers and stream
-    names): pair_batches of its first `pairs` pairs, or with pair_lengths equal
-    length_pairs.equal_length_batches (every pair of one real length)."""
-    draw = equal_length_batches if getattr(cfg, "pair_lengths", "any") == "equal" else pair_batches
-    return draw(
+    """The pair stream of a plasticity config `cfg` (its pair_lengths, batch size, seed,
+    workers and stream names): its first `pairs` pairs (draw_pairs)."""
+    return draw_pairs(
+        getattr(cfg, "pair_lengths", "any"),
         reference,
         target,
         pairs=pairs,

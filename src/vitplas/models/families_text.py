@@ -37,6 +37,7 @@ GPT2_BLOCK = BlockSpec(
      "fc2": ("mlp.c_proj",)},
     probes={"mha": "gpt2_mha", "fc1": "conv1d", "fc2": "conv1d"},
     refuse_if=(("crossattention", _CROSS),),
+    # pre-LN: ln_1's output feeds only c_attn, ln_2's only c_fc (Conv1D: its whole weight / c)
     rescale={"ln1": ("attn.c_attn",), "ln2": ("mlp.c_fc",)},
 )  # fmt: skip
 _TEXT = dict(modality="text", input_modes=("embedding", "hidden", "insitu"))

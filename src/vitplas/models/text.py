@@ -79,3 +79,16 @@ def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not is_token_batch(x):
         return model(x)
     return model(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
+
+
+def real_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What `model` outputs on a batch, at what a reader of it sees: images (N, C, H, W) through
+    the model's own call; a pack_tokens batch (N, 2, L) as input_ids and attention_mask, a
+    sequence classifier's logits (N, classes), else the last hidden state at the real tokens
+    only (R, D), R the batch's real tokens (pad positions are read by nothing)."""
+    if not is_token_batch(x):
+        return model(x)
+    ids, mask = x[:, 0], x[:, 1]
+    out = model(input_ids=ids, attention_mask=mask)
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else out.last_hidden_state[mask.bool()]

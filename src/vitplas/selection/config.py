@@ -35,6 +35,8 @@ class SelectConfig:
     # train split (None: photos for an image model, wordnet-glosses for a text model)
     inputs: Literal["embedding", "hidden", "insitu"] = "embedding"  # plasticity inputs
     pairs: int = 128  # plasticity: image (text) pairs
+    pair_lengths: Literal["any", "equal"] = "any"  # plasticity on texts: any (pairs as drawn)
+    # or equal (each pair's two texts of one real length, as `vitplas plasticity` pairs them)
     grad_batches: int = 2  # gradient and FPS criteria: target train batches (gradients one
     # image at a time) through a fresh head
     batch_size: int = 16  # images (texts) per batch

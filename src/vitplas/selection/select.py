@@ -15,7 +15,9 @@ tokenizer to max_length, through a fresh sequence-classification head (finetunin
 models.hf_text.with_classifier); FPS averages its input magnitudes over real tokens only.
 The plasticity criteria pair the reference's val texts with the target's train texts, tokenised
 alike, through the estimator's masked ratio (analysis.token_inputs); the reference defaults to
-photos for an image model and wordnet-glosses for a text model (DEFAULT_REFERENCE).
+photos for an image model and wordnet-glosses for a text model (DEFAULT_REFERENCE). With
+pair_lengths equal, the pairs are drawn as `vitplas plasticity` draws them (analysis
+.length_pairs: each pair's two texts of one real length); an image target is refused.
 """
 
 from __future__ import annotations
@@ -134,8 +136,10 @@ def reference_of(cfg: SelectConfig, modality: str) -> str:
 
 
 def _data(cfg: SelectConfig, loaded):
-    """(grad_batches target train batches (x, labels), plasticity pairs or None)."""
-    from vitplas.analysis.pairs import pair_batches
+    """(grad_batches target train batches (x, labels), plasticity pairs or None); with
+    pair_lengths equal, an image target is a one-line ConfigError before any scoring."""
+    from vitplas.analysis.length_pairs import stream_lengths
+    from vitplas.analysis.pairs import draw_pairs
     from vitplas.config import ConfigError
     from vitplas.data import dataset_info, make_loader
 
@@ -148,12 +152,15 @@ def _data(cfg: SelectConfig, loaded):
     reference = reference_of(cfg, modality)
     streams = _text_streams if modality == "text" else _image_streams
     train, ref = streams(cfg, loaded, reference)
+    if cfg.pair_lengths == "equal":
+        stream_lengths(train, cfg.target)  # images: refused, as `vitplas plasticity` refuses
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     batches = list(itertools.islice(iter(loader), cfg.grad_batches))
     pairs = None
     if ref is not None:
         batch = min(32, cfg.pairs)
-        pairs = pair_batches(ref, train, pairs=cfg.pairs, batch_size=batch, seed=cfg.seed)
+        pairs = draw_pairs(cfg.pair_lengths, ref, train, pairs=cfg.pairs, batch_size=batch,
+                           seed=cfg.seed, names=(reference, cfg.target))  # fmt: skip
     return batches, pairs
 
 
