@@ -132,9 +132,10 @@ def test_bert_allows_none_because_norm_against_linear_changes_its_function():
     allowed, refused = rescalings(cmap, C)
     assert not allowed and len(refused) == 2 and all("post-norm" in why for why in refused)
     line = none_line(cmap)
-    assert line == ("invariance check: not run, no rescaling keeps this model's function "
-                    "(ln1/ln2: post-norm: the norms' outputs join the residual stream, no "
-                    "linear absorbs 1/c)")  # fmt: skip
+    assert line == ("invariance check: not run, no norm-against-linear rescaling keeps this "
+                    "model's function (ln1/ln2: post-norm: the norms' outputs join the residual "
+                    "stream, no linear absorbs 1/c alone; a chain through the next norm (LN1 x c, "
+                    "FC1 x 1/c, FC2 x c) is not checked)")  # fmt: skip
     with pytest.raises(ValueError, match="invariance check: not run"):
         check(cmap, [(tokens[:2], tokens[2:])], components=cmap.block_components)
     base = _output(bert, tokens)

@@ -18,9 +18,11 @@ Text models are checked as images are: the pairs are the text plasticity run's (
 tokens of the first pairs' texts (a classifier's logits; models.text.real_outputs). GPT-2 is
 pre-LN: ln_1 against attn.c_attn, ln_2 against mlp.c_fc (Conv1D weights, (in, out): the whole
 weight times 1/c either way). A post-norm block (BERT, RoBERTa, MiniLM, timm's ResPost) allows
-none: a norm's output feeds the residual stream as well as the next linear, so a linear that
-absorbs 1/c leaves the residual scaled by c (tests/test_invariance_text.py shows the output
-move). check_run then says so in one line and writes no table.
+no norm-against-linear rescaling: a norm's output feeds the residual stream as well as the next
+linear, so a linear that absorbs 1/c leaves the residual scaled by c (tests/test_invariance_text.py
+shows the output move). A longer chain that the next norm's scale invariance absorbs (LN1 x c,
+FC1 x 1/c, FC2 x c; exact up to the norm's eps) is not implemented. check_run then says so in
+one line and writes no table.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def none_line(cmap: ComponentMap) -> str:
     for name, why in _parts(cmap, SCALE)[1].items():
         by_why.setdefault(why, []).append(name)
     why = "; ".join(f"{'/'.join(names)}: {text}" for text, names in by_why.items())
-    return f"invariance check: not run, no rescaling keeps this model's function ({why})"
+    head = "invariance check: not run, no norm-against-linear rescaling keeps this model's function"
+    return f"{head} ({why})"
 
 
 def _module_name(block: nn.Module, module: nn.Module) -> str:

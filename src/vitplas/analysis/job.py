@@ -211,7 +211,7 @@ def compute_plasticity(cfg: PlasticityConfig, run: RunDir, progress=None, on_pha
     if cfg.check_invariance:  # on the run's first pairs, the same for every rescaled model
         checked = invariance.check_run(cfg, setup, components, reference, target)
         table = checked.pop("table")
-        if table is not None:  # None: no rescaling keeps this model's function (summary: why)
+        if table is not None:  # None: no rescaling this family declares (summary: why)
             paths = write_table(table, run / "invariance")
             written["files"] += [str(p.relative_to(run.path)) for p in paths]
     timings = {

@@ -59,4 +59,7 @@ class Refused:
     why: str
 
 
-POST_NORM = "post-norm: the norms' outputs join the residual stream, no linear absorbs 1/c"
+POST_NORM = (
+    "post-norm: the norms' outputs join the residual stream, no linear absorbs 1/c alone; "
+    "a chain through the next norm (LN1 x c, FC1 x 1/c, FC2 x c) is not checked"
+)
