@@ -10,7 +10,6 @@ import transformers as tf
 from typer.testing import CliRunner
 
 from vitplas.cli import app
-from vitplas.config import ConfigError
 from vitplas.experiments import cost, flops
 from vitplas.experiments.spec import load_spec
 
@@ -112,11 +111,17 @@ def test_a_text_plasticity_job_counts_its_pairs_and_radius_texts(tmp_path, input
     assert job.flops["analysis"] == 100 * pair
 
 
-def test_probes_of_a_text_model_are_refused_in_one_line(tmp_path):
+def test_probes_of_a_text_model_count_one_forward_per_text_they_read(tmp_path):
     folder = _folder(tmp_path, "bert")
-    probes = f"analysis:\n  probes:\n    - {{model: {folder}, dataset: rotten-tomatoes}}\n"
-    with pytest.raises(ConfigError, match="text model and probes reads images only"):
-        cost.study_cost(_spec(tmp_path, folder, probes))
+    probes = "analysis:\n  probes:\n"
+    probes += f"    - {{model: {folder}, dataset: rotten-tomatoes, max_length: {L}, "
+    probes += "max_train: 50, max_test: 20}\n"
+    (job,) = [
+        j for j in cost.study_cost(_spec(tmp_path, folder, probes)).jobs if j.kind == "probes"
+    ]
+    # the base model (no new head: the features end at a block): blocks and BERT's pooler
+    assert job.flops["analysis"] == 2 * (DEPTH * BLOCK + D * D) * (50 + 20)
+    assert job.shape == f"{folder}@{L} tokens"
 
 
 def test_dry_run_of_a_text_study_says_tokens_and_writes_json(tmp_path):

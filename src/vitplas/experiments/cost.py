@@ -210,12 +210,16 @@ def analysis_cost(job: Any, counter: _Counter, device: Device) -> JobCost:
         pair = counter.get(key, lambda: pair_flops(model, cfg.inputs))
         flops = float(pair) * cfg.pairs + float(fwd) * (radius_images if cfg.bounds else 0)
     elif job.kind == "probes":
-        sizes, _ = split_sizes(cfg.dataset)
-        images = _capped(sizes["train"], cfg.max_train) + _capped(sizes["test"], cfg.max_test)
-        flops = float(fwd) * images
+        flops = float(fwd) * _probe_inputs(cfg)
     else:  # bounds: the radius images (spectral norms are negligible)
         flops = float(fwd) * radius_images
     return _analysis_job(job, cfg, f"{cfg.model}@{input_label(model)}", flops, device)
+
+
+def _probe_inputs(cfg: Any) -> int:
+    """The train and test images (texts) a probe job reads, its caps applied."""
+    sizes, _ = split_sizes(cfg.dataset)
+    return _capped(sizes["train"], cfg.max_train) + _capped(sizes["test"], cfg.max_test)
 
 
 def _analysis_job(job: Any, cfg: Any, label: str, flops: float, device: Device) -> JobCost:
@@ -227,14 +231,19 @@ def _analysis_job(job: Any, cfg: Any, label: str, flops: float, device: Device) 
 
 def _text_analysis_cost(job: Any, cfg: Any, counter: _Counter, device: Device) -> JobCost:
     """A plasticity job of a text model: its pairs of max_length tokens through the estimator
-    and, with bounds, its radius texts through the token radius; other kinds are refused (they
-    read images only, as the jobs themselves refuse a text model)."""
+    and, with bounds, its radius texts through the token radius; a probe job: one forward pass
+    of max_length tokens per train and test text it reads; other kinds are refused."""
     from vitplas.config import ConfigError
 
+    if job.kind == "probes":  # img_size is not read for a text set
+        length, model = cfg.max_length, counter.model(cfg.model, None, 0)
+        fwd = counter.get(("fwd", cfg.model, None, length), lambda: forward_flops(model, length))
+        flops = float(fwd) * _probe_inputs(cfg)
+        return _analysis_job(job, cfg, f"{cfg.model}@{input_label(model, length)}", flops, device)
     if job.kind != "plasticity":
         raise ConfigError(
             f"{job.kind} job {job.job_id}: {cfg.model} is a text model and {job.kind} reads "
-            "images only; measure text models with plasticity"
+            "images only; measure text models with plasticity or probes"
         )
     length, model = cfg.max_length, counter.model(cfg.model, cfg.img_size, 0)
     key = (cfg.model, length, cfg.inputs)

@@ -66,6 +66,7 @@ GPT2 = Family(
     parts={"emb": ("wte", "wpe"), "norm": ("ln_f",)},
     embed="gpt2",
     mask="causal",
+    classifier_token="last",  # GPT2ForSequenceClassification scores the last real token
     blocks_path="h",
     components="emb ln1 mha ln2 fc1 fc2 norm",
     examples=("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"),

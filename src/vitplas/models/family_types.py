@@ -47,6 +47,8 @@ class Family:
     input_modes: tuple[str, ...] = field(default=INPUT_MODES)
     modality: str = "image"  # "image": reads (B, C, H, W) images; "text": (B, L) token ids
     mask: str = ""  # text: the attention-mask kind its blocks receive (families_ops.MASKS)
+    classifier_token: str = "first"  # text: the real token its sequence classifier reads
+    # (training.probe_text.READ_TOKEN: "first" BERT's [CLS], "last" GPT-2's last real token)
     components: str = "emb ln1 mha ln2 fc1 fc2 (ls1 ls2) norm (pool) head"  # what it has
 
 

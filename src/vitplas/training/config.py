@@ -223,13 +223,16 @@ class ProbeConfig:
     data_root: str | None = None  # dataset folder (None: $VITPLAS_DATA, then <VITPLAS_HOME>/data)
     skip_unreadable: bool = False  # leave out image files that cannot be decoded (counted in
     # the manifest, one warning) instead of stopping with an error naming them
-    img_size: int = 224  # input side in px
+    img_size: int = 224  # input side in px (an image set; not read for a text set)
+    max_length: int = 128  # a text set: every text tokenised by the model's tokenizer to this
+    # many tokens (truncated, padded, masked), as finetuning's; not read for an image set
     protocol: protocols.Name = protocols.DEFAULT  # preprocessing and splits: model (the
-    # checkpoint's) or paper (the original's; module docstring, vitplas.protocol)
+    # checkpoint's) or paper (the original's, images only; module docstring, vitplas.protocol)
     layers: list[int] | None = None  # None = every block
     components: list[str] = field(default_factory=lambda: ["all"])  # all = every one + block
     pool: Literal["mean", "cls"] = "mean"  # token pooling of a feature: mean over tokens, or the
-    # cls token
+    # cls token (token 0); a text set: over its real tokens only (attention mask 1), cls the
+    # one the family's classifier reads: BERT's first ([CLS]), GPT-2's last real token
     C: float = 1.0  # inverse L2 strength, as scikit-learn's
     backend: Literal["torch", "sklearn"] = "torch"  # logistic regression by torch (L-BFGS) or
     # scikit-learn
@@ -250,7 +253,7 @@ class ProbeConfig:
         if self.max_iter is None:
             self.max_iter = protocols.get(self.protocol).probe_max_iter
         check_range("C", self.C, self.C > 0, "> 0")
-        at_least(self, 1, "batch_size", "max_iter")
+        at_least(self, 1, "batch_size", "max_iter", "max_length")
         for key in ("max_train", "max_test"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)}: use 1 or more (or null for all)")

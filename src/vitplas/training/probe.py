@@ -13,6 +13,10 @@ random_split with the probe's seed) drawn WITH the training augmentation, shuffl
 partial batch dropped; test features of its test split. `protocol: model` (the default) uses
 the checkpoint's preprocessing, eval transforms for both splits, no normalisation of the
 vectors, every train image.
+
+A text set (a text model: BERT, RoBERTa, GPT-2) is read and called as finetuning reads and calls
+it, and its features are pooled over the real tokens only (`mean`: the masked mean; `cls`: the
+token the family's classifier reads, BERT's first, GPT-2's last real one): training.probe_text.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from vitplas.config import ConfigError
 from vitplas.models.components import component_map
 from vitplas.runs import Computed, write_table
 from vitplas.training.config import ProbeConfig
+from vitplas.training.probe_text import pool_real_tokens, real_token_mask, text_probe_inputs
 
 Point = tuple[int, str]  # (layer, component); component "block" = the block's output
 
@@ -57,9 +62,16 @@ def probe_points(model: nn.Module, layers=None, components: Sequence[str] = ("al
     return [(i % cmap.depth, n) for i in layers for n in names]
 
 
-def _pool(tokens: torch.Tensor, pool: str, l2: bool = False) -> torch.Tensor:
+def _pool(
+    tokens: torch.Tensor, pool: str, l2: bool = False, mask=None, classifier_token: str = "first"
+) -> torch.Tensor:
+    """(B, D) features of a component's tokens (B, N, D); `mask` (B, N): a text batch's
+    attention mask, pooled over its real tokens only (probe_text.pool_real_tokens)."""
     tokens = tokens[0] if isinstance(tokens, tuple) else tokens  # (B, N, D)
-    pooled = tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)  # (B, D)
+    if mask is not None:
+        pooled = pool_real_tokens(tokens, mask, pool, classifier_token)
+    else:
+        pooled = tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)  # (B, D)
     return F.normalize(pooled.float(), dim=1) if l2 else pooled  # unit L2 norm per image
 
 
@@ -76,7 +88,10 @@ def extract_features(
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[dict[Point, torch.Tensor], torch.Tensor]:
     """({point: (N, width) float32 features on `device`}, labels (N,)) in one pass; `l2`
-    scales each pooled vector to unit norm; on_batch(images in the batch) after each batch."""
+    scales each pooled vector to unit norm; on_batch(images in the batch) after each batch.
+    A batch of texts (B, 2, L) (data.pack_tokens) goes in as finetuning feeds it, with its
+    attention mask, and is pooled over its real tokens (module docstring)."""
+    from vitplas.models.text import forward_logits, is_token_batch
     from vitplas.training.evaluate import autocast
 
     device = torch.device(device)
@@ -84,6 +99,8 @@ def extract_features(
     model.eval().to(device)
     last = max(layer for layer, _ in points)
     batch_feats: dict[Point, torch.Tensor] = {}
+    masks: list[torch.Tensor | None] = [None]  # the text batch's attention mask (B, L)
+    reads = cmap.family.classifier_token
     chunks: dict[Point, list[torch.Tensor]] = {p: [] for p in points}
     handles = []
     for point in points:
@@ -91,7 +108,7 @@ def extract_features(
         module = cmap.block(layer) if name == "block" else cmap.module(layer, name)
 
         def hook(_m, _inp, out, point=point):
-            batch_feats[point] = _pool(out, pool, l2).float()
+            batch_feats[point] = _pool(out, pool, l2, masks[0], reads).float()
 
         handles.append(module.register_forward_hook(hook))
 
@@ -102,8 +119,10 @@ def extract_features(
     labels = []
     try:
         for images, targets in loader:
+            inputs = images.to(device, non_blocking=True)
+            masks[0] = real_token_mask(inputs) if is_token_batch(inputs) else None
             with autocast(device, amp), _suppress_stop():
-                model(images.to(device, non_blocking=True))
+                forward_logits(model, inputs)  # images: model(inputs)
             for point in points:
                 chunks[point].append(batch_feats[point])
             labels.append(torch.as_tensor(targets))
@@ -297,12 +316,10 @@ def _probe_table(cfg: ProbeConfig, on_phase=None):
 
     from vitplas.data import dataset_info, skipped_report
     from vitplas.training.distributed import resolve_device
-    from vitplas.training.sources import load_model_for
 
     info = dataset_info(cfg.dataset)
     torch.manual_seed(cfg.seed)
-    model, description = load_model_for(_as_finetune(cfg), info.num_classes)
-    loaders = probe_loaders(cfg, description)
+    model, loaders, description = INPUTS[info.modality](cfg, info.num_classes)
     if cfg.skip_unreadable:
         description |= skipped_report(loader.dataset for loader in loaders)
     device = resolve_device(cfg.device)
@@ -316,6 +333,21 @@ def _probe_table(cfg: ProbeConfig, on_phase=None):
     table = table.assign(**meta)[[*meta, *table.columns]]
     table.attrs["description"] = description
     return table
+
+
+def _image_inputs(cfg: ProbeConfig, num_classes: int):
+    """(model, [train, test] loaders, description) of a probe on an image set."""
+    from vitplas.training.sources import load_model_for
+
+    model, description = load_model_for(_as_finetune(cfg), num_classes)
+    return model, probe_loaders(cfg, description), description
+
+
+# dataset modality -> (cfg, classes) -> (model, [train, test] loaders, description)
+INPUTS: dict[str, Callable[[ProbeConfig, int], tuple[nn.Module, list[DataLoader], dict]]] = {
+    "image": _image_inputs,
+    "text": lambda cfg, _classes: text_probe_inputs(cfg, _as_finetune(cfg)),
+}
 
 
 def _n_images(loader: DataLoader) -> int:
@@ -378,6 +410,9 @@ def _as_finetune(cfg: ProbeConfig):
 
     return FinetuneConfig(
         model=cfg.model,
+        dataset=cfg.dataset,
+        data_root=cfg.data_root,
+        max_length=cfg.max_length,
         random_init=cfg.random_init,
         allow_unfinished=cfg.allow_unfinished,
         img_size=cfg.img_size,
