@@ -215,6 +215,23 @@ def analysis_figures(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, li
     return made
 
 
+ITEMS = {"image": "images", "text": "texts"}  # what a run's throughput counts, by modality
+
+
+def _items(runs: pd.DataFrame) -> str:
+    """'images' or 'texts' for the runs' datasets (`images_per_s` counts either), else
+    'examples' (a study of both modalities, or of datasets no registry entry names)."""
+    from vitplas.data import DataError, dataset_info
+
+    kinds = set()
+    for name in runs["dataset"].unique():
+        try:
+            kinds.add(ITEMS[dataset_info(name).modality])
+        except DataError:
+            kinds.add("examples")
+    return kinds.pop() if len(kinds) == 1 else "examples"
+
+
 def build_markdown(
     spec: SweepSpec, tables: dict[str, pd.DataFrame], figures: dict[str, list[Path]], out: Path
 ) -> str:
@@ -225,7 +242,7 @@ def build_markdown(
     if len(runs) and "wall_time_s" in runs:
         lines += [
             f"Total training wall time {runs['wall_time_s'].sum() / 60:.1f} min; "
-            f"median throughput {runs['images_per_s'].median():.1f} images/s.",
+            f"median throughput {runs['images_per_s'].median():.1f} {_items(runs)}/s.",
             "",
         ]
     if "best" in tables:
