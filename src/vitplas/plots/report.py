@@ -102,12 +102,13 @@ def lrs_figure(runs: pd.DataFrame, metric: str = "test_acc", context: str = ""):
     """Per dataset, seed-mean `metric` (%) vs lr (log axis), one line per train set."""
     datasets = list(dict.fromkeys(runs["dataset"]))
     fig, axes = _panels(len(datasets), context, "Test accuracy against learning rate (seed mean)")
+    looks = style.set_styles(component_order(runs["train"]))  # one look per set in every panel
     for ax, dataset in zip(axes.flat, datasets, strict=False):
         part = runs[runs["dataset"] == dataset]
         for train in component_order(part["train"]):
+            look = looks[train]
             line = part[part["train"] == train].groupby("lr")[metric].mean().sort_index()
-            ax.plot(line.index, line.to_numpy(), marker="o", color=style.color(train),
-                    label=style.label(train))  # fmt: skip
+            ax.plot(line.index, line.to_numpy(), **look, label=style.label(train))
         ax.set_xscale("log")
         lrs = sorted(part["lr"].unique())  # ticks at the swept lrs, not at decades
         ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
@@ -139,11 +140,13 @@ def curves_figure(curves: pd.DataFrame, best: pd.DataFrame, metric: str, context
     datasets = list(dict.fromkeys(part["dataset"]))
     what = f"{metric.replace('_', ' ')} during training (seed mean at the best lr)"
     fig, axes = _panels(len(datasets), context, what)
+    looks = style.set_styles(component_order(best["train"]))  # one look per set in every panel
     for ax, dataset in zip(axes.flat, datasets, strict=False):
         for train in component_order(best.loc[best["dataset"] == dataset, "train"]):
+            look = looks[train]
             lr, sel = _best_rows(part, best, dataset, train)
             line = sel.groupby("step")["value"].mean().sort_index()
-            ax.plot(line.index, line.to_numpy(), color=style.color(train),
+            ax.plot(line.index, line.to_numpy(), color=look["color"], linestyle=look["linestyle"],
                     label=f"{style.label(train)} (lr {lr:g})")  # fmt: skip
         ax.set_title(str(dataset))
         ax.set_xlabel("step")

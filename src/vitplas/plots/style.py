@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,6 +98,31 @@ def titled(what: str, facts) -> str:
 
 def color(component: str) -> str:
     return COMPONENT_COLORS.get(component, "#333333")
+
+
+# train sets that are not one component (a criterion's pick, a rival): colours apart from the
+# components' and dashed lines, given in the order a figure lists them
+OTHER_COLORS = ("#1f77b4", "#8c564b", "#17becf", "#bcbd22", "#9467bd", "#7f7f7f", "#ff7f0e",
+                "#2ca02c", "#d62728")  # fmt: skip
+OTHER_MARKERS = ("o", "s", "D", "^", "v", "P", "*", "X", "h", "p")
+
+
+def set_styles(names: Iterable[str]) -> dict[str, dict]:
+    """{train set: keyword arguments of `ax.plot`}: a component its own colour and marker on a
+    solid line, every other set (a pick, a rival) the next of OTHER_COLORS and OTHER_MARKERS on a
+    dashed line, so that no two sets of one figure look alike (colours and markers cycle apart
+    beyond 9 others)."""
+    out, others = {}, 0
+    for name in dict.fromkeys(names):
+        if name in COMPONENT_COLORS:
+            marker = COMPONENT_MARKERS.get(name, "o")
+            out[name] = {"color": COMPONENT_COLORS[name], "marker": marker, "linestyle": "-"}
+            continue
+        color = OTHER_COLORS[others % len(OTHER_COLORS)]
+        marker = OTHER_MARKERS[others % len(OTHER_MARKERS)]
+        out[name] = {"color": color, "marker": marker, "linestyle": "--"}
+        others += 1
+    return out
 
 
 def label(component: str) -> str:
