@@ -244,20 +244,3 @@ def test_a_launcher_with_every_slot_taken_does_not_rescan_the_run_folders(tmp_pa
     assert outcome.counts["done"] == 2
     # a scan per poll would be ~100 over the runs' 2 s; launching, waiting and the end take 3
     assert len(calls) <= 3 + 2, len(calls)
-
-
-def test_the_launchers_rescan_verifies_a_finished_run_once(tmp_path, monkeypatch):
-    import vitplas.experiments.launch as launch
-
-    base = {"model": "tiny-random", "steps": 10}
-    grid = {"dataset": ["a"], "seed": [0, 1], "lr": [0.01], "train": ["mha"]}
-    spec = load_spec(write_spec(tmp_path, base=base, grid=grid))
-    runs = expand(spec)
-    run_sweep(spec, runs, poll_s=0.02)
-    scanned = []
-    monkeypatch.setattr(
-        launch, "scan", lambda s, r, root: scanned.append(len(r)) or scan(s, r, root)
-    )
-    rescan = launch._scanner(spec, runs, spec.root_path)
-    assert counts(rescan())["done"] == counts(rescan())["done"] == 2
-    assert scanned == [2, 0]  # the second look verifies nothing again

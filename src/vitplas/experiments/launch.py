@@ -127,9 +127,8 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 # with every launch slot taken, the launcher rescans the run folders (its progress line) this
-# often; a finished job is seen within poll_s without a scan (a scan verifies every finished
-# run's records)
-RESCAN_S = 30.0
+# often; a finished job is seen within poll_s without a scan (a scan reads every run's folder)
+RESCAN_S = 10.0
 
 
 @dataclass
@@ -308,14 +307,14 @@ def _run_local(
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=spec.executor.timeout_min)
     pending, active, launched, job_ids = list(todo), {}, [], []
-    scanned, rescan = -math.inf, _scanner(spec, runs, root)
+    scanned = -math.inf
     try:
         while pending or active:
             if not (pending and len(active) < parallel) and time.monotonic() - scanned < RESCAN_S:
                 time.sleep(poll_s)  # every slot is taken: only the jobs' ends are polled
                 active = {rid: j for rid, j in active.items() if not j.done()}
                 continue
-            states, scanned = rescan(), time.monotonic()
+            states, scanned = scan(spec, runs, root), time.monotonic()
             others = sum(s.state == "running" and s.run.run_id not in active for s in states)
             while pending and len(active) + others < parallel:
                 item = pending.pop(0)
@@ -396,19 +395,6 @@ def _time_limits(spec: SweepSpec, todo: list[RunState]) -> dict[str, int]:
     from vitplas.experiments.cost import slurm_time_limits
 
     return slurm_time_limits(spec, [item.run for item in todo])
-
-
-def _scanner(spec: SweepSpec, runs: list[Run], root: Path) -> Callable[[], list[RunState]]:
-    """scan() for one launcher's loop: a run once found done is not verified again (its
-    records are hashed once, not at every launch); the launch's final scan verifies all."""
-    done: dict[str, RunState] = {}
-
-    def rescan() -> list[RunState]:
-        fresh = scan(spec, [r for r in runs if r.run_id not in done], root)
-        done.update({s.run.run_id: s for s in fresh if s.state == "done"})
-        return [*done.values(), *(s for s in fresh if s.state != "done")]
-
-    return rescan
 
 
 def wait_idle(
