@@ -222,25 +222,3 @@ def test_base_by_and_grid_by_read_a_joint_train_set_by_its_label(tmp_path):
     assert sorted(r.params["lr"] for r in joint) == [0.5, 0.7]
     assert all(r.config["steps"] == 3 for r in joint)
     assert [r.config.get("steps") != 3 for r in runs if r.params["train"] == "fc1"] == [True]
-
-
-def test_a_launcher_with_every_slot_taken_does_not_rescan_the_run_folders(tmp_path, monkeypatch):
-    """While its runs fill the slots the launcher polls the jobs, not every run's folder."""
-    import vitplas.experiments.launch as launch
-
-    calls = []
-
-    def counting_scan(*args, **kwargs):
-        calls.append(time.monotonic())
-        return scan(*args, **kwargs)
-
-    base = {"model": "tiny-random", "steps": 10, "sleep_s": 2.0}
-    grid = {"dataset": ["a"], "seed": [0, 1], "lr": [0.01], "train": ["mha"]}
-    path = write_spec(tmp_path, base=base, grid=grid, executor={"max_parallel": 2})
-    spec = load_spec(path)
-    runs = expand(spec)
-    monkeypatch.setattr(launch, "scan", counting_scan)
-    outcome = run_sweep(spec, runs, poll_s=0.02)
-    assert outcome.counts["done"] == 2
-    # a scan per poll would be ~100 over the runs' 2 s; launching, waiting and the end take 3
-    assert len(calls) <= 3 + 2, len(calls)

@@ -18,7 +18,6 @@ launcher stopped by SIGTERM, SIGINT or SIGHUP stops its local workers.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shlex
 import signal
@@ -124,11 +123,6 @@ class RunJob(submitit.helpers.Checkpointable):
         (path / "error.txt").unlink(missing_ok=True)
         write_status(path, "done", ended_at=now_iso())
         return record
-
-
-# with every launch slot taken, the launcher rescans the run folders (its progress line) this
-# often; a finished job is seen within poll_s without a scan (a scan reads every run's folder)
-RESCAN_S = 10.0
 
 
 @dataclass
@@ -307,14 +301,9 @@ def _run_local(
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=spec.executor.timeout_min)
     pending, active, launched, job_ids = list(todo), {}, [], []
-    scanned = -math.inf
     try:
         while pending or active:
-            if not (pending and len(active) < parallel) and time.monotonic() - scanned < RESCAN_S:
-                time.sleep(poll_s)  # every slot is taken: only the jobs' ends are polled
-                active = {rid: j for rid, j in active.items() if not j.done()}
-                continue
-            states, scanned = scan(spec, runs, root), time.monotonic()
+            states = scan(spec, runs, root)
             others = sum(s.state == "running" and s.run.run_id not in active for s in states)
             while pending and len(active) + others < parallel:
                 item = pending.pop(0)
